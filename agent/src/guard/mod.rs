@@ -1,0 +1,47 @@
+//! The datapath: the embedded eBPF object, how its programs are attached, where its maps are pinned.
+
+pub mod attach;
+pub mod counter;
+pub mod pins;
+
+use std::path::PathBuf;
+
+use aya::{Ebpf, EbpfLoader};
+
+/// The eBPF object built by build.rs from ebpf/programs, embedded in the agent binary.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eniguard"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("attaching to interface {iface}: {reason}")]
+    Attach { iface: String, reason: String },
+    #[error("bpffs: {path}: {reason}")]
+    Bpffs { path: PathBuf, reason: String },
+}
+
+/// Loads the embedded object with the given maps pinned (reused when a pin already exists).
+pub fn load(pinned_maps: &[(&'static str, PathBuf)]) -> Result<Ebpf, GuardError> {
+    let mut loader = EbpfLoader::new();
+    for (name, path) in pinned_maps {
+        loader.map_pin_path(name, path.as_path());
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}

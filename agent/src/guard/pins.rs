@@ -1,0 +1,75 @@
+//! Layout of eniguard's pins under bpffs: one directory of our own, one subfolder per kind.
+//!
+//! ```text
+//! /sys/fs/bpf/eniguard/maps/<MAP_NAME_Vn>    maps, versioned by layout
+//! /sys/fs/bpf/eniguard/links/<iface>.<dir>   TCX links (later: restart-safe re-attach)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use super::GuardError;
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/eniguard";
+
+/// BPF_FS_MAGIC from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    /// Creates the directory tree; fails clearly when its filesystem is not bpffs.
+    pub fn create(&self) -> Result<(), GuardError> {
+        let maps = self.root.join("maps");
+        std::fs::create_dir_all(&maps).map_err(|e| GuardError::Bpffs {
+            path: maps.clone(),
+            reason: e.to_string(),
+        })?;
+        if !is_bpffs(&maps) {
+            return Err(GuardError::Bpffs {
+                path: maps,
+                reason: "not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes every pin and the directories (clean shutdown).
+    pub fn remove(&self) -> Result<(), GuardError> {
+        match std::fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(GuardError::Bpffs {
+                path: self.root.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}

@@ -1,0 +1,117 @@
+//! `eniguard`: the node agent and its CLI.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use eniguard::guard::{
+    attach::{AttachMode, Direction},
+    counter,
+    pins::{PinDir, DEFAULT_PIN_DIR},
+};
+use eniguard_common::TC_COUNTER_MAP;
+
+#[derive(Parser)]
+#[command(
+    name = "eniguard",
+    version,
+    about = "ENI and pod-IP management with per-packet egress verification"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The pipeline-proof TC packet counter.
+    Counter {
+        #[command(subcommand)]
+        command: CounterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CounterCommand {
+    /// Attach the counter to an interface and keep it attached until SIGINT/SIGTERM.
+    Run {
+        /// Interface in the current network namespace.
+        #[arg(long)]
+        iface: String,
+        /// ingress or egress.
+        #[arg(long, default_value = "egress")]
+        direction: Direction,
+        /// auto (TCX on kernels >= 6.6, netlink otherwise), tcx or netlink.
+        #[arg(long, default_value_t = AttachMode::Auto)]
+        attach: AttachMode,
+        /// Directory under bpffs for eniguard's pins.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Leave the pinned map in place on exit.
+        #[arg(long)]
+        keep_pins: bool,
+    },
+    /// Print the pinned counter (summed over CPUs).
+    Show {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Counter { command } => match command {
+            CounterCommand::Run {
+                iface,
+                direction,
+                attach,
+                pin_dir,
+                keep_pins,
+            } => run_counter(&iface, direction, attach, &PinDir::new(pin_dir), keep_pins),
+            CounterCommand::Show { pin_dir } => {
+                let c = counter::read_counter(&PinDir::new(pin_dir).map(TC_COUNTER_MAP))?;
+                println!("packets={} bytes={}", c.packets, c.bytes);
+                Ok(())
+            }
+        },
+    }
+}
+
+fn run_counter(
+    iface: &str,
+    direction: Direction,
+    mode: AttachMode,
+    pins: &PinDir,
+    keep_pins: bool,
+) -> Result<()> {
+    let attached = counter::attach_counter(pins, iface, direction, mode)
+        .with_context(|| format!("attaching the counter to {iface}"))?;
+    // The readiness line scripts and tests wait for.
+    println!(
+        "ready: tc_count attached to {iface} ({}), map {}",
+        attached.mode,
+        pins.map(TC_COUNTER_MAP).display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(wait_for_shutdown())?;
+    drop(attached);
+    if !keep_pins {
+        pins.remove()?;
+    }
+    log::info!("detached from {iface}");
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

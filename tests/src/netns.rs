@@ -1,0 +1,154 @@
+//! Named network namespaces that delete themselves (and every link in them) when dropped.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Runs a command and returns its stdout, failing with the command line and stderr.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `name`, replacing a leftover namespace of the same name from a crashed run.
+    pub fn create(name: &str) -> Result<Self> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        sh(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Self {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs `program` inside the namespace. nsenter (not `ip netns exec`) keeps
+    /// the host's /sys, so the program can pin under /sys/fs/bpf.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg(program);
+        cmd
+    }
+
+    /// `ip -n <ns> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        sh(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Runs a command inside the namespace and returns its stdout.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        sh(self.cmd(program).args(args))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    pub fn mac(&self, iface: &str) -> Result<String> {
+        let out = self.ip(&["-j", "link", "show", "dev", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no MAC address in `ip -j link`")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair with one end in each namespace, IPv4-addressed, IPv6 off (so that no router
+/// solicitations or MLD reports add packets a test did not send), static neighbours (no ARP).
+pub struct Link<'a> {
+    pub ns: &'a NetNs,
+    pub name: String,
+    pub addr: String,
+}
+
+pub fn veth_pair<'a>(a: Link<'a>, b: Link<'a>, prefix_len: u8) -> Result<()> {
+    sh(Command::new("ip").args([
+        "-n",
+        a.ns.name(),
+        "link",
+        "add",
+        &a.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b.name,
+        "netns",
+        b.ns.name(),
+    ]))?;
+    for l in [&a, &b] {
+        l.ns.sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", l.name), "1")?;
+        l.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{prefix_len}", l.addr),
+            "dev",
+            &l.name,
+        ])?;
+        l.ns.ip(&["link", "set", &l.name, "up"])?;
+    }
+    let (mac_a, mac_b) = (a.ns.mac(&a.name)?, b.ns.mac(&b.name)?);
+    a.ns.ip(&[
+        "neigh",
+        "replace",
+        &b.addr,
+        "lladdr",
+        &mac_b,
+        "dev",
+        &a.name,
+        "nud",
+        "permanent",
+    ])?;
+    b.ns.ip(&[
+        "neigh",
+        "replace",
+        &a.addr,
+        "lladdr",
+        &mac_a,
+        "dev",
+        &b.name,
+        "nud",
+        "permanent",
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Developer and CI tasks: `cargo xtask <setup|test|lint|demo>`.
+//!
+//! Run as a normal user, everything builds as that user and only the steps that need root (the
+//! privileged tests, the demo) run through `sudo -E`; run as root (CI), no sudo is needed.
+
+mod cmd;
+mod lint;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "eniguard developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (rust-src, bpf-linker, OS packages); idempotent.
+    Setup,
+    /// Build everything, run unit and privileged integration tests, print `N passed, N failed, N skipped`.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// rustfmt check and clippy -D warnings (userspace and eBPF).
+    Lint,
+    /// Show the product on this machine's kernel, in network namespaces (needs root).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test { filter } => test::test(filter.as_deref()),
+        Task::Lint => lint::lint(),
+        Task::Demo => {
+            if !setup::is_complete() {
+                setup::setup()?;
+            }
+            test::run_privileged_bin("eniguard-demo", &[])
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `cargo xtask test`: setup when needed, build everything (the eBPF object included), unit tests,
+//! then the privileged integration tests, ending with one line `N passed, N failed, N skipped`.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{
+    cmd::{privileged, run},
+    setup,
+};
+
+/// The eBPF crate targets bpfel-unknown-none; agent/build.rs builds it, host builds exclude it.
+pub const EBPF_CRATE: &str = "eniguard-ebpf";
+
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+}
+
+pub fn test(filter: Option<&str>) -> Result<()> {
+    if !setup::is_complete() {
+        println!("xtask test: setup is incomplete, running it first");
+        setup::setup()?;
+    }
+    let bins = build(&["build", "--bins"])?;
+    let agent = artifact(&bins, "eniguard")?;
+    let tests = build(&["test", "--no-run"])?;
+
+    let mut total = Counts::default();
+    for t in tests.iter().filter(|t| t.is_test && t.name != "privileged") {
+        let mut cmd = Command::new(&t.path);
+        cmd.args(filter);
+        total.add(run_counted(&mut cmd, &t.name)?);
+    }
+    let harness = artifact(&tests, "privileged")?;
+    let mut cmd = privileged(harness)?;
+    cmd.env("ENIGUARD_BIN", agent).args(filter);
+    total.add(run_counted(&mut cmd, "privileged")?);
+
+    println!(
+        "{} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
+    if total.failed > 0 {
+        bail!("{} tests failed", total.failed);
+    }
+    Ok(())
+}
+
+pub struct Artifact {
+    pub name: String,
+    pub path: PathBuf,
+    /// Built with the test harness (a unit or integration test executable).
+    pub is_test: bool,
+}
+
+fn artifact(list: &[Artifact], name: &str) -> Result<PathBuf> {
+    list.iter()
+        .find(|a| a.name == name)
+        .map(|a| a.path.clone())
+        .with_context(|| format!("cargo built no executable named {name}"))
+}
+
+/// Runs `cargo <args> --workspace --exclude eniguard-ebpf` and returns the executables it built.
+pub fn build(args: &[&str]) -> Result<Vec<Artifact>> {
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .args([
+            "--workspace",
+            "--exclude",
+            EBPF_CRATE,
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut found = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let msg: serde_json::Value = serde_json::from_str(&line?).unwrap_or_default();
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let (Some(path), Some(name)) =
+            (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        {
+            let is_test = msg["profile"]["test"].as_bool().unwrap_or(false);
+            found.push(Artifact {
+                name: name.to_owned(),
+                path: PathBuf::from(path),
+                is_test,
+            });
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(found)
+}
+
+/// Runs a test executable, echoing its output, and reads its counts from the summary lines:
+/// libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; ...` or the privileged harness's
+/// `privileged: 3 passed, 0 failed, 1 skipped`.
+fn run_counted(cmd: &mut Command, name: &str) -> Result<Counts> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut counts = Counts::default();
+    let mut summaries = 0;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(c) = parse_summary(&line) {
+            counts.add(c);
+            summaries += 1;
+        }
+    }
+    let status = child.wait()?;
+    if summaries == 0 {
+        // It crashed or could not start its tests: count that as a failure, never as nothing.
+        println!("{name}: no test summary ({status}); counted as 1 failed");
+        counts.failed += 1;
+    } else if !status.success() && counts.failed == 0 {
+        counts.failed += 1;
+    }
+    Ok(counts)
+}
+
+fn parse_summary(line: &str) -> Option<Counts> {
+    let body = if let Some(rest) = line.strip_prefix("test result: ") {
+        rest.split_once(". ")?.1
+    } else {
+        line.strip_prefix("privileged: ")?
+    };
+    let mut counts = Counts::default();
+    for part in body.split([';', ',']) {
+        let mut words = part.split_whitespace();
+        let (Some(n), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => counts.passed = n,
+            "failed" => counts.failed = n,
+            "ignored" | "skipped" => counts.skipped = n,
+            _ => {}
+        }
+    }
+    Some(counts)
+}
+
+/// Builds (unprivileged) and runs one of the tests crate's binaries as root.
+pub fn run_privileged_bin(bin: &str, args: &[&str]) -> Result<()> {
+    let bins = build(&["build", "--bins"])?;
+    let agent = artifact(&bins, "eniguard")?;
+    let mut cmd = privileged(artifact(&bins, bin)?)?;
+    run(cmd.env("ENIGUARD_BIN", agent).args(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_summary, Counts};
+
+    #[test]
+    fn reads_libtest_and_harness_summaries() {
+        assert_eq!(
+            parse_summary("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s"),
+            Some(Counts { passed: 3, failed: 0, skipped: 1 })
+        );
+        assert_eq!(
+            parse_summary(
+                "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
+            ),
+            Some(Counts {
+                passed: 1,
+                failed: 2,
+                skipped: 0
+            })
+        );
+        assert_eq!(
+            parse_summary("privileged: 2 passed, 0 failed, 1 skipped"),
+            Some(Counts {
+                passed: 2,
+                failed: 0,
+                skipped: 1
+            })
+        );
+        assert_eq!(parse_summary("test foo ... ok"), None);
+    }
+}
