@@ -6,6 +6,8 @@
 //! pinned map of the old layout.
 #![no_std]
 
+pub mod guard;
+
 /// Per-CPU packet and byte counter of the pipeline-proof classifier (`tc_count`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
