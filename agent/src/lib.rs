@@ -3,6 +3,8 @@
 //! ENI and security groups its configuration says.
 //!
 //! One module per concern; see ../shared/DESIGN.md for the map. Present so far:
-//! - [`guard`]: loading the eBPF object, attaching TC programs, pinned maps.
+//! - [`guard`]: the eBPF egress guard (intent spec, maps, attachment, events, counters).
+//! - [`observe`]: Prometheus metrics and the introspection HTTP endpoint.
 
 pub mod guard;
+pub mod observe;

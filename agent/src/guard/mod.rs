@@ -2,7 +2,11 @@
 
 pub mod attach;
 pub mod counter;
+pub mod datapath;
+pub mod events;
+pub mod intern;
 pub mod pins;
+pub mod spec;
 
 use std::path::PathBuf;
 
@@ -33,6 +37,8 @@ pub enum GuardError {
     },
     #[error("attaching to interface {iface}: {reason}")]
     Attach { iface: String, reason: String },
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
     #[error("bpffs: {path}: {reason}")]
     Bpffs { path: PathBuf, reason: String },
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! /sys/fs/bpf/eniguard/maps/<MAP_NAME_Vn>    maps, versioned by layout
-//! /sys/fs/bpf/eniguard/links/<iface>.<dir>   TCX links (later: restart-safe re-attach)
+//! /sys/fs/bpf/eniguard/links/<iface>.<hook>  TCX links, re-used by a restarted agent
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,13 +32,20 @@ impl PinDir {
         self.root.join("maps").join(name)
     }
 
+    /// Pin of the link that attaches a program of kind `hook` to `iface`.
+    pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
+        self.root.join("links").join(format!("{iface}.{hook}"))
+    }
+
     /// Creates the directory tree; fails clearly when its filesystem is not bpffs.
     pub fn create(&self) -> Result<(), GuardError> {
         let maps = self.root.join("maps");
-        std::fs::create_dir_all(&maps).map_err(|e| GuardError::Bpffs {
-            path: maps.clone(),
-            reason: e.to_string(),
-        })?;
+        for dir in [&maps, &self.root.join("links")] {
+            std::fs::create_dir_all(dir).map_err(|e| GuardError::Bpffs {
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         if !is_bpffs(&maps) {
             return Err(GuardError::Bpffs {
                 path: maps,

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod counter;
+mod guard;
 
 #[cfg(not(test))]
 #[panic_handler]

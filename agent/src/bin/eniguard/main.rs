@@ -1,5 +1,7 @@
 //! `eniguard`: the node agent and its CLI.
 
+mod guard;
+
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
@@ -24,6 +26,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The egress guard: check every pod packet against an intent file (YAML or JSON).
+    Guard {
+        /// Intent file: interfaces (truth) and pods (intent); re-read on SIGHUP.
+        #[arg(long)]
+        intent: PathBuf,
+        /// Serve Prometheus metrics (/metrics) and recent violations (/v1/events) here.
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// auto (TCX on kernels >= 6.6, netlink otherwise), tcx or netlink.
+        #[arg(long, default_value_t = AttachMode::Auto)]
+        attach: AttachMode,
+        /// Directory under bpffs for eniguard's pins.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// On exit leave programs attached and maps pinned, for the next agent to take over.
+        #[arg(long)]
+        keep_datapath: bool,
+    },
     /// The pipeline-proof TC packet counter.
     Counter {
         #[command(subcommand)]
@@ -61,6 +81,10 @@ enum CounterCommand {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath } => {
+            let args = guard::Args { intent, metrics_addr, attach, pin_dir, keep_datapath };
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(guard::run(args))
+        }
         Command::Counter { command } => match command {
             CounterCommand::Run {
                 iface,

@@ -1,0 +1,144 @@
+//! `eniguard guard --intent FILE`: the egress guard driven by an intent file.
+//!
+//! Order: validate the file, check its interfaces exist (nothing touched yet), load and program
+//! the datapath, attach, then serve events, metrics and SIGHUP reloads until SIGTERM/SIGINT.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use eniguard::{
+    guard::{
+        attach::AttachMode,
+        datapath::{resolve, Guard},
+        events::{self, RecentEvents},
+        pins::PinDir,
+        spec::Spec,
+    },
+    observe::{http, metrics},
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+pub struct Args {
+    pub intent: PathBuf,
+    pub metrics_addr: Option<String>,
+    pub attach: AttachMode,
+    pub pin_dir: PathBuf,
+    pub keep_datapath: bool,
+}
+
+/// Recent violations kept for the introspection endpoint.
+const RECENT_EVENTS: usize = 1024;
+
+pub async fn run(args: Args) -> Result<()> {
+    let spec = Spec::from_file(&args.intent)?;
+    let resolved = resolve(spec)?;
+    let listener = match &args.metrics_addr {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let mut guard = Guard::load(PinDir::new(&args.pin_dir), args.attach)?;
+    if let Err(e) = guard.apply(&resolved) {
+        guard.shutdown(false)?;
+        return Err(e.into());
+    }
+    let ring = guard.take_events()?;
+    println!(
+        "ready: guard attached ({}), maps under {}",
+        guard.attach_mode(),
+        args.pin_dir.join("maps").display()
+    );
+    let guard = Arc::new(Mutex::new(guard));
+    let recent = Arc::new(Mutex::new(RecentEvents::new(RECENT_EVENTS)));
+
+    let events_task = tokio::spawn(read_events(ring, guard.clone(), recent.clone()));
+    if let Some(listener) = listener {
+        let (guard, recent) = (guard.clone(), recent.clone());
+        tokio::spawn(http::serve(listener, move |path| {
+            let (guard, recent) = (guard.clone(), recent.clone());
+            async move { respond(&path, &guard, &recent) }
+        }));
+    }
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&args.intent, &guard),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    events_task.abort();
+    let guard = Arc::try_unwrap(guard)
+        .map_err(|_| anyhow!("guard still in use at shutdown"))?
+        .into_inner()
+        .map_err(|_| anyhow!("guard lock poisoned"))?;
+    guard.shutdown(args.keep_datapath)?;
+    log::info!("guard stopped ({})", if args.keep_datapath { "datapath kept" } else { "datapath removed" });
+    Ok(())
+}
+
+/// Re-reads the intent file; an invalid file is reported and the running state kept.
+fn reload(path: &std::path::Path, guard: &Mutex<Guard>) {
+    let result = Spec::from_file(path).map_err(anyhow::Error::from).and_then(|spec| {
+        let resolved = resolve(spec)?;
+        let mut guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
+        guard.apply(&resolved).context("applying the new intent")
+    });
+    match result {
+        Ok(()) => log::info!("reloaded {}", path.display()),
+        Err(e) => log::error!("reload of {} failed, keeping the previous intent: {e:#}", path.display()),
+    }
+}
+
+async fn read_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    guard: Arc<Mutex<Guard>>,
+    recent: Arc<Mutex<RecentEvents>>,
+) -> Result<()> {
+    // SAFETY: the ring buffer owns its fd and keeps it open until it is dropped with the AsyncFd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    loop {
+        let mut ready = fd.readable_mut().await?;
+        let ring = ready.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let Some(event) = events::decode(&item) else { continue };
+            let violation = {
+                let guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
+                events::name(&event, &guard.names)
+            };
+            log::warn!(target: "eniguard::violation", "{}", serde_json::to_string(&violation)?);
+            recent.lock().map_err(|_| anyhow!("events lock poisoned"))?.push(violation);
+        }
+        ready.clear_ready();
+    }
+}
+
+fn respond(path: &str, guard: &Mutex<Guard>, recent: &Mutex<RecentEvents>) -> http::Response {
+    match path {
+        "/metrics" => {
+            let Ok(guard) = guard.lock() else { return http::Response::not_found() };
+            match guard.stats() {
+                Ok(stats) => http::Response::ok(
+                    "text/plain; version=0.0.4",
+                    metrics::render_guard(&stats, &guard.names),
+                ),
+                Err(e) => http::Response { status: 500, content_type: "text/plain", body: format!("{e}\n") },
+            }
+        }
+        "/v1/events" => {
+            let Ok(recent) = recent.lock() else { return http::Response::not_found() };
+            let list: Vec<_> = recent.iter().collect();
+            http::Response::ok("application/json", serde_json::to_string(&list).unwrap_or_default())
+        }
+        _ => http::Response::not_found(),
+    }
+}
