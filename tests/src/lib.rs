@@ -1,8 +1,10 @@
 //! Support for eniguard's integration tests: network namespaces, veths, the agent binary, and
 //! (later) the simulated VPC they run against.
 
+pub mod frames;
 pub mod netns;
 pub mod process;
+pub mod topology;
 
 use std::path::PathBuf;
 

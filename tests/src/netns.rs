@@ -26,6 +26,8 @@ pub fn sh(cmd: &mut Command) -> Result<String> {
 #[derive(Debug)]
 pub struct NetNs {
     name: String,
+    /// Deleted on drop only when this value created it.
+    owned: bool,
 }
 
 impl NetNs {
@@ -38,9 +40,18 @@ impl NetNs {
         sh(Command::new("ip").args(["netns", "add", name]))?;
         let ns = Self {
             name: name.to_owned(),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on a namespace someone else owns (not deleted on drop).
+    pub fn existing(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -87,9 +98,11 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        if self.owned {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
     }
 }
 
@@ -151,4 +164,28 @@ pub fn veth_pair<'a>(a: Link<'a>, b: Link<'a>, prefix_len: u8) -> Result<()> {
         "permanent",
     ])?;
     Ok(())
+}
+
+/// Runs `f` on a thread that has entered `ns` (setns affects only the calling thread).
+pub fn in_netns<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = ns.path();
+    std::thread::spawn(move || -> Result<T> {
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a valid namespace fd; only this thread changes namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {} panicked", ns.name()))?
 }

@@ -122,12 +122,7 @@ pub fn attach(
             TcAttachOptions::TcxOrder(LinkOrder::default())
         }
         _ => {
-            // clsact may already exist (another agent, an earlier run): that is fine.
-            if let Err(e) = tc::qdisc_add_clsact(iface) {
-                if !is_already_exists(&e) {
-                    return Err(err(format!("adding clsact qdisc: {e}")));
-                }
-            }
+            ensure_clsact(iface)?;
             TcAttachOptions::Netlink(NlOptions::default())
         }
     };
@@ -137,15 +132,15 @@ pub fn attach(
     Ok(mode)
 }
 
-fn is_already_exists(e: &tc::TcError) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(libc::EEXIST) {
-                return true;
-            }
-        }
-        source = s.source();
+/// Adds the clsact qdisc netlink filters hang off; one that already exists (another agent, an
+/// earlier run) is fine.
+pub fn ensure_clsact(iface: &str) -> Result<(), GuardError> {
+    match tc::qdisc_add_clsact(iface) {
+        Ok(()) => Ok(()),
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(GuardError::Attach {
+            iface: iface.to_owned(),
+            reason: format!("adding clsact qdisc: {e}"),
+        }),
     }
-    e.to_string().contains("exists")
 }

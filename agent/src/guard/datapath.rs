@@ -26,7 +26,7 @@ use aya::{
 use eniguard_common::guard::*;
 
 use super::{
-    attach::{ifindex, kernel_has_tcx, AttachMode},
+    attach::{ensure_clsact, ifindex, kernel_has_tcx, AttachMode},
     intern::{sg_set, Interner},
     pins::PinDir,
     spec::{Mode, ValidSpec},
@@ -67,7 +67,11 @@ impl Hook {
             Self::Egress => 0x4e47, // "NG"
             Self::PodVeth => 0x4e48,
         };
-        NlOptions { priority, handle: TcHandle::new(0, 1), ..NlOptions::default() }
+        NlOptions {
+            priority,
+            handle: TcHandle::new(0, 1),
+            ..NlOptions::default()
+        }
     }
 }
 
@@ -96,7 +100,13 @@ pub fn resolve(spec: ValidSpec) -> Result<Resolved, GuardError> {
         .enumerate()
         .map(|(i, f)| (format!("interfaces[{i}] ({})", f.name), f.name.clone()))
         .chain(spec.pods.iter().enumerate().map(|(i, p)| {
-            (format!("pods[{i}] ({}/{}) hostInterface", p.pod.namespace, p.pod.name), p.pod.host_interface.clone())
+            (
+                format!(
+                    "pods[{i}] ({}/{}) hostInterface",
+                    p.pod.namespace, p.pod.name
+                ),
+                p.pod.host_interface.clone(),
+            )
         }));
     for (entry, name) in names {
         let index = ifindex(&name).map_err(|_| GuardError::Attach {
@@ -105,7 +115,11 @@ pub fn resolve(spec: ValidSpec) -> Result<Resolved, GuardError> {
         })?;
         found.insert(name, index);
     }
-    Ok(Resolved { spec, ifindex: found, vlan_devices: vlan_devices() })
+    Ok(Resolved {
+        spec,
+        ifindex: found,
+        vlan_devices: vlan_devices(),
+    })
 }
 
 /// Names of 802.1Q devices in this network namespace (/proc/net is per namespace).
@@ -119,7 +133,10 @@ fn vlan_devices() -> BTreeSet<String> {
 
 enum Attachment {
     /// A pinned TCX link; removing the pin and closing the fd detaches it.
-    Tcx { link: FdLink, pin: PathBuf },
+    Tcx {
+        link: FdLink,
+        pin: PathBuf,
+    },
     Netlink(SchedClassifierLink),
 }
 
@@ -135,18 +152,33 @@ impl Guard {
     /// Loads the guard programs with their maps pinned (reused if already pinned).
     pub fn load(pins: PinDir, attach_mode: AttachMode) -> Result<Self, GuardError> {
         pins.create()?;
-        let pinned: Vec<_> = GUARD_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+        let pinned: Vec<_> = GUARD_MAPS
+            .iter()
+            .map(|name| (*name, pins.map(name)))
+            .collect();
         let mut ebpf = super::load(&pinned)?;
         for hook in [Hook::Egress, Hook::PodVeth] {
             program(&mut ebpf, hook)?
                 .load()
-                .map_err(|source| GuardError::Program { name: hook.program(), source })?;
+                .map_err(|source| GuardError::Program {
+                    name: hook.program(),
+                    source,
+                })?;
         }
         let attach_mode = attach_mode.resolve();
         if attach_mode == AttachMode::Tcx && !kernel_has_tcx() {
-            return Err(GuardError::Attach { iface: "*".into(), reason: "TCX needs kernel >= 6.6; use --attach netlink".into() });
+            return Err(GuardError::Attach {
+                iface: "*".into(),
+                reason: "TCX needs kernel >= 6.6; use --attach netlink".into(),
+            });
         }
-        Ok(Self { ebpf, pins, attach_mode, names: Names::default(), attached: BTreeMap::new() })
+        Ok(Self {
+            ebpf,
+            pins,
+            attach_mode,
+            names: Names::default(),
+            attached: BTreeMap::new(),
+        })
     }
 
     pub fn attach_mode(&self) -> AttachMode {
@@ -165,18 +197,31 @@ impl Guard {
         for f in &spec.interfaces {
             let ifindex = resolved.ifindex[&f.name];
             // A sub-interface's frames carry no tag at its own hook: key it untagged.
-            let key_vlan = if resolved.vlan_devices.contains(&f.name) { 0 } else { u32::from(f.vlan) };
+            let key_vlan = if resolved.vlan_devices.contains(&f.name) {
+                0
+            } else {
+                u32::from(f.vlan)
+            };
             let value = IfaceTruth {
                 eni_id: self.names.enis.id(&f.eni),
                 sg_set_id: self.names.sg_sets.id(&sg_set(&f.security_groups)),
                 vlan: u32::from(f.vlan),
             };
-            truth.insert(IfaceKey { ifindex, vlan: key_vlan }, value);
+            truth.insert(
+                IfaceKey {
+                    ifindex,
+                    vlan: key_vlan,
+                },
+                value,
+            );
         }
         let mut intent = StdHashMap::new();
         let mut veths = StdHashMap::new();
         for p in &spec.pods {
-            let pod_id = self.names.pods.id(&(p.pod.namespace.clone(), p.pod.name.clone()));
+            let pod_id = self
+                .names
+                .pods
+                .id(&(p.pod.namespace.clone(), p.pod.name.clone()));
             let mode = p.pod.mode.map_or(MODE_INHERIT, mode_value);
             let key = ipv4_key(p.ip);
             intent.insert(
@@ -184,12 +229,22 @@ impl Guard {
                 PodIntent {
                     pod_id,
                     eni_id: self.names.enis.id(&p.pod.expect.eni),
-                    sg_set_id: self.names.sg_sets.id(&sg_set(&p.pod.expect.security_groups)),
+                    sg_set_id: self
+                        .names
+                        .sg_sets
+                        .id(&sg_set(&p.pod.expect.security_groups)),
                     vlan: u32::from(p.pod.expect.vlan),
                     mode,
                 },
             );
-            veths.insert(resolved.ifindex[&p.pod.host_interface], VethPod { pod_id, mode, addr: key });
+            veths.insert(
+                resolved.ifindex[&p.pod.host_interface],
+                VethPod {
+                    pod_id,
+                    mode,
+                    addr: key,
+                },
+            );
         }
 
         let mut cfg: Array<&mut MapData, GuardConfig> = typed(&mut self.ebpf, CONFIG_MAP)?;
@@ -202,9 +257,18 @@ impl Guard {
             .interfaces
             .iter()
             .map(|f| (f.name.clone(), Hook::Egress))
-            .chain(spec.pods.iter().map(|p| (p.pod.host_interface.clone(), Hook::PodVeth)))
+            .chain(
+                spec.pods
+                    .iter()
+                    .map(|p| (p.pod.host_interface.clone(), Hook::PodVeth)),
+            )
             .collect();
-        let stale: Vec<_> = self.attached.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+        let stale: Vec<_> = self
+            .attached
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
         for key in stale {
             if let Some(a) = self.attached.remove(&key) {
                 detach(a);
@@ -221,7 +285,10 @@ impl Guard {
 
     /// Attaches `hook`'s program to `iface`, replacing in place what an earlier run left there.
     fn attach(&mut self, iface: &str, hook: Hook) -> Result<Attachment, GuardError> {
-        let err = |reason: String| GuardError::Attach { iface: iface.to_owned(), reason };
+        let err = |reason: String| GuardError::Attach {
+            iface: iface.to_owned(),
+            reason,
+        };
         let pin = self.pins.link(iface, hook.label());
         let mode = self.attach_mode;
         let prog = program(&mut self.ebpf, hook)?;
@@ -231,10 +298,16 @@ impl Guard {
                     Ok(old) => {
                         let link = SchedClassifierLink::try_from(FdLink::from(old))
                             .map_err(|e| err(format!("pinned link {}: {e}", pin.display())))?;
-                        prog.attach_to_link(link).map_err(|e| err(format!("replacing the program on {}: {e}", pin.display())))?
+                        prog.attach_to_link(link).map_err(|e| {
+                            err(format!("replacing the program on {}: {e}", pin.display()))
+                        })?
                     }
                     Err(_) => prog
-                        .attach_with_options(iface, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+                        .attach_with_options(
+                            iface,
+                            hook.attach_type(),
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
                         .map_err(|e| err(format!("TCX attach: {e}")))?,
                 };
                 let link = prog.take_link(id).map_err(|e| err(e.to_string()))?;
@@ -242,44 +315,68 @@ impl Guard {
                 let link = if pin.exists() {
                     link
                 } else {
-                    FdLink::from(link.pin(&pin).map_err(|e| err(format!("pinning {}: {e}", pin.display())))?)
+                    FdLink::from(
+                        link.pin(&pin)
+                            .map_err(|e| err(format!("pinning {}: {e}", pin.display())))?,
+                    )
                 };
                 Ok(Attachment::Tcx { link, pin })
             }
             _ => {
-                if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
-                    if !e.to_string().contains("exists") {
-                        return Err(err(format!("adding clsact qdisc: {e}")));
-                    }
-                }
+                ensure_clsact(iface)?;
                 let opts = hook.nl_options();
-                let replaced = SchedClassifierLink::attached(iface, hook.attach_type(), opts.priority, opts.handle, None)
-                    .ok()
-                    .and_then(|old| prog.attach_to_link(old).ok());
+                let replaced = SchedClassifierLink::attached(
+                    iface,
+                    hook.attach_type(),
+                    opts.priority,
+                    opts.handle,
+                    None,
+                )
+                .ok()
+                .and_then(|old| prog.attach_to_link(old).ok());
                 let id = match replaced {
                     Some(id) => id,
                     None => prog
-                        .attach_with_options(iface, hook.attach_type(), TcAttachOptions::Netlink(opts))
+                        .attach_with_options(
+                            iface,
+                            hook.attach_type(),
+                            TcAttachOptions::Netlink(opts),
+                        )
                         .map_err(|e| err(format!("netlink attach: {e}")))?,
                 };
-                Ok(Attachment::Netlink(prog.take_link(id).map_err(|e| err(e.to_string()))?))
+                Ok(Attachment::Netlink(
+                    prog.take_link(id).map_err(|e| err(e.to_string()))?,
+                ))
             }
         }
     }
 
     /// Takes the events ring buffer (once) for the event reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(GuardError::MissingMap(EVENTS_MAP))?;
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(GuardError::MissingMap(EVENTS_MAP))?;
         RingBuf::try_from(map).map_err(map_err(EVENTS_MAP))
     }
 
     /// Node counters and per-pod counters, summed over all possible CPUs.
     pub fn stats(&self) -> Result<Stats, GuardError> {
-        let node_map = self.ebpf.map(COUNTERS_MAP).ok_or(GuardError::MissingMap(COUNTERS_MAP))?;
+        let node_map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(GuardError::MissingMap(COUNTERS_MAP))?;
         let node: PerCpuArray<&MapData, GuardCounters> =
             PerCpuArray::try_from(node_map).map_err(map_err(COUNTERS_MAP))?;
-        let node = node.get(&0, 0).map_err(map_err(COUNTERS_MAP))?.iter().fold(GuardCounters::default(), add_node);
-        let pods_map = self.ebpf.map(POD_COUNTERS_MAP).ok_or(GuardError::MissingMap(POD_COUNTERS_MAP))?;
+        let node = node
+            .get(&0, 0)
+            .map_err(map_err(COUNTERS_MAP))?
+            .iter()
+            .fold(GuardCounters::default(), add_node);
+        let pods_map = self
+            .ebpf
+            .map(POD_COUNTERS_MAP)
+            .ok_or(GuardError::MissingMap(POD_COUNTERS_MAP))?;
         let pods_map: PerCpuHashMap<&MapData, u32, PodCounters> =
             PerCpuHashMap::try_from(pods_map).map_err(map_err(POD_COUNTERS_MAP))?;
         let mut pods = Vec::new();
@@ -293,7 +390,7 @@ impl Guard {
 
     /// Detaches and removes every pin, or with `keep_datapath` leaves programs attached (and
     /// pinned) so that traffic stays checked until the next agent replaces them.
-    pub fn shutdown(mut self, keep_datapath: bool) -> Result<(), GuardError> {
+    pub fn shutdown(&mut self, keep_datapath: bool) -> Result<(), GuardError> {
         let attached = std::mem::take(&mut self.attached);
         for (_, a) in attached {
             if keep_datapath {
@@ -358,7 +455,10 @@ fn mode_value(mode: Mode) -> u32 {
 
 pub fn ipv4_key(ip: Ipv4Addr) -> AddrKey {
     // The datapath compares the address as read from the packet: network byte order in memory.
-    AddrKey { family: FAMILY_IPV4, addr: [u32::from_ne_bytes(ip.octets()), 0, 0, 0] }
+    AddrKey {
+        family: FAMILY_IPV4,
+        addr: [u32::from_ne_bytes(ip.octets()), 0, 0, 0],
+    }
 }
 
 pub fn ipv4_of(key: &AddrKey) -> Ipv4Addr {
@@ -374,7 +474,10 @@ fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, GuardErr
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> GuardError {
-    move |source| GuardError::Map { name: name.to_owned(), source }
+    move |source| GuardError::Map {
+        name: name.to_owned(),
+        source,
+    }
 }
 
 fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, GuardError>
@@ -387,7 +490,11 @@ where
 
 /// Makes the pinned hash map hold exactly `want`: writes every entry, then removes the rest
 /// (entries left by an earlier run or an earlier spec).
-fn sync_map<K, V>(ebpf: &mut Ebpf, name: &'static str, want: &StdHashMap<K, V>) -> Result<(), GuardError>
+fn sync_map<K, V>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    want: &StdHashMap<K, V>,
+) -> Result<(), GuardError>
 where
     K: Pod + Eq + Hash,
     V: Pod,
@@ -396,7 +503,11 @@ where
     for (k, v) in want {
         map.insert(k, v, 0).map_err(map_err(name))?;
     }
-    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains_key(k)).collect();
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
     }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! /sys/fs/bpf/eniguard/maps/<MAP_NAME_Vn>    maps, versioned by layout
-//! /sys/fs/bpf/eniguard/links/<iface>.<hook>  TCX links, re-used by a restarted agent
+//! /sys/fs/bpf/eniguard/links/<hook>-<iface>  TCX links, re-used by a restarted agent ('.' → ':')
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,7 +34,10 @@ impl PinDir {
 
     /// Pin of the link that attaches a program of kind `hook` to `iface`.
     pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
-        self.root.join("links").join(format!("{iface}.{hook}"))
+        // bpffs refuses names with dots; interface names never contain ':', so this is injective.
+        self.root
+            .join("links")
+            .join(format!("{hook}-{}", iface.replace('.', ":")))
     }
 
     /// Creates the directory tree; fails clearly when its filesystem is not bpffs.

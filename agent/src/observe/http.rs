@@ -11,7 +11,10 @@ use tokio::{
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("listening on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A response: status, content type, body.
@@ -23,15 +26,28 @@ pub struct Response {
 
 impl Response {
     pub fn ok(content_type: &'static str, body: String) -> Self {
-        Self { status: 200, content_type, body }
+        Self {
+            status: 200,
+            content_type,
+            body,
+        }
     }
     pub fn not_found() -> Self {
-        Self { status: 404, content_type: "text/plain", body: "not found\n".into() }
+        Self {
+            status: 404,
+            content_type: "text/plain",
+            body: "not found\n".into(),
+        }
     }
 }
 
 pub async fn bind(addr: &str) -> Result<TcpListener, HttpError> {
-    TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr: addr.to_owned(), source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 /// Serves `handler(path)` forever on `listener`.
@@ -41,7 +57,9 @@ where
     Fut: Future<Output = Response> + Send,
 {
     loop {
-        let Ok((mut stream, peer)) = listener.accept().await else { continue };
+        let Ok((mut stream, peer)) = listener.accept().await else {
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
@@ -56,10 +74,18 @@ where
                 }
             }
             let request = String::from_utf8_lossy(&buf[..len]);
-            let mut parts = request.lines().next().unwrap_or_default().split_whitespace();
+            let mut parts = request
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .split_whitespace();
             let response = match (parts.next(), parts.next()) {
                 (Some("GET"), Some(path)) => handler(path.to_owned()).await,
-                _ => Response { status: 405, content_type: "text/plain", body: "only GET\n".into() },
+                _ => Response {
+                    status: 405,
+                    content_type: "text/plain",
+                    body: "only GET\n".into(),
+                },
             };
             let reason = match response.status {
                 200 => "OK",
@@ -80,4 +106,3 @@ where
         });
     }
 }
-

@@ -81,8 +81,13 @@ pub const REASON_UNKNOWN_INTERFACE: u32 = 3;
 pub const REASON_SPOOFED_SOURCE: u32 = 4;
 pub const REASONS: usize = 5;
 /// Label of each reason, indexed by its value (metrics, logs, CLI).
-pub const REASON_NAMES: [&str; REASONS] =
-    ["wrong_eni", "wrong_vlan", "sg_mismatch", "unknown_interface", "spoofed_source"];
+pub const REASON_NAMES: [&str; REASONS] = [
+    "wrong_eni",
+    "wrong_vlan",
+    "sg_mismatch",
+    "unknown_interface",
+    "spoofed_source",
+];
 
 /// Node-wide per-CPU counters (index 0), summed by the agent at scrape time.
 #[repr(C)]
@@ -146,8 +151,16 @@ pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V1";
 pub const RATE_MAP: &str = "GUARD_RATE_V1";
 pub const EVENTS_MAP: &str = "GUARD_EVENTS_V1";
 /// Every guard map, in pin order.
-pub const GUARD_MAPS: [&str; 8] =
-    [INTENT_MAP, TRUTH_MAP, VETH_MAP, CONFIG_MAP, COUNTERS_MAP, POD_COUNTERS_MAP, RATE_MAP, EVENTS_MAP];
+pub const GUARD_MAPS: [&str; 8] = [
+    INTENT_MAP,
+    TRUTH_MAP,
+    VETH_MAP,
+    CONFIG_MAP,
+    COUNTERS_MAP,
+    POD_COUNTERS_MAP,
+    RATE_MAP,
+    EVENTS_MAP,
+];
 
 /// Capacities (5.10 charges maps to memlock: keep them modest; the agent may override).
 pub const MAX_PODS: u32 = 1024;

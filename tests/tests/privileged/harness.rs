@@ -34,6 +34,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A name prefix unique to this test, for namespaces it creates itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Another namespace with a name unique to this test; deleted when the returned value drops.
     pub fn netns(&self, suffix: &str) -> Result<NetNs> {
         NetNs::create(&format!("{}-{suffix}", self.prefix))

@@ -17,7 +17,7 @@ const PINGS: u64 = 5;
 const PING_FRAME_BYTES: u64 = 98;
 
 pub fn counts_over_tcx(ctx: &mut Ctx) -> Result<()> {
-    if !kernel_at_least(6, 6) {
+    if !crate::kernel_at_least(6, 6) {
         return Err(skip("TCX needs kernel >= 6.6"));
     }
     counts(ctx, "tcx")
@@ -199,14 +199,4 @@ fn sum_field(json: &str, field: &str) -> Result<u64> {
         .iter()
         .filter_map(|cpu| cpu["value"][field].as_u64())
         .sum())
-}
-
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (ma, mi) >= (major, minor)
 }

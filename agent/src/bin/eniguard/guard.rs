@@ -76,25 +76,36 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     events_task.abort();
-    let guard = Arc::try_unwrap(guard)
-        .map_err(|_| anyhow!("guard still in use at shutdown"))?
-        .into_inner()
-        .map_err(|_| anyhow!("guard lock poisoned"))?;
-    guard.shutdown(args.keep_datapath)?;
-    log::info!("guard stopped ({})", if args.keep_datapath { "datapath kept" } else { "datapath removed" });
+    guard
+        .lock()
+        .map_err(|_| anyhow!("guard lock poisoned"))?
+        .shutdown(args.keep_datapath)?;
+    log::info!(
+        "guard stopped ({})",
+        if args.keep_datapath {
+            "datapath kept"
+        } else {
+            "datapath removed"
+        }
+    );
     Ok(())
 }
 
 /// Re-reads the intent file; an invalid file is reported and the running state kept.
 fn reload(path: &std::path::Path, guard: &Mutex<Guard>) {
-    let result = Spec::from_file(path).map_err(anyhow::Error::from).and_then(|spec| {
-        let resolved = resolve(spec)?;
-        let mut guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
-        guard.apply(&resolved).context("applying the new intent")
-    });
+    let result = Spec::from_file(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|spec| {
+            let resolved = resolve(spec)?;
+            let mut guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
+            guard.apply(&resolved).context("applying the new intent")
+        });
     match result {
         Ok(()) => log::info!("reloaded {}", path.display()),
-        Err(e) => log::error!("reload of {} failed, keeping the previous intent: {e:#}", path.display()),
+        Err(e) => log::error!(
+            "reload of {} failed, keeping the previous intent: {e:#}",
+            path.display()
+        ),
     }
 }
 
@@ -110,13 +121,18 @@ async fn read_events(
         let mut ready = fd.readable_mut().await?;
         let ring = ready.get_inner_mut();
         while let Some(item) = ring.next() {
-            let Some(event) = events::decode(&item) else { continue };
+            let Some(event) = events::decode(&item) else {
+                continue;
+            };
             let violation = {
                 let guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
                 events::name(&event, &guard.names)
             };
             log::warn!(target: "eniguard::violation", "{}", serde_json::to_string(&violation)?);
-            recent.lock().map_err(|_| anyhow!("events lock poisoned"))?.push(violation);
+            recent
+                .lock()
+                .map_err(|_| anyhow!("events lock poisoned"))?
+                .push(violation);
         }
         ready.clear_ready();
     }
@@ -125,19 +141,30 @@ async fn read_events(
 fn respond(path: &str, guard: &Mutex<Guard>, recent: &Mutex<RecentEvents>) -> http::Response {
     match path {
         "/metrics" => {
-            let Ok(guard) = guard.lock() else { return http::Response::not_found() };
+            let Ok(guard) = guard.lock() else {
+                return http::Response::not_found();
+            };
             match guard.stats() {
                 Ok(stats) => http::Response::ok(
                     "text/plain; version=0.0.4",
                     metrics::render_guard(&stats, &guard.names),
                 ),
-                Err(e) => http::Response { status: 500, content_type: "text/plain", body: format!("{e}\n") },
+                Err(e) => http::Response {
+                    status: 500,
+                    content_type: "text/plain",
+                    body: format!("{e}\n"),
+                },
             }
         }
         "/v1/events" => {
-            let Ok(recent) = recent.lock() else { return http::Response::not_found() };
+            let Ok(recent) = recent.lock() else {
+                return http::Response::not_found();
+            };
             let list: Vec<_> = recent.iter().collect();
-            http::Response::ok("application/json", serde_json::to_string(&list).unwrap_or_default())
+            http::Response::ok(
+                "application/json",
+                serde_json::to_string(&list).unwrap_or_default(),
+            )
         }
         _ => http::Response::not_found(),
     }

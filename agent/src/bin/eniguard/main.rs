@@ -81,9 +81,24 @@ enum CounterCommand {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath } => {
-            let args = guard::Args { intent, metrics_addr, attach, pin_dir, keep_datapath };
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(guard::run(args))
+        Command::Guard {
+            intent,
+            metrics_addr,
+            attach,
+            pin_dir,
+            keep_datapath,
+        } => {
+            let args = guard::Args {
+                intent,
+                metrics_addr,
+                attach,
+                pin_dir,
+                keep_datapath,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(guard::run(args))
         }
         Command::Counter { command } => match command {
             CounterCommand::Run {

@@ -1,0 +1,574 @@
+//! The egress guard with real packets: pods in namespaces behind veths, ENI interfaces wired to a
+//! VPC namespace, the agent's `guard` command attached to them.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context as _, Result};
+use eniguard_tests::{
+    eniguard_bin,
+    frames::{inject, parse_mac, udp_frame, ETH_P_8021AD, ETH_P_8021Q},
+    netns::{in_netns, sh, NetNs},
+    process::Daemon,
+    topology::{Pod, Topology, ETH1, ETH2, VPC_DEST},
+};
+
+use crate::harness::Ctx;
+
+const N: u32 = 10;
+const METRICS: &str = "127.0.0.1:9400";
+
+/// Truth for the standard topology: eth1 is an ENI with the ENIConfig's groups, eth2 is the trunk
+/// built with the node's default groups (the upstream incident), carrying branch VLAN 5.
+const INTERFACES: &str = r#"
+interfaces:
+  - { name: eth1, eni: eni-a1, vlan: 0, securityGroups: [sg-c0f1] }
+  - { name: eth2, eni: eni-7, vlan: 0, securityGroups: [sg-de] }
+  - { name: eth2, eni: eni-b5, vlan: 5, securityGroups: [sg-b0] }
+"#;
+
+fn pod_yaml(name: &str, pod: &Pod, eni: &str, vlan: u16, sgs: &str, mode: Option<&str>) -> String {
+    let mode = mode.map(|m| format!(", mode: {m}")).unwrap_or_default();
+    format!(
+        "  - {{ namespace: default, name: {name}, ip: {}, hostInterface: {}, expect: {{ eni: {eni}, vlan: {vlan}, securityGroups: [{sgs}] }}{mode} }}\n",
+        pod.ip, pod.host_veth
+    )
+}
+
+struct Run {
+    agent: Daemon,
+    intent: PathBuf,
+    node: String,
+}
+
+fn start(ctx: &Ctx, topo: &Topology, yaml: &str, extra: &[&str]) -> Result<Run> {
+    let intent = ctx.pin_dir.with_extension("intent.yaml");
+    let intent = PathBuf::from("/tmp").join(intent.file_name().context("no file name")?);
+    std::fs::write(&intent, yaml)?;
+    let mut agent = Daemon::spawn(
+        topo.node
+            .cmd(eniguard_bin())
+            .args(["guard", "--intent"])
+            .arg(&intent)
+            .args(["--metrics-addr", METRICS, "--pin-dir"])
+            .arg(&ctx.pin_dir)
+            .args(extra),
+    )?;
+    agent.wait_for_line("ready:", Duration::from_secs(20))?;
+    Ok(Run {
+        agent,
+        intent,
+        node: topo.node.name().to_owned(),
+    })
+}
+
+impl Run {
+    fn get(&self, path: &str) -> Result<String> {
+        let ns = NetNs::existing(&self.node);
+        let path = path.to_owned();
+        in_netns(&ns, move || {
+            let mut s = std::net::TcpStream::connect(METRICS)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })
+    }
+
+    /// The value of one series, e.g. `eniguard_guard_violation_packets_total{reason="wrong_eni"}`;
+    /// 0 when absent. Events and counters are read after the packets were sent, so no waiting.
+    fn metric(&self, series: &str) -> Result<u64> {
+        let text = self.get("/metrics")?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap_or(0))
+            .unwrap_or(0))
+    }
+
+    fn violations(&self, reason: &str) -> Result<u64> {
+        self.metric(&format!(
+            "eniguard_guard_violation_packets_total{{reason=\"{reason}\"}}"
+        ))
+    }
+
+    fn total_violations(&self) -> Result<u64> {
+        [
+            "wrong_eni",
+            "wrong_vlan",
+            "sg_mismatch",
+            "unknown_interface",
+            "spoofed_source",
+        ]
+        .iter()
+        .map(|r| self.violations(r))
+        .sum()
+    }
+
+    fn stop(self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.intent);
+        let status = self.agent.terminate()?;
+        ensure!(status.success(), "guard exited with {status}");
+        Ok(())
+    }
+}
+
+pub fn correct_traffic_passes(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let yaml = format!(
+        "mode: enforce\n{INTERFACES}pods:\n{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    ensure!(
+        web.ping(N, None)?,
+        "a correct pod's pings failed under enforce"
+    );
+    ensure!(
+        run.metric("eniguard_guard_checked_packets_total")? == u64::from(N),
+        "checked != {N}"
+    );
+    ensure!(
+        run.metric("eniguard_guard_checked_sources_total")? == u64::from(N),
+        "checked sources != {N}"
+    );
+    ensure!(
+        run.total_violations()? == 0,
+        "correct traffic counted as a violation"
+    );
+    run.stop()
+}
+
+pub fn wrong_eni(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let yaml = format!(
+        "{INTERFACES}pods:\n{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    topo.route_pod(&web, &ETH2)?;
+    web.ping(N, None)?;
+    ensure!(
+        run.violations("wrong_eni")? == u64::from(N),
+        "wrong_eni != {N}"
+    );
+    ensure!(
+        run.total_violations()? == u64::from(N),
+        "a packet was counted under two reasons"
+    );
+    let series = "eniguard_guard_pod_violation_packets_total{namespace=\"default\",pod=\"web\",reason=\"wrong_eni\"}";
+    ensure!(
+        run.metric(series)? == u64::from(N),
+        "per-pod series missing: {series}"
+    );
+    let events = run.get("/v1/events")?;
+    ensure!(
+        events.contains("\"reason\":\"wrong_eni\"")
+            && events.contains("\"pod\":\"web\"")
+            && events.contains("\"expected_eni\":\"eni-a1\"")
+            && events.contains("\"actual_eni\":\"eni-7\""),
+        "events lack the pod identity or ENIs: {events}"
+    );
+    run.stop()
+}
+
+/// The upstream incident: a pod got its address from the trunk, which was built with the node's
+/// default security groups instead of the ENIConfig's.
+pub fn sg_mismatch_incident(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let victim = topo.add_pod("victim", "10.0.2.20", &ETH2)?;
+    let yaml = format!(
+        "{INTERFACES}pods:\n{}{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None),
+        pod_yaml("victim", &victim, "eni-7", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    web.ping(N, None)?;
+    victim.ping(N, None)?;
+    ensure!(
+        run.violations("sg_mismatch")? == u64::from(N),
+        "sg_mismatch != {N}"
+    );
+    ensure!(
+        run.total_violations()? == u64::from(N),
+        "the correct pod was flagged too"
+    );
+    let events = run.get("/v1/events")?;
+    ensure!(
+        events.contains("\"actual_security_groups\":[\"sg-de\"]"),
+        "event lacks the actual SGs: {events}"
+    );
+    run.stop()
+}
+
+pub fn wrong_vlan_and_tags(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let branch = topo.add_pod("branch", "10.0.2.30", &ETH2)?;
+    let yaml = format!(
+        "{INTERFACES}pods:\n{}",
+        pod_yaml("branch", &branch, "eni-b5", 5, "sg-b0", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    // Real pings leave the trunk untagged: the branch pod should be on VLAN 5.
+    branch.ping(N, None)?;
+    ensure!(
+        run.violations("wrong_vlan")? == u64::from(N),
+        "untagged: wrong_vlan != {N}"
+    );
+    // In-band tags through TC egress: 802.1Q VLAN 5 (right), 802.1Q VLAN 7 (wrong), 802.1ad 5 (right).
+    let (src_mac, dst_mac) = (
+        parse_mac(&topo.node.mac("eth2")?)?,
+        parse_mac(&topo.vpc.mac("vpc2")?)?,
+    );
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = ("10.0.2.30".parse()?, VPC_DEST.parse()?);
+    let right = udp_frame(dst_mac, src_mac, &[(ETH_P_8021Q, 5)], src, dst);
+    let wrong = udp_frame(dst_mac, src_mac, &[(ETH_P_8021Q, 7)], src, dst);
+    let qinq = udp_frame(
+        dst_mac,
+        src_mac,
+        &[(ETH_P_8021AD, 5), (ETH_P_8021Q, 100)],
+        src,
+        dst,
+    );
+    in_netns(&topo.node, move || {
+        inject("eth2", &right, 3)?;
+        inject("eth2", &wrong, 2)?;
+        inject("eth2", &qinq, 1)
+    })?;
+    ensure!(
+        run.violations("wrong_vlan")? == u64::from(N) + 2,
+        "tagged: wrong_vlan != {}",
+        N + 2
+    );
+    ensure!(
+        run.metric("eniguard_guard_checked_packets_total")? == u64::from(N) + 6,
+        "not every frame was checked"
+    );
+    ensure!(
+        run.total_violations()? == u64::from(N) + 2,
+        "a correctly tagged frame was flagged"
+    );
+    run.stop()
+}
+
+pub fn unknown_interface(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    // eth2 is known only for its branch VLAN: untagged traffic there has no truth.
+    let yaml = format!(
+        "interfaces:\n  - {{ name: eth1, eni: eni-a1, securityGroups: [sg-c0f1] }}\n  - {{ name: eth2, eni: eni-b5, vlan: 5, securityGroups: [sg-b0] }}\npods:\n{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    topo.route_pod(&web, &ETH2)?;
+    web.ping(N, None)?;
+    ensure!(
+        run.violations("unknown_interface")? == u64::from(N),
+        "unknown_interface != {N}"
+    );
+    ensure!(
+        run.total_violations()? == u64::from(N),
+        "counted under another reason too"
+    );
+    run.stop()
+}
+
+pub fn spoofed_source(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    let yaml = format!(
+        "{INTERFACES}pods:\n{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    web.ping(N, None)?;
+    web.ping(N, Some("10.0.1.99"))?;
+    ensure!(
+        run.violations("spoofed_source")? == u64::from(N),
+        "spoofed_source != {N}"
+    );
+    ensure!(
+        run.total_violations()? == u64::from(N),
+        "the pod's own traffic was flagged"
+    );
+    ensure!(
+        run.metric("eniguard_guard_checked_sources_total")? == 2 * u64::from(N),
+        "sources not all checked"
+    );
+    run.stop()
+}
+
+pub fn enforce_drops_only_the_violating_pod(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let bad = topo.add_pod("bad", "10.0.1.12", &ETH2)?;
+    let noisy = topo.add_pod("noisy", "10.0.1.13", &ETH2)?;
+    let yaml = format!(
+        "mode: monitor\n{INTERFACES}pods:\n{}{}{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None),
+        pod_yaml("bad", &bad, "eni-a1", 0, "sg-c0f1", Some("enforce")),
+        pod_yaml("noisy", &noisy, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    let before = topo.vpc_rx_packets(&ETH2)?;
+    ensure!(web.ping(N, None)?, "the correct pod lost packets");
+    ensure!(!bad.ping(N, None)?, "the enforced pod's pings got through");
+    noisy.ping(N, None)?;
+    let arrived = topo.vpc_rx_packets(&ETH2)? - before;
+    ensure!(
+        arrived == u64::from(N),
+        "{arrived} packets left eth2; expected only the monitored pod's {N}"
+    );
+    ensure!(
+        run.violations("wrong_eni")? == 2 * u64::from(N),
+        "wrong_eni != {}",
+        2 * N
+    );
+    ensure!(
+        run.metric("eniguard_guard_dropped_packets_total{reason=\"wrong_eni\"}")? == u64::from(N),
+        "dropped != {N}"
+    );
+    run.stop()
+}
+
+pub fn reload_on_sighup(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let bad = topo.add_pod("bad", "10.0.1.12", &ETH2)?;
+    let monitor = format!(
+        "mode: monitor\n{INTERFACES}pods:\n{}",
+        pod_yaml("bad", &bad, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &monitor, &[])?;
+    ensure!(bad.ping(N, None)?, "monitor mode dropped packets");
+    std::fs::write(
+        &run.intent,
+        monitor.replace("mode: monitor", "mode: enforce"),
+    )?;
+    signal(&run.agent, libc::SIGHUP);
+    wait_until(
+        || Ok(config_mode(&ctx.pin_dir)? == 2),
+        "enforce mode after SIGHUP",
+    )?;
+    ensure!(!bad.ping(N, None)?, "enforce after reload did not drop");
+    // An invalid file is reported and the running intent kept.
+    std::fs::write(&run.intent, "mode: enforce\npods: [{ name: x }]\n")?;
+    signal(&run.agent, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        config_mode(&ctx.pin_dir)? == 2,
+        "an invalid reload changed the mode"
+    );
+    ensure!(!bad.ping(N, None)?, "an invalid reload dropped the intent");
+    run.stop()
+}
+
+pub fn invalid_intent_changes_nothing(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let good_pod = pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None);
+    let cases = [
+        (
+            format!(
+                "{INTERFACES}pods:\n{}",
+                good_pod.replace("hostInterface", "hostIfce")
+            ),
+            "hostIfce",
+        ),
+        (
+            format!(
+                "{INTERFACES}pods:\n{}",
+                good_pod.replace("10.0.1.10", "10.0.1.310")
+            ),
+            "pods[0] (default/web): ip",
+        ),
+        (
+            format!(
+                "{INTERFACES}pods:\n{}",
+                good_pod.replace("eniweb", "nosuch0")
+            ),
+            "pods[0] (default/web) hostInterface",
+        ),
+        (
+            format!(
+                "{INTERFACES}pods:\n{good_pod}{}",
+                good_pod.replace("name: web", "name: web2")
+            ),
+            "already",
+        ),
+        (INTERFACES.replace("eth1", "eth9"), "interfaces[0] (eth9)"),
+    ];
+    for (yaml, needle) in cases {
+        let intent = PathBuf::from(format!("/tmp/{}-bad.yaml", ctx.prefix()));
+        std::fs::write(&intent, &yaml)?;
+        // `timeout`: an intent wrongly accepted must fail the test, not hang it.
+        let out = topo
+            .node
+            .cmd("timeout")
+            .arg("10")
+            .arg(eniguard_bin())
+            .args(["guard", "--intent"])
+            .arg(&intent)
+            .arg("--pin-dir")
+            .arg(&ctx.pin_dir)
+            .output()?;
+        let _ = std::fs::remove_file(&intent);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success(),
+            "accepted an invalid intent ({needle})"
+        );
+        ensure!(
+            stderr.contains(needle),
+            "error does not name `{needle}`: {stderr}"
+        );
+        ensure!(
+            !ctx.pin_dir.exists(),
+            "an invalid intent left pins ({needle})"
+        );
+        let filters = topo
+            .node
+            .run("tc", &["filter", "show", "dev", "eth1", "egress"])?;
+        ensure!(
+            filters.trim().is_empty(),
+            "an invalid intent attached something: {filters}"
+        );
+    }
+    Ok(())
+}
+
+pub fn bpftool_shows_field_names(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let yaml = format!(
+        "{INTERFACES}pods:\n{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    for (map, fields) in [
+        (
+            "GUARD_INTENT_V1",
+            &["pod_id", "eni_id", "sg_set_id", "vlan", "family"][..],
+        ),
+        ("GUARD_TRUTH_V1", &["ifindex", "eni_id", "sg_set_id"][..]),
+        (
+            "GUARD_COUNTERS_V1",
+            &["checked", "violations", "dropped", "events_lost"][..],
+        ),
+        ("GUARD_CONFIG_V1", &["mode", "events_per_pod_per_sec"][..]),
+    ] {
+        let dump = sh(Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(ctx.pin_dir.join("maps").join(map)))?;
+        for f in fields {
+            ensure!(
+                dump.contains(&format!("\"{f}\"")),
+                "bpftool dump of {map} lacks `{f}`:\n{dump}"
+            );
+        }
+    }
+    run.stop()
+}
+
+/// In enforce mode, a violating pod sends continuously while the agent restarts with
+/// --keep-datapath: not one violating packet may leave, and afterwards only the new programs run.
+pub fn restart_lets_nothing_through(ctx: &mut Ctx) -> Result<()> {
+    restart(ctx, "tcx")
+}
+
+pub fn restart_lets_nothing_through_netlink(ctx: &mut Ctx) -> Result<()> {
+    restart(ctx, "netlink")
+}
+
+fn restart(ctx: &mut Ctx, attach: &str) -> Result<()> {
+    if attach == "tcx" && !crate::kernel_at_least(6, 6) {
+        return Err(crate::harness::skip("TCX needs kernel >= 6.6"));
+    }
+    let topo = Topology::build(ctx.prefix())?;
+    let bad = topo.add_pod("bad", "10.0.1.12", &ETH2)?;
+    let yaml = format!(
+        "mode: enforce\n{INTERFACES}pods:\n{}",
+        pod_yaml("bad", &bad, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let args = ["--keep-datapath", "--attach", attach];
+    let first = start(ctx, &topo, &yaml, &args)?;
+    let before = topo.vpc_rx_packets(&ETH2)?;
+    // About 2.5 s of pings every 5 ms, across the restart.
+    let mut flood = Daemon::spawn(
+        bad.ns
+            .cmd("ping")
+            .args(["-c", "500", "-i", "0.005", "-W", "1", "-q", VPC_DEST]),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    first.stop()?;
+    ensure!(
+        ctx.pin_dir.join("maps/GUARD_INTENT_V1").exists(),
+        "--keep-datapath removed the pins"
+    );
+    std::thread::sleep(Duration::from_millis(200)); // traffic with no agent running at all
+    let second = start(ctx, &topo, &yaml, &["--attach", attach])?;
+    ensure!(
+        flood.wait_exit(Duration::from_secs(10))?.is_some(),
+        "the ping flood did not finish"
+    );
+    let leaked = topo.vpc_rx_packets(&ETH2)? - before;
+    ensure!(
+        leaked == 0,
+        "{leaked} violating packets left the node during the restart"
+    );
+    let dropped = second.metric("eniguard_guard_dropped_packets_total{reason=\"wrong_eni\"}")?;
+    ensure!(
+        dropped >= 400,
+        "only {dropped} drops counted across the restart (counters should survive)"
+    );
+    let progs = sh(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let running = progs.matches("\"name\":\"guard_egress\"").count();
+    ensure!(
+        running == 1,
+        "{running} guard_egress programs loaded after the restart; the old one is stale"
+    );
+    second.stop()?;
+    ensure!(!ctx.pin_dir.exists(), "final shutdown left pins");
+    let filters = topo
+        .node
+        .run("tc", &["filter", "show", "dev", "eth2", "egress"])?;
+    ensure!(
+        filters.trim().is_empty(),
+        "final shutdown left a filter: {filters}"
+    );
+    Ok(())
+}
+
+fn signal(agent: &Daemon, sig: i32) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.pid() as i32, sig) };
+}
+
+fn config_mode(pin_dir: &std::path::Path) -> Result<u64> {
+    let out = sh(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin_dir.join("maps/GUARD_CONFIG_V1")))?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["formatted"]["value"]["mode"]
+        .as_u64()
+        .context("no mode in GUARD_CONFIG_V1")
+}
+
+fn wait_until(mut f: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
+    for _ in 0..100 {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("timed out waiting for {what}")
+}
