@@ -2,6 +2,7 @@
 //! (later) the simulated VPC they run against.
 
 pub mod frames;
+pub mod http;
 pub mod netns;
 pub mod process;
 pub mod topology;
@@ -15,10 +16,6 @@ pub fn eniguard_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from).unwrap_or_default();
     profile_dir.join("eniguard")
 }

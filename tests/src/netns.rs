@@ -9,16 +9,9 @@ use anyhow::{bail, Context as _, Result};
 
 /// Runs a command and returns its stdout, failing with the command line and stderr.
 pub fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -33,25 +26,16 @@ pub struct NetNs {
 impl NetNs {
     /// Creates `name`, replacing a leftover namespace of the same name from a crashed run.
     pub fn create(name: &str) -> Result<Self> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
         sh(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self {
-            name: name.to_owned(),
-            owned: true,
-        };
+        let ns = Self { name: name.to_owned(), owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
     /// A handle on a namespace someone else owns (not deleted on drop).
     pub fn existing(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            owned: false,
-        }
+        Self { name: name.to_owned(), owned: false }
     }
 
     pub fn name(&self) -> &str {
@@ -66,8 +50,7 @@ impl NetNs {
     /// the host's /sys, so the program can pin under /sys/fs/bpf.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path().display()))
-            .arg(program);
+        cmd.arg(format!("--net={}", self.path().display())).arg(program);
         cmd
     }
 
@@ -82,26 +65,20 @@ impl NetNs {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")])
-            .map(|_| ())
+        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(|_| ())
     }
 
     pub fn mac(&self, iface: &str) -> Result<String> {
         let out = self.ip(&["-j", "link", "show", "dev", iface])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
-        v[0]["address"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no MAC address in `ip -j link`")
+        v[0]["address"].as_str().map(str::to_owned).context("no MAC address in `ip -j link`")
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
         if self.owned {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
         }
     }
 }
@@ -131,58 +108,24 @@ pub fn veth_pair<'a>(a: Link<'a>, b: Link<'a>, prefix_len: u8) -> Result<()> {
     ]))?;
     for l in [&a, &b] {
         l.ns.sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", l.name), "1")?;
-        l.ns.ip(&[
-            "addr",
-            "add",
-            &format!("{}/{prefix_len}", l.addr),
-            "dev",
-            &l.name,
-        ])?;
+        l.ns.ip(&["addr", "add", &format!("{}/{prefix_len}", l.addr), "dev", &l.name])?;
         l.ns.ip(&["link", "set", &l.name, "up"])?;
     }
     let (mac_a, mac_b) = (a.ns.mac(&a.name)?, b.ns.mac(&b.name)?);
-    a.ns.ip(&[
-        "neigh",
-        "replace",
-        &b.addr,
-        "lladdr",
-        &mac_b,
-        "dev",
-        &a.name,
-        "nud",
-        "permanent",
-    ])?;
-    b.ns.ip(&[
-        "neigh",
-        "replace",
-        &a.addr,
-        "lladdr",
-        &mac_a,
-        "dev",
-        &b.name,
-        "nud",
-        "permanent",
-    ])?;
+    a.ns.ip(&["neigh", "replace", &b.addr, "lladdr", &mac_b, "dev", &a.name, "nud", "permanent"])?;
+    b.ns.ip(&["neigh", "replace", &a.addr, "lladdr", &mac_a, "dev", &b.name, "nud", "permanent"])?;
     Ok(())
 }
 
 /// Runs `f` on a thread that has entered `ns` (setns affects only the calling thread).
-pub fn in_netns<T: Send + 'static>(
-    ns: &NetNs,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     let path = ns.path();
     std::thread::spawn(move || -> Result<T> {
-        let file =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         use std::os::fd::AsRawFd as _;
         // SAFETY: a valid namespace fd; only this thread changes namespace.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "setns {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
+            bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
         }
         f()
     })

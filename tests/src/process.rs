@@ -32,11 +32,7 @@ impl Daemon {
                 }
             }
         });
-        Ok(Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        })
+        Ok(Self { child, lines, seen: Vec::new() })
     }
 
     /// Waits until a stdout line starts with `prefix`, the process exits, or `timeout` passes.
@@ -44,26 +40,17 @@ impl Daemon {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
+            match self.lines.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) if line.starts_with(prefix) => return Ok(line),
                 Ok(line) => self.seen.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait()?;
-                    bail!(
-                        "exited ({status}) before printing `{prefix}`; stdout: {:?}",
-                        self.seen
-                    );
+                    bail!("exited ({status}) before printing `{prefix}`; stdout: {:?}", self.seen);
                 }
             }
             if left.is_zero() {
-                bail!(
-                    "no `{prefix}` line within {timeout:?}; stdout so far: {:?}",
-                    self.seen
-                );
+                bail!("no `{prefix}` line within {timeout:?}; stdout so far: {:?}", self.seen);
             }
         }
     }

@@ -27,20 +27,8 @@ pub struct Eni {
     pub table: u32,
 }
 
-pub const ETH1: Eni = Eni {
-    name: "eth1",
-    peer: "vpc1",
-    addr: "10.0.1.5",
-    gateway: "10.0.1.1",
-    table: 101,
-};
-pub const ETH2: Eni = Eni {
-    name: "eth2",
-    peer: "vpc2",
-    addr: "10.0.2.5",
-    gateway: "10.0.2.1",
-    table: 102,
-};
+pub const ETH1: Eni = Eni { name: "eth1", peer: "vpc1", addr: "10.0.1.5", gateway: "10.0.1.1", table: 101 };
+pub const ETH2: Eni = Eni { name: "eth2", peer: "vpc2", addr: "10.0.2.5", gateway: "10.0.2.1", table: 102 };
 
 pub struct Pod {
     pub ns: NetNs,
@@ -67,16 +55,8 @@ impl Topology {
         vpc.ip(&["addr", "add", &format!("{VPC_DEST}/32"), "dev", "lo"])?;
         for eni in [&ETH1, &ETH2] {
             veth_pair(
-                Link {
-                    ns: &node,
-                    name: eni.name.into(),
-                    addr: eni.addr.into(),
-                },
-                Link {
-                    ns: &vpc,
-                    name: eni.peer.into(),
-                    addr: eni.gateway.into(),
-                },
+                Link { ns: &node, name: eni.name.into(), addr: eni.addr.into() },
+                Link { ns: &vpc, name: eni.peer.into(), addr: eni.gateway.into() },
                 24,
             )?;
             node.ip(&[
@@ -91,11 +71,7 @@ impl Topology {
                 &eni.table.to_string(),
             ])?;
         }
-        Ok(Self {
-            node,
-            vpc,
-            prefix: prefix.to_owned(),
-        })
+        Ok(Self { node, vpc, prefix: prefix.to_owned() })
     }
 
     /// A pod with address `ip` whose traffic leaves through `eni`'s table.
@@ -103,104 +79,32 @@ impl Topology {
         let ns = NetNs::create(&format!("{}-{name}", self.prefix))?;
         let host_veth = format!("eni{name}");
         sh(Command::new("ip")
-            .args([
-                "-n",
-                self.node.name(),
-                "link",
-                "add",
-                &host_veth,
-                "type",
-                "veth",
-            ])
+            .args(["-n", self.node.name(), "link", "add", &host_veth, "type", "veth"])
             .args(["peer", "name", "eth0", "netns", ns.name()]))?;
         for (n, ifname) in [(&self.node, host_veth.as_str()), (&ns, "eth0")] {
             n.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "1")?;
             n.ip(&["link", "set", ifname, "up"])?;
         }
         ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        ns.ip(&[
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ])?;
-        ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ])?;
+        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
         let host_mac = self.node.mac(&host_veth)?;
-        ns.ip(&[
-            "neigh",
-            "replace",
-            "169.254.1.1",
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        ns.ip(&["neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
         let pod_mac = ns.mac("eth0")?;
-        self.node.ip(&[
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &pod_mac,
-            "dev",
-            &host_veth,
-            "nud",
-            "permanent",
-        ])?;
-        self.node
-            .ip(&["route", "add", ip, "dev", &host_veth, "scope", "link"])?;
-        self.node.ip(&[
-            "rule",
-            "add",
-            "from",
-            ip,
-            "lookup",
-            &eni.table.to_string(),
-            "priority",
-            "1536",
-        ])?;
+        self.node.ip(&["neigh", "replace", ip, "lladdr", &pod_mac, "dev", &host_veth, "nud", "permanent"])?;
+        self.node.ip(&["route", "add", ip, "dev", &host_veth, "scope", "link"])?;
+        self.node.ip(&["rule", "add", "from", ip, "lookup", &eni.table.to_string(), "priority", "1536"])?;
         // Replies from the VPC come back through the ENI the pod's subnet is on.
-        let (peer, node_if) = if ip.starts_with("10.0.2.") {
-            (ETH2.peer, ETH2.name)
-        } else {
-            (ETH1.peer, ETH1.name)
-        };
+        let (peer, node_if) =
+            if ip.starts_with("10.0.2.") { (ETH2.peer, ETH2.name) } else { (ETH1.peer, ETH1.name) };
         let node_mac = self.node.mac(node_if)?;
-        self.vpc.ip(&[
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            &node_mac,
-            "dev",
-            peer,
-            "nud",
-            "permanent",
-        ])?;
-        Ok(Pod {
-            ns,
-            ip: ip.to_owned(),
-            host_veth,
-        })
+        self.vpc.ip(&["neigh", "replace", ip, "lladdr", &node_mac, "dev", peer, "nud", "permanent"])?;
+        Ok(Pod { ns, ip: ip.to_owned(), host_veth })
     }
 
     /// Makes the pod's traffic leave through `eni` instead.
     pub fn route_pod(&self, pod: &Pod, eni: &Eni) -> Result<()> {
-        self.node
-            .ip(&["rule", "del", "from", &pod.ip, "priority", "1536"])?;
+        self.node.ip(&["rule", "del", "from", &pod.ip, "priority", "1536"])?;
         self.node.ip(&[
             "rule",
             "add",
@@ -216,9 +120,7 @@ impl Topology {
 
     /// Packets received by the VPC side of `eni` (what actually left the node there).
     pub fn vpc_rx_packets(&self, eni: &Eni) -> Result<u64> {
-        let out = self
-            .vpc
-            .ip(&["-s", "-j", "link", "show", "dev", eni.peer])?;
+        let out = self.vpc.ip(&["-s", "-j", "link", "show", "dev", eni.peer])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0))
     }

@@ -24,10 +24,7 @@ const OS_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "dumps pinned maps with BTF field names"),
     ("iputils-ping", "ping: traffic in integration tests"),
     ("iperf3", "throughput benchmarks"),
-    (
-        "qemu-system-x86",
-        "boots other kernels for the kernel matrix",
-    ),
+    ("qemu-system-x86", "boots other kernels for the kernel matrix"),
     ("busybox-static", "initramfs userland for the kernel matrix"),
     ("kmod", "module dependency resolution for the kernel matrix"),
     ("cpio", "initramfs archives for the kernel matrix"),
@@ -86,18 +83,18 @@ fn rust_src() -> Result<Outcome> {
     if has_rust_src()? {
         return Ok(Outcome::Present);
     }
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
-        .context("`rustup component add rust-src --toolchain nightly` failed (is the Rust registry reachable?)")?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY])).context(
+        "`rustup component add rust-src --toolchain nightly` failed (is the Rust registry reachable?)",
+    )?;
     Ok(Outcome::Installed)
 }
 
 /// The nightly's own libLLVM, e.g. `.../lib/libLLVM.so.22.1-rust-1.97.0-nightly`, and its major version.
 fn nightly_llvm() -> Result<(PathBuf, u32)> {
-    let sysroot =
-        output_of(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
-            .with_context(|| {
-                format!("the {NIGHTLY} toolchain is missing: `rustup toolchain install {NIGHTLY}`")
-            })?;
+    let sysroot = output_of(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+        .with_context(|| {
+            format!("the {NIGHTLY} toolchain is missing: `rustup toolchain install {NIGHTLY}`")
+        })?;
     let lib = Path::new(sysroot.trim()).join("lib");
     for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -105,10 +102,7 @@ fn nightly_llvm() -> Result<(PathBuf, u32)> {
             return Ok((lib.join(name), major));
         }
     }
-    bail!(
-        "no libLLVM.so.<major>.* in {}; the nightly toolchain looks incomplete",
-        lib.display()
-    )
+    bail!("no libLLVM.so.<major>.* in {}; the nightly toolchain looks incomplete", lib.display())
 }
 
 /// `libLLVM.so.22.1-rust-1.97.0-nightly` → 22.
@@ -130,11 +124,8 @@ fn bpf_linker_stamp() -> PathBuf {
 
 fn bpf_linker_matches() -> Result<bool> {
     let (llvm, _) = nightly_llvm()?;
-    let works = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let works =
+        Command::new("bpf-linker").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     let stamp = fs::read_to_string(bpf_linker_stamp()).unwrap_or_default();
     Ok(works && stamp.trim() == llvm.display().to_string())
 }
@@ -154,24 +145,10 @@ fn bpf_linker() -> Result<Outcome> {
         .with_context(|| format!("symlinking {} to {}", link.display(), llvm.display()))?;
     println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about 75 s on 2 cores)");
     run(Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--force",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
-        .args([
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
+        .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
         .env("LLVM_PREFIX", &prefix)
-        .env(
-            "RUSTFLAGS",
-            format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display()),
-        ))
+        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display())))
     .context("building bpf-linker failed (needs the crates.io registry and a C toolchain)")?;
     fs::write(bpf_linker_stamp(), llvm.display().to_string())?;
     Ok(Outcome::Installed)
@@ -186,10 +163,7 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .output()
         .context("dpkg-query is missing: setup supports Debian-like systems only")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(names
-        .into_iter()
-        .filter(|p| !text.lines().any(|l| l == format!("{p} installed")))
-        .collect())
+    Ok(names.into_iter().filter(|p| !text.lines().any(|l| l == format!("{p} installed"))).collect())
 }
 
 fn os_packages() -> Result<Outcome> {
@@ -197,11 +171,8 @@ fn os_packages() -> Result<Outcome> {
     if missing.is_empty() {
         return Ok(Outcome::Present);
     }
-    let why: Vec<String> = OS_PACKAGES
-        .iter()
-        .filter(|(p, _)| missing.contains(p))
-        .map(|(p, w)| format!("{p} ({w})"))
-        .collect();
+    let why: Vec<String> =
+        OS_PACKAGES.iter().filter(|(p, _)| missing.contains(p)).map(|(p, w)| format!("{p} ({w})")).collect();
     if !is_root() {
         bail!(
             "missing {}; run as root or: sudo apt-get install --no-install-recommends {}",
@@ -223,9 +194,8 @@ fn os_packages() -> Result<Outcome> {
 fn bpffs_mounted() -> bool {
     fs::read_to_string("/proc/mounts")
         .map(|m| {
-            m.lines().any(|l| {
-                l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.split(' ').nth(2) == Some("bpf")
-            })
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.split(' ').nth(2) == Some("bpf"))
         })
         .unwrap_or(false)
 }
@@ -247,18 +217,9 @@ mod tests {
 
     #[test]
     fn llvm_major_is_read_from_the_library_file_name() {
-        assert_eq!(
-            llvm_major_from_file_name("libLLVM.so.22.1-rust-1.97.0-nightly"),
-            Some(22)
-        );
-        assert_eq!(
-            llvm_major_from_file_name("libLLVM.so.19.1-rust-1.84.0-nightly"),
-            Some(19)
-        );
-        assert_eq!(
-            llvm_major_from_file_name("libLLVM-22-rust-1.97.0-nightly.so"),
-            None
-        );
+        assert_eq!(llvm_major_from_file_name("libLLVM.so.22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(llvm_major_from_file_name("libLLVM.so.19.1-rust-1.84.0-nightly"), Some(19));
+        assert_eq!(llvm_major_from_file_name("libLLVM-22-rust-1.97.0-nightly.so"), None);
         assert_eq!(llvm_major_from_file_name("librustc_driver-b5a9.so"), None);
     }
 }

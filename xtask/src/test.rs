@@ -50,15 +50,10 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     let harness = artifact(&tests, "privileged")?;
     let mut cmd = privileged(harness)?;
     // Agents that fail on purpose (bad input) should print their error, not a backtrace.
-    cmd.env("ENIGUARD_BIN", agent)
-        .env("RUST_BACKTRACE", "0")
-        .args(filter);
+    cmd.env("ENIGUARD_BIN", agent).env("RUST_BACKTRACE", "0").args(filter);
     total.add(run_counted(&mut cmd, "privileged")?);
 
-    println!(
-        "{} passed, {} failed, {} skipped",
-        total.passed, total.failed, total.skipped
-    );
+    println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
     if total.failed > 0 {
         bail!("{} tests failed", total.failed);
     }
@@ -83,12 +78,7 @@ fn artifact(list: &[Artifact], name: &str) -> Result<PathBuf> {
 pub fn build(args: &[&str]) -> Result<Vec<Artifact>> {
     let mut child = Command::new(env!("CARGO"))
         .args(args)
-        .args([
-            "--workspace",
-            "--exclude",
-            EBPF_CRATE,
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["--workspace", "--exclude", EBPF_CRATE, "--message-format=json-render-diagnostics"])
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start cargo")?;
@@ -99,15 +89,9 @@ pub fn build(args: &[&str]) -> Result<Vec<Artifact>> {
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        if let (Some(path), Some(name)) =
-            (msg["executable"].as_str(), msg["target"]["name"].as_str())
-        {
+        if let (Some(path), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str()) {
             let is_test = msg["profile"]["test"].as_bool().unwrap_or(false);
-            found.push(Artifact {
-                name: name.to_owned(),
-                path: PathBuf::from(path),
-                is_test,
-            });
+            found.push(Artifact { name: name.to_owned(), path: PathBuf::from(path), is_test });
         }
     }
     if !child.wait()?.success() {
@@ -120,10 +104,7 @@ pub fn build(args: &[&str]) -> Result<Vec<Artifact>> {
 /// libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; ...` or the privileged harness's
 /// `privileged: 3 passed, 0 failed, 1 skipped`.
 fn run_counted(cmd: &mut Command, name: &str) -> Result<Counts> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {name}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut counts = Counts::default();
     let mut summaries = 0;
@@ -188,22 +169,12 @@ mod tests {
             Some(Counts { passed: 3, failed: 0, skipped: 1 })
         );
         assert_eq!(
-            parse_summary(
-                "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
-            ),
-            Some(Counts {
-                passed: 1,
-                failed: 2,
-                skipped: 0
-            })
+            parse_summary("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"),
+            Some(Counts { passed: 1, failed: 2, skipped: 0 })
         );
         assert_eq!(
             parse_summary("privileged: 2 passed, 0 failed, 1 skipped"),
-            Some(Counts {
-                passed: 2,
-                failed: 0,
-                skipped: 1
-            })
+            Some(Counts { passed: 2, failed: 0, skipped: 1 })
         );
         assert_eq!(parse_summary("test foo ... ok"), None);
     }

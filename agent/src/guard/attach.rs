@@ -32,9 +32,7 @@ impl FromStr for AttachMode {
             "auto" => Ok(Self::Auto),
             "tcx" => Ok(Self::Tcx),
             "netlink" => Ok(Self::Netlink),
-            other => Err(format!(
-                "attach mode `{other}`: expected auto, tcx or netlink"
-            )),
+            other => Err(format!("attach mode `{other}`: expected auto, tcx or netlink")),
         }
     }
 }
@@ -85,10 +83,7 @@ impl FromStr for Direction {
 
 /// The interface's index in the current network namespace, or an error naming it.
 pub fn ifindex(iface: &str) -> Result<u32, GuardError> {
-    let err = |reason: &str| GuardError::Attach {
-        iface: iface.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let err = |reason: &str| GuardError::Attach { iface: iface.to_owned(), reason: reason.to_owned() };
     let name = std::ffi::CString::new(iface).map_err(|_| err("interface name contains NUL"))?;
     // SAFETY: a NUL-terminated string we own.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
@@ -109,10 +104,7 @@ pub fn attach(
         Direction::Ingress => TcAttachType::Ingress,
         Direction::Egress => TcAttachType::Egress,
     };
-    let err = |reason: String| GuardError::Attach {
-        iface: iface.to_owned(),
-        reason,
-    };
+    let err = |reason: String| GuardError::Attach { iface: iface.to_owned(), reason };
     let mode = mode.resolve();
     let options = match mode {
         AttachMode::Tcx => {
@@ -138,9 +130,8 @@ pub fn ensure_clsact(iface: &str) -> Result<(), GuardError> {
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => Ok(()),
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(GuardError::Attach {
-            iface: iface.to_owned(),
-            reason: format!("adding clsact qdisc: {e}"),
-        }),
+        Err(e) => {
+            Err(GuardError::Attach { iface: iface.to_owned(), reason: format!("adding clsact qdisc: {e}") })
+        }
     }
 }

@@ -36,32 +36,21 @@ pub fn attach_counter(
         .program_mut(TC_COUNT_PROGRAM)
         .ok_or(GuardError::MissingProgram(TC_COUNT_PROGRAM))?
         .try_into()
-        .map_err(|source| GuardError::Program {
-            name: TC_COUNT_PROGRAM,
-            source,
-        })?;
-    program.load().map_err(|source| GuardError::Program {
-        name: TC_COUNT_PROGRAM,
-        source,
-    })?;
+        .map_err(|source| GuardError::Program { name: TC_COUNT_PROGRAM, source })?;
+    program.load().map_err(|source| GuardError::Program { name: TC_COUNT_PROGRAM, source })?;
     let mode = attach(program, iface, direction, mode)?;
     Ok(AttachedCounter { _ebpf: ebpf, mode })
 }
 
 /// Reads the pinned counter and sums it over all possible CPUs.
 pub fn read_counter(pin: &Path) -> Result<PacketCounter, GuardError> {
-    let map_err = |source| GuardError::Map {
-        name: pin.display().to_string(),
-        source,
-    };
+    let map_err = |source| GuardError::Map { name: pin.display().to_string(), source };
     let data = MapData::from_pin(pin).map_err(map_err)?;
     let array: PerCpuArray<MapData, PacketCounter> =
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err)?;
     let values = array.get(&0, 0).map_err(map_err)?;
-    Ok(values
-        .iter()
-        .fold(PacketCounter::default(), |acc, v| PacketCounter {
-            packets: acc.packets + v.packets,
-            bytes: acc.bytes + v.bytes,
-        }))
+    Ok(values.iter().fold(PacketCounter::default(), |acc, v| PacketCounter {
+        packets: acc.packets + v.packets,
+        bytes: acc.bytes + v.bytes,
+    }))
 }

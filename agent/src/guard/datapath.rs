@@ -67,11 +67,7 @@ impl Hook {
             Self::Egress => 0x4e47, // "NG"
             Self::PodVeth => 0x4e48,
         };
-        NlOptions {
-            priority,
-            handle: TcHandle::new(0, 1),
-            ..NlOptions::default()
-        }
+        NlOptions { priority, handle: TcHandle::new(0, 1), ..NlOptions::default() }
     }
 }
 
@@ -101,10 +97,7 @@ pub fn resolve(spec: ValidSpec) -> Result<Resolved, GuardError> {
         .map(|(i, f)| (format!("interfaces[{i}] ({})", f.name), f.name.clone()))
         .chain(spec.pods.iter().enumerate().map(|(i, p)| {
             (
-                format!(
-                    "pods[{i}] ({}/{}) hostInterface",
-                    p.pod.namespace, p.pod.name
-                ),
+                format!("pods[{i}] ({}/{}) hostInterface", p.pod.namespace, p.pod.name),
                 p.pod.host_interface.clone(),
             )
         }));
@@ -115,11 +108,7 @@ pub fn resolve(spec: ValidSpec) -> Result<Resolved, GuardError> {
         })?;
         found.insert(name, index);
     }
-    Ok(Resolved {
-        spec,
-        ifindex: found,
-        vlan_devices: vlan_devices(),
-    })
+    Ok(Resolved { spec, ifindex: found, vlan_devices: vlan_devices() })
 }
 
 /// Names of 802.1Q devices in this network namespace (/proc/net is per namespace).
@@ -152,18 +141,12 @@ impl Guard {
     /// Loads the guard programs with their maps pinned (reused if already pinned).
     pub fn load(pins: PinDir, attach_mode: AttachMode) -> Result<Self, GuardError> {
         pins.create()?;
-        let pinned: Vec<_> = GUARD_MAPS
-            .iter()
-            .map(|name| (*name, pins.map(name)))
-            .collect();
+        let pinned: Vec<_> = GUARD_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
         let mut ebpf = super::load(&pinned)?;
         for hook in [Hook::Egress, Hook::PodVeth] {
             program(&mut ebpf, hook)?
                 .load()
-                .map_err(|source| GuardError::Program {
-                    name: hook.program(),
-                    source,
-                })?;
+                .map_err(|source| GuardError::Program { name: hook.program(), source })?;
         }
         let attach_mode = attach_mode.resolve();
         if attach_mode == AttachMode::Tcx && !kernel_has_tcx() {
@@ -172,13 +155,7 @@ impl Guard {
                 reason: "TCX needs kernel >= 6.6; use --attach netlink".into(),
             });
         }
-        Ok(Self {
-            ebpf,
-            pins,
-            attach_mode,
-            names: Names::default(),
-            attached: BTreeMap::new(),
-        })
+        Ok(Self { ebpf, pins, attach_mode, names: Names::default(), attached: BTreeMap::new() })
     }
 
     pub fn attach_mode(&self) -> AttachMode {
@@ -197,31 +174,18 @@ impl Guard {
         for f in &spec.interfaces {
             let ifindex = resolved.ifindex[&f.name];
             // A sub-interface's frames carry no tag at its own hook: key it untagged.
-            let key_vlan = if resolved.vlan_devices.contains(&f.name) {
-                0
-            } else {
-                u32::from(f.vlan)
-            };
+            let key_vlan = if resolved.vlan_devices.contains(&f.name) { 0 } else { u32::from(f.vlan) };
             let value = IfaceTruth {
                 eni_id: self.names.enis.id(&f.eni),
                 sg_set_id: self.names.sg_sets.id(&sg_set(&f.security_groups)),
                 vlan: u32::from(f.vlan),
             };
-            truth.insert(
-                IfaceKey {
-                    ifindex,
-                    vlan: key_vlan,
-                },
-                value,
-            );
+            truth.insert(IfaceKey { ifindex, vlan: key_vlan }, value);
         }
         let mut intent = StdHashMap::new();
         let mut veths = StdHashMap::new();
         for p in &spec.pods {
-            let pod_id = self
-                .names
-                .pods
-                .id(&(p.pod.namespace.clone(), p.pod.name.clone()));
+            let pod_id = self.names.pods.id(&(p.pod.namespace.clone(), p.pod.name.clone()));
             let mode = p.pod.mode.map_or(MODE_INHERIT, mode_value);
             let key = ipv4_key(p.ip);
             intent.insert(
@@ -229,22 +193,12 @@ impl Guard {
                 PodIntent {
                     pod_id,
                     eni_id: self.names.enis.id(&p.pod.expect.eni),
-                    sg_set_id: self
-                        .names
-                        .sg_sets
-                        .id(&sg_set(&p.pod.expect.security_groups)),
+                    sg_set_id: self.names.sg_sets.id(&sg_set(&p.pod.expect.security_groups)),
                     vlan: u32::from(p.pod.expect.vlan),
                     mode,
                 },
             );
-            veths.insert(
-                resolved.ifindex[&p.pod.host_interface],
-                VethPod {
-                    pod_id,
-                    mode,
-                    addr: key,
-                },
-            );
+            veths.insert(resolved.ifindex[&p.pod.host_interface], VethPod { pod_id, mode, addr: key });
         }
 
         let mut cfg: Array<&mut MapData, GuardConfig> = typed(&mut self.ebpf, CONFIG_MAP)?;
@@ -257,18 +211,9 @@ impl Guard {
             .interfaces
             .iter()
             .map(|f| (f.name.clone(), Hook::Egress))
-            .chain(
-                spec.pods
-                    .iter()
-                    .map(|p| (p.pod.host_interface.clone(), Hook::PodVeth)),
-            )
+            .chain(spec.pods.iter().map(|p| (p.pod.host_interface.clone(), Hook::PodVeth)))
             .collect();
-        let stale: Vec<_> = self
-            .attached
-            .keys()
-            .filter(|k| !wanted.contains(*k))
-            .cloned()
-            .collect();
+        let stale: Vec<_> = self.attached.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
         for key in stale {
             if let Some(a) = self.attached.remove(&key) {
                 detach(a);
@@ -285,10 +230,7 @@ impl Guard {
 
     /// Attaches `hook`'s program to `iface`, replacing in place what an earlier run left there.
     fn attach(&mut self, iface: &str, hook: Hook) -> Result<Attachment, GuardError> {
-        let err = |reason: String| GuardError::Attach {
-            iface: iface.to_owned(),
-            reason,
-        };
+        let err = |reason: String| GuardError::Attach { iface: iface.to_owned(), reason };
         let pin = self.pins.link(iface, hook.label());
         let mode = self.attach_mode;
         let prog = program(&mut self.ebpf, hook)?;
@@ -298,9 +240,8 @@ impl Guard {
                     Ok(old) => {
                         let link = SchedClassifierLink::try_from(FdLink::from(old))
                             .map_err(|e| err(format!("pinned link {}: {e}", pin.display())))?;
-                        prog.attach_to_link(link).map_err(|e| {
-                            err(format!("replacing the program on {}: {e}", pin.display()))
-                        })?
+                        prog.attach_to_link(link)
+                            .map_err(|e| err(format!("replacing the program on {}: {e}", pin.display())))?
                     }
                     Err(_) => prog
                         .attach_with_options(
@@ -315,10 +256,7 @@ impl Guard {
                 let link = if pin.exists() {
                     link
                 } else {
-                    FdLink::from(
-                        link.pin(&pin)
-                            .map_err(|e| err(format!("pinning {}: {e}", pin.display())))?,
-                    )
+                    FdLink::from(link.pin(&pin).map_err(|e| err(format!("pinning {}: {e}", pin.display())))?)
                 };
                 Ok(Attachment::Tcx { link, pin })
             }
@@ -337,46 +275,28 @@ impl Guard {
                 let id = match replaced {
                     Some(id) => id,
                     None => prog
-                        .attach_with_options(
-                            iface,
-                            hook.attach_type(),
-                            TcAttachOptions::Netlink(opts),
-                        )
+                        .attach_with_options(iface, hook.attach_type(), TcAttachOptions::Netlink(opts))
                         .map_err(|e| err(format!("netlink attach: {e}")))?,
                 };
-                Ok(Attachment::Netlink(
-                    prog.take_link(id).map_err(|e| err(e.to_string()))?,
-                ))
+                Ok(Attachment::Netlink(prog.take_link(id).map_err(|e| err(e.to_string()))?))
             }
         }
     }
 
     /// Takes the events ring buffer (once) for the event reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
-        let map = self
-            .ebpf
-            .take_map(EVENTS_MAP)
-            .ok_or(GuardError::MissingMap(EVENTS_MAP))?;
+        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(GuardError::MissingMap(EVENTS_MAP))?;
         RingBuf::try_from(map).map_err(map_err(EVENTS_MAP))
     }
 
     /// Node counters and per-pod counters, summed over all possible CPUs.
     pub fn stats(&self) -> Result<Stats, GuardError> {
-        let node_map = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or(GuardError::MissingMap(COUNTERS_MAP))?;
+        let node_map = self.ebpf.map(COUNTERS_MAP).ok_or(GuardError::MissingMap(COUNTERS_MAP))?;
         let node: PerCpuArray<&MapData, GuardCounters> =
             PerCpuArray::try_from(node_map).map_err(map_err(COUNTERS_MAP))?;
-        let node = node
-            .get(&0, 0)
-            .map_err(map_err(COUNTERS_MAP))?
-            .iter()
-            .fold(GuardCounters::default(), add_node);
-        let pods_map = self
-            .ebpf
-            .map(POD_COUNTERS_MAP)
-            .ok_or(GuardError::MissingMap(POD_COUNTERS_MAP))?;
+        let node =
+            node.get(&0, 0).map_err(map_err(COUNTERS_MAP))?.iter().fold(GuardCounters::default(), add_node);
+        let pods_map = self.ebpf.map(POD_COUNTERS_MAP).ok_or(GuardError::MissingMap(POD_COUNTERS_MAP))?;
         let pods_map: PerCpuHashMap<&MapData, u32, PodCounters> =
             PerCpuHashMap::try_from(pods_map).map_err(map_err(POD_COUNTERS_MAP))?;
         let mut pods = Vec::new();
@@ -454,15 +374,13 @@ fn mode_value(mode: Mode) -> u32 {
 }
 
 pub fn ipv4_key(ip: Ipv4Addr) -> AddrKey {
-    // The datapath compares the address as read from the packet: network byte order in memory.
-    AddrKey {
-        family: FAMILY_IPV4,
-        addr: [u32::from_ne_bytes(ip.octets()), 0, 0, 0],
-    }
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip.octets());
+    AddrKey { family: FAMILY_IPV4, addr }
 }
 
 pub fn ipv4_of(key: &AddrKey) -> Ipv4Addr {
-    Ipv4Addr::from(key.addr[0].to_ne_bytes())
+    Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3])
 }
 
 fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, GuardError> {
@@ -474,10 +392,7 @@ fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, GuardErr
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> GuardError {
-    move |source| GuardError::Map {
-        name: name.to_owned(),
-        source,
-    }
+    move |source| GuardError::Map { name: name.to_owned(), source }
 }
 
 fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, GuardError>
@@ -490,11 +405,7 @@ where
 
 /// Makes the pinned hash map hold exactly `want`: writes every entry, then removes the rest
 /// (entries left by an earlier run or an earlier spec).
-fn sync_map<K, V>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    want: &StdHashMap<K, V>,
-) -> Result<(), GuardError>
+fn sync_map<K, V>(ebpf: &mut Ebpf, name: &'static str, want: &StdHashMap<K, V>) -> Result<(), GuardError>
 where
     K: Pod + Eq + Hash,
     V: Pod,
@@ -503,11 +414,7 @@ where
     for (k, v) in want {
         map.insert(k, v, 0).map_err(map_err(name))?;
     }
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !want.contains_key(k))
-        .collect();
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains_key(k)).collect();
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
     }

@@ -44,15 +44,8 @@ pub fn name(event: &ViolationEvent, names: &Names) -> Violation {
         timestamp_ns: event.timestamp_ns,
         namespace,
         pod,
-        reason: REASON_NAMES
-            .get(event.reason as usize)
-            .copied()
-            .unwrap_or("unknown"),
-        verdict: if event.dropped != 0 {
-            "dropped"
-        } else {
-            "passed"
-        },
+        reason: REASON_NAMES.get(event.reason as usize).copied().unwrap_or("unknown"),
+        verdict: if event.dropped != 0 { "dropped" } else { "passed" },
         src: ipv4_of(&event.src).to_string(),
         dst: ipv4_of(&event.dst).to_string(),
         ifindex: event.ifindex,
@@ -74,10 +67,7 @@ pub struct RecentEvents {
 
 impl RecentEvents {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            events: VecDeque::with_capacity(capacity),
-        }
+        Self { capacity, events: VecDeque::with_capacity(capacity) }
     }
 
     pub fn push(&mut self, v: Violation) {

@@ -13,10 +13,7 @@ pub struct Interner<K> {
 
 impl<K> Default for Interner<K> {
     fn default() -> Self {
-        Self {
-            ids: HashMap::new(),
-            names: Vec::new(),
-        }
+        Self { ids: HashMap::new(), names: Vec::new() }
     }
 }
 

@@ -35,25 +35,20 @@ impl PinDir {
     /// Pin of the link that attaches a program of kind `hook` to `iface`.
     pub fn link(&self, iface: &str, hook: &str) -> PathBuf {
         // bpffs refuses names with dots; interface names never contain ':', so this is injective.
-        self.root
-            .join("links")
-            .join(format!("{hook}-{}", iface.replace('.', ":")))
+        self.root.join("links").join(format!("{hook}-{}", iface.replace('.', ":")))
     }
 
     /// Creates the directory tree; fails clearly when its filesystem is not bpffs.
     pub fn create(&self) -> Result<(), GuardError> {
         let maps = self.root.join("maps");
         for dir in [&maps, &self.root.join("links")] {
-            std::fs::create_dir_all(dir).map_err(|e| GuardError::Bpffs {
-                path: dir.clone(),
-                reason: e.to_string(),
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| GuardError::Bpffs { path: dir.clone(), reason: e.to_string() })?;
         }
         if !is_bpffs(&maps) {
             return Err(GuardError::Bpffs {
                 path: maps,
-                reason: "not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`"
-                    .into(),
+                reason: "not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`".into(),
             });
         }
         Ok(())
@@ -64,10 +59,7 @@ impl PinDir {
         match std::fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(GuardError::Bpffs {
-                path: self.root.clone(),
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(GuardError::Bpffs { path: self.root.clone(), reason: e.to_string() }),
         }
     }
 }

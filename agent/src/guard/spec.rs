@@ -92,25 +92,18 @@ pub enum SpecError {
     #[error("{path}: {reason}")]
     Syntax { path: String, reason: String },
     #[error("{entry}: {field}: {problem}")]
-    Invalid {
-        entry: String,
-        field: &'static str,
-        problem: String,
-    },
+    Invalid { entry: String, field: &'static str, problem: String },
 }
 
 impl Spec {
     pub fn from_file(path: &Path) -> Result<ValidSpec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError::Read { path: path.display().to_string(), reason: e.to_string() })?;
         Self::parse(&text)
             .map_err(|e| match e {
-                SpecError::Syntax { reason, .. } => SpecError::Syntax {
-                    path: path.display().to_string(),
-                    reason,
-                },
+                SpecError::Syntax { reason, .. } => {
+                    SpecError::Syntax { path: path.display().to_string(), reason }
+                }
                 other => other,
             })?
             .validate()
@@ -118,10 +111,8 @@ impl Spec {
 
     /// Parses YAML (JSON is accepted as YAML).
     pub fn parse(text: &str) -> Result<Self, SpecError> {
-        serde_yaml::from_str(text).map_err(|e| SpecError::Syntax {
-            path: "<input>".into(),
-            reason: e.to_string(),
-        })
+        serde_yaml::from_str(text)
+            .map_err(|e| SpecError::Syntax { path: "<input>".into(), reason: e.to_string() })
     }
 
     pub fn validate(self) -> Result<ValidSpec, SpecError> {
@@ -136,10 +127,7 @@ impl Spec {
                 return Err(invalid(
                     &entry,
                     "name",
-                    format!(
-                        "`{}` with vlan {} is already interfaces[{j}]",
-                        iface.name, iface.vlan
-                    ),
+                    format!("`{}` with vlan {} is already interfaces[{j}]", iface.name, iface.vlan),
                 ));
             }
         }
@@ -156,21 +144,14 @@ impl Spec {
             }
             let ip: Ipv4Addr = pod.ip.parse().map_err(|_| {
                 let problem = if pod.ip.contains(':') {
-                    format!(
-                        "`{}`: IPv6 pods are not supported yet; expected an IPv4 address",
-                        pod.ip
-                    )
+                    format!("`{}`: IPv6 pods are not supported yet; expected an IPv4 address", pod.ip)
                 } else {
                     format!("`{}` is not an IPv4 address", pod.ip)
                 };
                 invalid(&entry, "ip", problem)
             })?;
             if let Some(j) = seen_ips.insert(ip, i) {
-                return Err(invalid(
-                    &entry,
-                    "ip",
-                    format!("{ip} is already the address of pods[{j}]"),
-                ));
+                return Err(invalid(&entry, "ip", format!("{ip} is already the address of pods[{j}]")));
             }
             check_ifname(&entry, "hostInterface", &pod.host_interface)?;
             if let Some(j) = seen_veths.insert(&pod.host_interface, i) {
@@ -183,10 +164,7 @@ impl Spec {
             check_id(&entry, "expect.eni", "eni-", &pod.expect.eni)?;
             check_vlan(&entry, pod.expect.vlan)?;
             check_sgs(&entry, &pod.expect.security_groups)?;
-            pods.push(ValidPod {
-                pod: pod.clone(),
-                ip,
-            });
+            pods.push(ValidPod { pod: pod.clone(), ip });
         }
         Ok(ValidSpec {
             mode: self.mode,
@@ -198,11 +176,7 @@ impl Spec {
 }
 
 fn invalid(entry: &str, field: &'static str, problem: String) -> SpecError {
-    SpecError::Invalid {
-        entry: entry.to_owned(),
-        field,
-        problem,
-    }
+    SpecError::Invalid { entry: entry.to_owned(), field, problem }
 }
 
 fn check_ifname(entry: &str, field: &'static str, name: &str) -> Result<(), SpecError> {
@@ -220,10 +194,7 @@ fn check_ifname(entry: &str, field: &'static str, name: &str) -> Result<(), Spec
 /// `eni-0a1b…` / `sg-0a1b…`: the prefix, then lowercase hex.
 fn check_id(entry: &str, field: &'static str, prefix: &str, id: &str) -> Result<(), SpecError> {
     let ok = id.strip_prefix(prefix).is_some_and(|hex| {
-        !hex.is_empty()
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     });
     if !ok {
         return Err(invalid(
@@ -237,22 +208,14 @@ fn check_id(entry: &str, field: &'static str, prefix: &str, id: &str) -> Result<
 
 fn check_vlan(entry: &str, vlan: u16) -> Result<(), SpecError> {
     if vlan > 4094 {
-        return Err(invalid(
-            entry,
-            "vlan",
-            format!("{vlan}: expected 0 (untagged) to 4094"),
-        ));
+        return Err(invalid(entry, "vlan", format!("{vlan}: expected 0 (untagged) to 4094")));
     }
     Ok(())
 }
 
 fn check_sgs(entry: &str, sgs: &[String]) -> Result<(), SpecError> {
     if sgs.is_empty() {
-        return Err(invalid(
-            entry,
-            "securityGroups",
-            "an ENI always has at least one security group".into(),
-        ));
+        return Err(invalid(entry, "securityGroups", "an ENI always has at least one security group".into()));
     }
     for sg in sgs {
         check_id(entry, "securityGroups", "sg-", sg)?;
@@ -317,18 +280,11 @@ pods:
             error_of(&GOOD.replace("eni: eni-0a1\n", "eni: eni-XYZ\n")),
             "interfaces[0] (eth1): eni: `eni-XYZ`: expected eni- followed by lowercase hex digits"
         );
+        assert!(error_of(&GOOD.replace("[sg-11, sg-22]", "[sg-11, default]")).contains("securityGroups"));
+        assert!(error_of(&GOOD.replace("vlan: 0\n    securityGroups", "vlan: 5000\n    securityGroups"))
+            .contains("4094"));
         assert!(
-            error_of(&GOOD.replace("[sg-11, sg-22]", "[sg-11, default]"))
-                .contains("securityGroups")
-        );
-        assert!(error_of(&GOOD.replace(
-            "vlan: 0\n    securityGroups",
-            "vlan: 5000\n    securityGroups"
-        ))
-        .contains("4094"));
-        assert!(
-            error_of(&GOOD.replace("name: eth1", "name: averyveryverylongname"))
-                .contains("interfaces[0]")
+            error_of(&GOOD.replace("name: eth1", "name: averyveryverylongname")).contains("interfaces[0]")
         );
     }
 
@@ -341,10 +297,8 @@ pods:
             error_of(&two),
             "pods[1] (default/web-2): ip: 10.0.1.10 is already the address of pods[0]"
         );
-        let two = two.replace(
-            "ip: 10.0.1.10\n    hostInterface: enib",
-            "ip: 10.0.1.11\n    hostInterface: enia1b2c3",
-        );
+        let two = two
+            .replace("ip: 10.0.1.10\n    hostInterface: enib", "ip: 10.0.1.11\n    hostInterface: enia1b2c3");
         assert!(error_of(&two).contains("already the veth of pods[0]"));
     }
 }

@@ -11,10 +11,7 @@ use tokio::{
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("listening on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
 }
 
 /// A response: status, content type, body.
@@ -26,28 +23,15 @@ pub struct Response {
 
 impl Response {
     pub fn ok(content_type: &'static str, body: String) -> Self {
-        Self {
-            status: 200,
-            content_type,
-            body,
-        }
+        Self { status: 200, content_type, body }
     }
     pub fn not_found() -> Self {
-        Self {
-            status: 404,
-            content_type: "text/plain",
-            body: "not found\n".into(),
-        }
+        Self { status: 404, content_type: "text/plain", body: "not found\n".into() }
     }
 }
 
 pub async fn bind(addr: &str) -> Result<TcpListener, HttpError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr: addr.to_owned(), source })
 }
 
 /// Serves `handler(path)` forever on `listener`.
@@ -74,18 +58,10 @@ where
                 }
             }
             let request = String::from_utf8_lossy(&buf[..len]);
-            let mut parts = request
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .split_whitespace();
+            let mut parts = request.lines().next().unwrap_or_default().split_whitespace();
             let response = match (parts.next(), parts.next()) {
                 (Some("GET"), Some(path)) => handler(path.to_owned()).await,
-                _ => Response {
-                    status: 405,
-                    content_type: "text/plain",
-                    body: "only GET\n".into(),
-                },
+                _ => Response { status: 405, content_type: "text/plain", body: "only GET\n".into() },
             };
             let reason = match response.status {
                 200 => "OK",

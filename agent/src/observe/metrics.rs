@@ -10,7 +10,12 @@ use crate::guard::datapath::{Names, Stats};
 pub fn render_guard(stats: &Stats, names: &Names) -> String {
     let mut out = String::new();
     let n = &stats.node;
-    counter(&mut out, "eniguard_guard_checked_packets_total", "Packets from pod addresses checked against their intent on ENI, trunk and branch interfaces.", &[("", n.checked)]);
+    counter(
+        &mut out,
+        "eniguard_guard_checked_packets_total",
+        "Packets from pod addresses checked against their intent on ENI, trunk and branch interfaces.",
+        &[("", n.checked)],
+    );
     counter(
         &mut out,
         "eniguard_guard_checked_sources_total",
@@ -18,11 +23,7 @@ pub fn render_guard(stats: &Stats, names: &Names) -> String {
         &[("", n.checked_sources)],
     );
     let by_reason = |values: &[u64; REASONS]| -> Vec<(String, u64)> {
-        REASON_NAMES
-            .iter()
-            .zip(values)
-            .map(|(r, v)| (format!("reason=\"{r}\""), *v))
-            .collect()
+        REASON_NAMES.iter().zip(values).map(|(r, v)| (format!("reason=\"{r}\""), *v)).collect()
     };
     counter_labeled(
         &mut out,
@@ -51,17 +52,11 @@ pub fn render_guard(stats: &Stats, names: &Names) -> String {
     let mut pod_violations = Vec::new();
     let mut pod_drops = Vec::new();
     for (pod_id, c) in &stats.pods {
-        let (ns, pod) = names
-            .pods
-            .name(*pod_id)
-            .cloned()
-            .unwrap_or_else(|| (String::new(), format!("pod-id-{pod_id}")));
+        let (ns, pod) =
+            names.pods.name(*pod_id).cloned().unwrap_or_else(|| (String::new(), format!("pod-id-{pod_id}")));
         for (r, reason) in REASON_NAMES.iter().enumerate() {
-            let labels = format!(
-                "namespace=\"{}\",pod=\"{}\",reason=\"{reason}\"",
-                escape(&ns),
-                escape(&pod)
-            );
+            let labels =
+                format!("namespace=\"{}\",pod=\"{}\",reason=\"{reason}\"", escape(&ns), escape(&pod));
             if c.violations[r] > 0 {
                 pod_violations.push((labels.clone(), c.violations[r]));
             }
@@ -104,10 +99,7 @@ fn counter_labeled(out: &mut String, name: &str, help: &str, values: &[(String, 
 }
 
 fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -119,33 +111,18 @@ mod tests {
     fn renders_node_and_pod_series() {
         let mut names = Names::default();
         let id = names.pods.id(&("default".into(), "web-1".into()));
-        let mut node = GuardCounters {
-            checked: 7,
-            ..Default::default()
-        };
+        let mut node = GuardCounters { checked: 7, ..Default::default() };
         node.violations[REASON_SG_MISMATCH as usize] = 3;
         let mut pod = PodCounters::default();
         pod.violations[REASON_SG_MISMATCH as usize] = 3;
-        let text = render_guard(
-            &Stats {
-                node,
-                pods: vec![(id, pod)],
-            },
-            &names,
-        );
-        assert!(
-            text.contains("eniguard_guard_checked_packets_total 7\n"),
-            "{text}"
-        );
+        let text = render_guard(&Stats { node, pods: vec![(id, pod)] }, &names);
+        assert!(text.contains("eniguard_guard_checked_packets_total 7\n"), "{text}");
         assert!(text.contains("eniguard_guard_violation_packets_total{reason=\"sg_mismatch\"} 3\n"));
         assert!(text.contains("eniguard_guard_violation_packets_total{reason=\"wrong_eni\"} 0\n"));
         assert!(text.contains(
             "eniguard_guard_pod_violation_packets_total{namespace=\"default\",pod=\"web-1\",reason=\"sg_mismatch\"} 3\n"
         ));
-        assert!(
-            !text.contains("reason=\"wrong_eni\"} 0\neniguard_guard_pod"),
-            "zero pod series rendered"
-        );
+        assert!(!text.contains("reason=\"wrong_eni\"} 0\neniguard_guard_pod"), "zero pod series rendered");
         assert!(text.contains("# TYPE eniguard_guard_events_lost_total counter"));
     }
 }

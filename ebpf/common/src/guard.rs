@@ -8,13 +8,13 @@
 pub const FAMILY_IPV4: u32 = 4;
 pub const FAMILY_IPV6: u32 = 6;
 
-/// A pod address. IPv4 uses `addr[0]` in network byte order (as read from the packet), the rest 0;
-/// IPv6 will use all four words.
+/// A pod address, bytes in network order (bpftool prints IPv4 as `[10,0,1,10,0,…]`). IPv4 uses
+/// the first 4 bytes, the rest 0; IPv6 will use all 16.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey {
     pub family: u32,
-    pub addr: [u32; 4],
+    pub addr: [u8; 16],
 }
 
 /// Per-pod verdict mode. `Inherit` follows the node mode in [`GuardConfig`].
@@ -81,13 +81,8 @@ pub const REASON_UNKNOWN_INTERFACE: u32 = 3;
 pub const REASON_SPOOFED_SOURCE: u32 = 4;
 pub const REASONS: usize = 5;
 /// Label of each reason, indexed by its value (metrics, logs, CLI).
-pub const REASON_NAMES: [&str; REASONS] = [
-    "wrong_eni",
-    "wrong_vlan",
-    "sg_mismatch",
-    "unknown_interface",
-    "spoofed_source",
-];
+pub const REASON_NAMES: [&str; REASONS] =
+    ["wrong_eni", "wrong_vlan", "sg_mismatch", "unknown_interface", "spoofed_source"];
 
 /// Node-wide per-CPU counters (index 0), summed by the agent at scrape time.
 #[repr(C)]
@@ -151,16 +146,8 @@ pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V1";
 pub const RATE_MAP: &str = "GUARD_RATE_V1";
 pub const EVENTS_MAP: &str = "GUARD_EVENTS_V1";
 /// Every guard map, in pin order.
-pub const GUARD_MAPS: [&str; 8] = [
-    INTENT_MAP,
-    TRUTH_MAP,
-    VETH_MAP,
-    CONFIG_MAP,
-    COUNTERS_MAP,
-    POD_COUNTERS_MAP,
-    RATE_MAP,
-    EVENTS_MAP,
-];
+pub const GUARD_MAPS: [&str; 8] =
+    [INTENT_MAP, TRUTH_MAP, VETH_MAP, CONFIG_MAP, COUNTERS_MAP, POD_COUNTERS_MAP, RATE_MAP, EVENTS_MAP];
 
 /// Capacities (5.10 charges maps to memlock: keep them modest; the agent may override).
 pub const MAX_PODS: u32 = 1024;

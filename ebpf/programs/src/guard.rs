@@ -30,8 +30,7 @@ static GUARD_CONFIG_V1: Array<GuardConfig, 1> = Array::new();
 #[btf_map]
 static GUARD_COUNTERS_V1: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
 #[btf_map]
-static GUARD_POD_COUNTERS_V1: PerCpuHashMap<u32, PodCounters, { MAX_PODS as usize }> =
-    PerCpuHashMap::new();
+static GUARD_POD_COUNTERS_V1: PerCpuHashMap<u32, PodCounters, { MAX_PODS as usize }> = PerCpuHashMap::new();
 #[btf_map]
 static GUARD_RATE_V1: HashMap<u32, RateWindow, { MAX_PODS as usize }> = HashMap::new();
 #[btf_map]
@@ -67,11 +66,7 @@ fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
 fn parse(ctx: &TcContext) -> Option<Packet> {
     // SAFETY: the context pointer is valid for the whole program run.
     let skb = unsafe { &*ctx.skb.skb };
-    let mut vlan = if skb.vlan_present != 0 {
-        skb.vlan_tci & VLAN_VID_MASK
-    } else {
-        0
-    };
+    let mut vlan = if skb.vlan_present != 0 { skb.vlan_tci & VLAN_VID_MASK } else { 0 };
     let mut proto = u16::from_be(load::<u16>(ctx, 12)?);
     let mut offset = ETH_HLEN;
     // In-band tags: 802.1ad outer + 802.1Q inner at most. The outermost tag is the VLAN.
@@ -90,19 +85,13 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     if proto != ETH_P_IP {
         return None;
     }
-    Some(Packet {
-        src: load::<u32>(ctx, offset + 12)?,
-        dst: load::<u32>(ctx, offset + 16)?,
-        vlan,
-    })
+    Some(Packet { src: load::<u32>(ctx, offset + 12)?, dst: load::<u32>(ctx, offset + 16)?, vlan })
 }
 
 #[inline(always)]
 fn ipv4_key(addr: u32) -> AddrKey {
-    AddrKey {
-        family: FAMILY_IPV4,
-        addr: [addr, 0, 0, 0],
-    }
+    let [a, b, c, d] = addr.to_ne_bytes(); // as read from the packet: network order in memory
+    AddrKey { family: FAMILY_IPV4, addr: [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }
 }
 
 #[inline(always)]
@@ -130,19 +119,11 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     }
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let exact = unsafe {
-        GUARD_TRUTH_V1.get(IfaceKey {
-            ifindex,
-            vlan: pkt.vlan,
-        })
-    }
-    .copied();
+    let exact = unsafe { GUARD_TRUTH_V1.get(IfaceKey { ifindex, vlan: pkt.vlan }) }.copied();
     let truth = match exact {
         Some(t) => Some(t),
         // A tag no branch ENI owns here: judge it against the interface itself.
-        None if pkt.vlan != 0 => {
-            unsafe { GUARD_TRUTH_V1.get(IfaceKey { ifindex, vlan: 0 }) }.copied()
-        }
+        None if pkt.vlan != 0 => unsafe { GUARD_TRUTH_V1.get(IfaceKey { ifindex, vlan: 0 }) }.copied(),
         None => None,
     };
     let mut event = ViolationEvent {
@@ -210,11 +191,7 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
 /// Counts, reports and (in enforce mode) drops one violating packet.
 #[inline(always)]
 fn violation(reason: u32, pod_mode: u32, mut event: ViolationEvent) -> i32 {
-    let mode = if pod_mode == MODE_INHERIT {
-        node_mode()
-    } else {
-        pod_mode
-    };
+    let mode = if pod_mode == MODE_INHERIT { node_mode() } else { pod_mode };
     let drop = mode == MODE_ENFORCE;
     let r = reason as usize;
     if r >= REASONS {
@@ -263,9 +240,7 @@ fn emit(mut event: ViolationEvent) {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     event.timestamp_ns = now;
-    let limit = GUARD_CONFIG_V1
-        .get(0)
-        .map_or(10, |c| u64::from(c.events_per_pod_per_sec));
+    let limit = GUARD_CONFIG_V1.get(0).map_or(10, |c| u64::from(c.events_per_pod_per_sec));
     let allowed = match GUARD_RATE_V1.get_ptr_mut(event.pod_id) {
         Some(w) => {
             // SAFETY: a map value; concurrent CPUs may race on it, which only blurs the limit.
@@ -282,14 +257,7 @@ fn emit(mut event: ViolationEvent) {
             }
         }
         None => {
-            let _ = GUARD_RATE_V1.insert(
-                event.pod_id,
-                RateWindow {
-                    window_start_ns: now,
-                    sent: 1,
-                },
-                0,
-            );
+            let _ = GUARD_RATE_V1.insert(event.pod_id, RateWindow { window_start_ns: now, sent: 1 }, 0);
             limit > 0
         }
     };

@@ -1,13 +1,7 @@
 //! The egress guard with real packets: pods in namespaces behind veths, ENI interfaces wired to a
 //! VPC namespace, the agent's `guard` command attached to them.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::Ipv4Addr,
-    path::PathBuf,
-    process::Command,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use eniguard_tests::{
@@ -60,25 +54,12 @@ fn start(ctx: &Ctx, topo: &Topology, yaml: &str, extra: &[&str]) -> Result<Run> 
             .args(extra),
     )?;
     agent.wait_for_line("ready:", Duration::from_secs(20))?;
-    Ok(Run {
-        agent,
-        intent,
-        node: topo.node.name().to_owned(),
-    })
+    Ok(Run { agent, intent, node: topo.node.name().to_owned() })
 }
 
 impl Run {
     fn get(&self, path: &str) -> Result<String> {
-        let ns = NetNs::existing(&self.node);
-        let path = path.to_owned();
-        in_netns(&ns, move || {
-            let mut s = std::net::TcpStream::connect(METRICS)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })
+        eniguard_tests::http::get(&NetNs::existing(&self.node), METRICS, path)
     }
 
     /// The value of one series, e.g. `eniguard_guard_violation_packets_total{reason="wrong_eni"}`;
@@ -93,22 +74,14 @@ impl Run {
     }
 
     fn violations(&self, reason: &str) -> Result<u64> {
-        self.metric(&format!(
-            "eniguard_guard_violation_packets_total{{reason=\"{reason}\"}}"
-        ))
+        self.metric(&format!("eniguard_guard_violation_packets_total{{reason=\"{reason}\"}}"))
     }
 
     fn total_violations(&self) -> Result<u64> {
-        [
-            "wrong_eni",
-            "wrong_vlan",
-            "sg_mismatch",
-            "unknown_interface",
-            "spoofed_source",
-        ]
-        .iter()
-        .map(|r| self.violations(r))
-        .sum()
+        ["wrong_eni", "wrong_vlan", "sg_mismatch", "unknown_interface", "spoofed_source"]
+            .iter()
+            .map(|r| self.violations(r))
+            .sum()
     }
 
     fn stop(self) -> Result<()> {
@@ -122,53 +95,28 @@ impl Run {
 pub fn correct_traffic_passes(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
-    let yaml = format!(
-        "mode: enforce\n{INTERFACES}pods:\n{}",
-        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
-    );
+    let yaml =
+        format!("mode: enforce\n{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &yaml, &[])?;
-    ensure!(
-        web.ping(N, None)?,
-        "a correct pod's pings failed under enforce"
-    );
-    ensure!(
-        run.metric("eniguard_guard_checked_packets_total")? == u64::from(N),
-        "checked != {N}"
-    );
-    ensure!(
-        run.metric("eniguard_guard_checked_sources_total")? == u64::from(N),
-        "checked sources != {N}"
-    );
-    ensure!(
-        run.total_violations()? == 0,
-        "correct traffic counted as a violation"
-    );
+    ensure!(web.ping(N, None)?, "a correct pod's pings failed under enforce");
+    ensure!(run.metric("eniguard_guard_checked_packets_total")? == u64::from(N), "checked != {N}");
+    ensure!(run.metric("eniguard_guard_checked_sources_total")? == u64::from(N), "checked sources != {N}");
+    ensure!(run.total_violations()? == 0, "correct traffic counted as a violation");
     run.stop()
 }
 
 pub fn wrong_eni(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
-    let yaml = format!(
-        "{INTERFACES}pods:\n{}",
-        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
-    );
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &yaml, &[])?;
     topo.route_pod(&web, &ETH2)?;
     web.ping(N, None)?;
-    ensure!(
-        run.violations("wrong_eni")? == u64::from(N),
-        "wrong_eni != {N}"
-    );
-    ensure!(
-        run.total_violations()? == u64::from(N),
-        "a packet was counted under two reasons"
-    );
-    let series = "eniguard_guard_pod_violation_packets_total{namespace=\"default\",pod=\"web\",reason=\"wrong_eni\"}";
-    ensure!(
-        run.metric(series)? == u64::from(N),
-        "per-pod series missing: {series}"
-    );
+    ensure!(run.violations("wrong_eni")? == u64::from(N), "wrong_eni != {N}");
+    ensure!(run.total_violations()? == u64::from(N), "a packet was counted under two reasons");
+    let series =
+        "eniguard_guard_pod_violation_packets_total{namespace=\"default\",pod=\"web\",reason=\"wrong_eni\"}";
+    ensure!(run.metric(series)? == u64::from(N), "per-pod series missing: {series}");
     let events = run.get("/v1/events")?;
     ensure!(
         events.contains("\"reason\":\"wrong_eni\"")
@@ -194,14 +142,8 @@ pub fn sg_mismatch_incident(ctx: &mut Ctx) -> Result<()> {
     let run = start(ctx, &topo, &yaml, &[])?;
     web.ping(N, None)?;
     victim.ping(N, None)?;
-    ensure!(
-        run.violations("sg_mismatch")? == u64::from(N),
-        "sg_mismatch != {N}"
-    );
-    ensure!(
-        run.total_violations()? == u64::from(N),
-        "the correct pod was flagged too"
-    );
+    ensure!(run.violations("sg_mismatch")? == u64::from(N), "sg_mismatch != {N}");
+    ensure!(run.total_violations()? == u64::from(N), "the correct pod was flagged too");
     let events = run.get("/v1/events")?;
     ensure!(
         events.contains("\"actual_security_groups\":[\"sg-de\"]"),
@@ -213,50 +155,28 @@ pub fn sg_mismatch_incident(ctx: &mut Ctx) -> Result<()> {
 pub fn wrong_vlan_and_tags(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let branch = topo.add_pod("branch", "10.0.2.30", &ETH2)?;
-    let yaml = format!(
-        "{INTERFACES}pods:\n{}",
-        pod_yaml("branch", &branch, "eni-b5", 5, "sg-b0", None)
-    );
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("branch", &branch, "eni-b5", 5, "sg-b0", None));
     let run = start(ctx, &topo, &yaml, &[])?;
     // Real pings leave the trunk untagged: the branch pod should be on VLAN 5.
     branch.ping(N, None)?;
-    ensure!(
-        run.violations("wrong_vlan")? == u64::from(N),
-        "untagged: wrong_vlan != {N}"
-    );
+    ensure!(run.violations("wrong_vlan")? == u64::from(N), "untagged: wrong_vlan != {N}");
     // In-band tags through TC egress: 802.1Q VLAN 5 (right), 802.1Q VLAN 7 (wrong), 802.1ad 5 (right).
-    let (src_mac, dst_mac) = (
-        parse_mac(&topo.node.mac("eth2")?)?,
-        parse_mac(&topo.vpc.mac("vpc2")?)?,
-    );
+    let (src_mac, dst_mac) = (parse_mac(&topo.node.mac("eth2")?)?, parse_mac(&topo.vpc.mac("vpc2")?)?);
     let (src, dst): (Ipv4Addr, Ipv4Addr) = ("10.0.2.30".parse()?, VPC_DEST.parse()?);
     let right = udp_frame(dst_mac, src_mac, &[(ETH_P_8021Q, 5)], src, dst);
     let wrong = udp_frame(dst_mac, src_mac, &[(ETH_P_8021Q, 7)], src, dst);
-    let qinq = udp_frame(
-        dst_mac,
-        src_mac,
-        &[(ETH_P_8021AD, 5), (ETH_P_8021Q, 100)],
-        src,
-        dst,
-    );
+    let qinq = udp_frame(dst_mac, src_mac, &[(ETH_P_8021AD, 5), (ETH_P_8021Q, 100)], src, dst);
     in_netns(&topo.node, move || {
         inject("eth2", &right, 3)?;
         inject("eth2", &wrong, 2)?;
         inject("eth2", &qinq, 1)
     })?;
-    ensure!(
-        run.violations("wrong_vlan")? == u64::from(N) + 2,
-        "tagged: wrong_vlan != {}",
-        N + 2
-    );
+    ensure!(run.violations("wrong_vlan")? == u64::from(N) + 2, "tagged: wrong_vlan != {}", N + 2);
     ensure!(
         run.metric("eniguard_guard_checked_packets_total")? == u64::from(N) + 6,
         "not every frame was checked"
     );
-    ensure!(
-        run.total_violations()? == u64::from(N) + 2,
-        "a correctly tagged frame was flagged"
-    );
+    ensure!(run.total_violations()? == u64::from(N) + 2, "a correctly tagged frame was flagged");
     run.stop()
 }
 
@@ -271,14 +191,8 @@ pub fn unknown_interface(ctx: &mut Ctx) -> Result<()> {
     let run = start(ctx, &topo, &yaml, &[])?;
     topo.route_pod(&web, &ETH2)?;
     web.ping(N, None)?;
-    ensure!(
-        run.violations("unknown_interface")? == u64::from(N),
-        "unknown_interface != {N}"
-    );
-    ensure!(
-        run.total_violations()? == u64::from(N),
-        "counted under another reason too"
-    );
+    ensure!(run.violations("unknown_interface")? == u64::from(N), "unknown_interface != {N}");
+    ensure!(run.total_violations()? == u64::from(N), "counted under another reason too");
     run.stop()
 }
 
@@ -286,21 +200,12 @@ pub fn spoofed_source(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
     web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
-    let yaml = format!(
-        "{INTERFACES}pods:\n{}",
-        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
-    );
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &yaml, &[])?;
     web.ping(N, None)?;
     web.ping(N, Some("10.0.1.99"))?;
-    ensure!(
-        run.violations("spoofed_source")? == u64::from(N),
-        "spoofed_source != {N}"
-    );
-    ensure!(
-        run.total_violations()? == u64::from(N),
-        "the pod's own traffic was flagged"
-    );
+    ensure!(run.violations("spoofed_source")? == u64::from(N), "spoofed_source != {N}");
+    ensure!(run.total_violations()? == u64::from(N), "the pod's own traffic was flagged");
     ensure!(
         run.metric("eniguard_guard_checked_sources_total")? == 2 * u64::from(N),
         "sources not all checked"
@@ -325,15 +230,8 @@ pub fn enforce_drops_only_the_violating_pod(ctx: &mut Ctx) -> Result<()> {
     ensure!(!bad.ping(N, None)?, "the enforced pod's pings got through");
     noisy.ping(N, None)?;
     let arrived = topo.vpc_rx_packets(&ETH2)? - before;
-    ensure!(
-        arrived == u64::from(N),
-        "{arrived} packets left eth2; expected only the monitored pod's {N}"
-    );
-    ensure!(
-        run.violations("wrong_eni")? == 2 * u64::from(N),
-        "wrong_eni != {}",
-        2 * N
-    );
+    ensure!(arrived == u64::from(N), "{arrived} packets left eth2; expected only the monitored pod's {N}");
+    ensure!(run.violations("wrong_eni")? == 2 * u64::from(N), "wrong_eni != {}", 2 * N);
     ensure!(
         run.metric("eniguard_guard_dropped_packets_total{reason=\"wrong_eni\"}")? == u64::from(N),
         "dropped != {N}"
@@ -344,30 +242,19 @@ pub fn enforce_drops_only_the_violating_pod(ctx: &mut Ctx) -> Result<()> {
 pub fn reload_on_sighup(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let bad = topo.add_pod("bad", "10.0.1.12", &ETH2)?;
-    let monitor = format!(
-        "mode: monitor\n{INTERFACES}pods:\n{}",
-        pod_yaml("bad", &bad, "eni-a1", 0, "sg-c0f1", None)
-    );
+    let monitor =
+        format!("mode: monitor\n{INTERFACES}pods:\n{}", pod_yaml("bad", &bad, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &monitor, &[])?;
     ensure!(bad.ping(N, None)?, "monitor mode dropped packets");
-    std::fs::write(
-        &run.intent,
-        monitor.replace("mode: monitor", "mode: enforce"),
-    )?;
+    std::fs::write(&run.intent, monitor.replace("mode: monitor", "mode: enforce"))?;
     signal(&run.agent, libc::SIGHUP);
-    wait_until(
-        || Ok(config_mode(&ctx.pin_dir)? == 2),
-        "enforce mode after SIGHUP",
-    )?;
+    wait_until(|| Ok(config_mode(&ctx.pin_dir)? == 2), "enforce mode after SIGHUP")?;
     ensure!(!bad.ping(N, None)?, "enforce after reload did not drop");
     // An invalid file is reported and the running intent kept.
     std::fs::write(&run.intent, "mode: enforce\npods: [{ name: x }]\n")?;
     signal(&run.agent, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
-    ensure!(
-        config_mode(&ctx.pin_dir)? == 2,
-        "an invalid reload changed the mode"
-    );
+    ensure!(config_mode(&ctx.pin_dir)? == 2, "an invalid reload changed the mode");
     ensure!(!bad.ping(N, None)?, "an invalid reload dropped the intent");
     run.stop()
 }
@@ -377,34 +264,16 @@ pub fn invalid_intent_changes_nothing(ctx: &mut Ctx) -> Result<()> {
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
     let good_pod = pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None);
     let cases = [
+        (format!("{INTERFACES}pods:\n{}", good_pod.replace("hostInterface", "hostIfce")), "hostIfce"),
         (
-            format!(
-                "{INTERFACES}pods:\n{}",
-                good_pod.replace("hostInterface", "hostIfce")
-            ),
-            "hostIfce",
-        ),
-        (
-            format!(
-                "{INTERFACES}pods:\n{}",
-                good_pod.replace("10.0.1.10", "10.0.1.310")
-            ),
+            format!("{INTERFACES}pods:\n{}", good_pod.replace("10.0.1.10", "10.0.1.310")),
             "pods[0] (default/web): ip",
         ),
         (
-            format!(
-                "{INTERFACES}pods:\n{}",
-                good_pod.replace("eniweb", "nosuch0")
-            ),
+            format!("{INTERFACES}pods:\n{}", good_pod.replace("eniweb", "nosuch0")),
             "pods[0] (default/web) hostInterface",
         ),
-        (
-            format!(
-                "{INTERFACES}pods:\n{good_pod}{}",
-                good_pod.replace("name: web", "name: web2")
-            ),
-            "already",
-        ),
+        (format!("{INTERFACES}pods:\n{good_pod}{}", good_pod.replace("name: web", "name: web2")), "already"),
         (INTERFACES.replace("eth1", "eth9"), "interfaces[0] (eth9)"),
     ];
     for (yaml, needle) in cases {
@@ -423,25 +292,11 @@ pub fn invalid_intent_changes_nothing(ctx: &mut Ctx) -> Result<()> {
             .output()?;
         let _ = std::fs::remove_file(&intent);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            !out.status.success(),
-            "accepted an invalid intent ({needle})"
-        );
-        ensure!(
-            stderr.contains(needle),
-            "error does not name `{needle}`: {stderr}"
-        );
-        ensure!(
-            !ctx.pin_dir.exists(),
-            "an invalid intent left pins ({needle})"
-        );
-        let filters = topo
-            .node
-            .run("tc", &["filter", "show", "dev", "eth1", "egress"])?;
-        ensure!(
-            filters.trim().is_empty(),
-            "an invalid intent attached something: {filters}"
-        );
+        ensure!(!out.status.success(), "accepted an invalid intent ({needle})");
+        ensure!(stderr.contains(needle), "error does not name `{needle}`: {stderr}");
+        ensure!(!ctx.pin_dir.exists(), "an invalid intent left pins ({needle})");
+        let filters = topo.node.run("tc", &["filter", "show", "dev", "eth1", "egress"])?;
+        ensure!(filters.trim().is_empty(), "an invalid intent attached something: {filters}");
     }
     Ok(())
 }
@@ -449,31 +304,19 @@ pub fn invalid_intent_changes_nothing(ctx: &mut Ctx) -> Result<()> {
 pub fn bpftool_shows_field_names(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
-    let yaml = format!(
-        "{INTERFACES}pods:\n{}",
-        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
-    );
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &yaml, &[])?;
     for (map, fields) in [
-        (
-            "GUARD_INTENT_V1",
-            &["pod_id", "eni_id", "sg_set_id", "vlan", "family"][..],
-        ),
+        ("GUARD_INTENT_V1", &["pod_id", "eni_id", "sg_set_id", "vlan", "family"][..]),
         ("GUARD_TRUTH_V1", &["ifindex", "eni_id", "sg_set_id"][..]),
-        (
-            "GUARD_COUNTERS_V1",
-            &["checked", "violations", "dropped", "events_lost"][..],
-        ),
+        ("GUARD_COUNTERS_V1", &["checked", "violations", "dropped", "events_lost"][..]),
         ("GUARD_CONFIG_V1", &["mode", "events_per_pod_per_sec"][..]),
     ] {
         let dump = sh(Command::new("bpftool")
             .args(["map", "dump", "pinned"])
             .arg(ctx.pin_dir.join("maps").join(map)))?;
         for f in fields {
-            ensure!(
-                dump.contains(&format!("\"{f}\"")),
-                "bpftool dump of {map} lacks `{f}`:\n{dump}"
-            );
+            ensure!(dump.contains(&format!("\"{f}\"")), "bpftool dump of {map} lacks `{f}`:\n{dump}");
         }
     }
     run.stop()
@@ -495,56 +338,31 @@ fn restart(ctx: &mut Ctx, attach: &str) -> Result<()> {
     }
     let topo = Topology::build(ctx.prefix())?;
     let bad = topo.add_pod("bad", "10.0.1.12", &ETH2)?;
-    let yaml = format!(
-        "mode: enforce\n{INTERFACES}pods:\n{}",
-        pod_yaml("bad", &bad, "eni-a1", 0, "sg-c0f1", None)
-    );
+    let yaml =
+        format!("mode: enforce\n{INTERFACES}pods:\n{}", pod_yaml("bad", &bad, "eni-a1", 0, "sg-c0f1", None));
     let args = ["--keep-datapath", "--attach", attach];
     let first = start(ctx, &topo, &yaml, &args)?;
     let before = topo.vpc_rx_packets(&ETH2)?;
     // About 2.5 s of pings every 5 ms, across the restart.
-    let mut flood = Daemon::spawn(
-        bad.ns
-            .cmd("ping")
-            .args(["-c", "500", "-i", "0.005", "-W", "1", "-q", VPC_DEST]),
-    )?;
+    let mut flood =
+        Daemon::spawn(bad.ns.cmd("ping").args(["-c", "500", "-i", "0.005", "-W", "1", "-q", VPC_DEST]))?;
     std::thread::sleep(Duration::from_millis(300));
     first.stop()?;
-    ensure!(
-        ctx.pin_dir.join("maps/GUARD_INTENT_V1").exists(),
-        "--keep-datapath removed the pins"
-    );
+    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT_V1").exists(), "--keep-datapath removed the pins");
     std::thread::sleep(Duration::from_millis(200)); // traffic with no agent running at all
     let second = start(ctx, &topo, &yaml, &["--attach", attach])?;
-    ensure!(
-        flood.wait_exit(Duration::from_secs(10))?.is_some(),
-        "the ping flood did not finish"
-    );
+    ensure!(flood.wait_exit(Duration::from_secs(10))?.is_some(), "the ping flood did not finish");
     let leaked = topo.vpc_rx_packets(&ETH2)? - before;
-    ensure!(
-        leaked == 0,
-        "{leaked} violating packets left the node during the restart"
-    );
+    ensure!(leaked == 0, "{leaked} violating packets left the node during the restart");
     let dropped = second.metric("eniguard_guard_dropped_packets_total{reason=\"wrong_eni\"}")?;
-    ensure!(
-        dropped >= 400,
-        "only {dropped} drops counted across the restart (counters should survive)"
-    );
+    ensure!(dropped >= 400, "only {dropped} drops counted across the restart (counters should survive)");
     let progs = sh(Command::new("bpftool").args(["-j", "prog", "show"]))?;
     let running = progs.matches("\"name\":\"guard_egress\"").count();
-    ensure!(
-        running == 1,
-        "{running} guard_egress programs loaded after the restart; the old one is stale"
-    );
+    ensure!(running == 1, "{running} guard_egress programs loaded after the restart; the old one is stale");
     second.stop()?;
     ensure!(!ctx.pin_dir.exists(), "final shutdown left pins");
-    let filters = topo
-        .node
-        .run("tc", &["filter", "show", "dev", "eth2", "egress"])?;
-    ensure!(
-        filters.trim().is_empty(),
-        "final shutdown left a filter: {filters}"
-    );
+    let filters = topo.node.run("tc", &["filter", "show", "dev", "eth2", "egress"])?;
+    ensure!(filters.trim().is_empty(), "final shutdown left a filter: {filters}");
     Ok(())
 }
 
@@ -558,9 +376,7 @@ fn config_mode(pin_dir: &std::path::Path) -> Result<u64> {
         .args(["-j", "map", "dump", "pinned"])
         .arg(pin_dir.join("maps/GUARD_CONFIG_V1")))?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    v[0]["formatted"]["value"]["mode"]
-        .as_u64()
-        .context("no mode in GUARD_CONFIG_V1")
+    v[0]["formatted"]["value"]["mode"].as_u64().context("no mode in GUARD_CONFIG_V1")
 }
 
 fn wait_until(mut f: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {

@@ -57,10 +57,7 @@ pub struct Test {
 }
 
 pub fn main(tests: &[Test]) -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if std::env::args().any(|a| a == "--list") {
         for t in tests {
             println!("{}: test", t.name);
@@ -103,9 +100,7 @@ pub fn main(tests: &[Test]) -> std::process::ExitCode {
 fn run_one(test: &Test, index: usize) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!(
-            "needs root (run through `cargo xtask test`, which uses sudo -E when needed)"
-        );
+        anyhow::bail!("needs root (run through `cargo xtask test`, which uses sudo -E when needed)");
     }
     let prefix = format!("egt{}-{index}", std::process::id());
     let mut ctx = Ctx {

@@ -8,62 +8,23 @@ use harness::Test;
 
 fn main() -> std::process::ExitCode {
     harness::main(&[
-        Test {
-            name: "tc_counter_counts_over_tcx",
-            run: tc_counter::counts_over_tcx,
-        },
-        Test {
-            name: "tc_counter_counts_over_netlink",
-            run: tc_counter::counts_over_netlink,
-        },
-        Test {
-            name: "tc_counter_rejects_unknown_interface",
-            run: tc_counter::rejects_unknown_interface,
-        },
-        Test {
-            name: "guard_correct_traffic_passes",
-            run: guard::correct_traffic_passes,
-        },
-        Test {
-            name: "guard_wrong_eni",
-            run: guard::wrong_eni,
-        },
-        Test {
-            name: "guard_sg_mismatch_incident",
-            run: guard::sg_mismatch_incident,
-        },
-        Test {
-            name: "guard_wrong_vlan_and_tags",
-            run: guard::wrong_vlan_and_tags,
-        },
-        Test {
-            name: "guard_unknown_interface",
-            run: guard::unknown_interface,
-        },
-        Test {
-            name: "guard_spoofed_source",
-            run: guard::spoofed_source,
-        },
+        Test { name: "tc_counter_counts_over_tcx", run: tc_counter::counts_over_tcx },
+        Test { name: "tc_counter_counts_over_netlink", run: tc_counter::counts_over_netlink },
+        Test { name: "tc_counter_rejects_unknown_interface", run: tc_counter::rejects_unknown_interface },
+        Test { name: "guard_correct_traffic_passes", run: guard::correct_traffic_passes },
+        Test { name: "guard_wrong_eni", run: guard::wrong_eni },
+        Test { name: "guard_sg_mismatch_incident", run: guard::sg_mismatch_incident },
+        Test { name: "guard_wrong_vlan_and_tags", run: guard::wrong_vlan_and_tags },
+        Test { name: "guard_unknown_interface", run: guard::unknown_interface },
+        Test { name: "guard_spoofed_source", run: guard::spoofed_source },
         Test {
             name: "guard_enforce_drops_only_the_violating_pod",
             run: guard::enforce_drops_only_the_violating_pod,
         },
-        Test {
-            name: "guard_reload_on_sighup",
-            run: guard::reload_on_sighup,
-        },
-        Test {
-            name: "guard_invalid_intent_changes_nothing",
-            run: guard::invalid_intent_changes_nothing,
-        },
-        Test {
-            name: "guard_bpftool_shows_field_names",
-            run: guard::bpftool_shows_field_names,
-        },
-        Test {
-            name: "guard_restart_lets_nothing_through_tcx",
-            run: guard::restart_lets_nothing_through,
-        },
+        Test { name: "guard_reload_on_sighup", run: guard::reload_on_sighup },
+        Test { name: "guard_invalid_intent_changes_nothing", run: guard::invalid_intent_changes_nothing },
+        Test { name: "guard_bpftool_shows_field_names", run: guard::bpftool_shows_field_names },
+        Test { name: "guard_restart_lets_nothing_through_tcx", run: guard::restart_lets_nothing_through },
         Test {
             name: "guard_restart_lets_nothing_through_netlink",
             run: guard::restart_lets_nothing_through_netlink,
@@ -74,10 +35,7 @@ fn main() -> std::process::ExitCode {
 /// True when the running kernel is at least `major.minor`.
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
     let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (ma, mi) >= (major, minor)
 }

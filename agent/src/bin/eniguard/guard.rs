@@ -76,36 +76,21 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     events_task.abort();
-    guard
-        .lock()
-        .map_err(|_| anyhow!("guard lock poisoned"))?
-        .shutdown(args.keep_datapath)?;
-    log::info!(
-        "guard stopped ({})",
-        if args.keep_datapath {
-            "datapath kept"
-        } else {
-            "datapath removed"
-        }
-    );
+    guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?.shutdown(args.keep_datapath)?;
+    log::info!("guard stopped ({})", if args.keep_datapath { "datapath kept" } else { "datapath removed" });
     Ok(())
 }
 
 /// Re-reads the intent file; an invalid file is reported and the running state kept.
 fn reload(path: &std::path::Path, guard: &Mutex<Guard>) {
-    let result = Spec::from_file(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|spec| {
-            let resolved = resolve(spec)?;
-            let mut guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
-            guard.apply(&resolved).context("applying the new intent")
-        });
+    let result = Spec::from_file(path).map_err(anyhow::Error::from).and_then(|spec| {
+        let resolved = resolve(spec)?;
+        let mut guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
+        guard.apply(&resolved).context("applying the new intent")
+    });
     match result {
         Ok(()) => log::info!("reloaded {}", path.display()),
-        Err(e) => log::error!(
-            "reload of {} failed, keeping the previous intent: {e:#}",
-            path.display()
-        ),
+        Err(e) => log::error!("reload of {} failed, keeping the previous intent: {e:#}", path.display()),
     }
 }
 
@@ -129,10 +114,7 @@ async fn read_events(
                 events::name(&event, &guard.names)
             };
             log::warn!(target: "eniguard::violation", "{}", serde_json::to_string(&violation)?);
-            recent
-                .lock()
-                .map_err(|_| anyhow!("events lock poisoned"))?
-                .push(violation);
+            recent.lock().map_err(|_| anyhow!("events lock poisoned"))?.push(violation);
         }
         ready.clear_ready();
     }
@@ -149,11 +131,7 @@ fn respond(path: &str, guard: &Mutex<Guard>, recent: &Mutex<RecentEvents>) -> ht
                     "text/plain; version=0.0.4",
                     metrics::render_guard(&stats, &guard.names),
                 ),
-                Err(e) => http::Response {
-                    status: 500,
-                    content_type: "text/plain",
-                    body: format!("{e}\n"),
-                },
+                Err(e) => http::Response { status: 500, content_type: "text/plain", body: format!("{e}\n") },
             }
         }
         "/v1/events" => {
@@ -161,10 +139,7 @@ fn respond(path: &str, guard: &Mutex<Guard>, recent: &Mutex<RecentEvents>) -> ht
                 return http::Response::not_found();
             };
             let list: Vec<_> = recent.iter().collect();
-            http::Response::ok(
-                "application/json",
-                serde_json::to_string(&list).unwrap_or_default(),
-            )
+            http::Response::ok("application/json", serde_json::to_string(&list).unwrap_or_default())
         }
         _ => http::Response::not_found(),
     }

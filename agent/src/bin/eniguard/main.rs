@@ -81,33 +81,14 @@ enum CounterCommand {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Guard {
-            intent,
-            metrics_addr,
-            attach,
-            pin_dir,
-            keep_datapath,
-        } => {
-            let args = guard::Args {
-                intent,
-                metrics_addr,
-                attach,
-                pin_dir,
-                keep_datapath,
-            };
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(guard::run(args))
+        Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath } => {
+            let args = guard::Args { intent, metrics_addr, attach, pin_dir, keep_datapath };
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(guard::run(args))
         }
         Command::Counter { command } => match command {
-            CounterCommand::Run {
-                iface,
-                direction,
-                attach,
-                pin_dir,
-                keep_pins,
-            } => run_counter(&iface, direction, attach, &PinDir::new(pin_dir), keep_pins),
+            CounterCommand::Run { iface, direction, attach, pin_dir, keep_pins } => {
+                run_counter(&iface, direction, attach, &PinDir::new(pin_dir), keep_pins)
+            }
             CounterCommand::Show { pin_dir } => {
                 let c = counter::read_counter(&PinDir::new(pin_dir).map(TC_COUNTER_MAP))?;
                 println!("packets={} bytes={}", c.packets, c.bytes);
@@ -132,9 +113,7 @@ fn run_counter(
         attached.mode,
         pins.map(TC_COUNTER_MAP).display()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(wait_for_shutdown())?;
     drop(attached);
     if !keep_pins {
