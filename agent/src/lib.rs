@@ -4,7 +4,11 @@
 //!
 //! One module per concern; see ../shared/DESIGN.md for the map. Present so far:
 //! - [`guard`]: the eBPF egress guard (intent spec, maps, attachment, events, counters).
+//! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule) and its checkpoint.
+//! - [`net`]: netlink (link notifications so far).
 //! - [`observe`]: Prometheus metrics and the introspection HTTP endpoint.
 
 pub mod guard;
+pub mod ipam;
+pub mod net;
 pub mod observe;

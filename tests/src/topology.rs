@@ -77,29 +77,41 @@ impl Topology {
     /// A pod with address `ip` whose traffic leaves through `eni`'s table.
     pub fn add_pod(&self, name: &str, ip: &str, eni: &Eni) -> Result<Pod> {
         let ns = NetNs::create(&format!("{}-{name}", self.prefix))?;
-        let host_veth = format!("eni{name}");
-        sh(Command::new("ip")
-            .args(["-n", self.node.name(), "link", "add", &host_veth, "type", "veth"])
-            .args(["peer", "name", "eth0", "netns", ns.name()]))?;
-        for (n, ifname) in [(&self.node, host_veth.as_str()), (&ns, "eth0")] {
-            n.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "1")?;
-            n.ip(&["link", "set", ifname, "up"])?;
-        }
-        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
-        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
-        let host_mac = self.node.mac(&host_veth)?;
-        ns.ip(&["neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-        let pod_mac = ns.mac("eth0")?;
-        self.node.ip(&["neigh", "replace", ip, "lladdr", &pod_mac, "dev", &host_veth, "nud", "permanent"])?;
-        self.node.ip(&["route", "add", ip, "dev", &host_veth, "scope", "link"])?;
+        let pod = Pod { ns, ip: ip.to_owned(), host_veth: format!("eni{name}") };
+        self.plug(&pod)?;
         self.node.ip(&["rule", "add", "from", ip, "lookup", &eni.table.to_string(), "priority", "1536"])?;
         // Replies from the VPC come back through the ENI the pod's subnet is on.
         let (peer, node_if) =
             if ip.starts_with("10.0.2.") { (ETH2.peer, ETH2.name) } else { (ETH1.peer, ETH1.name) };
         let node_mac = self.node.mac(node_if)?;
         self.vpc.ip(&["neigh", "replace", ip, "lladdr", &node_mac, "dev", peer, "nud", "permanent"])?;
-        Ok(Pod { ns, ip: ip.to_owned(), host_veth })
+        Ok(pod)
+    }
+
+    /// (Re)creates the pod's veth pair, address and routes, as a CNI ADD does.
+    pub fn plug(&self, pod: &Pod) -> Result<()> {
+        let (ns, ip, host_veth) = (&pod.ns, pod.ip.as_str(), pod.host_veth.as_str());
+        sh(Command::new("ip")
+            .args(["-n", self.node.name(), "link", "add", host_veth, "type", "veth"])
+            .args(["peer", "name", "eth0", "netns", ns.name()]))?;
+        for (n, ifname) in [(&self.node, host_veth), (ns, "eth0")] {
+            n.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "1")?;
+            n.ip(&["link", "set", ifname, "up"])?;
+        }
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
+        let host_mac = self.node.mac(host_veth)?;
+        ns.ip(&["neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        let pod_mac = ns.mac("eth0")?;
+        self.node.ip(&["neigh", "replace", ip, "lladdr", &pod_mac, "dev", host_veth, "nud", "permanent"])?;
+        self.node.ip(&["route", "add", ip, "dev", host_veth, "scope", "link"])?;
+        Ok(())
+    }
+
+    /// Removes the pod's veth pair, as a CNI DEL does.
+    pub fn unplug(&self, pod: &Pod) -> Result<()> {
+        self.node.ip(&["link", "del", &pod.host_veth]).map(|_| ())
     }
 
     /// Makes the pod's traffic leave through `eni` instead.

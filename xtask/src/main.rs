@@ -7,6 +7,7 @@ mod cmd;
 mod lint;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +32,13 @@ enum Task {
     Lint,
     /// Show the product on this machine's kernel, in network namespaces (needs root).
     Demo,
+    /// The privileged datapath tests on kernels 5.10, 6.1 and 6.12 under qemu.
+    VmTest {
+        /// Only tests whose name contains this (default: the datapath tests).
+        filter: Option<String>,
+    },
+    /// Datapath benchmarks: BPF_PROG_TEST_RUN ns/packet and iperf3 throughput (needs root).
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -43,6 +51,13 @@ fn main() -> Result<()> {
                 setup::setup()?;
             }
             test::run_privileged_bin("eniguard-demo", &[])
+        }
+        Task::VmTest { filter } => test::vm_test(filter.as_deref()),
+        Task::Bench => {
+            if !setup::is_complete() {
+                setup::setup()?;
+            }
+            test::run_bench("datapath")
         }
     }
 }

@@ -25,7 +25,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, other: Counts) {
+    pub fn add(&mut self, other: Counts) {
         self.passed += other.passed;
         self.failed += other.failed;
         self.skipped += other.skipped;
@@ -48,16 +48,35 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         total.add(run_counted(&mut cmd, &t.name)?);
     }
     let harness = artifact(&tests, "privileged")?;
-    let mut cmd = privileged(harness)?;
+    let mut cmd = privileged(&harness)?;
     // Agents that fail on purpose (bad input) should print their error, not a backtrace.
-    cmd.env("ENIGUARD_BIN", agent).env("RUST_BACKTRACE", "0").args(filter);
+    cmd.env("ENIGUARD_BIN", &agent).env("RUST_BACKTRACE", "0").args(filter);
     total.add(run_counted(&mut cmd, "privileged")?);
+    total.add(vm_matrix(&agent, &harness, filter)?);
 
     println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
     if total.failed > 0 {
         bail!("{} tests failed", total.failed);
     }
     Ok(())
+}
+
+/// The datapath tests on the other kernels (5.10, 6.1, 6.12) under qemu, or one skip per
+/// kernel with the reason when this machine cannot boot them.
+fn vm_matrix(agent: &std::path::Path, harness: &std::path::Path, filter: Option<&str>) -> Result<Counts> {
+    if std::env::var_os("ENIGUARD_SKIP_VM").is_some() {
+        println!("vm: SKIPPED (ENIGUARD_SKIP_VM is set)");
+        return Ok(Counts { skipped: 3, ..Counts::default() });
+    }
+    if let Err(reason) = crate::vm::available() {
+        println!("vm: SKIPPED ({reason})");
+        return Ok(Counts { skipped: 3, ..Counts::default() });
+    }
+    let filters: Vec<&str> = match filter {
+        Some(f) => vec![f],
+        None => crate::vm::VM_TESTS.to_vec(),
+    };
+    crate::vm::run_matrix(agent, harness, &filters)
 }
 
 pub struct Artifact {
@@ -127,7 +146,7 @@ fn run_counted(cmd: &mut Command, name: &str) -> Result<Counts> {
     Ok(counts)
 }
 
-fn parse_summary(line: &str) -> Option<Counts> {
+pub fn parse_summary(line: &str) -> Option<Counts> {
     let body = if let Some(rest) = line.strip_prefix("test result: ") {
         rest.split_once(". ")?.1
     } else {
@@ -148,6 +167,30 @@ fn parse_summary(line: &str) -> Option<Counts> {
         }
     }
     Some(counts)
+}
+
+/// `cargo xtask vm-test`: builds, then runs only the kernel matrix.
+pub fn vm_test(filter: Option<&str>) -> Result<()> {
+    if !setup::is_complete() {
+        setup::setup()?;
+    }
+    let agent = artifact(&build(&["build", "--bins"])?, "eniguard")?;
+    let harness = artifact(&build(&["test", "--no-run"])?, "privileged")?;
+    let c = vm_matrix(&agent, &harness, filter)?;
+    println!("{} passed, {} failed, {} skipped", c.passed, c.failed, c.skipped);
+    if c.failed > 0 {
+        bail!("{} tests failed", c.failed);
+    }
+    Ok(())
+}
+
+/// Builds a bench target (release) and runs it as root.
+pub fn run_bench(name: &str) -> Result<()> {
+    let bins = build(&["build", "--bins"])?;
+    let agent = artifact(&bins, "eniguard")?;
+    let benches = build(&["bench", "--no-run", "--bench", name])?;
+    let mut cmd = privileged(artifact(&benches, name)?)?;
+    run(cmd.env("ENIGUARD_BIN", agent).arg("--bench"))
 }
 
 /// Builds (unprivileged) and runs one of the tests crate's binaries as root.

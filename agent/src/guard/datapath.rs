@@ -89,6 +89,19 @@ pub struct Resolved {
 
 /// Checks that every interface the spec names exists here; errors name the entry.
 pub fn resolve(spec: ValidSpec) -> Result<Resolved, GuardError> {
+    resolve_with(spec, true)
+}
+
+/// Like [`resolve`], but interfaces that do not exist (yet, or any more) are left out: their
+/// entries are skipped by [`Guard::apply`] until a link event brings them back.
+pub fn resolve_present(spec: ValidSpec) -> Resolved {
+    match resolve_with(spec.clone(), false) {
+        Ok(r) => r,
+        Err(_) => Resolved { spec, ifindex: StdHashMap::new(), vlan_devices: BTreeSet::new() },
+    }
+}
+
+fn resolve_with(spec: ValidSpec, strict: bool) -> Result<Resolved, GuardError> {
     let mut found = StdHashMap::new();
     let names = spec
         .interfaces
@@ -102,11 +115,18 @@ pub fn resolve(spec: ValidSpec) -> Result<Resolved, GuardError> {
             )
         }));
     for (entry, name) in names {
-        let index = ifindex(&name).map_err(|_| GuardError::Attach {
-            iface: name.clone(),
-            reason: format!("{entry}: no such interface in this network namespace"),
-        })?;
-        found.insert(name, index);
+        match ifindex(&name) {
+            Ok(index) => {
+                found.insert(name, index);
+            }
+            Err(_) if !strict => {}
+            Err(_) => {
+                return Err(GuardError::Attach {
+                    iface: name,
+                    reason: format!("{entry}: no such interface in this network namespace"),
+                })
+            }
+        }
     }
     Ok(Resolved { spec, ifindex: found, vlan_devices: vlan_devices() })
 }
@@ -134,7 +154,17 @@ pub struct Guard {
     pins: PinDir,
     attach_mode: AttachMode,
     pub names: Names,
-    attached: BTreeMap<(String, Hook), Attachment>,
+    /// What is attached where, with the ifindex it was attached to (a re-created interface of
+    /// the same name gets a new ifindex and a fresh attachment).
+    attached: BTreeMap<(String, Hook), (u32, Attachment)>,
+}
+
+impl Resolved {
+    /// Names the spec refers to that were found, for link-event filtering.
+    pub fn watches(&self, name: &str) -> bool {
+        self.spec.interfaces.iter().any(|f| f.name == name)
+            || self.spec.pods.iter().any(|p| p.pod.host_interface == name)
+    }
 }
 
 impl Guard {
@@ -172,7 +202,7 @@ impl Guard {
         };
         let mut truth = StdHashMap::new();
         for f in &spec.interfaces {
-            let ifindex = resolved.ifindex[&f.name];
+            let Some(&ifindex) = resolved.ifindex.get(&f.name) else { continue };
             // A sub-interface's frames carry no tag at its own hook: key it untagged.
             let key_vlan = if resolved.vlan_devices.contains(&f.name) { 0 } else { u32::from(f.vlan) };
             let value = IfaceTruth {
@@ -188,17 +218,19 @@ impl Guard {
             let pod_id = self.names.pods.id(&(p.pod.namespace.clone(), p.pod.name.clone()));
             let mode = p.pod.mode.map_or(MODE_INHERIT, mode_value);
             let key = ipv4_key(p.ip);
-            intent.insert(
-                key,
-                PodIntent {
-                    pod_id,
-                    eni_id: self.names.enis.id(&p.pod.expect.eni),
-                    sg_set_id: self.names.sg_sets.id(&sg_set(&p.pod.expect.security_groups)),
-                    vlan: u32::from(p.pod.expect.vlan),
-                    mode,
-                },
-            );
-            veths.insert(resolved.ifindex[&p.pod.host_interface], VethPod { pod_id, mode, addr: key });
+            let mut value = PodIntent {
+                pod_id,
+                eni_id: self.names.enis.id(&p.pod.expect.eni),
+                sg_set_id: self.names.sg_sets.id(&sg_set(&p.pod.expect.security_groups)),
+                vlan: u32::from(p.pod.expect.vlan),
+                mode,
+                allowed: Default::default(),
+            };
+            value.allowed = allowed_exits(&value, &truth);
+            intent.insert(p.ip.octets(), value);
+            if let Some(&ifindex) = resolved.ifindex.get(&p.pod.host_interface) {
+                veths.insert(ifindex, VethPod { pod_id, mode, addr: key });
+            }
         }
 
         let mut cfg: Array<&mut MapData, GuardConfig> = typed(&mut self.ebpf, CONFIG_MAP)?;
@@ -207,22 +239,29 @@ impl Guard {
         sync_map(&mut self.ebpf, INTENT_MAP, &intent)?;
         sync_map(&mut self.ebpf, VETH_MAP, &veths)?;
 
-        let wanted: BTreeSet<(String, Hook)> = spec
+        let wanted: BTreeMap<(String, Hook), u32> = spec
             .interfaces
             .iter()
             .map(|f| (f.name.clone(), Hook::Egress))
             .chain(spec.pods.iter().map(|p| (p.pod.host_interface.clone(), Hook::PodVeth)))
+            .filter_map(|key| resolved.ifindex.get(&key.0).map(|index| (key, *index)))
             .collect();
-        let stale: Vec<_> = self.attached.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+        // Gone from the spec, gone from the namespace, or re-created with a new ifindex.
+        let stale: Vec<_> = self
+            .attached
+            .iter()
+            .filter(|(key, (index, _))| wanted.get(*key) != Some(index))
+            .map(|(key, _)| key.clone())
+            .collect();
         for key in stale {
-            if let Some(a) = self.attached.remove(&key) {
+            if let Some((_, a)) = self.attached.remove(&key) {
                 detach(a);
             }
         }
-        for (iface, hook) in wanted {
+        for ((iface, hook), index) in wanted {
             if !self.attached.contains_key(&(iface.clone(), hook)) {
                 let a = self.attach(&iface, hook)?;
-                self.attached.insert((iface, hook), a);
+                self.attached.insert((iface, hook), (index, a));
             }
         }
         Ok(())
@@ -283,6 +322,31 @@ impl Guard {
         }
     }
 
+    /// Runs `program` (a guard program or `bench_empty`) on `frame` `repeat` times with
+    /// BPF_PROG_TEST_RUN against the live maps; returns the kernel's average time per run and the
+    /// verdict. The frame leaves through `lo` as far as the program can tell.
+    pub fn test_run(
+        &mut self,
+        program_name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(std::time::Duration, u32), GuardError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program_name)
+            .ok_or(GuardError::MissingProgram(program_name))?
+            .try_into()
+            .map_err(|source| GuardError::Program { name: program_name, source })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| GuardError::Program { name: program_name, source })?;
+        }
+        let result = prog
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() })
+            .map_err(|source| GuardError::Program { name: program_name, source })?;
+        Ok((result.duration, result.return_value))
+    }
+
     /// Takes the events ring buffer (once) for the event reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, GuardError> {
         let map = self.ebpf.take_map(EVENTS_MAP).ok_or(GuardError::MissingMap(EVENTS_MAP))?;
@@ -312,7 +376,7 @@ impl Guard {
     /// pinned) so that traffic stays checked until the next agent replaces them.
     pub fn shutdown(&mut self, keep_datapath: bool) -> Result<(), GuardError> {
         let attached = std::mem::take(&mut self.attached);
-        for (_, a) in attached {
+        for (_, (_, a)) in attached {
             if keep_datapath {
                 match a {
                     Attachment::Tcx { link, .. } => drop(link), // the pin keeps the link alive
@@ -327,6 +391,29 @@ impl Guard {
         }
         Ok(())
     }
+}
+
+/// The truth keys a packet of this pod may leave through and pass exactly as the datapath's full
+/// check would judge it (same rule as guard_egress: observed VLAN is the tag, or for an untagged
+/// key the interface's own VLAN). Sorted, at most ALLOWED_EXITS; the rest use the full check.
+pub fn allowed_exits(
+    intent: &PodIntent,
+    truth: &StdHashMap<IfaceKey, IfaceTruth>,
+) -> [IfaceKey; ALLOWED_EXITS] {
+    let mut keys: Vec<IfaceKey> = truth
+        .iter()
+        .filter(|(k, t)| {
+            let observed_vlan = if k.vlan != 0 { k.vlan } else { t.vlan };
+            observed_vlan == intent.vlan && t.eni_id == intent.eni_id && t.sg_set_id == intent.sg_set_id
+        })
+        .map(|(k, _)| *k)
+        .collect();
+    keys.sort_by_key(|k| (k.ifindex, k.vlan));
+    let mut allowed = [IfaceKey::default(); ALLOWED_EXITS];
+    for (slot, key) in allowed.iter_mut().zip(keys) {
+        *slot = key;
+    }
+    allowed
 }
 
 fn detach(a: Attachment) {

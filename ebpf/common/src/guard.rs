@@ -22,7 +22,14 @@ pub const MODE_INHERIT: u32 = 0;
 pub const MODE_MONITOR: u32 = 1;
 pub const MODE_ENFORCE: u32 = 2;
 
-/// Intent for one pod address: where its packets must leave the node.
+/// Up to this many (interface, VLAN) exits are precomputed as correct for one pod.
+pub const ALLOWED_EXITS: usize = 4;
+
+/// Intent for one IPv4 pod address: where its packets must leave the node.
+///
+/// `allowed` lists the truth keys whose truth already matches this intent, precomputed by the agent
+/// whenever either side changes: a packet leaving through one of them passes after one lookup. Any
+/// other exit is judged in full against the truth map, which stays authoritative.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodIntent {
@@ -33,6 +40,8 @@ pub struct PodIntent {
     pub vlan: u32,
     /// MODE_INHERIT, MODE_MONITOR or MODE_ENFORCE.
     pub mode: u32,
+    /// Exits known to satisfy this intent; unused slots have ifindex 0 (never a real interface).
+    pub allowed: [IfaceKey; ALLOWED_EXITS],
 }
 
 /// Truth key: the interface a packet leaves through and the VLAN tag it carries there (0 = none).
@@ -137,7 +146,8 @@ pub struct ViolationEvent {
 }
 
 /// Map names; the suffix is the layout version (bump it when a type above changes).
-pub const INTENT_MAP: &str = "GUARD_INTENT_V1";
+/// IPv4 intent, keyed by the address bytes (IPv6 will get its own map).
+pub const INTENT_MAP: &str = "GUARD_INTENT4_V1";
 pub const TRUTH_MAP: &str = "GUARD_TRUTH_V1";
 pub const VETH_MAP: &str = "GUARD_VETH_V1";
 pub const CONFIG_MAP: &str = "GUARD_CONFIG_V1";

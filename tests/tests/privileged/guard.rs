@@ -213,6 +213,36 @@ pub fn spoofed_source(ctx: &mut Ctx) -> Result<()> {
     run.stop()
 }
 
+/// A pod's veth is deleted and re-created (pod restart: same name, new ifindex); link events make
+/// the guard attach to the new veth and key its maps by the new ifindex.
+pub fn follows_recreated_veth(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
+    let run = start(ctx, &topo, &yaml, &[])?;
+    topo.unplug(&web)?;
+    std::thread::sleep(Duration::from_millis(300));
+    topo.plug(&web)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    wait_until(
+        || {
+            Ok(run.metric("eniguard_guard_checked_sources_total")? > 0 || {
+                web.ping(1, None)?;
+                false
+            })
+        },
+        "the guard on the re-created veth",
+    )?;
+    let before = run.violations("spoofed_source")?;
+    web.ping(N, Some("10.0.1.99"))?;
+    ensure!(
+        run.violations("spoofed_source")? - before == u64::from(N),
+        "spoofing on the new veth not caught"
+    );
+    run.stop()
+}
+
 pub fn enforce_drops_only_the_violating_pod(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
@@ -307,7 +337,7 @@ pub fn bpftool_shows_field_names(ctx: &mut Ctx) -> Result<()> {
     let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &yaml, &[])?;
     for (map, fields) in [
-        ("GUARD_INTENT_V1", &["pod_id", "eni_id", "sg_set_id", "vlan", "family"][..]),
+        ("GUARD_INTENT4_V1", &["pod_id", "eni_id", "sg_set_id", "vlan", "allowed"][..]),
         ("GUARD_TRUTH_V1", &["ifindex", "eni_id", "sg_set_id"][..]),
         ("GUARD_COUNTERS_V1", &["checked", "violations", "dropped", "events_lost"][..]),
         ("GUARD_CONFIG_V1", &["mode", "events_per_pod_per_sec"][..]),
@@ -348,7 +378,7 @@ fn restart(ctx: &mut Ctx, attach: &str) -> Result<()> {
         Daemon::spawn(bad.ns.cmd("ping").args(["-c", "500", "-i", "0.005", "-W", "1", "-q", VPC_DEST]))?;
     std::thread::sleep(Duration::from_millis(300));
     first.stop()?;
-    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT_V1").exists(), "--keep-datapath removed the pins");
+    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT4_V1").exists(), "--keep-datapath removed the pins");
     std::thread::sleep(Duration::from_millis(200)); // traffic with no agent running at all
     let second = start(ctx, &topo, &yaml, &["--attach", attach])?;
     ensure!(flood.wait_exit(Duration::from_secs(10))?.is_some(), "the ping flood did not finish");
@@ -387,4 +417,57 @@ fn wait_until(mut f: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     anyhow::bail!("timed out waiting for {what}")
+}
+
+/// Real 802.1Q sub-interfaces on the trunk (branch ENIs): the tag is in skb metadata at the
+/// trunk's egress. Needs a kernel with 802.1Q (the VM matrix); skipped where it is missing.
+pub fn real_vlan_subinterfaces(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let branch = topo.add_pod("branch", "10.0.2.30", &ETH2)?;
+    let gw_mac = topo.vpc.mac("vpc2")?;
+    for vid in ["5", "7"] {
+        let dev = format!("vlan.eth.{vid}");
+        if let Err(e) =
+            topo.node.ip(&["link", "add", "link", "eth2", "name", &dev, "type", "vlan", "id", vid])
+        {
+            return Err(crate::harness::skip(format!("this kernel has no 802.1Q VLAN devices ({e})")));
+        }
+        topo.node.ip(&["link", "set", &dev, "up"])?;
+        let table = format!("1{vid}0");
+        topo.node
+            .ip(&["route", "add", "default", "via", "10.0.2.1", "dev", &dev, "onlink", "table", &table])?;
+        topo.node.ip(&[
+            "neigh",
+            "replace",
+            "10.0.2.1",
+            "lladdr",
+            &gw_mac,
+            "dev",
+            &dev,
+            "nud",
+            "permanent",
+        ])?;
+    }
+    let via = |table: &str| -> Result<()> {
+        topo.node.ip(&["rule", "del", "from", "10.0.2.30", "priority", "1536"])?;
+        topo.node.ip(&["rule", "add", "from", "10.0.2.30", "lookup", table, "priority", "1536"]).map(|_| ())
+    };
+    let yaml = format!(
+        "{INTERFACES}  - {{ name: vlan.eth.5, eni: eni-b5, vlan: 5, securityGroups: [sg-b0] }}\npods:\n{}",
+        pod_yaml("branch", &branch, "eni-b5", 5, "sg-b0", None)
+    );
+    let run = start(ctx, &topo, &yaml, &[])?;
+    via("150")?;
+    branch.ping(N, None)?;
+    // Checked on vlan.eth.5 (untagged there, VLAN from truth) and on eth2 (tag in metadata).
+    ensure!(
+        run.metric("eniguard_guard_checked_packets_total")? == 2 * u64::from(N),
+        "not checked at both hops"
+    );
+    ensure!(run.total_violations()? == 0, "correct branch traffic flagged");
+    via("170")?;
+    branch.ping(N, None)?;
+    ensure!(run.violations("wrong_vlan")? == u64::from(N), "VLAN 7 instead of 5: wrong_vlan != {N}");
+    ensure!(run.total_violations()? == u64::from(N), "counted under another reason too");
+    run.stop()
 }

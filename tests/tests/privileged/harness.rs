@@ -17,7 +17,7 @@ pub struct Skip(pub String);
 
 impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "skipped: {}", self.0)
+        f.write_str(&self.0)
     }
 }
 impl std::error::Error for Skip {}

@@ -17,6 +17,8 @@ fn main() -> std::process::ExitCode {
         Test { name: "guard_wrong_vlan_and_tags", run: guard::wrong_vlan_and_tags },
         Test { name: "guard_unknown_interface", run: guard::unknown_interface },
         Test { name: "guard_spoofed_source", run: guard::spoofed_source },
+        Test { name: "guard_follows_recreated_veth", run: guard::follows_recreated_veth },
+        Test { name: "guard_real_vlan_subinterfaces", run: guard::real_vlan_subinterfaces },
         Test {
             name: "guard_enforce_drops_only_the_violating_pod",
             run: guard::enforce_drops_only_the_violating_pod,

@@ -12,11 +12,12 @@ use anyhow::{anyhow, Context as _, Result};
 use eniguard::{
     guard::{
         attach::AttachMode,
-        datapath::{resolve, Guard},
+        datapath::{resolve, resolve_present, Guard},
         events::{self, RecentEvents},
         pins::PinDir,
-        spec::Spec,
+        spec::{Spec, ValidSpec},
     },
+    net::links::LinkWatch,
     observe::{http, metrics},
 };
 use tokio::{
@@ -36,8 +37,8 @@ pub struct Args {
 const RECENT_EVENTS: usize = 1024;
 
 pub async fn run(args: Args) -> Result<()> {
-    let spec = Spec::from_file(&args.intent)?;
-    let resolved = resolve(spec)?;
+    let mut spec = Spec::from_file(&args.intent)?;
+    let resolved = resolve(spec.clone())?;
     let listener = match &args.metrics_addr {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
@@ -65,12 +66,29 @@ pub async fn run(args: Args) -> Result<()> {
         }));
     }
 
+    let mut links = LinkWatch::new()?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&args.intent, &guard),
+            _ = hup.recv() => {
+                if let Some(new) = reload(&args.intent, &guard) {
+                    spec = new;
+                }
+            }
+            events = links.next() => {
+                let resolved = resolve_present(spec.clone());
+                let relevant = events?.iter().any(|e| e.name().is_empty() || resolved.watches(e.name()));
+                if relevant {
+                    // Let a burst (veth pair creation, rename, up) settle, then re-resolve once.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let resolved = resolve_present(spec.clone());
+                    if let Err(e) = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?.apply(&resolved) {
+                        log::error!("re-attaching after a link change: {e}");
+                    }
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -81,16 +99,24 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Re-reads the intent file; an invalid file is reported and the running state kept.
-fn reload(path: &std::path::Path, guard: &Mutex<Guard>) {
+/// Re-reads the intent file and returns it once applied; an invalid file is reported and the
+/// running state kept.
+fn reload(path: &std::path::Path, guard: &Mutex<Guard>) -> Option<ValidSpec> {
     let result = Spec::from_file(path).map_err(anyhow::Error::from).and_then(|spec| {
-        let resolved = resolve(spec)?;
+        let resolved = resolve(spec.clone())?;
         let mut guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
-        guard.apply(&resolved).context("applying the new intent")
+        guard.apply(&resolved).context("applying the new intent")?;
+        Ok(spec)
     });
     match result {
-        Ok(()) => log::info!("reloaded {}", path.display()),
-        Err(e) => log::error!("reload of {} failed, keeping the previous intent: {e:#}", path.display()),
+        Ok(spec) => {
+            log::info!("reloaded {}", path.display());
+            Some(spec)
+        }
+        Err(e) => {
+            log::error!("reload of {} failed, keeping the previous intent: {e:#}", path.display());
+            None
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `eniguard`: the node agent and its CLI.
 
+mod checkpoint;
 mod guard;
 
 use std::path::PathBuf;
@@ -26,6 +27,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The IPAM checkpoint (`vpc-cni-ipam/1`, upstream's /var/run/aws-node/ipam.json).
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// The egress guard: check every pod packet against an intent file (YAML or JSON).
     Guard {
         /// Intent file: interfaces (truth) and pods (intent); re-read on SIGHUP.
@@ -49,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         command: CounterCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Validate a checkpoint and print a summary; exit 0 valid, 1 invalid, 2 unreadable.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +93,9 @@ enum CounterCommand {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::Checkpoint { command: CheckpointCommand::Check { file } } => {
+            std::process::exit(checkpoint::check(&file))
+        }
         Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath } => {
             let args = guard::Args { intent, metrics_addr, attach, pin_dir, keep_datapath };
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(guard::run(args))

@@ -1,0 +1,270 @@
+//! The checkpoint: upstream's `vpc-cni-ipam/1` JSON (`/var/run/aws-node/ipam.json`), so that a
+//! node can switch from aws-node in place and the network-policy agent can keep reading it.
+//!
+//! ```json
+//! {"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"…",
+//!   "ifName":"eth0","ipv4":"10.0.1.5","allocationTimestamp":1700000000000000000,
+//!   "metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}}]}
+//! ```
+//! Written atomically: a temporary file in the same directory, fsync, rename, fsync of the
+//! directory. Read strictly: every problem names the allocation and field, and nothing is changed.
+
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{AllocKey, Allocation, PodRef};
+
+pub const VERSION: &str = "vpc-cni-ipam/1";
+pub const DEFAULT_PATH: &str = "/var/run/aws-node/ipam.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileFormat {
+    version: String,
+    allocations: Vec<Entry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    network_name: String,
+    #[serde(rename = "containerID")]
+    container_id: String,
+    if_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv6: Option<String>,
+    allocation_timestamp: i64,
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Metadata {
+    #[serde(rename = "k8sPodNamespace", default, skip_serializing_if = "String::is_empty")]
+    namespace: String,
+    #[serde(rename = "k8sPodName", default, skip_serializing_if = "String::is_empty")]
+    name: String,
+    #[serde(rename = "interfacesCount", default, skip_serializing_if = "Option::is_none")]
+    interfaces_count: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CheckpointError {
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: not a valid checkpoint: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("{path}: version: `{found}`, expected `{VERSION}`")]
+    Version { path: String, found: String },
+    #[error("{path}: allocations[{index}].{field}: {problem}")]
+    Invalid { path: String, index: usize, field: &'static str, problem: String },
+    #[error("{path}: cannot write: {reason}")]
+    Write { path: String, reason: String },
+}
+
+/// A checkpoint file.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+}
+
+impl Checkpoint {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The allocations in the file; `Ok(None)` when there is no file (a fresh node).
+    pub fn read(&self) -> Result<Option<Vec<Allocation>>, CheckpointError> {
+        let p = self.path.display().to_string();
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CheckpointError::Read { path: p, reason: e.to_string() }),
+        };
+        parse(&p, &bytes).map(Some)
+    }
+
+    /// Replaces the file with `allocations`, atomically and durably.
+    pub fn write(&self, allocations: &[Allocation]) -> Result<(), CheckpointError> {
+        let tmp = self.prepare(allocations)?;
+        self.commit(&tmp)
+    }
+
+    /// First half of [`Checkpoint::write`]: the new content, fsynced, in a temporary file next to
+    /// the checkpoint. Until [`Checkpoint::commit`], the checkpoint itself is unchanged.
+    pub fn prepare(&self, allocations: &[Allocation]) -> Result<PathBuf, CheckpointError> {
+        let err = |e: std::io::Error| CheckpointError::Write {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let data =
+            FileFormat { version: VERSION.to_owned(), allocations: allocations.iter().map(entry).collect() };
+        let json = serde_json::to_vec(&data).map_err(|e| CheckpointError::Write {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = self.path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let mut file = File::create(&tmp).map_err(err)?;
+        file.write_all(&json).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        Ok(tmp)
+    }
+
+    /// Second half: rename over the checkpoint, then fsync the directory.
+    pub fn commit(&self, tmp: &Path) -> Result<(), CheckpointError> {
+        let err = |e: std::io::Error| CheckpointError::Write {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        };
+        fs::rename(tmp, &self.path).map_err(err)?;
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+}
+
+fn entry(a: &Allocation) -> Entry {
+    Entry {
+        network_name: a.key.network_name.clone(),
+        container_id: a.key.container_id.clone(),
+        if_name: a.key.if_name.clone(),
+        ipv4: Some(a.ip.to_string()),
+        ipv6: None,
+        allocation_timestamp: i64::try_from(a.allocated_at).unwrap_or(i64::MAX),
+        metadata: Metadata {
+            namespace: a.pod.namespace.clone(),
+            name: a.pod.name.clone(),
+            interfaces_count: None,
+        },
+    }
+}
+
+/// Parses and validates a checkpoint's bytes; `path` is only used in errors.
+pub fn parse(path: &str, bytes: &[u8]) -> Result<Vec<Allocation>, CheckpointError> {
+    let data: FileFormat = serde_json::from_slice(bytes)
+        .map_err(|e| CheckpointError::Syntax { path: path.to_owned(), reason: e.to_string() })?;
+    if data.version != VERSION {
+        return Err(CheckpointError::Version { path: path.to_owned(), found: data.version });
+    }
+    let invalid = |index, field, problem: String| CheckpointError::Invalid {
+        path: path.to_owned(),
+        index,
+        field,
+        problem,
+    };
+    let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut by_key: HashMap<AllocKey, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(data.allocations.len());
+    for (i, e) in data.allocations.into_iter().enumerate() {
+        for (field, value) in
+            [("networkName", &e.network_name), ("containerID", &e.container_id), ("ifName", &e.if_name)]
+        {
+            if value.is_empty() {
+                return Err(invalid(i, field, "must not be empty".into()));
+            }
+        }
+        let ip = match (&e.ipv4, &e.ipv6) {
+            (Some(v4), _) => v4
+                .parse::<Ipv4Addr>()
+                .map_err(|_| invalid(i, "ipv4", format!("`{v4}` is not an IPv4 address")))?,
+            (None, Some(_)) => {
+                return Err(invalid(i, "ipv6", "IPv6 allocations are not supported by this version".into()))
+            }
+            (None, None) => return Err(invalid(i, "ipv4", "missing: an allocation needs an address".into())),
+        };
+        let allocated_at = u64::try_from(e.allocation_timestamp).map_err(|_| {
+            invalid(
+                i,
+                "allocationTimestamp",
+                format!("{}: expected Unix nanoseconds >= 0", e.allocation_timestamp),
+            )
+        })?;
+        let key = AllocKey { network_name: e.network_name, container_id: e.container_id, if_name: e.if_name };
+        if let Some(j) = by_ip.insert(ip, i) {
+            return Err(invalid(i, "ipv4", format!("{ip} is already allocated to allocations[{j}]")));
+        }
+        if let Some(j) = by_key.insert(key.clone(), i) {
+            return Err(invalid(
+                i,
+                "containerID",
+                format!("same (networkName, containerID, ifName) as allocations[{j}]"),
+            ));
+        }
+        out.push(Allocation {
+            key,
+            ip,
+            pod: PodRef { namespace: e.metadata.namespace, name: e.metadata.name },
+            allocated_at,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As upstream aws-node writes it (Go's encoding/json, field order of its structs).
+    const UPSTREAM: &str = r#"{"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"3f1e0c0b7a2d","ifName":"eth0","ipv4":"10.0.1.5","allocationTimestamp":1732600000123456789,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}},{"networkName":"aws-cni","containerID":"9a8b7c6d5e4f","ifName":"eth0","ipv4":"10.0.1.6","allocationTimestamp":1732600001000000000,"metadata":{"k8sPodNamespace":"kube-system","k8sPodName":"coredns-abc","interfacesCount":1}}]}"#;
+
+    fn err(text: &str) -> String {
+        parse("ipam.json", text.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_what_upstream_writes() {
+        let a = parse("ipam.json", UPSTREAM.as_bytes()).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].ip, Ipv4Addr::new(10, 0, 1, 5));
+        assert_eq!(a[0].key.container_id, "3f1e0c0b7a2d");
+        assert_eq!(a[0].allocated_at, 1_732_600_000_123_456_789);
+        assert_eq!(a[1].pod, PodRef { namespace: "kube-system".into(), name: "coredns-abc".into() });
+    }
+
+    #[test]
+    fn writes_what_upstream_reads_and_round_trips() {
+        let a = parse("ipam.json", UPSTREAM.as_bytes()).unwrap();
+        let dir = std::env::temp_dir().join(format!("eg-ckpt-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let c = Checkpoint::new(dir.join("ipam.json"));
+        c.write(&a).unwrap();
+        let text = fs::read_to_string(c.path()).unwrap();
+        assert!(text.starts_with(r#"{"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"3f1e0c0b7a2d","ifName":"eth0","ipv4":"10.0.1.5","allocationTimestamp":1732600000123456789,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}}"#), "{text}");
+        assert_eq!(c.read().unwrap().unwrap(), a);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn broken_files_are_rejected_with_the_place_and_reason() {
+        assert!(err("not json").contains("not a valid checkpoint"));
+        assert!(err(&UPSTREAM[..UPSTREAM.len() / 2]).contains("EOF"));
+        assert_eq!(
+            err(&UPSTREAM.replace("vpc-cni-ipam/1", "vpc-cni-ipam/2")),
+            "ipam.json: version: `vpc-cni-ipam/2`, expected `vpc-cni-ipam/1`"
+        );
+        assert_eq!(
+            err(&UPSTREAM.replace("10.0.1.6", "10.0.1.5")),
+            "ipam.json: allocations[1].ipv4: 10.0.1.5 is already allocated to allocations[0]"
+        );
+        assert_eq!(
+            err(&UPSTREAM.replace("10.0.1.6", "10.0.1.600")),
+            "ipam.json: allocations[1].ipv4: `10.0.1.600` is not an IPv4 address"
+        );
+        assert!(err(&UPSTREAM.replace("9a8b7c6d5e4f", "3f1e0c0b7a2d")).contains("allocations[1].containerID"));
+        assert!(err(&UPSTREAM.replace("1732600001000000000", "-5")).contains("allocationTimestamp"));
+        assert!(err(r#"{"version":"vpc-cni-ipam/1"}"#).contains("allocations"));
+    }
+}

@@ -1,0 +1,198 @@
+//! What the datastore holds: ENIs, their CIDRs (secondary /32s and /28 prefixes), addresses and
+//! the allocations keyed like upstream's (network name, container id, interface name).
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+/// Nanoseconds since the Unix epoch: the checkpoint's timestamp unit, and the datastore's clock.
+pub type UnixNanos = u64;
+
+pub const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// An IPv4 CIDR: a /32 secondary address or a /28 delegated prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    pub fn host(addr: Ipv4Addr) -> Self {
+        Self { addr, prefix_len: 32 }
+    }
+
+    /// A /28; `addr` must be its network address (16-aligned).
+    pub fn prefix28(addr: Ipv4Addr) -> Option<Self> {
+        (u32::from(addr) % 16 == 0).then_some(Self { addr, prefix_len: 28 })
+    }
+
+    pub fn is_prefix(&self) -> bool {
+        self.prefix_len < 32
+    }
+
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - u32::from(self.prefix_len))
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len)) };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+
+    /// Every address of the CIDR, lowest first (all 16 of a /28 are usable: the whole prefix is
+    /// routed to the ENI).
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let base = u32::from(self.addr);
+        (0..self.size()).map(move |i| Ipv4Addr::from(base + i))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("`{s}`: expected an IPv4 CIDR"))?;
+        match len {
+            "32" => Ok(Self::host(addr)),
+            "28" => {
+                Self::prefix28(addr).ok_or_else(|| format!("`{s}`: a /28 must start on a multiple of 16"))
+            }
+            _ => Err(format!("`{s}`: expected a /32 address or a /28 prefix")),
+        }
+    }
+}
+
+/// Upstream's IPAM key: one allocation per (network, container, interface).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AllocKey {
+    pub network_name: String,
+    pub container_id: String,
+    pub if_name: String,
+}
+
+/// The pod an allocation belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What an ENI is, as far as handing out addresses is concerned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EniFlags {
+    /// The instance's primary ENI (device 0).
+    pub primary: bool,
+    /// InterfaceType `trunk` (security groups for pods): owned by the VPC Resource Controller.
+    pub trunk: bool,
+    /// InterfaceType `efa`.
+    pub efa: bool,
+    /// InterfaceType `efa-only`.
+    pub efa_only: bool,
+    /// Tagged `node.k8s.amazonaws.com/no_manage=true`.
+    pub no_manage: bool,
+    /// Its subnet is excluded from pod addresses (tag `kubernetes.io/role/cni=0`).
+    pub excluded_subnet: bool,
+}
+
+/// Why an ENI never gets or hands out pod addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclusion {
+    Trunk,
+    Efa,
+    EfaOnly,
+    NoManage,
+    ExcludedSubnet,
+    PrimaryUnderCustomNetworking,
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Trunk => "trunk ENI (security groups for pods)",
+            Self::Efa => "EFA ENI",
+            Self::EfaOnly => "EFA-only ENI",
+            Self::NoManage => "ENI tagged node.k8s.amazonaws.com/no_manage=true",
+            Self::ExcludedSubnet => "ENI in a subnet excluded from pod addresses",
+            Self::PrimaryUnderCustomNetworking => "primary ENI under custom networking",
+        })
+    }
+}
+
+/// The one exclusion rule, used by every path that could put an address on an ENI, hand one out,
+/// import one, free one or change an ENI's security groups.
+pub fn exclusion(flags: &EniFlags, custom_networking: bool) -> Option<Exclusion> {
+    if flags.trunk {
+        Some(Exclusion::Trunk)
+    } else if flags.efa_only {
+        Some(Exclusion::EfaOnly)
+    } else if flags.efa {
+        Some(Exclusion::Efa)
+    } else if flags.no_manage {
+        Some(Exclusion::NoManage)
+    } else if flags.excluded_subnet {
+        Some(Exclusion::ExcludedSubnet)
+    } else if flags.primary && custom_networking {
+        Some(Exclusion::PrimaryUnderCustomNetworking)
+    } else {
+        None
+    }
+}
+
+/// An ENI as the control plane describes it to the datastore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniSpec {
+    pub id: String,
+    pub device_number: u32,
+    pub subnet_id: String,
+    pub security_groups: Vec<String>,
+    pub flags: EniFlags,
+}
+
+/// One allocation, as held and checkpointed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub key: AllocKey,
+    pub ip: Ipv4Addr,
+    pub pod: PodRef,
+    pub allocated_at: UnixNanos,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_and_contain() {
+        let p: Cidr = "10.0.1.16/28".parse().unwrap();
+        assert!(p.is_prefix() && p.size() == 16);
+        assert!(p.contains("10.0.1.31".parse().unwrap()) && !p.contains("10.0.1.32".parse().unwrap()));
+        assert_eq!(p.addresses().count(), 16);
+        assert!("10.0.1.17/28".parse::<Cidr>().unwrap_err().contains("multiple of 16"));
+        assert!("10.0.1.0/24".parse::<Cidr>().is_err());
+        assert_eq!("10.0.1.5".parse::<Cidr>().unwrap(), Cidr::host("10.0.1.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn exclusion_covers_every_special_eni() {
+        let f = |flags: EniFlags, cn| exclusion(&flags, cn);
+        assert_eq!(f(EniFlags { trunk: true, ..Default::default() }, false), Some(Exclusion::Trunk));
+        assert_eq!(f(EniFlags { efa: true, ..Default::default() }, false), Some(Exclusion::Efa));
+        assert_eq!(f(EniFlags { efa_only: true, ..Default::default() }, false), Some(Exclusion::EfaOnly));
+        assert_eq!(f(EniFlags { no_manage: true, ..Default::default() }, false), Some(Exclusion::NoManage));
+        assert_eq!(
+            f(EniFlags { excluded_subnet: true, ..Default::default() }, false),
+            Some(Exclusion::ExcludedSubnet)
+        );
+        assert_eq!(f(EniFlags { primary: true, ..Default::default() }, false), None);
+        assert_eq!(
+            f(EniFlags { primary: true, ..Default::default() }, true),
+            Some(Exclusion::PrimaryUnderCustomNetworking)
+        );
+        assert_eq!(f(EniFlags::default(), true), None);
+    }
+}

@@ -1,0 +1,3 @@
+//! Linux networking through netlink. Present so far: link add/remove notifications.
+
+pub mod links;

@@ -1,0 +1,187 @@
+//! Datapath benchmarks (root): `cargo xtask bench`.
+//!
+//! 1. BPF_PROG_TEST_RUN: ns per packet of `guard_egress` on its pass, violation and non-pod paths
+//!    and of `guard_pod`, side by side with an empty classifier, same session, same frame size.
+//! 2. iperf3: TCP throughput from a pod through its veth and ENI to the VPC namespace, without and
+//!    with the guard attached, alternating runs in the same session.
+//!
+//! Prints tables (the README's performance section quotes them). Timing under emulation (the VM
+//! kernel matrix) is meaningless; run this on the machine itself.
+
+use std::{net::Ipv4Addr, process::Command, time::Duration};
+
+use anyhow::{ensure, Context as _, Result};
+use eniguard::guard::{
+    attach::AttachMode,
+    datapath::{resolve, Guard},
+    pins::PinDir,
+    spec::Spec,
+};
+use eniguard_tests::{
+    frames::udp_frame,
+    netns::{sh, NetNs},
+    process::Daemon,
+    topology::{Topology, ETH1, VPC_DEST},
+};
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 7;
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // nothing for `cargo test --benches` to list
+    }
+    let host_netns = std::fs::File::open("/proc/self/ns/net").context("opening this network namespace")?;
+    prog_test_run()?;
+    // Back in the original namespace for the topology (the test-run part unshared this thread's).
+    // SAFETY: a valid namespace fd.
+    unsafe {
+        use std::os::fd::AsRawFd as _;
+        ensure!(libc::setns(host_netns.as_raw_fd(), libc::CLONE_NEWNET) == 0, "setns back");
+    }
+    iperf3()?;
+    Ok(())
+}
+
+fn prog_test_run() -> Result<()> {
+    // A private network namespace: the guard attaches to its own lo and veths only.
+    // SAFETY: unshare affects only this (single-threaded so far) process.
+    ensure!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0,
+        "unshare: {}",
+        std::io::Error::last_os_error()
+    );
+    sh(Command::new("ip").args(["link", "set", "lo", "up"]))?;
+    sh(Command::new("ip").args(["link", "add", "enipass", "type", "veth", "peer", "name", "p0"]))?;
+    sh(Command::new("ip").args(["link", "add", "enibad", "type", "veth", "peer", "name", "p1"]))?;
+    let spec = Spec::parse(
+        r#"
+interfaces: [{ name: lo, eni: eni-a1, securityGroups: [sg-1, sg-2] }]
+pods:
+  - { namespace: b, name: pass, ip: 10.0.1.10, hostInterface: enipass, expect: { eni: eni-a1, securityGroups: [sg-2, sg-1] } }
+  - { namespace: b, name: bad, ip: 10.0.1.11, hostInterface: enibad, expect: { eni: eni-b2, securityGroups: [sg-1] } }
+"#,
+    )?
+    .validate()?;
+    let pins = PinDir::new(format!("/sys/fs/bpf/eniguard-bench-{}", std::process::id()));
+    let mut guard = Guard::load(pins, AttachMode::Auto)?;
+    guard.apply(&resolve(spec)?)?;
+
+    let frame = |src: &str| -> Result<Vec<u8>> {
+        Ok(udp_frame(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            &[],
+            src.parse()?,
+            VPC_DEST.parse::<Ipv4Addr>()?,
+        ))
+    };
+    let cases = [
+        ("empty classifier (baseline)", "bench_empty", frame("10.0.1.10")?),
+        ("guard_egress, pass (pod on its ENI)", "guard_egress", frame("10.0.1.10")?),
+        ("guard_egress, violation (monitor)", "guard_egress", frame("10.0.1.11")?),
+        ("guard_egress, non-pod source", "guard_egress", frame("192.168.7.7")?),
+        ("guard_pod, own source", "guard_pod", frame("10.0.1.10")?),
+    ];
+    // Rounds interleave the cases, so that drift of this (shared, virtual) machine hits all alike;
+    // each case's ratio to the empty program is taken within a round, then the median.
+    let mut ns: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        let mut round = Vec::with_capacity(cases.len());
+        for (_, program, frame) in &cases {
+            let (per_run, _verdict) = guard.test_run(program, frame, REPEAT)?;
+            round.push(per_run.as_nanos() as f64);
+        }
+        for (i, v) in round.iter().enumerate() {
+            ns[i].push(*v);
+            ratios[i].push(v / round[0]);
+        }
+    }
+    println!(
+        "\nBPF_PROG_TEST_RUN, {}-byte frame, {ROUNDS} interleaved rounds of {REPEAT} runs, medians",
+        cases[0].2.len()
+    );
+    println!("| program and path | ns/packet | x empty (same round) |");
+    println!("|---|---|---|");
+    for (i, (label, _, _)) in cases.iter().enumerate() {
+        println!("| {label} | {:.0} | {:.2} |", median(&mut ns[i]), median(&mut ratios[i]));
+    }
+    guard.shutdown(false)?;
+    Ok(())
+}
+
+fn iperf3() -> Result<()> {
+    if sh(Command::new("iperf3").arg("--version")).is_err() {
+        println!("\niperf3: SKIPPED (iperf3 is not installed; `cargo xtask setup` installs it)");
+        return Ok(());
+    }
+    let topo = Topology::build("egbench")?;
+    let pod = topo.add_pod("pod", "10.0.1.10", &ETH1)?;
+    // The guard is loaded in this process, inside the node namespace, and switched between an
+    // empty spec (nothing attached) and the pod's spec: no agent start-up inside the measurement.
+    let node = std::fs::File::open(topo.node.path())?;
+    // SAFETY: a valid namespace fd; this thread only.
+    ensure!(
+        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&node), libc::CLONE_NEWNET) } == 0,
+        "setns node"
+    );
+    let with_spec = Spec::parse(
+        r#"interfaces: [{ name: eth1, eni: eni-a1, securityGroups: [sg-1] }]
+pods: [{ namespace: b, name: pod, ip: 10.0.1.10, hostInterface: enipod, expect: { eni: eni-a1, securityGroups: [sg-1] } }]
+"#,
+    )?
+    .validate()?;
+    let without_spec = Spec::parse("{}")?.validate()?;
+    let mut guard = Guard::load(PinDir::new("/sys/fs/bpf/eniguard-bench-iperf"), AttachMode::Auto)?;
+    const SECONDS: &str = "3";
+    const PAIRS: usize = 8;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for i in 0..PAIRS {
+        // ABBA order cancels slow drift of the machine.
+        for attached in if i % 2 == 0 { [false, true] } else { [true, false] } {
+            let spec = if attached { &with_spec } else { &without_spec };
+            guard.apply(&resolve(spec.clone())?)?;
+            let gbps = run_iperf(&topo.vpc, &pod.ns, SECONDS)?;
+            if attached {
+                with.push(gbps)
+            } else {
+                without.push(gbps)
+            }
+        }
+    }
+    guard.shutdown(false)?;
+    let mut pair_ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
+    let (m_without, m_with) = (median(&mut without.clone()), median(&mut with.clone()));
+    println!("\niperf3 TCP, pod -> veth -> node -> eth1 -> VPC, {PAIRS} ABBA pairs of {SECONDS} s runs");
+    println!("| setup | Gbit/s (median) | runs (in order) |");
+    println!("|---|---|---|");
+    println!("| without guard | {m_without:.2} | {:?} |", rounded(&without));
+    println!("| with guard (pod veth + eth1) | {m_with:.2} | {:?} |", rounded(&with));
+    println!(
+        "| with / without, median of {PAIRS} adjacent pairs | {:.1} % | |",
+        100.0 * median(&mut pair_ratios)
+    );
+    Ok(())
+}
+
+/// One iperf3 run; a fresh server for each (`-1` serves one client).
+fn run_iperf(vpc: &NetNs, pod: &NetNs, seconds: &str) -> Result<f64> {
+    let mut server = Daemon::spawn(vpc.cmd("iperf3").args(["-s", "-1", "-B", VPC_DEST]))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sh(pod.cmd("iperf3").args(["-c", VPC_DEST, "-t", seconds, "-J"]))?;
+    let _ = server.wait_exit(Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    let bps =
+        v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received in iperf3 output")?;
+    Ok(bps / 1e9)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn rounded(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| (x * 100.0).round() / 100.0).collect()
+}
