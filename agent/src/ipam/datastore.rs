@@ -65,8 +65,13 @@ struct EniState {
 }
 
 impl EniState {
+    /// The /32 or /28 on this ENI that holds `ip` (two map lookups).
     fn cidr_of(&self, ip: Ipv4Addr) -> Option<Cidr> {
-        self.cidrs.keys().find(|c| c.contains(ip)).copied()
+        let host = Cidr::host(ip);
+        if self.cidrs.contains_key(&host) {
+            return Some(host);
+        }
+        Cidr::prefix28(Ipv4Addr::from(u32::from(ip) & !15)).filter(|p| self.cidrs.contains_key(p))
     }
 
     fn promote_cooled(&mut self, now: UnixNanos, cooldown: u64) {
@@ -106,13 +111,26 @@ impl Stats {
 pub struct Datastore {
     cfg: DatastoreConfig,
     enis: BTreeMap<String, EniState>,
+    /// Allocatable ENIs, lowest device number first: the order addresses are handed out in.
+    pool_order: Vec<String>,
     allocations: HashMap<AllocKey, Allocation>,
     findings: Vec<Finding>,
 }
 
 impl Datastore {
     pub fn new(cfg: DatastoreConfig) -> Self {
-        Self { cfg, enis: BTreeMap::new(), allocations: HashMap::new(), findings: Vec::new() }
+        Self { cfg, enis: BTreeMap::new(), pool_order: Vec::new(), allocations: HashMap::new(), findings: Vec::new() }
+    }
+
+    fn reorder_pool(&mut self) {
+        let mut order: Vec<(u32, String)> = self
+            .enis
+            .values()
+            .filter(|e| e.excluded.is_none())
+            .map(|e| (e.spec.device_number, e.spec.id.clone()))
+            .collect();
+        order.sort();
+        self.pool_order = order.into_iter().map(|(_, id)| id).collect();
     }
 
     pub fn config(&self) -> &DatastoreConfig {
@@ -135,6 +153,7 @@ impl Datastore {
             cooling: VecDeque::new(),
         };
         self.enis.insert(state.spec.id.clone(), state);
+        self.reorder_pool();
         Ok(())
     }
 
@@ -186,6 +205,7 @@ impl Datastore {
             return Err(DatastoreError::CidrInUse { cidr: *cidr, eni: eni.to_owned() });
         }
         self.enis.remove(eni);
+        self.reorder_pool();
         Ok(())
     }
 
@@ -202,16 +222,8 @@ impl Datastore {
             return Ok(a.clone());
         }
         let cooldown = self.cfg.cooldown_nanos;
-        let mut order: Vec<(&u32, &String)> = self
-            .enis
-            .values()
-            .filter(|e| e.excluded.is_none())
-            .map(|e| (&e.spec.device_number, &e.spec.id))
-            .collect();
-        order.sort();
-        let order: Vec<String> = order.into_iter().map(|(_, id)| id.clone()).collect();
-        for id in order {
-            let Some(state) = self.enis.get_mut(&id) else { continue };
+        for id in &self.pool_order {
+            let Some(state) = self.enis.get_mut(id) else { continue };
             state.promote_cooled(now, cooldown);
             let ip = match state.reusable.pop_first() {
                 Some(ip) => ip,

@@ -4,6 +4,9 @@
 pub mod checkpoint;
 pub mod datastore;
 pub mod model;
+pub mod policy;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
 
