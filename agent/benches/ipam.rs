@@ -5,6 +5,8 @@
 //! - the checkpoint write (temp file, fsync, rename, fsync of the directory) of 250 and 750
 //!   allocations, reported separately: it is bounded by the disk, not the datastore.
 
+#![allow(clippy::expect_used)] // benchmark setup: a failure should stop the run loudly
+
 use std::{hint::black_box, net::Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -23,12 +25,19 @@ fn key(i: u32) -> AllocKey {
 }
 
 fn pool(assigned: u32) -> Datastore {
-    let cfg = DatastoreConfig { prefix_delegation: false, custom_networking: false, cooldown_nanos: COOLDOWN };
+    let cfg =
+        DatastoreConfig { prefix_delegation: false, custom_networking: false, cooldown_nanos: COOLDOWN };
     let mut ds = Datastore::new(cfg);
     for dev in 0..ENIS {
         let id = format!("eni-{dev:017x}");
         let flags = EniFlags { primary: dev == 0, ..Default::default() };
-        let spec = EniSpec { id: id.clone(), device_number: dev, subnet_id: "subnet-1".into(), security_groups: vec![], flags };
+        let spec = EniSpec {
+            id: id.clone(),
+            device_number: dev,
+            subnet_id: "subnet-1".into(),
+            security_groups: vec![],
+            flags,
+        };
         ds.add_eni(spec, 0).expect("eni");
         for a in 0..PER_ENI {
             ds.add_cidr(&id, Cidr::host(Ipv4Addr::new(10, 0, dev as u8, 10 + a as u8))).expect("cidr");
@@ -68,7 +77,9 @@ fn checkpoint_write(c: &mut Criterion) {
     for assigned in [250u32, 750] {
         let all = pool(assigned).allocations();
         let ckpt = Checkpoint::new(dir.join("ipam.json"));
-        g.bench_function(BenchmarkId::from_parameter(assigned), |b| b.iter(|| ckpt.write(&all).expect("write")));
+        g.bench_function(BenchmarkId::from_parameter(assigned), |b| {
+            b.iter(|| ckpt.write(&all).expect("write"))
+        });
     }
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);

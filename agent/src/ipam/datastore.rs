@@ -113,13 +113,22 @@ pub struct Datastore {
     enis: BTreeMap<String, EniState>,
     /// Allocatable ENIs, lowest device number first: the order addresses are handed out in.
     pool_order: Vec<String>,
+    /// Which ENI holds each pool CIDR: finding an address's home is two hash lookups.
+    cidr_owner: HashMap<Cidr, String>,
     allocations: HashMap<AllocKey, Allocation>,
     findings: Vec<Finding>,
 }
 
 impl Datastore {
     pub fn new(cfg: DatastoreConfig) -> Self {
-        Self { cfg, enis: BTreeMap::new(), pool_order: Vec::new(), allocations: HashMap::new(), findings: Vec::new() }
+        Self {
+            cfg,
+            enis: BTreeMap::new(),
+            pool_order: Vec::new(),
+            cidr_owner: HashMap::new(),
+            allocations: HashMap::new(),
+            findings: Vec::new(),
+        }
     }
 
     fn reorder_pool(&mut self) {
@@ -175,6 +184,7 @@ impl Datastore {
             return Err(DatastoreError::OverlappingCidr { cidr, other: *other, eni: eni.to_owned() });
         }
         state.cidrs.insert(cidr, BTreeSet::new());
+        self.cidr_owner.insert(cidr, eni.to_owned());
         if cidr.is_prefix() == pd {
             state.fresh.extend(cidr.addresses());
         }
@@ -192,6 +202,7 @@ impl Datastore {
             Some(_) => {}
         }
         state.cidrs.remove(&cidr);
+        self.cidr_owner.remove(&cidr);
         state.fresh.retain(|ip| !cidr.contains(*ip));
         state.reusable.retain(|ip| !cidr.contains(*ip));
         state.cooling.retain(|(ip, _)| !cidr.contains(*ip));
@@ -204,7 +215,11 @@ impl Datastore {
         if let Some((cidr, _)) = state.cidrs.iter().find(|(_, a)| !a.is_empty()) {
             return Err(DatastoreError::CidrInUse { cidr: *cidr, eni: eni.to_owned() });
         }
-        self.enis.remove(eni);
+        if let Some(state) = self.enis.remove(eni) {
+            for cidr in state.cidrs.keys() {
+                self.cidr_owner.remove(cidr);
+            }
+        }
         self.reorder_pool();
         Ok(())
     }
@@ -247,15 +262,12 @@ impl Datastore {
     pub fn release(&mut self, key: &AllocKey, now: UnixNanos) -> Option<Allocation> {
         let allocation = self.allocations.remove(key)?;
         let pd = self.cfg.prefix_delegation;
-        for state in self.enis.values_mut() {
-            if let Some(cidr) = state.cidr_of(allocation.ip) {
-                if let Some(assigned) = state.cidrs.get_mut(&cidr) {
-                    assigned.remove(&allocation.ip);
-                }
-                if cidr.is_prefix() == pd {
-                    state.cooling.push_back((allocation.ip, now));
-                }
-                break;
+        if let Some((state, cidr)) = self.home_of(allocation.ip) {
+            if let Some(assigned) = state.cidrs.get_mut(&cidr) {
+                assigned.remove(&allocation.ip);
+            }
+            if cidr.is_prefix() == pd {
+                state.cooling.push_back((allocation.ip, now));
             }
         }
         Some(allocation)
@@ -265,26 +277,20 @@ impl Datastore {
     /// where it came from without cooling down.
     pub fn unassign_rollback(&mut self, key: &AllocKey) {
         let Some(allocation) = self.allocations.remove(key) else { return };
-        for state in self.enis.values_mut() {
-            if let Some(cidr) = state.cidr_of(allocation.ip) {
-                if let Some(assigned) = state.cidrs.get_mut(&cidr) {
-                    assigned.remove(&allocation.ip);
-                }
-                state.reusable.insert(allocation.ip);
-                break;
+        if let Some((state, cidr)) = self.home_of(allocation.ip) {
+            if let Some(assigned) = state.cidrs.get_mut(&cidr) {
+                assigned.remove(&allocation.ip);
             }
+            state.reusable.insert(allocation.ip);
         }
     }
 
     /// Undoes [`Datastore::release`] exactly (checkpoint write failed).
     pub fn release_rollback(&mut self, allocation: Allocation) {
-        for state in self.enis.values_mut() {
-            if let Some(cidr) = state.cidr_of(allocation.ip) {
-                state.cooling.retain(|(ip, _)| *ip != allocation.ip);
-                if let Some(assigned) = state.cidrs.get_mut(&cidr) {
-                    assigned.insert(allocation.ip);
-                }
-                break;
+        if let Some((state, cidr)) = self.home_of(allocation.ip) {
+            state.cooling.retain(|(ip, _)| *ip != allocation.ip);
+            if let Some(assigned) = state.cidrs.get_mut(&cidr) {
+                assigned.insert(allocation.ip);
             }
         }
         self.allocations.insert(allocation.key.clone(), allocation);
@@ -317,12 +323,7 @@ impl Datastore {
         }
         let mut dropped = Vec::new();
         for a in allocations {
-            let home = self
-                .enis
-                .values_mut()
-                .filter(|e| e.excluded.is_none())
-                .find_map(|e| e.cidr_of(a.ip).map(|c| (e, c)));
-            match home {
+            match self.home_of(a.ip) {
                 Some((state, cidr)) => {
                     state.fresh.remove(&a.ip);
                     state.reusable.remove(&a.ip);
@@ -334,6 +335,18 @@ impl Datastore {
             }
         }
         Ok(dropped)
+    }
+
+    /// The pool ENI and CIDR holding `ip` (excluded ENIs hold no pool CIDRs).
+    fn home_of(&mut self, ip: Ipv4Addr) -> Option<(&mut EniState, Cidr)> {
+        let host = Cidr::host(ip);
+        let cidr = if self.cidr_owner.contains_key(&host) {
+            host
+        } else {
+            Cidr::prefix28(Ipv4Addr::from(u32::from(ip) & !15)).filter(|p| self.cidr_owner.contains_key(p))?
+        };
+        let owner = self.cidr_owner.get(&cidr)?;
+        self.enis.get_mut(owner).map(|state| (state, cidr))
     }
 
     pub fn allocation(&self, key: &AllocKey) -> Option<&Allocation> {

@@ -82,7 +82,13 @@ const PREFIX_SIZE: u32 = 16;
 
 /// Decides this tick's actions: growth if the pool is too low, else shrinking if too high (at most
 /// one ENI deleted per tick), plus releasing leftovers of the other mode.
-pub fn decide(cfg: &PoolConfig, ds: &Datastore, limits: &Limits, node: &NodeState, now: UnixNanos) -> Vec<Action> {
+pub fn decide(
+    cfg: &PoolConfig,
+    ds: &Datastore,
+    limits: &Limits,
+    node: &NodeState,
+    now: UnixNanos,
+) -> Vec<Action> {
     let mut actions = release_leftovers(ds, now);
     let p = Pool::new(cfg, ds, limits, node, now);
     if p.too_low() {
@@ -100,7 +106,8 @@ fn release_leftovers(ds: &Datastore, now: UnixNanos) -> Vec<Action> {
         .iter()
         .filter(|e| e.excluded.is_none())
         .filter_map(|e| {
-            let cidrs: Vec<Cidr> = ds.freeable_cidrs(&e.id, now).into_iter().filter(|c| c.is_prefix() != pd).collect();
+            let cidrs: Vec<Cidr> =
+                ds.freeable_cidrs(&e.id, now).into_iter().filter(|c| c.is_prefix() != pd).collect();
             (!cidrs.is_empty()).then(|| Action::ReleaseCidrs { eni: e.id.clone(), cidrs })
         })
         .collect()
@@ -121,7 +128,13 @@ struct Pool<'a> {
 }
 
 impl<'a> Pool<'a> {
-    fn new(cfg: &'a PoolConfig, ds: &'a Datastore, limits: &'a Limits, node: &'a NodeState, now: UnixNanos) -> Self {
+    fn new(
+        cfg: &'a PoolConfig,
+        ds: &'a Datastore,
+        limits: &'a Limits,
+        node: &'a NodeState,
+        now: UnixNanos,
+    ) -> Self {
         let s = ds.stats(now);
         Self {
             cfg,
@@ -187,7 +200,8 @@ impl<'a> Pool<'a> {
     }
 
     fn has_room_for_eni(&self) -> bool {
-        let trunk_slot = u32::from(self.cfg.pod_eni && !self.node.trunk_attached && self.limits.trunking_compatible);
+        let trunk_slot =
+            u32::from(self.cfg.pod_eni && !self.node.trunk_attached && self.limits.trunking_compatible);
         (self.enis.len() as u32) + trunk_slot < self.max_enis()
     }
 
@@ -258,7 +272,11 @@ impl<'a> Pool<'a> {
     fn deletable_eni(&self) -> Option<String> {
         let per_eni_addresses = self.cidrs_per_eni() * self.unit();
         if !self.cfg.ip_target_mode() {
-            let target = if self.cfg.prefix_delegation { self.cfg.warm_prefix_target } else { self.cfg.warm_eni_target };
+            let target = if self.cfg.prefix_delegation {
+                self.cfg.warm_prefix_target
+            } else {
+                self.cfg.warm_eni_target
+            };
             if self.available < (target + 1) * per_eni_addresses {
                 return None;
             }

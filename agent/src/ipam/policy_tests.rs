@@ -49,7 +49,13 @@ impl Sim {
         let id = format!("eni-{dev}");
         self.ds
             .add_eni(
-                EniSpec { id: id.clone(), device_number: dev, subnet_id: "s".into(), security_groups: vec![], flags },
+                EniSpec {
+                    id: id.clone(),
+                    device_number: dev,
+                    subnet_id: "s".into(),
+                    security_groups: vec![],
+                    flags,
+                },
                 self.now,
             )
             .unwrap();
@@ -110,7 +116,11 @@ impl Sim {
     fn run_pods(&mut self, pods: u32) -> &mut Self {
         self.settle();
         while self.pods < pods {
-            let k = AllocKey { network_name: "n".into(), container_id: format!("c{}", self.pods), if_name: "eth0".into() };
+            let k = AllocKey {
+                network_name: "n".into(),
+                container_id: format!("c{}", self.pods),
+                if_name: "eth0".into(),
+            };
             self.ds.assign(&k, &PodRef::default(), self.now).expect("the pool ran dry");
             self.pods += 1;
             self.settle();
@@ -127,7 +137,12 @@ impl Sim {
 }
 
 fn secondary(warm_eni: u32, warm_ip: u32, min_ip: u32) -> PoolConfig {
-    PoolConfig { warm_eni_target: warm_eni, warm_ip_target: warm_ip, minimum_ip_target: min_ip, ..Default::default() }
+    PoolConfig {
+        warm_eni_target: warm_eni,
+        warm_ip_target: warm_ip,
+        minimum_ip_target: min_ip,
+        ..Default::default()
+    }
 }
 
 fn prefix(warm_prefix: u32, warm_ip: u32, min_ip: u32) -> PoolConfig {
@@ -239,7 +254,8 @@ fn cooling_addresses_do_not_count_as_available_for_growth() {
     // upstream #2896. WARM_IP_TARGET=2: two pods come and go, two new pods take the two
     // addresses that are not cooling. Upstream counts the two cooling addresses as available and
     // does not grow, so a fifth pod would wait out the cooldown; eniguard grows at once.
-    let key = |i: u32| AllocKey { network_name: "n".into(), container_id: format!("c{i}"), if_name: "eth0".into() };
+    let key =
+        |i: u32| AllocKey { network_name: "n".into(), container_id: format!("c{i}"), if_name: "eth0".into() };
     let mut sim = Sim::new(secondary(1, 2, 0), P3DN);
     sim.run_pods(2);
     assert_eq!(sim.ds.stats(sim.now).total, 4);
