@@ -5,6 +5,7 @@ pub mod frames;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod sim;
 pub mod topology;
 
 use std::path::PathBuf;
