@@ -3,7 +3,7 @@
 //! and /28 prefixes, attachments and device indexes, tags. Every operation either applies whole
 //! or fails with the error code EC2 returns; nothing here blocks or sleeps.
 //!
-//! The wire protocol (Query API, XML), IMDS and the fabric sit on top of this (see sim/README.md).
+//! The wire protocol (Query API, XML: [`super::ec2_api`]), IMDS and the fabric sit on top of this.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

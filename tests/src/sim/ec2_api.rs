@@ -1,0 +1,427 @@
+//! The EC2 Query API over HTTP: form-encoded POST in, XML out, shaped as the EC2 API reference so
+//! that aws-sdk-ec2 (and other SDKs) parse it. SigV4 headers are accepted and not checked.
+//!
+//! A control endpoint under `/_sim/` sets faults and reads the per-action call counter:
+//! - `POST /_sim/throttle?action=ActionName&count=N` — the next N calls of that action (or of any
+//!   action with `action=*`) fail with `RequestLimitExceeded` (HTTP 503, as EC2 answers);
+//! - `POST /_sim/fail?action=ActionName&count=N&status=500|503` — the next N calls fail with a
+//!   server error;
+//! - `POST /_sim/latency?ms=N` — every call is delayed by N ms;
+//! - `GET /_sim/calls` — `{"ActionName": count, ...}` of every call received (faulted ones too).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::ec2::{ApiError, AssignRequest, CreateEni, Ec2, Eni};
+
+/// Faults and accounting, shared by every request.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Action (or "*") → calls still to throttle.
+    pub throttle: HashMap<String, u32>,
+    /// Action (or "*") → (status, calls still to fail).
+    pub fail: HashMap<String, (u16, u32)>,
+    pub latency: Duration,
+    pub calls: BTreeMap<String, u64>,
+}
+
+/// The simulator's EC2 side: the model and the faults.
+#[derive(Debug, Default)]
+pub struct Ec2Sim {
+    pub ec2: Ec2,
+    pub faults: Faults,
+}
+
+pub type Shared = Arc<Mutex<Ec2Sim>>;
+
+/// Serves the Query API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, sim: Shared) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, sim.clone()));
+            let _ =
+                http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Binds 127.0.0.1 on a free port and serves there; returns the endpoint URL.
+pub async fn start(sim: Shared) -> std::io::Result<(String, SocketAddr)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener, sim));
+    Ok((format!("http://{addr}"), addr))
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+async fn handle(req: Request<Incoming>, sim: Shared) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if let Some(control) = path.strip_prefix("/_sim/") {
+        return Ok(control_request(control, &query, &sim));
+    }
+    let params: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let action = params.get("Action").cloned().unwrap_or_default();
+    let latency = match sim.lock() {
+        Ok(mut s) => {
+            *s.faults.calls.entry(action.clone()).or_default() += 1;
+            s.faults.latency
+        }
+        Err(_) => Duration::ZERO,
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let result = match sim.lock() {
+        Ok(mut s) => match injected_fault(&mut s.faults, &action) {
+            Some(r) => return Ok(r),
+            None => dispatch(&mut s.ec2, &action, &params),
+        },
+        Err(_) => Err(ApiError { code: "InternalError", message: "simulator state poisoned".into() }),
+    };
+    Ok(match result {
+        Ok(xml) => reply(StatusCode::OK, "text/xml;charset=UTF-8", xml),
+        Err(e) => error_response(StatusCode::BAD_REQUEST, &e),
+    })
+}
+
+fn error_response(status: StatusCode, e: &ApiError) -> Response<Full<Bytes>> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
+        e.code,
+        esc(&e.message),
+        request_id()
+    );
+    reply(status, "text/xml;charset=UTF-8", body)
+}
+
+fn take(map: &mut HashMap<String, u32>, action: &str) -> bool {
+    for k in [action, "*"] {
+        if let Some(n) = map.get_mut(k) {
+            if *n > 0 {
+                *n -= 1;
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn injected_fault(f: &mut Faults, action: &str) -> Option<Response<Full<Bytes>>> {
+    if take(&mut f.throttle, action) {
+        let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
+        return Some(error_response(StatusCode::SERVICE_UNAVAILABLE, &e));
+    }
+    for k in [action, "*"] {
+        if let Some((status, n)) = f.fail.get_mut(k) {
+            if *n > 0 {
+                *n -= 1;
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let e = ApiError { code: "InternalError", message: "An internal error has occurred".into() };
+                return Some(error_response(status, &e));
+            }
+        }
+    }
+    None
+}
+
+fn control_request(path: &str, query: &str, sim: &Shared) -> Response<Full<Bytes>> {
+    let q: HashMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let Ok(mut s) = sim.lock() else {
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "poisoned\n".into());
+    };
+    let action = q.get("action").cloned().unwrap_or_else(|| "*".into());
+    let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1u32);
+    match path {
+        "throttle" => {
+            s.faults.throttle.insert(action, count);
+        }
+        "fail" => {
+            let status = q.get("status").and_then(|c| c.parse().ok()).unwrap_or(500u16);
+            s.faults.fail.insert(action, (status, count));
+        }
+        "latency" => {
+            s.faults.latency = Duration::from_millis(q.get("ms").and_then(|m| m.parse().ok()).unwrap_or(0))
+        }
+        "calls" => {
+            let body: Vec<String> = s.faults.calls.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            return reply(StatusCode::OK, "application/json", format!("{{{}}}", body.join(",")));
+        }
+        _ => return reply(StatusCode::NOT_FOUND, "text/plain", "unknown control\n".into()),
+    }
+    reply(StatusCode::OK, "text/plain", "ok\n".into())
+}
+
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!("00000000-0000-4000-8000-{:012x}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// `Prefix.1`, `Prefix.2`, … in order.
+fn list(p: &HashMap<String, String>, prefix: &str) -> Vec<String> {
+    (1..).map_while(|i| p.get(&format!("{prefix}.{i}")).cloned()).collect()
+}
+
+fn required<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    p.get(name).map(String::as_str).ok_or_else(|| ApiError {
+        code: "MissingParameter",
+        message: format!("The request must contain the parameter {name}"),
+    })
+}
+
+fn number(p: &HashMap<String, String>, name: &str) -> Result<Option<u32>, ApiError> {
+    match p.get(name) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| ApiError {
+            code: "InvalidParameterValue",
+            message: format!("Value ({v}) for parameter {name} is invalid."),
+        }),
+    }
+}
+
+fn addresses(values: Vec<String>, name: &str) -> Result<Vec<Ipv4Addr>, ApiError> {
+    values
+        .iter()
+        .map(|v| {
+            v.split('/').next().unwrap_or("").parse().map_err(|_| ApiError {
+                code: "InvalidParameterValue",
+                message: format!("Value ({v}) for parameter {name} is invalid."),
+            })
+        })
+        .collect()
+}
+
+fn envelope(action: &str, inner: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>{}</requestId>{inner}</{action}Response>",
+        request_id()
+    )
+}
+
+fn ok_return(action: &str) -> String {
+    envelope(action, "<return>true</return>")
+}
+
+fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<String, ApiError> {
+    match action {
+        "CreateNetworkInterface" => {
+            let mut tags = BTreeMap::new();
+            for i in 1.. {
+                let Some(key) = p.get(&format!("TagSpecification.1.Tag.{i}.Key")) else { break };
+                let value = p.get(&format!("TagSpecification.1.Tag.{i}.Value")).cloned().unwrap_or_default();
+                tags.insert(key.clone(), value);
+            }
+            let id = ec2.create_network_interface(CreateEni {
+                subnet_id: required(p, "SubnetId")?.to_owned(),
+                groups: list(p, "SecurityGroupId"),
+                interface_type: p.get("InterfaceType").cloned(),
+                description: p.get("Description").cloned().unwrap_or_default(),
+                secondary_count: number(p, "SecondaryPrivateIpAddressCount")?.unwrap_or(0),
+                prefix_count: number(p, "Ipv4PrefixCount")?.unwrap_or(0),
+                tags,
+            })?;
+            let eni = ec2.eni(&id)?;
+            Ok(envelope(action, &format!("<networkInterface>{}</networkInterface>", eni_xml(ec2, eni))))
+        }
+        "AttachNetworkInterface" => {
+            let index = number(p, "DeviceIndex")?.ok_or_else(|| ApiError {
+                code: "MissingParameter",
+                message: "The request must contain the parameter DeviceIndex".into(),
+            })?;
+            let id = ec2.attach(required(p, "NetworkInterfaceId")?, required(p, "InstanceId")?, index)?;
+            Ok(envelope(
+                action,
+                &format!("<attachmentId>{id}</attachmentId><networkCardIndex>0</networkCardIndex>"),
+            ))
+        }
+        "DetachNetworkInterface" => {
+            ec2.detach(required(p, "AttachmentId")?)?;
+            Ok(ok_return(action))
+        }
+        "DeleteNetworkInterface" => {
+            ec2.delete_network_interface(required(p, "NetworkInterfaceId")?)?;
+            Ok(ok_return(action))
+        }
+        "AssignPrivateIpAddresses" => {
+            let eni = required(p, "NetworkInterfaceId")?;
+            let ips = list(p, "PrivateIpAddress");
+            let prefixes = list(p, "Ipv4Prefix");
+            let req = if !ips.is_empty() {
+                AssignRequest::Addresses(addresses(ips, "PrivateIpAddress")?)
+            } else if !prefixes.is_empty() {
+                AssignRequest::Prefixes(addresses(prefixes, "Ipv4Prefix")?)
+            } else if let Some(n) = number(p, "Ipv4PrefixCount")? {
+                AssignRequest::PrefixCount(n)
+            } else {
+                AssignRequest::Count(number(p, "SecondaryPrivateIpAddressCount")?.unwrap_or(1))
+            };
+            let is_prefix = matches!(req, AssignRequest::PrefixCount(_) | AssignRequest::Prefixes(_));
+            let added = ec2.assign_private_ips(eni, req)?;
+            let mut inner = format!("<networkInterfaceId>{eni}</networkInterfaceId>");
+            if is_prefix {
+                inner.push_str("<assignedIpv4PrefixSet>");
+                for a in added {
+                    let _ = write!(inner, "<item><ipv4Prefix>{a}/28</ipv4Prefix></item>");
+                }
+                inner.push_str("</assignedIpv4PrefixSet>");
+            } else {
+                inner.push_str("<assignedPrivateIpAddressesSet>");
+                for a in added {
+                    let _ = write!(inner, "<item><privateIpAddress>{a}</privateIpAddress></item>");
+                }
+                inner.push_str("</assignedPrivateIpAddressesSet>");
+            }
+            Ok(envelope(action, &format!("{inner}<return>true</return>")))
+        }
+        "UnassignPrivateIpAddresses" => {
+            let ips = addresses(list(p, "PrivateIpAddress"), "PrivateIpAddress")?;
+            let prefixes = addresses(list(p, "Ipv4Prefix"), "Ipv4Prefix")?;
+            ec2.unassign_private_ips(required(p, "NetworkInterfaceId")?, &ips, &prefixes)?;
+            Ok(ok_return(action))
+        }
+        "DescribeNetworkInterfaces" => describe_network_interfaces(ec2, p),
+        other => Err(ApiError {
+            code: "InvalidAction",
+            message: format!("The action {other} is not valid for this web service."),
+        }),
+    }
+}
+
+/// Filters the simulator supports, as EC2 names them.
+fn matches_filter(ec2: &Ec2, e: &Eni, name: &str, values: &[String]) -> Result<bool, ApiError> {
+    let any = |v: &str| values.iter().any(|x| x == v);
+    Ok(match name {
+        "attachment.instance-id" => e.attachment.as_ref().is_some_and(|a| any(&a.instance_id)),
+        "attachment.status" => any(if e.attachment.is_some() { "attached" } else { "detached" }),
+        "status" => any(e.status()),
+        "interface-type" => any(e.interface_type.as_str()),
+        "vpc-id" => any(&e.vpc_id),
+        "subnet-id" => any(&e.subnet_id),
+        "network-interface-id" => any(&e.id),
+        "tag-key" => e.tags.keys().any(|k| any(k)),
+        n if n.starts_with("tag:") => e.tags.get(&n[4..]).is_some_and(|v| any(v)),
+        other => {
+            let _ = ec2;
+            return Err(ApiError {
+                code: "InvalidParameterValue",
+                message: format!("The filter '{other}' is invalid"),
+            });
+        }
+    })
+}
+
+fn describe_network_interfaces(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, ApiError> {
+    let ids = list(p, "NetworkInterfaceId");
+    for id in &ids {
+        ec2.eni(id)?;
+    }
+    let mut filters = Vec::new();
+    for i in 1.. {
+        let Some(name) = p.get(&format!("Filter.{i}.Name")) else { break };
+        filters.push((name.clone(), list(p, &format!("Filter.{i}.Value"))));
+    }
+    let mut selected = Vec::new();
+    for e in ec2.enis.values() {
+        if !ids.is_empty() && !ids.contains(&e.id) {
+            continue;
+        }
+        let mut keep = true;
+        for (name, values) in &filters {
+            keep &= matches_filter(ec2, e, name, values)?;
+        }
+        if keep {
+            selected.push(e);
+        }
+    }
+    // Pagination: NextToken is the id to resume after.
+    if let Some(token) = p.get("NextToken") {
+        selected.retain(|e| e.id.as_str() > token.as_str());
+    }
+    let max = number(p, "MaxResults")?.map(|m| m as usize).unwrap_or(usize::MAX);
+    let next = (selected.len() > max).then(|| selected[max - 1].id.clone());
+    selected.truncate(max);
+    let mut inner = String::from("<networkInterfaceSet>");
+    for e in selected {
+        let _ = write!(inner, "<item>{}</item>", eni_xml(ec2, e));
+    }
+    inner.push_str("</networkInterfaceSet>");
+    if let Some(n) = next {
+        let _ = write!(inner, "<nextToken>{n}</nextToken>");
+    }
+    Ok(envelope("DescribeNetworkInterfaces", &inner))
+}
+
+fn eni_xml(ec2: &Ec2, e: &Eni) -> String {
+    let mut x = format!(
+        "<networkInterfaceId>{}</networkInterfaceId><subnetId>{}</subnetId><vpcId>{}</vpcId><availabilityZone>{}</availabilityZone><description>{}</description><ownerId>123456789012</ownerId><requesterManaged>false</requesterManaged><status>{}</status><macAddress>{}</macAddress><privateIpAddress>{}</privateIpAddress><sourceDestCheck>true</sourceDestCheck><interfaceType>{}</interfaceType>",
+        e.id,
+        e.subnet_id,
+        e.vpc_id,
+        e.az,
+        esc(&e.description),
+        e.status(),
+        e.mac,
+        e.primary_ip,
+        e.interface_type.as_str()
+    );
+    x.push_str("<groupSet>");
+    for g in &e.groups {
+        let name = ec2.security_groups.get(g).cloned().unwrap_or_default();
+        let _ = write!(x, "<item><groupId>{g}</groupId><groupName>{}</groupName></item>", esc(&name));
+    }
+    x.push_str("</groupSet>");
+    if let Some(a) = &e.attachment {
+        let _ = write!(
+            x,
+            "<attachment><attachmentId>{}</attachmentId><instanceId>{}</instanceId><instanceOwnerId>123456789012</instanceOwnerId><deviceIndex>{}</deviceIndex><networkCardIndex>0</networkCardIndex><status>attached</status><attachTime>2026-11-26T00:00:00.000Z</attachTime><deleteOnTermination>{}</deleteOnTermination></attachment>",
+            a.id, a.instance_id, a.device_index, a.delete_on_termination
+        );
+    }
+    x.push_str("<tagSet>");
+    for (k, v) in &e.tags {
+        let _ = write!(x, "<item><key>{}</key><value>{}</value></item>", esc(k), esc(v));
+    }
+    x.push_str("</tagSet><privateIpAddressesSet>");
+    let _ = write!(
+        x,
+        "<item><privateIpAddress>{}</privateIpAddress><primary>true</primary></item>",
+        e.primary_ip
+    );
+    for ip in &e.secondary_ips {
+        let _ = write!(x, "<item><privateIpAddress>{ip}</privateIpAddress><primary>false</primary></item>");
+    }
+    x.push_str("</privateIpAddressesSet><ipv4PrefixSet>");
+    for p in &e.prefixes {
+        let _ = write!(x, "<item><ipv4Prefix>{p}/28</ipv4Prefix></item>");
+    }
+    x.push_str("</ipv4PrefixSet>");
+    x
+}

@@ -1,0 +1,251 @@
+//! Conformance of the simulated EC2 API, driven only through the real aws-sdk-ec2 client over
+//! HTTP on loopback (no root needed).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its location
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aws_sdk_ec2::{
+    config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
+    error::ProvideErrorMetadata as _,
+    types::{Filter, NetworkInterfaceCreationType, NetworkInterfaceType},
+    Client,
+};
+use eniguard_tests::sim::{
+    ec2::Ec2,
+    ec2_api::{self, Ec2Sim},
+};
+
+struct World {
+    client: Client,
+    endpoint: String,
+    sim: ec2_api::Shared,
+    subnet: String,
+    tiny_subnet: String,
+    node_sg: String,
+    pod_sg: String,
+    instance: String,
+}
+
+async fn world() -> World {
+    let mut ec2 = Ec2::default();
+    let subnet = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 0, 0), 20));
+    let tiny_subnet = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 16, 0), 28));
+    let node_sg = ec2.add_security_group("node");
+    let pod_sg = ec2.add_security_group("pods");
+    let instance = ec2.run_instance("m5.large", &subnet, std::slice::from_ref(&node_sg)).unwrap();
+    let sim = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
+    let (endpoint, _) = ec2_api::start(sim.clone()).await.unwrap();
+    let config = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-west-2"))
+        .credentials_provider(Credentials::new("AKIDSIMULATOR", "secret", None, None, "simulator"))
+        .endpoint_url(&endpoint)
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .retry_config(
+            RetryConfig::standard().with_max_attempts(4).with_initial_backoff(Duration::from_millis(5)),
+        )
+        .build();
+    World { client: Client::from_conf(config), endpoint, sim, subnet, tiny_subnet, node_sg, pod_sg, instance }
+}
+
+impl World {
+    async fn create(&self, kind: Option<NetworkInterfaceCreationType>, sg: &str) -> String {
+        self.client
+            .create_network_interface()
+            .subnet_id(&self.subnet)
+            .groups(sg)
+            .set_interface_type(kind)
+            .description("test")
+            .send()
+            .await
+            .unwrap()
+            .network_interface
+            .unwrap()
+            .network_interface_id
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str) -> String {
+        // A raw HTTP/1.0 request keeps the test free of another HTTP client.
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let method = if path.contains("calls") { "GET" } else { "POST" };
+        s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: sim\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(out)
+    }
+}
+
+#[tokio::test]
+async fn enis_keep_their_type_and_groups_and_attachments_follow_ec2_rules() {
+    let w = world().await;
+    let trunk = w.create(Some(NetworkInterfaceCreationType::Trunk), &w.pod_sg).await;
+    let plain = w.create(None, &w.node_sg).await;
+    let extra = w.create(None, &w.node_sg).await;
+
+    let found = w
+        .client
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("interface-type").values("trunk").build())
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].network_interface_id.as_deref(), Some(trunk.as_str()));
+    assert_eq!(found[0].interface_type, Some(NetworkInterfaceType::Trunk));
+    assert_eq!(
+        found[0].groups()[0].group_id.as_deref(),
+        Some(w.pod_sg.as_str()),
+        "a trunk reports its own groups"
+    );
+
+    let attach = |eni: String, index: i32| {
+        w.client
+            .attach_network_interface()
+            .network_interface_id(eni)
+            .instance_id(&w.instance)
+            .device_index(index)
+            .send()
+    };
+    attach(trunk.clone(), 2).await.unwrap();
+    let e = attach(plain.clone(), 2).await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"), "{e:?}");
+    let e = attach(trunk.clone(), 1).await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidNetworkInterface.InUse"));
+    attach(plain.clone(), 1).await.unwrap();
+    let e = attach(extra.clone(), 3).await.unwrap_err();
+    assert_eq!(e.code(), Some("AttachmentLimitExceeded"), "m5.large has 3 ENIs");
+
+    let e = w.client.delete_network_interface().network_interface_id(&plain).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidNetworkInterface.InUse"));
+    let e = w
+        .client
+        .delete_network_interface()
+        .network_interface_id("eni-0000000000000dead")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidNetworkInterfaceID.NotFound"));
+    let attached = w
+        .client
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("attachment.instance-id").values(&w.instance).build())
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces
+        .unwrap();
+    let mut indexes: Vec<i32> = attached.iter().filter_map(|e| e.attachment.as_ref()?.device_index).collect();
+    indexes.sort();
+    assert_eq!(indexes, [0, 1, 2]);
+}
+
+#[tokio::test]
+async fn addresses_prefixes_limits_and_exhaustion() {
+    let w = world().await;
+    let eni = w.create(None, &w.node_sg).await;
+    w.client
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&w.instance)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let out = w
+        .client
+        .assign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .secondary_private_ip_address_count(3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.assigned_private_ip_addresses().len(), 3, "only the new addresses");
+    let out = w
+        .client
+        .assign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .ipv4_prefix_count(2)
+        .send()
+        .await
+        .unwrap();
+    let prefixes: Vec<String> =
+        out.assigned_ipv4_prefixes().iter().filter_map(|p| p.ipv4_prefix.clone()).collect();
+    assert_eq!(prefixes.len(), 2);
+    assert!(prefixes.iter().all(|p| p.ends_with("/28")));
+    // 1 + 3 + 2 = 6 of 10 on m5.large.
+    let e = w
+        .client
+        .assign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .secondary_private_ip_address_count(5)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("PrivateIpAddressLimitExceeded"));
+    let described = w.client.describe_network_interfaces().network_interface_ids(&eni).send().await.unwrap();
+    let d = &described.network_interfaces()[0];
+    assert_eq!(d.private_ip_addresses().len(), 4);
+    assert_eq!(d.ipv4_prefixes().len(), 2);
+    let primary = d.private_ip_address.clone().unwrap();
+    let e = w
+        .client
+        .unassign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .private_ip_addresses(primary)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"), "the primary address cannot go");
+    w.client
+        .unassign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .ipv4_prefixes(&prefixes[0])
+        .send()
+        .await
+        .unwrap();
+
+    let e = w
+        .client
+        .create_network_interface()
+        .subnet_id(&w.tiny_subnet)
+        .secondary_private_ip_address_count(20)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InsufficientFreeAddressesInSubnet"));
+}
+
+#[tokio::test]
+async fn pagination_and_throttling_retried_by_the_sdk_and_counted() {
+    let w = world().await;
+    for _ in 0..7 {
+        w.create(None, &w.node_sg).await;
+    }
+    let pages = w
+        .client
+        .describe_network_interfaces()
+        .max_results(5)
+        .into_paginator()
+        .send()
+        .collect::<Vec<_>>()
+        .await;
+    let sizes: Vec<usize> = pages.into_iter().map(|p| p.unwrap().network_interfaces().len()).collect();
+    assert_eq!(sizes, [5, 3], "8 ENIs (7 and the primary) in pages of 5");
+
+    assert_eq!(w.post("/_sim/throttle?action=CreateNetworkInterface&count=2").await.trim(), "ok");
+    w.create(None, &w.node_sg).await; // succeeds on the third attempt
+    let calls = w.post("/_sim/calls").await;
+    assert!(calls.contains("\"CreateNetworkInterface\":10"), "7 + 3 attempts expected: {calls}");
+    let throttled_left = w.sim.lock().unwrap().faults.throttle.get("CreateNetworkInterface").copied();
+    assert_eq!(throttled_left, Some(0));
+}
