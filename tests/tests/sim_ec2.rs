@@ -249,3 +249,98 @@ async fn pagination_and_throttling_retried_by_the_sdk_and_counted() {
     let throttled_left = w.sim.lock().unwrap().faults.throttle.get("CreateNetworkInterface").copied();
     assert_eq!(throttled_left, Some(0));
 }
+
+#[tokio::test]
+async fn instances_types_subnets_groups_tags_and_termination() {
+    let w = world().await;
+    let inst = w.client.describe_instances().instance_ids(&w.instance).send().await.unwrap();
+    let i = &inst.reservations()[0].instances()[0];
+    assert_eq!(i.instance_type.as_ref().map(|t| t.as_str()), Some("m5.large"));
+    assert_eq!(i.network_interfaces().len(), 1);
+    assert_eq!(i.network_interfaces()[0].attachment.as_ref().and_then(|a| a.device_index), Some(0));
+
+    let types = w.client.describe_instance_types().instance_types("r7a.medium".into()).send().await.unwrap();
+    let net = types.instance_types()[0].network_info.as_ref().unwrap();
+    assert_eq!((net.maximum_network_interfaces, net.ipv4_addresses_per_interface), (Some(2), Some(4)));
+    let e = w.client.describe_instance_types().instance_types("x9.huge".into()).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidInstanceType"));
+
+    let free = |w: &World| {
+        let c = w.client.describe_subnets().subnet_ids(&w.subnet).send();
+        async move { c.await.unwrap().subnets()[0].available_ip_address_count.unwrap() }
+    };
+    let before = free(&w).await;
+    let eni = w.create(None, &w.node_sg).await;
+    w.client
+        .assign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .ipv4_prefix_count(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(free(&w).await, before - 17, "one primary address and one /28");
+
+    let e = w
+        .client
+        .modify_network_interface_attribute()
+        .network_interface_id(&eni)
+        .groups("sg-0000000000000dead")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidGroup.NotFound"));
+    w.client
+        .modify_network_interface_attribute()
+        .network_interface_id(&eni)
+        .groups(&w.pod_sg)
+        .send()
+        .await
+        .unwrap();
+
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    w.client
+        .create_tags()
+        .resources(&eni)
+        .tags(tag("node.k8s.amazonaws.com/instance_id", &w.instance))
+        .send()
+        .await
+        .unwrap();
+    let tagged = w
+        .client
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("tag:node.k8s.amazonaws.com/instance_id").values(&w.instance).build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tagged.network_interfaces().len(), 1);
+    assert_eq!(tagged.network_interfaces()[0].groups()[0].group_id.as_deref(), Some(w.pod_sg.as_str()));
+
+    // DeleteOnTermination: the attached ENI with it set goes away with the instance, the other stays.
+    let keep = w.create(None, &w.node_sg).await;
+    let attach = |id: &str, index| {
+        w.client
+            .attach_network_interface()
+            .network_interface_id(id)
+            .instance_id(&w.instance)
+            .device_index(index)
+            .send()
+    };
+    let a1 = attach(&eni, 1).await.unwrap().attachment_id.unwrap();
+    attach(&keep, 2).await.unwrap();
+    let change = aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
+        .attachment_id(a1)
+        .delete_on_termination(true)
+        .build();
+    w.client
+        .modify_network_interface_attribute()
+        .network_interface_id(&eni)
+        .attachment(change)
+        .send()
+        .await
+        .unwrap();
+    w.client.terminate_instances().instance_ids(&w.instance).send().await.unwrap();
+    let e = w.client.describe_network_interfaces().network_interface_ids(&eni).send().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidNetworkInterfaceID.NotFound"));
+    let left = w.client.describe_network_interfaces().network_interface_ids(&keep).send().await.unwrap();
+    assert_eq!(left.network_interfaces()[0].status.as_ref().map(|s| s.as_str()), Some("available"));
+}

@@ -274,6 +274,8 @@ pub struct Ec2 {
     pub security_groups: BTreeMap<String, String>,
     pub instances: BTreeMap<String, Instance>,
     pub enis: BTreeMap<String, Eni>,
+    /// VPC id → its IPv4 CIDR blocks, newline-separated as IMDS prints them.
+    pub vpc_cidrs: BTreeMap<String, String>,
     counter: u64,
 }
 
@@ -717,6 +719,51 @@ impl Ec2 {
             i.terminated = true;
         }
         Ok(())
+    }
+}
+
+impl Ec2 {
+    /// CreateTags on ENIs and subnets (the resources the agent tags or reads tags of).
+    pub fn create_tags(&mut self, resource: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+        if let Some(e) = self.enis.get_mut(resource) {
+            e.tags.extend(tags.clone());
+            return Ok(());
+        }
+        if let Some(s) = self.subnets.get_mut(resource) {
+            s.tags.extend(tags.clone());
+            return Ok(());
+        }
+        Err(not_found_resource(resource))
+    }
+
+    /// DeleteTags: a key with a value removes the tag only if the value matches.
+    pub fn delete_tags(&mut self, resource: &str, tags: &[(String, Option<String>)]) -> Result<(), ApiError> {
+        let map = if let Some(e) = self.enis.get_mut(resource) {
+            &mut e.tags
+        } else if let Some(s) = self.subnets.get_mut(resource) {
+            &mut s.tags
+        } else {
+            return Err(not_found_resource(resource));
+        };
+        for (k, v) in tags {
+            if v.as_ref().is_none_or(|v| map.get(k) == Some(v)) {
+                map.remove(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn not_found_resource(resource: &str) -> ApiError {
+    match resource.split('-').next() {
+        Some("eni") => err(
+            "InvalidNetworkInterfaceID.NotFound",
+            format!("The networkInterface ID '{resource}' does not exist"),
+        ),
+        Some("subnet") => {
+            err("InvalidSubnetID.NotFound", format!("The subnet ID '{resource}' does not exist"))
+        }
+        _ => err("InvalidID", format!("The ID '{resource}' is not valid")),
     }
 }
 

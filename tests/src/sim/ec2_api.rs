@@ -11,20 +11,16 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    convert::Infallible,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::StatusCode;
 
 use super::ec2::{ApiError, AssignRequest, CreateEni, Ec2, Eni};
+use super::http::{self, reply, Req, Resp};
 
 /// Faults and accounting, shared by every request.
 #[derive(Debug, Default)]
@@ -46,44 +42,17 @@ pub struct Ec2Sim {
 
 pub type Shared = Arc<Mutex<Ec2Sim>>;
 
-/// Serves the Query API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, sim: Shared) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let sim = sim.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, sim.clone()));
-            let _ =
-                http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
-}
-
-/// Binds 127.0.0.1 on a free port and serves there; returns the endpoint URL.
+/// Binds 127.0.0.1 on a free port and serves the Query API there; returns the endpoint URL.
 pub async fn start(sim: Shared) -> std::io::Result<(String, SocketAddr)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(serve(listener, sim));
+    let addr = http::start(move |req| handle(req, sim.clone())).await?;
     Ok((format!("http://{addr}"), addr))
 }
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        r.headers_mut().insert("content-type", v);
+async fn handle(req: Req, sim: Shared) -> Resp {
+    if let Some(control) = req.path.strip_prefix("/_sim/") {
+        return control_request(control, &req.query, &sim);
     }
-    r
-}
-
-async fn handle(req: Request<Incoming>, sim: Shared) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    if let Some(control) = path.strip_prefix("/_sim/") {
-        return Ok(control_request(control, &query, &sim));
-    }
-    let params: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let params: HashMap<String, String> = form_urlencoded::parse(&req.body).into_owned().collect();
     let action = params.get("Action").cloned().unwrap_or_default();
     let latency = match sim.lock() {
         Ok(mut s) => {
@@ -97,18 +66,18 @@ async fn handle(req: Request<Incoming>, sim: Shared) -> Result<Response<Full<Byt
     }
     let result = match sim.lock() {
         Ok(mut s) => match injected_fault(&mut s.faults, &action) {
-            Some(r) => return Ok(r),
+            Some(r) => return r,
             None => dispatch(&mut s.ec2, &action, &params),
         },
         Err(_) => Err(ApiError { code: "InternalError", message: "simulator state poisoned".into() }),
     };
-    Ok(match result {
+    match result {
         Ok(xml) => reply(StatusCode::OK, "text/xml;charset=UTF-8", xml),
         Err(e) => error_response(StatusCode::BAD_REQUEST, &e),
-    })
+    }
 }
 
-fn error_response(status: StatusCode, e: &ApiError) -> Response<Full<Bytes>> {
+fn error_response(status: StatusCode, e: &ApiError) -> Resp {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
         e.code,
@@ -130,7 +99,7 @@ fn take(map: &mut HashMap<String, u32>, action: &str) -> bool {
     false
 }
 
-fn injected_fault(f: &mut Faults, action: &str) -> Option<Response<Full<Bytes>>> {
+fn injected_fault(f: &mut Faults, action: &str) -> Option<Resp> {
     if take(&mut f.throttle, action) {
         let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
         return Some(error_response(StatusCode::SERVICE_UNAVAILABLE, &e));
@@ -148,10 +117,9 @@ fn injected_fault(f: &mut Faults, action: &str) -> Option<Response<Full<Bytes>>>
     None
 }
 
-fn control_request(path: &str, query: &str, sim: &Shared) -> Response<Full<Bytes>> {
-    let q: HashMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+fn control_request(path: &str, q: &HashMap<String, String>, sim: &Shared) -> Resp {
     let Ok(mut s) = sim.lock() else {
-        return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "poisoned\n".into());
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "poisoned\n");
     };
     let action = q.get("action").cloned().unwrap_or_else(|| "*".into());
     let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1u32);
@@ -170,9 +138,9 @@ fn control_request(path: &str, query: &str, sim: &Shared) -> Response<Full<Bytes
             let body: Vec<String> = s.faults.calls.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
             return reply(StatusCode::OK, "application/json", format!("{{{}}}", body.join(",")));
         }
-        _ => return reply(StatusCode::NOT_FOUND, "text/plain", "unknown control\n".into()),
+        _ => return reply(StatusCode::NOT_FOUND, "text/plain", "unknown control\n"),
     }
-    reply(StatusCode::OK, "text/plain", "ok\n".into())
+    reply(StatusCode::OK, "text/plain", "ok\n")
 }
 
 fn request_id() -> String {
@@ -308,11 +276,193 @@ fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<
             Ok(ok_return(action))
         }
         "DescribeNetworkInterfaces" => describe_network_interfaces(ec2, p),
+        "ModifyNetworkInterfaceAttribute" => {
+            let eni = required(p, "NetworkInterfaceId")?;
+            let groups = list(p, "SecurityGroupId");
+            if !groups.is_empty() {
+                ec2.modify_groups(eni, groups)?;
+            }
+            if let Some(v) = p.get("Attachment.DeleteOnTermination") {
+                ec2.set_delete_on_termination(eni, v == "true")?;
+            }
+            Ok(ok_return(action))
+        }
+        "CreateTags" => {
+            let tags = tag_list(p).into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
+            for r in list(p, "ResourceId") {
+                ec2.create_tags(&r, &tags)?;
+            }
+            Ok(ok_return(action))
+        }
+        "DeleteTags" => {
+            let tags = tag_list(p);
+            for r in list(p, "ResourceId") {
+                ec2.delete_tags(&r, &tags)?;
+            }
+            Ok(ok_return(action))
+        }
+        "TerminateInstances" => {
+            let mut inner = String::from("<instancesSet>");
+            for id in list(p, "InstanceId") {
+                ec2.terminate(&id)?;
+                let _ = write!(
+                    inner,
+                    "<item><instanceId>{id}</instanceId><currentState><code>32</code><name>shutting-down</name></currentState><previousState><code>16</code><name>running</name></previousState></item>"
+                );
+            }
+            inner.push_str("</instancesSet>");
+            Ok(envelope(action, &inner))
+        }
+        "DescribeInstances" => describe_instances(ec2, p),
+        "DescribeInstanceTypes" => describe_instance_types(p),
+        "DescribeSubnets" => describe_subnets(ec2, p),
+        "DescribeSecurityGroups" => {
+            let ids = list(p, "GroupId");
+            let mut inner = String::from("<securityGroupInfo>");
+            for (id, name) in &ec2.security_groups {
+                if !ids.is_empty() && !ids.contains(id) {
+                    continue;
+                }
+                let _ = write!(
+                    inner,
+                    "<item><ownerId>123456789012</ownerId><groupId>{id}</groupId><groupName>{}</groupName><groupDescription>{}</groupDescription><vpcId>vpc-1</vpcId></item>",
+                    esc(name),
+                    esc(name)
+                );
+            }
+            for id in &ids {
+                if !ec2.security_groups.contains_key(id) {
+                    return Err(ApiError {
+                        code: "InvalidGroup.NotFound",
+                        message: format!("The security group '{id}' does not exist"),
+                    });
+                }
+            }
+            inner.push_str("</securityGroupInfo>");
+            Ok(envelope(action, &inner))
+        }
         other => Err(ApiError {
             code: "InvalidAction",
             message: format!("The action {other} is not valid for this web service."),
         }),
     }
+}
+
+/// `Filter.N.Name` with its `Filter.N.Value.M` values.
+fn filters(p: &HashMap<String, String>) -> Vec<(String, Vec<String>)> {
+    (1..)
+        .map_while(|i| {
+            p.get(&format!("Filter.{i}.Name")).map(|n| (n.clone(), list(p, &format!("Filter.{i}.Value"))))
+        })
+        .collect()
+}
+
+/// `Tag.N.Key` / `Tag.N.Value` pairs.
+fn tag_list(p: &HashMap<String, String>) -> Vec<(String, Option<String>)> {
+    (1..)
+        .map_while(|i| {
+            p.get(&format!("Tag.{i}.Key")).map(|k| (k.clone(), p.get(&format!("Tag.{i}.Value")).cloned()))
+        })
+        .collect()
+}
+
+fn describe_instances(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, ApiError> {
+    let ids = list(p, "InstanceId");
+    let mut inner = String::from("<reservationSet>");
+    for i in ec2.instances.values().filter(|i| !i.terminated && (ids.is_empty() || ids.contains(&i.id))) {
+        let primary = ec2.attached_to(&i.id).first().map(|e| e.primary_ip.to_string()).unwrap_or_default();
+        let _ = write!(
+            inner,
+            "<item><reservationId>r-{}</reservationId><ownerId>123456789012</ownerId><groupSet/><instancesSet><item><instanceId>{}</instanceId><instanceType>{}</instanceType><placement><availabilityZone>{}</availabilityZone></placement><subnetId>{}</subnetId><vpcId>vpc-1</vpcId><privateIpAddress>{primary}</privateIpAddress><instanceState><code>16</code><name>running</name></instanceState><hypervisor>{}</hypervisor><networkInterfaceSet>",
+            i.id.trim_start_matches("i-"),
+            i.id,
+            i.instance_type.name,
+            i.az,
+            i.subnet_id,
+            i.instance_type.hypervisor
+        );
+        for e in ec2.attached_to(&i.id) {
+            let _ = write!(inner, "<item>{}</item>", eni_xml(ec2, e));
+        }
+        inner.push_str("</networkInterfaceSet></item></instancesSet></item>");
+    }
+    for id in &ids {
+        if ec2.instances.get(id).is_none_or(|i| i.terminated) {
+            return Err(ApiError {
+                code: "InvalidInstanceID.NotFound",
+                message: format!("The instance ID '{id}' does not exist"),
+            });
+        }
+    }
+    inner.push_str("</reservationSet>");
+    Ok(envelope("DescribeInstances", &inner))
+}
+
+fn describe_instance_types(p: &HashMap<String, String>) -> Result<String, ApiError> {
+    let names = list(p, "InstanceType");
+    let mut inner = String::from("<instanceTypeSet>");
+    for t in
+        super::ec2::INSTANCE_TYPES.iter().filter(|t| names.is_empty() || names.iter().any(|n| n == t.name))
+    {
+        let _ = write!(
+            inner,
+            "<item><instanceType>{}</instanceType><hypervisor>{}</hypervisor><networkInfo><maximumNetworkInterfaces>{}</maximumNetworkInterfaces><ipv4AddressesPerInterface>{}</ipv4AddressesPerInterface><efaSupported>{}</efaSupported><defaultNetworkCardIndex>0</defaultNetworkCardIndex><networkCards><item><networkCardIndex>0</networkCardIndex><maximumNetworkInterfaces>{}</maximumNetworkInterfaces></item></networkCards></networkInfo></item>",
+            t.name, t.hypervisor, t.max_enis, t.ipv4_per_eni, t.efa, t.max_enis
+        );
+    }
+    for n in &names {
+        if super::ec2::instance_type(n).is_none() {
+            return Err(ApiError {
+                code: "InvalidInstanceType",
+                message: format!("The following supplied instance types do not exist: [{n}]"),
+            });
+        }
+    }
+    inner.push_str("</instanceTypeSet>");
+    Ok(envelope("DescribeInstanceTypes", &inner))
+}
+
+fn describe_subnets(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, ApiError> {
+    let ids = list(p, "SubnetId");
+    let filters = filters(p);
+    let mut inner = String::from("<subnetSet>");
+    for s in ec2.subnets.values() {
+        if !ids.is_empty() && !ids.contains(&s.id) {
+            continue;
+        }
+        let keep = filters.iter().all(|(name, values)| {
+            let any = |v: &str| values.iter().any(|x| x == v);
+            match name.as_str() {
+                "vpc-id" => any(&s.vpc_id),
+                "availability-zone" => any(&s.az),
+                "subnet-id" => any(&s.id),
+                n if n.starts_with("tag:") => s.tags.get(&n[4..]).is_some_and(|v| any(v)),
+                _ => false,
+            }
+        });
+        if !keep {
+            continue;
+        }
+        let _ = write!(
+            inner,
+            "<item><subnetId>{}</subnetId><state>available</state><vpcId>{}</vpcId><cidrBlock>{}/{}</cidrBlock><availableIpAddressCount>{}</availableIpAddressCount><availabilityZone>{}</availabilityZone><tagSet>",
+            s.id, s.vpc_id, s.cidr.0, s.cidr.1, s.available_addresses(), s.az
+        );
+        for (k, v) in &s.tags {
+            let _ = write!(inner, "<item><key>{}</key><value>{}</value></item>", esc(k), esc(v));
+        }
+        inner.push_str("</tagSet></item>");
+    }
+    for id in &ids {
+        if !ec2.subnets.contains_key(id) {
+            return Err(ApiError {
+                code: "InvalidSubnetID.NotFound",
+                message: format!("The subnet ID '{id}' does not exist"),
+            });
+        }
+    }
+    inner.push_str("</subnetSet>");
+    Ok(envelope("DescribeSubnets", &inner))
 }
 
 /// Filters the simulator supports, as EC2 names them.
@@ -343,11 +493,7 @@ fn describe_network_interfaces(ec2: &Ec2, p: &HashMap<String, String>) -> Result
     for id in &ids {
         ec2.eni(id)?;
     }
-    let mut filters = Vec::new();
-    for i in 1.. {
-        let Some(name) = p.get(&format!("Filter.{i}.Name")) else { break };
-        filters.push((name.clone(), list(p, &format!("Filter.{i}.Value"))));
-    }
+    let filters = filters(p);
     let mut selected = Vec::new();
     for e in ec2.enis.values() {
         if !ids.is_empty() && !ids.contains(&e.id) {

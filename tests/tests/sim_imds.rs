@@ -1,0 +1,94 @@
+//! The simulated IMDS: IMDSv2 tokens enforced, answers consistent with the EC2 state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its location
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use eniguard_tests::sim::{
+    ec2::{AssignRequest, CreateEni, Ec2},
+    ec2_api::Ec2Sim,
+    imds,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// (status code, body) of one raw HTTP/1.0 request.
+async fn call(endpoint: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(endpoint.trim_start_matches("http://")).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: imds\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_answers_follow_ec2() {
+    let mut ec2 = Ec2::default();
+    let subnet = ec2.add_subnet("vpc-1", "us-west-2b", (Ipv4Addr::new(10, 0, 0, 0), 20));
+    ec2.vpc_cidrs.insert("vpc-1".into(), "10.0.0.0/16".into());
+    let sg = ec2.add_security_group("node");
+    let instance = ec2.run_instance("m5.large", &subnet, std::slice::from_ref(&sg)).unwrap();
+    let sim = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
+    let (endpoint, _) = imds::start(sim.clone(), &instance).await.unwrap();
+
+    assert_eq!(call(&endpoint, "GET", "/latest/meta-data/instance-id", &[]).await.0, 401, "IMDSv1 refused");
+    assert_eq!(call(&endpoint, "PUT", "/latest/api/token", &[]).await.0, 400, "a TTL is required");
+    let (status, token) =
+        call(&endpoint, "PUT", "/latest/api/token", &[("X-aws-ec2-metadata-token-ttl-seconds", "60")]).await;
+    assert_eq!(status, 200);
+    let auth = [("X-aws-ec2-metadata-token", token.as_str())];
+    let get = |path: &'static str| {
+        let endpoint = endpoint.clone();
+        let auth = auth.map(|(k, v)| (k, v.to_owned()));
+        async move {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            call(&endpoint, "GET", path, &headers).await
+        }
+    };
+    assert_eq!(get("/latest/meta-data/instance-id").await, (200, instance.clone()));
+    assert_eq!(get("/latest/meta-data/placement/region").await.1, "us-west-2");
+    assert_eq!(get("/latest/meta-data/security-group-ids").await.1, sg);
+    let mac = get("/latest/meta-data/mac").await.1;
+    assert_eq!(get("/latest/meta-data/network/interfaces/macs/").await.1, format!("{mac}/"));
+
+    // Attach a second ENI with addresses and a prefix: IMDS shows it at once.
+    let (eni, eni_mac) = {
+        let mut s = sim.lock().unwrap();
+        let eni = s
+            .ec2
+            .create_network_interface(CreateEni {
+                subnet_id: subnet.clone(),
+                groups: vec![sg.clone()],
+                ..Default::default()
+            })
+            .unwrap();
+        s.ec2.attach(&eni, &instance, 1).unwrap();
+        s.ec2.assign_private_ips(&eni, AssignRequest::Count(2)).unwrap();
+        s.ec2.assign_private_ips(&eni, AssignRequest::PrefixCount(1)).unwrap();
+        let e = s.ec2.eni(&eni).unwrap().clone();
+        (eni, e.mac)
+    };
+    let macs = get("/latest/meta-data/network/interfaces/macs").await.1;
+    assert_eq!(macs.lines().count(), 2);
+    let field = |f: &str| format!("/latest/meta-data/network/interfaces/macs/{eni_mac}/{f}");
+    let call_field = |f: &str| {
+        let path = field(f);
+        let endpoint = endpoint.clone();
+        let token = token.clone();
+        async move { call(&endpoint, "GET", &path, &[("X-aws-ec2-metadata-token", &token)]).await.1 }
+    };
+    assert_eq!(call_field("interface-id").await, eni);
+    assert_eq!(call_field("device-number").await, "1");
+    assert_eq!(call_field("local-ipv4s").await.lines().count(), 3, "primary and two secondaries");
+    assert!(call_field("ipv4-prefix").await.ends_with("/28"));
+    assert_eq!(call_field("vpc-ipv4-cidr-blocks").await, "10.0.0.0/16");
+    assert_eq!(call_field("subnet-ipv4-cidr-block").await, "10.0.0.0/20");
+}
