@@ -1,0 +1,477 @@
+//! The object store behind the simulated Kubernetes API: objects by (resource, namespace, name),
+//! a cluster-wide resourceVersion, an event log for watches, label and field selectors, and merge
+//! and JSON patches, with the API server's 404/409/410/422 answers. Pure (serde_json values); the
+//! HTTP layer that kube-rs talks to is built on it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::{json, Map, Value};
+
+/// How many events a watch can resume from; older resourceVersions get 410 Gone.
+const EVENT_LOG: usize = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    /// Plural resource name with its group, e.g. `pods`, `cninodes.vpcresources.k8s.aws`.
+    pub resource: String,
+    /// None for cluster-scoped resources.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// An API error as the API server reports it (a `Status` object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl StatusError {
+    pub fn to_status(&self) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code})
+    }
+}
+
+fn not_found(key: &Key) -> StatusError {
+    StatusError {
+        code: 404,
+        reason: "NotFound",
+        message: format!("{} \"{}\" not found", key.resource, key.name),
+    }
+}
+
+fn invalid(message: String) -> StatusError {
+    StatusError { code: 422, reason: "Invalid", message }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub resource_version: u64,
+    pub kind: EventType,
+    pub key: Key,
+    pub object: Value,
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    last_rv: u64,
+    objects: BTreeMap<Key, Value>,
+    events: VecDeque<Event>,
+    uid: u64,
+}
+
+impl Store {
+    pub fn resource_version(&self) -> u64 {
+        self.last_rv
+    }
+
+    fn record(&mut self, kind: EventType, key: &Key, object: &Value) {
+        self.events.push_back(Event {
+            resource_version: self.last_rv,
+            kind,
+            key: key.clone(),
+            object: object.clone(),
+        });
+        if self.events.len() > EVENT_LOG {
+            self.events.pop_front();
+        }
+    }
+
+    fn stamp(&mut self, obj: &mut Value) {
+        self.last_rv += 1;
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(self.last_rv.to_string()));
+        }
+    }
+
+    pub fn create(&mut self, key: Key, mut obj: Value) -> Result<Value, StatusError> {
+        if self.objects.contains_key(&key) {
+            return Err(StatusError {
+                code: 409,
+                reason: "AlreadyExists",
+                message: format!("{} \"{}\" already exists", key.resource, key.name),
+            });
+        }
+        let meta = obj
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| invalid("metadata: Required value".into()))?;
+        meta.insert("name".into(), Value::String(key.name.clone()));
+        if let Some(ns) = &key.namespace {
+            meta.insert("namespace".into(), Value::String(ns.clone()));
+        }
+        self.uid += 1;
+        meta.insert("uid".into(), Value::String(format!("00000000-0000-4000-8000-{:012x}", self.uid)));
+        meta.entry("creationTimestamp").or_insert_with(|| Value::String("2026-11-26T00:00:00Z".into()));
+        self.stamp(&mut obj);
+        self.objects.insert(key.clone(), obj.clone());
+        self.record(EventType::Added, &key, &obj);
+        Ok(obj)
+    }
+
+    pub fn get(&self, key: &Key) -> Result<Value, StatusError> {
+        self.objects.get(key).cloned().ok_or_else(|| not_found(key))
+    }
+
+    /// Objects of `resource` (in `namespace`, or all) matching the selectors, and the list's
+    /// resourceVersion.
+    pub fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        labels: &Selector,
+        fields: &Selector,
+    ) -> (Vec<Value>, u64) {
+        let items = self
+            .objects
+            .iter()
+            .filter(|(k, _)| {
+                k.resource == resource && namespace.is_none_or(|ns| k.namespace.as_deref() == Some(ns))
+            })
+            .filter(|(_, o)| labels.matches_labels(o) && fields.matches_fields(o))
+            .map(|(_, o)| o.clone())
+            .collect();
+        (items, self.last_rv)
+    }
+
+    /// Replaces an object; a stale `metadata.resourceVersion` is a 409 Conflict.
+    pub fn replace(&mut self, key: &Key, mut obj: Value) -> Result<Value, StatusError> {
+        let current = self.get(key)?;
+        let sent = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+        let have = current.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+        if sent.is_some() && sent != have {
+            return Err(StatusError {
+                code: 409,
+                reason: "Conflict",
+                message: format!(
+                    "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
+                    key.resource, key.name
+                ),
+            });
+        }
+        // Identity fields stay the server's.
+        for field in ["uid", "creationTimestamp", "name", "namespace"] {
+            if let (Some(v), Some(meta)) = (
+                current["metadata"].get(field).cloned(),
+                obj.get_mut("metadata").and_then(Value::as_object_mut),
+            ) {
+                meta.insert(field.into(), v);
+            }
+        }
+        self.stamp(&mut obj);
+        self.objects.insert(key.clone(), obj.clone());
+        self.record(EventType::Modified, key, &obj);
+        Ok(obj)
+    }
+
+    /// RFC 7386 merge patch (kube-rs `Patch::Merge`). A patch carrying
+    /// `metadata.resourceVersion` is an optimistic lock: stale → 409.
+    pub fn merge_patch(&mut self, key: &Key, patch: &Value) -> Result<Value, StatusError> {
+        let mut obj = self.get(key)?;
+        if patch.pointer("/metadata/resourceVersion").is_none() {
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("resourceVersion");
+            }
+        }
+        merge(&mut obj, patch);
+        self.replace(key, obj)
+    }
+
+    /// RFC 6902 JSON patch (kube-rs `Patch::Json`); a failed `test` or a bad path is 422.
+    pub fn json_patch(&mut self, key: &Key, ops: &Value) -> Result<Value, StatusError> {
+        let mut obj = self.get(key)?;
+        let ops = ops.as_array().ok_or_else(|| invalid("a JSON patch is an array of operations".into()))?;
+        for (i, op) in ops.iter().enumerate() {
+            apply_op(&mut obj, op).map_err(|m| invalid(format!("patch operation {i}: {m}")))?;
+        }
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+        self.replace(key, obj)
+    }
+
+    pub fn delete(&mut self, key: &Key) -> Result<Value, StatusError> {
+        let mut obj = self.objects.remove(key).ok_or_else(|| not_found(key))?;
+        self.stamp(&mut obj);
+        self.record(EventType::Deleted, key, &obj);
+        Ok(obj)
+    }
+
+    /// Events for `resource` after `since`; 410 Gone when `since` is older than the log.
+    pub fn events_since(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        since: u64,
+    ) -> Result<Vec<Event>, StatusError> {
+        if let Some(oldest) = self.events.front() {
+            if since + 1 < oldest.resource_version {
+                return Err(StatusError {
+                    code: 410,
+                    reason: "Expired",
+                    message: format!("too old resource version: {since} ({})", oldest.resource_version - 1),
+                });
+            }
+        }
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| e.resource_version > since && e.key.resource == resource)
+            .filter(|e| namespace.is_none_or(|ns| e.key.namespace.as_deref() == Some(ns)))
+            .cloned()
+            .collect())
+    }
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// RFC 6901 pointer → (parent pointer, last token unescaped).
+fn split_pointer(path: &str) -> Result<(String, String), String> {
+    let (parent, last) = path.rsplit_once('/').ok_or_else(|| format!("`{path}` is not a JSON pointer"))?;
+    Ok((parent.to_owned(), last.replace("~1", "/").replace("~0", "~")))
+}
+
+fn apply_op(doc: &mut Value, op: &Value) -> Result<(), String> {
+    let name = op["op"].as_str().ok_or("missing `op`")?;
+    let path = op["path"].as_str().ok_or("missing `path`")?;
+    match name {
+        "test" => {
+            if doc.pointer(path) != Some(&op["value"]) {
+                return Err(format!("test failed at {path}"));
+            }
+        }
+        "remove" => {
+            take(doc, path)?;
+        }
+        "add" | "replace" => {
+            if name == "replace" && doc.pointer(path).is_none() {
+                return Err(format!("no value at {path} to replace"));
+            }
+            put(doc, path, op["value"].clone(), name == "add")?;
+        }
+        "move" | "copy" => {
+            let from = op["from"].as_str().ok_or("missing `from`")?;
+            let v = if name == "move" {
+                take(doc, from)?
+            } else {
+                doc.pointer(from).cloned().ok_or(format!("no value at {from}"))?
+            };
+            put(doc, path, v, true)?;
+        }
+        other => return Err(format!("unknown op `{other}`")),
+    }
+    Ok(())
+}
+
+fn take(doc: &mut Value, path: &str) -> Result<Value, String> {
+    let (parent, last) = split_pointer(path)?;
+    match doc.pointer_mut(&parent) {
+        Some(Value::Object(m)) => m.remove(&last).ok_or(format!("no value at {path}")),
+        Some(Value::Array(a)) => {
+            let i: usize = last.parse().map_err(|_| format!("bad index in {path}"))?;
+            (i < a.len()).then(|| a.remove(i)).ok_or(format!("no value at {path}"))
+        }
+        _ => Err(format!("no parent for {path}")),
+    }
+}
+
+fn put(doc: &mut Value, path: &str, value: Value, insert: bool) -> Result<(), String> {
+    if path.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    let (parent, last) = split_pointer(path)?;
+    match doc.pointer_mut(&parent) {
+        Some(Value::Object(m)) => {
+            m.insert(last, value);
+            Ok(())
+        }
+        Some(Value::Array(a)) => {
+            if last == "-" {
+                a.push(value);
+                return Ok(());
+            }
+            let i: usize = last.parse().map_err(|_| format!("bad index in {path}"))?;
+            match (insert, i <= a.len(), i < a.len()) {
+                (true, true, _) => a.insert(i, value),
+                (false, _, true) => a[i] = value,
+                _ => return Err(format!("index out of range in {path}")),
+            }
+            Ok(())
+        }
+        _ => Err(format!("no parent for {path}")),
+    }
+}
+
+/// A label or field selector: comma-separated `k=v`, `k==v`, `k!=v`, `k`, `!k`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector(Vec<Requirement>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    NotExists(String),
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Result<Self, StatusError> {
+        let mut reqs = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let r = if let Some((k, v)) = part.split_once("!=") {
+                Requirement::NotEquals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Requirement::Equals(k.trim().into(), v.trim().into())
+            } else if let Some(k) = part.strip_prefix('!') {
+                Requirement::NotExists(k.trim().into())
+            } else if part.contains([' ', '(']) {
+                return Err(StatusError {
+                    code: 400,
+                    reason: "BadRequest",
+                    message: format!("unsupported selector `{part}`"),
+                });
+            } else {
+                Requirement::Exists(part.into())
+            };
+            reqs.push(r);
+        }
+        Ok(Self(reqs))
+    }
+
+    fn matches(&self, get: impl Fn(&str) -> Option<String>) -> bool {
+        self.0.iter().all(|r| match r {
+            Requirement::Equals(k, v) => get(k).as_deref() == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k).as_deref() != Some(v.as_str()),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
+        })
+    }
+
+    pub fn matches_labels(&self, obj: &Value) -> bool {
+        let labels: Map<String, Value> =
+            obj.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default();
+        self.matches(|k| labels.get(k).and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// Field selectors over dotted paths such as `spec.nodeName` or `metadata.name`.
+    pub fn matches_fields(&self, obj: &Value) -> bool {
+        self.matches(|k| {
+            let pointer = format!("/{}", k.replace('.', "/"));
+            obj.pointer(&pointer).and_then(|v| v.as_str().map(str::to_owned).or_else(|| Some(v.to_string())))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key { resource: "pods".into(), namespace: Some("default".into()), name: name.into() }
+    }
+
+    fn pod(name: &str, node: &str, app: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": app}}, "spec": {"nodeName": node}})
+    }
+
+    #[test]
+    fn create_get_conflict_and_not_found() {
+        let mut s = Store::default();
+        let p = s.create(key("a"), pod("a", "n1", "web")).unwrap();
+        assert_eq!(p["metadata"]["resourceVersion"], "1");
+        assert_eq!(s.create(key("a"), pod("a", "n1", "web")).unwrap_err().code, 409);
+        assert_eq!(s.get(&key("b")).unwrap_err().code, 404);
+        assert_eq!(s.delete(&key("b")).unwrap_err().reason, "NotFound");
+    }
+
+    #[test]
+    fn selectors_filter_lists() {
+        let mut s = Store::default();
+        s.create(key("a"), pod("a", "n1", "web")).unwrap();
+        s.create(key("b"), pod("b", "n2", "web")).unwrap();
+        s.create(key("c"), pod("c", "n1", "db")).unwrap();
+        let l = |labels: &str, fields: &str| {
+            let (items, _) = s.list(
+                "pods",
+                Some("default"),
+                &Selector::parse(labels).unwrap(),
+                &Selector::parse(fields).unwrap(),
+            );
+            items.iter().map(|o| o["metadata"]["name"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(l("app=web", ""), ["a", "b"]);
+        assert_eq!(l("app!=web", "spec.nodeName=n1"), ["c"]);
+        assert_eq!(l("", "spec.nodeName=n1"), ["a", "c"]);
+        assert_eq!(l("!app", ""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn patches_and_optimistic_locking() {
+        let mut s = Store::default();
+        s.create(key("a"), pod("a", "n1", "web")).unwrap();
+        let p = s
+            .merge_patch(
+                &key("a"),
+                &json!({"metadata": {"annotations": {"x": "1"}, "labels": {"app": null}}}),
+            )
+            .unwrap();
+        assert_eq!(p["metadata"]["annotations"]["x"], "1");
+        assert!(p["metadata"]["labels"].get("app").is_none());
+        let stale = json!({"metadata": {"resourceVersion": "1"}, "spec": {"nodeName": "n9"}});
+        assert_eq!(s.merge_patch(&key("a"), &stale).unwrap_err().code, 409);
+        let p = s
+            .json_patch(&key("a"), &json!([{"op": "add", "path": "/spec/features", "value": []},
+                                           {"op": "add", "path": "/spec/features/-", "value": {"name": "SecurityGroupsForPods"}}]))
+            .unwrap();
+        assert_eq!(p["spec"]["features"][0]["name"], "SecurityGroupsForPods");
+        let e = s
+            .json_patch(&key("a"), &json!([{"op": "test", "path": "/spec/nodeName", "value": "nope"}]))
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+    }
+
+    #[test]
+    fn watch_events_resume_from_a_resource_version() {
+        let mut s = Store::default();
+        s.create(key("a"), pod("a", "n1", "web")).unwrap();
+        let rv = s.resource_version();
+        s.merge_patch(&key("a"), &json!({"metadata": {"labels": {"x": "y"}}})).unwrap();
+        s.delete(&key("a")).unwrap();
+        let kinds: Vec<_> = s.events_since("pods", None, rv).unwrap().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventType::Modified, EventType::Deleted]);
+        assert!(s.events_since("nodes", None, 0).unwrap().is_empty());
+    }
+}
