@@ -28,6 +28,7 @@ const OS_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "initramfs userland for the kernel matrix"),
     ("kmod", "module dependency resolution for the kernel matrix"),
     ("cpio", "initramfs archives for the kernel matrix"),
+    ("xz-utils", "decompresses the kernel matrix's modules (.ko.xz)"),
 ];
 
 pub fn setup() -> Result<()> {
