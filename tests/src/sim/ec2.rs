@@ -342,7 +342,7 @@ impl Ec2 {
         Ok(id)
     }
 
-    fn subnet(&self, id: &str) -> Result<&Subnet, ApiError> {
+    pub fn subnet(&self, id: &str) -> Result<&Subnet, ApiError> {
         self.subnets
             .get(id)
             .ok_or_else(|| err("InvalidSubnetID.NotFound", format!("The subnet ID '{id}' does not exist")))
@@ -363,7 +363,7 @@ impl Ec2 {
         })
     }
 
-    fn check_groups(&self, groups: &[String]) -> Result<(), ApiError> {
+    pub fn check_groups(&self, groups: &[String]) -> Result<(), ApiError> {
         for g in groups {
             if !self.security_groups.contains_key(g) {
                 return Err(err("InvalidGroup.NotFound", format!("The security group '{g}' does not exist")));

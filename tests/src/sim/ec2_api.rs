@@ -318,6 +318,7 @@ fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<
         "DescribeSubnets" => describe_subnets(ec2, p),
         "DescribeSecurityGroups" => {
             let ids = list(p, "GroupId");
+            ec2.check_groups(&ids)?;
             let mut inner = String::from("<securityGroupInfo>");
             for (id, name) in &ec2.security_groups {
                 if !ids.is_empty() && !ids.contains(id) {
@@ -329,14 +330,6 @@ fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<
                     esc(name),
                     esc(name)
                 );
-            }
-            for id in &ids {
-                if !ec2.security_groups.contains_key(id) {
-                    return Err(ApiError {
-                        code: "InvalidGroup.NotFound",
-                        message: format!("The security group '{id}' does not exist"),
-                    });
-                }
             }
             inner.push_str("</securityGroupInfo>");
             Ok(envelope(action, &inner))
@@ -424,6 +417,9 @@ fn describe_instance_types(p: &HashMap<String, String>) -> Result<String, ApiErr
 
 fn describe_subnets(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, ApiError> {
     let ids = list(p, "SubnetId");
+    for id in &ids {
+        ec2.subnet(id)?;
+    }
     let filters = filters(p);
     let mut inner = String::from("<subnetSet>");
     for s in ec2.subnets.values() {
@@ -452,14 +448,6 @@ fn describe_subnets(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, Ap
             let _ = write!(inner, "<item><key>{}</key><value>{}</value></item>", esc(k), esc(v));
         }
         inner.push_str("</tagSet></item>");
-    }
-    for id in &ids {
-        if !ec2.subnets.contains_key(id) {
-            return Err(ApiError {
-                code: "InvalidSubnetID.NotFound",
-                message: format!("The subnet ID '{id}' does not exist"),
-            });
-        }
     }
     inner.push_str("</subnetSet>");
     Ok(envelope("DescribeSubnets", &inner))
