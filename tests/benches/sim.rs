@@ -1,0 +1,74 @@
+//! Simulator throughput: `cargo bench -p eniguard-tests --bench sim` (no root).
+//! EC2 calls per second through the real aws-sdk-ec2 client on loopback, sequential and with
+//! concurrent callers (goal: at least 1,000 calls/s).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a failure should stop the run loudly
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aws_sdk_ec2::{
+    config::{BehaviorVersion, Credentials, Region},
+    Client,
+};
+use eniguard_tests::sim::{
+    ec2::{CreateEni, Ec2},
+    ec2_api::{self, Ec2Sim},
+};
+
+const CALLS: usize = 4000;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut ec2 = Ec2::default();
+        let subnet = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 0, 0), 16));
+        let sg = ec2.add_security_group("node");
+        ec2.run_instance("m5.large", &subnet, std::slice::from_ref(&sg)).unwrap();
+        for _ in 0..20 {
+            ec2.create_network_interface(CreateEni {
+                subnet_id: subnet.clone(),
+                groups: vec![sg.clone()],
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let sim = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
+        let (endpoint, _) = ec2_api::start(sim).await.unwrap();
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-west-2"))
+            .credentials_provider(Credentials::new("AKIDSIMULATOR", "secret", None, None, "simulator"))
+            .endpoint_url(&endpoint)
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build();
+        let client = Client::from_conf(config);
+        client.describe_network_interfaces().send().await.unwrap(); // warm the connection
+        println!("\nsimulated EC2 on loopback, DescribeNetworkInterfaces of 21 ENIs via aws-sdk-ec2");
+        println!("| callers | calls | calls/s |");
+        println!("|---|---|---|");
+        for callers in [1usize, 8] {
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..callers {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..CALLS / callers {
+                        client.describe_network_interfaces().send().await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let secs = started.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+            println!("| {callers} | {CALLS} | {:.0} |", CALLS as f64 / secs);
+        }
+    });
+}
