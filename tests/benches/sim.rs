@@ -4,16 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a failure should stop the run loudly
 
+#[path = "../tests/common/ec2_client.rs"]
+mod ec2_client;
+
 use std::{
     net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use aws_sdk_ec2::{
-    config::{BehaviorVersion, Credentials, Region},
-    Client,
-};
+use aws_sdk_ec2::config::retry::RetryConfig;
+use ec2_client::ec2_client;
 use eniguard_tests::sim::{
     ec2::{CreateEni, Ec2},
     ec2_api::{self, Ec2Sim},
@@ -41,14 +42,7 @@ fn main() {
         }
         let sim = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
         let (endpoint, _) = ec2_api::start(sim).await.unwrap();
-        let config = aws_sdk_ec2::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-west-2"))
-            .credentials_provider(Credentials::new("AKIDSIMULATOR", "secret", None, None, "simulator"))
-            .endpoint_url(&endpoint)
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build();
-        let client = Client::from_conf(config);
+        let client = ec2_client(&endpoint, RetryConfig::standard());
         client.describe_network_interfaces().send().await.unwrap(); // warm the connection
         println!("\nsimulated EC2 on loopback, DescribeNetworkInterfaces of 21 ENIs via aws-sdk-ec2");
         println!("| callers | calls | calls/s |");

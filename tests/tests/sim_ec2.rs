@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its location
 
+#[path = "common/ec2_client.rs"]
+mod ec2_client;
+
 use std::{
     net::Ipv4Addr,
     sync::{Arc, Mutex},
@@ -10,11 +13,12 @@ use std::{
 };
 
 use aws_sdk_ec2::{
-    config::{retry::RetryConfig, BehaviorVersion, Credentials, Region},
+    config::retry::RetryConfig,
     error::ProvideErrorMetadata as _,
     types::{Filter, NetworkInterfaceCreationType, NetworkInterfaceType},
     Client,
 };
+use ec2_client::ec2_client;
 use eniguard_tests::sim::{
     ec2::Ec2,
     ec2_api::{self, Ec2Sim},
@@ -40,17 +44,9 @@ async fn world() -> World {
     let instance = ec2.run_instance("m5.large", &subnet, std::slice::from_ref(&node_sg)).unwrap();
     let sim = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
     let (endpoint, _) = ec2_api::start(sim.clone()).await.unwrap();
-    let config = aws_sdk_ec2::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-west-2"))
-        .credentials_provider(Credentials::new("AKIDSIMULATOR", "secret", None, None, "simulator"))
-        .endpoint_url(&endpoint)
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .retry_config(
-            RetryConfig::standard().with_max_attempts(4).with_initial_backoff(Duration::from_millis(5)),
-        )
-        .build();
-    World { client: Client::from_conf(config), endpoint, sim, subnet, tiny_subnet, node_sg, pod_sg, instance }
+    let retry = RetryConfig::standard().with_max_attempts(4).with_initial_backoff(Duration::from_millis(5));
+    let client = ec2_client(&endpoint, retry);
+    World { client, endpoint, sim, subnet, tiny_subnet, node_sg, pod_sg, instance }
 }
 
 impl World {
