@@ -202,6 +202,16 @@ pub struct Attachment {
     pub instance_id: String,
     pub device_index: u32,
     pub delete_on_termination: bool,
+    /// When the attachment was made (IMDS hides it for the propagation delay).
+    pub attached_at: std::time::Instant,
+}
+
+/// A branch ENI's association with a trunk ENI (AssociateTrunkInterface).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkAssociation {
+    pub id: String,
+    pub trunk_id: String,
+    pub vlan_id: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,6 +229,7 @@ pub struct Eni {
     /// Network addresses of delegated /28 prefixes.
     pub prefixes: Vec<Ipv4Addr>,
     pub attachment: Option<Attachment>,
+    pub trunk_association: Option<TrunkAssociation>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -422,6 +433,7 @@ impl Ec2 {
             secondary_ips,
             prefixes,
             attachment: None,
+            trunk_association: None,
             tags: req.tags,
         };
         self.enis.insert(id.clone(), eni);
@@ -466,6 +478,7 @@ impl Ec2 {
                 instance_id: instance_id.into(),
                 device_index,
                 delete_on_termination: false,
+                attached_at: std::time::Instant::now(),
             });
         }
         Ok(attachment_id)
@@ -502,9 +515,89 @@ impl Ec2 {
         Ok(())
     }
 
+    /// AssociateTrunkInterface: a branch ENI gets a VLAN id on an attached trunk ENI of the
+    /// same AZ, within the instance type's branch limit.
+    pub fn associate_trunk(
+        &mut self,
+        branch_id: &str,
+        trunk_id: &str,
+        vlan_id: u16,
+    ) -> Result<String, ApiError> {
+        let branch = self.eni(branch_id)?;
+        let trunk = self.eni(trunk_id)?;
+        if branch.interface_type != InterfaceType::Branch || branch.trunk_association.is_some() {
+            return Err(err(
+                "InvalidParameterValue",
+                format!("'{branch_id}' is not an unassociated branch interface."),
+            ));
+        }
+        let instance = match (&trunk.interface_type, &trunk.attachment) {
+            (InterfaceType::Trunk, Some(a)) => self.instance(&a.instance_id)?.clone(),
+            _ => {
+                return Err(err(
+                    "InvalidParameterValue",
+                    format!("'{trunk_id}' is not an attached trunk interface."),
+                ))
+            }
+        };
+        if branch.az != trunk.az {
+            return Err(err(
+                "InvalidParameterValue",
+                "The branch and trunk interfaces are in different Availability Zones.",
+            ));
+        }
+        if !(1..=4094).contains(&vlan_id) {
+            return Err(err("InvalidParameterValue", format!("Invalid VLAN id {vlan_id}.")));
+        }
+        let branches: Vec<u16> = self.branches_of(trunk_id).iter().map(|(_, vlan)| *vlan).collect();
+        if branches.contains(&vlan_id) {
+            return Err(err(
+                "InvalidParameterValue",
+                format!("VLAN id {vlan_id} is already in use on '{trunk_id}'."),
+            ));
+        }
+        if branches.len() as u32 >= instance.instance_type.branch_enis {
+            return Err(err(
+                "InvalidParameterValue",
+                format!(
+                    "{} supports at most {} branch interfaces.",
+                    instance.instance_type.name, instance.instance_type.branch_enis
+                ),
+            ));
+        }
+        let id = self.next_id("trunk-assoc");
+        if let Some(b) = self.enis.get_mut(branch_id) {
+            b.trunk_association =
+                Some(TrunkAssociation { id: id.clone(), trunk_id: trunk_id.into(), vlan_id });
+        }
+        Ok(id)
+    }
+
+    /// DisassociateTrunkInterface, by the branch ENI's id.
+    pub fn disassociate_trunk(&mut self, branch_id: &str) -> Result<(), ApiError> {
+        self.eni(branch_id)?;
+        if let Some(b) = self.enis.get_mut(branch_id) {
+            b.trunk_association = None;
+        }
+        Ok(())
+    }
+
+    /// Branch ENI ids and VLAN ids associated with `trunk_id`.
+    pub fn branches_of(&self, trunk_id: &str) -> Vec<(String, u16)> {
+        self.enis
+            .values()
+            .filter_map(|e| {
+                e.trunk_association
+                    .as_ref()
+                    .filter(|a| a.trunk_id == trunk_id)
+                    .map(|a| (e.id.clone(), a.vlan_id))
+            })
+            .collect()
+    }
+
     pub fn delete_network_interface(&mut self, eni_id: &str) -> Result<(), ApiError> {
         let eni = self.eni(eni_id)?;
-        if eni.attachment.is_some() {
+        if eni.attachment.is_some() || eni.trunk_association.is_some() {
             return Err(err(
                 "InvalidNetworkInterface.InUse",
                 format!("The network interface '{eni_id}' is currently in use."),

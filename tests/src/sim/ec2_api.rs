@@ -33,11 +33,30 @@ pub struct Faults {
     pub calls: BTreeMap<String, u64>,
 }
 
-/// The simulator's EC2 side: the model and the faults.
-#[derive(Debug, Default)]
+/// Called after every change to ENIs or attachments (the fabric follows them).
+pub type ChangeHook = Box<dyn FnMut(&Ec2) + Send>;
+
+/// The simulator's EC2 side: the model, the faults, and who follows its changes.
+#[derive(Default)]
 pub struct Ec2Sim {
     pub ec2: Ec2,
     pub faults: Faults,
+    pub on_change: Option<ChangeHook>,
+}
+
+impl std::fmt::Debug for Ec2Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ec2Sim").field("ec2", &self.ec2).field("faults", &self.faults).finish_non_exhaustive()
+    }
+}
+
+impl Ec2Sim {
+    /// Tells the follower (if any) that ENIs or attachments may have changed.
+    pub fn changed(&mut self) {
+        if let Some(hook) = self.on_change.as_mut() {
+            hook(&self.ec2);
+        }
+    }
 }
 
 pub type Shared = Arc<Mutex<Ec2Sim>>;
@@ -67,7 +86,13 @@ async fn handle(req: Req, sim: Shared) -> Resp {
     let result = match sim.lock() {
         Ok(mut s) => match injected_fault(&mut s.faults, &action) {
             Some(r) => return r,
-            None => dispatch(&mut s.ec2, &action, &params),
+            None => {
+                let r = dispatch(&mut s.ec2, &action, &params);
+                if r.is_ok() && !action.starts_with("Describe") {
+                    s.changed();
+                }
+                r
+            }
         },
         Err(_) => Err(ApiError { code: "InternalError", message: "simulator state poisoned".into() }),
     };

@@ -1,13 +1,26 @@
 //! The simulator's HTTP/1.1 plumbing (hyper, keep-alive): every endpoint is a plain function
 //! from a collected request to a response.
 
-use std::{collections::HashMap, convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
+use hyper::{
+    body::{Frame, Incoming},
+    server::conn::http1,
+    service::service_fn,
+    Request, Response, StatusCode,
+};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::mpsc};
 
 /// A request with its body read.
 #[derive(Debug)]
@@ -19,15 +32,41 @@ pub struct Req {
     pub body: Bytes,
 }
 
-pub type Resp = Response<Full<Bytes>>;
+pub type Body = BoxBody<Bytes, Infallible>;
+pub type Resp = Response<Body>;
 
 pub fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
+    with_body(status, content_type, Full::new(body.into()).boxed())
+}
+
+/// A response whose body is every chunk sent on the returned channel, until it is dropped
+/// (Kubernetes watches).
+pub fn streaming(status: StatusCode, content_type: &str) -> (mpsc::Sender<Bytes>, Resp) {
+    let (tx, rx) = mpsc::channel(64);
+    (tx, with_body(status, content_type, ChannelBody(rx).boxed()))
+}
+
+fn with_body(status: StatusCode, content_type: &str, body: Body) -> Resp {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert("content-type", v);
     }
     r
+}
+
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
 }
 
 /// Binds 127.0.0.1 on a free port and serves `handler` there until the runtime stops.

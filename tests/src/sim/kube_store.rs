@@ -223,6 +223,23 @@ impl Store {
         namespace: Option<&str>,
         since: u64,
     ) -> Result<Vec<Event>, StatusError> {
+        self.check_not_expired(since)?;
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| e.resource_version > since && e.key.resource == resource)
+            .filter(|e| namespace.is_none_or(|ns| e.key.namespace.as_deref() == Some(ns)))
+            .cloned()
+            .collect())
+    }
+
+    /// Every event after `since`, of all resources, in order (for controllers).
+    pub fn all_events_since(&self, since: u64) -> Result<Vec<Event>, StatusError> {
+        self.check_not_expired(since)?;
+        Ok(self.events.iter().filter(|e| e.resource_version > since).cloned().collect())
+    }
+
+    fn check_not_expired(&self, since: u64) -> Result<(), StatusError> {
         if let Some(oldest) = self.events.front() {
             if since + 1 < oldest.resource_version {
                 return Err(StatusError {
@@ -232,13 +249,7 @@ impl Store {
                 });
             }
         }
-        Ok(self
-            .events
-            .iter()
-            .filter(|e| e.resource_version > since && e.key.resource == resource)
-            .filter(|e| namespace.is_none_or(|ns| e.key.namespace.as_deref() == Some(ns)))
-            .cloned()
-            .collect())
+        Ok(())
     }
 }
 

@@ -23,4 +23,6 @@ pub mod ec2;
 pub mod ec2_api;
 pub mod http;
 pub mod imds;
+pub mod kube_api;
 pub mod kube_store;
+pub mod rc;

@@ -1,0 +1,381 @@
+//! The Kubernetes API server's HTTP surface over [`kube_store`], enough for kube-rs unchanged:
+//! core/v1 Node, Pod, Event; events.k8s.io/v1 Event; crd.k8s.amazonaws.com/v1alpha1 ENIConfig;
+//! vpcresources.k8s.aws/v1alpha1 CNINode; vpcresources.k8s.aws/v1beta1 SecurityGroupPolicy.
+//!
+//! Verbs: get, list and watch (labelSelector, fieldSelector, resourceVersion, timeoutSeconds,
+//! allowWatchBookmarks), create (also with generateName), replace, merge / strategic-merge / JSON
+//! patch, delete; the `status` subresource is the object itself. Errors are `Status` objects with
+//! the API server's codes (400, 404, 409, 410 as a watch ERROR event, 415, 422).
+//!
+//! Simplification: a watch with a selector filters events by the object's new state; an object
+//! that stops matching is not turned into a DELETED event as the real API server does.
+//!
+//! [`kube_store`]: super::kube_store
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::{
+    http::{self, reply, Req, Resp},
+    kube_store::{Event, Key, Selector, StatusError, Store},
+};
+
+/// A resource the simulated API server serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+}
+
+impl Resource {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The store's resource name: the plural, qualified by the group for non-core resources.
+    pub fn store_name(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> Key {
+        Key {
+            resource: self.store_name(),
+            namespace: namespace.filter(|_| self.namespaced).map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+}
+
+const fn res(
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> Resource {
+    Resource { group, version, plural, kind, namespaced }
+}
+
+pub const NODES: Resource = res("", "v1", "nodes", "Node", false);
+pub const PODS: Resource = res("", "v1", "pods", "Pod", true);
+pub const EVENTS: Resource = res("", "v1", "events", "Event", true);
+pub const EVENTS_V1: Resource = res("events.k8s.io", "v1", "events", "Event", true);
+pub const ENICONFIGS: Resource = res("crd.k8s.amazonaws.com", "v1alpha1", "eniconfigs", "ENIConfig", false);
+pub const CNINODES: Resource = res("vpcresources.k8s.aws", "v1alpha1", "cninodes", "CNINode", false);
+pub const SECURITY_GROUP_POLICIES: Resource =
+    res("vpcresources.k8s.aws", "v1beta1", "securitygrouppolicies", "SecurityGroupPolicy", true);
+
+pub const RESOURCES: [Resource; 7] =
+    [NODES, PODS, EVENTS, EVENTS_V1, ENICONFIGS, CNINODES, SECURITY_GROUP_POLICIES];
+
+/// Called on every Pod create before it is stored (the Resource Controller's mutating webhook).
+pub type PodWebhook = Box<dyn Fn(&Store, &mut Value) + Send + Sync>;
+
+/// The API server's state: the store, and a channel that carries the newest resourceVersion to
+/// watches and controllers after every write.
+pub struct Kube {
+    store: Mutex<Store>,
+    changed: watch::Sender<u64>,
+    pod_webhook: Mutex<Option<PodWebhook>>,
+}
+
+impl Default for Kube {
+    fn default() -> Self {
+        Self { store: Mutex::default(), changed: watch::channel(0).0, pod_webhook: Mutex::new(None) }
+    }
+}
+
+impl std::fmt::Debug for Kube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kube").field("resource_version", &*self.changed.borrow()).finish()
+    }
+}
+
+impl Kube {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        f(&self.lock())
+    }
+
+    /// Changes the store and wakes every watch.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let mut store = self.lock();
+        let out = f(&mut store);
+        self.changed.send_replace(store.resource_version());
+        out
+    }
+
+    /// Wakes on every write (the value is the newest resourceVersion).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn set_pod_webhook(&self, hook: PodWebhook) {
+        *self.pod_webhook.lock().unwrap_or_else(PoisonError::into_inner) = Some(hook);
+    }
+
+    /// Creates an object of `resource` (its apiVersion and kind filled in).
+    pub fn create(
+        &self,
+        resource: Resource,
+        namespace: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Value, StatusError> {
+        if let Some(m) = obj.as_object_mut() {
+            m.insert("apiVersion".into(), Value::String(resource.api_version()));
+            m.insert("kind".into(), Value::String(resource.kind.into()));
+        }
+        let name = match obj.pointer("/metadata/name").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => match obj.pointer("/metadata/generateName").and_then(Value::as_str) {
+                Some(prefix) => format!("{prefix}{:05x}", self.read(Store::resource_version) + 1),
+                None => return Err(bad_request("metadata.name or metadata.generateName is required".into())),
+            },
+        };
+        if let (Some(ns), Some(meta)) = (namespace, obj.get_mut("metadata").and_then(Value::as_object_mut)) {
+            meta.insert("namespace".into(), Value::String(ns.to_owned()));
+        }
+        let hook = self.pod_webhook.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write(|store| {
+            if let (Some(hook), true) = (hook.as_ref(), resource == PODS) {
+                hook(store, &mut obj);
+            }
+            store.create(resource.key(namespace, &name), obj)
+        })
+    }
+}
+
+fn bad_request(message: String) -> StatusError {
+    StatusError { code: 400, reason: "BadRequest", message }
+}
+
+fn status_reply(e: &StatusError) -> Resp {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    reply(code, "application/json", e.to_status().to_string())
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> Resp {
+    reply(status, "application/json", v.to_string())
+}
+
+/// Serves the API on 127.0.0.1; returns the server URL (for the kubeconfig).
+pub async fn start(kube: Arc<Kube>) -> std::io::Result<(String, SocketAddr)> {
+    let addr = http::start(move |req| handle(req, kube.clone())).await?;
+    Ok((format!("http://{addr}"), addr))
+}
+
+/// A kubeconfig that points kubectl or kube-rs at `server` (no authentication on loopback).
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: vpcsim\n  cluster:\n    server: {server}\ncontexts:\n- name: vpcsim\n  context:\n    cluster: vpcsim\n    user: vpcsim\ncurrent-context: vpcsim\nusers:\n- name: vpcsim\n  user: {{}}\n"
+    )
+}
+
+/// A request path taken apart.
+struct Target {
+    resource: Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn route(path: &str) -> Result<Target, StatusError> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(not_found_path(path)),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        _ => (None, rest),
+    };
+    let (plural, name) = match rest {
+        [plural] => (*plural, None),
+        [plural, name] | [plural, name, "status"] => (*plural, Some((*name).to_owned())),
+        _ => return Err(not_found_path(path)),
+    };
+    let resource = RESOURCES
+        .into_iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .ok_or_else(|| not_found_path(path))?;
+    if namespace.is_some() && !resource.namespaced {
+        return Err(not_found_path(path));
+    }
+    Ok(Target { resource, namespace, name })
+}
+
+fn not_found_path(path: &str) -> StatusError {
+    StatusError { code: 404, reason: "NotFound", message: format!("the server could not find {path}") }
+}
+
+async fn handle(req: Req, kube: Arc<Kube>) -> Resp {
+    let t = match route(&req.path) {
+        Ok(t) => t,
+        Err(e) => return status_reply(&e),
+    };
+    let ns = t.namespace.as_deref();
+    let result = match (req.method.as_str(), &t.name) {
+        ("GET", None) if matches!(req.query.get("watch").map(String::as_str), Some("true" | "1")) => {
+            return watch(&kube, &t, &req.query);
+        }
+        ("GET", None) => list(&kube, &t, &req.query),
+        ("GET", Some(name)) => kube.read(|s| s.get(&t.resource.key(ns, name))),
+        ("POST", None) => body(&req).and_then(|obj| kube.create(t.resource, ns, obj)),
+        ("PUT", Some(name)) => body(&req).and_then(|obj| {
+            if obj.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
+                return Err(bad_request("metadata.name does not match the name in the URL".into()));
+            }
+            kube.write(|s| s.replace(&t.resource.key(ns, name), obj))
+        }),
+        ("PATCH", Some(name)) => patch(&kube, &t.resource.key(ns, name), &req),
+        ("DELETE", Some(name)) => kube.write(|s| s.delete(&t.resource.key(ns, name))),
+        _ => Err(StatusError {
+            code: 405,
+            reason: "MethodNotAllowed",
+            message: format!("{} is not supported on {}", req.method, req.path),
+        }),
+    };
+    match result {
+        Ok(v) if req.method == "POST" => json_reply(StatusCode::CREATED, &v),
+        Ok(v) => json_reply(StatusCode::OK, &v),
+        Err(e) => status_reply(&e),
+    }
+}
+
+fn body(req: &Req) -> Result<Value, StatusError> {
+    serde_json::from_slice(&req.body).map_err(|e| bad_request(format!("request body is not JSON: {e}")))
+}
+
+fn patch(kube: &Kube, key: &Key, req: &Req) -> Result<Value, StatusError> {
+    let content_type = req.headers.get("content-type").map(String::as_str).unwrap_or("");
+    let patch = body(req)?;
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            kube.write(|s| s.merge_patch(key, &patch))
+        }
+        "application/json-patch+json" => kube.write(|s| s.json_patch(key, &patch)),
+        other => Err(StatusError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: format!("the simulated API server does not accept patches of type `{other}`"),
+        }),
+    }
+}
+
+fn selectors(q: &HashMap<String, String>) -> Result<(Selector, Selector), StatusError> {
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    Ok((Selector::parse(get("labelSelector"))?, Selector::parse(get("fieldSelector"))?))
+}
+
+fn list(kube: &Kube, t: &Target, q: &HashMap<String, String>) -> Result<Value, StatusError> {
+    let (labels, fields) = selectors(q)?;
+    let (items, rv) =
+        kube.read(|s| s.list(&t.resource.store_name(), t.namespace.as_deref(), &labels, &fields));
+    Ok(json!({
+        "apiVersion": t.resource.api_version(),
+        "kind": format!("{}List", t.resource.kind),
+        "metadata": {"resourceVersion": rv.to_string()},
+        "items": items,
+    }))
+}
+
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// Starts a watch stream: the initial objects when no resourceVersion (or "0") is given, then
+/// every event after it, until timeoutSeconds (a BOOKMARK first when asked for) or the client
+/// goes away. A resourceVersion older than the event log gets an ERROR event with 410 Expired.
+fn watch(kube: &Arc<Kube>, t: &Target, q: &HashMap<String, String>) -> Resp {
+    let (labels, fields) = match selectors(q) {
+        Ok(s) => s,
+        Err(e) => return status_reply(&e),
+    };
+    let since = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("" | "0") => None,
+        Some(rv) => match rv.parse::<u64>() {
+            Ok(rv) => Some(rv),
+            Err(_) => return status_reply(&bad_request(format!("invalid resourceVersion `{rv}`"))),
+        },
+    };
+    let timeout = Duration::from_secs(q.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(1800));
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let (tx, resp) = http::streaming(StatusCode::OK, "application/json");
+    let (kube, resource, namespace) = (kube.clone(), t.resource, t.namespace.clone());
+    tokio::spawn(async move {
+        let mut changed = kube.subscribe();
+        changed.borrow_and_update();
+        let store_name = resource.store_name();
+        let ns = namespace.as_deref();
+        let matches = |o: &Value| labels.matches_labels(o) && fields.matches_fields(o);
+        let mut last = match since {
+            Some(rv) => rv,
+            None => {
+                let (items, rv) = kube.read(|s| s.list(&store_name, ns, &labels, &fields));
+                for item in items {
+                    if tx.send(watch_line("ADDED", &item)).await.is_err() {
+                        return;
+                    }
+                }
+                rv
+            }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (events, now) = kube.read(|s| (s.events_since(&store_name, ns, last), s.resource_version()));
+            let events: Vec<Event> = match events {
+                Ok(e) => e,
+                Err(gone) => {
+                    let _ = tx.send(watch_line("ERROR", &gone.to_status())).await;
+                    return;
+                }
+            };
+            for e in events {
+                if matches(&e.object) && tx.send(watch_line(e.kind.as_str(), &e.object)).await.is_err() {
+                    return;
+                }
+            }
+            last = now;
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = tx.closed() => return,
+            }
+        }
+        if bookmarks {
+            let mark = json!({"apiVersion": resource.api_version(), "kind": resource.kind,
+                              "metadata": {"resourceVersion": last.to_string()}});
+            let _ = tx.send(watch_line("BOOKMARK", &mark)).await;
+        }
+    });
+    resp
+}
