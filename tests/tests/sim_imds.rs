@@ -5,12 +5,15 @@
 use std::{
     net::Ipv4Addr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use aws_config::{imds, provider_config::ProviderConfig};
 
 use eniguard_tests::sim::{
     ec2::{AssignRequest, CreateEni, Ec2},
     ec2_api::Ec2Sim,
-    imds,
+    imds as sim_imds,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -37,7 +40,7 @@ async fn tokens_are_required_and_answers_follow_ec2() {
     let sg = ec2.add_security_group("node");
     let instance = ec2.run_instance("m5.large", &subnet, std::slice::from_ref(&sg)).unwrap();
     let sim = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
-    let (endpoint, _) = imds::start(sim.clone(), &instance).await.unwrap();
+    let (endpoint, _) = sim_imds::start(sim.clone(), &instance, Duration::ZERO).await.unwrap();
 
     assert_eq!(call(&endpoint, "GET", "/latest/meta-data/instance-id", &[]).await.0, 401, "IMDSv1 refused");
     assert_eq!(call(&endpoint, "PUT", "/latest/api/token", &[]).await.0, 400, "a TTL is required");
@@ -91,4 +94,65 @@ async fn tokens_are_required_and_answers_follow_ec2() {
     assert!(call_field("ipv4-prefix").await.ends_with("/28"));
     assert_eq!(call_field("vpc-ipv4-cidr-blocks").await, "10.0.0.0/16");
     assert_eq!(call_field("subnet-ipv4-cidr-block").await, "10.0.0.0/20");
+}
+
+fn node(instance_type: &str) -> (Arc<Mutex<Ec2Sim>>, String, String, String) {
+    let mut ec2 = Ec2::default();
+    let subnet = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 0, 0), 24));
+    ec2.vpc_cidrs.insert("vpc-1".into(), "10.0.0.0/16\n100.64.0.0/16".into());
+    let sg = ec2.add_security_group("node");
+    let instance = ec2.run_instance(instance_type, &subnet, std::slice::from_ref(&sg)).unwrap();
+    (Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() })), instance, subnet, sg)
+}
+
+/// aws-config's own IMDS client (token handling, paths) against the simulator.
+fn imds_client(endpoint: &str) -> imds::Client {
+    let provider = ProviderConfig::without_region()
+        .with_http_client(aws_smithy_http_client::Builder::new().build_http());
+    imds::Client::builder().configure(&provider).endpoint(endpoint).unwrap().build()
+}
+
+#[tokio::test]
+async fn aws_config_imds_client_reads_the_node_and_sees_attachments_after_the_delay() {
+    let (sim, instance, subnet, sg) = node("m5.large");
+    let delay = Duration::from_millis(600);
+    let (endpoint, _) = sim_imds::start(sim.clone(), &instance, delay).await.unwrap();
+    let client = imds_client(&endpoint);
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move { client.get(path).await.map(|v| v.as_ref().to_owned()) }
+    };
+    assert_eq!(get("/latest/meta-data/instance-id").await.unwrap(), instance);
+    assert_eq!(get("/latest/meta-data/instance-type").await.unwrap(), "m5.large");
+    assert_eq!(get("/latest/meta-data/placement/availability-zone").await.unwrap(), "us-west-2a");
+    let local = get("/latest/meta-data/local-ipv4").await.unwrap();
+    let mac = get("/latest/meta-data/mac").await.unwrap();
+    let primary = format!("/latest/meta-data/network/interfaces/macs/{mac}/");
+    let field = |f: &str| {
+        let client = client.clone();
+        let path = format!("{primary}{f}");
+        async move { client.get(path).await.map(|v| v.as_ref().to_owned()) }
+    };
+    assert_eq!(field("device-number").await.unwrap(), "0");
+    assert_eq!(field("subnet-id").await.unwrap(), subnet);
+    assert_eq!(field("security-group-ids").await.unwrap(), sg);
+    assert_eq!(field("local-ipv4s").await.unwrap(), local);
+    assert_eq!(field("vpc-ipv4-cidr-blocks").await.unwrap(), "10.0.0.0/16\n100.64.0.0/16");
+    assert!(field("ipv4-prefix").await.is_err(), "no prefixes yet: 404");
+    assert!(get("/latest/meta-data/no-such-thing").await.is_err());
+
+    let (eni_mac, attached_at) = {
+        let mut s = sim.lock().unwrap();
+        let req = CreateEni { subnet_id: subnet.clone(), groups: vec![sg.clone()], ..Default::default() };
+        let eni = s.ec2.create_network_interface(req).unwrap();
+        s.ec2.attach(&eni, &instance, 1).unwrap();
+        (s.ec2.eni(&eni).unwrap().mac.clone(), std::time::Instant::now())
+    };
+    let macs = get("/latest/meta-data/network/interfaces/macs").await.unwrap();
+    assert!(!macs.contains(&eni_mac), "IMDS lags the attachment: {macs}");
+    let path = format!("/latest/meta-data/network/interfaces/macs/{eni_mac}/device-number");
+    assert!(client.get(path.clone()).await.is_err(), "the new ENI's tree is absent during the delay");
+    tokio::time::sleep(delay.saturating_sub(attached_at.elapsed()) + Duration::from_millis(50)).await;
+    assert!(get("/latest/meta-data/network/interfaces/macs").await.unwrap().contains(&eni_mac));
+    assert_eq!(client.get(path).await.unwrap().as_ref(), "1");
 }

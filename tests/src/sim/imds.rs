@@ -21,14 +21,25 @@ use super::{
 struct Imds {
     sim: Shared,
     instance_id: String,
+    propagation_delay: Duration,
     tokens: Mutex<HashMap<String, Instant>>,
 }
 
 /// Serves IMDS for `instance_id` on 127.0.0.1; returns the endpoint URL
-/// (for `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
-pub async fn start(sim: Shared, instance_id: &str) -> std::io::Result<(String, SocketAddr)> {
-    let imds =
-        Arc::new(Imds { sim, instance_id: instance_id.to_owned(), tokens: Mutex::new(HashMap::new()) });
+/// (for `AWS_EC2_METADATA_SERVICE_ENDPOINT`). An ENI attached after launch appears under
+/// `network/interfaces/macs/` only `propagation_delay` after its attachment, as on EC2 where
+/// IMDS lags the API.
+pub async fn start(
+    sim: Shared,
+    instance_id: &str,
+    propagation_delay: Duration,
+) -> std::io::Result<(String, SocketAddr)> {
+    let imds = Arc::new(Imds {
+        sim,
+        instance_id: instance_id.to_owned(),
+        propagation_delay,
+        tokens: Mutex::new(HashMap::new()),
+    });
     let addr = http::start(move |req| {
         let imds = imds.clone();
         async move { imds.handle(req) }
@@ -74,7 +85,7 @@ impl Imds {
             return text(StatusCode::NOT_FOUND, String::new());
         };
         let Ok(sim) = self.sim.lock() else { return text(StatusCode::INTERNAL_SERVER_ERROR, String::new()) };
-        match lookup(&sim.ec2, &self.instance_id, rest.trim_end_matches('/')) {
+        match lookup(&sim.ec2, &self.instance_id, self.propagation_delay, rest.trim_end_matches('/')) {
             Some(v) => text(StatusCode::OK, v),
             None => text(StatusCode::NOT_FOUND, String::new()),
         }
@@ -89,9 +100,12 @@ fn rand_u128() -> u128 {
         | u128::from(std::collections::hash_map::RandomState::new().build_hasher().finish())
 }
 
-fn lookup(ec2: &Ec2, instance_id: &str, path: &str) -> Option<String> {
+fn lookup(ec2: &Ec2, instance_id: &str, delay: Duration, path: &str) -> Option<String> {
     let instance = ec2.instances.get(instance_id).filter(|i| !i.terminated)?;
-    let enis = ec2.attached_to(instance_id);
+    let visible = |e: &&Eni| {
+        e.attachment.as_ref().is_some_and(|a| a.device_index == 0 || a.attached_at.elapsed() >= delay)
+    };
+    let enis: Vec<&Eni> = ec2.attached_to(instance_id).into_iter().filter(visible).collect();
     let primary = enis.first()?;
     match path {
         "instance-id" => Some(instance.id.clone()),
