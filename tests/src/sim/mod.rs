@@ -26,3 +26,4 @@ pub mod imds;
 pub mod kube_api;
 pub mod kube_store;
 pub mod rc;
+pub mod scenario;

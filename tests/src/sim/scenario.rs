@@ -1,0 +1,300 @@
+//! Scenarios: a declarative description of a VPC and its EKS nodes (YAML, see
+//! tests/scenarios/*.yaml), and the running simulator built from one: the EC2 API, one IMDS per
+//! node, the Kubernetes API with the Node, ENIConfig and SecurityGroupPolicy objects, and the
+//! Resource Controller. Names in the file (subnets, security groups) are resolved to the ids the
+//! simulator gives them.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    ec2::Ec2,
+    ec2_api::{self, Ec2Sim, Shared},
+    imds,
+    kube_api::{self, Kube, ENICONFIGS, NODES, SECURITY_GROUP_POLICIES},
+    rc,
+};
+
+/// The scenario `vpcsim` runs when given no file.
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.yaml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Scenario {
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub vpc: VpcSpec,
+    pub subnets: Vec<SubnetSpec>,
+    pub security_groups: Vec<String>,
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub eni_configs: Vec<EniConfigSpec>,
+    #[serde(default)]
+    pub security_group_policies: Vec<PolicySpec>,
+    /// How long after an attachment IMDS starts showing the ENI.
+    #[serde(default)]
+    pub imds_propagation_delay_ms: u64,
+}
+
+fn default_region() -> String {
+    "us-west-2".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpcSpec {
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetSpec {
+    pub name: String,
+    pub az: String,
+    pub cidr: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Defaults to EC2's private DNS name, `ip-A-B-C-D.<region>.compute.internal`.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub instance_type: String,
+    pub subnet: String,
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EniConfigSpec {
+    pub name: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySpec {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub name: String,
+    /// matchLabels of the policy's podSelector.
+    pub pod_selector: BTreeMap<String, String>,
+    pub security_groups: Vec<String>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+impl Scenario {
+    pub fn parse(yaml: &str) -> Result<Self> {
+        serde_yaml::from_str(yaml).context("scenario file")
+    }
+
+    pub fn default_scenario() -> Self {
+        // The embedded file is checked by a unit test.
+        Self::parse(DEFAULT_SCENARIO).unwrap_or_else(|e| panic!("tests/scenarios/default.yaml: {e:#}"))
+    }
+}
+
+/// `a.b.c.d/n` as (network, prefix length), with the field named in the error.
+pub fn parse_cidr(field: &str, s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (ip, len) =
+        s.split_once('/').with_context(|| format!("{field}: `{s}` is not an IPv4 CIDR (a.b.c.d/n)"))?;
+    let ip: Ipv4Addr = ip.parse().with_context(|| format!("{field}: `{ip}` is not an IPv4 address"))?;
+    let len: u8 = len.parse().ok().filter(|l| (16..=28).contains(l)).with_context(|| {
+        format!("{field}: prefix length `/{len}` is outside /16../28, what EC2 allows for a subnet")
+    })?;
+    if u32::from(ip) & !(u32::MAX >> len) != u32::from(ip) {
+        bail!("{field}: `{s}` has host bits set");
+    }
+    Ok((ip, len))
+}
+
+fn lookup<'a>(
+    field: &str,
+    names: &'a BTreeMap<String, String>,
+    name: &str,
+    what: &str,
+) -> Result<&'a String> {
+    names.get(name).with_context(|| {
+        let known: Vec<&str> = names.keys().map(String::as_str).collect();
+        format!("{field}: no {what} named `{name}` (the scenario defines: {})", known.join(", "))
+    })
+}
+
+/// One simulated node: its instance and its IMDS.
+#[derive(Clone, Debug)]
+pub struct SimNode {
+    pub name: String,
+    pub instance_id: String,
+    pub imds_url: String,
+}
+
+/// A running scenario. Servers and the controller run on the caller's tokio runtime.
+pub struct Sim {
+    pub ec2: Shared,
+    pub kube: Arc<Kube>,
+    pub ec2_url: String,
+    pub kube_url: String,
+    pub nodes: Vec<SimNode>,
+    /// Name in the scenario → id.
+    pub subnets: BTreeMap<String, String>,
+    pub security_groups: BTreeMap<String, String>,
+    pub vpc_id: String,
+    controller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.controller.abort();
+    }
+}
+
+impl Sim {
+    /// Builds the scenario's EC2 and Kubernetes state and starts every server.
+    pub async fn start(scenario: &Scenario) -> Result<Self> {
+        let mut ec2 = Ec2::default();
+        let vpc_id = "vpc-0e1a2b3c4d5e6f701".to_owned();
+        let mut cidrs = Vec::new();
+        for (i, c) in scenario.vpc.cidrs.iter().enumerate() {
+            let (ip, len) = parse_cidr(&format!("vpc.cidrs[{i}]"), c)?;
+            cidrs.push(format!("{ip}/{len}"));
+        }
+        ec2.vpc_cidrs.insert(vpc_id.clone(), cidrs.join("\n"));
+        let mut subnets = BTreeMap::new();
+        for (i, s) in scenario.subnets.iter().enumerate() {
+            let cidr = parse_cidr(&format!("subnets[{i}].cidr"), &s.cidr)?;
+            subnets.insert(s.name.clone(), ec2.add_subnet(&vpc_id, &s.az, cidr));
+        }
+        let mut security_groups = BTreeMap::new();
+        for name in &scenario.security_groups {
+            security_groups.insert(name.clone(), ec2.add_security_group(name));
+        }
+        let groups = |field: &str, names: &[String]| -> Result<Vec<String>> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    lookup(&format!("{field}[{i}]"), &security_groups, n, "security group").cloned()
+                })
+                .collect()
+        };
+        let kube = Kube::new();
+        let mut instances = Vec::new();
+        for (i, n) in scenario.nodes.iter().enumerate() {
+            let subnet = lookup(&format!("nodes[{i}].subnet"), &subnets, &n.subnet, "subnet")?;
+            let sgs = groups(&format!("nodes[{i}].securityGroups"), &n.security_groups)?;
+            let id = ec2
+                .run_instance(&n.instance_type, subnet, &sgs)
+                .map_err(|e| anyhow::anyhow!("nodes[{i}].instanceType: {e}"))?;
+            let primary = ec2.attached_to(&id).first().map(|e| e.primary_ip).context("no primary ENI")?;
+            let instance = ec2.instances.get(&id).context("instance vanished")?;
+            let name = n.name.clone().unwrap_or_else(|| {
+                format!("ip-{}.{}.compute.internal", primary.to_string().replace('.', "-"), scenario.region)
+            });
+            let mut labels = json!({
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "node.kubernetes.io/instance-type": n.instance_type,
+                "topology.kubernetes.io/region": scenario.region,
+                "topology.kubernetes.io/zone": instance.az,
+            });
+            for (k, v) in &n.labels {
+                labels[k] = json!(v);
+            }
+            let node = json!({
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"providerID": format!("aws:///{}/{id}", instance.az)},
+                "status": {"addresses": [{"type": "InternalIP", "address": primary.to_string()},
+                                         {"type": "Hostname", "address": name}]},
+            });
+            kube.create(NODES, None, node).map_err(|e| anyhow::anyhow!("nodes[{i}]: {}", e.message))?;
+            instances.push((name, id));
+        }
+        for (i, c) in scenario.eni_configs.iter().enumerate() {
+            let subnet = lookup(&format!("eniConfigs[{i}].subnet"), &subnets, &c.subnet, "subnet")?;
+            let sgs = groups(&format!("eniConfigs[{i}].securityGroups"), &c.security_groups)?;
+            let obj =
+                json!({"metadata": {"name": c.name}, "spec": {"subnet": subnet, "securityGroups": sgs}});
+            kube.create(ENICONFIGS, None, obj)
+                .map_err(|e| anyhow::anyhow!("eniConfigs[{i}]: {}", e.message))?;
+        }
+        for (i, p) in scenario.security_group_policies.iter().enumerate() {
+            let sgs = groups(&format!("securityGroupPolicies[{i}].securityGroups"), &p.security_groups)?;
+            let obj = json!({"metadata": {"name": p.name}, "spec": {
+                "podSelector": {"matchLabels": p.pod_selector}, "securityGroups": {"groupIds": sgs}}});
+            kube.create(SECURITY_GROUP_POLICIES, Some(&p.namespace), obj)
+                .map_err(|e| anyhow::anyhow!("securityGroupPolicies[{i}]: {}", e.message))?;
+        }
+
+        let ec2: Shared = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
+        let (ec2_url, _) = ec2_api::start(ec2.clone()).await?;
+        let (kube_url, _) = kube_api::start(kube.clone()).await?;
+        let delay = Duration::from_millis(scenario.imds_propagation_delay_ms);
+        let mut nodes = Vec::new();
+        for (name, instance_id) in instances {
+            let (imds_url, _) = imds::start(ec2.clone(), &instance_id, delay).await?;
+            nodes.push(SimNode { name, instance_id, imds_url });
+        }
+        let controller = rc::spawn(kube.clone(), ec2.clone());
+        Ok(Self { ec2, kube, ec2_url, kube_url, nodes, subnets, security_groups, vpc_id, controller })
+    }
+
+    /// A kubeconfig for this scenario's API server.
+    pub fn kubeconfig(&self) -> String {
+        kube_api::kubeconfig(&self.kube_url)
+    }
+
+    /// Runs `f` on the EC2 model.
+    pub fn with_ec2<T>(&self, f: impl FnOnce(&mut Ec2Sim) -> T) -> T {
+        f(&mut self.ec2.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_scenarios_parse() {
+        let d = Scenario::default_scenario();
+        assert_eq!((d.nodes.len(), d.subnets.len(), d.eni_configs.len()), (1, 4, 2));
+        let two = Scenario::parse(include_str!("../../scenarios/sgp-two-nodes.yaml")).unwrap();
+        assert_eq!(two.nodes[0].name.as_deref(), Some("small-a"));
+        assert_eq!(two.imds_propagation_delay_ms, 500);
+    }
+
+    #[test]
+    fn bad_scenarios_name_the_field() {
+        let err = Scenario::parse("vpc: {cidrs: []}\nsubnets: []\nsecurityGroups: []\nnodes: []\nextra: 1\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `extra`"), "{err:#}");
+        assert!(parse_cidr("subnets[0].cidr", "10.0.0.1/24").unwrap_err().to_string().contains("host bits"));
+        assert!(parse_cidr("subnets[0].cidr", "10.0.0.0/8").unwrap_err().to_string().contains("/16../28"));
+    }
+
+    #[tokio::test]
+    async fn unknown_names_are_reported_with_their_field() {
+        let mut s = Scenario::default_scenario();
+        s.nodes[0].subnet = "nowhere".into();
+        let err = Sim::start(&s).await.err().unwrap();
+        assert!(err.to_string().starts_with("nodes[0].subnet: no subnet named `nowhere`"), "{err}");
+        let mut s = Scenario::default_scenario();
+        s.eni_configs[0].security_groups = vec!["ghost".into()];
+        let err = Sim::start(&s).await.err().unwrap();
+        assert!(err.to_string().starts_with("eniConfigs[0].securityGroups[0]: no security group"), "{err}");
+    }
+}
