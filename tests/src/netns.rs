@@ -78,7 +78,7 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         if self.owned {
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
         }
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod ec2;
 pub mod ec2_api;
+pub mod fabric;
 pub mod http;
 pub mod imds;
 pub mod kube_api;

@@ -18,6 +18,7 @@ use serde_json::json;
 use super::{
     ec2::Ec2,
     ec2_api::{self, Ec2Sim, Shared},
+    fabric::Fabric,
     imds,
     kube_api::{self, Kube, ENICONFIGS, NODES, SECURITY_GROUP_POLICIES},
     rc,
@@ -155,18 +156,33 @@ pub struct Sim {
     pub subnets: BTreeMap<String, String>,
     pub security_groups: BTreeMap<String, String>,
     pub vpc_id: String,
+    /// The namespaces and wires, when started with [`Sim::start_with_fabric`].
+    pub fabric: Option<Arc<Fabric>>,
     controller: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
         self.controller.abort();
+        if let Some(f) = &self.fabric {
+            f.teardown();
+        }
     }
 }
 
 impl Sim {
     /// Builds the scenario's EC2 and Kubernetes state and starts every server.
     pub async fn start(scenario: &Scenario) -> Result<Self> {
+        Self::start_inner(scenario, None).await
+    }
+
+    /// Like [`Sim::start`], with every node a network namespace (`<prefix>-node<i>`) whose NICs
+    /// follow the attachments, wired to `<prefix>-vpc` (see [`fabric`](super::fabric)). Root only.
+    pub async fn start_with_fabric(scenario: &Scenario, prefix: &str) -> Result<Self> {
+        Self::start_inner(scenario, Some(prefix)).await
+    }
+
+    async fn start_inner(scenario: &Scenario, fabric_prefix: Option<&str>) -> Result<Self> {
         let mut ec2 = Ec2::default();
         let vpc_id = "vpc-0e1a2b3c4d5e6f701".to_owned();
         let mut cidrs = Vec::new();
@@ -240,7 +256,23 @@ impl Sim {
                 .map_err(|e| anyhow::anyhow!("securityGroupPolicies[{i}]: {}", e.message))?;
         }
 
-        let ec2: Shared = Arc::new(Mutex::new(Ec2Sim { ec2, ..Default::default() }));
+        let mut sim = Ec2Sim { ec2, ..Default::default() };
+        let fabric = match fabric_prefix {
+            Some(prefix) => {
+                let ids: Vec<String> = instances.iter().map(|(_, id)| id.clone()).collect();
+                let fabric = Arc::new(Fabric::create(prefix, &ids)?);
+                fabric.sync(&sim.ec2)?;
+                let follower = fabric.clone();
+                sim.on_change = Some(Box::new(move |ec2| {
+                    if let Err(e) = follower.sync(ec2) {
+                        eprintln!("vpcsim fabric: {e:#}");
+                    }
+                }));
+                Some(fabric)
+            }
+            None => None,
+        };
+        let ec2: Shared = Arc::new(Mutex::new(sim));
         let (ec2_url, _) = ec2_api::start(ec2.clone()).await?;
         let (kube_url, _) = kube_api::start(kube.clone()).await?;
         let delay = Duration::from_millis(scenario.imds_propagation_delay_ms);
@@ -250,7 +282,7 @@ impl Sim {
             nodes.push(SimNode { name, instance_id, imds_url });
         }
         let controller = rc::spawn(kube.clone(), ec2.clone());
-        Ok(Self { ec2, kube, ec2_url, kube_url, nodes, subnets, security_groups, vpc_id, controller })
+        Ok(Self { ec2, kube, ec2_url, kube_url, nodes, subnets, security_groups, vpc_id, fabric, controller })
     }
 
     /// A kubeconfig for this scenario's API server.

@@ -1,7 +1,10 @@
 //! Integration tests that need root and the real kernel. Run by `cargo xtask test`.
 
+#[path = "../common/ec2_client.rs"]
+mod ec2_client;
 mod guard;
 mod harness;
+mod sim_fabric;
 mod tc_counter;
 
 use harness::Test;
@@ -30,6 +33,10 @@ fn main() -> std::process::ExitCode {
         Test {
             name: "guard_restart_lets_nothing_through_netlink",
             run: guard::restart_lets_nothing_through_netlink,
+        },
+        Test {
+            name: "sim_fabric_follows_attachments_and_checks_sources",
+            run: sim_fabric::follows_attachments_and_checks_sources,
         },
     ])
 }

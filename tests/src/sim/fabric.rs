@@ -1,0 +1,420 @@
+//! The fabric: every simulated instance is a network namespace, and every ENI attached to it is a
+//! veth whose node end carries the ENI's MAC and is named like a NIC (`eth<device index>`). The far
+//! ends sit in one "VPC" namespace, where each carries its subnet's gateway address (so the node
+//! can resolve its gateway) and a route back to the ENI's primary address. A recorder there sees
+//! every IPv4 frame the node sends: which ENI, source and destination MAC and address, VLAN tag.
+//! Like EC2's source/destination check, a frame whose source address is not assigned to that ENI
+//! — or, for a tagged frame on a trunk, to the branch ENI of that VLAN — is dropped and counted;
+//! the others are delivered (recorded, and left to the VPC namespace's kernel).
+//!
+//! The fabric follows the EC2 model through [`Fabric::sync`], which the EC2 API and the Resource
+//! Controller call after every change. Needs root.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::ec2::{Ec2, Eni, InterfaceType};
+use crate::netns::{in_netns, sh, NetNs};
+
+/// Why the VPC did not deliver a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// The source address is not one of the sending ENI's (or the VLAN's branch ENI's).
+    SourceDestCheck,
+}
+
+/// One IPv4 frame that left a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub instance_id: String,
+    /// The ENI whose wire it left on.
+    pub eni_id: String,
+    /// The branch ENI its VLAN tag selects, for tagged frames on a trunk.
+    pub branch_eni_id: Option<String>,
+    pub vlan: Option<u16>,
+    pub src_mac: String,
+    pub dst_mac: String,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub verdict: Verdict,
+}
+
+/// A plugged ENI, as the recorder needs it.
+#[derive(Clone, Debug)]
+struct Wire {
+    instance_id: String,
+    eni_id: String,
+    device_index: u32,
+    vpc_if: String,
+    /// Addresses the source/destination check accepts on untagged frames.
+    owned: Owned,
+    /// VLAN id → (branch ENI id, its addresses), for a trunk.
+    branches: BTreeMap<u16, (String, Owned)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Owned {
+    addresses: Vec<Ipv4Addr>,
+    prefixes: Vec<Ipv4Addr>,
+}
+
+impl Owned {
+    fn of(eni: &Eni) -> Self {
+        let mut addresses = vec![eni.primary_ip];
+        addresses.extend(&eni.secondary_ips);
+        Self { addresses, prefixes: eni.prefixes.clone() }
+    }
+
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.addresses.contains(&ip) || self.prefixes.iter().any(|p| u32::from(ip) & !0xf == u32::from(*p))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// VPC-side ifindex → wire.
+    wires: HashMap<u32, Wire>,
+    frames: Vec<Frame>,
+    counter: u64,
+}
+
+pub struct Fabric {
+    vpc: NetNs,
+    /// Instance id → its namespace.
+    nodes: BTreeMap<String, NetNs>,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    recorder: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Fabric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fabric").field("vpc", &self.vpc.name()).finish_non_exhaustive()
+    }
+}
+
+/// Deletes every namespace whose name starts with `prefix-` (what a killed run left behind).
+pub fn remove_leftovers(prefix: &str) -> Result<usize> {
+    let out = sh(Command::new("ip").args(["netns", "list"]))?;
+    let mut removed = 0;
+    for name in out.lines().filter_map(|l| l.split_whitespace().next()) {
+        if name.starts_with(&format!("{prefix}-")) {
+            sh(Command::new("ip").args(["netns", "del", name]))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+impl Fabric {
+    /// Creates `<prefix>-vpc` and one `<prefix>-node<i>` per instance (replacing leftovers of a
+    /// killed run) and starts the recorder.
+    pub fn create(prefix: &str, instance_ids: &[String]) -> Result<Self> {
+        remove_leftovers(prefix)?;
+        let vpc = NetNs::create(&format!("{prefix}-vpc"))?;
+        let mut nodes = BTreeMap::new();
+        for (i, id) in instance_ids.iter().enumerate() {
+            let ns = NetNs::create(&format!("{prefix}-node{i}"))?;
+            // NICs plugged later inherit this: no IPv6 chatter on the wires.
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            nodes.insert(id.clone(), ns);
+        }
+        vpc.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = in_netns(&vpc, packet_socket)?;
+        let recorder = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("vpc-recorder".into())
+                .spawn(move || record(&socket, &state, &stop))?
+        };
+        Ok(Self { vpc, nodes, state, stop, recorder: Mutex::new(Some(recorder)) })
+    }
+
+    pub fn vpc(&self) -> &NetNs {
+        &self.vpc
+    }
+
+    /// The namespace of `instance_id`.
+    pub fn node(&self, instance_id: &str) -> Option<&NetNs> {
+        self.nodes.get(instance_id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Plugs and unplugs wires so that they match the attachments, and refreshes the addresses
+    /// the source/destination check accepts.
+    pub fn sync(&self, ec2: &Ec2) -> Result<()> {
+        let mut desired: HashMap<String, (&str, &Eni, u32)> = HashMap::new();
+        for (instance, _) in &self.nodes {
+            for eni in ec2.attached_to(instance) {
+                if let Some(a) = &eni.attachment {
+                    desired.insert(eni.id.clone(), (instance.as_str(), eni, a.device_index));
+                }
+            }
+        }
+        let unplug: Vec<(u32, Wire)> = self
+            .lock()
+            .wires
+            .iter()
+            .filter(|(_, w)| desired.get(&w.eni_id).is_none_or(|(_, _, idx)| *idx != w.device_index))
+            .map(|(k, w)| (*k, w.clone()))
+            .collect();
+        for (ifindex, wire) in unplug {
+            let _ = self.vpc.ip(&["link", "del", &wire.vpc_if]);
+            self.lock().wires.remove(&ifindex);
+        }
+        let plugged: Vec<String> = self.lock().wires.values().map(|w| w.eni_id.clone()).collect();
+        for (eni_id, (instance, eni, index)) in &desired {
+            if !plugged.contains(eni_id) {
+                self.plug(ec2, instance, eni, *index)?;
+            }
+        }
+        let mut state = self.lock();
+        for wire in state.wires.values_mut() {
+            if let Ok(eni) = ec2.eni(&wire.eni_id) {
+                wire.owned = Owned::of(eni);
+                wire.branches = if eni.interface_type == InterfaceType::Trunk {
+                    ec2.branches_of(&eni.id)
+                        .into_iter()
+                        .filter_map(|(id, vlan)| ec2.eni(&id).ok().map(|b| (vlan, (id, Owned::of(b)))))
+                        .collect()
+                } else {
+                    BTreeMap::new()
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn plug(&self, ec2: &Ec2, instance: &str, eni: &Eni, index: u32) -> Result<()> {
+        let node = self.nodes.get(instance).context("instance without a namespace")?;
+        let subnet = ec2.subnet(&eni.subnet_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let counter = {
+            let mut s = self.lock();
+            s.counter += 1;
+            s.counter
+        };
+        let (vpc_if, node_if) = (format!("w{counter}"), format!("eth{index}"));
+        sh(Command::new("ip").args([
+            "-n",
+            self.vpc.name(),
+            "link",
+            "add",
+            &vpc_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node_if,
+            "netns",
+            node.name(),
+        ]))?;
+        node.ip(&["link", "set", &node_if, "address", &eni.mac])?;
+        let gateway = Ipv4Addr::from(u32::from(subnet.cidr.0) + 1);
+        let len = subnet.cidr.1.to_string();
+        self.vpc.ip(&["addr", "add", &format!("{gateway}/{len}"), "dev", &vpc_if, "noprefixroute"])?;
+        self.vpc.ip(&["link", "set", &vpc_if, "up"])?;
+        // Answers (ping, TCP resets) reach the ENI's primary address.
+        self.vpc.ip(&["route", "replace", &format!("{}/32", eni.primary_ip), "dev", &vpc_if])?;
+        if index == 0 {
+            // The primary NIC comes up configured, as DHCP leaves it on an instance.
+            node.ip(&["addr", "add", &format!("{}/{len}", eni.primary_ip), "dev", &node_if])?;
+            node.ip(&["link", "set", &node_if, "up"])?;
+            node.ip(&["route", "replace", "default", "via", &gateway.to_string(), "dev", &node_if])?;
+        }
+        let ifindex = ifindex(&self.vpc, &vpc_if)?;
+        self.lock().wires.insert(
+            ifindex,
+            Wire {
+                instance_id: instance.to_owned(),
+                eni_id: eni.id.clone(),
+                device_index: index,
+                vpc_if,
+                owned: Owned::of(eni),
+                branches: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Every IPv4 frame recorded so far.
+    pub fn frames(&self) -> Vec<Frame> {
+        self.lock().frames.clone()
+    }
+
+    /// Frames dropped by the source/destination check, per ENI.
+    pub fn dropped(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for f in self.lock().frames.iter().filter(|f| f.verdict == Verdict::SourceDestCheck) {
+            *out.entry(f.eni_id.clone()).or_default() += 1;
+        }
+        out
+    }
+
+    pub fn clear(&self) {
+        self.lock().frames.clear();
+    }
+
+    /// Stops the recorder and deletes the namespaces with every wire in them (also done on
+    /// drop; the EC2 API's tasks may keep this value alive longer than the scenario).
+    pub fn teardown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.recorder.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = t.join();
+        }
+        for ns in std::iter::once(&self.vpc).chain(self.nodes.values()) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns.name()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        self.lock().wires.clear();
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn ifindex(ns: &NetNs, iface: &str) -> Result<u32> {
+    let out = ns.ip(&["-j", "link", "show", "dev", iface])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["ifindex"].as_u64().map(|i| i as u32).context("no ifindex in `ip -j link`")
+}
+
+/// An AF_PACKET socket for every frame in the calling thread's namespace, with VLAN metadata and
+/// a 100 ms receive timeout (so the recorder can notice it should stop).
+fn packet_socket() -> Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+    // SAFETY: plain syscalls; the fd is owned by the returned value.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto);
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        for (level, opt, ptr, len) in [
+            (libc::SOL_PACKET, libc::PACKET_AUXDATA, (&one as *const libc::c_int).cast(), 4),
+            (
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            ),
+        ] {
+            if libc::setsockopt(fd.as_raw_fd(), level, opt, ptr, len) != 0 {
+                bail!("setsockopt: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(fd)
+    }
+}
+
+fn record(socket: &OwnedFd, state: &Mutex<State>, stop: &AtomicBool) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let Some((len, ifindex, pkttype, aux_vlan)) = receive(socket, &mut buf) else { continue };
+        if pkttype == libc::PACKET_OUTGOING {
+            continue; // sent by the VPC namespace itself (ARP replies)
+        }
+        let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(wire) = st.wires.get(&(ifindex as u32)) else { continue };
+        if let Some(frame) = parse(&buf[..len], aux_vlan, wire) {
+            st.frames.push(frame);
+        }
+    }
+}
+
+/// One frame: (length, ifindex, packet type, VLAN id the kernel took out of the frame).
+fn receive(socket: &OwnedFd, buf: &mut [u8]) -> Option<(usize, i32, u8, Option<u16>)> {
+    // SAFETY: recvmsg into buffers we own, with their sizes; cmsgs are read within `control`.
+    unsafe {
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut control = [0u64; 16];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
+        if n < 0 {
+            return None;
+        }
+        let mut vlan = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == libc::PACKET_AUXDATA {
+                let aux = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::tpacket_auxdata>());
+                if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                    vlan = Some(aux.tp_vlan_tci & 0x0fff);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Some((n as usize, addr.sll_ifindex, addr.sll_pkttype, vlan))
+    }
+}
+
+fn mac(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// An IPv4 frame (tag from metadata or in-band 802.1Q/802.1ad) judged against `wire`.
+fn parse(f: &[u8], aux_vlan: Option<u16>, wire: &Wire) -> Option<Frame> {
+    let mut vlan = aux_vlan;
+    let mut off = 12;
+    let mut ethertype = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
+    while ethertype == 0x8100 || ethertype == 0x88a8 {
+        let tci = u16::from_be_bytes([*f.get(off + 2)?, *f.get(off + 3)?]);
+        vlan = vlan.or(Some(tci & 0x0fff));
+        off += 4;
+        ethertype = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
+    }
+    if ethertype != 0x0800 {
+        return None;
+    }
+    let ip = f.get(off + 2..off + 22)?;
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let (branch_eni_id, ok) = match vlan.filter(|v| *v != 0) {
+        Some(v) => match wire.branches.get(&v) {
+            Some((id, owned)) => (Some(id.clone()), owned.contains(src)),
+            None => (None, false),
+        },
+        None => (None, wire.owned.contains(src)),
+    };
+    Some(Frame {
+        instance_id: wire.instance_id.clone(),
+        eni_id: wire.eni_id.clone(),
+        branch_eni_id,
+        vlan,
+        src_mac: mac(&f[6..12]),
+        dst_mac: mac(&f[0..6]),
+        src,
+        dst,
+        verdict: if ok { Verdict::Delivered } else { Verdict::SourceDestCheck },
+    })
+}

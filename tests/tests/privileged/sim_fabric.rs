@@ -1,0 +1,175 @@
+//! The simulator's fabric on the real kernel: NICs follow EC2 attachments made through
+//! aws-sdk-ec2 and the Resource Controller, the VPC namespace records what leaves the node and
+//! drops what EC2's source/destination check would, and leftovers of a killed run are removed.
+
+use std::{net::Ipv4Addr, process::Command, time::Duration};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use aws_sdk_ec2::config::retry::RetryConfig;
+use eniguard_tests::{
+    frames::{inject, parse_mac, udp_frame, ETH_P_8021Q},
+    netns::{in_netns, sh, NetNs},
+    sim::{
+        fabric::{Fabric, Frame, Verdict},
+        kube_api::{CNINODES, PODS, SECURITY_GROUP_POLICIES},
+        scenario::{Scenario, Sim},
+    },
+};
+use serde_json::json;
+
+use crate::{ec2_client::ec2_client, harness::Ctx};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn namespaces(prefix: &str) -> Result<Vec<String>> {
+    let out = sh(Command::new("ip").args(["netns", "list"]))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_owned)
+        .collect())
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    for _ in 0..100 {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// Sends one UDP frame from `src` (optionally tagged) out of `iface` in `ns`, addressed to the
+/// gateway's MAC, and returns what the VPC recorded for it.
+fn send(fabric: &Fabric, ns: &NetNs, iface: &str, vlan: Option<u16>, src: Ipv4Addr) -> Result<Frame> {
+    let own_mac = parse_mac(&ns.mac(iface)?)?;
+    let dst = Ipv4Addr::new(198, 51, 100, 7);
+    let tags: Vec<(u16, u16)> = vlan.map(|v| (ETH_P_8021Q, v)).into_iter().collect();
+    let frame = udp_frame([0xff; 6], own_mac, &tags, src, dst);
+    let before = fabric.frames().len();
+    let iface = iface.to_owned();
+    in_netns(ns, move || inject(&iface, &frame, 1))?;
+    wait_for("the frame in the VPC's record", || {
+        fabric.frames().into_iter().skip(before).find(|f| f.src == src && f.dst == dst)
+    })
+}
+
+pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-sim", ctx.prefix());
+    // What a run killed with SIGKILL leaves behind is removed at start.
+    let leftover = NetNs::create(&format!("{prefix}-node7"))?;
+    std::mem::forget(leftover);
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+    let fabric = sim.fabric.clone().context("fabric")?;
+    let mut present = namespaces(&prefix)?;
+    present.sort();
+    ensure!(
+        present == [format!("{prefix}-node0"), format!("{prefix}-vpc")],
+        "leftover not removed: {present:?}"
+    );
+    let instance = sim.nodes[0].instance_id.clone();
+    let node = NetNs::existing(&format!("{prefix}-node0"));
+
+    // The primary NIC: the ENI's MAC, its address, and a gateway the VPC answers.
+    let (primary_mac, primary_ip) = sim.with_ec2(|s| {
+        let e = s.ec2.attached_to(&instance)[0];
+        (e.mac.clone(), e.primary_ip)
+    });
+    ensure!(node.mac("eth0")? == primary_mac, "eth0 carries the primary ENI's MAC");
+    node.run("ping", &["-c", "1", "-W", "2", "10.0.0.1"]).context("the gateway answers")?;
+    let ping =
+        fabric.frames().into_iter().find(|f| f.dst == Ipv4Addr::new(10, 0, 0, 1)).context("ping recorded")?;
+    ensure!(ping.src == primary_ip && ping.verdict == Verdict::Delivered && ping.vlan.is_none(), "{ping:?}");
+
+    // Attach through aws-sdk-ec2: eth1 appears with the ENI's MAC; detach removes it.
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let (eni_id, eni_mac, secondary) = rt.block_on(async {
+        let eni = ec2
+            .create_network_interface()
+            .subnet_id(&sim.subnets["node-a"])
+            .groups(&sim.security_groups["eks-node"])
+            .send()
+            .await?
+            .network_interface
+            .context("no ENI")?;
+        let id = eni.network_interface_id().context("no id")?.to_owned();
+        let attachment = ec2
+            .attach_network_interface()
+            .network_interface_id(&id)
+            .instance_id(&instance)
+            .device_index(1)
+            .send()
+            .await?;
+        let assigned = ec2
+            .assign_private_ip_addresses()
+            .network_interface_id(&id)
+            .secondary_private_ip_address_count(1)
+            .send()
+            .await?;
+        let ip: Ipv4Addr =
+            assigned.assigned_private_ip_addresses()[0].private_ip_address().context("ip")?.parse()?;
+        anyhow::Ok((id, eni.mac_address().context("mac")?.to_owned(), (ip, attachment.attachment_id)))
+    })?;
+    ensure!(node.mac("eth1")? == eni_mac, "eth1 carries the new ENI's MAC");
+    node.ip(&["link", "set", "eth1", "up"])?;
+    let ok = send(&fabric, &node, "eth1", None, secondary.0)?;
+    ensure!(ok.verdict == Verdict::Delivered && ok.eni_id == eni_id, "{ok:?}");
+    let spoofed = send(&fabric, &node, "eth1", None, primary_ip)?;
+    ensure!(spoofed.verdict == Verdict::SourceDestCheck, "eth0's address on eth1 is dropped: {spoofed:?}");
+    ensure!(fabric.dropped().get(&eni_id) == Some(&1), "{:?}", fabric.dropped());
+
+    // Trunk and branch through the Resource Controller; tagged frames are judged by VLAN.
+    let node_name = sim.nodes[0].name.clone();
+    sim.kube
+        .write(|s| {
+            s.merge_patch(
+                &CNINODES.key(None, &node_name),
+                &json!({"spec": {"features": [{"name": "CustomNetworking", "value": "us-west-2a"}]}}),
+            )?;
+            s.merge_patch(
+                &CNINODES.key(None, &node_name),
+                &json!({"spec": {"features": [{"name": "CustomNetworking", "value": "us-west-2a"},
+                                              {"name": "SecurityGroupsForPods"}]}}),
+            )
+        })
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    wait_for("eth2 (the trunk)", || node.mac("eth2").ok())?;
+    let pod_sg = sim.security_groups["eks-pods"].clone();
+    let policy = json!({"metadata": {"name": "p"}, "spec": {"podSelector": {"matchLabels": {"app": "pay"}},
+                        "securityGroups": {"groupIds": [pod_sg]}}});
+    sim.kube
+        .create(SECURITY_GROUP_POLICIES, Some("default"), policy)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let pod = json!({"metadata": {"name": "pay", "labels": {"app": "pay"}},
+                     "spec": {"nodeName": node_name, "containers": [{"name": "c"}]}});
+    sim.kube.create(PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
+    let annotation = wait_for("the pod-eni annotation", || {
+        let p = sim.kube.read(|s| s.get(&PODS.key(Some("default"), "pay"))).ok()?;
+        p.pointer("/metadata/annotations/vpc.amazonaws.com~1pod-eni")?.as_str().map(str::to_owned)
+    })?;
+    let details: serde_json::Value = serde_json::from_str(&annotation)?;
+    let branch_ip: Ipv4Addr = details[0]["privateIp"].as_str().context("privateIp")?.parse()?;
+    let branch_id = details[0]["eniId"].as_str().context("eniId")?.to_owned();
+    node.ip(&["link", "set", "eth2", "up"])?;
+    let tagged = send(&fabric, &node, "eth2", Some(1), branch_ip)?;
+    ensure!(tagged.verdict == Verdict::Delivered && tagged.vlan == Some(1), "{tagged:?}");
+    ensure!(tagged.branch_eni_id.as_deref() == Some(branch_id.as_str()), "{tagged:?}");
+    let wrong_vlan = send(&fabric, &node, "eth2", Some(2), branch_ip)?;
+    ensure!(wrong_vlan.verdict == Verdict::SourceDestCheck, "VLAN 2 has no branch: {wrong_vlan:?}");
+
+    rt.block_on(async {
+        let attachment = secondary.1.context("attachment id")?;
+        ec2.detach_network_interface().attachment_id(attachment).send().await?;
+        anyhow::Ok(())
+    })?;
+    ensure!(node.mac("eth1").is_err(), "eth1 unplugged on detach");
+
+    drop(sim);
+    ensure!(namespaces(&prefix)?.is_empty(), "namespaces left: {:?}", namespaces(&prefix)?);
+    Ok(())
+}
