@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
             name: "sim_fabric_follows_attachments_and_checks_sources",
             run: sim_fabric::follows_attachments_and_checks_sources,
         },
+        Test { name: "sim_vpcsim_recovers_from_sigkill", run: sim_fabric::vpcsim_recovers_from_sigkill },
     ])
 }
 

@@ -9,6 +9,7 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use eniguard_tests::{
     frames::{inject, parse_mac, udp_frame, ETH_P_8021Q},
     netns::{in_netns, sh, NetNs},
+    process::Daemon,
     sim::{
         fabric::{Fabric, Frame, Verdict},
         kube_api::{CNINODES, PODS, SECURITY_GROUP_POLICIES},
@@ -171,5 +172,45 @@ pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
 
     drop(sim);
     ensure!(namespaces(&prefix)?.is_empty(), "namespaces left: {:?}", namespaces(&prefix)?);
+    Ok(())
+}
+
+/// `vpcsim` with its fabric: killed with SIGKILL it leaves namespaces behind; the next run removes
+/// them and starts; SIGTERM removes everything.
+pub fn vpcsim_recovers_from_sigkill(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-vs", ctx.prefix());
+    let state_dir = std::env::temp_dir().join(format!("{prefix}-state"));
+    let run = || -> Result<Daemon> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vpcsim"));
+        cmd.args(["--prefix", &prefix, "--state-dir"]).arg(&state_dir);
+        let mut d = Daemon::spawn(&mut cmd)?;
+        d.wait_for_line("# vpcsim ready", Duration::from_secs(20))?;
+        Ok(d)
+    };
+    let expected = [format!("{prefix}-node0"), format!("{prefix}-vpc")];
+    let sorted = || -> Result<Vec<String>> {
+        let mut n = namespaces(&prefix)?;
+        n.sort();
+        Ok(n)
+    };
+    let first = run()?;
+    ensure!(sorted()? == expected, "{:?}", sorted()?);
+    let node = NetNs::existing(&expected[0]);
+    let first_mac = node.mac("eth0")?;
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    drop(first);
+    ensure!(sorted()? == expected, "SIGKILL leaves the namespaces: {:?}", sorted()?);
+    // Mark the stale namespace, to see that the next run replaces it rather than reusing it.
+    node.ip(&["link", "add", "stale0", "type", "veth", "peer", "name", "stale1"])?;
+
+    let second = run()?;
+    ensure!(sorted()? == expected, "{:?}", sorted()?);
+    ensure!(node.mac("stale0").is_err(), "node0 was recreated, not reused");
+    ensure!(node.mac("eth0")? == first_mac, "a fresh node0 with the same deterministic primary ENI");
+    let status = second.terminate()?;
+    ensure!(status.success(), "vpcsim exit {status}");
+    ensure!(sorted()?.is_empty(), "SIGTERM removes the namespaces: {:?}", sorted()?);
+    let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())
 }
