@@ -1,6 +1,9 @@
-//! Simulator throughput: `cargo bench -p eniguard-tests --bench sim` (no root).
-//! EC2 calls per second through the real aws-sdk-ec2 client on loopback, sequential and with
-//! concurrent callers (goal: at least 1,000 calls/s).
+//! Simulator speed: `cargo bench -p eniguard-tests --bench sim` (root adds the fabric rows).
+//! - EC2 calls per second through the real aws-sdk-ec2 client on loopback, sequential and with
+//!   concurrent callers (goal: at least 1,000 calls/s);
+//! - the full default scenario up (EC2 API, IMDS, Kubernetes API with its objects, Resource
+//!   Controller; with the fabric, also the namespaces and the primary NIC), until the first
+//!   DescribeInstances answers (goal: under 2 s).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a failure should stop the run loudly
 
@@ -18,6 +21,7 @@ use ec2_client::ec2_client;
 use eniguard_tests::sim::{
     ec2::{CreateEni, Ec2},
     ec2_api::{self, Ec2Sim},
+    scenario::{Scenario, Sim},
 };
 
 const CALLS: usize = 4000;
@@ -64,5 +68,37 @@ fn main() {
             let secs = started.elapsed().max(Duration::from_micros(1)).as_secs_f64();
             println!("| {callers} | {CALLS} | {:.0} |", CALLS as f64 / secs);
         }
+        scenario_up().await;
     });
+}
+
+async fn scenario_up() {
+    const RUNS: usize = 10;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    println!("\ndefault scenario up, until the first DescribeInstances answers ({RUNS} runs)");
+    println!("| fabric | median ms | max ms |");
+    println!("|---|---|---|");
+    let scenario = Scenario::default_scenario();
+    for fabric in [false, true] {
+        if fabric && !root {
+            println!("| yes | skipped: needs root | |");
+            continue;
+        }
+        let mut ms = Vec::new();
+        for _ in 0..RUNS {
+            let started = Instant::now();
+            let sim = if fabric {
+                Sim::start_with_fabric(&scenario, "bench-sim").await.unwrap()
+            } else {
+                Sim::start(&scenario).await.unwrap()
+            };
+            let client = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+            client.describe_instances().send().await.unwrap();
+            ms.push(started.elapsed().as_secs_f64() * 1e3);
+            drop(sim);
+        }
+        ms.sort_by(f64::total_cmp);
+        println!("| {} | {:.1} | {:.1} |", if fabric { "yes" } else { "no" }, ms[RUNS / 2], ms[RUNS - 1]);
+    }
 }

@@ -161,7 +161,7 @@ impl Fabric {
     /// the source/destination check accepts.
     pub fn sync(&self, ec2: &Ec2) -> Result<()> {
         let mut desired: HashMap<String, (&str, &Eni, u32)> = HashMap::new();
-        for (instance, _) in &self.nodes {
+        for instance in self.nodes.keys() {
             for eni in ec2.attached_to(instance) {
                 if let Some(a) = &eni.attachment {
                     desired.insert(eni.id.clone(), (instance.as_str(), eni, a.device_index));

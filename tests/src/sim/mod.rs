@@ -1,23 +1,22 @@
-//! The simulated VPC and EKS node the end-to-end tests and the demo run against (issue 3).
+//! The simulated VPC and EKS node the end-to-end tests and the demo run against (issue 3). Every
+//! piece speaks the real wire protocol, so tests drive it with the real clients (aws-sdk-ec2,
+//! aws-config's IMDS client, kube-rs):
 //!
-//! Present so far:
 //! - [`ec2`]: the EC2 state and rules (instance limits, error codes, subnets running out, /28
-//!   prefixes, attachments and device indexes, DeleteOnTermination);
-//! - [`ec2_api`]: the Query API over HTTP: Create/Attach/Detach/DeleteNetworkInterface,
-//!   Assign/UnassignPrivateIpAddresses, ModifyNetworkInterfaceAttribute, Create/DeleteTags,
-//!   TerminateInstances, Describe{NetworkInterfaces,Instances,InstanceTypes,Subnets,SecurityGroups}
-//!   (filters, pagination), throttling/5xx/latency faults and a per-action call counter
-//!   (tests/tests/sim_ec2.rs drives it with aws-sdk-ec2);
-//! - [`imds`]: IMDSv2 (token required) for the node, read live from the EC2 state;
-//! - [`http`]: the HTTP plumbing both share;
-//! - [`kube_store`]: the object store of the Kubernetes API subset (resourceVersion, watch event
-//!   log with 410 Gone, label and field selectors, merge and JSON patches, 404/409/422) — the HTTP
-//!   layer kube-rs talks to is still to come.
+//!   prefixes, attachments and device indexes, DeleteOnTermination, trunk associations);
+//! - [`ec2_api`]: the Query API over HTTP, with throttling/5xx/latency faults and a per-action call
+//!   counter under `/_sim/`;
+//! - [`imds`]: IMDSv2 per node, read live from the EC2 state, with a propagation delay after attach;
+//! - [`kube_store`] and [`kube_api`]: the Kubernetes API subset (Node, Pod, Event, ENIConfig,
+//!   CNINode, SecurityGroupPolicy; get/list/watch/create/replace/patch/delete) and a kubeconfig;
+//! - [`rc`]: the VPC Resource Controller (CNINode per node, the trunk ENI at the first
+//!   SecurityGroupsForPods signal, branch ENIs and the `vpc.amazonaws.com/pod-eni` annotation);
+//! - [`fabric`]: nodes as network namespaces whose NICs follow the attachments, and a VPC
+//!   namespace that records frames and applies EC2's source/destination check (root);
+//! - [`scenario`]: declarative scenarios (tests/scenarios/*.yaml) and the running [`scenario::Sim`];
+//! - [`http`]: the HTTP plumbing they share.
 //!
-//! Still to come (issue 3): the IMDS propagation delay after attach, and aws-config's IMDS client
-//! in the tests; the fabric (an attach hot-plugs a veth into the node namespace, a VPC namespace
-//! records what leaves); the Kubernetes API's HTTP layer for kube-rs; the VPC Resource Controller; the
-//! `vpcsim` binary and its scenarios.
+//! The `vpcsim` binary (tests/src/bin/vpcsim.rs) runs a scenario for the demo and manual use.
 
 pub mod ec2;
 pub mod ec2_api;
