@@ -7,8 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark setup: a failure should stop the run loudly
 
-#[path = "../tests/common/ec2_client.rs"]
-mod ec2_client;
+#[path = "../tests/common/clients.rs"]
+mod clients;
 
 use std::{
     net::Ipv4Addr,
@@ -17,7 +17,7 @@ use std::{
 };
 
 use aws_sdk_ec2::config::retry::RetryConfig;
-use ec2_client::ec2_client;
+use clients::ec2_client;
 use eniguard_tests::sim::{
     ec2::{CreateEni, Ec2},
     ec2_api::{self, Ec2Sim},

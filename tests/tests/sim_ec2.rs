@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its location
 
-#[path = "common/ec2_client.rs"]
-mod ec2_client;
+#[path = "common/clients.rs"]
+mod clients;
 
 use std::{
     net::Ipv4Addr,
@@ -18,7 +18,7 @@ use aws_sdk_ec2::{
     types::{Filter, NetworkInterfaceCreationType, NetworkInterfaceType},
     Client,
 };
-use ec2_client::ec2_client;
+use clients::ec2_client;
 use eniguard_tests::sim::{
     ec2::Ec2,
     ec2_api::{self, Ec2Sim},

@@ -2,13 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its location
 
+#[path = "common/clients.rs"]
+mod clients;
+
 use std::{
     net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::Duration,
 };
-
-use aws_config::{imds, provider_config::ProviderConfig};
 
 use eniguard_tests::sim::{
     ec2::{AssignRequest, CreateEni, Ec2},
@@ -106,18 +107,12 @@ fn node(instance_type: &str) -> (Arc<Mutex<Ec2Sim>>, String, String, String) {
 }
 
 /// aws-config's own IMDS client (token handling, paths) against the simulator.
-fn imds_client(endpoint: &str) -> imds::Client {
-    let provider = ProviderConfig::without_region()
-        .with_http_client(aws_smithy_http_client::Builder::new().build_http());
-    imds::Client::builder().configure(&provider).endpoint(endpoint).unwrap().build()
-}
-
 #[tokio::test]
 async fn aws_config_imds_client_reads_the_node_and_sees_attachments_after_the_delay() {
     let (sim, instance, subnet, sg) = node("m5.large");
     let delay = Duration::from_millis(600);
     let (endpoint, _) = sim_imds::start(sim.clone(), &instance, delay).await.unwrap();
-    let client = imds_client(&endpoint);
+    let client = clients::imds_client(&endpoint);
     let get = |path: &'static str| {
         let client = client.clone();
         async move { client.get(path).await.map(|v| v.as_ref().to_owned()) }

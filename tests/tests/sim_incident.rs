@@ -5,8 +5,8 @@
 //! gets the ENIConfig's. Also the Resource Controller's other duties: CNINode per node, legacy
 //! labels, branch ENIs and the `vpc.amazonaws.com/pod-eni` annotation.
 
-#[path = "common/ec2_client.rs"]
-mod ec2_client;
+#[path = "common/clients.rs"]
+mod clients;
 
 use std::time::Duration;
 
@@ -15,15 +15,14 @@ use eniguard_tests::sim::scenario::{Scenario, Sim};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
-    Api, Client, Config,
+    config::Kubeconfig,
+    Api, Client,
 };
 use serde_json::{json, Value};
 
 async fn kube_client(sim: &Sim) -> Client {
     let kubeconfig: Kubeconfig = serde_yaml::from_str(&sim.kubeconfig()).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
-    Client::try_from(config).unwrap()
+    clients::kube_client(kubeconfig).await
 }
 
 fn cninodes(client: &Client) -> Api<DynamicObject> {
@@ -94,7 +93,7 @@ struct Env {
 async fn env() -> Env {
     let sim = Sim::start(&Scenario::default_scenario()).await.unwrap();
     let kube = kube_client(&sim).await;
-    let ec2 = ec2_client::ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let ec2 = clients::ec2_client(&sim.ec2_url, RetryConfig::disabled());
     let (node, instance) = (sim.nodes[0].name.clone(), sim.nodes[0].instance_id.clone());
     Env { sim, kube, ec2, node, instance }
 }

@@ -1,7 +1,16 @@
 //! Conformance of the simulated Kubernetes API, driven only through kube-rs (kube 5) with a
 //! client built from the simulator's kubeconfig file.
 
-use std::{sync::Arc, time::Duration};
+#[path = "common/clients.rs"]
+mod clients;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use eniguard_tests::sim::{kube_api, kube_store::Store};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -11,9 +20,9 @@ use kube::{
         ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
         PostParams, WatchEvent, WatchParams,
     },
-    config::{KubeConfigOptions, Kubeconfig},
+    config::Kubeconfig,
     runtime::{watcher, WatchStreamExt as _},
-    Api, Client, Config,
+    Api, Client,
 };
 use serde_json::json;
 
@@ -23,18 +32,20 @@ async fn server() -> (Arc<kube_api::Kube>, Client, tempdir::Dir) {
     let dir = tempdir::Dir::new("sim-kube");
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, kube_api::kubeconfig(&url)).unwrap();
-    let config =
-        Config::from_custom_kubeconfig(Kubeconfig::read_from(&path).unwrap(), &KubeConfigOptions::default())
-            .await
-            .unwrap();
-    (kube, Client::try_from(config).unwrap(), dir)
+    let client = clients::kube_client(Kubeconfig::read_from(&path).unwrap()).await;
+    (kube, client, dir)
 }
 
 mod tempdir {
+    use super::{AtomicUsize, Ordering};
+
     pub struct Dir(std::path::PathBuf);
     impl Dir {
         pub fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("eniguard-{tag}-{}", std::process::id()));
+            // Tests run in parallel threads of one process: one directory each.
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("eniguard-{tag}-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&p).unwrap();
             Self(p)
         }

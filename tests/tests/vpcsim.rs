@@ -3,19 +3,18 @@
 //! SIGTERM, and a clear error for a bad scenario file. Without the fabric (the privileged harness
 //! covers namespaces and SIGKILL recovery).
 
-#[path = "common/ec2_client.rs"]
-mod ec2_client;
+#[path = "common/clients.rs"]
+mod clients;
 
 use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
 
-use aws_config::{imds, provider_config::ProviderConfig};
 use aws_sdk_ec2::config::retry::RetryConfig;
 use eniguard_tests::process::Daemon;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
-    config::{KubeConfigOptions, Kubeconfig},
-    Api, Client, Config,
+    config::Kubeconfig,
+    Api, Client,
 };
 
 struct Running {
@@ -45,15 +44,7 @@ fn start(tag: &str, scenario: Option<&str>) -> Running {
 }
 
 async fn kube(env: &HashMap<String, String>) -> Client {
-    let kubeconfig = Kubeconfig::read_from(&env["KUBECONFIG"]).unwrap();
-    Client::try_from(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap())
-        .unwrap()
-}
-
-fn imds_client(endpoint: &str) -> imds::Client {
-    let provider = ProviderConfig::without_region()
-        .with_http_client(aws_smithy_http_client::Builder::new().build_http());
-    imds::Client::builder().configure(&provider).endpoint(endpoint).unwrap().build()
+    clients::kube_client(Kubeconfig::read_from(&env["KUBECONFIG"]).unwrap()).await
 }
 
 fn stop(r: Running) {
@@ -73,7 +64,7 @@ async fn default_scenario_through_the_printed_environment() {
     for var in ["AWS_ENDPOINT_URL_EC2", "AWS_EC2_METADATA_SERVICE_ENDPOINT", "KUBECONFIG", "AWS_REGION"] {
         assert!(r.env.contains_key(var), "{var} not printed: {:?}", r.env);
     }
-    let ec2 = ec2_client::ec2_client(&r.env["AWS_ENDPOINT_URL_EC2"], RetryConfig::disabled());
+    let ec2 = clients::ec2_client(&r.env["AWS_ENDPOINT_URL_EC2"], RetryConfig::disabled());
     let reservations = ec2.describe_instances().send().await.unwrap().reservations.unwrap_or_default();
     let instances: Vec<_> = reservations.iter().flat_map(|r| r.instances()).collect();
     assert_eq!(instances.len(), 1);
@@ -84,7 +75,7 @@ async fn default_scenario_through_the_printed_environment() {
     azs.dedup();
     assert_eq!(azs, ["us-west-2a", "us-west-2b"]);
 
-    let id = imds_client(&r.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
+    let id = clients::imds_client(&r.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
         .get("/latest/meta-data/instance-id")
         .await
         .unwrap();
@@ -123,7 +114,7 @@ async fn example_scenario_file() {
         .await
         .unwrap();
     assert_eq!(policies.items.len(), 1);
-    let ec2 = ec2_client::ec2_client(&r.env["AWS_ENDPOINT_URL_EC2"], RetryConfig::disabled());
+    let ec2 = clients::ec2_client(&r.env["AWS_ENDPOINT_URL_EC2"], RetryConfig::disabled());
     let types: Vec<String> = ec2
         .describe_instances()
         .send()

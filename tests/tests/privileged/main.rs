@@ -1,7 +1,7 @@
 //! Integration tests that need root and the real kernel. Run by `cargo xtask test`.
 
-#[path = "../common/ec2_client.rs"]
-mod ec2_client;
+#[path = "../common/clients.rs"]
+mod clients;
 mod guard;
 mod harness;
 mod sim_fabric;

@@ -18,7 +18,7 @@ use eniguard_tests::{
 };
 use serde_json::json;
 
-use crate::{ec2_client::ec2_client, harness::Ctx};
+use crate::{clients::ec2_client, harness::Ctx};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
