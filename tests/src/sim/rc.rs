@@ -22,7 +22,9 @@
 //! Events are handled one at a time in resourceVersion order, each with the objects as they were
 //! at that event, so that the order in which ipamd signals decides the outcome as it does upstream.
 //! Simplifications: no branch-ENI cooldown (deleted at once); `serviceAccountSelector` is not
-//! modelled (a policy matches through its podSelector only).
+//! modelled (a policy matches through its podSelector only); a pod bound to a node before its
+//! trunk exists is not revisited (the real scheduler does not place it there: the node advertises
+//! `vpc.amazonaws.com/pod-eni` capacity only once the trunk exists). Errors go to stderr.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -59,14 +61,12 @@ pub struct ResourceController {
     ec2: Shared,
     nodes: HashMap<String, NodeState>,
     last_rv: u64,
-    /// What went wrong, newest last (tests and vpcsim print it).
-    pub errors: Vec<String>,
 }
 
 /// Installs the pod webhook and runs the controller until the runtime stops.
 pub fn spawn(kube: Arc<Kube>, ec2: Shared) -> tokio::task::JoinHandle<()> {
     kube.set_pod_webhook(Box::new(inject_pod_eni_resource));
-    let mut rc = ResourceController { kube, ec2, nodes: HashMap::new(), last_rv: 0, errors: Vec::new() };
+    let mut rc = ResourceController { kube, ec2, nodes: HashMap::new(), last_rv: 0 };
     tokio::spawn(async move {
         let mut changed = rc.kube.subscribe();
         loop {
@@ -102,7 +102,7 @@ impl ResourceController {
             Ok(e) => e,
             Err(gone) => {
                 // Resync from the current state, as an informer does after 410.
-                self.errors.push(gone.message);
+                eprintln!("simulated resource controller: {}", gone.message);
                 self.last_rv = self.kube.read(Store::resource_version);
                 return;
             }
@@ -110,7 +110,7 @@ impl ResourceController {
         for e in events {
             self.last_rv = e.resource_version;
             if let Err(msg) = self.handle(&e) {
-                self.errors.push(msg);
+                eprintln!("simulated resource controller: {msg}");
             }
         }
     }
