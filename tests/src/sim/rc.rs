@@ -230,9 +230,7 @@ impl ResourceController {
     }
 
     fn maybe_attach_branch(&mut self, key: &Key, pod: &Value) -> Result<(), String> {
-        if pod.pointer(&format!("/metadata/annotations/{}", POD_ENI_ANNOTATION.replace('/', "~1"))).is_some()
-            || !wants_branch(pod)
-        {
+        if pod_eni_annotation(pod).is_some() || !wants_branch(pod) {
             return Ok(());
         }
         let Some(node_name) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else { return Ok(()) };
@@ -285,8 +283,7 @@ impl ResourceController {
     }
 
     fn release_branch(&mut self, pod: &Value) -> Result<(), String> {
-        let pointer = format!("/metadata/annotations/{}", POD_ENI_ANNOTATION.replace('/', "~1"));
-        let Some(annotation) = pod.pointer(&pointer).and_then(Value::as_str) else { return Ok(()) };
+        let Some(annotation) = pod_eni_annotation(pod) else { return Ok(()) };
         let details: Vec<Value> =
             serde_json::from_str(annotation).map_err(|e| format!("bad {POD_ENI_ANNOTATION}: {e}"))?;
         let mut sim = self.ec2.lock().unwrap_or_else(PoisonError::into_inner);
@@ -304,6 +301,10 @@ impl ResourceController {
 /// The trunk ENI attached to `instance`, if any.
 pub fn trunk_of(ec2: &Ec2, instance: &str) -> Option<String> {
     ec2.attached_to(instance).iter().find(|e| e.interface_type == InterfaceType::Trunk).map(|e| e.id.clone())
+}
+
+fn pod_eni_annotation(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/annotations").and_then(|a| a.get(POD_ENI_ANNOTATION)).and_then(Value::as_str)
 }
 
 fn wants_branch(pod: &Value) -> bool {
