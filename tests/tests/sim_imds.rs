@@ -130,6 +130,8 @@ async fn aws_config_imds_client_reads_the_node_and_sees_attachments_after_the_de
     };
     assert_eq!(field("device-number").await.unwrap(), "0");
     assert_eq!(field("subnet-id").await.unwrap(), subnet);
+    assert_eq!(field("vpc-id").await.unwrap(), "vpc-1");
+    assert_eq!(field("interface-id").await.unwrap(), sim.lock().unwrap().ec2.attached_to(&instance)[0].id);
     assert_eq!(field("security-group-ids").await.unwrap(), sg);
     assert_eq!(field("local-ipv4s").await.unwrap(), local);
     assert_eq!(field("vpc-ipv4-cidr-blocks").await.unwrap(), "10.0.0.0/16\n100.64.0.0/16");
