@@ -68,10 +68,20 @@ impl NetNs {
         self.run("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(|_| ())
     }
 
-    pub fn mac(&self, iface: &str) -> Result<String> {
+    /// `ip -j link show dev IFACE`, the link's object.
+    pub fn link(&self, iface: &str) -> Result<serde_json::Value> {
         let out = self.ip(&["-j", "link", "show", "dev", iface])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        v[0]["address"].as_str().map(str::to_owned).context("no MAC address in `ip -j link`")
+        let mut v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v[0].take())
+    }
+
+    pub fn mac(&self, iface: &str) -> Result<String> {
+        self.link(iface)?["address"].as_str().map(str::to_owned).context("no MAC address in `ip -j link`")
+    }
+
+    pub fn ifindex(&self, iface: &str) -> Result<u32> {
+        let index = self.link(iface)?["ifindex"].as_u64().context("no ifindex in `ip -j link`")?;
+        Ok(u32::try_from(index)?)
     }
 }
 

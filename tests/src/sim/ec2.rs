@@ -103,6 +103,11 @@ fn err(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError { code, message: message.into() }
 }
 
+/// EC2's general refusal of a parameter value.
+pub fn invalid(message: impl Into<String>) -> ApiError {
+    err("InvalidParameterValue", message)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterfaceType {
     Interface,
@@ -118,10 +123,7 @@ impl InterfaceType {
             "trunk" => Ok(Self::Trunk),
             "efa" => Ok(Self::Efa),
             "branch" => Ok(Self::Branch),
-            other => Err(err(
-                "InvalidParameterValue",
-                format!("Value ({other}) for parameter interfaceType is invalid."),
-            )),
+            other => Err(invalid(format!("Value ({other}) for parameter interfaceType is invalid."))),
         }
     }
 
@@ -323,9 +325,8 @@ impl Ec2 {
         subnet_id: &str,
         groups: &[String],
     ) -> Result<String, ApiError> {
-        let t = instance_type(type_name).ok_or_else(|| {
-            err("InvalidParameterValue", format!("Invalid value '{type_name}' for InstanceType."))
-        })?;
+        let t = instance_type(type_name)
+            .ok_or_else(|| invalid(format!("Invalid value '{type_name}' for InstanceType.")))?;
         let subnet = self.subnet(subnet_id)?.clone();
         let id = self.next_id("i");
         self.instances.insert(
@@ -449,16 +450,12 @@ impl Ec2 {
         if eni.az != instance.az {
             // EC2's exact code for this case is not confirmed; InvalidParameterValue is its
             // usual answer to an attachment it refuses.
-            return Err(err(
-                "InvalidParameterValue",
-                format!("Network interface '{eni_id}' and instance '{instance_id}' are in different Availability Zones."),
+            return Err(invalid(format!("Network interface '{eni_id}' and instance '{instance_id}' are in different Availability Zones."),
             ));
         }
         let attached: Vec<&Eni> = self.attached_to(instance_id);
         if attached.iter().any(|e| e.attachment.as_ref().is_some_and(|a| a.device_index == device_index)) {
-            return Err(err(
-                "InvalidParameterValue",
-                format!("Instance '{instance_id}' already has an interface attached at device index '{device_index}'."),
+            return Err(invalid(format!("Instance '{instance_id}' already has an interface attached at device index '{device_index}'."),
             ));
         }
         if attached.len() as u32 >= instance.instance_type.max_enis {
@@ -526,44 +523,27 @@ impl Ec2 {
         let branch = self.eni(branch_id)?;
         let trunk = self.eni(trunk_id)?;
         if branch.interface_type != InterfaceType::Branch || branch.trunk_association.is_some() {
-            return Err(err(
-                "InvalidParameterValue",
-                format!("'{branch_id}' is not an unassociated branch interface."),
-            ));
+            return Err(invalid(format!("'{branch_id}' is not an unassociated branch interface.")));
         }
         let instance = match (&trunk.interface_type, &trunk.attachment) {
             (InterfaceType::Trunk, Some(a)) => self.instance(&a.instance_id)?.clone(),
-            _ => {
-                return Err(err(
-                    "InvalidParameterValue",
-                    format!("'{trunk_id}' is not an attached trunk interface."),
-                ))
-            }
+            _ => return Err(invalid(format!("'{trunk_id}' is not an attached trunk interface."))),
         };
         if branch.az != trunk.az {
-            return Err(err(
-                "InvalidParameterValue",
-                "The branch and trunk interfaces are in different Availability Zones.",
-            ));
+            return Err(invalid("The branch and trunk interfaces are in different Availability Zones."));
         }
         if !(1..=4094).contains(&vlan_id) {
-            return Err(err("InvalidParameterValue", format!("Invalid VLAN id {vlan_id}.")));
+            return Err(invalid(format!("Invalid VLAN id {vlan_id}.")));
         }
         let branches: Vec<u16> = self.branches_of(trunk_id).iter().map(|(_, vlan)| *vlan).collect();
         if branches.contains(&vlan_id) {
-            return Err(err(
-                "InvalidParameterValue",
-                format!("VLAN id {vlan_id} is already in use on '{trunk_id}'."),
-            ));
+            return Err(invalid(format!("VLAN id {vlan_id} is already in use on '{trunk_id}'.")));
         }
         if branches.len() as u32 >= instance.instance_type.branch_enis {
-            return Err(err(
-                "InvalidParameterValue",
-                format!(
-                    "{} supports at most {} branch interfaces.",
-                    instance.instance_type.name, instance.instance_type.branch_enis
-                ),
-            ));
+            return Err(invalid(format!(
+                "{} supports at most {} branch interfaces.",
+                instance.instance_type.name, instance.instance_type.branch_enis
+            )));
         }
         let id = self.next_id("trunk-assoc");
         if let Some(b) = self.enis.get_mut(branch_id) {
@@ -671,10 +651,10 @@ impl Ec2 {
                             || subnet.reserved(u32::from(*ip))
                             || subnet.used.contains(ip)
                         {
-                            return Err(err(
-                                "InvalidParameterValue",
-                                format!("Address {ip} is not available in subnet {}", eni.subnet_id),
-                            ));
+                            return Err(invalid(format!(
+                                "Address {ip} is not available in subnet {}",
+                                eni.subnet_id
+                            )));
                         }
                         subnet.used.insert(*ip);
                         added.push(*ip);
@@ -688,10 +668,7 @@ impl Ec2 {
                             && (a..a + 16)
                                 .all(|x| !subnet.reserved(x) && !subnet.used.contains(&Ipv4Addr::from(x)));
                         if !free {
-                            return Err(err(
-                                "InvalidParameterValue",
-                                format!("Prefix {p}/28 is not available"),
-                            ));
+                            return Err(invalid(format!("Prefix {p}/28 is not available")));
                         }
                         subnet.used.extend((a..a + 16).map(Ipv4Addr::from));
                         added.push(*p);
@@ -733,24 +710,17 @@ impl Ec2 {
         let eni = self.eni(eni_id)?.clone();
         for ip in ips {
             if *ip == eni.primary_ip {
-                return Err(err(
-                    "InvalidParameterValue",
-                    format!("The primary private IP address {ip} cannot be unassigned."),
-                ));
+                return Err(invalid(format!("The primary private IP address {ip} cannot be unassigned.")));
             }
             if !eni.secondary_ips.contains(ip) {
-                return Err(err(
-                    "InvalidParameterValue",
-                    format!("Some of the specified addresses are not assigned to interface {eni_id}"),
-                ));
+                return Err(invalid(format!(
+                    "Some of the specified addresses are not assigned to interface {eni_id}"
+                )));
             }
         }
         for p in prefixes {
             if !eni.prefixes.contains(p) {
-                return Err(err(
-                    "InvalidParameterValue",
-                    format!("Prefix {p}/28 is not assigned to interface {eni_id}"),
-                ));
+                return Err(invalid(format!("Prefix {p}/28 is not assigned to interface {eni_id}")));
             }
         }
         if let Some(s) = self.subnets.get_mut(&eni.subnet_id) {
@@ -786,9 +756,10 @@ impl Ec2 {
                 format!("The networkInterface ID '{eni_id}' does not exist"),
             )
         })?;
-        let a = e.attachment.as_mut().ok_or_else(|| {
-            err("InvalidParameterValue", format!("The network interface '{eni_id}' is not attached"))
-        })?;
+        let a = e
+            .attachment
+            .as_mut()
+            .ok_or_else(|| invalid(format!("The network interface '{eni_id}' is not attached")))?;
         a.delete_on_termination = value;
         Ok(())
     }

@@ -19,7 +19,7 @@ use std::{
 
 use hyper::StatusCode;
 
-use super::ec2::{ApiError, AssignRequest, CreateEni, Ec2, Eni};
+use super::ec2::{invalid, ApiError, AssignRequest, CreateEni, Ec2, Eni};
 use super::http::{self, reply, Req, Resp};
 
 /// Faults and accounting, shared by every request.
@@ -60,6 +60,12 @@ impl Ec2Sim {
 }
 
 pub type Shared = Arc<Mutex<Ec2Sim>>;
+
+/// The EC2 side for a caller outside a request (the Resource Controller, tests). A panic while
+/// it was held leaves the model as the panicking call left it; the simulator carries on.
+pub fn lock(sim: &Shared) -> std::sync::MutexGuard<'_, Ec2Sim> {
+    sim.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Binds 127.0.0.1 on a free port and serves the Query API there; returns the endpoint URL.
 pub async fn start(sim: Shared) -> std::io::Result<(String, SocketAddr)> {
@@ -190,26 +196,19 @@ fn required<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, A
     })
 }
 
+fn bad_value(v: &str, name: &str) -> ApiError {
+    invalid(format!("Value ({v}) for parameter {name} is invalid."))
+}
+
 fn number(p: &HashMap<String, String>, name: &str) -> Result<Option<u32>, ApiError> {
     match p.get(name) {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| ApiError {
-            code: "InvalidParameterValue",
-            message: format!("Value ({v}) for parameter {name} is invalid."),
-        }),
+        Some(v) => v.parse().map(Some).map_err(|_| bad_value(v, name)),
     }
 }
 
 fn addresses(values: Vec<String>, name: &str) -> Result<Vec<Ipv4Addr>, ApiError> {
-    values
-        .iter()
-        .map(|v| {
-            v.split('/').next().unwrap_or("").parse().map_err(|_| ApiError {
-                code: "InvalidParameterValue",
-                message: format!("Value ({v}) for parameter {name} is invalid."),
-            })
-        })
-        .collect()
+    values.iter().map(|v| v.split('/').next().unwrap_or("").parse().map_err(|_| bad_value(v, name))).collect()
 }
 
 fn envelope(action: &str, inner: &str) -> String {
@@ -479,7 +478,7 @@ fn describe_subnets(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, Ap
 }
 
 /// Filters the simulator supports, as EC2 names them.
-fn matches_filter(ec2: &Ec2, e: &Eni, name: &str, values: &[String]) -> Result<bool, ApiError> {
+fn matches_filter(e: &Eni, name: &str, values: &[String]) -> Result<bool, ApiError> {
     let any = |v: &str| values.iter().any(|x| x == v);
     Ok(match name {
         "attachment.instance-id" => e.attachment.as_ref().is_some_and(|a| any(&a.instance_id)),
@@ -491,13 +490,7 @@ fn matches_filter(ec2: &Ec2, e: &Eni, name: &str, values: &[String]) -> Result<b
         "network-interface-id" => any(&e.id),
         "tag-key" => e.tags.keys().any(|k| any(k)),
         n if n.starts_with("tag:") => e.tags.get(&n[4..]).is_some_and(|v| any(v)),
-        other => {
-            let _ = ec2;
-            return Err(ApiError {
-                code: "InvalidParameterValue",
-                message: format!("The filter '{other}' is invalid"),
-            });
-        }
+        other => return Err(invalid(format!("The filter '{other}' is invalid"))),
     })
 }
 
@@ -514,7 +507,7 @@ fn describe_network_interfaces(ec2: &Ec2, p: &HashMap<String, String>) -> Result
         }
         let mut keep = true;
         for (name, values) in &filters {
-            keep &= matches_filter(ec2, e, name, values)?;
+            keep &= matches_filter(e, name, values)?;
         }
         if keep {
             selected.push(e);

@@ -238,7 +238,7 @@ impl Fabric {
             node.ip(&["link", "set", &node_if, "up"])?;
             node.ip(&["route", "replace", "default", "via", &gateway.to_string(), "dev", &node_if])?;
         }
-        let ifindex = ifindex(&self.vpc, &vpc_if)?;
+        let ifindex = self.vpc.ifindex(&vpc_if)?;
         self.lock().wires.insert(
             ifindex,
             Wire {
@@ -292,12 +292,6 @@ impl Drop for Fabric {
     fn drop(&mut self) {
         self.teardown();
     }
-}
-
-fn ifindex(ns: &NetNs, iface: &str) -> Result<u32> {
-    let out = ns.ip(&["-j", "link", "show", "dev", iface])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    v[0]["ifindex"].as_u64().map(|i| i as u32).context("no ifindex in `ip -j link`")
 }
 
 /// An AF_PACKET socket for every frame in the calling thread's namespace, with VLAN metadata and

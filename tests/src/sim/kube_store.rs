@@ -223,11 +223,9 @@ impl Store {
         namespace: Option<&str>,
         since: u64,
     ) -> Result<Vec<Event>, StatusError> {
-        self.check_not_expired(since)?;
         Ok(self
-            .events
-            .iter()
-            .filter(|e| e.resource_version > since && e.key.resource == resource)
+            .after(since)?
+            .filter(|e| e.key.resource == resource)
             .filter(|e| namespace.is_none_or(|ns| e.key.namespace.as_deref() == Some(ns)))
             .cloned()
             .collect())
@@ -235,11 +233,12 @@ impl Store {
 
     /// Every event after `since`, of all resources, in order (for controllers).
     pub fn all_events_since(&self, since: u64) -> Result<Vec<Event>, StatusError> {
-        self.check_not_expired(since)?;
-        Ok(self.events.iter().filter(|e| e.resource_version > since).cloned().collect())
+        Ok(self.after(since)?.cloned().collect())
     }
 
-    fn check_not_expired(&self, since: u64) -> Result<(), StatusError> {
+    /// The log from the first event after `since` (the log is in resourceVersion order, so
+    /// watches do not rescan what they have seen).
+    fn after(&self, since: u64) -> Result<impl Iterator<Item = &Event>, StatusError> {
         if let Some(oldest) = self.events.front() {
             if since + 1 < oldest.resource_version {
                 return Err(StatusError {
@@ -249,7 +248,8 @@ impl Store {
                 });
             }
         }
-        Ok(())
+        let first = self.events.partition_point(|e| e.resource_version <= since);
+        Ok(self.events.range(first..))
     }
 }
 

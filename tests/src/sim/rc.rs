@@ -28,14 +28,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, PoisonError},
+    sync::Arc,
 };
 
 use serde_json::{json, Value};
 
 use super::{
     ec2::{CreateEni, Ec2, InterfaceType},
-    ec2_api::Shared,
+    ec2_api::{self, Shared},
     kube_api::{Kube, CNINODES, ENICONFIGS, NODES, PODS, SECURITY_GROUP_POLICIES},
     kube_store::{Event, EventType, Key, Store},
 };
@@ -190,7 +190,7 @@ impl ResourceController {
     }
 
     fn ensure_trunk(&self, instance: &str, eniconfig: Option<&str>) -> Result<(), String> {
-        let mut sim = self.ec2.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sim = ec2_api::lock(&self.ec2);
         let ec2 = &mut sim.ec2;
         if trunk_of(ec2, instance).is_some() {
             return Ok(());
@@ -240,7 +240,7 @@ impl ResourceController {
             state.node.as_ref().and_then(instance_id).ok_or(format!("node {node_name} has no providerID"))?;
         let groups = self.kube.read(|s| policy_groups(s, pod));
         let details = {
-            let mut sim = self.ec2.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sim = ec2_api::lock(&self.ec2);
             let ec2 = &mut sim.ec2;
             let trunk = trunk_of(ec2, &instance).ok_or(format!("no trunk on {instance} yet"))?;
             let used: Vec<u16> = ec2.branches_of(&trunk).iter().map(|(_, v)| *v).collect();
@@ -286,7 +286,7 @@ impl ResourceController {
         let Some(annotation) = pod_eni_annotation(pod) else { return Ok(()) };
         let details: Vec<Value> =
             serde_json::from_str(annotation).map_err(|e| format!("bad {POD_ENI_ANNOTATION}: {e}"))?;
-        let mut sim = self.ec2.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sim = ec2_api::lock(&self.ec2);
         for d in details {
             if let Some(id) = d["eniId"].as_str() {
                 sim.ec2.disassociate_trunk(id).map_err(|e| e.to_string())?;

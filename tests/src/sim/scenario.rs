@@ -292,7 +292,7 @@ impl Sim {
 
     /// Runs `f` on the EC2 model.
     pub fn with_ec2<T>(&self, f: impl FnOnce(&mut Ec2Sim) -> T) -> T {
-        f(&mut self.ec2.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut ec2_api::lock(&self.ec2))
     }
 }
 
