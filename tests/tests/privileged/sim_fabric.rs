@@ -83,8 +83,9 @@ pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
     });
     ensure!(node.mac("eth0")? == primary_mac, "eth0 carries the primary ENI's MAC");
     node.run("ping", &["-c", "1", "-W", "2", "10.0.0.1"]).context("the gateway answers")?;
-    let ping =
-        fabric.frames().into_iter().find(|f| f.dst == Ipv4Addr::new(10, 0, 0, 1)).context("ping recorded")?;
+    // The recorder runs on its own thread: the echo request may be recorded just after ping exits.
+    let gateway = Ipv4Addr::new(10, 0, 0, 1);
+    let ping = wait_for("ping recorded", || fabric.frames().into_iter().find(|f| f.dst == gateway))?;
     ensure!(ping.src == primary_ip && ping.verdict == Verdict::Delivered && ping.vlan.is_none(), "{ping:?}");
 
     // Attach through aws-sdk-ec2: eth1 appears with the ENI's MAC; detach removes it.
