@@ -74,6 +74,9 @@ async fn default_scenario_through_the_printed_environment() {
     azs.sort();
     azs.dedup();
     assert_eq!(azs, ["us-west-2a", "us-west-2b"]);
+    assert_eq!(instances[0].vpc_id(), subnets[0].vpc_id(), "the instance reports its subnet's VPC");
+    let groups = ec2.describe_security_groups().send().await.unwrap().security_groups.unwrap_or_default();
+    assert!(groups.iter().all(|g| g.vpc_id() == subnets[0].vpc_id()), "{groups:?}");
 
     let id = clients::imds_client(&r.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"])
         .get("/latest/meta-data/instance-id")

@@ -350,9 +350,11 @@ fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<
                 }
                 let _ = write!(
                     inner,
-                    "<item><ownerId>123456789012</ownerId><groupId>{id}</groupId><groupName>{}</groupName><groupDescription>{}</groupDescription><vpcId>vpc-1</vpcId></item>",
+                    "<item><ownerId>123456789012</ownerId><groupId>{id}</groupId><groupName>{}</groupName><groupDescription>{}</groupDescription><vpcId>{}</vpcId></item>",
                     esc(name),
-                    esc(name)
+                    esc(name),
+                    // The simulator's groups belong to its one VPC.
+                    ec2.subnets.values().next().map_or("vpc-1", |s| s.vpc_id.as_str()),
                 );
             }
             inner.push_str("</securityGroupInfo>");
@@ -390,12 +392,13 @@ fn describe_instances(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, 
         let primary = ec2.attached_to(&i.id).first().map(|e| e.primary_ip.to_string()).unwrap_or_default();
         let _ = write!(
             inner,
-            "<item><reservationId>r-{}</reservationId><ownerId>123456789012</ownerId><groupSet/><instancesSet><item><instanceId>{}</instanceId><instanceType>{}</instanceType><placement><availabilityZone>{}</availabilityZone></placement><subnetId>{}</subnetId><vpcId>vpc-1</vpcId><privateIpAddress>{primary}</privateIpAddress><instanceState><code>16</code><name>running</name></instanceState><hypervisor>{}</hypervisor><networkInterfaceSet>",
+            "<item><reservationId>r-{}</reservationId><ownerId>123456789012</ownerId><groupSet/><instancesSet><item><instanceId>{}</instanceId><instanceType>{}</instanceType><placement><availabilityZone>{}</availabilityZone></placement><subnetId>{}</subnetId><vpcId>{}</vpcId><privateIpAddress>{primary}</privateIpAddress><instanceState><code>16</code><name>running</name></instanceState><hypervisor>{}</hypervisor><networkInterfaceSet>",
             i.id.trim_start_matches("i-"),
             i.id,
             i.instance_type.name,
             i.az,
             i.subnet_id,
+            ec2.subnets.get(&i.subnet_id).map_or("", |s| s.vpc_id.as_str()),
             i.instance_type.hypervisor
         );
         for e in ec2.attached_to(&i.id) {
