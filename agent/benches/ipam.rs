@@ -78,7 +78,7 @@ fn checkpoint_write(c: &mut Criterion) {
         let all = pool(assigned).allocations();
         let ckpt = Checkpoint::new(dir.join("ipam.json"));
         g.bench_function(BenchmarkId::from_parameter(assigned), |b| {
-            b.iter(|| ckpt.write(&all).expect("write"))
+            b.iter(|| ckpt.write(&all, &[]).expect("write"))
         });
     }
     g.finish();

@@ -6,6 +6,11 @@
 //!   "ifName":"eth0","ipv4":"10.0.1.5","allocationTimestamp":1700000000000000000,
 //!   "metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}}]}
 //! ```
+//! Beside upstream's fields, eniguard keeps the addresses still cooling down (`eniguardCooldown`:
+//! `[{"ipv4":"10.0.1.7","releasedAt":1700000000000000000}]`, omitted when empty), so that an
+//! address released just before a restart is not handed out again at once. aws-node and the
+//! network-policy agent ignore the field (Go's encoding/json skips unknown fields).
+//!
 //! Written atomically: a temporary file in the same directory, fsync, rename, fsync of the
 //! directory. Read strictly: every problem names the allocation and field, and nothing is changed.
 
@@ -19,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{AllocKey, Allocation, PodRef};
+use super::model::{AllocKey, Allocation, PodRef, UnixNanos};
 
 pub const VERSION: &str = "vpc-cni-ipam/1";
 pub const DEFAULT_PATH: &str = "/var/run/aws-node/ipam.json";
@@ -28,6 +33,23 @@ pub const DEFAULT_PATH: &str = "/var/run/aws-node/ipam.json";
 struct FileFormat {
     version: String,
     allocations: Vec<Entry>,
+    #[serde(rename = "eniguardCooldown", default, skip_serializing_if = "Vec::is_empty")]
+    cooldown: Vec<CoolingEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CoolingEntry {
+    ipv4: String,
+    released_at: i64,
+}
+
+/// What a checkpoint holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contents {
+    pub allocations: Vec<Allocation>,
+    /// Released addresses still cooling down, with when they were released.
+    pub cooling: Vec<(Ipv4Addr, UnixNanos)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,6 +88,8 @@ pub enum CheckpointError {
     Version { path: String, found: String },
     #[error("{path}: allocations[{index}].{field}: {problem}")]
     Invalid { path: String, index: usize, field: &'static str, problem: String },
+    #[error("{path}: eniguardCooldown[{index}].{field}: {problem}")]
+    InvalidCooling { path: String, index: usize, field: &'static str, problem: String },
     #[error("{path}: cannot write: {reason}")]
     Write { path: String, reason: String },
 }
@@ -85,8 +109,8 @@ impl Checkpoint {
         &self.path
     }
 
-    /// The allocations in the file; `Ok(None)` when there is no file (a fresh node).
-    pub fn read(&self) -> Result<Option<Vec<Allocation>>, CheckpointError> {
+    /// What the file holds; `Ok(None)` when there is no file (a fresh node).
+    pub fn read(&self) -> Result<Option<Contents>, CheckpointError> {
         let p = self.path.display().to_string();
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
@@ -96,21 +120,38 @@ impl Checkpoint {
         parse(&p, &bytes).map(Some)
     }
 
-    /// Replaces the file with `allocations`, atomically and durably.
-    pub fn write(&self, allocations: &[Allocation]) -> Result<(), CheckpointError> {
-        let tmp = self.prepare(allocations)?;
+    /// Replaces the file with `allocations` and `cooling`, atomically and durably.
+    pub fn write(
+        &self,
+        allocations: &[Allocation],
+        cooling: &[(Ipv4Addr, UnixNanos)],
+    ) -> Result<(), CheckpointError> {
+        let tmp = self.prepare(allocations, cooling)?;
         self.commit(&tmp)
     }
 
     /// First half of [`Checkpoint::write`]: the new content, fsynced, in a temporary file next to
     /// the checkpoint. Until [`Checkpoint::commit`], the checkpoint itself is unchanged.
-    pub fn prepare(&self, allocations: &[Allocation]) -> Result<PathBuf, CheckpointError> {
+    pub fn prepare(
+        &self,
+        allocations: &[Allocation],
+        cooling: &[(Ipv4Addr, UnixNanos)],
+    ) -> Result<PathBuf, CheckpointError> {
         let err = |e: std::io::Error| CheckpointError::Write {
             path: self.path.display().to_string(),
             reason: e.to_string(),
         };
-        let data =
-            FileFormat { version: VERSION.to_owned(), allocations: allocations.iter().map(entry).collect() };
+        let data = FileFormat {
+            version: VERSION.to_owned(),
+            allocations: allocations.iter().map(entry).collect(),
+            cooldown: cooling
+                .iter()
+                .map(|(ip, at)| CoolingEntry {
+                    ipv4: ip.to_string(),
+                    released_at: i64::try_from(*at).unwrap_or(i64::MAX),
+                })
+                .collect(),
+        };
         let json = serde_json::to_vec(&data).map_err(|e| CheckpointError::Write {
             path: self.path.display().to_string(),
             reason: e.to_string(),
@@ -153,7 +194,7 @@ fn entry(a: &Allocation) -> Entry {
 }
 
 /// Parses and validates a checkpoint's bytes; `path` is only used in errors.
-pub fn parse(path: &str, bytes: &[u8]) -> Result<Vec<Allocation>, CheckpointError> {
+pub fn parse(path: &str, bytes: &[u8]) -> Result<Contents, CheckpointError> {
     let data: FileFormat = serde_json::from_slice(bytes)
         .map_err(|e| CheckpointError::Syntax { path: path.to_owned(), reason: e.to_string() })?;
     if data.version != VERSION {
@@ -210,7 +251,20 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Vec<Allocation>, CheckpointErro
             allocated_at,
         });
     }
-    Ok(out)
+    let mut cooling = Vec::with_capacity(data.cooldown.len());
+    for (index, c) in data.cooldown.into_iter().enumerate() {
+        let invalid =
+            |field, problem| CheckpointError::InvalidCooling { path: path.to_owned(), index, field, problem };
+        let ip = c
+            .ipv4
+            .parse::<Ipv4Addr>()
+            .map_err(|_| invalid("ipv4", format!("`{}` is not an IPv4 address", c.ipv4)))?;
+        let at = u64::try_from(c.released_at).map_err(|_| {
+            invalid("releasedAt", format!("{}: expected Unix nanoseconds >= 0", c.released_at))
+        })?;
+        cooling.push((ip, at));
+    }
+    Ok(Contents { allocations: out, cooling })
 }
 
 #[cfg(test)]
@@ -226,7 +280,7 @@ mod tests {
 
     #[test]
     fn reads_what_upstream_writes() {
-        let a = parse("ipam.json", UPSTREAM.as_bytes()).unwrap();
+        let a = parse("ipam.json", UPSTREAM.as_bytes()).unwrap().allocations;
         assert_eq!(a.len(), 2);
         assert_eq!(a[0].ip, Ipv4Addr::new(10, 0, 1, 5));
         assert_eq!(a[0].key.container_id, "3f1e0c0b7a2d");
@@ -236,14 +290,23 @@ mod tests {
 
     #[test]
     fn writes_what_upstream_reads_and_round_trips() {
-        let a = parse("ipam.json", UPSTREAM.as_bytes()).unwrap();
+        let a = parse("ipam.json", UPSTREAM.as_bytes()).unwrap().allocations;
         let dir = std::env::temp_dir().join(format!("eg-ckpt-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let c = Checkpoint::new(dir.join("ipam.json"));
-        c.write(&a).unwrap();
+        c.write(&a, &[]).unwrap();
         let text = fs::read_to_string(c.path()).unwrap();
         assert!(text.starts_with(r#"{"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"3f1e0c0b7a2d","ifName":"eth0","ipv4":"10.0.1.5","allocationTimestamp":1732600000123456789,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}}"#), "{text}");
-        assert_eq!(c.read().unwrap().unwrap(), a);
+        assert!(!text.contains("eniguardCooldown"), "an empty cooldown list is omitted: {text}");
+        assert_eq!(c.read().unwrap().unwrap(), Contents { allocations: a.clone(), cooling: vec![] });
+        let cooling = vec![(Ipv4Addr::new(10, 0, 1, 9), 1_732_600_002_000_000_000)];
+        c.write(&a, &cooling).unwrap();
+        let text = fs::read_to_string(c.path()).unwrap();
+        assert!(
+            text.ends_with(r#"],"eniguardCooldown":[{"ipv4":"10.0.1.9","releasedAt":1732600002000000000}]}"#),
+            "{text}"
+        );
+        assert_eq!(c.read().unwrap().unwrap(), Contents { allocations: a, cooling });
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -266,5 +329,15 @@ mod tests {
         assert!(err(&UPSTREAM.replace("9a8b7c6d5e4f", "3f1e0c0b7a2d")).contains("allocations[1].containerID"));
         assert!(err(&UPSTREAM.replace("1732600001000000000", "-5")).contains("allocationTimestamp"));
         assert!(err(r#"{"version":"vpc-cni-ipam/1"}"#).contains("allocations"));
+        let cool = |entry: &str| UPSTREAM.replacen("]}", &format!(r#"],"eniguardCooldown":[{entry}]}}"#), 1);
+        let _ = parse("ipam.json", cool(r#"{"ipv4":"10.0.1.9","releasedAt":5}"#).as_bytes()).unwrap();
+        assert_eq!(
+            err(&cool(r#"{"ipv4":"10.0.1.999","releasedAt":5}"#)),
+            "ipam.json: eniguardCooldown[0].ipv4: `10.0.1.999` is not an IPv4 address"
+        );
+        assert_eq!(
+            err(&cool(r#"{"ipv4":"10.0.1.9","releasedAt":-1}"#)),
+            "ipam.json: eniguardCooldown[0].releasedAt: -1: expected Unix nanoseconds >= 0"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::model::{exclusion, AllocKey, Allocation, Cidr, EniSpec, Exclusion, PodRef, UnixNanos};
+use super::model::{exclusion, AllocKey, Allocation, Cidr, EniFlags, EniSpec, Exclusion, PodRef, UnixNanos};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatastoreConfig {
@@ -31,6 +31,8 @@ pub enum DatastoreError {
     DuplicateCidr { cidr: Cidr, eni: String },
     #[error("{cidr} overlaps {other} on ENI {eni}")]
     OverlappingCidr { cidr: Cidr, other: Cidr, eni: String },
+    #[error("{ip} is held on ENI {eni}, a {why}: it is never handed out")]
+    HeldOnExcludedEni { ip: Ipv4Addr, eni: String, why: Exclusion },
     #[error("no free address: every allocatable ENI is full or cooling down")]
     NoAvailableAddress,
     #[error("{cidr} on ENI {eni} still has assigned addresses")]
@@ -47,6 +49,17 @@ pub struct Finding {
     pub eni: String,
     pub cidr: Cidr,
     pub why: Exclusion,
+}
+
+/// What [`Datastore::restore`] did with allocations it could not simply take back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Their address is on no ENI of the node any more: dropped.
+    pub dropped: Vec<Allocation>,
+    /// Their address sits on an excluded ENI (a trunk address handed out by a pre-fix aws-node):
+    /// kept, so that the checkpoint keeps the evidence and the pod can still be deleted, but
+    /// never handed out again. Each comes with the finding that names the ENI and why.
+    pub on_excluded: Vec<(Allocation, Finding)>,
 }
 
 #[derive(Debug)]
@@ -113,10 +126,10 @@ pub struct Datastore {
     enis: BTreeMap<String, EniState>,
     /// Allocatable ENIs, lowest device number first: the order addresses are handed out in.
     pool_order: Vec<String>,
-    /// Which ENI holds each pool CIDR: finding an address's home is two hash lookups.
+    /// Which ENI holds each CIDR, excluded ENIs included: an address's home is two hash lookups,
+    /// and no address can be added to two ENIs.
     cidr_owner: HashMap<Cidr, String>,
     allocations: HashMap<AllocKey, Allocation>,
-    findings: Vec<Finding>,
 }
 
 impl Datastore {
@@ -127,7 +140,6 @@ impl Datastore {
             pool_order: Vec::new(),
             cidr_owner: HashMap::new(),
             allocations: HashMap::new(),
-            findings: Vec::new(),
         }
     }
 
@@ -166,25 +178,89 @@ impl Datastore {
         Ok(())
     }
 
+    /// Changes an ENI's flags (a `no_manage` tag or a subnet exclusion added or removed on a live
+    /// ENI) and applies the exclusion rule again. Returns the ENI's exclusion now.
+    pub fn set_flags(&mut self, eni: &str, flags: EniFlags) -> Result<Option<Exclusion>, DatastoreError> {
+        let state = self.enis.get_mut(eni).ok_or_else(|| DatastoreError::UnknownEni(eni.to_owned()))?;
+        state.spec.flags = flags;
+        Ok(self.reevaluate(eni))
+    }
+
+    /// Turns custom networking on or off (the node's ENIConfig appeared or went away); the
+    /// primary ENI leaves or joins the pool.
+    pub fn set_custom_networking(&mut self, on: bool) {
+        self.cfg.custom_networking = on;
+        let ids: Vec<String> = self.enis.keys().cloned().collect();
+        for id in ids {
+            self.reevaluate(&id);
+        }
+    }
+
+    /// Applies the exclusion rule to `eni` again. An ENI that leaves the pool hands out nothing
+    /// more (its assigned addresses become findings); one that joins it offers every address
+    /// of the current mode that is neither assigned nor cooling.
+    fn reevaluate(&mut self, eni: &str) -> Option<Exclusion> {
+        let pd = self.cfg.prefix_delegation;
+        let state = self.enis.get_mut(eni)?;
+        let before = state.excluded;
+        state.excluded = exclusion(&state.spec.flags, self.cfg.custom_networking);
+        if state.excluded.is_some() {
+            state.fresh.clear();
+            state.reusable.clear();
+        } else if before.is_some() {
+            let cooling: BTreeSet<Ipv4Addr> = state.cooling.iter().map(|(ip, _)| *ip).collect();
+            state.fresh = state
+                .cidrs
+                .iter()
+                .filter(|(c, _)| c.is_prefix() == pd)
+                .flat_map(|(c, assigned)| c.addresses().filter(move |ip| !assigned.contains(ip)))
+                .filter(|ip| !cooling.contains(ip))
+                .collect();
+        }
+        let now = state.excluded;
+        if now != before {
+            self.reorder_pool();
+        }
+        now
+    }
+
+    /// The CIDR (of any ENI) that `cidr` would collide with, and its ENI.
+    fn collision(&self, cidr: Cidr) -> Option<(Cidr, &String)> {
+        let found = |c: Cidr| self.cidr_owner.get(&c).map(|eni| (c, eni));
+        if let Some(hit) = found(cidr) {
+            return Some(hit);
+        }
+        if cidr.is_prefix() {
+            cidr.addresses().find_map(|ip| found(Cidr::host(ip)))
+        } else {
+            Cidr::prefix28(Ipv4Addr::from(u32::from(cidr.addr) & !15)).and_then(found)
+        }
+    }
+
     /// Adds a CIDR found on (or assigned to) an ENI. On an excluded ENI it is recorded as a
     /// finding and returned, never added to the pool. A CIDR of the other mode (a leftover of a
-    /// prefix-delegation switch) is kept but never handed out, so that it can be released.
+    /// prefix-delegation switch) is kept but never handed out, so that it can be released. A CIDR
+    /// that is, or overlaps, one already on any ENI is refused: one address, one owner.
     pub fn add_cidr(&mut self, eni: &str, cidr: Cidr) -> Result<Option<Finding>, DatastoreError> {
+        if !self.enis.contains_key(eni) {
+            return Err(DatastoreError::UnknownEni(eni.to_owned()));
+        }
+        if let Some((other, owner)) = self.collision(cidr) {
+            return Err(if other == cidr && owner == eni {
+                DatastoreError::DuplicateCidr { cidr, eni: eni.to_owned() }
+            } else {
+                DatastoreError::OverlappingCidr { cidr, other, eni: owner.clone() }
+            });
+        }
         let pd = self.cfg.prefix_delegation;
-        let state = self.enis.get_mut(eni).ok_or_else(|| DatastoreError::UnknownEni(eni.to_owned()))?;
-        if let Some(why) = state.excluded {
-            let finding = Finding { eni: eni.to_owned(), cidr, why };
-            self.findings.push(finding.clone());
-            return Ok(Some(finding));
-        }
-        if state.cidrs.contains_key(&cidr) {
-            return Err(DatastoreError::DuplicateCidr { cidr, eni: eni.to_owned() });
-        }
-        if let Some(other) = state.cidrs.keys().find(|c| c.contains(cidr.addr) || cidr.contains(c.addr)) {
-            return Err(DatastoreError::OverlappingCidr { cidr, other: *other, eni: eni.to_owned() });
-        }
+        let Some(state) = self.enis.get_mut(eni) else {
+            return Err(DatastoreError::UnknownEni(eni.to_owned()));
+        };
         state.cidrs.insert(cidr, BTreeSet::new());
         self.cidr_owner.insert(cidr, eni.to_owned());
+        if let Some(why) = state.excluded {
+            return Ok(Some(Finding { eni: eni.to_owned(), cidr, why }));
+        }
         if cidr.is_prefix() == pd {
             state.fresh.extend(cidr.addresses());
         }
@@ -226,15 +302,21 @@ impl Datastore {
 
     /// Hands an address to `key`: the existing one if `key` already has one (CNI ADD is
     /// idempotent), else the first free address of the lowest-numbered allocatable ENI,
-    /// out-of-cooldown reused addresses before never-used ones.
+    /// out-of-cooldown reused addresses before never-used ones. An existing allocation on an
+    /// excluded ENI (restored from a pre-fix checkpoint) is refused, never handed out again.
     pub fn assign(
         &mut self,
         key: &AllocKey,
         pod: &PodRef,
         now: UnixNanos,
     ) -> Result<Allocation, DatastoreError> {
-        if let Some(a) = self.allocations.get(key) {
-            return Ok(a.clone());
+        if let Some(a) = self.allocations.get(key).cloned() {
+            if let Some((eni, why)) =
+                self.home_of(a.ip).and_then(|(s, _)| s.excluded.map(|w| (s.spec.id.clone(), w)))
+            {
+                return Err(DatastoreError::HeldOnExcludedEni { ip: a.ip, eni, why });
+            }
+            return Ok(a);
         }
         let cooldown = self.cfg.cooldown_nanos;
         for id in &self.pool_order {
@@ -266,7 +348,7 @@ impl Datastore {
             if let Some(assigned) = state.cidrs.get_mut(&cidr) {
                 assigned.remove(&allocation.ip);
             }
-            if cidr.is_prefix() == pd {
+            if cidr.is_prefix() == pd && state.excluded.is_none() {
                 state.cooling.push_back((allocation.ip, now));
             }
         }
@@ -281,7 +363,9 @@ impl Datastore {
             if let Some(assigned) = state.cidrs.get_mut(&cidr) {
                 assigned.remove(&allocation.ip);
             }
-            state.reusable.insert(allocation.ip);
+            if state.excluded.is_none() {
+                state.reusable.insert(allocation.ip);
+            }
         }
     }
 
@@ -297,47 +381,72 @@ impl Datastore {
     }
 
     /// Restores allocations from a checkpoint, after the ENIs and CIDRs were imported. An
-    /// allocation whose address is no longer in the pool is dropped and returned; a duplicate
+    /// allocation whose address is on no ENI any more is dropped; one whose address sits on an
+    /// excluded ENI is kept and reported with its finding (see [`Restored`]). A duplicate
     /// address or key refuses the whole restore (nothing is changed).
-    pub fn restore(&mut self, allocations: Vec<Allocation>) -> Result<Vec<Allocation>, DatastoreError> {
+    pub fn restore(&mut self, allocations: Vec<Allocation>) -> Result<Restored, DatastoreError> {
+        let by_ip: HashMap<Ipv4Addr, &AllocKey> = self.allocations.values().map(|a| (a.ip, &a.key)).collect();
         let mut seen_ip: HashMap<Ipv4Addr, &AllocKey> = HashMap::new();
         let mut seen_key: BTreeSet<&AllocKey> = BTreeSet::new();
         for a in &allocations {
             if !seen_key.insert(&a.key) || self.allocations.contains_key(&a.key) {
                 return Err(DatastoreError::DuplicateKey(Box::new(a.key.clone())));
             }
-            if let Some(first) = seen_ip.insert(a.ip, &a.key) {
+            if let Some(first) = seen_ip.insert(a.ip, &a.key).or_else(|| by_ip.get(&a.ip).copied()) {
                 return Err(DatastoreError::DuplicateAddress {
                     ip: a.ip,
                     first: Box::new(first.clone()),
                     second: Box::new(a.key.clone()),
                 });
             }
-            if let Some(existing) = self.allocations.values().find(|e| e.ip == a.ip) {
-                return Err(DatastoreError::DuplicateAddress {
-                    ip: a.ip,
-                    first: Box::new(existing.key.clone()),
-                    second: Box::new(a.key.clone()),
-                });
-            }
         }
-        let mut dropped = Vec::new();
+        let mut restored = Restored::default();
         for a in allocations {
-            match self.home_of(a.ip) {
-                Some((state, cidr)) => {
-                    state.fresh.remove(&a.ip);
-                    state.reusable.remove(&a.ip);
-                    state.cooling.retain(|(ip, _)| *ip != a.ip);
-                    state.cidrs.entry(cidr).or_default().insert(a.ip);
-                    self.allocations.insert(a.key.clone(), a);
-                }
-                None => dropped.push(a),
+            let Some((state, cidr)) = self.home_of(a.ip) else {
+                restored.dropped.push(a);
+                continue;
+            };
+            state.fresh.remove(&a.ip);
+            state.reusable.remove(&a.ip);
+            state.cooling.retain(|(ip, _)| *ip != a.ip);
+            state.cidrs.entry(cidr).or_default().insert(a.ip);
+            if let Some(why) = state.excluded {
+                restored.on_excluded.push((a.clone(), Finding { eni: state.spec.id.clone(), cidr, why }));
             }
+            self.allocations.insert(a.key.clone(), a);
         }
-        Ok(dropped)
+        Ok(restored)
     }
 
-    /// The pool ENI and CIDR holding `ip` (excluded ENIs hold no pool CIDRs).
+    /// Puts addresses released before a restart back into cooldown (from the checkpoint), so
+    /// that an address released just before a restart is not handed out at once after it.
+    /// Addresses that are assigned, gone, or on an excluded ENI are ignored.
+    pub fn restore_cooling(&mut self, cooling: &[(Ipv4Addr, UnixNanos)]) {
+        for &(ip, at) in cooling {
+            let Some((state, _)) = self.home_of(ip) else { continue };
+            if state.excluded.is_some() || !(state.fresh.remove(&ip) || state.reusable.remove(&ip)) {
+                continue;
+            }
+            state.cooling.push_back((ip, at));
+            state.cooling.make_contiguous().sort_by_key(|(_, at)| *at);
+        }
+    }
+
+    /// Released addresses still cooling down at `now`, with when they were released (what the
+    /// checkpoint keeps beside the allocations).
+    pub fn cooling(&self, now: UnixNanos) -> Vec<(Ipv4Addr, UnixNanos)> {
+        let mut v: Vec<(Ipv4Addr, UnixNanos)> = self
+            .enis
+            .values()
+            .filter(|e| e.excluded.is_none())
+            .flat_map(|e| e.cooling.iter().copied())
+            .filter(|(_, at)| now.saturating_sub(*at) < self.cfg.cooldown_nanos)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The ENI and CIDR holding `ip`, excluded ENIs included.
     fn home_of(&mut self, ip: Ipv4Addr) -> Option<(&mut EniState, Cidr)> {
         let host = Cidr::host(ip);
         let cidr = if self.cidr_owner.contains_key(&host) {
@@ -360,8 +469,15 @@ impl Datastore {
         all
     }
 
-    pub fn findings(&self) -> &[Finding] {
-        &self.findings
+    /// Every CIDR on an excluded ENI, as of now (flags re-evaluated, removed CIDRs gone).
+    pub fn findings(&self) -> Vec<Finding> {
+        self.enis
+            .values()
+            .filter_map(|e| e.excluded.map(|why| (e, why)))
+            .flat_map(|(e, why)| {
+                e.cidrs.keys().map(move |cidr| Finding { eni: e.spec.id.clone(), cidr: *cidr, why })
+            })
+            .collect()
     }
 
     /// Whether `eni` is excluded, and why.
@@ -369,22 +485,31 @@ impl Datastore {
         self.enis.get(eni).and_then(|e| e.excluded)
     }
 
+    /// The addresses on `e` still cooling down at `now`.
+    fn cooling_at(&self, e: &EniState, now: UnixNanos) -> BTreeSet<Ipv4Addr> {
+        e.cooling
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(*at) < self.cfg.cooldown_nanos)
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
     pub fn stats(&self, now: UnixNanos) -> Stats {
         let pd = self.cfg.prefix_delegation;
         let mut s = Stats::default();
         for e in self.enis.values().filter(|e| e.excluded.is_none()) {
             s.enis += 1;
-            let cooling: BTreeSet<Ipv4Addr> = e
-                .cooling
-                .iter()
-                .filter(|(_, at)| now.saturating_sub(*at) < self.cfg.cooldown_nanos)
-                .map(|(ip, _)| *ip)
-                .collect();
+            let mut cooling: HashMap<Cidr, u32> = HashMap::new();
+            for ip in self.cooling_at(e, now) {
+                if let Some(c) = e.cidr_of(ip) {
+                    *cooling.entry(c).or_default() += 1;
+                }
+            }
             for (cidr, assigned) in e.cidrs.iter().filter(|(c, _)| c.is_prefix() == pd) {
                 s.cidrs += 1;
                 s.total += cidr.size();
                 s.assigned += assigned.len() as u32;
-                let cooling_here = cooling.iter().filter(|ip| cidr.contains(**ip)).count() as u32;
+                let cooling_here = cooling.get(cidr).copied().unwrap_or(0);
                 s.cooling += cooling_here;
                 if assigned.is_empty() && cooling_here == 0 {
                     s.free_cidrs += 1;
@@ -394,8 +519,9 @@ impl Datastore {
         s
     }
 
-    /// Per allocatable ENI: id, device number, number of current-mode CIDRs, when it was added.
-    pub fn enis(&self) -> Vec<EniView> {
+    /// Per ENI: id, device number, number of current-mode CIDRs, addresses assigned and still
+    /// cooling at `now`, when it was added.
+    pub fn enis(&self, now: UnixNanos) -> Vec<EniView> {
         let pd = self.cfg.prefix_delegation;
         let mut v: Vec<EniView> = self
             .enis
@@ -407,7 +533,7 @@ impl Datastore {
                 excluded: e.excluded,
                 cidrs: e.cidrs.keys().filter(|c| c.is_prefix() == pd).count() as u32,
                 assigned: e.cidrs.values().map(|a| a.len() as u32).sum(),
-                cooling: e.cooling.len() as u32,
+                cooling: self.cooling_at(e, now).len() as u32,
                 added_at: e.added_at,
             })
             .collect();
@@ -420,17 +546,14 @@ impl Datastore {
     pub fn freeable_cidrs(&self, eni: &str, now: UnixNanos) -> Vec<Cidr> {
         let pd = self.cfg.prefix_delegation;
         let Some(e) = self.enis.get(eni).filter(|e| e.excluded.is_none()) else { return Vec::new() };
-        let mut v: Vec<Cidr> =
-            e.cidrs
-                .iter()
-                .filter(|(c, assigned)| {
-                    assigned.is_empty()
-                        && !e.cooling.iter().any(|(ip, at)| {
-                            c.contains(*ip) && now.saturating_sub(*at) < self.cfg.cooldown_nanos
-                        })
-                })
-                .map(|(c, _)| *c)
-                .collect();
+        let cooling: BTreeSet<Cidr> =
+            self.cooling_at(e, now).into_iter().filter_map(|ip| e.cidr_of(ip)).collect();
+        let mut v: Vec<Cidr> = e
+            .cidrs
+            .iter()
+            .filter(|(c, assigned)| assigned.is_empty() && !cooling.contains(c))
+            .map(|(c, _)| *c)
+            .collect();
         v.sort_by_key(|c| (c.is_prefix() == pd, *c));
         v
     }

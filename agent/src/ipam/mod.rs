@@ -11,14 +11,15 @@ mod policy_tests;
 mod tests;
 
 use checkpoint::{Checkpoint, CheckpointError};
-use datastore::{Datastore, DatastoreError};
+use datastore::{Datastore, DatastoreError, Restored};
 use model::{AllocKey, Allocation, PodRef, UnixNanos};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
-    /// The change was rolled back: memory and file still agree.
+    /// The change was rolled back in memory. The file holds the old content, unless only the
+    /// directory's fsync failed after the rename (then it may already hold the new one).
     #[error("checkpoint not written, change rolled back: {0}")]
     Checkpoint(#[from] CheckpointError),
 }
@@ -35,25 +36,32 @@ impl Ipam {
         Self { datastore, checkpoint }
     }
 
-    /// Restores the checkpoint into a datastore whose ENIs and CIDRs were already imported.
-    /// Returns the allocations dropped because their address no longer exists. A missing file is a
-    /// fresh node; a broken one, or one with duplicates, is an error and nothing is changed.
-    pub fn restore(&mut self) -> Result<Vec<Allocation>, IpamError> {
-        let Some(allocations) = self.checkpoint.read()? else { return Ok(Vec::new()) };
-        let dropped = self.datastore.restore(allocations)?;
-        if !dropped.is_empty() {
-            self.checkpoint.write(&self.datastore.allocations())?;
+    /// Restores the checkpoint into a datastore whose ENIs and CIDRs were already imported: the
+    /// allocations (see [`Restored`]: vanished addresses dropped, addresses on excluded ENIs kept
+    /// as findings) and the addresses still cooling down. A missing file is a fresh node; a broken
+    /// one, or one with duplicates, is an error and nothing is changed.
+    pub fn restore(&mut self, now: UnixNanos) -> Result<Restored, IpamError> {
+        let Some(contents) = self.checkpoint.read()? else { return Ok(Restored::default()) };
+        let restored = self.datastore.restore(contents.allocations)?;
+        self.datastore.restore_cooling(&contents.cooling);
+        if !restored.dropped.is_empty() {
+            self.write(now)?;
         }
-        Ok(dropped)
+        Ok(restored)
+    }
+
+    fn write(&self, now: UnixNanos) -> Result<(), CheckpointError> {
+        self.checkpoint.write(&self.datastore.allocations(), &self.datastore.cooling(now))
     }
 
     /// Assigns an address and persists it; on a failed write the assignment is undone.
     pub fn assign(&mut self, key: &AllocKey, pod: &PodRef, now: UnixNanos) -> Result<Allocation, IpamError> {
-        if let Some(existing) = self.datastore.allocation(key) {
-            return Ok(existing.clone());
+        if self.datastore.allocation(key).is_some() {
+            // Idempotent: the same address again (or the refusal of one on an excluded ENI).
+            return Ok(self.datastore.assign(key, pod, now)?);
         }
         let allocation = self.datastore.assign(key, pod, now)?;
-        if let Err(e) = self.checkpoint.write(&self.datastore.allocations()) {
+        if let Err(e) = self.write(now) {
             self.datastore.unassign_rollback(key);
             return Err(e.into());
         }
@@ -63,7 +71,7 @@ impl Ipam {
     /// Releases `key`'s address and persists it; on a failed write the release is undone.
     pub fn release(&mut self, key: &AllocKey, now: UnixNanos) -> Result<Option<Allocation>, IpamError> {
         let Some(released) = self.datastore.release(key, now) else { return Ok(None) };
-        if let Err(e) = self.checkpoint.write(&self.datastore.allocations()) {
+        if let Err(e) = self.write(now) {
             self.datastore.release_rollback(released);
             return Err(e.into());
         }

@@ -102,7 +102,7 @@ pub fn decide(
 /// CIDRs of the other mode (left by a prefix-delegation switch) that nothing uses any more.
 fn release_leftovers(ds: &Datastore, now: UnixNanos) -> Vec<Action> {
     let pd = ds.config().prefix_delegation;
-    ds.enis()
+    ds.enis(now)
         .iter()
         .filter(|e| e.excluded.is_none())
         .filter_map(|e| {
@@ -142,7 +142,7 @@ impl<'a> Pool<'a> {
             limits,
             node,
             now,
-            enis: ds.enis(),
+            enis: ds.enis(now),
             total: s.total,
             assigned: s.assigned,
             available: s.available(),
@@ -271,19 +271,24 @@ impl<'a> Pool<'a> {
     /// One ENI that can go (upstream `getDeletableENI` + `shouldRemoveExtraENIs`).
     fn deletable_eni(&self) -> Option<String> {
         let per_eni_addresses = self.cidrs_per_eni() * self.unit();
-        if !self.cfg.ip_target_mode() {
+        // Upstream's `shouldRemoveExtraENIs`: always in IP-target mode; else only with a whole
+        // ENI's worth of addresses beyond the warm target, or (prefix delegation) for an ENI that
+        // holds no prefix at all.
+        let surplus = self.cfg.ip_target_mode() || {
             let target = if self.cfg.prefix_delegation {
                 self.cfg.warm_prefix_target
             } else {
                 self.cfg.warm_eni_target
             };
-            if self.available < (target + 1) * per_eni_addresses {
-                return None;
-            }
-        }
+            self.available >= (target + 1) * per_eni_addresses
+        };
         self.enis.iter().rev().find_map(|e| {
             let young = self.now.saturating_sub(e.added_at) < MIN_ENI_LIFETIME;
             if e.primary || e.excluded.is_some() || young || e.assigned > 0 || e.cooling > 0 {
+                return None;
+            }
+            let empty_prefix_eni = self.cfg.prefix_delegation && e.cidrs == 0;
+            if !(surplus || empty_prefix_eni) {
                 return None;
             }
             // Still needed if removing it would make the pool too low again.

@@ -128,9 +128,29 @@ impl Sim {
         self
     }
 
+    /// Deletes the newest pods down to `pods`, waits out the cooldown and the minimum ENI
+    /// lifetime, and lets the policy shrink the pool for ten minutes.
+    fn drain_to(&mut self, pods: u32) -> &mut Self {
+        while self.pods > pods {
+            self.pods -= 1;
+            let k = AllocKey {
+                network_name: "n".into(),
+                container_id: format!("c{}", self.pods),
+                if_name: "eth0".into(),
+            };
+            self.ds.release(&k, self.now).expect("a pod that was never started");
+        }
+        self.now += 30 * NANOS_PER_SEC + MIN_ENI_LIFETIME;
+        // Ten minutes of ticks: decreases are 30 s apart, so quiet ticks come between them.
+        for _ in 0..120 {
+            self.tick();
+        }
+        self
+    }
+
     /// (CIDRs per ENI in device order, unused addresses).
     fn layout(&self) -> (Vec<u32>, u32) {
-        let cidrs = self.ds.enis().iter().map(|e| e.cidrs).collect();
+        let cidrs = self.ds.enis(self.now).iter().map(|e| e.cidrs).collect();
         let s = self.ds.stats(self.now);
         (cidrs, s.total - s.assigned)
     }
@@ -224,6 +244,41 @@ fn prefix_mode_matches_upstream_tables() {
         (prefix(0, 5, 10), P3DN, 15, &[2], 17),
         (prefix(0, 5, 10), P3DN, 45, &[4], 19),
     ]);
+}
+
+/// (config, limits, pods at the peak, pods after, expected CIDRs per ENI in any order, unused).
+type DownRow = (PoolConfig, Limits, u32, u32, &'static [u32], u32);
+
+/// Scale-down in every mode: after the pods go and the cooldown passes, the pool shrinks to what
+/// the same targets keep for that many pods (upstream's tables read backwards).
+#[test]
+fn the_pool_shrinks_back_in_every_mode() {
+    let rows: &[DownRow] = &[
+        // WARM_ENI_TARGET (the default): whole ENIs go once a spare one is beyond the target.
+        (secondary(1, 0, 0), T3_SMALL, 9, 0, &[3], 3),
+        (secondary(1, 0, 0), T3_SMALL, 9, 5, &[3, 3, 3], 4),
+        (secondary(1, 0, 0), P3DN, 95, 0, &[49], 49),
+        (secondary(2, 0, 0), P3DN, 95, 3, &[49, 49, 49], 144),
+        // WARM_IP_TARGET / MINIMUM_IP_TARGET: addresses go, then empty ENIs.
+        (secondary(1, 1, 1), T3_SMALL, 9, 0, &[1], 1),
+        (secondary(1, 2, 5), T3_SMALL, 9, 0, &[3, 2], 5),
+        (secondary(1, 5, 10), P3DN, 45, 7, &[12], 5),
+        // WARM_PREFIX_TARGET: prefixes go, then an ENI left without a prefix.
+        (prefix(1, 0, 0), T3_SMALL, 58, 0, &[1], 16),
+        (prefix(1, 0, 0), T3_SMALL, 58, 17, &[3], 31),
+        // Prefixes with WARM_IP_TARGET / MINIMUM_IP_TARGET.
+        (prefix(0, 1, 1), T3_SMALL, 58, 0, &[1], 16),
+        (prefix(0, 5, 10), P3DN, 45, 7, &[1], 9),
+    ];
+    for (i, (cfg, limits, peak, after, want, unused)) in rows.iter().enumerate() {
+        let mut sim = Sim::new(*cfg, *limits);
+        sim.run_pods(*peak).drain_to(*after);
+        let (mut got, got_unused) = sim.layout();
+        let mut want = want.to_vec();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!((got, got_unused), (want, *unused), "row {i}: {cfg:?}, {peak} -> {after} pods");
+    }
 }
 
 #[test]

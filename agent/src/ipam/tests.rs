@@ -6,8 +6,9 @@ use proptest::prelude::*;
 
 use super::{
     checkpoint::Checkpoint,
+    datastore::Finding,
     datastore::{Datastore, DatastoreConfig, DatastoreError},
-    model::{AllocKey, Cidr, EniFlags, EniSpec, Exclusion, PodRef, NANOS_PER_SEC},
+    model::{AllocKey, Allocation, Cidr, EniFlags, EniSpec, Exclusion, PodRef, NANOS_PER_SEC},
     Ipam, IpamError,
 };
 
@@ -149,11 +150,8 @@ fn leftovers_of_the_other_mode_are_ignored_and_freeable() {
 #[test]
 fn restore_drops_vanished_addresses_and_refuses_duplicates() {
     let mut ds = node(false, false);
-    let alloc =
-        |c: &str, a: &str| super::model::Allocation { key: key(c), ip: ip(a), pod: pod(c), allocated_at: 1 };
-    let dropped =
-        ds.restore(vec![alloc("a", "10.0.1.6"), alloc("b", "10.0.9.9"), alloc("t", "10.0.2.5")]).unwrap();
-    assert_eq!(dropped.iter().map(|a| a.key.container_id.as_str()).collect::<Vec<_>>(), ["b", "t"]);
+    let dropped = ds.restore(vec![alloc("a", "10.0.1.6"), alloc("b", "10.0.9.9")]).unwrap().dropped;
+    assert_eq!(dropped.iter().map(|a| a.key.container_id.as_str()).collect::<Vec<_>>(), ["b"]);
     assert_eq!(ds.allocation(&key("a")).unwrap().ip, ip("10.0.1.6"));
     for i in 0..5 {
         assert_ne!(ds.assign(&key(&format!("n{i}")), &pod("p"), 0).unwrap().ip, ip("10.0.1.6"));
@@ -162,6 +160,131 @@ fn restore_drops_vanished_addresses_and_refuses_duplicates() {
     let e = ds.restore(vec![alloc("a", "10.0.1.6"), alloc("b", "10.0.1.6")]).unwrap_err();
     assert!(matches!(e, DatastoreError::DuplicateAddress { .. }));
     assert!(ds.allocations().is_empty(), "a refused restore changed the datastore");
+}
+
+fn alloc(c: &str, a: &str) -> Allocation {
+    Allocation { key: key(c), ip: ip(a), pod: pod(c), allocated_at: 1 }
+}
+
+#[test]
+fn restore_keeps_trunk_allocations_as_findings_never_hands_them_out() {
+    // A node left by aws-node v1.16.0-3: pod `t` holds a trunk address.
+    let dir = temp_dir("trunk-restore");
+    let path = dir.join("ipam.json");
+    Checkpoint::new(&path).write(&[alloc("a", "10.0.1.6"), alloc("t", "10.0.2.5")], &[]).unwrap();
+    let mut ipam = Ipam::new(node(false, false), Checkpoint::new(&path));
+    let restored = ipam.restore(0).unwrap();
+    assert!(restored.dropped.is_empty(), "{:?}", restored.dropped);
+    let [(a, finding)] = restored.on_excluded.as_slice() else { panic!("{:?}", restored.on_excluded) };
+    assert_eq!(a.key, key("t"));
+    assert_eq!(
+        finding,
+        &Finding { eni: "eni-trunk".into(), cidr: cidr("10.0.2.5/32"), why: Exclusion::Trunk }
+    );
+    // The evidence stays in the checkpoint, across a write and a restart.
+    ipam.assign(&key("n"), &pod("n"), 0).unwrap();
+    let on_disk = Checkpoint::new(&path).read().unwrap().unwrap().allocations;
+    assert!(on_disk.iter().any(|a| a.key == key("t") && a.ip == ip("10.0.2.5")), "{on_disk:?}");
+    // Never handed out: not to its own key (an ADD retry), not to anyone else.
+    assert_eq!(
+        ipam.assign(&key("t"), &pod("t"), 0),
+        Err(IpamError::Datastore(DatastoreError::HeldOnExcludedEni {
+            ip: ip("10.0.2.5"),
+            eni: "eni-trunk".into(),
+            why: Exclusion::Trunk
+        }))
+    );
+    for i in 0..20 {
+        if let Ok(a) = ipam.assign(&key(&format!("x{i}")), &pod("x"), 0) {
+            assert!(!a.ip.to_string().starts_with("10.0.2."), "{}", a.ip);
+        }
+    }
+    // Its DEL still works, and frees nothing into the pool.
+    assert_eq!(ipam.release(&key("t"), 0).unwrap().map(|a| a.ip), Some(ip("10.0.2.5")));
+    assert_eq!(ipam.datastore.stats(0).total, 6);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn one_address_has_one_owner() {
+    let mut ds = node(false, false);
+    // The same /32 on a second ENI, a /28 holding eni-1's /32, a /32 inside a /28 elsewhere.
+    assert_eq!(
+        ds.add_cidr("eni-primary", cidr("10.0.1.5")),
+        Err(DatastoreError::OverlappingCidr {
+            cidr: cidr("10.0.1.5/32"),
+            other: cidr("10.0.1.5/32"),
+            eni: "eni-1".into()
+        })
+    );
+    assert_eq!(
+        ds.add_cidr("eni-primary", cidr("10.0.1.0/28")),
+        Err(DatastoreError::OverlappingCidr {
+            cidr: cidr("10.0.1.0/28"),
+            other: cidr("10.0.1.5/32"),
+            eni: "eni-1".into()
+        })
+    );
+    assert_eq!(
+        ds.add_cidr("eni-1", cidr("10.0.1.5")),
+        Err(DatastoreError::DuplicateCidr { cidr: cidr("10.0.1.5/32"), eni: "eni-1".into() })
+    );
+    // Also against an excluded ENI's addresses.
+    assert!(matches!(ds.add_cidr("eni-1", cidr("10.0.2.5")), Err(DatastoreError::OverlappingCidr { .. })));
+    let mut ds = node(true, false);
+    assert!(matches!(
+        ds.add_cidr("eni-primary", cidr("10.0.1.40")),
+        Err(DatastoreError::OverlappingCidr { .. })
+    ));
+    // Nothing was added: every address is handed out once.
+    let mut seen = std::collections::HashSet::new();
+    while let Ok(a) = ds.assign(&key(&format!("c{}", seen.len())), &pod("p"), 0) {
+        assert!(seen.insert(a.ip), "{} handed out twice", a.ip);
+    }
+    assert_eq!(seen.len(), 32);
+}
+
+#[test]
+fn exclusion_is_reevaluated_when_flags_change() {
+    let mut ds = node(false, false);
+    let first = ds.assign(&key("a"), &pod("a"), 0).unwrap().ip;
+    assert_eq!(first, ip("10.0.0.5"));
+    // eni-1 gets tagged no_manage: its addresses leave the pool and become findings.
+    let no_manage = EniFlags { no_manage: true, ..Default::default() };
+    assert_eq!(ds.set_flags("eni-1", no_manage), Ok(Some(Exclusion::NoManage)));
+    assert_eq!(ds.stats(0).total, 3);
+    assert_eq!(ds.findings().iter().filter(|f| f.eni == "eni-1").count(), 3);
+    for c in ["b", "c"] {
+        assert!(ds.assign(&key(c), &pod(c), 0).unwrap().ip.to_string().starts_with("10.0.0."));
+    }
+    assert_eq!(ds.assign(&key("d"), &pod("d"), 0), Err(DatastoreError::NoAvailableAddress));
+    // The tag is removed: back in the pool, every address that is not assigned.
+    assert_eq!(ds.set_flags("eni-1", EniFlags::default()), Ok(None));
+    assert_eq!(ds.stats(0).total, 6);
+    assert!(ds.assign(&key("d"), &pod("d"), 0).unwrap().ip.to_string().starts_with("10.0.1."));
+    // Custom networking turned on later: the primary leaves the pool, its pods stay assigned.
+    ds.set_custom_networking(true);
+    assert_eq!(ds.exclusion_of("eni-primary"), Some(Exclusion::PrimaryUnderCustomNetworking));
+    assert_eq!(ds.stats(0).total, 3);
+    assert_eq!(ds.stats(0).assigned, 1);
+    assert_eq!(ds.findings().len(), 3 + 3, "the trunk's and the primary's addresses");
+}
+
+#[test]
+fn cooldown_survives_a_restart() {
+    let dir = temp_dir("cooldown-restart");
+    let path = dir.join("ipam.json");
+    let mut ipam = Ipam::new(node(false, false), Checkpoint::new(&path));
+    let a = ipam.assign(&key("a"), &pod("a"), 0).unwrap().ip;
+    ipam.release(&key("a"), 10).unwrap();
+    // Restart 1 s later: the released address is still cooling, so another one is handed out.
+    let mut ipam = Ipam::new(node(false, false), Checkpoint::new(&path));
+    ipam.restore(NANOS_PER_SEC).unwrap();
+    assert_eq!(ipam.datastore.stats(NANOS_PER_SEC).cooling, 1);
+    assert_ne!(ipam.assign(&key("b"), &pod("b"), NANOS_PER_SEC).unwrap().ip, a);
+    // After the cooldown it is the first one reused.
+    assert_eq!(ipam.assign(&key("c"), &pod("c"), 10 + COOLDOWN).unwrap().ip, a);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -236,16 +359,16 @@ proptest! {
                 }
                 Op::Restart => {
                     ipam = Ipam::new(fresh(), Checkpoint::new(&path));
-                    let dropped = ipam.restore().unwrap();
-                    prop_assert!(dropped.is_empty());
+                    let restored = ipam.restore(now).unwrap();
+                    prop_assert!(restored.dropped.is_empty());
                 }
                 Op::CrashBeforeRename(c) => {
                     // Assign in memory and write only the temporary file, then "crash".
                     if ipam.datastore.assign(&key(&format!("crash{c}")), &pod("p"), now).is_ok() {
-                        let _tmp = Checkpoint::new(&path).prepare(&ipam.datastore.allocations()).unwrap();
+                        let _tmp = Checkpoint::new(&path).prepare(&ipam.datastore.allocations(), &[]).unwrap();
                     }
                     ipam = Ipam::new(fresh(), Checkpoint::new(&path));
-                    ipam.restore().unwrap();
+                    ipam.restore(now).unwrap();
                 }
                 Op::Tick(s) => now += u64::from(s) * NANOS_PER_SEC,
             }

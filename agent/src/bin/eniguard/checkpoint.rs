@@ -23,7 +23,8 @@ pub fn check(file: &Path) -> i32 {
             eprintln!("{e}");
             1
         }
-        Ok(Some(allocations)) => {
+        Ok(Some(contents)) => {
+            let allocations = &contents.allocations;
             let pods: BTreeSet<_> = allocations.iter().map(|a| (&a.pod.namespace, &a.pod.name)).collect();
             let networks: BTreeSet<_> = allocations.iter().map(|a| a.key.network_name.as_str()).collect();
             let (low, high) =
@@ -36,6 +37,9 @@ pub fn check(file: &Path) -> i32 {
                 _ => println!("addresses: 0"),
             }
             println!("networks: {}", networks.into_iter().collect::<Vec<_>>().join(", "));
+            if !contents.cooling.is_empty() {
+                println!("cooling down: {} released addresses", contents.cooling.len());
+            }
             0
         }
     }
