@@ -152,4 +152,19 @@ async fn aws_config_imds_client_reads_the_node_and_sees_attachments_after_the_de
     tokio::time::sleep(delay.saturating_sub(attached_at.elapsed()) + Duration::from_millis(50)).await;
     assert!(get("/latest/meta-data/network/interfaces/macs").await.unwrap().contains(&eni_mac));
     assert_eq!(client.get(path).await.unwrap().as_ref(), "1");
+
+    // Addresses and prefixes assigned later lag too (the "assigned but not yet in IMDS" race).
+    let (ip, prefix, assigned_at) = {
+        let mut s = sim.lock().unwrap();
+        let primary_eni = s.ec2.attached_to(&instance)[0].id.clone();
+        let ip = s.ec2.assign_private_ips(&primary_eni, AssignRequest::Count(1)).unwrap()[0];
+        let prefix = s.ec2.assign_private_ips(&primary_eni, AssignRequest::PrefixCount(1)).unwrap()[0];
+        (ip, prefix, std::time::Instant::now())
+    };
+    let ips = field("local-ipv4s").await.unwrap();
+    assert!(!ips.contains(&ip.to_string()), "a new address is absent during the delay: {ips}");
+    assert!(field("ipv4-prefix").await.is_err(), "a new prefix is absent during the delay");
+    tokio::time::sleep(delay.saturating_sub(assigned_at.elapsed()) + Duration::from_millis(50)).await;
+    assert_eq!(field("local-ipv4s").await.unwrap(), format!("{local}\n{ip}"));
+    assert_eq!(field("ipv4-prefix").await.unwrap(), format!("{prefix}/28"));
 }

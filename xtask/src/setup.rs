@@ -24,6 +24,7 @@ const OS_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "dumps pinned maps with BTF field names"),
     ("iputils-ping", "ping: traffic in integration tests"),
     ("iperf3", "throughput benchmarks"),
+    ("nftables", "nft: the simulated VPC drops what EC2's source/destination check would"),
     ("qemu-system-x86", "boots other kernels for the kernel matrix"),
     ("busybox-static", "initramfs userland for the kernel matrix"),
     ("kmod", "module dependency resolution for the kernel matrix"),

@@ -1,7 +1,9 @@
 //! The simulated EC2 control plane's state and rules: instance types with their real limits,
 //! subnets that run out, ENIs of every type with their own security groups, secondary addresses
 //! and /28 prefixes, attachments and device indexes, tags. Every operation either applies whole
-//! or fails with the error code EC2 returns; nothing here blocks or sleeps.
+//! or fails with the error code EC2 returns; nothing here blocks or sleeps. Attachments take
+//! [`Timing`]'s time (`attaching` → `attached`, `detaching` → gone), completed by
+//! [`Ec2::settle`], which the API calls before every request and the scenario on a timer.
 //!
 //! The wire protocol (Query API, XML: [`super::ec2_api`]), IMDS and the fabric sit on top of this.
 
@@ -9,6 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::Ipv4Addr,
+    time::{Duration, Instant},
 };
 
 /// Limits of an instance type (VPC Resource Controller's pkg/aws/vpc/limits.go values).
@@ -196,6 +199,12 @@ impl Subnet {
     fn release(&mut self, ip: Ipv4Addr) {
         self.used.remove(&ip);
     }
+
+    fn release_prefix(&mut self, prefix: Ipv4Addr) {
+        for ip in prefix_addresses(prefix) {
+            self.used.remove(&ip);
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,8 +213,36 @@ pub struct Attachment {
     pub instance_id: String,
     pub device_index: u32,
     pub delete_on_termination: bool,
-    /// When the attachment was made (IMDS hides it for the propagation delay).
-    pub attached_at: std::time::Instant,
+    /// When the attachment was requested (IMDS hides it for the propagation delay).
+    pub attached_at: Instant,
+    pub state: AttachState,
+    /// When `state` was entered (attaching and detaching take [`Timing`]'s time).
+    pub since: Instant,
+}
+
+/// An attachment's `status`, as EC2 reports it: attach and detach take time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachState {
+    Attaching,
+    Attached,
+    Detaching,
+}
+
+impl AttachState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attaching => "attaching",
+            Self::Attached => "attached",
+            Self::Detaching => "detaching",
+        }
+    }
+}
+
+/// How long EC2 takes to finish an attachment or a detachment (zero: at once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub attach: Duration,
+    pub detach: Duration,
 }
 
 /// A branch ENI's association with a trunk ENI (AssociateTrunkInterface).
@@ -233,6 +270,9 @@ pub struct Eni {
     pub attachment: Option<Attachment>,
     pub trunk_association: Option<TrunkAssociation>,
     pub tags: BTreeMap<String, String>,
+    /// When each secondary address and prefix was assigned (IMDS shows them only after the
+    /// propagation delay, as on EC2).
+    pub assigned_at: BTreeMap<Ipv4Addr, Instant>,
 }
 
 impl Eni {
@@ -289,6 +329,7 @@ pub struct Ec2 {
     pub enis: BTreeMap<String, Eni>,
     /// VPC id → its IPv4 CIDR blocks, newline-separated as IMDS prints them.
     pub vpc_cidrs: BTreeMap<String, String>,
+    pub timing: Timing,
     counter: u64,
 }
 
@@ -296,6 +337,28 @@ impl Ec2 {
     fn next_id(&mut self, prefix: &str) -> String {
         self.counter += 1;
         format!("{prefix}-{:017x}", self.counter)
+    }
+
+    /// Finishes the attachments and detachments whose time has come; true if any did.
+    pub fn settle(&mut self, now: Instant) -> bool {
+        let timing = self.timing;
+        let mut changed = false;
+        for e in self.enis.values_mut() {
+            let Some(a) = e.attachment.as_mut() else { continue };
+            match a.state {
+                AttachState::Attaching if now.duration_since(a.since) >= timing.attach => {
+                    a.state = AttachState::Attached;
+                    a.since = now;
+                    changed = true;
+                }
+                AttachState::Detaching if now.duration_since(a.since) >= timing.detach => {
+                    e.attachment = None;
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        changed
     }
 
     pub fn add_subnet(&mut self, vpc_id: &str, az: &str, cidr: (Ipv4Addr, u8)) -> String {
@@ -348,7 +411,9 @@ impl Ec2 {
         self.attach(&eni, &id, 0)?;
         if let Some(e) = self.enis.get_mut(&eni) {
             if let Some(a) = e.attachment.as_mut() {
+                // An instance starts with its primary ENI in place.
                 a.delete_on_termination = true;
+                a.state = AttachState::Attached;
             }
         }
         Ok(id)
@@ -397,8 +462,8 @@ impl Ec2 {
         } else {
             req.groups.clone()
         };
-        let needed = 1 + req.secondary_count + 16 * req.prefix_count;
-        if subnet.available_addresses() < needed {
+        let needed = 1u64 + u64::from(req.secondary_count) + 16 * u64::from(req.prefix_count);
+        if u64::from(subnet.available_addresses()) < needed {
             return Err(insufficient(&req.subnet_id));
         }
         let id = self.next_id("eni");
@@ -410,8 +475,22 @@ impl Ec2 {
         }
         let mut prefixes = Vec::new();
         for _ in 0..req.prefix_count {
-            prefixes.push(subnet.take_prefix().ok_or_else(|| insufficient(&req.subnet_id))?);
+            match subnet.take_prefix() {
+                Some(p) => prefixes.push(p),
+                None => {
+                    // All or nothing: the addresses this call took go back.
+                    for ip in std::iter::once(primary_ip).chain(secondary_ips.iter().copied()) {
+                        subnet.release(ip);
+                    }
+                    for p in &prefixes {
+                        subnet.release_prefix(*p);
+                    }
+                    return Err(no_cidr_block(&req.subnet_id));
+                }
+            }
         }
+        let now = Instant::now();
+        let assigned_at = secondary_ips.iter().chain(&prefixes).map(|ip| (*ip, now)).collect();
         let n = self.counter;
         let mac = format!(
             "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -436,6 +515,7 @@ impl Ec2 {
             attachment: None,
             trunk_association: None,
             tags: req.tags,
+            assigned_at,
         };
         self.enis.insert(id.clone(), eni);
         Ok(id)
@@ -469,13 +549,17 @@ impl Ec2 {
             ));
         }
         let attachment_id = self.next_id("eni-attach");
+        let now = Instant::now();
+        let state = if self.timing.attach.is_zero() { AttachState::Attached } else { AttachState::Attaching };
         if let Some(e) = self.enis.get_mut(eni_id) {
             e.attachment = Some(Attachment {
                 id: attachment_id.clone(),
                 instance_id: instance_id.into(),
                 device_index,
                 delete_on_termination: false,
-                attached_at: std::time::Instant::now(),
+                attached_at: now,
+                state,
+                since: now,
             });
         }
         Ok(attachment_id)
@@ -508,7 +592,13 @@ impl Ec2 {
                 "The network interface at device index 0 cannot be detached.",
             ));
         }
-        eni.attachment = None;
+        if self.timing.detach.is_zero() {
+            eni.attachment = None;
+        } else if let Some(a) = eni.attachment.as_mut().filter(|a| a.state != AttachState::Detaching) {
+            // The ENI stays in use (not deletable, its device index taken) until EC2 is done.
+            a.state = AttachState::Detaching;
+            a.since = Instant::now();
+        }
         Ok(())
     }
 
@@ -595,9 +685,7 @@ impl Ec2 {
                     s.release(ip);
                 }
                 for p in e.prefixes {
-                    for a in u32::from(p)..u32::from(p) + 16 {
-                        s.release(Ipv4Addr::from(a));
-                    }
+                    s.release_prefix(p);
                 }
             }
         }
@@ -619,7 +707,7 @@ impl Ec2 {
             AssignRequest::Count(n) | AssignRequest::PrefixCount(n) => *n,
             AssignRequest::Addresses(v) | AssignRequest::Prefixes(v) => v.len() as u32,
         };
-        if eni.slots_used() + adding > limit {
+        if u64::from(eni.slots_used()) + u64::from(adding) > u64::from(limit) {
             return Err(err(
                 "PrivateIpAddressLimitExceeded",
                 format!(
@@ -642,7 +730,13 @@ impl Ec2 {
                 }
                 AssignRequest::PrefixCount(n) => {
                     for _ in 0..*n {
-                        added.push(subnet.take_prefix().ok_or_else(|| insufficient(&eni.subnet_id))?);
+                        added.push(subnet.take_prefix().ok_or_else(|| {
+                            if subnet.available_addresses() >= 16 {
+                                no_cidr_block(&eni.subnet_id)
+                            } else {
+                                insufficient(&eni.subnet_id)
+                            }
+                        })?);
                     }
                 }
                 AssignRequest::Addresses(ips) => {
@@ -665,6 +759,7 @@ impl Ec2 {
                         let a = u32::from(*p);
                         let free = a % 16 == 0
                             && subnet.contains(*p)
+                            && a.checked_add(16).is_some()
                             && (a..a + 16)
                                 .all(|x| !subnet.reserved(x) && !subnet.used.contains(&Ipv4Addr::from(x)));
                         if !free {
@@ -692,6 +787,8 @@ impl Ec2 {
             return Err(e);
         }
         if let Some(e) = self.enis.get_mut(eni_id) {
+            let now = Instant::now();
+            e.assigned_at.extend(added.iter().map(|ip| (*ip, now)));
             match req {
                 AssignRequest::Count(_) | AssignRequest::Addresses(_) => e.secondary_ips.extend(&added),
                 AssignRequest::PrefixCount(_) | AssignRequest::Prefixes(_) => e.prefixes.extend(&added),
@@ -728,14 +825,13 @@ impl Ec2 {
                 s.release(*ip);
             }
             for p in prefixes {
-                for a in u32::from(*p)..u32::from(*p) + 16 {
-                    s.release(Ipv4Addr::from(a));
-                }
+                s.release_prefix(*p);
             }
         }
         if let Some(e) = self.enis.get_mut(eni_id) {
             e.secondary_ips.retain(|ip| !ips.contains(ip));
             e.prefixes.retain(|p| !prefixes.contains(p));
+            e.assigned_at.retain(|ip, _| !ips.contains(ip) && !prefixes.contains(ip));
         }
         Ok(())
     }
@@ -831,6 +927,22 @@ fn not_found_resource(resource: &str) -> ApiError {
     }
 }
 
+/// The 16 addresses of the /28 starting at `prefix` (fewer at the top of the address space).
+fn prefix_addresses(prefix: Ipv4Addr) -> impl Iterator<Item = Ipv4Addr> {
+    let base = u32::from(prefix);
+    (0..16u32).filter_map(move |i| base.checked_add(i)).map(Ipv4Addr::from)
+}
+
+/// What EC2 answers when a subnet has free addresses but no free aligned /28.
+fn no_cidr_block(subnet: &str) -> ApiError {
+    err(
+        "InsufficientCidrBlocks",
+        format!(
+            "The specified subnet {subnet} does not have enough free cidr blocks to satisfy the request."
+        ),
+    )
+}
+
 fn insufficient(subnet: &str) -> ApiError {
     err(
         "InsufficientFreeAddressesInSubnet",
@@ -872,6 +984,55 @@ mod tests {
         assert_eq!(ec2.attach(&c, &i, 3).unwrap_err().code, "AttachmentLimitExceeded");
         assert_eq!(ec2.delete_network_interface(&a).unwrap_err().code, "InvalidNetworkInterface.InUse");
         assert_eq!(ec2.eni("eni-nope").unwrap_err().code, "InvalidNetworkInterfaceID.NotFound");
+    }
+
+    #[test]
+    fn attach_and_detach_take_time() {
+        let (mut ec2, subnet, sg, i) = region(24);
+        ec2.timing = Timing { attach: Duration::from_millis(100), detach: Duration::from_millis(200) };
+        let a = new_eni(&mut ec2, &subnet, &sg);
+        let t0 = Instant::now();
+        let attachment = ec2.attach(&a, &i, 1).unwrap();
+        let state = |ec2: &Ec2| ec2.eni(&a).unwrap().attachment.as_ref().map(|x| x.state);
+        assert_eq!(state(&ec2), Some(AttachState::Attaching));
+        assert!(!ec2.settle(t0 + Duration::from_millis(50)));
+        assert!(ec2.settle(Instant::now() + Duration::from_millis(100)));
+        assert_eq!(state(&ec2), Some(AttachState::Attached));
+        ec2.detach(&attachment).unwrap();
+        assert_eq!(state(&ec2), Some(AttachState::Detaching));
+        // Delete right after Detach: still in use, as on EC2; the device index stays taken.
+        assert_eq!(ec2.delete_network_interface(&a).unwrap_err().code, "InvalidNetworkInterface.InUse");
+        let b = new_eni(&mut ec2, &subnet, &sg);
+        assert_eq!(ec2.attach(&b, &i, 1).unwrap_err().code, "InvalidParameterValue");
+        assert!(ec2.settle(Instant::now() + Duration::from_millis(200)));
+        assert_eq!(state(&ec2), None);
+        ec2.delete_network_interface(&a).unwrap();
+    }
+
+    #[test]
+    fn a_fragmented_subnet_has_addresses_but_no_cidr_block() {
+        // A /26: 64 addresses, 5 reserved. Take one address in every aligned /28.
+        let (mut ec2, subnet, sg, i) = region(26);
+        let a = new_eni(&mut ec2, &subnet, &sg);
+        ec2.attach(&a, &i, 1).unwrap();
+        let taken: Vec<Ipv4Addr> = (0..4).map(|k| Ipv4Addr::new(10, 0, 0, 16 * k + 8)).collect();
+        let free_before = ec2.subnet(&subnet).unwrap().available_addresses();
+        let b = new_eni(&mut ec2, &subnet, &sg);
+        ec2.attach(&b, &i, 2).unwrap();
+        ec2.assign_private_ips(&b, AssignRequest::Addresses(taken)).unwrap();
+        assert!(ec2.subnet(&subnet).unwrap().available_addresses() >= 16, "{free_before}");
+        assert_eq!(
+            ec2.assign_private_ips(&a, AssignRequest::PrefixCount(1)).unwrap_err().code,
+            "InsufficientCidrBlocks"
+        );
+        let create = CreateEni { subnet_id: subnet.clone(), prefix_count: 1, ..Default::default() };
+        let free = ec2.subnet(&subnet).unwrap().available_addresses();
+        assert_eq!(ec2.create_network_interface(create).unwrap_err().code, "InsufficientCidrBlocks");
+        assert_eq!(
+            ec2.subnet(&subnet).unwrap().available_addresses(),
+            free,
+            "a refused create takes nothing"
+        );
     }
 
     #[test]

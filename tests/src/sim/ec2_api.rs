@@ -79,31 +79,31 @@ async fn handle(req: Req, sim: Shared) -> Resp {
     }
     let params: HashMap<String, String> = form_urlencoded::parse(&req.body).into_owned().collect();
     let action = params.get("Action").cloned().unwrap_or_default();
-    let latency = match sim.lock() {
-        Ok(mut s) => {
-            *s.faults.calls.entry(action.clone()).or_default() += 1;
-            s.faults.latency
-        }
-        Err(_) => Duration::ZERO,
+    let latency = {
+        let mut s = lock(&sim);
+        *s.faults.calls.entry(action.clone()).or_default() += 1;
+        s.faults.latency
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let result = match sim.lock() {
-        Ok(mut s) => match injected_fault(&mut s.faults, &action) {
-            Some(r) => return r,
-            None => {
-                let r = dispatch(&mut s.ec2, &action, &params);
-                if r.is_ok() && !action.starts_with("Describe") {
-                    s.changed();
-                }
-                r
-            }
-        },
-        Err(_) => Err(ApiError { code: "InternalError", message: "simulator state poisoned".into() }),
-    };
+    let mut s = lock(&sim);
+    if let Some(r) = injected_fault(&mut s.faults, &action) {
+        return r;
+    }
+    let changed_before = s.ec2.settle(std::time::Instant::now());
+    // A bug in the model answers 500 for this request only; it never takes the simulator down.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&mut s.ec2, &action, &params)))
+            .unwrap_or_else(|_| {
+                Err(ApiError { code: "InternalError", message: format!("the simulator failed on {action}") })
+            });
+    if changed_before || (result.is_ok() && !action.starts_with("Describe")) {
+        s.changed();
+    }
     match result {
         Ok(xml) => reply(StatusCode::OK, "text/xml;charset=UTF-8", xml),
+        Err(e) if e.code == "InternalError" => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e),
         Err(e) => error_response(StatusCode::BAD_REQUEST, &e),
     }
 }
@@ -149,9 +149,7 @@ fn injected_fault(f: &mut Faults, action: &str) -> Option<Resp> {
 }
 
 fn control_request(path: &str, q: &HashMap<String, String>, sim: &Shared) -> Resp {
-    let Ok(mut s) = sim.lock() else {
-        return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "poisoned\n");
-    };
+    let mut s = lock(sim);
     let action = q.get("action").cloned().unwrap_or_else(|| "*".into());
     let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1u32);
     match path {
@@ -485,7 +483,7 @@ fn matches_filter(e: &Eni, name: &str, values: &[String]) -> Result<bool, ApiErr
     let any = |v: &str| values.iter().any(|x| x == v);
     Ok(match name {
         "attachment.instance-id" => e.attachment.as_ref().is_some_and(|a| any(&a.instance_id)),
-        "attachment.status" => any(if e.attachment.is_some() { "attached" } else { "detached" }),
+        "attachment.status" => any(e.attachment.as_ref().map_or("detached", |a| a.state.as_str())),
         "status" => any(e.status()),
         "interface-type" => any(e.interface_type.as_str()),
         "vpc-id" => any(&e.vpc_id),
@@ -499,6 +497,21 @@ fn matches_filter(e: &Eni, name: &str, values: &[String]) -> Result<bool, ApiErr
 
 fn describe_network_interfaces(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, ApiError> {
     let ids = list(p, "NetworkInterfaceId");
+    let max = number(p, "MaxResults")?;
+    if let Some(m) = max {
+        if !ids.is_empty() {
+            return Err(ApiError {
+                code: "InvalidParameterCombination",
+                message: "The parameter NetworkInterfaceIds cannot be used with the parameter MaxResults"
+                    .into(),
+            });
+        }
+        if !(5..=1000).contains(&m) {
+            return Err(invalid(format!(
+                "Value ( {m} ) for parameter maxResults is invalid. Expecting a value between 5 and 1000."
+            )));
+        }
+    }
     for id in &ids {
         ec2.eni(id)?;
     }
@@ -520,7 +533,7 @@ fn describe_network_interfaces(ec2: &Ec2, p: &HashMap<String, String>) -> Result
     if let Some(token) = p.get("NextToken") {
         selected.retain(|e| e.id.as_str() > token.as_str());
     }
-    let max = number(p, "MaxResults")?.map(|m| m as usize).unwrap_or(usize::MAX);
+    let max = max.map_or(usize::MAX, |m| m as usize);
     let next = (selected.len() > max).then(|| selected[max - 1].id.clone());
     selected.truncate(max);
     let mut inner = String::from("<networkInterfaceSet>");
@@ -556,8 +569,8 @@ fn eni_xml(ec2: &Ec2, e: &Eni) -> String {
     if let Some(a) = &e.attachment {
         let _ = write!(
             x,
-            "<attachment><attachmentId>{}</attachmentId><instanceId>{}</instanceId><instanceOwnerId>123456789012</instanceOwnerId><deviceIndex>{}</deviceIndex><networkCardIndex>0</networkCardIndex><status>attached</status><attachTime>2026-11-26T00:00:00.000Z</attachTime><deleteOnTermination>{}</deleteOnTermination></attachment>",
-            a.id, a.instance_id, a.device_index, a.delete_on_termination
+            "<attachment><attachmentId>{}</attachmentId><instanceId>{}</instanceId><instanceOwnerId>123456789012</instanceOwnerId><deviceIndex>{}</deviceIndex><networkCardIndex>0</networkCardIndex><status>{}</status><attachTime>2026-11-26T00:00:00.000Z</attachTime><deleteOnTermination>{}</deleteOnTermination></attachment>",
+            a.id, a.instance_id, a.device_index, a.state.as_str(), a.delete_on_termination
         );
     }
     x.push_str("<tagSet>");
@@ -579,4 +592,161 @@ fn eni_xml(ec2: &Ec2, e: &Eni) -> String {
     }
     x.push_str("</ipv4PrefixSet>");
     x
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every action the simulator serves, and one it does not.
+    const ACTIONS: &[&str] = &[
+        "CreateNetworkInterface",
+        "AttachNetworkInterface",
+        "DetachNetworkInterface",
+        "DeleteNetworkInterface",
+        "AssignPrivateIpAddresses",
+        "UnassignPrivateIpAddresses",
+        "DescribeNetworkInterfaces",
+        "ModifyNetworkInterfaceAttribute",
+        "CreateTags",
+        "DeleteTags",
+        "TerminateInstances",
+        "DescribeInstances",
+        "DescribeInstanceTypes",
+        "DescribeSubnets",
+        "DescribeSecurityGroups",
+        "NoSuchAction",
+    ];
+
+    const NAMES: &[&str] = &[
+        "SubnetId",
+        "SecurityGroupId.1",
+        "InterfaceType",
+        "SecondaryPrivateIpAddressCount",
+        "Ipv4PrefixCount",
+        "NetworkInterfaceId",
+        "NetworkInterfaceId.1",
+        "InstanceId",
+        "InstanceId.1",
+        "DeviceIndex",
+        "AttachmentId",
+        "PrivateIpAddress.1",
+        "Ipv4Prefix.1",
+        "MaxResults",
+        "NextToken",
+        "Filter.1.Name",
+        "Filter.1.Value.1",
+        "Attachment.DeleteOnTermination",
+        "ResourceId.1",
+        "Tag.1.Key",
+        "Tag.1.Value",
+        "TagSpecification.1.Tag.1.Key",
+        "InstanceType.1",
+        "GroupId.1",
+    ];
+
+    /// Values that hit edges: ids that exist, numbers at and past every limit, bad syntax.
+    fn values(ec2: &Ec2) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "",
+            "0",
+            "1",
+            "4",
+            "5",
+            "16",
+            "1000",
+            "1001",
+            "-1",
+            "4294967295",
+            "4294967296",
+            "x",
+            "true",
+            "10.0.0.0",
+            "10.0.0.16/28",
+            "255.255.255.240",
+            "255.255.255.255/28",
+            "0.0.0.0",
+            "trunk",
+            "branch",
+            "efa",
+            "attachment.status",
+            "status",
+            "tag:x",
+            "interface-type",
+            "m5.large",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        v.extend(ec2.subnets.keys().cloned());
+        v.extend(ec2.instances.keys().cloned());
+        v.extend(ec2.security_groups.keys().cloned());
+        for e in ec2.enis.values() {
+            v.push(e.id.clone());
+            v.push(e.primary_ip.to_string());
+            v.extend(e.attachment.as_ref().map(|a| a.id.clone()));
+        }
+        v
+    }
+
+    fn world() -> Ec2 {
+        let mut ec2 = Ec2::default();
+        let subnet = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 0, 0), 26));
+        let sg = ec2.add_security_group("node");
+        ec2.run_instance("m5.large", &subnet, &[sg]).unwrap();
+        ec2.timing =
+            super::super::ec2::Timing { attach: Duration::from_millis(1), detach: Duration::from_millis(1) };
+        ec2
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        /// No request, however odd, panics the model: each answers a result or an EC2 error,
+        /// and a well-formed request still works afterwards.
+        #[test]
+        fn no_request_panics_the_simulator(
+            calls in prop::collection::vec(
+                (0..ACTIONS.len(), prop::collection::vec((0..NAMES.len(), any::<prop::sample::Index>()), 0..6)),
+                1..12,
+            )
+        ) {
+            let mut ec2 = world();
+            for (action, params) in calls {
+                let vals = values(&ec2);
+                let p: HashMap<String, String> = params
+                    .into_iter()
+                    .map(|(n, v)| (NAMES[n].to_owned(), v.get(&vals).clone()))
+                    .collect();
+                let _ = dispatch(&mut ec2, ACTIONS[action], &p);
+                ec2.settle(std::time::Instant::now());
+            }
+            let ok = dispatch(&mut ec2, "DescribeNetworkInterfaces", &HashMap::new());
+            prop_assert!(ok.is_ok(), "{:?}", ok.err());
+        }
+    }
+
+    #[test]
+    fn max_results_outside_5_to_1000_or_with_ids_is_refused() {
+        let mut ec2 = world();
+        let p = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        for bad in ["0", "4", "1001"] {
+            let e = dispatch(&mut ec2, "DescribeNetworkInterfaces", &p(&[("MaxResults", bad)])).unwrap_err();
+            assert_eq!(e.code, "InvalidParameterValue", "MaxResults={bad}");
+            assert!(e.message.contains("between 5 and 1000"), "{}", e.message);
+        }
+        let id = ec2.enis.keys().next().unwrap().clone();
+        let e = dispatch(
+            &mut ec2,
+            "DescribeNetworkInterfaces",
+            &p(&[("MaxResults", "5"), ("NetworkInterfaceId.1", &id)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "InvalidParameterCombination");
+        assert!(dispatch(&mut ec2, "DescribeNetworkInterfaces", &p(&[("MaxResults", "5")])).is_ok());
+    }
 }

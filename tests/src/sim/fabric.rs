@@ -5,7 +5,11 @@
 //! every IPv4 frame the node sends: which ENI, source and destination MAC and address, VLAN tag.
 //! Like EC2's source/destination check, a frame whose source address is not assigned to that ENI
 //! — or, for a tagged frame on a trunk, to the branch ENI of that VLAN — is dropped and counted;
-//! the others are delivered (recorded, and left to the VPC namespace's kernel).
+//! the others are delivered (recorded, and left to the VPC namespace's kernel). The drop is real:
+//! an nftables netdev ingress chain per wire in the VPC namespace (rewritten atomically on every
+//! change) accepts only the ENI's (or VLAN's branch ENI's) addresses and prefixes, so a dropped
+//! frame never reaches the VPC's kernel. The recorder's packet socket sees frames before that
+//! hook, so dropped frames are still recorded (with [`Verdict::SourceDestCheck`]).
 //!
 //! The fabric follows the EC2 model through [`Fabric::sync`], which the EC2 API and the Resource
 //! Controller call after every change. Needs root.
@@ -24,7 +28,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::ec2::{Ec2, Eni, InterfaceType};
+use super::ec2::{AttachState, Ec2, Eni, InterfaceType};
 use crate::netns::{in_netns, sh, NetNs};
 
 /// Why the VPC did not deliver a frame.
@@ -163,7 +167,8 @@ impl Fabric {
         let mut desired: HashMap<String, (&str, &Eni, u32)> = HashMap::new();
         for instance in self.nodes.keys() {
             for eni in ec2.attached_to(instance) {
-                if let Some(a) = &eni.attachment {
+                // The NIC appears once EC2 finishes the attachment and goes when the detach does.
+                if let Some(a) = eni.attachment.as_ref().filter(|a| a.state != AttachState::Attaching) {
                     desired.insert(eni.id.clone(), (instance.as_str(), eni, a.device_index));
                 }
             }
@@ -186,6 +191,7 @@ impl Fabric {
             }
         }
         let mut state = self.lock();
+        let state = &mut *state;
         for wire in state.wires.values_mut() {
             if let Ok(eni) = ec2.eni(&wire.eni_id) {
                 wire.owned = Owned::of(eni);
@@ -199,7 +205,35 @@ impl Fabric {
                 };
             }
         }
-        Ok(())
+        self.enforce_source_dest_check(state.wires.values())
+    }
+
+    /// Replaces the VPC namespace's `netdev vpc` table with one ingress chain per wire that
+    /// drops every IPv4 frame (untagged, or tagged per VLAN) whose source the wire's ENI does not own.
+    fn enforce_source_dest_check<'a>(&self, wires: impl Iterator<Item = &'a Wire>) -> Result<()> {
+        let set = |o: &Owned| {
+            let mut items: Vec<String> = o.addresses.iter().map(ToString::to_string).collect();
+            items.extend(o.prefixes.iter().map(|p| format!("{p}/28")));
+            format!("{{ {} }}", items.join(", "))
+        };
+        let mut rules = String::from("add table netdev vpc\ndelete table netdev vpc\ntable netdev vpc {\n");
+        for w in wires {
+            let owned = set(&w.owned);
+            rules.push_str(&format!(
+                "  chain {0} {{\n    type filter hook ingress device \"{0}\" priority 0; policy accept;\n    ether type ip ip saddr {owned} accept\n    vlan id 0 ip saddr {owned} accept\n",
+                w.vpc_if
+            ));
+            for (vlan, (_, o)) in &w.branches {
+                rules.push_str(&format!("    vlan id {vlan} ip saddr {} accept\n", set(o)));
+            }
+            rules.push_str("    ether type ip drop\n    ether type { 8021q, 8021ad } drop\n  }\n");
+        }
+        rules.push_str("}\n");
+        let file = std::env::temp_dir().join(format!("{}.nft", self.vpc.name()));
+        std::fs::write(&file, rules).context("writing the VPC's nftables rules")?;
+        let applied = self.vpc.run("nft", &["-f", &file.display().to_string()]);
+        let _ = std::fs::remove_file(&file);
+        applied.context("the VPC's source/destination check (nft)").map(|_| ())
     }
 
     fn plug(&self, ec2: &Ec2, instance: &str, eni: &Eni, index: u32) -> Result<()> {

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -13,7 +13,7 @@ use std::{
 use hyper::StatusCode;
 
 use super::{
-    ec2::{Ec2, Eni},
+    ec2::{AttachState, Ec2, Eni},
     ec2_api::Shared,
     http::{self, reply, Req, Resp},
 };
@@ -103,7 +103,9 @@ fn rand_u128() -> u128 {
 fn lookup(ec2: &Ec2, instance_id: &str, delay: Duration, path: &str) -> Option<String> {
     let instance = ec2.instances.get(instance_id).filter(|i| !i.terminated)?;
     let visible = |e: &&Eni| {
-        e.attachment.as_ref().is_some_and(|a| a.device_index == 0 || a.attached_at.elapsed() >= delay)
+        e.attachment.as_ref().is_some_and(|a| {
+            a.device_index == 0 || (a.state != AttachState::Attaching && a.attached_at.elapsed() >= delay)
+        })
     };
     let enis: Vec<&Eni> = ec2.attached_to(instance_id).into_iter().filter(visible).collect();
     let primary = enis.first()?;
@@ -124,12 +126,14 @@ fn lookup(ec2: &Ec2, instance_id: &str, delay: Duration, path: &str) -> Option<S
             let rest = path.strip_prefix("network/interfaces/macs/")?;
             let (mac, field) = rest.split_once('/')?;
             let eni = enis.iter().find(|e| e.mac == mac)?;
-            eni_field(ec2, eni, field)
+            eni_field(ec2, eni, delay, field)
         }
     }
 }
 
-fn eni_field(ec2: &Ec2, eni: &Eni, field: &str) -> Option<String> {
+fn eni_field(ec2: &Ec2, eni: &Eni, delay: Duration, field: &str) -> Option<String> {
+    // Addresses and prefixes assigned less than the propagation delay ago are not shown yet.
+    let shown = |ip: &&Ipv4Addr| eni.assigned_at.get(ip).is_none_or(|at| at.elapsed() >= delay);
     let subnet = ec2.subnets.get(&eni.subnet_id)?;
     let subnet_cidr = format!("{}/{}", subnet.cidr.0, subnet.cidr.1);
     match field {
@@ -141,13 +145,13 @@ fn eni_field(ec2: &Ec2, eni: &Eni, field: &str) -> Option<String> {
         "vpc-ipv4-cidr-blocks" => Some(ec2.vpc_cidrs.get(&eni.vpc_id).cloned().unwrap_or(subnet_cidr)),
         "local-ipv4s" => Some(
             std::iter::once(eni.primary_ip)
-                .chain(eni.secondary_ips.iter().copied())
+                .chain(eni.secondary_ips.iter().filter(shown).copied())
                 .map(|ip| ip.to_string())
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
-        "ipv4-prefix" if !eni.prefixes.is_empty() => {
-            Some(eni.prefixes.iter().map(|p| format!("{p}/28")).collect::<Vec<_>>().join("\n"))
+        "ipv4-prefix" if eni.prefixes.iter().any(|p| shown(&p)) => {
+            Some(eni.prefixes.iter().filter(shown).map(|p| format!("{p}/28")).collect::<Vec<_>>().join("\n"))
         }
         "security-group-ids" => Some(eni.groups.join("\n")),
         "mac" => Some(eni.mac.clone()),

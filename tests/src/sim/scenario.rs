@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    ec2::Ec2,
+    ec2::{Ec2, Timing},
     ec2_api::{self, Ec2Sim, Shared},
     fabric::Fabric,
     imds,
@@ -40,10 +40,27 @@ pub struct Scenario {
     pub eni_configs: Vec<EniConfigSpec>,
     #[serde(default)]
     pub security_group_policies: Vec<PolicySpec>,
-    /// How long after an attachment IMDS starts showing the ENI.
+    /// How long after an attachment, or an address or prefix assignment, IMDS starts showing it.
     #[serde(default)]
     pub imds_propagation_delay_ms: u64,
+    /// How long EC2 takes from `attaching` to `attached`.
+    #[serde(default = "default_attach_delay")]
+    pub attach_delay_ms: u64,
+    /// How long EC2 takes to detach (the ENI stays in use, not deletable, until then).
+    #[serde(default = "default_detach_delay")]
+    pub detach_delay_ms: u64,
 }
+
+fn default_attach_delay() -> u64 {
+    50
+}
+
+fn default_detach_delay() -> u64 {
+    200
+}
+
+/// How often the simulator finishes attachments and detachments when no request comes.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(20);
 
 fn default_region() -> String {
     "us-west-2".into()
@@ -159,11 +176,14 @@ pub struct Sim {
     /// The namespaces and wires, when started with [`Sim::start_with_fabric`].
     pub fabric: Option<Arc<Fabric>>,
     controller: tokio::task::JoinHandle<()>,
+    /// Finishes attachments and detachments on time (see [`Ec2::settle`]).
+    settler: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
         self.controller.abort();
+        self.settler.abort();
         if let Some(f) = &self.fabric {
             f.teardown();
         }
@@ -256,6 +276,10 @@ impl Sim {
                 .map_err(|e| anyhow::anyhow!("securityGroupPolicies[{i}]: {}", e.message))?;
         }
 
+        ec2.timing = Timing {
+            attach: Duration::from_millis(scenario.attach_delay_ms),
+            detach: Duration::from_millis(scenario.detach_delay_ms),
+        };
         let mut sim = Ec2Sim { ec2, ..Default::default() };
         let fabric = match fabric_prefix {
             Some(prefix) => {
@@ -282,7 +306,31 @@ impl Sim {
             nodes.push(SimNode { name, instance_id, imds_url });
         }
         let controller = rc::spawn(kube.clone(), ec2.clone());
-        Ok(Self { ec2, kube, ec2_url, kube_url, nodes, subnets, security_groups, vpc_id, fabric, controller })
+        let settler = {
+            let ec2 = ec2.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SETTLE_INTERVAL).await;
+                    let mut s = ec2_api::lock(&ec2);
+                    if s.ec2.settle(std::time::Instant::now()) {
+                        s.changed();
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            ec2,
+            kube,
+            ec2_url,
+            kube_url,
+            nodes,
+            subnets,
+            security_groups,
+            vpc_id,
+            fabric,
+            controller,
+            settler,
+        })
     }
 
     /// A kubeconfig for this scenario's API server.

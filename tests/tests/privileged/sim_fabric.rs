@@ -59,6 +59,15 @@ fn send(fabric: &Fabric, ns: &NetNs, iface: &str, vlan: Option<u16>, src: Ipv4Ad
     })
 }
 
+/// `Ip: InReceives` of the namespace: every IPv4 packet its kernel took in.
+fn ip_in_receives(ns: &NetNs) -> Result<u64> {
+    let snmp = ns.run("cat", &["/proc/net/snmp"])?;
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().context("Ip: header")?, ip.next().context("Ip: values")?);
+    let column = names.split_whitespace().position(|n| n == "InReceives").context("InReceives")?;
+    Ok(values.split_whitespace().nth(column).context("InReceives value")?.parse()?)
+}
+
 pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
     let prefix = format!("{}-sim", ctx.prefix());
     // What a run killed with SIGKILL leaves behind is removed at start.
@@ -117,13 +126,19 @@ pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
             assigned.assigned_private_ip_addresses()[0].private_ip_address().context("ip")?.parse()?;
         anyhow::Ok((id, eni.mac_address().context("mac")?.to_owned(), (ip, attachment.attachment_id)))
     })?;
-    ensure!(node.mac("eth1")? == eni_mac, "eth1 carries the new ENI's MAC");
+    // The NIC appears once EC2 finishes attaching (`attaching` → `attached`).
+    wait_for("eth1 with the new ENI's MAC", || node.mac("eth1").ok().filter(|m| *m == eni_mac))?;
     node.ip(&["link", "set", "eth1", "up"])?;
+    // What reaches the VPC's kernel (its IP layer counts every packet it receives).
+    let vpc_received = || ip_in_receives(fabric.vpc());
+    let before = vpc_received()?;
     let ok = send(&fabric, &node, "eth1", None, secondary.0)?;
     ensure!(ok.verdict == Verdict::Delivered && ok.eni_id == eni_id, "{ok:?}");
+    ensure!(vpc_received()? == before + 1, "a delivered frame reaches the VPC's kernel");
     let spoofed = send(&fabric, &node, "eth1", None, primary_ip)?;
     ensure!(spoofed.verdict == Verdict::SourceDestCheck, "eth0's address on eth1 is dropped: {spoofed:?}");
     ensure!(fabric.dropped().get(&eni_id) == Some(&1), "{:?}", fabric.dropped());
+    ensure!(vpc_received()? == before + 1, "a dropped frame never reaches the VPC's kernel");
 
     // Trunk and branch through the Resource Controller; tagged frames are judged by VLAN.
     let node_name = sim.nodes[0].name.clone();
@@ -167,9 +182,13 @@ pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
     rt.block_on(async {
         let attachment = secondary.1.context("attachment id")?;
         ec2.detach_network_interface().attachment_id(attachment).send().await?;
+        // Detaching takes time, as on EC2: the ENI is still in use right after.
+        let early = ec2.delete_network_interface().network_interface_id(&eni_id).send().await;
+        let code = early.err().and_then(|e| e.into_service_error().meta().code().map(str::to_owned));
+        ensure!(code.as_deref() == Some("InvalidNetworkInterface.InUse"), "{code:?}");
         anyhow::Ok(())
     })?;
-    ensure!(node.mac("eth1").is_err(), "eth1 unplugged on detach");
+    wait_for("eth1 unplugged after the detach", || node.mac("eth1").is_err().then_some(()))?;
 
     drop(sim);
     ensure!(namespaces(&prefix)?.is_empty(), "namespaces left: {:?}", namespaces(&prefix)?);
