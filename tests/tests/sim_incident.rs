@@ -239,7 +239,10 @@ async fn pods_matching_a_policy_get_branch_enis_and_the_pod_eni_annotation() {
     let trunk_tag = branch.tag_set().iter().find(|t| t.key() == Some("vpcresources.k8s.aws/trunk-eni-id"));
     assert_eq!(trunk_tag.and_then(|t| t.value()), trunk.network_interface_id());
 
+    // Deleting the pod starts its grace period; the branch goes once the kubelet's final
+    // delete (grace period 0) removes the pod.
     pods.delete("pay-1", &DeleteParams::default()).await.unwrap();
+    pods.delete("pay-1", &DeleteParams::default().grace_period(0)).await.unwrap();
     eventually("the branch ENI deleted", || async {
         let r = e.ec2.describe_network_interfaces().network_interface_ids(&eni_id).send().await;
         r.is_err().then_some(())

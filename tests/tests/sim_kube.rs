@@ -22,7 +22,7 @@ use kube::{
     },
     config::Kubeconfig,
     runtime::{watcher, WatchStreamExt as _},
-    Api, Client,
+    Api, Client, ResourceExt as _,
 };
 use serde_json::json;
 
@@ -121,7 +121,8 @@ async fn get_list_create_conflict_and_not_found() {
     assert_eq!(pods.list(&ListParams::default().fields("spec.nodeName=a")).await.unwrap().items.len(), 2);
     assert_eq!(pods.list(&ListParams::default().labels("app!=web")).await.unwrap().items.len(), 0);
 
-    let deleted = pods.delete("p2", &DeleteParams::default()).await.unwrap();
+    // The kubelet's final delete (grace period 0) removes the pod at once.
+    let deleted = pods.delete("p2", &DeleteParams::default().grace_period(0)).await.unwrap();
     assert!(deleted.is_left());
     assert_eq!(api_code(pods.get("p2").await.unwrap_err()), 404);
     assert_eq!(api_code(pods.delete("p2", &DeleteParams::default()).await.unwrap_err()), 404);
@@ -253,7 +254,7 @@ async fn watch_streams_changes_in_order_and_expires_old_versions() {
     )
     .await
     .unwrap();
-    pods.delete("p1", &DeleteParams::default()).await.unwrap();
+    pods.delete("p1", &DeleteParams::default().grace_period(0)).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
         match stream.try_next().await.unwrap().expect("stream ended early") {
@@ -312,4 +313,128 @@ async fn kube_runtime_watcher_follows_one_nodes_pods() {
     let first =
         tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap().unwrap();
     assert_eq!(first.metadata.name.as_deref(), Some("mine"));
+}
+
+/// What the real API server does and a naive store would not: the status subresource's write
+/// scopes, graceful deletion, finalizers, per-resource field labels, strategic merge for built-in
+/// types only, paged lists, streaming lists and real creation timestamps.
+#[tokio::test]
+async fn api_server_semantics_clients_rely_on() {
+    let (_kube, client, _dir) = server().await;
+    let pp = PostParams::default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let created = pods.create(&pp, &pod("p", "a", "web")).await.unwrap();
+
+    // Creation timestamps are the server's clock.
+    let age = jiff::Timestamp::now().as_second() - created.metadata.creation_timestamp.unwrap().0.as_second();
+    assert!((0..10).contains(&age), "creationTimestamp is {age} s old");
+
+    // Status subresource: the main endpoint ignores `status`, `/status` changes only `status`.
+    let main = json!({"metadata": {"labels": {"tier": "1"}}, "status": {"phase": "Running"}});
+    let p = pods.patch("p", &PatchParams::default(), &Patch::Merge(&main)).await.unwrap();
+    assert_eq!(p.labels().get("tier").map(String::as_str), Some("1"));
+    assert!(
+        p.status.as_ref().and_then(|s| s.phase.as_ref()).is_none(),
+        "status written via the main endpoint"
+    );
+    let st = json!({"metadata": {"labels": {"tier": "2"}}, "status": {"phase": "Running"}});
+    let p = pods.patch_status("p", &PatchParams::default(), &Patch::Merge(&st)).await.unwrap();
+    assert_eq!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+    assert_eq!(p.labels().get("tier").map(String::as_str), Some("1"), "labels written via /status");
+    let mut replaced = pods.get("p").await.unwrap();
+    replaced.status = None;
+    let replaced = pods.replace("p", &pp, &replaced).await.unwrap();
+    assert_eq!(replaced.status.unwrap().phase.as_deref(), Some("Running"), "a PUT keeps the status");
+
+    // Strategic merge on a built-in type merges lists by key; a custom resource refuses it (415).
+    let sm = json!({"spec": {"containers": [{"name": "sidecar", "image": "envoy"}]}});
+    let p = pods.patch("p", &PatchParams::default(), &Patch::Strategic(&sm)).await.unwrap();
+    let names: Vec<_> = p.spec.unwrap().containers.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(names, ["c", "sidecar"]);
+    let cninode = crd("vpcresources.k8s.aws", "v1alpha1", "CNINode", "cninodes");
+    let cninodes: Api<DynamicObject> = Api::all_with(client.clone(), &cninode);
+    let mut n = DynamicObject::new("a", &cninode);
+    n.metadata.finalizers = Some(vec!["networking.k8s.aws/resource-cleanup".into()]);
+    n.data = json!({"spec": {"features": []}});
+    cninodes.create(&pp, &n).await.unwrap();
+    let features = json!({"spec": {"features": [{"name": "SecurityGroupsForPods"}]}});
+    let e = cninodes.patch("a", &PatchParams::default(), &Patch::Strategic(&features)).await.unwrap_err();
+    assert_eq!(api_code(e), 415);
+
+    // Field selectors: only the fields the real server indexes.
+    for (bad, api) in [("spec.containers", &pods), ("metadata.labels", &pods)] {
+        let e = api.list(&ListParams::default().fields(&format!("{bad}=x"))).await.unwrap_err();
+        assert_eq!(api_code(e), 400, "{bad}");
+    }
+    let e = cninodes.list(&ListParams::default().fields("spec.features=x")).await.unwrap_err();
+    assert_eq!(api_code(e), 400);
+    assert_eq!(cninodes.list(&ListParams::default().fields("metadata.name=a")).await.unwrap().items.len(), 1);
+    assert_eq!(
+        pods.list(&ListParams::default().fields("status.phase=Running")).await.unwrap().items.len(),
+        1
+    );
+
+    // Graceful deletion: a bound pod gets deletionTimestamp (MODIFIED) and stays until the
+    // kubelet deletes it with grace period 0 (DELETED).
+    let rv = pods.get("p").await.unwrap().metadata.resource_version.unwrap();
+    let mut events = pods.watch(&WatchParams::default().timeout(5), &rv).await.unwrap().boxed();
+    let first = pods.delete("p", &DeleteParams::default()).await.unwrap().left().unwrap();
+    assert!(first.metadata.deletion_timestamp.is_some());
+    assert_eq!(first.metadata.deletion_grace_period_seconds, Some(30));
+    assert!(pods.get("p").await.is_ok(), "still there during its grace period");
+    pods.delete("p", &DeleteParams::default().grace_period(0)).await.unwrap();
+    assert_eq!(api_code(pods.get("p").await.unwrap_err()), 404);
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Modified(p) if p.metadata.deletion_timestamp.is_some() => kinds.push("MODIFIED"),
+            WatchEvent::Deleted(_) => kinds.push("DELETED"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(kinds, ["MODIFIED", "DELETED"]);
+
+    // Finalizers: deletion waits until the last one is removed.
+    cninodes.delete("a", &DeleteParams::default()).await.unwrap();
+    let pending = cninodes.get("a").await.unwrap();
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    let clear = json!({"metadata": {"finalizers": null}});
+    cninodes.patch("a", &PatchParams::default(), &Patch::Merge(&clear)).await.unwrap();
+    assert_eq!(api_code(cninodes.get("a").await.unwrap_err()), 404);
+
+    // Paged lists: limit and continue visit every object once.
+    let nodes: Api<Node> = Api::all(client.clone());
+    for i in 0..5 {
+        nodes.create(&pp, &node(&format!("n{i}"), "us-west-2a")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(2);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = nodes.list(&lp).await.unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|n| n.metadata.name.clone().unwrap()));
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["n0", "n1", "n2", "n3", "n4"]);
+
+    // kube-rs' streaming lists (sendInitialEvents): the current objects, then the end marker.
+    let mut stream = watcher(nodes, watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = 0;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap();
+        match event.unwrap() {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(_) => initial += 1,
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(initial, 5);
 }

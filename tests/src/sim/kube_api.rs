@@ -2,10 +2,14 @@
 //! core/v1 Node, Pod, Event; events.k8s.io/v1 Event; crd.k8s.amazonaws.com/v1alpha1 ENIConfig;
 //! vpcresources.k8s.aws/v1alpha1 CNINode; vpcresources.k8s.aws/v1beta1 SecurityGroupPolicy.
 //!
-//! Verbs: get, list and watch (labelSelector, fieldSelector, resourceVersion, timeoutSeconds,
-//! allowWatchBookmarks), create (also with generateName), replace, merge / strategic-merge / JSON
-//! patch, delete; the `status` subresource is the object itself. Errors are `Status` objects with
-//! the API server's codes (400, 404, 409, 410 as a watch ERROR event, 415, 422).
+//! Verbs: get, list (limit and continue) and watch (labelSelector, fieldSelector, resourceVersion,
+//! timeoutSeconds, allowWatchBookmarks, sendInitialEvents for kube-rs' streaming lists), create
+//! (also with generateName), replace, merge / JSON patch (strategic merge for built-in types only;
+//! custom resources answer 415 as the real server does), delete (graceful for bound Pods,
+//! finalizers honoured). Node, Pod and CNINode have a `status` subresource: the main endpoint
+//! ignores `status`, `/status` changes nothing else. Field selectors are limited to the fields the
+//! real server indexes for each resource (others: 400). Errors are `Status` objects with the API
+//! server's codes (400, 404, 409, 410 as a watch ERROR event, 415, 422).
 //!
 //! Simplification: a watch with a selector filters events by the object's new state; an object
 //! that stops matching is not turned into a DELETED event as the real API server does.
@@ -26,7 +30,7 @@ use tokio::sync::watch;
 
 use super::{
     http::{self, reply, Req, Resp},
-    kube_store::{Event, Key, Selector, StatusError, Store},
+    kube_store::{Event, Key, PatchKind, Scope, Selector, StatusError, Store},
 };
 
 /// A resource the simulated API server serves.
@@ -37,6 +41,10 @@ pub struct Resource {
     pub plural: &'static str,
     pub kind: &'static str,
     pub namespaced: bool,
+    /// Served with a `status` subresource.
+    pub status: bool,
+    /// Field labels a field selector may use (beyond `metadata.name` and `metadata.namespace`).
+    pub fields: &'static [&'static str],
 }
 
 impl Resource {
@@ -57,6 +65,11 @@ impl Resource {
         }
     }
 
+    /// Custom resources (served from CRDs) take no strategic merge patch.
+    pub fn is_custom(&self) -> bool {
+        !self.group.is_empty() && self.group != "events.k8s.io"
+    }
+
     pub fn key(&self, namespace: Option<&str>, name: &str) -> Key {
         Key {
             resource: self.store_name(),
@@ -73,15 +86,51 @@ const fn res(
     kind: &'static str,
     namespaced: bool,
 ) -> Resource {
-    Resource { group, version, plural, kind, namespaced }
+    Resource { group, version, plural, kind, namespaced, status: false, fields: &[] }
 }
 
-pub const NODES: Resource = res("", "v1", "nodes", "Node", false);
-pub const PODS: Resource = res("", "v1", "pods", "Pod", true);
-pub const EVENTS: Resource = res("", "v1", "events", "Event", true);
+const fn with_status(r: Resource) -> Resource {
+    Resource { status: true, ..r }
+}
+
+const fn with_fields(r: Resource, fields: &'static [&'static str]) -> Resource {
+    Resource { fields, ..r }
+}
+
+/// The real API server's field labels (pkg/registry/core/*/strategy.go).
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.podIPs",
+    "status.nominatedNodeName",
+];
+const NODE_FIELDS: &[&str] = &["spec.unschedulable"];
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+pub const NODES: Resource = with_fields(with_status(res("", "v1", "nodes", "Node", false)), NODE_FIELDS);
+pub const PODS: Resource = with_fields(with_status(res("", "v1", "pods", "Pod", true)), POD_FIELDS);
+pub const EVENTS: Resource = with_fields(res("", "v1", "events", "Event", true), EVENT_FIELDS);
 pub const EVENTS_V1: Resource = res("events.k8s.io", "v1", "events", "Event", true);
 pub const ENICONFIGS: Resource = res("crd.k8s.amazonaws.com", "v1alpha1", "eniconfigs", "ENIConfig", false);
-pub const CNINODES: Resource = res("vpcresources.k8s.aws", "v1alpha1", "cninodes", "CNINode", false);
+pub const CNINODES: Resource =
+    with_status(res("vpcresources.k8s.aws", "v1alpha1", "cninodes", "CNINode", false));
 pub const SECURITY_GROUP_POLICIES: Resource =
     res("vpcresources.k8s.aws", "v1beta1", "securitygrouppolicies", "SecurityGroupPolicy", true);
 
@@ -203,6 +252,18 @@ struct Target {
     resource: Resource,
     namespace: Option<String>,
     name: Option<String>,
+    /// The request is for the `status` subresource.
+    status: bool,
+}
+
+impl Target {
+    fn scope(&self) -> Scope {
+        match (self.status, self.resource.status) {
+            (true, _) => Scope::Status,
+            (false, true) => Scope::MainOfStatusResource,
+            (false, false) => Scope::All,
+        }
+    }
 }
 
 fn route(path: &str) -> Result<Target, StatusError> {
@@ -216,19 +277,20 @@ fn route(path: &str) -> Result<Target, StatusError> {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
         _ => (None, rest),
     };
-    let (plural, name) = match rest {
-        [plural] => (*plural, None),
-        [plural, name] | [plural, name, "status"] => (*plural, Some((*name).to_owned())),
+    let (plural, name, status) = match rest {
+        [plural] => (*plural, None, false),
+        [plural, name] => (*plural, Some((*name).to_owned()), false),
+        [plural, name, "status"] => (*plural, Some((*name).to_owned()), true),
         _ => return Err(not_found_path(path)),
     };
     let resource = RESOURCES
         .into_iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
         .ok_or_else(|| not_found_path(path))?;
-    if namespace.is_some() && !resource.namespaced {
+    if (namespace.is_some() && !resource.namespaced) || (status && !resource.status) {
         return Err(not_found_path(path));
     }
-    Ok(Target { resource, namespace, name })
+    Ok(Target { resource, namespace, name, status })
 }
 
 fn not_found_path(path: &str) -> StatusError {
@@ -252,10 +314,10 @@ async fn handle(req: Req, kube: Arc<Kube>) -> Resp {
             if obj.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
                 return Err(bad_request("metadata.name does not match the name in the URL".into()));
             }
-            kube.write(|s| s.replace(&t.resource.key(ns, name), obj))
+            kube.write(|s| s.update(&t.resource.key(ns, name), obj, t.scope()))
         }),
-        ("PATCH", Some(name)) => patch(&kube, &t.resource.key(ns, name), &req),
-        ("DELETE", Some(name)) => kube.write(|s| s.delete(&t.resource.key(ns, name))),
+        ("PATCH", Some(name)) => patch(&kube, &t, name, &req),
+        ("DELETE", Some(name)) if !t.status => delete(&kube, &t, name, &req),
         _ => Err(StatusError {
             code: 405,
             reason: "MethodNotAllowed",
@@ -273,35 +335,79 @@ fn body(req: &Req) -> Result<Value, StatusError> {
     serde_json::from_slice(&req.body).map_err(|e| bad_request(format!("request body is not JSON: {e}")))
 }
 
-fn patch(kube: &Kube, key: &Key, req: &Req) -> Result<Value, StatusError> {
+fn patch(kube: &Kube, t: &Target, name: &str, req: &Req) -> Result<Value, StatusError> {
     let content_type = req.headers.get("content-type").map(String::as_str).unwrap_or("");
-    let patch = body(req)?;
-    match content_type.split(';').next().unwrap_or("").trim() {
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-            kube.write(|s| s.merge_patch(key, &patch))
+    let kind = match content_type.split(';').next().unwrap_or("").trim() {
+        "application/merge-patch+json" => PatchKind::Merge,
+        "application/strategic-merge-patch+json" if !t.resource.is_custom() => PatchKind::Strategic,
+        "application/json-patch+json" => PatchKind::Json,
+        other => {
+            return Err(StatusError {
+                code: 415,
+                reason: "UnsupportedMediaType",
+                message: format!(
+                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json-patch+json, application/merge-patch+json{}",
+                    if t.resource.is_custom() { "" } else { ", application/strategic-merge-patch+json" }
+                ),
+            })
         }
-        "application/json-patch+json" => kube.write(|s| s.json_patch(key, &patch)),
-        other => Err(StatusError {
-            code: 415,
-            reason: "UnsupportedMediaType",
-            message: format!("the simulated API server does not accept patches of type `{other}`"),
-        }),
-    }
+    };
+    let patch = body(req)?;
+    let key = t.resource.key(t.namespace.as_deref(), name);
+    kube.write(|s| {
+        let obj = s.patched(&key, kind, &patch)?;
+        s.update(&key, obj, t.scope())
+    })
 }
 
-fn selectors(q: &HashMap<String, String>) -> Result<(Selector, Selector), StatusError> {
+/// DELETE with the grace period from the query or the DeleteOptions body.
+fn delete(kube: &Kube, t: &Target, name: &str, req: &Req) -> Result<Value, StatusError> {
+    let from_body =
+        serde_json::from_slice::<Value>(&req.body).ok().and_then(|b| b["gracePeriodSeconds"].as_i64());
+    let grace = req.query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()).or(from_body);
+    let key = t.resource.key(t.namespace.as_deref(), name);
+    kube.write(|s| {
+        let bound =
+            s.get(&key)?.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        s.delete_request(&key, t.resource == PODS && bound, grace)
+    })
+}
+
+fn selectors(resource: &Resource, q: &HashMap<String, String>) -> Result<(Selector, Selector), StatusError> {
     let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
-    Ok((Selector::parse(get("labelSelector"))?, Selector::parse(get("fieldSelector"))?))
+    let fields = Selector::parse(get("fieldSelector"))?;
+    let allowed = |f: &str| f == "metadata.name" || f == "metadata.namespace" || resource.fields.contains(&f);
+    if let Some(f) = fields.keys().find(|f| !allowed(f)) {
+        return Err(bad_request(format!("field label not supported: {f}")));
+    }
+    Ok((Selector::parse(get("labelSelector"))?, fields))
 }
 
+/// A list, in pages when `limit` is given: `metadata.continue` names where the next page starts
+/// (namespace/name of the last item sent) and `remainingItemCount` how many are left.
 fn list(kube: &Kube, t: &Target, q: &HashMap<String, String>) -> Result<Value, StatusError> {
-    let (labels, fields) = selectors(q)?;
-    let (items, rv) =
+    let (labels, fields) = selectors(&t.resource, q)?;
+    let (mut items, rv) =
         kube.read(|s| s.list(&t.resource.store_name(), t.namespace.as_deref(), &labels, &fields));
+    let position = |o: &Value| {
+        let m = &o["metadata"];
+        format!("{}/{}", m["namespace"].as_str().unwrap_or(""), m["name"].as_str().unwrap_or(""))
+    };
+    if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
+        items.retain(|o| position(o).as_str() > token.as_str());
+    }
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    if let Some(limit) = limit.filter(|l| items.len() > *l) {
+        let remaining = items.len() - limit;
+        items.truncate(limit);
+        metadata["continue"] = json!(items.last().map(position).unwrap_or_default());
+        metadata["remainingItemCount"] = json!(remaining);
+    }
     Ok(json!({
         "apiVersion": t.resource.api_version(),
         "kind": format!("{}List", t.resource.kind),
-        "metadata": {"resourceVersion": rv.to_string()},
+        "metadata": metadata,
         "items": items,
     }))
 }
@@ -316,7 +422,7 @@ fn watch_line(kind: &str, object: &Value) -> Bytes {
 /// every event after it, until timeoutSeconds (a BOOKMARK first when asked for) or the client
 /// goes away. A resourceVersion older than the event log gets an ERROR event with 410 Expired.
 fn watch(kube: &Arc<Kube>, t: &Target, q: &HashMap<String, String>) -> Resp {
-    let (labels, fields) = match selectors(q) {
+    let (labels, fields) = match selectors(&t.resource, q) {
         Ok(s) => s,
         Err(e) => return status_reply(&e),
     };
@@ -329,6 +435,9 @@ fn watch(kube: &Arc<Kube>, t: &Target, q: &HashMap<String, String>) -> Resp {
     };
     let timeout = Duration::from_secs(q.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(1800));
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    // kube-rs' streaming list: every current object, then a bookmark marking the end of them.
+    let initial_events = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let since = if initial_events { None } else { since };
     let (tx, resp) = http::streaming(StatusCode::OK, "application/json");
     let (kube, resource, namespace) = (kube.clone(), t.resource, t.namespace.clone());
     tokio::spawn(async move {
@@ -343,6 +452,14 @@ fn watch(kube: &Arc<Kube>, t: &Target, q: &HashMap<String, String>) -> Resp {
                 let (items, rv) = kube.read(|s| s.list(&store_name, ns, &labels, &fields));
                 for item in items {
                     if tx.send(watch_line("ADDED", &item)).await.is_err() {
+                        return;
+                    }
+                }
+                if initial_events {
+                    let mark = json!({"apiVersion": resource.api_version(), "kind": resource.kind,
+                                      "metadata": {"resourceVersion": rv.to_string(),
+                                                   "annotations": {"k8s.io/initial-events-end": "true"}}});
+                    if tx.send(watch_line("BOOKMARK", &mark)).await.is_err() {
                         return;
                     }
                 }

@@ -1,7 +1,12 @@
 //! The object store behind the simulated Kubernetes API: objects by (resource, namespace, name),
-//! a cluster-wide resourceVersion, an event log for watches, label and field selectors, and merge
-//! and JSON patches, with the API server's 404/409/410/422 answers. Pure (serde_json values); the
-//! HTTP layer that kube-rs talks to is built on it.
+//! a cluster-wide resourceVersion, an event log for watches, label and field selectors, merge,
+//! strategic-merge and JSON patches, the status subresource's write scopes, graceful deletion
+//! and finalizers, with the API server's 404/409/410/422 answers. Pure (serde_json values) but
+//! for the clock; the HTTP layer that kube-rs talks to is built on it.
+//!
+//! Writes through [`Store::update`] and [`Store::delete_request`] follow the API server (what
+//! clients get over HTTP); [`Store::replace`], [`Store::merge_patch`] and [`Store::delete`] are
+//! the simulator's own writes (controllers, a kubelet's final delete) and change anything.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -44,6 +49,32 @@ fn not_found(key: &Key) -> StatusError {
 
 fn invalid(message: String) -> StatusError {
     StatusError { code: 422, reason: "Invalid", message }
+}
+
+/// Now, as the API server writes timestamps (RFC 3339, whole seconds, UTC).
+pub fn timestamp(offset_secs: i64) -> String {
+    let t = jiff::Timestamp::now().as_second().saturating_add(offset_secs);
+    jiff::Timestamp::from_second(t)
+        .map_or_else(|_| "1970-01-01T00:00:00Z".into(), |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+/// Which part of an object a client's write may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The main endpoint of a resource without a status subresource: everything.
+    All,
+    /// The main endpoint of a resource with one: everything but `status`.
+    MainOfStatusResource,
+    /// The `/status` subresource: only `status`.
+    Status,
+}
+
+/// A client's patch, by content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    Merge,
+    Strategic,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +152,7 @@ impl Store {
         }
         self.uid += 1;
         meta.insert("uid".into(), Value::String(format!("00000000-0000-4000-8000-{:012x}", self.uid)));
-        meta.entry("creationTimestamp").or_insert_with(|| Value::String("2026-11-26T00:00:00Z".into()));
+        meta.insert("creationTimestamp".into(), Value::String(timestamp(0)));
         self.stamp(&mut obj);
         self.objects.insert(key.clone(), obj.clone());
         self.record(EventType::Added, &key, &obj);
@@ -186,24 +217,108 @@ impl Store {
     /// RFC 7386 merge patch (kube-rs `Patch::Merge`). A patch carrying
     /// `metadata.resourceVersion` is an optimistic lock: stale → 409.
     pub fn merge_patch(&mut self, key: &Key, patch: &Value) -> Result<Value, StatusError> {
-        let mut obj = self.get(key)?;
-        if patch.pointer("/metadata/resourceVersion").is_none() {
-            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.remove("resourceVersion");
-            }
-        }
-        merge(&mut obj, patch);
+        let obj = self.patched(key, PatchKind::Merge, patch)?;
         self.replace(key, obj)
     }
 
     /// RFC 6902 JSON patch (kube-rs `Patch::Json`); a failed `test` or a bad path is 422.
     pub fn json_patch(&mut self, key: &Key, ops: &Value) -> Result<Value, StatusError> {
+        let obj = self.patched(key, PatchKind::Json, ops)?;
+        self.replace(key, obj)
+    }
+
+    /// The object as `patch` would leave it (not stored). Only a patch that carries
+    /// `metadata.resourceVersion` locks optimistically.
+    pub fn patched(&self, key: &Key, kind: PatchKind, patch: &Value) -> Result<Value, StatusError> {
         let mut obj = self.get(key)?;
-        let ops = ops.as_array().ok_or_else(|| invalid("a JSON patch is an array of operations".into()))?;
-        for (i, op) in ops.iter().enumerate() {
-            apply_op(&mut obj, op).map_err(|m| invalid(format!("patch operation {i}: {m}")))?;
+        let locks = kind != PatchKind::Json && patch.pointer("/metadata/resourceVersion").is_some();
+        if !locks {
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("resourceVersion");
+            }
         }
+        match kind {
+            PatchKind::Merge => merge(&mut obj, patch),
+            PatchKind::Strategic => strategic_merge(&mut obj, patch),
+            PatchKind::Json => {
+                let ops = patch
+                    .as_array()
+                    .ok_or_else(|| invalid("a JSON patch is an array of operations".into()))?;
+                for (i, op) in ops.iter().enumerate() {
+                    apply_op(&mut obj, op).map_err(|m| invalid(format!("patch operation {i}: {m}")))?;
+                }
+            }
+        }
+        Ok(obj)
+    }
+
+    /// A client's write (PUT or PATCH result) within `scope`: the main endpoint of a resource
+    /// with a status subresource keeps the stored `status`, the `/status` endpoint changes only
+    /// `status`. An object being deleted whose last finalizer this write removes is deleted.
+    pub fn update(&mut self, key: &Key, mut obj: Value, scope: Scope) -> Result<Value, StatusError> {
+        let current = self.get(key)?;
+        match scope {
+            Scope::All => {}
+            Scope::MainOfStatusResource => set_status(&mut obj, current.get("status").cloned()),
+            Scope::Status => {
+                let status = obj.get("status").cloned();
+                let rv = obj.pointer("/metadata/resourceVersion").cloned();
+                obj = current.clone();
+                set_status(&mut obj, status);
+                if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                    match rv {
+                        Some(rv) => meta.insert("resourceVersion".into(), rv),
+                        None => meta.remove("resourceVersion"),
+                    };
+                }
+            }
+        }
+        if scope != Scope::Status {
+            // deletionTimestamp is the server's: a client can neither set nor clear it.
+            let deleting = current.pointer("/metadata/deletionTimestamp").cloned();
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                match deleting {
+                    Some(t) => meta.insert("deletionTimestamp".into(), t),
+                    None => meta.remove("deletionTimestamp"),
+                };
+            }
+        }
+        let stored = self.replace(key, obj)?;
+        let deleting = stored.pointer("/metadata/deletionTimestamp").is_some();
+        if deleting
+            && finalizers(&stored) == 0
+            && stored.pointer("/metadata/deletionGracePeriodSeconds").is_none()
+        {
+            return self.delete(key);
+        }
+        Ok(stored)
+    }
+
+    /// A client's DELETE. An object with finalizers only gets `deletionTimestamp` (MODIFIED) and
+    /// goes when the last finalizer is removed. With `graceful` (a Pod bound to a node) and a grace
+    /// period other than 0, it gets `deletionTimestamp` and `deletionGracePeriodSeconds` (default
+    /// 30) and goes when the kubelet deletes it again with grace period 0. Otherwise it goes now.
+    pub fn delete_request(
+        &mut self,
+        key: &Key,
+        graceful: bool,
+        grace: Option<i64>,
+    ) -> Result<Value, StatusError> {
+        let mut obj = self.get(key)?;
+        let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+        let pending_grace = graceful && grace != Some(0);
+        if finalizers(&obj) == 0 && !pending_grace {
+            return self.delete(key);
+        }
+        if deleting {
+            return Ok(obj);
+        }
+        let period = if pending_grace { grace.unwrap_or(30) } else { 0 };
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("deletionTimestamp".into(), Value::String(timestamp(period)));
+            if pending_grace {
+                meta.insert("deletionGracePeriodSeconds".into(), json!(period));
+            }
             meta.remove("resourceVersion");
         }
         self.replace(key, obj)
@@ -251,6 +366,76 @@ impl Store {
         let first = self.events.partition_point(|e| e.resource_version <= since);
         Ok(self.events.range(first..))
     }
+}
+
+fn set_status(obj: &mut Value, status: Option<Value>) {
+    if let Some(m) = obj.as_object_mut() {
+        match status {
+            Some(st) => m.insert("status".into(), st),
+            None => m.remove("status"),
+        };
+    }
+}
+
+fn finalizers(obj: &Value) -> usize {
+    obj.pointer("/metadata/finalizers").and_then(Value::as_array).map_or(0, Vec::len)
+}
+
+/// Strategic merge patch, as the API server applies it to built-in types: objects merge as in
+/// RFC 7386; lists of objects that all carry a merge key (`name` — containers, env, volumes — or
+/// `type` — conditions, addresses, taints by `key`) merge element by element on that key, and an
+/// element with `"$patch": "delete"` is removed; other lists (strings, numbers) are replaced,
+/// except `metadata.finalizers`, which merges as a set. Per-field strategies beyond these keys
+/// (from the OpenAPI `x-kubernetes-patch-merge-key` extensions) are not modelled.
+fn strategic_merge(target: &mut Value, patch: &Value) {
+    strategic_at(target, patch, "");
+}
+
+fn strategic_at(target: &mut Value, patch: &Value, path: &str) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    strategic_at(t.entry(k.clone()).or_insert(Value::Null), v, &format!("{path}/{k}"));
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) if path == "/metadata/finalizers" => {
+            for v in p {
+                if !t.contains(v) {
+                    t.push(v.clone());
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) => match merge_key(t, p) {
+            Some(key) => {
+                for item in p {
+                    let id = &item[key];
+                    let pos = t.iter().position(|e| &e[key] == id);
+                    let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+                    match (pos, delete) {
+                        (Some(i), true) => {
+                            t.remove(i);
+                        }
+                        (Some(i), false) => strategic_at(&mut t[i], item, path),
+                        (None, false) => t.push(item.clone()),
+                        (None, true) => {}
+                    }
+                }
+            }
+            None => *t = p.clone(),
+        },
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// The key both lists' elements are identified by, if every element is an object carrying it.
+fn merge_key(a: &[Value], b: &[Value]) -> Option<&'static str> {
+    ["name", "type", "key"]
+        .into_iter()
+        .find(|k| !b.is_empty() && a.iter().chain(b).all(|e| e.get(*k).is_some_and(|v| !v.is_null())))
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -380,6 +565,16 @@ impl Selector {
             reqs.push(r);
         }
         Ok(Self(reqs))
+    }
+
+    /// The keys the selector names (a field selector's field labels).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|r| match r {
+            Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::Exists(k)
+            | Requirement::NotExists(k) => k.as_str(),
+        })
     }
 
     fn matches(&self, get: impl Fn(&str) -> Option<String>) -> bool {
