@@ -57,7 +57,7 @@ fn main() -> Result<()> {
             if !setup::is_complete() {
                 setup::setup()?;
             }
-            test::run_bench("datapath")
+            test::run_bench()
         }
     }
 }

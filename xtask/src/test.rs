@@ -184,13 +184,12 @@ pub fn vm_test(filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Builds a bench target (release) and runs it as root.
-pub fn run_bench(name: &str) -> Result<()> {
-    let bins = build(&["build", "--bins"])?;
-    let agent = artifact(&bins, "eniguard")?;
-    let benches = build(&["bench", "--no-run", "--bench", name])?;
-    let mut cmd = privileged(artifact(&benches, name)?)?;
-    run(cmd.env("ENIGUARD_BIN", agent).arg("--bench"))
+/// Builds the datapath benchmark, a release binary of the tests crate (a binary, not a bench
+/// target, so that the crate's dev-dependencies — aws-sdk-ec2 among them — are not built in
+/// release), and runs it as root.
+pub fn run_bench() -> Result<()> {
+    let bins = build(&["build", "--release", "--bin", "eniguard-bench"])?;
+    run(&mut privileged(artifact(&bins, "eniguard-bench")?)?)
 }
 
 /// Builds (unprivileged) and runs one of the tests crate's binaries as root.

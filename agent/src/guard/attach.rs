@@ -1,5 +1,5 @@
-//! The one place where TC programs are attached: TCX on kernels that have it (>= 6.6), classic
-//! clsact + cls_bpf over netlink otherwise, or whichever the operator selects.
+//! How TC programs are attached: TCX on kernels that have it (>= 6.6), classic clsact + cls_bpf
+//! over netlink otherwise, or whichever the operator selects.
 
 use std::{fmt, str::FromStr};
 
@@ -92,13 +92,16 @@ pub fn ifindex(iface: &str) -> Result<u32, GuardError> {
     }
 }
 
-/// Attaches a loaded classifier to `iface`; the program keeps the link (dropped = detached).
-/// Returns the concrete mode used.
+/// Attaches a loaded classifier to `iface` (the pipeline-proof counter; the guard's own attach
+/// with takeover is `datapath::Guard::attach`); the program keeps the link (dropped = detached).
+/// `priority` is the netlink filter priority (0: the kernel's choice); under TCX the program is
+/// appended. Returns the concrete mode used.
 pub fn attach(
     program: &mut SchedClassifier,
     iface: &str,
     direction: Direction,
     mode: AttachMode,
+    priority: u16,
 ) -> Result<AttachMode, GuardError> {
     let attach_type = match direction {
         Direction::Ingress => TcAttachType::Ingress,
@@ -115,7 +118,7 @@ pub fn attach(
         }
         _ => {
             ensure_clsact(iface)?;
-            TcAttachOptions::Netlink(NlOptions::default())
+            TcAttachOptions::Netlink(NlOptions { priority, ..NlOptions::default() })
         }
     };
     program

@@ -27,6 +27,7 @@ pub fn attach_counter(
     iface: &str,
     direction: Direction,
     mode: AttachMode,
+    priority: u16,
 ) -> Result<AttachedCounter, GuardError> {
     // Check the interface before anything is created, so a typo leaves nothing behind.
     super::attach::ifindex(iface)?;
@@ -38,7 +39,7 @@ pub fn attach_counter(
         .try_into()
         .map_err(|source| GuardError::Program { name: TC_COUNT_PROGRAM, source })?;
     program.load().map_err(|source| GuardError::Program { name: TC_COUNT_PROGRAM, source })?;
-    let mode = attach(program, iface, direction, mode)?;
+    let mode = attach(program, iface, direction, mode, priority)?;
     Ok(AttachedCounter { _ebpf: ebpf, mode })
 }
 

@@ -1,11 +1,22 @@
 //! The guard's kernel state: pinned maps programmed from a spec, programs attached to interfaces.
 //!
 //! Restart safety: maps are pinned (`<pin dir>/maps/NAME`) and reused, so intent and counters
-//! survive a restart; TCX links are pinned (`<pin dir>/links/IFACE.HOOK`) and on restart the new
-//! program replaces the old one on the same link in one `bpf_link_update` (no unchecked window);
-//! netlink filters use a fixed priority and handle and are replaced in place the same way.
-//! Map entries are replaced whole (hash-map updates are atomic per element), so no packet sees a
-//! half-written entry; new entries are written before stale ones are removed.
+//! survive a restart; TCX links are pinned (`<pin dir>/links/<hook>-<iface>`) and on restart the
+//! new program replaces the old one on the same link in one `bpf_link_update` (no unchecked
+//! window); netlink filters use a fixed priority and handle and are replaced in place the same
+//! way. A stale link pin (its interface was re-created) is replaced by a fresh attach, and an
+//! attachment of the other mode (netlink ↔ TCX after a kernel or flag change) is removed, so
+//! nothing runs twice. A start that fails leaves a predecessor's datapath as it found it.
+//!
+//! Map updates are ordered so that no window passes a packet the full check would flag: intents
+//! are first written with only the fast-path exits valid both before and after (old ∩ new), then
+//! truth, then the intents' new exits. Stale entries are removed before new ones are inserted, so
+//! the maps never need room for old ∪ new. [`Guard::apply`] applies a spec whole or, on any
+//! error, puts the maps back as they were and detaches what it attached.
+//!
+//! Per-pod state: a pod's counter and rate-limit entries are removed when it leaves and its id is
+//! reused. Pod ids restart with the agent, so per-pod counters and rate windows left by a
+//! predecessor are cleared after the first apply (Prometheus sees a counter reset).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
@@ -32,6 +43,36 @@ use super::{
     spec::{Mode, ValidSpec},
     GuardError,
 };
+
+/// How many pods and (interface, VLAN) exits the maps hold; set at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub pods: u32,
+    pub ifaces: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self { pods: MAX_PODS, ifaces: MAX_IFACES }
+    }
+}
+
+impl Capacity {
+    /// Sized for a node's max pods, with an exit per ENI and per branch VLAN (at most one per
+    /// pod) besides. Updates remove stale entries before adding new ones, so pod churn needs no
+    /// headroom.
+    pub fn for_max_pods(max_pods: u32) -> Self {
+        Self { pods: max_pods.max(1), ifaces: max_pods.saturating_add(64) }
+    }
+}
+
+/// What this agent last wrote to the intent, truth and veth maps.
+#[derive(Clone, Debug, Default)]
+struct Programmed {
+    truth: StdHashMap<IfaceKey, IfaceTruth>,
+    intent: StdHashMap<[u8; 4], PodIntent>,
+    veths: StdHashMap<u32, VethPod>,
+}
 
 /// Where a guard program sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -140,7 +181,7 @@ fn vlan_devices() -> BTreeSet<String> {
         .collect()
 }
 
-enum Attachment {
+enum Link {
     /// A pinned TCX link; removing the pin and closing the fd detaches it.
     Tcx {
         link: FdLink,
@@ -149,14 +190,26 @@ enum Attachment {
     Netlink(SchedClassifierLink),
 }
 
+struct Attachment {
+    /// The ifindex it was attached to (a re-created interface of the same name gets a new one).
+    ifindex: u32,
+    link: Link,
+    /// Made by this run, not taken over from a predecessor (a failed start removes only these).
+    fresh: bool,
+}
+
 pub struct Guard {
     ebpf: Ebpf,
     pins: PinDir,
     attach_mode: AttachMode,
     pub names: Names,
-    /// What is attached where, with the ifindex it was attached to (a re-created interface of
-    /// the same name gets a new ifindex and a fresh attachment).
-    attached: BTreeMap<(String, Hook), (u32, Attachment)>,
+    capacity: Capacity,
+    attached: BTreeMap<(String, Hook), Attachment>,
+    programmed: Programmed,
+    /// The pin directory held a predecessor's maps when this run started.
+    adopted: bool,
+    /// No apply has succeeded yet: per-pod state still carries a predecessor's ids.
+    first_apply: bool,
 }
 
 impl Resolved {
@@ -168,16 +221,9 @@ impl Resolved {
 }
 
 impl Guard {
-    /// Loads the guard programs with their maps pinned (reused if already pinned).
-    pub fn load(pins: PinDir, attach_mode: AttachMode) -> Result<Self, GuardError> {
-        pins.create()?;
-        let pinned: Vec<_> = GUARD_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
-        let mut ebpf = super::load(&pinned)?;
-        for hook in [Hook::Egress, Hook::PodVeth] {
-            program(&mut ebpf, hook)?
-                .load()
-                .map_err(|source| GuardError::Program { name: hook.program(), source })?;
-        }
+    /// Loads the guard programs with their maps pinned (reused if already pinned), sized by
+    /// `capacity` (a predecessor's pinned maps keep their size; the smaller one is enforced).
+    pub fn load(pins: PinDir, attach_mode: AttachMode, capacity: Capacity) -> Result<Self, GuardError> {
         let attach_mode = attach_mode.resolve();
         if attach_mode == AttachMode::Tcx && !kernel_has_tcx() {
             return Err(GuardError::Attach {
@@ -185,7 +231,49 @@ impl Guard {
                 reason: "TCX needs kernel >= 6.6; use --attach netlink".into(),
             });
         }
-        Ok(Self { ebpf, pins, attach_mode, names: Names::default(), attached: BTreeMap::new() })
+        let adopted = pins.map(INTENT_MAP).exists();
+        pins.create()?;
+        let pinned: Vec<_> = GUARD_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
+        let sizes = [
+            (INTENT_MAP, capacity.pods),
+            (VETH_MAP, capacity.pods),
+            (POD_COUNTERS_MAP, capacity.pods),
+            (RATE_MAP, capacity.pods),
+            (TRUTH_MAP, capacity.ifaces),
+        ];
+        let mut ebpf = super::load_sized(&pinned, &sizes)?;
+        for hook in [Hook::Egress, Hook::PodVeth] {
+            program(&mut ebpf, hook)?
+                .load()
+                .map_err(|source| GuardError::Program { name: hook.program(), source })?;
+        }
+        let capacity = Capacity {
+            pods: [INTENT_MAP, VETH_MAP, POD_COUNTERS_MAP, RATE_MAP]
+                .iter()
+                .map(|m| max_entries(&ebpf, m))
+                .try_fold(capacity.pods, |acc, n| n.map(|n| acc.min(n)))?,
+            ifaces: max_entries(&ebpf, TRUTH_MAP)?.min(capacity.ifaces),
+        };
+        let programmed = Programmed {
+            truth: read_map(&ebpf, TRUTH_MAP)?,
+            intent: read_map(&ebpf, INTENT_MAP)?,
+            veths: read_map(&ebpf, VETH_MAP)?,
+        };
+        Ok(Self {
+            ebpf,
+            pins,
+            attach_mode,
+            names: Names::default(),
+            capacity,
+            attached: BTreeMap::new(),
+            programmed,
+            adopted,
+            first_apply: true,
+        })
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     pub fn attach_mode(&self) -> AttachMode {
@@ -193,13 +281,50 @@ impl Guard {
     }
 
     /// Programs the maps from `resolved`, then attaches to new interfaces and detaches from
-    /// interfaces no longer named.
+    /// interfaces no longer named. All or nothing: on an error the maps are put back as they were,
+    /// what this call attached is detached, and the error names what failed.
     pub fn apply(&mut self, resolved: &Resolved) -> Result<(), GuardError> {
         let spec = &resolved.spec;
-        let config = GuardConfig {
-            mode: mode_value(spec.mode),
-            events_per_pod_per_sec: spec.events_per_pod_per_second,
-        };
+        let (pods, ifaces) = (spec.pods.len(), spec.interfaces.len());
+        if pods > self.capacity.pods as usize || ifaces > self.capacity.ifaces as usize {
+            return Err(GuardError::Capacity {
+                pods,
+                ifaces,
+                max_pods: self.capacity.pods,
+                max_ifaces: self.capacity.ifaces,
+            });
+        }
+        let known_pods: BTreeSet<(String, String)> = self.names.pods.iter().map(|(k, _)| k.clone()).collect();
+        let want = self.desired(resolved);
+        let old = self.programmed.clone();
+        let result = self.write_maps(&old, &want).and_then(|()| self.attach_wanted(resolved));
+        if let Err(e) = result {
+            // Back to what the kernel held before this call.
+            if let Err(rollback) = self.write_maps(&want, &old) {
+                log::error!("restoring the guard maps after a failed apply: {rollback}");
+            }
+            self.programmed = old;
+            let wanted: BTreeSet<(String, String)> =
+                spec.pods.iter().map(|p| (p.pod.namespace.clone(), p.pod.name.clone())).collect();
+            for pod in wanted.difference(&known_pods) {
+                self.names.pods.release(pod);
+            }
+            return Err(e);
+        }
+        self.programmed = want;
+        self.forget_departed_pods(spec)?;
+        if self.first_apply {
+            // Per-pod counters and rate windows a predecessor left carry its pod ids.
+            clear_map::<u32, PodCounters>(&mut self.ebpf, POD_COUNTERS_MAP, true)?;
+            clear_map::<u32, RateWindow>(&mut self.ebpf, RATE_MAP, false)?;
+            self.first_apply = false;
+        }
+        Ok(())
+    }
+
+    /// The map contents `resolved` calls for (pods and ENIs interned on first sight).
+    fn desired(&mut self, resolved: &Resolved) -> Programmed {
+        let spec = &resolved.spec;
         let mut truth = StdHashMap::new();
         for f in &spec.interfaces {
             let Some(&ifindex) = resolved.ifindex.get(&f.name) else { continue };
@@ -217,7 +342,6 @@ impl Guard {
         for p in &spec.pods {
             let pod_id = self.names.pods.id(&(p.pod.namespace.clone(), p.pod.name.clone()));
             let mode = p.pod.mode.map_or(MODE_INHERIT, mode_value);
-            let key = ipv4_key(p.ip);
             let mut value = PodIntent {
                 pod_id,
                 eni_id: self.names.enis.id(&p.pod.expect.eni),
@@ -229,16 +353,42 @@ impl Guard {
             value.allowed = allowed_exits(&value, &truth);
             intent.insert(p.ip.octets(), value);
             if let Some(&ifindex) = resolved.ifindex.get(&p.pod.host_interface) {
-                veths.insert(ifindex, VethPod { pod_id, mode, addr: key });
+                veths.insert(ifindex, VethPod { pod_id, mode, addr: ipv4_key(p.ip) });
             }
         }
+        let config = GuardConfig {
+            mode: mode_value(spec.mode),
+            events_per_pod_per_sec: spec.events_per_pod_per_second,
+        };
+        let mut cfg: Result<Array<&mut MapData, GuardConfig>, _> = typed(&mut self.ebpf, CONFIG_MAP);
+        if let Ok(cfg) = cfg.as_mut() {
+            let _ = cfg.set(0, config, 0);
+        }
+        Programmed { truth, intent, veths }
+    }
 
-        let mut cfg: Array<&mut MapData, GuardConfig> = typed(&mut self.ebpf, CONFIG_MAP)?;
-        cfg.set(0, config, 0).map_err(map_err(CONFIG_MAP))?;
-        sync_map(&mut self.ebpf, TRUTH_MAP, &truth)?;
-        sync_map(&mut self.ebpf, INTENT_MAP, &intent)?;
-        sync_map(&mut self.ebpf, VETH_MAP, &veths)?;
+    /// Moves the maps from `from` to `to` in the order that never passes what the full check
+    /// would flag (see the module docs).
+    fn write_maps(&mut self, from: &Programmed, to: &Programmed) -> Result<(), GuardError> {
+        let interim: StdHashMap<[u8; 4], PodIntent> = to
+            .intent
+            .iter()
+            .map(|(k, new)| {
+                let mut v = *new;
+                let before = from.intent.get(k).map(|o| o.allowed).unwrap_or_default();
+                v.allowed = intersect(&before, &new.allowed);
+                (*k, v)
+            })
+            .collect();
+        sync_map(&mut self.ebpf, INTENT_MAP, &interim)?;
+        sync_map(&mut self.ebpf, TRUTH_MAP, &to.truth)?;
+        sync_map(&mut self.ebpf, INTENT_MAP, &to.intent)?;
+        sync_map(&mut self.ebpf, VETH_MAP, &to.veths)
+    }
 
+    /// Attaches to every interface the spec names that is present, and detaches from the rest.
+    fn attach_wanted(&mut self, resolved: &Resolved) -> Result<(), GuardError> {
+        let spec = &resolved.spec;
         let wanted: BTreeMap<(String, Hook), u32> = spec
             .interfaces
             .iter()
@@ -246,43 +396,86 @@ impl Guard {
             .chain(spec.pods.iter().map(|p| (p.pod.host_interface.clone(), Hook::PodVeth)))
             .filter_map(|key| resolved.ifindex.get(&key.0).map(|index| (key, *index)))
             .collect();
-        // Gone from the spec, gone from the namespace, or re-created with a new ifindex.
-        let stale: Vec<_> = self
-            .attached
-            .iter()
-            .filter(|(key, (index, _))| wanted.get(*key) != Some(index))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in stale {
-            if let Some((_, a)) = self.attached.remove(&key) {
-                detach(a);
+        let mut added = Vec::new();
+        for ((iface, hook), index) in &wanted {
+            let key = (iface.clone(), *hook);
+            if self.attached.get(&key).is_some_and(|a| a.ifindex == *index) {
+                continue;
+            }
+            match self.attach(iface, *hook, *index) {
+                Ok(a) => {
+                    if let Some(old) = self.attached.insert(key.clone(), a) {
+                        detach(old.link);
+                    }
+                    added.push(key);
+                }
+                Err(e) => {
+                    for key in added {
+                        if let Some(a) = self.attached.remove(&key).filter(|a| a.fresh) {
+                            detach(a.link);
+                        }
+                    }
+                    return Err(e);
+                }
             }
         }
-        for ((iface, hook), index) in wanted {
-            if !self.attached.contains_key(&(iface.clone(), hook)) {
-                let a = self.attach(&iface, hook)?;
-                self.attached.insert((iface, hook), (index, a));
+        // Gone from the spec or from the namespace.
+        let stale: Vec<_> = self.attached.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        for key in stale {
+            if let Some(a) = self.attached.remove(&key) {
+                detach(a.link);
             }
         }
         Ok(())
     }
 
-    /// Attaches `hook`'s program to `iface`, replacing in place what an earlier run left there.
-    fn attach(&mut self, iface: &str, hook: Hook) -> Result<Attachment, GuardError> {
+    /// Removes the per-pod counter and rate entries of pods no longer in `spec`, and frees their
+    /// ids for reuse.
+    fn forget_departed_pods(&mut self, spec: &ValidSpec) -> Result<(), GuardError> {
+        let wanted: BTreeSet<(String, String)> =
+            spec.pods.iter().map(|p| (p.pod.namespace.clone(), p.pod.name.clone())).collect();
+        let departed: Vec<(String, String)> =
+            self.names.pods.iter().map(|(k, _)| k.clone()).filter(|k| !wanted.contains(k)).collect();
+        for pod in departed {
+            let Some(id) = self.names.pods.release(&pod) else { continue };
+            let mut counters: PerCpuHashMap<&mut MapData, u32, PodCounters> =
+                typed(&mut self.ebpf, POD_COUNTERS_MAP)?;
+            let _ = counters.remove(&id);
+            let mut rate: HashMap<&mut MapData, u32, RateWindow> = typed(&mut self.ebpf, RATE_MAP)?;
+            let _ = rate.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Attaches `hook`'s program to `iface`, replacing in place what an earlier run left there
+    /// in the same mode, and removing what it left in the other mode.
+    fn attach(&mut self, iface: &str, hook: Hook, ifindex: u32) -> Result<Attachment, GuardError> {
         let err = |reason: String| GuardError::Attach { iface: iface.to_owned(), reason };
         let pin = self.pins.link(iface, hook.label());
         let mode = self.attach_mode;
+        let opts = hook.nl_options();
         let prog = program(&mut self.ebpf, hook)?;
         match mode {
             AttachMode::Tcx => {
-                let id = match PinnedLink::from_pin(&pin) {
-                    Ok(old) => {
-                        let link = SchedClassifierLink::try_from(FdLink::from(old))
-                            .map_err(|e| err(format!("pinned link {}: {e}", pin.display())))?;
-                        prog.attach_to_link(link)
-                            .map_err(|e| err(format!("replacing the program on {}: {e}", pin.display())))?
+                // A netlink filter of ours from a run in the other mode would judge twice (it is
+                // found by its program's name; there is none on most interfaces).
+                let _ = aya::programs::tc::qdisc_detach_program(iface, hook.attach_type(), hook.program());
+                let taken_over = PinnedLink::from_pin(&pin).ok().and_then(|old| {
+                    let link = SchedClassifierLink::try_from(FdLink::from(old)).ok()?;
+                    match prog.attach_to_link(link) {
+                        Ok(id) => Some(id),
+                        Err(e) => {
+                            // Stale: the interface was re-created while no agent ran.
+                            log::info!("replacing the stale link pin {}: {e}", pin.display());
+                            let _ = std::fs::remove_file(&pin);
+                            None
+                        }
                     }
-                    Err(_) => prog
+                });
+                let fresh = taken_over.is_none();
+                let id = match taken_over {
+                    Some(id) => id,
+                    None => prog
                         .attach_with_options(
                             iface,
                             hook.attach_type(),
@@ -297,11 +490,16 @@ impl Guard {
                 } else {
                     FdLink::from(link.pin(&pin).map_err(|e| err(format!("pinning {}: {e}", pin.display())))?)
                 };
-                Ok(Attachment::Tcx { link, pin })
+                Ok(Attachment { ifindex, link: Link::Tcx { link, pin }, fresh })
             }
             _ => {
+                // A TCX link of ours from a run in the other mode would judge twice.
+                if let Ok(old) = PinnedLink::from_pin(&pin) {
+                    let _ = old.unpin();
+                }
                 ensure_clsact(iface)?;
-                let opts = hook.nl_options();
+                // Replace our filter in place if one is there (a failed replace changes nothing:
+                // a foreign filter at our priority is left alone, and the create below fails).
                 let replaced = SchedClassifierLink::attached(
                     iface,
                     hook.attach_type(),
@@ -311,26 +509,29 @@ impl Guard {
                 )
                 .ok()
                 .and_then(|old| prog.attach_to_link(old).ok());
+                let fresh = replaced.is_none();
                 let id = match replaced {
                     Some(id) => id,
                     None => prog
                         .attach_with_options(iface, hook.attach_type(), TcAttachOptions::Netlink(opts))
                         .map_err(|e| err(format!("netlink attach: {e}")))?,
                 };
-                Ok(Attachment::Netlink(prog.take_link(id).map_err(|e| err(e.to_string()))?))
+                let link = prog.take_link(id).map_err(|e| err(e.to_string()))?;
+                Ok(Attachment { ifindex, link: Link::Netlink(link), fresh })
             }
         }
     }
 
     /// Runs `program` (a guard program or `bench_empty`) on `frame` `repeat` times with
-    /// BPF_PROG_TEST_RUN against the live maps; returns the kernel's average time per run and the
-    /// verdict. The frame leaves through `lo` as far as the program can tell.
+    /// BPF_PROG_TEST_RUN against the live maps, as if it passed `ifindex` (0: `lo`); returns the
+    /// kernel's average time per run and the verdict.
     pub fn test_run(
         &mut self,
         program_name: &'static str,
         frame: &[u8],
+        ifindex: u32,
         repeat: u32,
-    ) -> Result<(std::time::Duration, u32), GuardError> {
+    ) -> Result<(std::time::Duration, i32), GuardError> {
         use aya::programs::{TestRun as _, TestRunOptions};
         let prog: &mut SchedClassifier = self
             .ebpf
@@ -341,10 +542,19 @@ impl Guard {
         if prog.fd().is_err() {
             prog.load().map_err(|source| GuardError::Program { name: program_name, source })?;
         }
+        // struct __sk_buff up to and including `ifindex` (offset 40); the kernel takes the device
+        // from it.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let result = prog
-            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: (ifindex != 0).then_some(&ctx[..]),
+                repeat,
+                ..TestRunOptions::default()
+            })
             .map_err(|source| GuardError::Program { name: program_name, source })?;
-        Ok((result.duration, result.return_value))
+        Ok((result.duration, result.return_value as i32))
     }
 
     /// Takes the events ring buffer (once) for the event reader.
@@ -376,20 +586,42 @@ impl Guard {
     /// pinned) so that traffic stays checked until the next agent replaces them.
     pub fn shutdown(&mut self, keep_datapath: bool) -> Result<(), GuardError> {
         let attached = std::mem::take(&mut self.attached);
-        for (_, (_, a)) in attached {
+        for (_, a) in attached {
             if keep_datapath {
-                match a {
-                    Attachment::Tcx { link, .. } => drop(link), // the pin keeps the link alive
-                    Attachment::Netlink(link) => std::mem::forget(link), // a netlink filter outlives us
-                }
+                keep(a.link);
             } else {
-                detach(a);
+                detach(a.link);
             }
         }
         if !keep_datapath {
             self.pins.remove()?;
         }
         Ok(())
+    }
+
+    /// After a start that failed: a predecessor's datapath (pins, links, maps as [`Guard::apply`]
+    /// restored them) stays as it was and only what this run attached anew is removed; with no
+    /// predecessor everything goes.
+    pub fn abandon_start(&mut self) -> Result<(), GuardError> {
+        if !self.adopted {
+            return self.shutdown(false);
+        }
+        for (_, a) in std::mem::take(&mut self.attached) {
+            if a.fresh {
+                detach(a.link);
+            } else {
+                keep(a.link);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Leaves an attachment in place after this process exits.
+fn keep(link: Link) {
+    match link {
+        Link::Tcx { link, .. } => drop(link), // the pin keeps the link alive
+        Link::Netlink(link) => std::mem::forget(link), // a netlink filter outlives us
     }
 }
 
@@ -416,14 +648,23 @@ pub fn allowed_exits(
     allowed
 }
 
-fn detach(a: Attachment) {
-    match a {
-        Attachment::Tcx { link, pin } => {
+fn detach(link: Link) {
+    match link {
+        Link::Tcx { link, pin } => {
             let _ = std::fs::remove_file(&pin);
             drop(link); // last reference: the kernel detaches the link
         }
-        Attachment::Netlink(link) => drop(link), // the wrapper detaches on drop
+        Link::Netlink(link) => drop(link), // the wrapper detaches on drop
     }
+}
+
+/// The fast-path exits valid both before and after an update.
+fn intersect(a: &[IfaceKey; ALLOWED_EXITS], b: &[IfaceKey; ALLOWED_EXITS]) -> [IfaceKey; ALLOWED_EXITS] {
+    let mut out = [IfaceKey::default(); ALLOWED_EXITS];
+    for (slot, key) in out.iter_mut().zip(a.iter().filter(|k| k.ifindex != 0 && b.contains(k))) {
+        *slot = *key;
+    }
+    out
 }
 
 /// Summed counters.
@@ -434,6 +675,9 @@ pub struct Stats {
 }
 
 fn add_node(mut acc: GuardCounters, v: &GuardCounters) -> GuardCounters {
+    for k in 0..KINDS {
+        acc.pod_frames[k] += v.pod_frames[k];
+    }
     acc.checked += v.checked;
     acc.checked_sources += v.checked_sources;
     acc.events_lost += v.events_lost;
@@ -490,20 +734,61 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-/// Makes the pinned hash map hold exactly `want`: writes every entry, then removes the rest
-/// (entries left by an earlier run or an earlier spec).
+/// Makes the pinned hash map hold exactly `want`: removes entries it should not hold (left by an
+/// earlier run or an earlier spec), then writes every entry, so it never needs room for both.
 fn sync_map<K, V>(ebpf: &mut Ebpf, name: &'static str, want: &StdHashMap<K, V>) -> Result<(), GuardError>
 where
     K: Pod + Eq + Hash,
-    V: Pod,
+    V: Pod + PartialEq,
 {
     let mut map: HashMap<&mut MapData, K, V> = typed(ebpf, name)?;
-    for (k, v) in want {
-        map.insert(k, v, 0).map_err(map_err(name))?;
-    }
     let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !want.contains_key(k)).collect();
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
     }
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0).map_err(map_err(name))?;
+        }
+    }
     Ok(())
+}
+
+/// A hash map's entries (what a predecessor left, at load).
+fn read_map<K, V>(ebpf: &Ebpf, name: &'static str) -> Result<StdHashMap<K, V>, GuardError>
+where
+    K: Pod + Eq + Hash,
+    V: Pod,
+{
+    let map = ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
+    let map: HashMap<&MapData, K, V> = HashMap::try_from(map).map_err(map_err(name))?;
+    Ok(map.iter().filter_map(Result::ok).collect())
+}
+
+/// Removes every entry of a (per-CPU, when `per_cpu`) hash map keyed by `K`.
+fn clear_map<K: Pod, V: Pod>(ebpf: &mut Ebpf, name: &'static str, per_cpu: bool) -> Result<(), GuardError> {
+    if per_cpu {
+        let mut map: PerCpuHashMap<&mut MapData, K, V> = typed(ebpf, name)?;
+        let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = map.remove(&k);
+        }
+    } else {
+        let mut map: HashMap<&mut MapData, K, V> = typed(ebpf, name)?;
+        let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = map.remove(&k);
+        }
+    }
+    Ok(())
+}
+
+/// A map's capacity as the kernel holds it.
+fn max_entries(ebpf: &Ebpf, name: &'static str) -> Result<u32, GuardError> {
+    let map = ebpf.map(name).ok_or(GuardError::MissingMap(name))?;
+    let data = match map {
+        Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => d,
+        _ => return Err(GuardError::MissingMap(name)),
+    };
+    Ok(data.info().map_err(map_err(name))?.max_entries())
 }

@@ -41,13 +41,27 @@ pub enum GuardError {
     Spec(#[from] spec::SpecError),
     #[error("bpffs: {path}: {reason}")]
     Bpffs { path: PathBuf, reason: String },
+    #[error("the intent has {pods} pods and {ifaces} interfaces; the guard's maps hold {max_pods} pods and {max_ifaces} interfaces (raise --max-pods)")]
+    Capacity { pods: usize, ifaces: usize, max_pods: u32, max_ifaces: u32 },
 }
 
 /// Loads the embedded object with the given maps pinned (reused when a pin already exists).
 pub fn load(pinned_maps: &[(&'static str, PathBuf)]) -> Result<Ebpf, GuardError> {
+    load_sized(pinned_maps, &[])
+}
+
+/// Like [`load`], with the capacity of the named maps set (maps created now; a reused pin keeps
+/// its own).
+pub fn load_sized(
+    pinned_maps: &[(&'static str, PathBuf)],
+    sizes: &[(&'static str, u32)],
+) -> Result<Ebpf, GuardError> {
     let mut loader = EbpfLoader::new();
     for (name, path) in pinned_maps {
         loader.map_pin_path(name, path.as_path());
+    }
+    for (name, size) in sizes {
+        loader.map_max_entries(name, *size);
     }
     Ok(loader.load(EBPF_OBJECT)?)
 }

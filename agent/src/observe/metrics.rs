@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use eniguard_common::guard::{REASONS, REASON_NAMES};
+use eniguard_common::guard::{KIND_NAMES, REASONS, REASON_NAMES};
 
 use crate::guard::datapath::{Names, Stats};
 
@@ -21,6 +21,14 @@ pub fn render_guard(stats: &Stats, names: &Names) -> String {
         "eniguard_guard_checked_sources_total",
         "Packets from pod veths checked for their source address.",
         &[("", n.checked_sources)],
+    );
+    let kinds: Vec<(String, u64)> =
+        KIND_NAMES.iter().zip(&n.pod_frames).map(|(k, v)| (format!("kind=\"{k}\""), *v)).collect();
+    counter_labeled(
+        &mut out,
+        "eniguard_guard_pod_frames_total",
+        "Frames from pod veths by what they carry (ipv4, arp, ipv6, other, unreadable).",
+        &kinds,
     );
     let by_reason = |values: &[u64; REASONS]| -> Vec<(String, u64)> {
         REASON_NAMES.iter().zip(values).map(|(r, v)| (format!("reason=\"{r}\""), *v)).collect()

@@ -87,11 +87,26 @@ pub const REASON_WRONG_ENI: u32 = 0;
 pub const REASON_WRONG_VLAN: u32 = 1;
 pub const REASON_SG_MISMATCH: u32 = 2;
 pub const REASON_UNKNOWN_INTERFACE: u32 = 3;
+/// An IPv4 packet or ARP frame from a pod veth with a sender address that is not the pod's.
 pub const REASON_SPOOFED_SOURCE: u32 = 4;
-pub const REASONS: usize = 5;
+/// A frame from a pod veth the guard cannot judge: IPv6 (no IPv6 intent yet), an ethertype other
+/// than IPv4 and ARP, or headers it cannot read. The rule: an enforced pod sends nothing the guard
+/// cannot judge, so in enforce mode these are dropped; in monitor mode they are counted.
+pub const REASON_UNJUDGED: u32 = 5;
+pub const REASONS: usize = 6;
 /// Label of each reason, indexed by its value (metrics, logs, CLI).
 pub const REASON_NAMES: [&str; REASONS] =
-    ["wrong_eni", "wrong_vlan", "sg_mismatch", "unknown_interface", "spoofed_source"];
+    ["wrong_eni", "wrong_vlan", "sg_mismatch", "unknown_interface", "spoofed_source", "unjudged"];
+
+/// What a frame from a pod veth carries. Values index [`GuardCounters::pod_frames`].
+pub const KIND_IPV4: u32 = 0;
+pub const KIND_ARP: u32 = 1;
+pub const KIND_IPV6: u32 = 2;
+pub const KIND_OTHER: u32 = 3;
+/// Headers the guard could not read (a truncated frame).
+pub const KIND_UNREADABLE: u32 = 4;
+pub const KINDS: usize = 5;
+pub const KIND_NAMES: [&str; KINDS] = ["ipv4", "arp", "ipv6", "other", "unreadable"];
 
 /// Node-wide per-CPU counters (index 0), summed by the agent at scrape time.
 #[repr(C)]
@@ -103,6 +118,8 @@ pub struct GuardCounters {
     pub checked_sources: u64,
     pub violations: [u64; REASONS],
     pub dropped: [u64; REASONS],
+    /// Frames from pod veths by what they carry (KIND_*).
+    pub pod_frames: [u64; KINDS],
     /// Events not delivered because the ring buffer was full.
     pub events_lost: u64,
     /// Events held back by the per-pod rate limit (the packets are still counted).
@@ -151,15 +168,16 @@ pub const INTENT_MAP: &str = "GUARD_INTENT4_V1";
 pub const TRUTH_MAP: &str = "GUARD_TRUTH_V1";
 pub const VETH_MAP: &str = "GUARD_VETH_V1";
 pub const CONFIG_MAP: &str = "GUARD_CONFIG_V1";
-pub const COUNTERS_MAP: &str = "GUARD_COUNTERS_V1";
-pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V1";
+pub const COUNTERS_MAP: &str = "GUARD_COUNTERS_V2";
+pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V2";
 pub const RATE_MAP: &str = "GUARD_RATE_V1";
 pub const EVENTS_MAP: &str = "GUARD_EVENTS_V1";
 /// Every guard map, in pin order.
 pub const GUARD_MAPS: [&str; 8] =
     [INTENT_MAP, TRUTH_MAP, VETH_MAP, CONFIG_MAP, COUNTERS_MAP, POD_COUNTERS_MAP, RATE_MAP, EVENTS_MAP];
 
-/// Capacities (5.10 charges maps to memlock: keep them modest; the agent may override).
+/// Default capacities in the object; the agent sets the real ones at load time from the node's
+/// max pods (5.10 charges maps to memlock: keep them modest).
 pub const MAX_PODS: u32 = 1024;
 pub const MAX_IFACES: u32 = 512;
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;

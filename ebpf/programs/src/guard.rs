@@ -2,16 +2,25 @@
 //! security-group set its intent says?
 //!
 //! - `guard_pod` runs on a pod's host-side veth (TC ingress: traffic coming from the pod) and checks
-//!   that the pod sends only from its own address (`spoofed_source`).
+//!   that the pod sends only from its own address (`spoofed_source`, IPv4 and ARP). Frames it cannot
+//!   judge (IPv6, other ethertypes, unreadable headers) are `unjudged`: an enforced pod sends none.
 //! - `guard_egress` runs on ENI interfaces, the trunk and branch VLAN sub-interfaces (TC egress):
 //!   for a packet whose source is a pod address it compares intent (pod address → ENI, VLAN, SG
 //!   set) with truth ((ifindex, VLAN) → ENI, actual SG set).
+//!
+//! Verdicts: a passing or foreign packet returns TC_ACT_UNSPEC ("no verdict": the next program on
+//! the hook — TCX_NEXT — or the next cls_bpf filter decides), so the guard never hides other
+//! programs attached to the same hook (a network-policy agent on the pod veth, tc rules). Only an
+//! enforce-mode drop is final (TC_ACT_SHOT).
+//!
+//! Headers are read directly when they are in the skb's linear area, and with bpf_skb_load_bytes
+//! when they are not, so no frame escapes judgement by its layout.
 //!
 //! A violation is counted (node-wide and per pod, per reason), reported through the ring buffer
 //! (rate-limited per pod), and in enforce mode dropped. Nothing is logged per packet.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, classifier},
@@ -28,64 +37,132 @@ static GUARD_VETH_V1: HashMap<u32, VethPod, { MAX_PODS as usize }> = HashMap::ne
 #[btf_map]
 static GUARD_CONFIG_V1: Array<GuardConfig, 1> = Array::new();
 #[btf_map]
-static GUARD_COUNTERS_V1: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
+static GUARD_COUNTERS_V2: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
 #[btf_map]
-static GUARD_POD_COUNTERS_V1: PerCpuHashMap<u32, PodCounters, { MAX_PODS as usize }> = PerCpuHashMap::new();
+static GUARD_POD_COUNTERS_V2: PerCpuHashMap<u32, PodCounters, { MAX_PODS as usize }> = PerCpuHashMap::new();
 #[btf_map]
 static GUARD_RATE_V1: HashMap<u32, RateWindow, { MAX_PODS as usize }> = HashMap::new();
 #[btf_map]
 static GUARD_EVENTS_V1: RingBuf<ViolationEvent, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
 
+/// No verdict: let the next program or filter on this hook decide.
+const PASS: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT;
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_VID_MASK: u32 = 0x0fff;
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// Offset of the sender protocol address in an Ethernet/IPv4 ARP packet.
+const ARP_SPA: usize = 14;
 
-/// What the guard needs from a packet.
-struct Packet {
+/// What a frame carries, as far as the guard judges it. A plain struct with every field defined
+/// on every path (fields a kind lacks are 0): an enum's unset payloads are undefined registers,
+/// which LLVM may spill and the verifier refuses to read.
+#[derive(Clone, Copy)]
+struct Frame {
+    /// KIND_*.
+    kind: u32,
+    /// IPv4 source, or the ARP sender address (network order in memory).
     src: u32,
     dst: u32,
-    /// VLAN id from skb metadata or the first in-band 802.1Q/802.1ad tag; 0 = untagged.
+    /// VLAN id from skb metadata or the outermost in-band 802.1Q/802.1ad tag; 0 = untagged.
     vlan: u32,
 }
 
-#[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
-    let start = ctx.data();
-    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
-        return None;
+impl Frame {
+    const fn of(kind: u32, vlan: u32) -> Self {
+        Self { kind, src: 0, dst: 0, vlan }
     }
-    // SAFETY: bounds checked against data_end just above; packet data may be unaligned.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
 }
 
-/// Parses Ethernet, up to two VLAN tags, and IPv4 addresses. `None` for anything else (ignored).
+/// Reads a `T` at `offset` into `out`: directly when it lies in the linear area, else with
+/// bpf_skb_load_bytes (a non-linear skb is judged like any other). False if the frame is shorter.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
+fn load<T: Copy>(ctx: &TcContext, offset: usize, out: &mut T) -> bool {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: bounds checked against data_end just above; packet data may be unaligned.
+        *out = unsafe { core::ptr::read_unaligned((start + offset) as *const T) };
+        return true;
+    }
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `out`, which is initialised.
+    let ret = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            (out as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    ret == 0
+}
+
+#[inline(always)]
+fn load_be16(ctx: &TcContext, offset: usize, out: &mut u16) -> bool {
+    let ok = load(ctx, offset, out);
+    *out = u16::from_be(*out);
+    ok
+}
+
+/// Parses Ethernet, up to two VLAN tags, and the IPv4 or ARP addresses.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Frame {
     // SAFETY: the context pointer is valid for the whole program run.
     let skb = unsafe { &*ctx.skb.skb };
     let mut vlan = if skb.vlan_present != 0 { skb.vlan_tci & VLAN_VID_MASK } else { 0 };
-    let mut proto = u16::from_be(load::<u16>(ctx, 12)?);
+    let mut proto = 0u16;
+    if !load_be16(ctx, 12, &mut proto) {
+        return Frame::of(KIND_UNREADABLE, vlan);
+    }
     let mut offset = ETH_HLEN;
     // In-band tags: 802.1ad outer + 802.1Q inner at most. The outermost tag is the VLAN.
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        let tci = u32::from(u16::from_be(load::<u16>(ctx, offset)?));
-        if vlan == 0 {
-            vlan = tci & VLAN_VID_MASK;
+        let mut tci = 0u16;
+        if !load_be16(ctx, offset, &mut tci) || !load_be16(ctx, offset + 2, &mut proto) {
+            return Frame::of(KIND_UNREADABLE, vlan);
         }
-        proto = u16::from_be(load::<u16>(ctx, offset + 2)?);
+        if vlan == 0 {
+            vlan = u32::from(tci) & VLAN_VID_MASK;
+        }
         offset += 4;
         if proto == ETH_P_8021Q {
-            proto = u16::from_be(load::<u16>(ctx, offset + 2)?);
+            if !load_be16(ctx, offset + 2, &mut proto) {
+                return Frame::of(KIND_UNREADABLE, vlan);
+            }
             offset += 4;
         }
     }
-    if proto != ETH_P_IP {
-        return None;
+    match proto {
+        ETH_P_IP => {
+            let (mut src, mut dst) = (0u32, 0u32);
+            if load(ctx, offset + 12, &mut src) && load(ctx, offset + 16, &mut dst) {
+                Frame { kind: KIND_IPV4, src, dst, vlan }
+            } else {
+                Frame::of(KIND_UNREADABLE, vlan)
+            }
+        }
+        ETH_P_ARP => {
+            // Only Ethernet/IPv4 ARP carries an address the guard can compare.
+            let (mut ptype, mut plen, mut sender) = (0u16, 0u8, 0u32);
+            if !(load_be16(ctx, offset + 2, &mut ptype)
+                && load(ctx, offset + 5, &mut plen)
+                && load(ctx, offset + ARP_SPA, &mut sender))
+            {
+                Frame::of(KIND_UNREADABLE, vlan)
+            } else if ptype == ETH_P_IP && plen == 4 {
+                Frame { kind: KIND_ARP, src: sender, dst: 0, vlan }
+            } else {
+                Frame::of(KIND_OTHER, vlan)
+            }
+        }
+        ETH_P_IPV6 => Frame::of(KIND_IPV6, vlan),
+        _ => Frame::of(KIND_OTHER, vlan),
     }
-    Some(Packet { src: load::<u32>(ctx, offset + 12)?, dst: load::<u32>(ctx, offset + 16)?, vlan })
 }
 
 #[inline(always)]
@@ -97,7 +174,7 @@ fn ipv4_key(addr: u32) -> AddrKey {
 #[inline(always)]
 fn counters() -> Option<&'static mut GuardCounters> {
     // SAFETY: per-CPU slot; a TC program is not re-entered on the same CPU.
-    GUARD_COUNTERS_V1.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    GUARD_COUNTERS_V2.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
@@ -107,13 +184,14 @@ fn node_mode() -> u32 {
 
 #[classifier]
 pub fn guard_egress(ctx: TcContext) -> i32 {
-    let Some(pkt) = parse(&ctx) else {
-        return TC_ACT_OK;
-    };
-    // SAFETY: userspace replaces entries whole (a hash update swaps elements under RCU), so the
-    // reference stays valid and consistent for this run.
-    let Some(intent) = (unsafe { GUARD_INTENT4_V1.get(pkt.src.to_ne_bytes()) }) else {
-        return TC_ACT_OK; // not a pod address: not ours to judge
+    let Frame { kind, src, dst, vlan } = parse(&ctx);
+    if kind != KIND_IPV4 {
+        return PASS; // not IPv4: no pod intent to compare
+    }
+    // Copy the entry first: userspace may replace it while this program runs.
+    // SAFETY: a map value pointer valid for this run; read once, as a whole.
+    let Some(intent) = (unsafe { GUARD_INTENT4_V1.get(src.to_ne_bytes()) }).copied() else {
+        return PASS; // not a pod address: not ours to judge
     };
     if let Some(c) = counters() {
         c.checked += 1;
@@ -121,16 +199,16 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Fast path: an exit the agent already matched against truth for this pod.
-    let here = IfaceKey { ifindex, vlan: pkt.vlan };
+    let here = IfaceKey { ifindex, vlan };
     if intent.allowed.contains(&here) {
-        return TC_ACT_OK;
+        return PASS;
     }
-    let intent = *intent;
-    let exact = unsafe { GUARD_TRUTH_V1.get(IfaceKey { ifindex, vlan: pkt.vlan }) }.copied();
+    // SAFETY: as above.
+    let exact = unsafe { GUARD_TRUTH_V1.get(here) }.copied();
     let truth = match exact {
         Some(t) => Some(t),
         // A tag no branch ENI owns here: judge it against the interface itself.
-        None if pkt.vlan != 0 => unsafe { GUARD_TRUTH_V1.get(IfaceKey { ifindex, vlan: 0 }) }.copied(),
+        None if vlan != 0 => unsafe { GUARD_TRUTH_V1.get(IfaceKey { ifindex, vlan: 0 }) }.copied(),
         None => None,
     };
     let mut event = ViolationEvent {
@@ -139,17 +217,17 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
         expected_vlan: intent.vlan,
         expected_eni_id: intent.eni_id,
         expected_sg_set_id: intent.sg_set_id,
-        src: ipv4_key(pkt.src),
-        dst: ipv4_key(pkt.dst),
+        src: ipv4_key(src),
+        dst: ipv4_key(dst),
         ..ViolationEvent::default()
     };
     let reason = match truth {
         None => {
-            event.observed_vlan = pkt.vlan;
+            event.observed_vlan = vlan;
             REASON_UNKNOWN_INTERFACE
         }
         Some(truth) => {
-            let observed_vlan = if pkt.vlan != 0 { pkt.vlan } else { truth.vlan };
+            let observed_vlan = if vlan != 0 { vlan } else { truth.vlan };
             event.observed_vlan = observed_vlan;
             event.actual_eni_id = truth.eni_id;
             event.actual_sg_set_id = truth.sg_set_id;
@@ -160,7 +238,7 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
             } else if truth.sg_set_id != intent.sg_set_id {
                 REASON_SG_MISMATCH
             } else {
-                return TC_ACT_OK;
+                return PASS;
             }
         }
     };
@@ -169,30 +247,38 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn guard_pod(ctx: TcContext) -> i32 {
-    let Some(pkt) = parse(&ctx) else {
-        return TC_ACT_OK;
-    };
     // SAFETY: as in guard_egress.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(veth) = (unsafe { GUARD_VETH_V1.get(ifindex) }).copied() else {
-        return TC_ACT_OK; // not a pod veth the agent knows
+        return PASS; // not a pod veth the agent knows
     };
+    let Frame { kind, src, dst, vlan } = parse(&ctx);
     if let Some(c) = counters() {
-        c.checked_sources += 1;
+        if let Some(slot) = c.pod_frames.get_mut(kind as usize) {
+            *slot += 1;
+        }
+        if kind == KIND_IPV4 {
+            c.checked_sources += 1;
+        }
     }
-    let src = ipv4_key(pkt.src);
-    if veth.addr == src {
-        return TC_ACT_OK;
-    }
+    let judged = kind == KIND_IPV4 || kind == KIND_ARP;
+    let reason = if !judged {
+        REASON_UNJUDGED
+    } else if ipv4_key(src) == veth.addr || (kind == KIND_ARP && src == 0) {
+        // Its own address; or an ARP probe (RFC 5227), which announces no address.
+        return PASS;
+    } else {
+        REASON_SPOOFED_SOURCE
+    };
     let event = ViolationEvent {
         pod_id: veth.pod_id,
         ifindex,
-        observed_vlan: pkt.vlan,
-        src,
-        dst: ipv4_key(pkt.dst),
+        observed_vlan: vlan,
+        src: ipv4_key(src),
+        dst: ipv4_key(dst),
         ..ViolationEvent::default()
     };
-    violation(REASON_SPOOFED_SOURCE, veth.mode, event)
+    violation(reason, veth.mode, event)
 }
 
 /// Counts, reports and (in enforce mode) drops one violating packet.
@@ -202,7 +288,7 @@ fn violation(reason: u32, pod_mode: u32, mut event: ViolationEvent) -> i32 {
     let drop = mode == MODE_ENFORCE;
     let r = reason as usize;
     if r >= REASONS {
-        return TC_ACT_OK;
+        return PASS;
     }
     if let Some(c) = counters() {
         c.violations[r] += 1;
@@ -215,19 +301,20 @@ fn violation(reason: u32, pod_mode: u32, mut event: ViolationEvent) -> i32 {
     event.dropped = u32::from(drop);
     emit(event);
     if drop {
-        TC_ACT_SHOT
+        DROP
     } else {
-        TC_ACT_OK
+        PASS
     }
 }
 
 #[inline(always)]
 fn count_pod(pod_id: u32, r: usize, drop: bool) {
-    let mut slot = GUARD_POD_COUNTERS_V1.get_ptr_mut(pod_id);
+    let mut slot = GUARD_POD_COUNTERS_V2.get_ptr_mut(pod_id);
     if slot.is_none() {
-        // First violation of this pod since the agent (re)created the map.
-        let _ = GUARD_POD_COUNTERS_V1.insert(pod_id, PodCounters::default(), 0);
-        slot = GUARD_POD_COUNTERS_V1.get_ptr_mut(pod_id);
+        // First violation of this pod since its id was assigned (the agent deletes a pod's
+        // entries when it leaves, so a reused id starts from zero).
+        let _ = GUARD_POD_COUNTERS_V2.insert(pod_id, PodCounters::default(), 0);
+        slot = GUARD_POD_COUNTERS_V2.get_ptr_mut(pod_id);
     }
     if let Some(p) = slot {
         // SAFETY: per-CPU value of this CPU.
@@ -255,7 +342,7 @@ fn emit(mut event: ViolationEvent) {
             if now.wrapping_sub(w.window_start_ns) >= NS_PER_SEC {
                 w.window_start_ns = now;
                 w.sent = 1;
-                true
+                limit > 0
             } else if w.sent < limit {
                 w.sent += 1;
                 true
@@ -263,9 +350,12 @@ fn emit(mut event: ViolationEvent) {
                 false
             }
         }
+        // No window yet: open one. If the map is full (it is sized like the pod maps, and the
+        // agent removes a pod's window when it leaves, so it should not be), fail closed: the
+        // event is counted as rate limited rather than let through unlimited.
         None => {
-            let _ = GUARD_RATE_V1.insert(event.pod_id, RateWindow { window_start_ns: now, sent: 1 }, 0);
-            limit > 0
+            GUARD_RATE_V1.insert(event.pod_id, RateWindow { window_start_ns: now, sent: 1 }, 0).is_ok()
+                && limit > 0
         }
     };
     let Some(c) = counters() else { return };
@@ -280,5 +370,5 @@ fn emit(mut event: ViolationEvent) {
 /// against in the same BPF_PROG_TEST_RUN session.
 #[classifier]
 pub fn bench_empty(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+    PASS
 }

@@ -339,7 +339,7 @@ pub fn bpftool_shows_field_names(ctx: &mut Ctx) -> Result<()> {
     for (map, fields) in [
         ("GUARD_INTENT4_V1", &["pod_id", "eni_id", "sg_set_id", "vlan", "allowed"][..]),
         ("GUARD_TRUTH_V1", &["ifindex", "eni_id", "sg_set_id"][..]),
-        ("GUARD_COUNTERS_V1", &["checked", "violations", "dropped", "events_lost"][..]),
+        ("GUARD_COUNTERS_V2", &["checked", "violations", "dropped", "pod_frames", "events_lost"][..]),
         ("GUARD_CONFIG_V1", &["mode", "events_per_pod_per_sec"][..]),
     ] {
         let dump = sh(Command::new("bpftool")

@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context as _, Result};
 use eniguard::{
     guard::{
         attach::AttachMode,
-        datapath::{resolve, resolve_present, Guard},
+        datapath::{resolve, resolve_present, Capacity, Guard},
         events::{self, RecentEvents},
         pins::PinDir,
         spec::{Spec, ValidSpec},
@@ -31,6 +31,8 @@ pub struct Args {
     pub attach: AttachMode,
     pub pin_dir: PathBuf,
     pub keep_datapath: bool,
+    /// Map capacity in pods (None: the object's default).
+    pub max_pods: Option<u32>,
 }
 
 /// Recent violations kept for the introspection endpoint.
@@ -43,12 +45,16 @@ pub async fn run(args: Args) -> Result<()> {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
-    let mut guard = Guard::load(PinDir::new(&args.pin_dir), args.attach)?;
+    let capacity = args.max_pods.map_or_else(Capacity::default, Capacity::for_max_pods);
+    let mut guard = Guard::load(PinDir::new(&args.pin_dir), args.attach, capacity)?;
     if let Err(e) = guard.apply(&resolved) {
-        guard.shutdown(false)?;
+        // A predecessor's datapath (--keep-datapath) keeps checking traffic as it did.
+        guard.abandon_start()?;
         return Err(e.into());
     }
-    let ring = guard.take_events()?;
+    let mut ring = guard.take_events()?;
+    // Events queued before this run carry a predecessor's pod ids: they cannot be named.
+    while ring.next().is_some() {}
     println!(
         "ready: guard attached ({}), maps under {}",
         guard.attach_mode(),

@@ -49,6 +49,10 @@ enum Command {
         /// On exit leave programs attached and maps pinned, for the next agent to take over.
         #[arg(long)]
         keep_datapath: bool,
+        /// Size the pod maps for this many pods (default 1024; maps a predecessor pinned keep
+        /// their size).
+        #[arg(long)]
+        max_pods: Option<u32>,
     },
     /// The pipeline-proof TC packet counter.
     Counter {
@@ -82,6 +86,10 @@ enum CounterCommand {
         /// Leave the pinned map in place on exit.
         #[arg(long)]
         keep_pins: bool,
+        /// Netlink filter priority (0: the kernel picks one ahead of the existing filters). Under
+        /// TCX the counter is appended after the programs already attached.
+        #[arg(long, default_value_t = 0)]
+        priority: u16,
     },
     /// Print the pinned counter (summed over CPUs).
     Show {
@@ -96,13 +104,13 @@ fn main() -> Result<()> {
         Command::Checkpoint { command: CheckpointCommand::Check { file } } => {
             std::process::exit(checkpoint::check(&file))
         }
-        Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath } => {
-            let args = guard::Args { intent, metrics_addr, attach, pin_dir, keep_datapath };
+        Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath, max_pods } => {
+            let args = guard::Args { intent, metrics_addr, attach, pin_dir, keep_datapath, max_pods };
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(guard::run(args))
         }
         Command::Counter { command } => match command {
-            CounterCommand::Run { iface, direction, attach, pin_dir, keep_pins } => {
-                run_counter(&iface, direction, attach, &PinDir::new(pin_dir), keep_pins)
+            CounterCommand::Run { iface, direction, attach, pin_dir, keep_pins, priority } => {
+                run_counter(&iface, direction, attach, priority, &PinDir::new(pin_dir), keep_pins)
             }
             CounterCommand::Show { pin_dir } => {
                 let c = counter::read_counter(&PinDir::new(pin_dir).map(TC_COUNTER_MAP))?;
@@ -117,10 +125,11 @@ fn run_counter(
     iface: &str,
     direction: Direction,
     mode: AttachMode,
+    priority: u16,
     pins: &PinDir,
     keep_pins: bool,
 ) -> Result<()> {
-    let attached = counter::attach_counter(pins, iface, direction, mode)
+    let attached = counter::attach_counter(pins, iface, direction, mode, priority)
         .with_context(|| format!("attaching the counter to {iface}"))?;
     // The readiness line scripts and tests wait for.
     println!(

@@ -1,22 +1,28 @@
 //! Datapath benchmarks (root): `cargo xtask bench`.
 //!
 //! 1. BPF_PROG_TEST_RUN: ns per packet of `guard_egress` on its pass, violation and non-pod paths
-//!    and of `guard_pod`, side by side with an empty classifier, same session, same frame size.
+//!    and of `guard_pod` on its own-source and not-a-pod-veth paths, side by side with an empty
+//!    classifier, same session, same frame size. Each row runs on the interface its path needs
+//!    (`ctx_in` carries the ifindex), and its verdict and counter deltas are checked: a row that
+//!    took another path fails the run instead of printing a number.
 //! 2. iperf3: TCP throughput from a pod through its veth and ENI to the VPC namespace, without and
 //!    with the guard attached, alternating runs in the same session.
 //!
-//! Prints tables (the README's performance section quotes them). Timing under emulation (the VM
-//! kernel matrix) is meaningless; run this on the machine itself.
+//! A release binary of the tests crate rather than a bench target, so that building it does not
+//! build the crate's dev-dependencies (aws-sdk-ec2) in release. Prints tables (the README's
+//! performance section quotes them). Timing under emulation (the VM kernel matrix) is meaningless;
+//! run this on the machine itself.
 
 use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use eniguard::guard::{
-    attach::AttachMode,
-    datapath::{resolve, Guard},
+    attach::{ifindex, AttachMode},
+    datapath::{resolve, Capacity, Guard, Stats},
     pins::PinDir,
     spec::Spec,
 };
+use eniguard_common::guard::{REASONS, REASON_WRONG_ENI};
 use eniguard_tests::{
     frames::udp_frame,
     netns::{sh, NetNs},
@@ -28,9 +34,6 @@ const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 7;
 
 fn main() -> Result<()> {
-    if std::env::args().any(|a| a == "--list") {
-        return Ok(()); // nothing for `cargo test --benches` to list
-    }
     let host_netns = std::fs::File::open("/proc/self/ns/net").context("opening this network namespace")?;
     prog_test_run()?;
     // Back in the original namespace for the topology (the test-run part unshared this thread's).
@@ -43,8 +46,28 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// TC_ACT_UNSPEC: the guard's "no verdict, next program decides".
+const PASS: i32 = -1;
+
+/// What a row must do to the counters, per run.
+#[derive(Clone, Copy)]
+enum Effect {
+    None,
+    Checked,
+    CheckedSource,
+    Violation(u32),
+}
+
+fn delta(before: &Stats, after: &Stats) -> (u64, u64, [u64; REASONS]) {
+    let mut v = [0; REASONS];
+    for (r, slot) in v.iter_mut().enumerate() {
+        *slot = after.node.violations[r] - before.node.violations[r];
+    }
+    (after.node.checked - before.node.checked, after.node.checked_sources - before.node.checked_sources, v)
+}
+
 fn prog_test_run() -> Result<()> {
-    // A private network namespace: the guard attaches to its own lo and veths only.
+    // A private network namespace: the guard attaches to its own veths only.
     // SAFETY: unshare affects only this (single-threaded so far) process.
     ensure!(
         unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0,
@@ -52,11 +75,13 @@ fn prog_test_run() -> Result<()> {
         std::io::Error::last_os_error()
     );
     sh(Command::new("ip").args(["link", "set", "lo", "up"]))?;
-    sh(Command::new("ip").args(["link", "add", "enipass", "type", "veth", "peer", "name", "p0"]))?;
-    sh(Command::new("ip").args(["link", "add", "enibad", "type", "veth", "peer", "name", "p1"]))?;
+    for (a, b) in [("eth1", "vpc1"), ("enipass", "p0"), ("enibad", "p1")] {
+        sh(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]))?;
+        sh(Command::new("ip").args(["link", "set", a, "up"]))?;
+    }
     let spec = Spec::parse(
         r#"
-interfaces: [{ name: lo, eni: eni-a1, securityGroups: [sg-1, sg-2] }]
+interfaces: [{ name: eth1, eni: eni-a1, securityGroups: [sg-1, sg-2] }]
 pods:
   - { namespace: b, name: pass, ip: 10.0.1.10, hostInterface: enipass, expect: { eni: eni-a1, securityGroups: [sg-2, sg-1] } }
   - { namespace: b, name: bad, ip: 10.0.1.11, hostInterface: enibad, expect: { eni: eni-b2, securityGroups: [sg-1] } }
@@ -64,8 +89,9 @@ pods:
     )?
     .validate()?;
     let pins = PinDir::new(format!("/sys/fs/bpf/eniguard-bench-{}", std::process::id()));
-    let mut guard = Guard::load(pins, AttachMode::Auto)?;
+    let mut guard = Guard::load(pins, AttachMode::Auto, Capacity::default())?;
     guard.apply(&resolve(spec)?)?;
+    let (eth1, enipass) = (ifindex("eth1")?, ifindex("enipass")?);
 
     let frame = |src: &str| -> Result<Vec<u8>> {
         Ok(udp_frame(
@@ -77,11 +103,24 @@ pods:
         ))
     };
     let cases = [
-        ("empty classifier (baseline)", "bench_empty", frame("10.0.1.10")?),
-        ("guard_egress, pass (pod on its ENI)", "guard_egress", frame("10.0.1.10")?),
-        ("guard_egress, violation (monitor)", "guard_egress", frame("10.0.1.11")?),
-        ("guard_egress, non-pod source", "guard_egress", frame("192.168.7.7")?),
-        ("guard_pod, own source", "guard_pod", frame("10.0.1.10")?),
+        ("empty classifier (baseline)", "bench_empty", eth1, frame("10.0.1.10")?, Effect::None),
+        ("guard_egress, pass (pod on its ENI)", "guard_egress", eth1, frame("10.0.1.10")?, Effect::Checked),
+        (
+            "guard_egress, violation (monitor)",
+            "guard_egress",
+            eth1,
+            frame("10.0.1.11")?,
+            Effect::Violation(REASON_WRONG_ENI),
+        ),
+        ("guard_egress, non-pod source", "guard_egress", eth1, frame("192.168.7.7")?, Effect::None),
+        (
+            "guard_pod, own source (its veth)",
+            "guard_pod",
+            enipass,
+            frame("10.0.1.10")?,
+            Effect::CheckedSource,
+        ),
+        ("guard_pod, not a pod veth", "guard_pod", eth1, frame("10.0.1.10")?, Effect::None),
     ];
     // Rounds interleave the cases, so that drift of this (shared, virtual) machine hits all alike;
     // each case's ratio to the empty program is taken within a round, then the median.
@@ -89,8 +128,29 @@ pods:
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         let mut round = Vec::with_capacity(cases.len());
-        for (_, program, frame) in &cases {
-            let (per_run, _verdict) = guard.test_run(program, frame, REPEAT)?;
+        for (label, program, ifindex, frame, effect) in &cases {
+            let before = guard.stats()?;
+            let (per_run, verdict) = guard.test_run(program, frame, *ifindex, REPEAT)?;
+            let (checked, sources, violations) = delta(&before, &guard.stats()?);
+            let n = u64::from(REPEAT);
+            let expected = match effect {
+                Effect::None => (0, 0, None),
+                Effect::Checked => (n, 0, None),
+                Effect::CheckedSource => (0, n, None),
+                Effect::Violation(r) => (n, 0, Some(*r as usize)),
+            };
+            ensure!(verdict == PASS, "{label}: verdict {verdict}, expected {PASS} (no verdict)");
+            ensure!(
+                (checked, sources) == (expected.0, expected.1),
+                "{label}: checked {checked} and sources {sources}, expected {} and {}",
+                expected.0,
+                expected.1
+            );
+            let flagged: u64 = violations.iter().sum();
+            match expected.2 {
+                Some(r) => ensure!(violations[r] == n && flagged == n, "{label}: violations {violations:?}"),
+                None => ensure!(flagged == 0, "{label}: violations {violations:?}"),
+            }
             round.push(per_run.as_nanos() as f64);
         }
         for (i, v) in round.iter().enumerate() {
@@ -100,11 +160,11 @@ pods:
     }
     println!(
         "\nBPF_PROG_TEST_RUN, {}-byte frame, {ROUNDS} interleaved rounds of {REPEAT} runs, medians",
-        cases[0].2.len()
+        cases[0].3.len()
     );
     println!("| program and path | ns/packet | x empty (same round) |");
     println!("|---|---|---|");
-    for (i, (label, _, _)) in cases.iter().enumerate() {
+    for (i, (label, ..)) in cases.iter().enumerate() {
         println!("| {label} | {:.0} | {:.2} |", median(&mut ns[i]), median(&mut ratios[i]));
     }
     guard.shutdown(false)?;
@@ -133,7 +193,8 @@ pods: [{ namespace: b, name: pod, ip: 10.0.1.10, hostInterface: enipod, expect: 
     )?
     .validate()?;
     let without_spec = Spec::parse("{}")?.validate()?;
-    let mut guard = Guard::load(PinDir::new("/sys/fs/bpf/eniguard-bench-iperf"), AttachMode::Auto)?;
+    let mut guard =
+        Guard::load(PinDir::new("/sys/fs/bpf/eniguard-bench-iperf"), AttachMode::Auto, Capacity::default())?;
     const SECONDS: &str = "3";
     const PAIRS: usize = 8;
     let (mut without, mut with) = (Vec::new(), Vec::new());
