@@ -51,8 +51,56 @@ fn checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// An Ethernet/IPv4 ARP reply announcing `sender` (the address the guard checks).
+pub fn arp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]); // Ethernet, IPv4, reply
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// An Ethernet frame carrying a minimal IPv6 header (no payload) from fe80::1 to ff02::1.
+pub fn ipv6_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(54);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]); // version 6, no next header, hop limit 64
+    f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f
+}
+
+/// `frame` padded with zeros to `len` bytes (after its own payload; IPv4 length fields are not
+/// changed, so receivers see trailing padding).
+pub fn padded(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    frame.resize(len.max(frame.len()), 0);
+    frame
+}
+
 /// Sends `frame` `count` times out of `iface` in the calling thread's network namespace.
 pub fn inject(iface: &str, frame: &[u8], count: usize) -> Result<()> {
+    send(iface, frame, count, false)
+}
+
+/// Like [`inject`], but the skb carries only the Ethernet header in its linear area and the rest
+/// in page fragments (AF_PACKET with a virtio-net header whose `hdr_len` is 14; the kernel does
+/// this for frames of a page or more), as GRO and some drivers deliver them: a program that reads
+/// headers only through direct packet access cannot see the IP header of such a frame.
+pub fn inject_nonlinear(iface: &str, frame: &[u8], count: usize) -> Result<()> {
+    if frame.len() < 4096 {
+        bail!("a frame of {} bytes is made linear by the kernel; pad it to 4096 or more", frame.len());
+    }
+    send(iface, frame, count, true)
+}
+
+fn send(iface: &str, frame: &[u8], count: usize, nonlinear: bool) -> Result<()> {
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: plain syscalls on values we own; the fd is closed below.
     unsafe {
@@ -64,6 +112,25 @@ pub fn inject(iface: &str, frame: &[u8], count: usize) -> Result<()> {
         if fd < 0 {
             bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
         }
+        let mut buf = Vec::with_capacity(frame.len() + 10);
+        if nonlinear {
+            let one: libc::c_int = 1;
+            let ok = libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
+            if ok != 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                bail!("PACKET_VNET_HDR: {e}");
+            }
+            // struct virtio_net_hdr: flags, gso_type (none), hdr_len = 14 (little endian), the rest 0.
+            buf.extend_from_slice(&[0, 0, 14, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        buf.extend_from_slice(frame);
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = ifindex as i32;
@@ -72,8 +139,8 @@ pub fn inject(iface: &str, frame: &[u8], count: usize) -> Result<()> {
         for _ in 0..count {
             let sent = libc::sendto(
                 fd,
-                frame.as_ptr().cast(),
-                frame.len(),
+                buf.as_ptr().cast(),
+                buf.len(),
                 0,
                 (&addr as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,

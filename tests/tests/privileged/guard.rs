@@ -1,12 +1,20 @@
 //! The egress guard with real packets: pods in namespaces behind veths, ENI interfaces wired to a
 //! VPC namespace, the agent's `guard` command attached to them.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::Command, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{ensure, Context as _, Result};
 use eniguard_tests::{
     eniguard_bin,
-    frames::{inject, parse_mac, udp_frame, ETH_P_8021AD, ETH_P_8021Q},
+    frames::{
+        arp_frame, inject, inject_nonlinear, ipv6_frame, padded, parse_mac, udp_frame, ETH_P_8021AD,
+        ETH_P_8021Q,
+    },
     netns::{in_netns, sh, NetNs},
     process::Daemon,
     topology::{Pod, Topology, ETH1, ETH2, VPC_DEST},
@@ -78,7 +86,7 @@ impl Run {
     }
 
     fn total_violations(&self) -> Result<u64> {
-        ["wrong_eni", "wrong_vlan", "sg_mismatch", "unknown_interface", "spoofed_source"]
+        ["wrong_eni", "wrong_vlan", "sg_mismatch", "unknown_interface", "spoofed_source", "unjudged"]
             .iter()
             .map(|r| self.violations(r))
             .sum()
@@ -470,4 +478,214 @@ pub fn real_vlan_subinterfaces(ctx: &mut Ctx) -> Result<()> {
     ensure!(run.violations("wrong_vlan")? == u64::from(N), "VLAN 7 instead of 5: wrong_vlan != {N}");
     ensure!(run.total_violations()? == u64::from(N), "counted under another reason too");
     run.stop()
+}
+
+/// Runs `eniguard counter run` on `iface` (pins under `dir`) after the guard on the same hook:
+/// appended under TCX, at the lowest netlink priority otherwise.
+fn counter_after(topo: &Topology, iface: &str, direction: &str, attach: &str, dir: &Path) -> Result<Daemon> {
+    let mut d = Daemon::spawn(
+        topo.node
+            .cmd(eniguard_bin())
+            .args(["counter", "run", "--iface", iface, "--direction", direction, "--attach", attach])
+            .args(["--priority", "65535", "--pin-dir"])
+            .arg(dir),
+    )?;
+    d.wait_for_line("ready:", Duration::from_secs(20))?;
+    Ok(d)
+}
+
+fn counted(dir: &Path) -> Result<u64> {
+    let out = sh(Command::new(eniguard_bin()).args(["counter", "show", "--pin-dir"]).arg(dir))?;
+    let packets = out.split_whitespace().find_map(|w| w.strip_prefix("packets=")).context("packets=")?;
+    Ok(packets.parse()?)
+}
+
+/// Another program on the same hook (a network-policy agent on the pod veth, a tc rule on the
+/// ENI) still sees every packet the guard passes — correct ones and, in monitor mode, violating
+/// ones: the guard's "pass" is "no verdict", not "accept and stop".
+pub fn coexists_tcx(ctx: &mut Ctx) -> Result<()> {
+    if !crate::kernel_at_least(6, 6) {
+        return Err(crate::harness::skip("TCX needs kernel >= 6.6"));
+    }
+    coexists(ctx, "tcx")
+}
+
+pub fn coexists_netlink(ctx: &mut Ctx) -> Result<()> {
+    coexists(ctx, "netlink")
+}
+
+fn coexists(ctx: &mut Ctx, attach: &str) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
+    let run = start(ctx, &topo, &yaml, &["--attach", attach])?;
+    // bpffs names take no dots.
+    let sibling = |tag: &str| PathBuf::from(format!("{}-{tag}", ctx.pin_dir.display()));
+    let (veth_dir, eni_dir) = (sibling("veth"), sibling("eni"));
+    let veth = counter_after(&topo, &web.host_veth, "ingress", attach, &veth_dir)?;
+    let eni = counter_after(&topo, "eth1", "egress", attach, &eni_dir)?;
+    let eni_before = counted(&eni_dir)?;
+    ensure!(web.ping(N, None)?, "the pod's pings failed");
+    web.ping(N, Some("10.0.1.99"))?; // spoofed: a violation, passed in monitor mode
+    ensure!(run.violations("spoofed_source")? == u64::from(N), "the spoofed pings were not judged");
+    let on_veth = counted(&veth_dir)?;
+    ensure!(
+        on_veth == 2 * u64::from(N),
+        "the program after the guard on the pod veth saw {on_veth} of {}",
+        2 * N
+    );
+    // The spoofed source has no rule to eth1; the pod's own pings leave there.
+    let on_eni = counted(&eni_dir)? - eni_before;
+    ensure!(on_eni >= u64::from(N), "the program after the guard on eth1 saw {on_eni} of {N}");
+    for (d, dir) in [(veth, veth_dir), (eni, eni_dir)] {
+        d.terminate()?;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    run.stop()
+}
+
+/// Frames from a pod are judged whatever they carry and however the skb holds them: an IPv4
+/// header outside the linear area, ARP (its sender address), IPv6 and other ethertypes (counted
+/// by kind; in enforce mode dropped as `unjudged`).
+pub fn judges_every_frame(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    for (ns, dev) in [(&web.ns, "eth0"), (&topo.node, web.host_veth.as_str())] {
+        ns.ip(&["link", "set", dev, "mtu", "9000"])?;
+    }
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
+    let run = start(ctx, &topo, &yaml, &[])?;
+    let (pod_mac, host_mac) = (parse_mac(&web.ns.mac("eth0")?)?, parse_mac(&topo.node.mac(&web.host_veth)?)?);
+    let (own, other, dst): (Ipv4Addr, Ipv4Addr, Ipv4Addr) =
+        ("10.0.1.10".parse()?, "10.0.1.99".parse()?, VPC_DEST.parse()?);
+    let big = |src| padded(udp_frame(host_mac, pod_mac, &[], src, dst), 5000);
+    let (spoofed_big, own_big) = (big(other), big(own));
+    let arp_own = arp_frame(host_mac, pod_mac, own, "169.254.1.1".parse()?);
+    let arp_spoofed = arp_frame(host_mac, pod_mac, other, "169.254.1.1".parse()?);
+    let v6 = ipv6_frame(host_mac, pod_mac);
+    in_netns(&web.ns, move || {
+        inject_nonlinear("eth0", &own_big, 2)?;
+        inject_nonlinear("eth0", &spoofed_big, 3)?;
+        inject("eth0", &arp_own, 1)?;
+        inject("eth0", &arp_spoofed, 2)?;
+        inject("eth0", &v6, 4)
+    })?;
+    let kind = |k: &str| run.metric(&format!("eniguard_guard_pod_frames_total{{kind=\"{k}\"}}"));
+    ensure!(
+        kind("ipv4")? == 5 && kind("arp")? == 3 && kind("ipv6")? == 4,
+        "frames by kind: {}",
+        run.get("/metrics")?
+    );
+    ensure!(run.violations("spoofed_source")? == 3 + 2, "non-linear or ARP spoofing missed");
+    ensure!(run.violations("unjudged")? == 4, "IPv6 not counted as unjudged");
+    ensure!(run.metric("eniguard_guard_dropped_packets_total{reason=\"unjudged\"}")? == 0, "monitor dropped");
+    // Enforce: what the guard cannot judge does not leave the pod.
+    let enforced =
+        format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", Some("enforce")));
+    std::fs::write(&run.intent, enforced)?;
+    signal(&run.agent, libc::SIGHUP);
+    wait_until(|| Ok(run.get("/metrics").is_ok()), "the reload")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let v6 = ipv6_frame(host_mac, pod_mac);
+    in_netns(&web.ns, move || inject("eth0", &v6, 4))?;
+    ensure!(
+        run.metric("eniguard_guard_dropped_packets_total{reason=\"unjudged\"}")? == 4,
+        "enforce let IPv6 through: {}",
+        run.get("/metrics")?
+    );
+    ensure!(web.ping(N, None)?, "enforce dropped the pod's own IPv4");
+    run.stop()
+}
+
+/// A start that fails after loading (here: more pods than the maps hold) leaves the datapath a
+/// `--keep-datapath` predecessor left exactly as it was, still checking traffic.
+pub fn failed_start_keeps_the_predecessor(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let other = topo.add_pod("other", "10.0.1.11", &ETH1)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    let one = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
+    let first = start(ctx, &topo, &one, &["--keep-datapath", "--attach", "netlink"])?;
+    first.stop()?;
+    let intents_before = sh(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(ctx.pin_dir.join("maps/GUARD_INTENT4_V1")))?;
+    let two = format!("{one}{}", pod_yaml("other", &other, "eni-a1", 0, "sg-c0f1", None));
+    let intent = PathBuf::from("/tmp").join(format!("{}-two.yaml", ctx.prefix()));
+    std::fs::write(&intent, two)?;
+    let out = topo
+        .node
+        .cmd(eniguard_bin())
+        .args(["guard", "--intent"])
+        .arg(&intent)
+        .args(["--attach", "netlink", "--max-pods", "1", "--pin-dir"])
+        .arg(&ctx.pin_dir)
+        .output()?;
+    let _ = std::fs::remove_file(&intent);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && stderr.contains("--max-pods"), "the second start should fail: {stderr}");
+    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT4_V1").exists(), "the failed start removed the pins");
+    let intents_after = sh(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(ctx.pin_dir.join("maps/GUARD_INTENT4_V1")))?;
+    ensure!(
+        intents_after == intents_before,
+        "the failed start changed the intent map:\n{intents_before}\n{intents_after}"
+    );
+    for dev in ["eth1", web.host_veth.as_str()] {
+        let hook = if dev == "eth1" { "egress" } else { "ingress" };
+        let filters = topo.node.run("tc", &["filter", "show", "dev", dev, hook])?;
+        ensure!(filters.contains("guard_"), "the predecessor's filter on {dev} is gone: {filters}");
+    }
+    // Still checking: spoofed pings are counted in the pinned counters.
+    let violations = || -> Result<u64> {
+        let json = sh(Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(ctx.pin_dir.join("maps/GUARD_COUNTERS_V2")))?;
+        let v: serde_json::Value = serde_json::from_str(&json)?;
+        let cpus = v[0]["formatted"]["values"].as_array().context("no per-CPU values")?;
+        Ok(cpus
+            .iter()
+            .filter_map(|c| c["value"]["violations"].as_array())
+            .flatten()
+            .filter_map(|x| x.as_u64())
+            .sum())
+    };
+    let before = violations()?;
+    web.ping(N, Some("10.0.1.99"))?;
+    ensure!(violations()? - before == u64::from(N), "the kept datapath stopped checking");
+    // Clean up the kept datapath with a normal start and stop.
+    start(ctx, &topo, &one, &["--attach", "netlink"])?.stop()
+}
+
+/// Restarting in the other attach mode (netlink → TCX) removes the old mode's attachment: every
+/// packet is judged once. A TCX link pin left for an interface that was re-created while no agent
+/// ran is replaced by a fresh attach instead of failing the start.
+pub fn switches_mode_and_replaces_stale_pins(ctx: &mut Ctx) -> Result<()> {
+    if !crate::kernel_at_least(6, 6) {
+        return Err(crate::harness::skip("TCX needs kernel >= 6.6"));
+    }
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
+    start(ctx, &topo, &yaml, &["--keep-datapath", "--attach", "netlink"])?.stop()?;
+    let tcx = start(ctx, &topo, &yaml, &["--keep-datapath", "--attach", "tcx"])?;
+    for (dev, hook) in [("eth1", "egress"), (web.host_veth.as_str(), "ingress")] {
+        let filters = topo.node.run("tc", &["filter", "show", "dev", dev, hook])?;
+        ensure!(!filters.contains("guard_"), "the netlink filter on {dev} still runs beside TCX: {filters}");
+    }
+    let checked = tcx.metric("eniguard_guard_checked_packets_total")?;
+    web.ping(N, None)?;
+    ensure!(tcx.metric("eniguard_guard_checked_packets_total")? - checked == u64::from(N), "judged twice");
+    tcx.stop()?;
+    // The pod's veth is re-created while no agent runs: its pinned link is now stale.
+    topo.unplug(&web)?;
+    topo.plug(&web)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    let again = start(ctx, &topo, &yaml, &["--attach", "tcx"])?;
+    web.ping(N, Some("10.0.1.99"))?;
+    ensure!(again.violations("spoofed_source")? == u64::from(N), "the re-created veth is not guarded");
+    again.stop()
 }

@@ -34,6 +34,17 @@ fn main() -> std::process::ExitCode {
             name: "guard_restart_lets_nothing_through_netlink",
             run: guard::restart_lets_nothing_through_netlink,
         },
+        Test { name: "guard_coexists_with_other_programs_tcx", run: guard::coexists_tcx },
+        Test { name: "guard_coexists_with_other_programs_netlink", run: guard::coexists_netlink },
+        Test { name: "guard_judges_every_frame", run: guard::judges_every_frame },
+        Test {
+            name: "guard_failed_start_keeps_the_predecessor",
+            run: guard::failed_start_keeps_the_predecessor,
+        },
+        Test {
+            name: "guard_switches_mode_and_replaces_stale_pins",
+            run: guard::switches_mode_and_replaces_stale_pins,
+        },
         Test {
             name: "sim_fabric_follows_attachments_and_checks_sources",
             run: sim_fabric::follows_attachments_and_checks_sources,
