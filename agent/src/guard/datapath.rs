@@ -370,17 +370,7 @@ impl Guard {
     /// Moves the maps from `from` to `to` in the order that never passes what the full check
     /// would flag (see the module docs).
     fn write_maps(&mut self, from: &Programmed, to: &Programmed) -> Result<(), GuardError> {
-        let interim: StdHashMap<[u8; 4], PodIntent> = to
-            .intent
-            .iter()
-            .map(|(k, new)| {
-                let mut v = *new;
-                let before = from.intent.get(k).map(|o| o.allowed).unwrap_or_default();
-                v.allowed = intersect(&before, &new.allowed);
-                (*k, v)
-            })
-            .collect();
-        sync_map(&mut self.ebpf, INTENT_MAP, &interim)?;
+        sync_map(&mut self.ebpf, INTENT_MAP, &interim_intents(&from.intent, &to.intent))?;
         sync_map(&mut self.ebpf, TRUTH_MAP, &to.truth)?;
         sync_map(&mut self.ebpf, INTENT_MAP, &to.intent)?;
         sync_map(&mut self.ebpf, VETH_MAP, &to.veths)
@@ -658,6 +648,21 @@ fn detach(link: Link) {
     }
 }
 
+/// The intents written before truth changes: the new intents, each with only the fast-path exits
+/// valid both before and after the update (a packet that takes the fast path in between is one
+/// that both the old and the new full check pass).
+pub fn interim_intents(
+    from: &StdHashMap<[u8; 4], PodIntent>,
+    to: &StdHashMap<[u8; 4], PodIntent>,
+) -> StdHashMap<[u8; 4], PodIntent> {
+    to.iter()
+        .map(|(k, new)| {
+            let before = from.get(k).map(|o| o.allowed).unwrap_or_default();
+            (*k, PodIntent { allowed: intersect(&before, &new.allowed), ..*new })
+        })
+        .collect()
+}
+
 /// The fast-path exits valid both before and after an update.
 fn intersect(a: &[IfaceKey; ALLOWED_EXITS], b: &[IfaceKey; ALLOWED_EXITS]) -> [IfaceKey; ALLOWED_EXITS] {
     let mut out = [IfaceKey::default(); ALLOWED_EXITS];
@@ -791,4 +796,37 @@ fn max_entries(ebpf: &Ebpf, name: &'static str) -> Result<u32, GuardError> {
         _ => return Err(GuardError::MissingMap(name)),
     };
     Ok(data.info().map_err(map_err(name))?.max_entries())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ifindex: u32) -> IfaceKey {
+        IfaceKey { ifindex, vlan: 0 }
+    }
+
+    fn intent(allowed: &[u32]) -> PodIntent {
+        let mut v = PodIntent { pod_id: 1, eni_id: 1, sg_set_id: 1, ..PodIntent::default() };
+        for (slot, i) in v.allowed.iter_mut().zip(allowed) {
+            *slot = key(*i);
+        }
+        v
+    }
+
+    #[test]
+    fn interim_intents_keep_only_exits_valid_before_and_after() {
+        let a = [10, 0, 1, 10];
+        let b = [10, 0, 1, 11];
+        let from = StdHashMap::from([(a, intent(&[3, 4]))]);
+        let to = StdHashMap::from([(a, intent(&[4, 5])), (b, intent(&[4]))]);
+        let interim = interim_intents(&from, &to);
+        assert_eq!(interim[&a].allowed, intent(&[4]).allowed, "exit 3 is gone after, 5 not valid before");
+        assert_eq!(
+            interim[&b].allowed,
+            intent(&[]).allowed,
+            "a new pod takes the full check until truth is in"
+        );
+        assert_eq!(interim.len(), 2);
+    }
 }

@@ -689,3 +689,40 @@ pub fn switches_mode_and_replaces_stale_pins(ctx: &mut Ctx) -> Result<()> {
     ensure!(again.violations("spoofed_source")? == u64::from(N), "the re-created veth is not guarded");
     again.stop()
 }
+
+/// A reload that fails after the maps were written (here: another tool's u32 filter holds the
+/// guard's netlink priority on a new interface, so attaching there fails) puts the maps back as
+/// they were and keeps the running intent checking traffic.
+pub fn apply_is_all_or_nothing(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let one = format!(
+        "interfaces:\n  - {{ name: eth1, eni: eni-a1, securityGroups: [sg-c0f1] }}\npods:\n{}",
+        pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None)
+    );
+    let run = start(ctx, &topo, &one, &["--attach", "netlink"])?;
+    topo.node.run("tc", &["qdisc", "add", "dev", "eth2", "clsact"])?;
+    let foreign = ["filter", "add", "dev", "eth2", "egress", "prio", "20039", "protocol", "ip"];
+    if let Err(e) = topo.node.run("tc", &[&foreign[..], &["u32", "match", "u32", "0", "0"]].concat()) {
+        return Err(crate::harness::skip(format!("no cls_u32 in this kernel ({e})")));
+    }
+    let dump = |map: &str| {
+        sh(Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(ctx.pin_dir.join("maps").join(map)))
+    };
+    let (intents, truth) = (dump("GUARD_INTENT4_V1")?, dump("GUARD_TRUTH_V1")?);
+    // The new intent moves the pod to the trunk and adds eth2, where the attach fails.
+    let two = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-7", 0, "sg-de", None));
+    std::fs::write(&run.intent, two)?;
+    signal(&run.agent, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(dump("GUARD_INTENT4_V1")? == intents, "a failed reload left the new intents in the map");
+    ensure!(dump("GUARD_TRUTH_V1")? == truth, "a failed reload left the new truth in the map");
+    let filters = topo.node.run("tc", &["filter", "show", "dev", "eth2", "egress"])?;
+    ensure!(filters.contains("u32") && !filters.contains("guard_"), "eth2's filters: {filters}");
+    web.ping(N, None)?;
+    ensure!(run.total_violations()? == 0, "the running intent was replaced");
+    ensure!(run.metric("eniguard_guard_checked_packets_total")? == u64::from(N), "eth1 is no longer checked");
+    run.stop()
+}

@@ -2,6 +2,7 @@
 
 #[path = "../common/clients.rs"]
 mod clients;
+mod datapath_churn;
 mod guard;
 mod harness;
 mod sim_fabric;
@@ -45,6 +46,8 @@ fn main() -> std::process::ExitCode {
             name: "guard_switches_mode_and_replaces_stale_pins",
             run: guard::switches_mode_and_replaces_stale_pins,
         },
+        Test { name: "guard_apply_is_all_or_nothing", run: guard::apply_is_all_or_nothing },
+        Test { name: "datapath_churn_5000_pods", run: datapath_churn::churn_5000_pods },
         Test {
             name: "sim_fabric_follows_attachments_and_checks_sources",
             run: sim_fabric::follows_attachments_and_checks_sources,
