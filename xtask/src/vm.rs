@@ -53,7 +53,8 @@ const KERNELS: &[Kernel] = &[
     },
 ];
 
-const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "8021q"];
+/// cls_u32: the foreign filter of `guard_apply_is_all_or_nothing`.
+const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "cls_u32", "8021q"];
 const HOST_TOOLS: &[&str] = &["ip", "tc", "bpftool", "nsenter", "ping"];
 /// Privileged tests worth running on every kernel (the datapath; TCX ones skip themselves).
 pub const VM_TESTS: &[&str] = &["tc_counter", "guard_"];

@@ -66,9 +66,10 @@ impl Capacity {
     }
 }
 
-/// What this agent last wrote to the intent, truth and veth maps.
+/// What this agent last wrote to the config, intent, truth and veth maps.
 #[derive(Clone, Debug, Default)]
 struct Programmed {
+    config: GuardConfig,
     truth: StdHashMap<IfaceKey, IfaceTruth>,
     intent: StdHashMap<[u8; 4], PodIntent>,
     veths: StdHashMap<u32, VethPod>,
@@ -254,7 +255,13 @@ impl Guard {
                 .try_fold(capacity.pods, |acc, n| n.map(|n| acc.min(n)))?,
             ifaces: max_entries(&ebpf, TRUTH_MAP)?.min(capacity.ifaces),
         };
+        let config = {
+            let map = ebpf.map(CONFIG_MAP).ok_or(GuardError::MissingMap(CONFIG_MAP))?;
+            let array: Array<&MapData, GuardConfig> = Array::try_from(map).map_err(map_err(CONFIG_MAP))?;
+            array.get(&0, 0).map_err(map_err(CONFIG_MAP))?
+        };
         let programmed = Programmed {
+            config,
             truth: read_map(&ebpf, TRUTH_MAP)?,
             intent: read_map(&ebpf, INTENT_MAP)?,
             veths: read_map(&ebpf, VETH_MAP)?,
@@ -360,11 +367,7 @@ impl Guard {
             mode: mode_value(spec.mode),
             events_per_pod_per_sec: spec.events_per_pod_per_second,
         };
-        let mut cfg: Result<Array<&mut MapData, GuardConfig>, _> = typed(&mut self.ebpf, CONFIG_MAP);
-        if let Ok(cfg) = cfg.as_mut() {
-            let _ = cfg.set(0, config, 0);
-        }
-        Programmed { truth, intent, veths }
+        Programmed { config, truth, intent, veths }
     }
 
     /// Moves the maps from `from` to `to` in the order that never passes what the full check
@@ -373,7 +376,9 @@ impl Guard {
         sync_map(&mut self.ebpf, INTENT_MAP, &interim_intents(&from.intent, &to.intent))?;
         sync_map(&mut self.ebpf, TRUTH_MAP, &to.truth)?;
         sync_map(&mut self.ebpf, INTENT_MAP, &to.intent)?;
-        sync_map(&mut self.ebpf, VETH_MAP, &to.veths)
+        sync_map(&mut self.ebpf, VETH_MAP, &to.veths)?;
+        let mut cfg: Array<&mut MapData, GuardConfig> = typed(&mut self.ebpf, CONFIG_MAP)?;
+        cfg.set(0, to.config, 0).map_err(map_err(CONFIG_MAP))
     }
 
     /// Attaches to every interface the spec names that is present, and detaches from the rest.

@@ -162,11 +162,12 @@ pub struct ViolationEvent {
     pub dst: AddrKey,
 }
 
-/// Map names; the suffix is the layout version (bump it when a type above changes).
+/// Map names; the suffix is the layout version (bump it when a type above or a map's flags
+/// change).
 /// IPv4 intent, keyed by the address bytes (IPv6 will get its own map).
-pub const INTENT_MAP: &str = "GUARD_INTENT4_V1";
+pub const INTENT_MAP: &str = "GUARD_INTENT4_V2";
 pub const TRUTH_MAP: &str = "GUARD_TRUTH_V1";
-pub const VETH_MAP: &str = "GUARD_VETH_V1";
+pub const VETH_MAP: &str = "GUARD_VETH_V2";
 pub const CONFIG_MAP: &str = "GUARD_CONFIG_V1";
 pub const COUNTERS_MAP: &str = "GUARD_COUNTERS_V2";
 pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V2";

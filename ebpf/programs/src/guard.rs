@@ -28,12 +28,18 @@ use aya_ebpf::{
 };
 use eniguard_common::guard::*;
 
+/// BPF_F_NO_PREALLOC: an update allocates a new element and frees the old one after an RCU grace
+/// period, so a value this program looked up stays whole and unchanged while it runs (a
+/// preallocated map recycles elements at once). The fast paths read intent and veth entries in
+/// place instead of copying them.
+const NO_PREALLOC: usize = 1;
+
 #[btf_map]
-static GUARD_INTENT4_V1: HashMap<[u8; 4], PodIntent, { MAX_PODS as usize }> = HashMap::new();
+static GUARD_INTENT4_V2: HashMap<[u8; 4], PodIntent, { MAX_PODS as usize }, NO_PREALLOC> = HashMap::new();
 #[btf_map]
 static GUARD_TRUTH_V1: HashMap<IfaceKey, IfaceTruth, { MAX_IFACES as usize }> = HashMap::new();
 #[btf_map]
-static GUARD_VETH_V1: HashMap<u32, VethPod, { MAX_PODS as usize }> = HashMap::new();
+static GUARD_VETH_V2: HashMap<u32, VethPod, { MAX_PODS as usize }, NO_PREALLOC> = HashMap::new();
 #[btf_map]
 static GUARD_CONFIG_V1: Array<GuardConfig, 1> = Array::new();
 #[btf_map]
@@ -109,12 +115,36 @@ fn load_be16(ctx: &TcContext, offset: usize, out: &mut u16) -> bool {
     ok
 }
 
-/// Parses Ethernet, up to two VLAN tags, and the IPv4 or ARP addresses.
+/// Untagged Ethernet + the IPv4 addresses.
+const UNTAGGED_IPV4_LEN: usize = ETH_HLEN + 20;
+
+/// Parses Ethernet, up to two VLAN tags, and the IPv4 or ARP addresses. The common frame — an
+/// untagged IPv4 packet whose headers are linear — takes one bounds check; everything else the
+/// general path.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Frame {
     // SAFETY: the context pointer is valid for the whole program run.
     let skb = unsafe { &*ctx.skb.skb };
-    let mut vlan = if skb.vlan_present != 0 { skb.vlan_tci & VLAN_VID_MASK } else { 0 };
+    let vlan = if skb.vlan_present != 0 { skb.vlan_tci & VLAN_VID_MASK } else { 0 };
+    let start = ctx.data();
+    if start + UNTAGGED_IPV4_LEN <= ctx.data_end() {
+        // SAFETY: the whole range was bounds checked just above; packet data may be unaligned.
+        let (proto, src, dst) = unsafe {
+            (
+                core::ptr::read_unaligned((start + 12) as *const u16),
+                core::ptr::read_unaligned((start + ETH_HLEN + 12) as *const u32),
+                core::ptr::read_unaligned((start + ETH_HLEN + 16) as *const u32),
+            )
+        };
+        if u16::from_be(proto) == ETH_P_IP {
+            return Frame { kind: KIND_IPV4, src, dst, vlan };
+        }
+    }
+    parse_general(ctx, vlan)
+}
+
+#[inline(always)]
+fn parse_general(ctx: &TcContext, mut vlan: u32) -> Frame {
     let mut proto = 0u16;
     if !load_be16(ctx, 12, &mut proto) {
         return Frame::of(KIND_UNREADABLE, vlan);
@@ -188,9 +218,8 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     if kind != KIND_IPV4 {
         return PASS; // not IPv4: no pod intent to compare
     }
-    // Copy the entry first: userspace may replace it while this program runs.
-    // SAFETY: a map value pointer valid for this run; read once, as a whole.
-    let Some(intent) = (unsafe { GUARD_INTENT4_V1.get(src.to_ne_bytes()) }).copied() else {
+    // SAFETY: a value of a no-prealloc map: valid and unchanged for this run (see NO_PREALLOC).
+    let Some(intent) = (unsafe { GUARD_INTENT4_V2.get(src.to_ne_bytes()) }) else {
         return PASS; // not a pod address: not ours to judge
     };
     if let Some(c) = counters() {
@@ -203,6 +232,7 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     if intent.allowed.contains(&here) {
         return PASS;
     }
+    let intent = *intent;
     // SAFETY: as above.
     let exact = unsafe { GUARD_TRUTH_V1.get(here) }.copied();
     let truth = match exact {
@@ -249,7 +279,8 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
 pub fn guard_pod(ctx: TcContext) -> i32 {
     // SAFETY: as in guard_egress.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(veth) = (unsafe { GUARD_VETH_V1.get(ifindex) }).copied() else {
+    // SAFETY: as for the intent map in guard_egress.
+    let Some(veth) = (unsafe { GUARD_VETH_V2.get(ifindex) }) else {
         return PASS; // not a pod veth the agent knows
     };
     let Frame { kind, src, dst, vlan } = parse(&ctx);
@@ -264,7 +295,9 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
     let judged = kind == KIND_IPV4 || kind == KIND_ARP;
     let reason = if !judged {
         REASON_UNJUDGED
-    } else if ipv4_key(src) == veth.addr || (kind == KIND_ARP && src == 0) {
+    } else if (veth.addr.family == FAMILY_IPV4 && veth.addr.addr[..4] == src.to_ne_bytes())
+        || (kind == KIND_ARP && src == 0)
+    {
         // Its own address; or an ARP probe (RFC 5227), which announces no address.
         return PASS;
     } else {
@@ -278,7 +311,8 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
         dst: ipv4_key(dst),
         ..ViolationEvent::default()
     };
-    violation(reason, veth.mode, event)
+    let mode = veth.mode;
+    violation(reason, mode, event)
 }
 
 /// Counts, reports and (in enforce mode) drops one violating packet.

@@ -74,10 +74,10 @@ fn main() -> Result<()> {
     println!("  web pings answered: {web_ok}; victim pings answered: {victim_ok} (dropped before leaving the node)");
     show_metrics(&topo)?;
 
-    step(&format!("bpftool reads the pinned intent map with field names: {PIN_DIR}/maps/GUARD_INTENT4_V1"));
+    step(&format!("bpftool reads the pinned intent map with field names: {PIN_DIR}/maps/GUARD_INTENT4_V2"));
     let dump = sh(Command::new("bpftool")
         .args(["map", "dump", "pinned"])
-        .arg(Path::new(PIN_DIR).join("maps/GUARD_INTENT4_V1")))?;
+        .arg(Path::new(PIN_DIR).join("maps/GUARD_INTENT4_V2")))?;
     for line in dump.lines().take(16) {
         println!("  {line}");
     }

@@ -345,7 +345,7 @@ pub fn bpftool_shows_field_names(ctx: &mut Ctx) -> Result<()> {
     let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &yaml, &[])?;
     for (map, fields) in [
-        ("GUARD_INTENT4_V1", &["pod_id", "eni_id", "sg_set_id", "vlan", "allowed"][..]),
+        ("GUARD_INTENT4_V2", &["pod_id", "eni_id", "sg_set_id", "vlan", "allowed"][..]),
         ("GUARD_TRUTH_V1", &["ifindex", "eni_id", "sg_set_id"][..]),
         ("GUARD_COUNTERS_V2", &["checked", "violations", "dropped", "pod_frames", "events_lost"][..]),
         ("GUARD_CONFIG_V1", &["mode", "events_per_pod_per_sec"][..]),
@@ -386,7 +386,7 @@ fn restart(ctx: &mut Ctx, attach: &str) -> Result<()> {
         Daemon::spawn(bad.ns.cmd("ping").args(["-c", "500", "-i", "0.005", "-W", "1", "-q", VPC_DEST]))?;
     std::thread::sleep(Duration::from_millis(300));
     first.stop()?;
-    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT4_V1").exists(), "--keep-datapath removed the pins");
+    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT4_V2").exists(), "--keep-datapath removed the pins");
     std::thread::sleep(Duration::from_millis(200)); // traffic with no agent running at all
     let second = start(ctx, &topo, &yaml, &["--attach", attach])?;
     ensure!(flood.wait_exit(Duration::from_secs(10))?.is_some(), "the ping flood did not finish");
@@ -610,7 +610,7 @@ pub fn failed_start_keeps_the_predecessor(ctx: &mut Ctx) -> Result<()> {
     first.stop()?;
     let intents_before = sh(Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
-        .arg(ctx.pin_dir.join("maps/GUARD_INTENT4_V1")))?;
+        .arg(ctx.pin_dir.join("maps/GUARD_INTENT4_V2")))?;
     let two = format!("{one}{}", pod_yaml("other", &other, "eni-a1", 0, "sg-c0f1", None));
     let intent = PathBuf::from("/tmp").join(format!("{}-two.yaml", ctx.prefix()));
     std::fs::write(&intent, two)?;
@@ -625,10 +625,10 @@ pub fn failed_start_keeps_the_predecessor(ctx: &mut Ctx) -> Result<()> {
     let _ = std::fs::remove_file(&intent);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && stderr.contains("--max-pods"), "the second start should fail: {stderr}");
-    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT4_V1").exists(), "the failed start removed the pins");
+    ensure!(ctx.pin_dir.join("maps/GUARD_INTENT4_V2").exists(), "the failed start removed the pins");
     let intents_after = sh(Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
-        .arg(ctx.pin_dir.join("maps/GUARD_INTENT4_V1")))?;
+        .arg(ctx.pin_dir.join("maps/GUARD_INTENT4_V2")))?;
     ensure!(
         intents_after == intents_before,
         "the failed start changed the intent map:\n{intents_before}\n{intents_after}"
@@ -711,13 +711,13 @@ pub fn apply_is_all_or_nothing(ctx: &mut Ctx) -> Result<()> {
             .args(["-j", "map", "dump", "pinned"])
             .arg(ctx.pin_dir.join("maps").join(map)))
     };
-    let (intents, truth) = (dump("GUARD_INTENT4_V1")?, dump("GUARD_TRUTH_V1")?);
+    let (intents, truth) = (dump("GUARD_INTENT4_V2")?, dump("GUARD_TRUTH_V1")?);
     // The new intent moves the pod to the trunk and adds eth2, where the attach fails.
     let two = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-7", 0, "sg-de", None));
     std::fs::write(&run.intent, two)?;
     signal(&run.agent, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    ensure!(dump("GUARD_INTENT4_V1")? == intents, "a failed reload left the new intents in the map");
+    ensure!(dump("GUARD_INTENT4_V2")? == intents, "a failed reload left the new intents in the map");
     ensure!(dump("GUARD_TRUTH_V1")? == truth, "a failed reload left the new truth in the map");
     let filters = topo.node.run("tc", &["filter", "show", "dev", "eth2", "egress"])?;
     ensure!(filters.contains("u32") && !filters.contains("guard_"), "eth2's filters: {filters}");
