@@ -211,6 +211,9 @@ pub struct Guard {
     adopted: bool,
     /// No apply has succeeded yet: per-pod state still carries a predecessor's ids.
     first_apply: bool,
+    /// The maps' generation last written to the config (see `PassCache`).
+    generation: u32,
+    flow_cache: bool,
 }
 
 impl Resolved {
@@ -276,7 +279,27 @@ impl Guard {
             programmed,
             adopted,
             first_apply: true,
+            generation: config.generation,
+            flow_cache: true,
         })
+    }
+
+    /// Turns the per-CPU pass cache of `guard_egress` on or off (benchmarks compare the two).
+    pub fn set_flow_cache(&mut self, on: bool) -> Result<(), GuardError> {
+        self.flow_cache = on;
+        self.programmed.config.flow_cache = u32::from(on);
+        let config = self.programmed.config;
+        self.write_config(config)
+    }
+
+    /// Writes the config with the next generation: every pass-cache entry made before is void.
+    fn write_config(&mut self, config: GuardConfig) -> Result<(), GuardError> {
+        self.generation = match self.generation.wrapping_add(1) {
+            0 => 1,
+            g => g,
+        };
+        let mut cfg: Array<&mut MapData, GuardConfig> = typed(&mut self.ebpf, CONFIG_MAP)?;
+        cfg.set(0, GuardConfig { generation: self.generation, ..config }, 0).map_err(map_err(CONFIG_MAP))
     }
 
     pub fn capacity(&self) -> Capacity {
@@ -366,19 +389,22 @@ impl Guard {
         let config = GuardConfig {
             mode: mode_value(spec.mode),
             events_per_pod_per_sec: spec.events_per_pod_per_second,
+            generation: 0, // set when written
+            flow_cache: u32::from(self.flow_cache),
         };
         Programmed { config, truth, intent, veths }
     }
 
     /// Moves the maps from `from` to `to` in the order that never passes what the full check
-    /// would flag (see the module docs).
+    /// would flag (see the module docs). The generation is bumped first, so that no cached pass
+    /// outlives the old state, and last, so that none computed from a half-written state survives.
     fn write_maps(&mut self, from: &Programmed, to: &Programmed) -> Result<(), GuardError> {
+        self.write_config(from.config)?;
         sync_map(&mut self.ebpf, INTENT_MAP, &interim_intents(&from.intent, &to.intent))?;
         sync_map(&mut self.ebpf, TRUTH_MAP, &to.truth)?;
         sync_map(&mut self.ebpf, INTENT_MAP, &to.intent)?;
         sync_map(&mut self.ebpf, VETH_MAP, &to.veths)?;
-        let mut cfg: Array<&mut MapData, GuardConfig> = typed(&mut self.ebpf, CONFIG_MAP)?;
-        cfg.set(0, to.config, 0).map_err(map_err(CONFIG_MAP))
+        self.write_config(to.config)
     }
 
     /// Attaches to every interface the spec names that is present, and detaches from the rest.

@@ -80,6 +80,25 @@ pub struct GuardConfig {
     pub mode: u32,
     /// At most this many events per pod per second leave the kernel; the rest are counted.
     pub events_per_pod_per_sec: u32,
+    /// Bumped by the agent before and after every change to intent or truth: a [`PassCache`]
+    /// entry of another generation is void.
+    pub generation: u32,
+    /// 1: the programs remember the last passing (source, interface) per CPU; 0: every packet
+    /// takes the map lookups (benchmarks compare the two).
+    pub flow_cache: u32,
+}
+
+/// The last pod packet that passed on this CPU (slot 0: `guard_egress`, slot 1: `guard_pod`), and
+/// under which generation of the maps: the next packet of the same source through the same exit
+/// (or from the same veth) passes without a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassCache {
+    pub src: u32,
+    pub ifindex: u32,
+    pub vlan: u32,
+    /// 0 never matches: the agent's generations start at 1.
+    pub generation: u32,
 }
 
 /// Why a packet violates its intent. Values index the counter arrays.
@@ -168,14 +187,24 @@ pub struct ViolationEvent {
 pub const INTENT_MAP: &str = "GUARD_INTENT4_V2";
 pub const TRUTH_MAP: &str = "GUARD_TRUTH_V1";
 pub const VETH_MAP: &str = "GUARD_VETH_V2";
-pub const CONFIG_MAP: &str = "GUARD_CONFIG_V1";
+pub const CONFIG_MAP: &str = "GUARD_CONFIG_V2";
+pub const PASS_CACHE_MAP: &str = "GUARD_PASS_CACHE_V1";
 pub const COUNTERS_MAP: &str = "GUARD_COUNTERS_V2";
 pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V2";
 pub const RATE_MAP: &str = "GUARD_RATE_V1";
 pub const EVENTS_MAP: &str = "GUARD_EVENTS_V1";
 /// Every guard map, in pin order.
-pub const GUARD_MAPS: [&str; 8] =
-    [INTENT_MAP, TRUTH_MAP, VETH_MAP, CONFIG_MAP, COUNTERS_MAP, POD_COUNTERS_MAP, RATE_MAP, EVENTS_MAP];
+pub const GUARD_MAPS: [&str; 9] = [
+    INTENT_MAP,
+    TRUTH_MAP,
+    VETH_MAP,
+    CONFIG_MAP,
+    COUNTERS_MAP,
+    POD_COUNTERS_MAP,
+    RATE_MAP,
+    EVENTS_MAP,
+    PASS_CACHE_MAP,
+];
 
 /// Default capacities in the object; the agent sets the real ones at load time from the node's
 /// max pods (5.10 charges maps to memlock: keep them modest).
@@ -198,6 +227,7 @@ mod user {
     unsafe impl aya::Pod for IfaceTruth {}
     unsafe impl aya::Pod for VethPod {}
     unsafe impl aya::Pod for GuardConfig {}
+    unsafe impl aya::Pod for PassCache {}
     unsafe impl aya::Pod for GuardCounters {}
     unsafe impl aya::Pod for PodCounters {}
     unsafe impl aya::Pod for RateWindow {}

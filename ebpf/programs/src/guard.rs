@@ -41,7 +41,12 @@ static GUARD_TRUTH_V1: HashMap<IfaceKey, IfaceTruth, { MAX_IFACES as usize }> = 
 #[btf_map]
 static GUARD_VETH_V2: HashMap<u32, VethPod, { MAX_PODS as usize }, NO_PREALLOC> = HashMap::new();
 #[btf_map]
-static GUARD_CONFIG_V1: Array<GuardConfig, 1> = Array::new();
+static GUARD_CONFIG_V2: Array<GuardConfig, 1> = Array::new();
+#[btf_map]
+static GUARD_PASS_CACHE_V1: PerCpuArray<PassCache, 2> = PerCpuArray::new();
+/// Pass-cache slots: one per program.
+const CACHE_EGRESS: u32 = 0;
+const CACHE_POD: u32 = 1;
 #[btf_map]
 static GUARD_COUNTERS_V2: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
 #[btf_map]
@@ -209,7 +214,7 @@ fn counters() -> Option<&'static mut GuardCounters> {
 
 #[inline(always)]
 fn node_mode() -> u32 {
-    GUARD_CONFIG_V1.get(0).map_or(MODE_MONITOR, |c| c.mode)
+    GUARD_CONFIG_V2.get(0).map_or(MODE_MONITOR, |c| c.mode)
 }
 
 #[classifier]
@@ -218,6 +223,26 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     if kind != KIND_IPV4 {
         return PASS; // not IPv4: no pod intent to compare
     }
+    // SAFETY: as above.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // Fastest path: this CPU's last passing packet came from the same pod through the same exit,
+    // and the maps have not changed since (the generation the agent bumps around every update).
+    let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
+    // SAFETY: per-CPU slot; a TC program is not re-entered on the same CPU.
+    let cache = GUARD_PASS_CACHE_V1.get_ptr_mut(CACHE_EGRESS).map(|p| unsafe { &mut *p });
+    if let Some(cache) = cache.as_ref() {
+        let hit = cache.generation == generation
+            && cache.src == src
+            && cache.ifindex == ifindex
+            && cache.vlan == vlan
+            && flow_cache != 0;
+        if hit {
+            if let Some(c) = counters() {
+                c.checked += 1;
+            }
+            return PASS;
+        }
+    }
     // SAFETY: a value of a no-prealloc map: valid and unchanged for this run (see NO_PREALLOC).
     let Some(intent) = (unsafe { GUARD_INTENT4_V2.get(src.to_ne_bytes()) }) else {
         return PASS; // not a pod address: not ours to judge
@@ -225,11 +250,15 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     if let Some(c) = counters() {
         c.checked += 1;
     }
-    // SAFETY: as above.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Fast path: an exit the agent already matched against truth for this pod.
     let here = IfaceKey { ifindex, vlan };
+    let remember = |cache: Option<&mut PassCache>| {
+        if let Some(cache) = cache {
+            *cache = PassCache { src, ifindex, vlan, generation };
+        }
+    };
     if intent.allowed.contains(&here) {
+        remember(cache);
         return PASS;
     }
     let intent = *intent;
@@ -268,6 +297,7 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
             } else if truth.sg_set_id != intent.sg_set_id {
                 REASON_SG_MISMATCH
             } else {
+                remember(cache);
                 return PASS;
             }
         }
@@ -279,11 +309,26 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
 pub fn guard_pod(ctx: TcContext) -> i32 {
     // SAFETY: as in guard_egress.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Frame { kind, src, dst, vlan } = parse(&ctx);
+    // Fastest path: this CPU's last IPv4 packet from this veth had the same (own) source, and
+    // the maps have not changed since.
+    let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
+    // SAFETY: per-CPU slot; a TC program is not re-entered on the same CPU.
+    let cache = GUARD_PASS_CACHE_V1.get_ptr_mut(CACHE_POD).map(|p| unsafe { &mut *p });
+    let hit = kind == KIND_IPV4
+        && flow_cache != 0
+        && cache.as_ref().is_some_and(|c| c.generation == generation && c.src == src && c.ifindex == ifindex);
+    if hit {
+        if let Some(c) = counters() {
+            c.pod_frames[KIND_IPV4 as usize] += 1;
+            c.checked_sources += 1;
+        }
+        return PASS;
+    }
     // SAFETY: as for the intent map in guard_egress.
     let Some(veth) = (unsafe { GUARD_VETH_V2.get(ifindex) }) else {
         return PASS; // not a pod veth the agent knows
     };
-    let Frame { kind, src, dst, vlan } = parse(&ctx);
     if let Some(c) = counters() {
         if let Some(slot) = c.pod_frames.get_mut(kind as usize) {
             *slot += 1;
@@ -293,12 +338,14 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
         }
     }
     let judged = kind == KIND_IPV4 || kind == KIND_ARP;
+    let own = veth.addr.family == FAMILY_IPV4 && veth.addr.addr[..4] == src.to_ne_bytes();
     let reason = if !judged {
         REASON_UNJUDGED
-    } else if (veth.addr.family == FAMILY_IPV4 && veth.addr.addr[..4] == src.to_ne_bytes())
-        || (kind == KIND_ARP && src == 0)
-    {
+    } else if own || (kind == KIND_ARP && src == 0) {
         // Its own address; or an ARP probe (RFC 5227), which announces no address.
+        if let (Some(cache), KIND_IPV4) = (cache, kind) {
+            *cache = PassCache { src, ifindex, vlan: 0, generation };
+        }
         return PASS;
     } else {
         REASON_SPOOFED_SOURCE
@@ -368,7 +415,7 @@ fn emit(mut event: ViolationEvent) {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     event.timestamp_ns = now;
-    let limit = GUARD_CONFIG_V1.get(0).map_or(10, |c| u64::from(c.events_per_pod_per_sec));
+    let limit = GUARD_CONFIG_V2.get(0).map_or(10, |c| u64::from(c.events_per_pod_per_sec));
     let allowed = match GUARD_RATE_V1.get_ptr_mut(event.pod_id) {
         Some(w) => {
             // SAFETY: a map value; concurrent CPUs may race on it, which only blurs the limit.

@@ -93,7 +93,13 @@ pods:
     .validate()?;
     let pins = PinDir::new(format!("/sys/fs/bpf/eniguard-bench-{}", std::process::id()));
     let mut guard = Guard::load(pins, AttachMode::Auto, Capacity::default())?;
-    guard.apply(&resolve(spec)?)?;
+    let result = guard.apply(&resolve(spec)?).map_err(anyhow::Error::from).and_then(|()| measure(&mut guard));
+    // Pinned links would keep the programs loaded after this process: remove them even on error.
+    guard.shutdown(false)?;
+    result
+}
+
+fn measure(guard: &mut Guard) -> Result<()> {
     let (eth1, enipass) = (ifindex("eth1")?, ifindex("enipass")?);
 
     let frame = |src: &str| -> Result<Vec<u8>> {
@@ -105,25 +111,51 @@ pods:
             VPC_DEST.parse::<Ipv4Addr>()?,
         ))
     };
+    // (label, program, interface, frame, what it must do, pass cache on)
     let cases = [
-        ("empty classifier (baseline)", "bench_empty", eth1, frame("10.0.1.10")?, Effect::None),
-        ("guard_egress, pass (pod on its ENI)", "guard_egress", eth1, frame("10.0.1.10")?, Effect::Checked),
+        ("empty classifier (baseline)", "bench_empty", eth1, frame("10.0.1.10")?, Effect::None, true),
+        (
+            "guard_egress, pass (a flow's next packet)",
+            "guard_egress",
+            eth1,
+            frame("10.0.1.10")?,
+            Effect::Checked,
+            true,
+        ),
+        (
+            "guard_egress, pass (pass cache off)",
+            "guard_egress",
+            eth1,
+            frame("10.0.1.10")?,
+            Effect::Checked,
+            false,
+        ),
         (
             "guard_egress, violation (monitor)",
             "guard_egress",
             eth1,
             frame("10.0.1.11")?,
             Effect::Violation(REASON_WRONG_ENI),
+            true,
         ),
-        ("guard_egress, non-pod source", "guard_egress", eth1, frame("192.168.7.7")?, Effect::None),
+        ("guard_egress, non-pod source", "guard_egress", eth1, frame("192.168.7.7")?, Effect::None, true),
         (
-            "guard_pod, own source (its veth)",
+            "guard_pod, own source (a flow's next packet)",
             "guard_pod",
             enipass,
             frame("10.0.1.10")?,
             Effect::CheckedSource,
+            true,
         ),
-        ("guard_pod, not a pod veth", "guard_pod", eth1, frame("10.0.1.10")?, Effect::None),
+        (
+            "guard_pod, own source (pass cache off)",
+            "guard_pod",
+            enipass,
+            frame("10.0.1.10")?,
+            Effect::CheckedSource,
+            false,
+        ),
+        ("guard_pod, not a pod veth", "guard_pod", eth1, frame("10.0.1.10")?, Effect::None, true),
     ];
     // Rounds interleave the cases, so that drift of this (shared, virtual) machine hits all alike;
     // each case's ratio to the empty program is taken within a round, then the median.
@@ -131,7 +163,8 @@ pods:
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         let mut round = Vec::with_capacity(cases.len());
-        for (label, program, ifindex, frame, effect) in &cases {
+        for (label, program, ifindex, frame, effect, cache) in &cases {
+            guard.set_flow_cache(*cache)?;
             let before = guard.stats()?;
             let (per_run, verdict) = guard.test_run(program, frame, *ifindex, REPEAT)?;
             let (checked, sources, violations) = delta(&before, &guard.stats()?);
@@ -170,7 +203,6 @@ pods:
     for (i, (label, ..)) in cases.iter().enumerate() {
         println!("| {label} | {:.0} | {:.2} |", median(&mut ns[i]), median(&mut ratios[i]));
     }
-    guard.shutdown(false)?;
     Ok(())
 }
 
@@ -201,20 +233,25 @@ pods: [{ namespace: b, name: pod, ip: 10.0.1.10, hostInterface: enipod, expect: 
     const SECONDS: &str = "3";
     const PAIRS: usize = 8;
     let (mut without, mut with) = (Vec::new(), Vec::new());
-    for i in 0..PAIRS {
-        // ABBA order cancels slow drift of the machine.
-        for attached in if i % 2 == 0 { [false, true] } else { [true, false] } {
-            let spec = if attached { &with_spec } else { &without_spec };
-            guard.apply(&resolve(spec.clone())?)?;
-            let gbps = run_iperf(&topo.vpc, &pod.ns, SECONDS)?;
-            if attached {
-                with.push(gbps)
-            } else {
-                without.push(gbps)
+    let mut runs = || -> Result<()> {
+        for i in 0..PAIRS {
+            // ABBA order cancels slow drift of the machine.
+            for attached in if i % 2 == 0 { [false, true] } else { [true, false] } {
+                let spec = if attached { &with_spec } else { &without_spec };
+                guard.apply(&resolve(spec.clone())?)?;
+                let gbps = run_iperf(&topo.vpc, &pod.ns, SECONDS)?;
+                if attached {
+                    with.push(gbps)
+                } else {
+                    without.push(gbps)
+                }
             }
         }
-    }
+        Ok(())
+    };
+    let result = runs();
     guard.shutdown(false)?;
+    result?;
     let mut pair_ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
     let (m_without, m_with) = (median(&mut without.clone()), median(&mut with.clone()));
     println!("\niperf3 TCP, pod -> veth -> node -> eth1 -> VPC, {PAIRS} ABBA pairs of {SECONDS} s runs");

@@ -348,7 +348,7 @@ pub fn bpftool_shows_field_names(ctx: &mut Ctx) -> Result<()> {
         ("GUARD_INTENT4_V2", &["pod_id", "eni_id", "sg_set_id", "vlan", "allowed"][..]),
         ("GUARD_TRUTH_V1", &["ifindex", "eni_id", "sg_set_id"][..]),
         ("GUARD_COUNTERS_V2", &["checked", "violations", "dropped", "pod_frames", "events_lost"][..]),
-        ("GUARD_CONFIG_V1", &["mode", "events_per_pod_per_sec"][..]),
+        ("GUARD_CONFIG_V2", &["mode", "events_per_pod_per_sec"][..]),
     ] {
         let dump = sh(Command::new("bpftool")
             .args(["map", "dump", "pinned"])
@@ -412,9 +412,9 @@ fn signal(agent: &Daemon, sig: i32) {
 fn config_mode(pin_dir: &std::path::Path) -> Result<u64> {
     let out = sh(Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
-        .arg(pin_dir.join("maps/GUARD_CONFIG_V1")))?;
+        .arg(pin_dir.join("maps/GUARD_CONFIG_V2")))?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    v[0]["formatted"]["value"]["mode"].as_u64().context("no mode in GUARD_CONFIG_V1")
+    v[0]["formatted"]["value"]["mode"].as_u64().context("no mode in GUARD_CONFIG_V2")
 }
 
 fn wait_until(mut f: impl FnMut() -> Result<bool>, what: &str) -> Result<()> {
@@ -520,9 +520,8 @@ fn coexists(ctx: &mut Ctx, attach: &str) -> Result<()> {
     web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
     let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
     let run = start(ctx, &topo, &yaml, &["--attach", attach])?;
-    // bpffs names take no dots.
-    let sibling = |tag: &str| PathBuf::from(format!("{}-{tag}", ctx.pin_dir.display()));
-    let (veth_dir, eni_dir) = (sibling("veth"), sibling("eni"));
+    // Inside the guard's pin directory, which the harness removes even when the test fails.
+    let (veth_dir, eni_dir) = (ctx.pin_dir.join("counter-veth"), ctx.pin_dir.join("counter-eni"));
     let veth = counter_after(&topo, &web.host_veth, "ingress", attach, &veth_dir)?;
     let eni = counter_after(&topo, "eth1", "egress", attach, &eni_dir)?;
     let eni_before = counted(&eni_dir)?;
@@ -724,5 +723,30 @@ pub fn apply_is_all_or_nothing(ctx: &mut Ctx) -> Result<()> {
     web.ping(N, None)?;
     ensure!(run.total_violations()? == 0, "the running intent was replaced");
     ensure!(run.metric("eniguard_guard_checked_packets_total")? == u64::from(N), "eth1 is no longer checked");
+    run.stop()
+}
+
+/// The per-CPU pass cache never outlives the state it was computed from: after eth1's security
+/// groups change in truth, the very next packet of a flow that passed a moment ago is flagged.
+pub fn update_voids_cached_passes(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
+    let yaml = format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", None));
+    let run = start(ctx, &topo, &yaml, &[])?;
+    ensure!(web.ping(N, None)?, "the pod's pings failed");
+    ensure!(run.total_violations()? == 0, "correct traffic flagged");
+    // Truth changes: eth1 now carries other groups (drift).
+    std::fs::write(
+        &run.intent,
+        yaml.replacen("securityGroups: [sg-c0f1] }", "securityGroups: [sg-0beef] }", 1),
+    )?;
+    signal(&run.agent, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    web.ping(N, None)?;
+    ensure!(
+        run.violations("sg_mismatch")? == u64::from(N),
+        "a cached pass outlived the update: {}",
+        run.get("/metrics")?
+    );
     run.stop()
 }

@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
             run: guard::switches_mode_and_replaces_stale_pins,
         },
         Test { name: "guard_apply_is_all_or_nothing", run: guard::apply_is_all_or_nothing },
+        Test { name: "guard_update_voids_cached_passes", run: guard::update_voids_cached_passes },
         Test { name: "datapath_churn_5000_pods", run: datapath_churn::churn_5000_pods },
         Test {
             name: "sim_fabric_follows_attachments_and_checks_sources",

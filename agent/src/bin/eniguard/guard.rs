@@ -55,6 +55,10 @@ pub async fn run(args: Args) -> Result<()> {
     let mut ring = guard.take_events()?;
     // Events queued before this run carry a predecessor's pod ids: they cannot be named.
     while ring.next().is_some() {}
+    // Signal handlers before the readiness line: a SIGTERM right after it must stop us cleanly.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     println!(
         "ready: guard attached ({}), maps under {}",
         guard.attach_mode(),
@@ -73,9 +77,6 @@ pub async fn run(args: Args) -> Result<()> {
     }
 
     let mut links = LinkWatch::new()?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
