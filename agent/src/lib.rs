@@ -3,11 +3,13 @@
 //! ENI and security groups its configuration says.
 //!
 //! One module per concern; see ../shared/DESIGN.md for the map. Present so far:
+//! - [`config`]: the environment variables (upstream's names and defaults), parsed and validated.
 //! - [`guard`]: the eBPF egress guard (intent spec, maps, attachment, events, counters).
 //! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule) and its checkpoint.
 //! - [`net`]: netlink (link notifications so far).
 //! - [`observe`]: Prometheus metrics and the introspection HTTP endpoint.
 
+pub mod config;
 pub mod guard;
 pub mod ipam;
 pub mod net;

@@ -388,28 +388,35 @@ fn finalizers(obj: &Value) -> usize {
 /// except `metadata.finalizers`, which merges as a set. Per-field strategies beyond these keys
 /// (from the OpenAPI `x-kubernetes-patch-merge-key` extensions) are not modelled.
 fn strategic_merge(target: &mut Value, patch: &Value) {
-    strategic_at(target, patch, "");
+    merge_at(target, patch, "", true);
 }
 
-fn strategic_at(target: &mut Value, patch: &Value, path: &str) {
+/// RFC 7386 merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    merge_at(target, patch, "", false);
+}
+
+/// Objects merge key by key (null removes); lists are replaced, or with `strategic` merged as
+/// [`strategic_merge`] describes. `path` is the JSON pointer of `target`.
+fn merge_at(target: &mut Value, patch: &Value, path: &str, strategic: bool) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
                 if v.is_null() {
                     t.remove(k);
                 } else {
-                    strategic_at(t.entry(k.clone()).or_insert(Value::Null), v, &format!("{path}/{k}"));
+                    merge_at(t.entry(k.clone()).or_insert(Value::Null), v, &format!("{path}/{k}"), strategic);
                 }
             }
         }
-        (Value::Array(t), Value::Array(p)) if path == "/metadata/finalizers" => {
+        (Value::Array(t), Value::Array(p)) if strategic && path == "/metadata/finalizers" => {
             for v in p {
                 if !t.contains(v) {
                     t.push(v.clone());
                 }
             }
         }
-        (Value::Array(t), Value::Array(p)) => match merge_key(t, p) {
+        (Value::Array(t), Value::Array(p)) if strategic => match merge_key(t, p) {
             Some(key) => {
                 for item in p {
                     let id = &item[key];
@@ -419,7 +426,7 @@ fn strategic_at(target: &mut Value, patch: &Value, path: &str) {
                         (Some(i), true) => {
                             t.remove(i);
                         }
-                        (Some(i), false) => strategic_at(&mut t[i], item, path),
+                        (Some(i), false) => merge_at(&mut t[i], item, path, true),
                         (None, false) => t.push(item.clone()),
                         (None, true) => {}
                     }
@@ -436,21 +443,6 @@ fn merge_key(a: &[Value], b: &[Value]) -> Option<&'static str> {
     ["name", "type", "key"]
         .into_iter()
         .find(|k| !b.is_empty() && a.iter().chain(b).all(|e| e.get(*k).is_some_and(|v| !v.is_null())))
-}
-
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
 }
 
 /// RFC 6901 pointer → (parent pointer, last token unescaped).

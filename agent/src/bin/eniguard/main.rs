@@ -27,6 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The node agent (configured through upstream's environment variables).
+    Agent {
+        /// Print the configuration in effect (every variable with its value) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
     /// The IPAM checkpoint (`vpc-cni-ipam/1`, upstream's /var/run/aws-node/ipam.json).
     Checkpoint {
         #[command(subcommand)]
@@ -101,6 +107,19 @@ enum CounterCommand {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::Agent { print_config } => {
+            // A bad variable stops the agent here, before any EC2 or Kubernetes call.
+            let config = eniguard::config::Config::from_env()?;
+            if !print_config {
+                anyhow::bail!(
+                    "the agent's control loops are not built yet (issue 10); `eniguard agent --print-config` shows the configuration"
+                );
+            }
+            for (var, value) in config.entries() {
+                println!("{var}={value}");
+            }
+            Ok(())
+        }
         Command::Checkpoint { command: CheckpointCommand::Check { file } } => {
             std::process::exit(checkpoint::check(&file))
         }

@@ -1,0 +1,503 @@
+//! The agent's configuration: the environment variables of upstream's aws-node (same names, same
+//! defaults: ../shared/reference/vpc-cni.md) and eniguard's own under `ENIGUARD_`, parsed once
+//! into one validated struct. A bad value is an error naming the variable, the value and what was
+//! expected, before anything talks to EC2 or Kubernetes.
+//!
+//! Booleans accept what Go's `strconv.ParseBool` accepts (upstream reads them with it): `1`, `t`,
+//! `T`, `TRUE`, `true`, `True` and the same for false. Where upstream tolerates a value and falls
+//! back (a negative `WARM_ENI_TARGET`, `MAX_ENI` below 1), so does eniguard, and
+//! `eniguard agent --print-config` shows the value in effect.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use crate::ipam::checkpoint::DEFAULT_PATH as DEFAULT_BACKING_STORE;
+
+/// Upstream's default for ENI_CONFIG_LABEL_DEF and ENI_CONFIG_ANNOTATION_DEF.
+pub const DEFAULT_ENI_CONFIG_KEY: &str = "k8s.amazonaws.com/eniConfig";
+pub const DEFAULT_METRICS_ADDRESS: &str = ":61678";
+pub const DEFAULT_INTROSPECTION_ADDRESS: &str = "127.0.0.1:61679";
+/// AWS_VPC_ENI_MTU's range for IPv4 and its default (jumbo frames inside a VPC).
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9001;
+pub const DEFAULT_MTU: u32 = 9001;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}=`{value}`: expected {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// AWS_VPC_K8S_CNI_RANDOMIZESNAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RandomizeSnat {
+    /// `--random-fully` (upstream's default).
+    Prng,
+    /// `--random`.
+    HashRandom,
+    None,
+}
+
+/// POD_SECURITY_GROUP_ENFORCING_MODE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnforcingMode {
+    /// Branch-ENI pods talk only through their branch ENI (upstream's default).
+    Strict,
+    /// Branch-ENI pods may also reach node-local endpoints through the host.
+    Standard,
+}
+
+/// ENIGUARD_GUARD_MODE: what the egress guard does with a violation on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardMode {
+    Off,
+    /// Count and report (the default).
+    Monitor,
+    /// Count, report and drop.
+    Enforce,
+}
+
+/// An IPv4 CIDR of AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Everything the agent reads from its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG (false).
+    pub custom_networking: bool,
+    /// ENI_CONFIG_LABEL_DEF.
+    pub eni_config_label: String,
+    /// ENI_CONFIG_ANNOTATION_DEF.
+    pub eni_config_annotation: String,
+    /// ENABLE_POD_ENI (false): security groups for pods.
+    pub pod_eni: bool,
+    /// ENABLE_PREFIX_DELEGATION (false).
+    pub prefix_delegation: bool,
+    /// WARM_ENI_TARGET (1; negative means 1, as upstream).
+    pub warm_eni_target: u32,
+    /// WARM_IP_TARGET (unset = 0).
+    pub warm_ip_target: u32,
+    /// MINIMUM_IP_TARGET (unset = 0).
+    pub minimum_ip_target: u32,
+    /// WARM_PREFIX_TARGET (0, upstream's code default; its manifest sets 1).
+    pub warm_prefix_target: u32,
+    /// MAX_ENI (-1 = the instance type's limit; values below 1 are ignored, as upstream).
+    pub max_eni: Option<u32>,
+    /// IP_COOLDOWN_PERIOD in seconds (30).
+    pub ip_cooldown: Duration,
+    /// AWS_VPC_K8S_CNI_BACKING_STORE: the IPAM checkpoint.
+    pub backing_store: PathBuf,
+    /// AWS_VPC_ENI_MTU (9001).
+    pub eni_mtu: u32,
+    /// POD_MTU (defaults to the ENI MTU).
+    pub pod_mtu: u32,
+    /// AWS_VPC_K8S_CNI_VETHPREFIX (`eni`).
+    pub veth_prefix: String,
+    /// AWS_VPC_K8S_CNI_EXTERNALSNAT (false).
+    pub external_snat: bool,
+    /// AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS (comma-separated).
+    pub exclude_snat_cidrs: Vec<Ipv4Cidr>,
+    /// AWS_VPC_K8S_CNI_RANDOMIZESNAT (`prng`).
+    pub randomize_snat: RandomizeSnat,
+    /// POD_SECURITY_GROUP_ENFORCING_MODE (`strict`).
+    pub pod_sg_enforcing_mode: EnforcingMode,
+    /// DISABLE_LEAKED_ENI_CLEANUP (false).
+    pub disable_leaked_eni_cleanup: bool,
+    /// MANAGE_UNTAGGED_ENI (true).
+    pub manage_untagged_eni: bool,
+    /// AWS_MANAGE_ENIS_NON_SCHEDULABLE (false).
+    pub manage_enis_non_schedulable: bool,
+    /// CLUSTER_NAME (tags created ENIs when set).
+    pub cluster_name: Option<String>,
+    /// ADDITIONAL_ENI_TAGS: a JSON object of string values; no key may contain
+    /// `k8s.amazonaws.com` (upstream's reserved tags).
+    pub additional_eni_tags: BTreeMap<String, String>,
+    /// MY_NODE_NAME (the downward API's spec.nodeName).
+    pub node_name: Option<String>,
+    /// DISABLE_METRICS (false).
+    pub disable_metrics: bool,
+    /// METRICS_BIND_ADDRESS (`:61678`).
+    pub metrics_bind_address: String,
+    /// DISABLE_INTROSPECTION (false).
+    pub disable_introspection: bool,
+    /// INTROSPECTION_BIND_ADDRESS (`127.0.0.1:61679`).
+    pub introspection_bind_address: String,
+    /// ENIGUARD_GUARD_MODE (`monitor`).
+    pub guard_mode: GuardMode,
+}
+
+/// Every variable the agent reads, in the order `--print-config` prints them.
+pub const VARIABLES: &[&str] = &[
+    "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
+    "ENI_CONFIG_LABEL_DEF",
+    "ENI_CONFIG_ANNOTATION_DEF",
+    "ENABLE_POD_ENI",
+    "ENABLE_PREFIX_DELEGATION",
+    "WARM_ENI_TARGET",
+    "WARM_IP_TARGET",
+    "MINIMUM_IP_TARGET",
+    "WARM_PREFIX_TARGET",
+    "MAX_ENI",
+    "IP_COOLDOWN_PERIOD",
+    "AWS_VPC_K8S_CNI_BACKING_STORE",
+    "AWS_VPC_ENI_MTU",
+    "POD_MTU",
+    "AWS_VPC_K8S_CNI_VETHPREFIX",
+    "AWS_VPC_K8S_CNI_EXTERNALSNAT",
+    "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+    "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+    "POD_SECURITY_GROUP_ENFORCING_MODE",
+    "DISABLE_LEAKED_ENI_CLEANUP",
+    "MANAGE_UNTAGGED_ENI",
+    "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
+    "CLUSTER_NAME",
+    "ADDITIONAL_ENI_TAGS",
+    "MY_NODE_NAME",
+    "DISABLE_METRICS",
+    "METRICS_BIND_ADDRESS",
+    "DISABLE_INTROSPECTION",
+    "INTROSPECTION_BIND_ADDRESS",
+    "ENIGUARD_GUARD_MODE",
+];
+
+/// Reads variables through `get` (the process environment, or a map in tests).
+struct Reader<F> {
+    get: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    /// The variable's value; unset and empty both count as unset (as upstream's `os.Getenv`).
+    fn raw(&self, var: &str) -> Option<String> {
+        (self.get)(var).filter(|v| !v.is_empty())
+    }
+
+    fn bool(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(var).as_deref() {
+            None => Ok(default),
+            Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
+            Some(other) => Err(bad(var, other, "true or false")),
+        }
+    }
+
+    fn int(&self, var: &'static str) -> Result<Option<i64>, ConfigError> {
+        self.raw(var).map(|v| v.trim().parse::<i64>().map_err(|_| bad(var, &v, "an integer"))).transpose()
+    }
+
+    /// A count: unset → `default`, negative → `negative` (upstream's fallback), too large → error.
+    fn count(&self, var: &'static str, default: u32, negative: u32) -> Result<u32, ConfigError> {
+        match self.int(var)? {
+            None => Ok(default),
+            Some(n) if n < 0 => Ok(negative),
+            Some(n) => u32::try_from(n).map_err(|_| bad(var, &n.to_string(), "a count below 2^32")),
+        }
+    }
+
+    fn string(&self, var: &'static str, default: &str) -> String {
+        self.raw(var).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn choice<T: Copy>(
+        &self,
+        var: &'static str,
+        default: T,
+        options: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(v) = self.raw(var) else { return Ok(default) };
+        options.iter().find(|(name, _)| name.eq_ignore_ascii_case(v.trim())).map(|(_, t)| *t).ok_or_else(
+            || {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                bad(var, &v, &format!("one of {}", names.join(", ")))
+            },
+        )
+    }
+
+    fn mtu(&self, var: &'static str, default: u32) -> Result<u32, ConfigError> {
+        let mtu = self.count(var, default, u32::MAX)?;
+        if MTU_RANGE.contains(&mtu) {
+            Ok(mtu)
+        } else {
+            let value = self.raw(var).unwrap_or_default();
+            Err(bad(var, &value, &format!("an MTU from {} to {}", MTU_RANGE.start(), MTU_RANGE.end())))
+        }
+    }
+}
+
+fn bad(var: &'static str, value: &str, expected: &str) -> ConfigError {
+    ConfigError { var, value: value.to_owned(), expected: expected.to_owned() }
+}
+
+fn parse_cidr(var: &'static str, s: &str) -> Result<Ipv4Cidr, ConfigError> {
+    let expected = "comma-separated IPv4 CIDRs such as 10.0.0.0/16";
+    let (addr, len) = s.split_once('/').ok_or_else(|| bad(var, s, expected))?;
+    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad(var, s, expected))?;
+    let prefix_len: u8 = len.trim().parse().ok().filter(|l| *l <= 32).ok_or_else(|| bad(var, s, expected))?;
+    let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_len)) };
+    if u32::from(addr) & !mask != 0 {
+        return Err(bad(var, s, "a CIDR without host bits (the network address)"));
+    }
+    Ok(Ipv4Cidr { addr, prefix_len })
+}
+
+impl Config {
+    /// From the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// From any lookup of variable → value.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let r = Reader { get };
+        let eni_mtu = r.mtu("AWS_VPC_ENI_MTU", DEFAULT_MTU)?;
+        let veth_prefix = r.string("AWS_VPC_K8S_CNI_VETHPREFIX", "eni");
+        // Upstream's rule: at most 4 characters, and not a prefix the node's own links use.
+        if veth_prefix.len() > 4
+            || !veth_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+            || ["eth", "vlan", "lo"].contains(&veth_prefix.as_str())
+        {
+            return Err(bad(
+                "AWS_VPC_K8S_CNI_VETHPREFIX",
+                &veth_prefix,
+                "1 to 4 letters or digits, other than eth, vlan or lo",
+            ));
+        }
+        let exclude_snat_cidrs = r
+            .raw("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| parse_cidr("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", c))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let additional_eni_tags = match r.raw("ADDITIONAL_ENI_TAGS") {
+            None => BTreeMap::new(),
+            Some(v) => {
+                let tags: BTreeMap<String, String> = serde_json::from_str(&v)
+                    .map_err(|_| bad("ADDITIONAL_ENI_TAGS", &v, "a JSON object of string values"))?;
+                if let Some(k) = tags.keys().find(|k| k.contains("k8s.amazonaws.com")) {
+                    return Err(bad(
+                        "ADDITIONAL_ENI_TAGS",
+                        &v,
+                        &format!("tag keys without `k8s.amazonaws.com` (`{k}` is reserved)"),
+                    ));
+                }
+                tags
+            }
+        };
+        let max_eni = match r.int("MAX_ENI")? {
+            Some(n) if n >= 1 => {
+                Some(u32::try_from(n).map_err(|_| bad("MAX_ENI", &n.to_string(), "a count below 2^32"))?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            custom_networking: r.bool("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", false)?,
+            eni_config_label: r.string("ENI_CONFIG_LABEL_DEF", DEFAULT_ENI_CONFIG_KEY),
+            eni_config_annotation: r.string("ENI_CONFIG_ANNOTATION_DEF", DEFAULT_ENI_CONFIG_KEY),
+            pod_eni: r.bool("ENABLE_POD_ENI", false)?,
+            prefix_delegation: r.bool("ENABLE_PREFIX_DELEGATION", false)?,
+            warm_eni_target: r.count("WARM_ENI_TARGET", 1, 1)?,
+            warm_ip_target: r.count("WARM_IP_TARGET", 0, 0)?,
+            minimum_ip_target: r.count("MINIMUM_IP_TARGET", 0, 0)?,
+            warm_prefix_target: r.count("WARM_PREFIX_TARGET", 0, 0)?,
+            max_eni,
+            ip_cooldown: Duration::from_secs(u64::from(r.count("IP_COOLDOWN_PERIOD", 30, 30)?)),
+            backing_store: PathBuf::from(r.string("AWS_VPC_K8S_CNI_BACKING_STORE", DEFAULT_BACKING_STORE)),
+            eni_mtu,
+            pod_mtu: r.mtu("POD_MTU", eni_mtu)?,
+            veth_prefix,
+            external_snat: r.bool("AWS_VPC_K8S_CNI_EXTERNALSNAT", false)?,
+            exclude_snat_cidrs,
+            randomize_snat: r.choice(
+                "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+                RandomizeSnat::Prng,
+                &[
+                    ("prng", RandomizeSnat::Prng),
+                    ("hashrandom", RandomizeSnat::HashRandom),
+                    ("none", RandomizeSnat::None),
+                ],
+            )?,
+            pod_sg_enforcing_mode: r.choice(
+                "POD_SECURITY_GROUP_ENFORCING_MODE",
+                EnforcingMode::Strict,
+                &[("strict", EnforcingMode::Strict), ("standard", EnforcingMode::Standard)],
+            )?,
+            disable_leaked_eni_cleanup: r.bool("DISABLE_LEAKED_ENI_CLEANUP", false)?,
+            manage_untagged_eni: r.bool("MANAGE_UNTAGGED_ENI", true)?,
+            manage_enis_non_schedulable: r.bool("AWS_MANAGE_ENIS_NON_SCHEDULABLE", false)?,
+            cluster_name: r.raw("CLUSTER_NAME"),
+            additional_eni_tags,
+            node_name: r.raw("MY_NODE_NAME"),
+            disable_metrics: r.bool("DISABLE_METRICS", false)?,
+            metrics_bind_address: r.string("METRICS_BIND_ADDRESS", DEFAULT_METRICS_ADDRESS),
+            disable_introspection: r.bool("DISABLE_INTROSPECTION", false)?,
+            introspection_bind_address: r.string("INTROSPECTION_BIND_ADDRESS", DEFAULT_INTROSPECTION_ADDRESS),
+            guard_mode: r.choice(
+                "ENIGUARD_GUARD_MODE",
+                GuardMode::Monitor,
+                &[("off", GuardMode::Off), ("monitor", GuardMode::Monitor), ("enforce", GuardMode::Enforce)],
+            )?,
+        })
+    }
+
+    /// Every variable with the value in effect, in [`VARIABLES`] order (`--print-config`).
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let b = |v: bool| v.to_string();
+        let values = [
+            b(self.custom_networking),
+            self.eni_config_label.clone(),
+            self.eni_config_annotation.clone(),
+            b(self.pod_eni),
+            b(self.prefix_delegation),
+            self.warm_eni_target.to_string(),
+            self.warm_ip_target.to_string(),
+            self.minimum_ip_target.to_string(),
+            self.warm_prefix_target.to_string(),
+            self.max_eni.map_or_else(|| "-1".to_owned(), |n| n.to_string()),
+            self.ip_cooldown.as_secs().to_string(),
+            self.backing_store.display().to_string(),
+            self.eni_mtu.to_string(),
+            self.pod_mtu.to_string(),
+            self.veth_prefix.clone(),
+            b(self.external_snat),
+            self.exclude_snat_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            match self.randomize_snat {
+                RandomizeSnat::Prng => "prng",
+                RandomizeSnat::HashRandom => "hashrandom",
+                RandomizeSnat::None => "none",
+            }
+            .to_owned(),
+            match self.pod_sg_enforcing_mode {
+                EnforcingMode::Strict => "strict",
+                EnforcingMode::Standard => "standard",
+            }
+            .to_owned(),
+            b(self.disable_leaked_eni_cleanup),
+            b(self.manage_untagged_eni),
+            b(self.manage_enis_non_schedulable),
+            self.cluster_name.clone().unwrap_or_default(),
+            if self.additional_eni_tags.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&self.additional_eni_tags).unwrap_or_default()
+            },
+            self.node_name.clone().unwrap_or_default(),
+            b(self.disable_metrics),
+            self.metrics_bind_address.clone(),
+            b(self.disable_introspection),
+            self.introspection_bind_address.clone(),
+            match self.guard_mode {
+                GuardMode::Off => "off",
+                GuardMode::Monitor => "monitor",
+                GuardMode::Enforce => "enforce",
+            }
+            .to_owned(),
+        ];
+        VARIABLES.iter().copied().zip(values).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: BTreeMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn err(vars: &[(&str, &str)]) -> String {
+        parse(vars).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_upstreams() {
+        let c = parse(&[]).unwrap();
+        let e: BTreeMap<&str, String> = c.entries().into_iter().collect();
+        assert_eq!(e.len(), VARIABLES.len());
+        for (var, want) in [
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "false"),
+            ("ENI_CONFIG_LABEL_DEF", "k8s.amazonaws.com/eniConfig"),
+            ("WARM_ENI_TARGET", "1"),
+            ("WARM_IP_TARGET", "0"),
+            ("WARM_PREFIX_TARGET", "0"),
+            ("MAX_ENI", "-1"),
+            ("IP_COOLDOWN_PERIOD", "30"),
+            ("AWS_VPC_K8S_CNI_BACKING_STORE", "/var/run/aws-node/ipam.json"),
+            ("AWS_VPC_ENI_MTU", "9001"),
+            ("POD_MTU", "9001"),
+            ("AWS_VPC_K8S_CNI_VETHPREFIX", "eni"),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "prng"),
+            ("POD_SECURITY_GROUP_ENFORCING_MODE", "strict"),
+            ("MANAGE_UNTAGGED_ENI", "true"),
+            ("METRICS_BIND_ADDRESS", ":61678"),
+            ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679"),
+            ("ENIGUARD_GUARD_MODE", "monitor"),
+        ] {
+            assert_eq!(e[var], want, "{var}");
+        }
+    }
+
+    #[test]
+    fn values_parse_as_upstream_reads_them() {
+        let c = parse(&[
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "True"),
+            ("ENABLE_POD_ENI", "1"),
+            ("WARM_ENI_TARGET", "-3"),
+            ("MAX_ENI", "0"),
+            ("AWS_VPC_ENI_MTU", "1500"),
+            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "10.8.0.0/16, 192.168.0.0/24"),
+            ("ADDITIONAL_ENI_TAGS", r#"{"team":"net"}"#),
+            ("ENIGUARD_GUARD_MODE", "ENFORCE"),
+        ])
+        .unwrap();
+        assert!(c.custom_networking && c.pod_eni);
+        assert_eq!(c.warm_eni_target, 1, "negative means 1, as upstream");
+        assert_eq!(c.max_eni, None, "below 1 is ignored, as upstream");
+        assert_eq!((c.eni_mtu, c.pod_mtu), (1500, 1500), "POD_MTU follows the ENI MTU");
+        assert_eq!(c.exclude_snat_cidrs.len(), 2);
+        assert_eq!(c.additional_eni_tags["team"], "net");
+        assert_eq!(c.guard_mode, GuardMode::Enforce);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_the_value_and_what_was_expected() {
+        assert_eq!(err(&[("ENABLE_POD_ENI", "yes")]), "ENABLE_POD_ENI=`yes`: expected true or false");
+        assert_eq!(err(&[("WARM_IP_TARGET", "five")]), "WARM_IP_TARGET=`five`: expected an integer");
+        assert_eq!(
+            err(&[("AWS_VPC_ENI_MTU", "9500")]),
+            "AWS_VPC_ENI_MTU=`9500`: expected an MTU from 576 to 9001"
+        );
+        assert_eq!(err(&[("POD_MTU", "100")]), "POD_MTU=`100`: expected an MTU from 576 to 9001");
+        assert!(
+            err(&[("AWS_VPC_K8S_CNI_VETHPREFIX", "ethx1")]).starts_with("AWS_VPC_K8S_CNI_VETHPREFIX=`ethx1`")
+        );
+        assert!(err(&[("AWS_VPC_K8S_CNI_VETHPREFIX", "eth")]).contains("other than eth"));
+        assert_eq!(
+            err(&[("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "10.0.0.1/16")]),
+            "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS=`10.0.0.1/16`: expected a CIDR without host bits (the network address)"
+        );
+        assert!(err(&[("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "fast")])
+            .ends_with("expected one of prng, hashrandom, none"));
+        assert!(err(&[("POD_SECURITY_GROUP_ENFORCING_MODE", "loose")]).contains("one of strict, standard"));
+        assert!(err(&[("ADDITIONAL_ENI_TAGS", "team=net")]).contains("a JSON object of string values"));
+        assert!(
+            err(&[("ADDITIONAL_ENI_TAGS", r#"{"node.k8s.amazonaws.com/x":"y"}"#)]).contains("is reserved")
+        );
+        assert!(err(&[("ENIGUARD_GUARD_MODE", "drop")]).contains("one of off, monitor, enforce"));
+        assert!(err(&[("MAX_ENI", "99999999999")]).contains("MAX_ENI"));
+    }
+}

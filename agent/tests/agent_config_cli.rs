@@ -1,0 +1,44 @@
+//! `eniguard agent --print-config`: the configuration in effect, from upstream's variables; a bad
+//! value stops the agent with the variable, the value and what was expected.
+
+#![allow(clippy::unwrap_used)] // test code: a failed step should panic with its location
+use std::process::Command;
+
+fn agent(vars: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_eniguard"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .args(["agent", "--print-config"])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn prints_every_variable_with_the_value_in_effect() {
+    let (code, out, err) = agent(&[("WARM_IP_TARGET", "5"), ("ENABLE_PREFIX_DELEGATION", "true")]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), eniguard::config::VARIABLES.len(), "{out}");
+    for want in [
+        "WARM_IP_TARGET=5",
+        "ENABLE_PREFIX_DELEGATION=true",
+        "WARM_ENI_TARGET=1",
+        "AWS_VPC_K8S_CNI_BACKING_STORE=/var/run/aws-node/ipam.json",
+        "ENIGUARD_GUARD_MODE=monitor",
+    ] {
+        assert!(lines.contains(&want), "missing {want}:\n{out}");
+    }
+}
+
+#[test]
+fn a_bad_value_exits_non_zero_naming_it() {
+    let (code, out, err) = agent(&[("WARM_ENI_TARGET", "lots")]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("WARM_ENI_TARGET=`lots`: expected an integer"), "{err}");
+}
