@@ -70,15 +70,16 @@ impl Run {
         eniguard_tests::http::get(&NetNs::existing(&self.node), METRICS, path)
     }
 
-    /// The value of one series, e.g. `eniguard_guard_violation_packets_total{reason="wrong_eni"}`;
-    /// 0 when absent. Events and counters are read after the packets were sent, so no waiting.
+    /// The value of one series, e.g. `eniguard_guard_violation_packets_total{reason="wrong_eni"}`.
+    /// A missing series is an error (a renamed metric must not read as 0). Events and counters are
+    /// read after the packets were sent, so no waiting.
     fn metric(&self, series: &str) -> Result<u64> {
         let text = self.get("/metrics")?;
-        Ok(text
+        let value = text
             .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap_or(0))
-            .unwrap_or(0))
+            .with_context(|| format!("no series {series} in /metrics"))?;
+        value.trim().parse().with_context(|| format!("{series} {value}"))
     }
 
     fn violations(&self, reason: &str) -> Result<u64> {

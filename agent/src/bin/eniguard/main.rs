@@ -150,29 +150,28 @@ fn run_counter(
 ) -> Result<()> {
     let attached = counter::attach_counter(pins, iface, direction, mode, priority)
         .with_context(|| format!("attaching the counter to {iface}"))?;
-    // The readiness line scripts and tests wait for.
-    println!(
-        "ready: tc_count attached to {iface} ({}), map {}",
-        attached.mode,
-        pins.map(TC_COUNTER_MAP).display()
-    );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(wait_for_shutdown())?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers before the readiness line: a SIGTERM right after it must stop us cleanly.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        // The readiness line scripts and tests wait for.
+        println!(
+            "ready: tc_count attached to {iface} ({}), map {}",
+            attached.mode,
+            pins.map(TC_COUNTER_MAP).display()
+        );
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        anyhow::Ok(())
+    })?;
     drop(attached);
     if !keep_pins {
         pins.remove()?;
     }
     log::info!("detached from {iface}");
-    Ok(())
-}
-
-async fn wait_for_shutdown() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
     Ok(())
 }
