@@ -6,11 +6,15 @@
 //! - [`config`]: the environment variables (upstream's names and defaults), parsed and validated.
 //! - [`guard`]: the eBPF egress guard (intent spec, maps, attachment, events, counters).
 //! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule) and its checkpoint.
+//! - [`kube`]: ENIConfig name resolution and CNINode features (the client comes with issue 10).
+//! - [`node`]: the order of the signals to the Resource Controller (the #2792 fix), as a pure step.
 //! - [`net`]: netlink (link notifications so far).
 //! - [`observe`]: Prometheus metrics and the introspection HTTP endpoint.
 
 pub mod config;
 pub mod guard;
 pub mod ipam;
+pub mod kube;
 pub mod net;
+pub mod node;
 pub mod observe;

@@ -249,3 +249,56 @@ async fn pods_matching_a_policy_get_branch_enis_and_the_pod_eni_annotation() {
     })
     .await;
 }
+
+/// eniguard's own decision (`node::signals::next`) and CNINode patch (`kube::cninode`), driven the
+/// way the agent's startup will drive them — read the CNINode, take the step, patch, read back —
+/// against the simulated Resource Controller: the trunk gets the ENIConfig's subnet and groups,
+/// and the API server's write order shows CustomNetworking before SecurityGroupsForPods.
+#[tokio::test]
+async fn eniguards_signal_order_builds_the_trunk_from_the_eniconfig() {
+    use eniguard::{
+        kube::{cninode, eniconfig},
+        node::signals::{next, NodeFacts, Step},
+    };
+    let e = env().await;
+    let nodes: Api<Node> = Api::all(e.kube.clone());
+    let me = nodes.get(&e.node).await.unwrap();
+    let labels = me.metadata.labels.clone().unwrap_or_default().into_iter().collect();
+    let annotations = me.metadata.annotations.clone().unwrap_or_default().into_iter().collect();
+    let zone_key = "topology.kubernetes.io/zone";
+    let name = eniconfig::resolve(&labels, &annotations, zone_key, eniguard::config::DEFAULT_ENI_CONFIG_KEY);
+    assert_eq!(name.name, "us-west-2a");
+    let facts = NodeFacts {
+        custom_networking: true,
+        pod_eni: true,
+        eni_config: name.name,
+        instance_type: "m5.large".into(),
+        max_enis: 3,
+        attached_enis: 1,
+        trunking_compatible: true,
+    };
+    let api = cninodes(&e.kube);
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let current = eventually("the CNINode", || async { api.get(&e.node).await.ok() }).await;
+        let recorded = cninode::features_of(&serde_json::to_value(&current).unwrap());
+        let feature = match next(&facts, &recorded) {
+            Step::SignalCustomNetworking(n) => cninode::Feature::new(cninode::CUSTOM_NETWORKING, Some(&n)),
+            Step::SignalSecurityGroupsForPods => {
+                cninode::Feature::new(cninode::SECURITY_GROUPS_FOR_PODS, None)
+            }
+            Step::Done => break,
+            other => panic!("unexpected step {other:?}"),
+        };
+        let features = cninode::with_feature(&recorded, &feature).unwrap();
+        let rv = current.metadata.resource_version.clone().unwrap();
+        let patched =
+            api.patch(&e.node, &PatchParams::default(), &Patch::Merge(cninode::patch(&features, &rv))).await;
+        patched.unwrap();
+        order.push(feature.name);
+    }
+    assert_eq!(order, [cninode::CUSTOM_NETWORKING, cninode::SECURITY_GROUPS_FOR_PODS]);
+    let trunk = trunk(&e.ec2, &e.instance).await;
+    assert_eq!(trunk.subnet_id(), Some(e.sim.subnets["pods-a"].as_str()), "the ENIConfig's subnet");
+    assert_eq!(groups(&trunk), [e.sim.security_groups["eks-pods"].clone()], "the ENIConfig's groups");
+}
