@@ -410,6 +410,39 @@ impl Config {
     }
 }
 
+/// Where the agent keeps things on the host. Flags rather than variables (as upstream's
+/// DaemonSet mounts fixed paths), so that several simulated nodes can run side by side.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct HostPaths {
+    /// Where the conflist is written (`10-eniguard.conflist`).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// Where the `eniguard-cni` plugin is installed.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// The agent's socket and state.
+    #[arg(long, default_value = "/run/eniguard")]
+    pub run_dir: PathBuf,
+    /// eniguard's directory under bpffs.
+    #[arg(long, default_value = crate::guard::pins::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+impl HostPaths {
+    /// Each path as `--print-config` shows it, by flag.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        [
+            ("--cni-conf-dir", &self.cni_conf_dir),
+            ("--cni-bin-dir", &self.cni_bin_dir),
+            ("--run-dir", &self.run_dir),
+            ("--pin-dir", &self.pin_dir),
+        ]
+        .into_iter()
+        .map(|(flag, p)| (flag, p.display().to_string()))
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

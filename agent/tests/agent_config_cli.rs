@@ -5,10 +5,15 @@
 use std::process::Command;
 
 fn agent(vars: &[(&str, &str)]) -> (i32, String, String) {
+    agent_with(vars, &[])
+}
+
+fn agent_with(vars: &[(&str, &str)], flags: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_eniguard"))
         .env_clear()
         .envs(vars.iter().copied())
         .args(["agent", "--print-config"])
+        .args(flags)
         .output()
         .unwrap();
     (
@@ -23,7 +28,7 @@ fn prints_every_variable_with_the_value_in_effect() {
     let (code, out, err) = agent(&[("WARM_IP_TARGET", "5"), ("ENABLE_PREFIX_DELEGATION", "true")]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), eniguard::config::VARIABLES.len(), "{out}");
+    assert_eq!(lines.len(), eniguard::config::VARIABLES.len() + 4, "{out}");
     for want in [
         "WARM_IP_TARGET=5",
         "ENABLE_PREFIX_DELEGATION=true",
@@ -41,4 +46,25 @@ fn a_bad_value_exits_non_zero_naming_it() {
     assert_ne!(code, 0);
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("WARM_ENI_TARGET=`lots`: expected an integer"), "{err}");
+}
+
+#[test]
+fn host_paths_have_upstream_like_defaults_and_flags_override_them() {
+    let (code, out, err) = agent(&[]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "--cni-conf-dir=/etc/cni/net.d",
+        "--cni-bin-dir=/opt/cni/bin",
+        "--run-dir=/run/eniguard",
+        "--pin-dir=/sys/fs/bpf/eniguard",
+    ] {
+        assert!(out.lines().any(|l| l == want), "missing {want}:\n{out}");
+    }
+    let (code, out, err) =
+        agent_with(&[], &["--run-dir", "/tmp/node1/run", "--pin-dir", "/sys/fs/bpf/node1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l == "--run-dir=/tmp/node1/run") && out.contains("--pin-dir=/sys/fs/bpf/node1"),
+        "{out}"
+    );
 }

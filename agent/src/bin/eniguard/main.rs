@@ -29,9 +29,11 @@ struct Cli {
 enum Command {
     /// The node agent (configured through upstream's environment variables).
     Agent {
-        /// Print the configuration in effect (every variable with its value) and exit.
+        /// Print the configuration in effect (every variable and host path with its value) and exit.
         #[arg(long)]
         print_config: bool,
+        #[command(flatten)]
+        paths: eniguard::config::HostPaths,
     },
     /// The IPAM checkpoint (`vpc-cni-ipam/1`, upstream's /var/run/aws-node/ipam.json).
     Checkpoint {
@@ -107,7 +109,7 @@ enum CounterCommand {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Agent { print_config } => {
+        Command::Agent { print_config, paths } => {
             // A bad variable stops the agent here, before any EC2 or Kubernetes call.
             let config = eniguard::config::Config::from_env()?;
             if !print_config {
@@ -115,7 +117,7 @@ fn main() -> Result<()> {
                     "the agent's control loops are not built yet (issue 10); `eniguard agent --print-config` shows the configuration"
                 );
             }
-            for (var, value) in config.entries() {
+            for (var, value) in config.entries().into_iter().chain(paths.entries()) {
                 println!("{var}={value}");
             }
             Ok(())
