@@ -284,7 +284,7 @@ impl Guard {
         })
     }
 
-    /// Turns the per-CPU pass cache of `guard_egress` on or off (benchmarks compare the two).
+    /// Turns the per-CPU pass cache of both programs on or off (benchmarks compare the two).
     pub fn set_flow_cache(&mut self, on: bool) -> Result<(), GuardError> {
         self.flow_cache = on;
         self.programmed.config.flow_cache = u32::from(on);

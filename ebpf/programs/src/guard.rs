@@ -28,10 +28,13 @@ use aya_ebpf::{
 };
 use eniguard_common::guard::*;
 
-/// BPF_F_NO_PREALLOC: an update allocates a new element and frees the old one after an RCU grace
-/// period, so a value this program looked up stays whole and unchanged while it runs (a
-/// preallocated map recycles elements at once). The fast paths read intent and veth entries in
-/// place instead of copying them.
+/// BPF_F_NO_PREALLOC: the pod maps' memory follows the pods present, not the capacity. The fast
+/// paths read intent and veth values in place rather than copying them. Neither kind of hash map
+/// keeps a value unchanged for a reader: a preallocated map recycles an element at the next
+/// update, and bpf_mem_alloc (no-prealloc maps, kernel 6.1+) may hand a freed element to the next
+/// allocation without waiting for an RCU grace period. So a program that races two updates of the
+/// same pod can read a mixed value for that one packet. Updates are ordered so that each value
+/// written is valid on its own (see the agent's `datapath::write_maps`).
 const NO_PREALLOC: usize = 1;
 
 #[btf_map]
@@ -243,7 +246,8 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
             return PASS;
         }
     }
-    // SAFETY: a value of a no-prealloc map: valid and unchanged for this run (see NO_PREALLOC).
+    // SAFETY: a map value pointer, valid for this run; a racing update may recycle it (see
+    // NO_PREALLOC), which can blur one packet's verdict, never fault.
     let Some(intent) = (unsafe { GUARD_INTENT4_V2.get(src.to_ne_bytes()) }) else {
         return PASS; // not a pod address: not ours to judge
     };
