@@ -417,17 +417,28 @@ impl Guard {
             .chain(spec.pods.iter().map(|p| (p.pod.host_interface.clone(), Hook::PodVeth)))
             .filter_map(|key| resolved.ifindex.get(&key.0).map(|index| (key, *index)))
             .collect();
+        // Re-created interfaces (same name, new ifindex): the old attachment is dead. Detach it
+        // first, so that its pin is gone before the new link is pinned at the same path.
+        let recreated: Vec<_> = self
+            .attached
+            .iter()
+            .filter(|(key, a)| wanted.get(*key).is_some_and(|index| *index != a.ifindex))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in recreated {
+            if let Some(a) = self.attached.remove(&key) {
+                detach(a.link);
+            }
+        }
         let mut added = Vec::new();
         for ((iface, hook), index) in &wanted {
             let key = (iface.clone(), *hook);
-            if self.attached.get(&key).is_some_and(|a| a.ifindex == *index) {
+            if self.attached.contains_key(&key) {
                 continue;
             }
             match self.attach(iface, *hook, *index) {
                 Ok(a) => {
-                    if let Some(old) = self.attached.insert(key.clone(), a) {
-                        detach(old.link);
-                    }
+                    self.attached.insert(key.clone(), a);
                     added.push(key);
                 }
                 Err(e) => {

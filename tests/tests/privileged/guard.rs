@@ -249,6 +249,22 @@ pub fn follows_recreated_veth(ctx: &mut Ctx) -> Result<()> {
         run.violations("spoofed_source")? - before == u64::from(N),
         "spoofing on the new veth not caught"
     );
+    // Re-created at once (both link events fall into one re-attach), then the new link must be
+    // pinned under TCX (kernels >= 6.6), so that a --keep-datapath restart keeps it.
+    topo.unplug(&web)?;
+    topo.plug(&web)?;
+    web.ns.ip(&["addr", "add", "10.0.1.99/32", "dev", "eth0"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = run.violations("spoofed_source")?;
+    web.ping(N, Some("10.0.1.99"))?;
+    ensure!(
+        run.violations("spoofed_source")? - before == u64::from(N),
+        "spoofing on the quickly re-created veth not caught"
+    );
+    if crate::kernel_at_least(6, 6) {
+        let pin = ctx.pin_dir.join("links").join(format!("pod-{}", web.host_veth));
+        ensure!(pin.exists(), "the re-attached link lost its pin {}", pin.display());
+    }
     run.stop()
 }
 
