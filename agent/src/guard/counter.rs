@@ -32,7 +32,7 @@ pub fn attach_counter(
     // Check the interface before anything is created, so a typo leaves nothing behind.
     super::attach::ifindex(iface)?;
     pins.create()?;
-    let mut ebpf = super::load(&[(TC_COUNTER_MAP, pins.map(TC_COUNTER_MAP))])?;
+    let mut ebpf = super::load(&[(TC_COUNTER_MAP, pins.map(TC_COUNTER_MAP))], &[])?;
     let program: &mut SchedClassifier = ebpf
         .program_mut(TC_COUNT_PROGRAM)
         .ok_or(GuardError::MissingProgram(TC_COUNT_PROGRAM))?

@@ -245,7 +245,7 @@ impl Guard {
             (RATE_MAP, capacity.pods),
             (TRUTH_MAP, capacity.ifaces),
         ];
-        let mut ebpf = super::load_sized(&pinned, &sizes)?;
+        let mut ebpf = super::load(&pinned, &sizes)?;
         for hook in [Hook::Egress, Hook::PodVeth] {
             program(&mut ebpf, hook)?
                 .load()

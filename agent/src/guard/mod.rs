@@ -45,14 +45,9 @@ pub enum GuardError {
     Capacity { pods: usize, ifaces: usize, max_pods: u32, max_ifaces: u32 },
 }
 
-/// Loads the embedded object with the given maps pinned (reused when a pin already exists).
-pub fn load(pinned_maps: &[(&'static str, PathBuf)]) -> Result<Ebpf, GuardError> {
-    load_sized(pinned_maps, &[])
-}
-
-/// Like [`load`], with the capacity of the named maps set (maps created now; a reused pin keeps
-/// its own).
-pub fn load_sized(
+/// Loads the embedded object with the given maps pinned (reused when a pin already exists) and the
+/// capacity of the named maps set (for maps created now; a reused pin keeps its own).
+pub fn load(
     pinned_maps: &[(&'static str, PathBuf)],
     sizes: &[(&'static str, u32)],
 ) -> Result<Ebpf, GuardError> {

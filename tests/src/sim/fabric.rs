@@ -92,6 +92,8 @@ struct State {
     wires: HashMap<u32, Wire>,
     frames: Vec<Frame>,
     counter: u64,
+    /// The nftables ruleset last applied (a sync that changes no address applies nothing).
+    rules: String,
 }
 
 pub struct Fabric {
@@ -205,30 +207,16 @@ impl Fabric {
                 };
             }
         }
-        self.enforce_source_dest_check(state.wires.values())
+        let rules = source_dest_rules(state.wires.values());
+        if rules != state.rules {
+            self.apply_rules(&rules)?;
+            state.rules = rules;
+        }
+        Ok(())
     }
 
-    /// Replaces the VPC namespace's `netdev vpc` table with one ingress chain per wire that
-    /// drops every IPv4 frame (untagged, or tagged per VLAN) whose source the wire's ENI does not own.
-    fn enforce_source_dest_check<'a>(&self, wires: impl Iterator<Item = &'a Wire>) -> Result<()> {
-        let set = |o: &Owned| {
-            let mut items: Vec<String> = o.addresses.iter().map(ToString::to_string).collect();
-            items.extend(o.prefixes.iter().map(|p| format!("{p}/28")));
-            format!("{{ {} }}", items.join(", "))
-        };
-        let mut rules = String::from("add table netdev vpc\ndelete table netdev vpc\ntable netdev vpc {\n");
-        for w in wires {
-            let owned = set(&w.owned);
-            rules.push_str(&format!(
-                "  chain {0} {{\n    type filter hook ingress device \"{0}\" priority 0; policy accept;\n    ether type ip ip saddr {owned} accept\n    vlan id 0 ip saddr {owned} accept\n",
-                w.vpc_if
-            ));
-            for (vlan, (_, o)) in &w.branches {
-                rules.push_str(&format!("    vlan id {vlan} ip saddr {} accept\n", set(o)));
-            }
-            rules.push_str("    ether type ip drop\n    ether type { 8021q, 8021ad } drop\n  }\n");
-        }
-        rules.push_str("}\n");
+    /// Replaces the VPC namespace's `netdev vpc` table with `rules`, atomically (one `nft -f`).
+    fn apply_rules(&self, rules: &str) -> Result<()> {
         let file = std::env::temp_dir().join(format!("{}.nft", self.vpc.name()));
         std::fs::write(&file, rules).context("writing the VPC's nftables rules")?;
         let applied = self.vpc.run("nft", &["-f", &file.display().to_string()]);
@@ -326,6 +314,32 @@ impl Drop for Fabric {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// The `netdev vpc` table: one ingress chain per wire that drops every IPv4 frame (untagged, or
+/// tagged per VLAN) whose source the wire's ENI does not own.
+fn source_dest_rules<'a>(wires: impl Iterator<Item = &'a Wire>) -> String {
+    let set = |o: &Owned| {
+        let mut items: Vec<String> = o.addresses.iter().map(ToString::to_string).collect();
+        items.extend(o.prefixes.iter().map(|p| format!("{p}/28")));
+        format!("{{ {} }}", items.join(", "))
+    };
+    let mut wires: Vec<&Wire> = wires.collect();
+    wires.sort_by(|a, b| a.vpc_if.cmp(&b.vpc_if)); // the same wires give the same text
+    let mut rules = String::from("add table netdev vpc\ndelete table netdev vpc\ntable netdev vpc {\n");
+    for w in wires {
+        let owned = set(&w.owned);
+        rules.push_str(&format!(
+        "  chain {0} {{\n    type filter hook ingress device \"{0}\" priority 0; policy accept;\n    ether type ip ip saddr {owned} accept\n    vlan id 0 ip saddr {owned} accept\n",
+        w.vpc_if
+        ));
+        for (vlan, (_, o)) in &w.branches {
+            rules.push_str(&format!("    vlan id {vlan} ip saddr {} accept\n", set(o)));
+        }
+        rules.push_str("    ether type ip drop\n    ether type { 8021q, 8021ad } drop\n  }\n");
+    }
+    rules.push_str("}\n");
+    rules
 }
 
 /// An AF_PACKET socket for every frame in the calling thread's namespace, with VLAN metadata and
