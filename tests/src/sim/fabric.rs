@@ -187,9 +187,10 @@ impl Fabric {
             self.lock().wires.remove(&ifindex);
         }
         let plugged: Vec<String> = self.lock().wires.values().map(|w| w.eni_id.clone()).collect();
+        let mut new_nics = Vec::new();
         for (eni_id, (instance, eni, index)) in &desired {
             if !plugged.contains(eni_id) {
-                self.plug(ec2, instance, eni, *index)?;
+                new_nics.push((*instance, self.plug(ec2, instance, eni, *index)?));
             }
         }
         let mut state = self.lock();
@@ -212,6 +213,12 @@ impl Fabric {
             self.apply_rules(&rules)?;
             state.rules = rules;
         }
+        // Recorded and checked: now the NICs carry their ENIs' MACs.
+        for (instance, (node_if, mac)) in new_nics {
+            if let Some(node) = self.nodes.get(instance) {
+                node.ip(&["link", "set", &node_if, "address", &mac])?;
+            }
+        }
         Ok(())
     }
 
@@ -224,7 +231,10 @@ impl Fabric {
         applied.context("the VPC's source/destination check (nft)").map(|_| ())
     }
 
-    fn plug(&self, ec2: &Ec2, instance: &str, eni: &Eni, index: u32) -> Result<()> {
+    /// Creates the wire; returns the node-side NIC, which takes the ENI's MAC only once the wire
+    /// is recorded and checked (see [`Fabric::sync`]): a NIC with the ENI's MAC is a NIC whose
+    /// frames the VPC sees.
+    fn plug(&self, ec2: &Ec2, instance: &str, eni: &Eni, index: u32) -> Result<(String, String)> {
         let node = self.nodes.get(instance).context("instance without a namespace")?;
         let subnet = ec2.subnet(&eni.subnet_id).map_err(|e| anyhow::anyhow!("{e}"))?;
         let counter = {
@@ -247,7 +257,6 @@ impl Fabric {
             "netns",
             node.name(),
         ]))?;
-        node.ip(&["link", "set", &node_if, "address", &eni.mac])?;
         let gateway = Ipv4Addr::from(u32::from(subnet.cidr.0) + 1);
         let len = subnet.cidr.1.to_string();
         self.vpc.ip(&["addr", "add", &format!("{gateway}/{len}"), "dev", &vpc_if, "noprefixroute"])?;
@@ -272,7 +281,7 @@ impl Fabric {
                 branches: BTreeMap::new(),
             },
         );
-        Ok(())
+        Ok((node_if, eni.mac.clone()))
     }
 
     /// Every IPv4 frame recorded so far.
