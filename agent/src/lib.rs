@@ -11,6 +11,7 @@
 //! - [`net`]: netlink (link notifications so far).
 //! - [`observe`]: Prometheus metrics and the introspection HTTP endpoint.
 
+pub mod cloud;
 pub mod config;
 pub mod guard;
 pub mod ipam;

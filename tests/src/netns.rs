@@ -142,3 +142,31 @@ pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> Result<T> + S
     .join()
     .map_err(|_| anyhow::anyhow!("thread in {} panicked", ns.name()))?
 }
+
+/// Listens on 127.0.0.1 inside `ns` and relays every connection to `target` (in the caller's
+/// namespace): how a process in a node namespace reaches the simulator's APIs on the host's
+/// loopback, as an instance reaches IMDS and the regional endpoints. Returns the address inside
+/// `ns` and the relay task.
+pub async fn relay_into(
+    ns: &NetNs,
+    target: std::net::SocketAddr,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let std_listener = in_netns(ns, || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })?;
+    let addr = std_listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}

@@ -1,5 +1,6 @@
-//! Kubernetes: what the agent reads from and writes to the API server. So far the pure parts —
-//! ENIConfig name resolution and CNINode features — that the client (kube-rs, issue 10) will use.
+//! Kubernetes: what the agent reads from and writes to the API server — the client ([`client`],
+//! kube-rs), ENIConfig name resolution and CNINode features.
 
+pub mod client;
 pub mod cninode;
 pub mod eniconfig;

@@ -1,3 +1,5 @@
-//! Linux networking through netlink. Present so far: link add/remove notifications.
+//! Linux networking through netlink: ENI links, route tables and rules ([`eni`], rtnetlink), and
+//! link add/remove notifications for the guard ([`links`]).
 
+pub mod eni;
 pub mod links;

@@ -1,4 +1,8 @@
-//! What operators see: Prometheus metrics and the introspection HTTP endpoint.
+//! What operators see: Prometheus metrics and the HTTP endpoints. The agent's metrics
+//! ([`agent`], prometheus-client) and endpoints ([`server`], hyper); the standalone guard's
+//! hand-written exposition ([`metrics`], [`http`]) moves onto them with the live guard (issue 12).
 
+pub mod agent;
 pub mod http;
 pub mod metrics;
+pub mod server;

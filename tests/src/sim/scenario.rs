@@ -160,6 +160,17 @@ pub struct SimNode {
     pub name: String,
     pub instance_id: String,
     pub imds_url: String,
+    /// With a fabric: the EC2, IMDS and Kubernetes endpoints as seen from inside the node's
+    /// namespace (relays on its loopback), for an agent running there.
+    pub inside: Option<Endpoints>,
+}
+
+/// The simulator's endpoints as one node sees them.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub ec2_url: String,
+    pub imds_url: String,
+    pub kube_url: String,
 }
 
 /// A running scenario. Servers and the controller run on the caller's tokio runtime.
@@ -178,12 +189,16 @@ pub struct Sim {
     controller: tokio::task::JoinHandle<()>,
     /// Finishes attachments and detachments on time (see [`Ec2::settle`]).
     settler: tokio::task::JoinHandle<()>,
+    relays: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
         self.controller.abort();
         self.settler.abort();
+        for r in &self.relays {
+            r.abort();
+        }
         if let Some(f) = &self.fabric {
             f.teardown();
         }
@@ -301,9 +316,25 @@ impl Sim {
         let (kube_url, _) = kube_api::start(kube.clone()).await?;
         let delay = Duration::from_millis(scenario.imds_propagation_delay_ms);
         let mut nodes = Vec::new();
+        let mut relays = Vec::new();
         for (name, instance_id) in instances {
             let (imds_url, _) = imds::start(ec2.clone(), &instance_id, delay).await?;
-            nodes.push(SimNode { name, instance_id, imds_url });
+            let inside = match fabric.as_ref().and_then(|f| f.node(&instance_id)) {
+                Some(ns) => {
+                    let mut urls = Vec::new();
+                    for url in [&ec2_url, &imds_url, &kube_url] {
+                        let target = url.trim_start_matches("http://").parse().context("simulator URL")?;
+                        let (addr, task) = crate::netns::relay_into(ns, target).await?;
+                        relays.push(task);
+                        urls.push(format!("http://{addr}"));
+                    }
+                    let [ec2_url, imds_url, kube_url] =
+                        <[String; 3]>::try_from(urls).map_err(|_| anyhow::anyhow!("three relays"))?;
+                    Some(Endpoints { ec2_url, imds_url, kube_url })
+                }
+                None => None,
+            };
+            nodes.push(SimNode { name, instance_id, imds_url, inside });
         }
         let controller = rc::spawn(kube.clone(), ec2.clone());
         let settler = {
@@ -330,6 +361,7 @@ impl Sim {
             fabric,
             controller,
             settler,
+            relays,
         })
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests that need root and the real kernel. Run by `cargo xtask test`.
 
+mod agent;
 #[path = "../common/clients.rs"]
 mod clients;
 mod datapath_churn;
@@ -54,6 +55,8 @@ fn main() -> std::process::ExitCode {
             run: sim_fabric::follows_attachments_and_checks_sources,
         },
         Test { name: "sim_vpcsim_recovers_from_sigkill", run: sim_fabric::vpcsim_recovers_from_sigkill },
+        Test { name: "agent_warm_pool_rows", run: agent::warm_pool_rows },
+        Test { name: "agent_incident_order", run: agent::incident_order },
     ])
 }
 

@@ -1,5 +1,6 @@
 //! `eniguard`: the node agent and its CLI.
 
+mod agent;
 mod checkpoint;
 mod guard;
 
@@ -112,15 +113,17 @@ fn main() -> Result<()> {
         Command::Agent { print_config, paths } => {
             // A bad variable stops the agent here, before any EC2 or Kubernetes call.
             let config = eniguard::config::Config::from_env()?;
-            if !print_config {
-                anyhow::bail!(
-                    "the agent's control loops are not built yet (issue 10); `eniguard agent --print-config` shows the configuration"
-                );
+            if print_config {
+                for (var, value) in config.entries().into_iter().chain(paths.entries()) {
+                    println!("{var}={value}");
+                }
+                return Ok(());
             }
-            for (var, value) in config.entries().into_iter().chain(paths.entries()) {
-                println!("{var}={value}");
-            }
-            Ok(())
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(agent::run(config, paths))
         }
         Command::Checkpoint { command: CheckpointCommand::Check { file } } => {
             std::process::exit(checkpoint::check(&file))

@@ -1,0 +1,144 @@
+//! `eniguard agent`: the node agent. Builds the clients once, serves health and metrics from the
+//! first moment, runs the startup sequence, then the loops until SIGTERM (which leaves every ENI
+//! and address in place for the next agent to adopt).
+
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context as _, Result};
+use eniguard::{
+    cloud::{calls::Calls, imds::Imds},
+    config::{Config, HostPaths},
+    ipam::model::exclusion,
+    kube::client::Kube,
+    net::eni::HostNet,
+    node::{
+        self,
+        owner::now,
+        startup::{self, Inputs},
+        state::{Board, Shared},
+    },
+    observe::{
+        agent::{render, Metrics},
+        server::{self, Reply},
+    },
+};
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+
+pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let calls = Calls::default();
+    let metrics = Metrics::default();
+    let board = Arc::new(Board::default());
+    let shared: Arc<OnceLock<Arc<Shared>>> = Arc::default();
+    std::fs::create_dir_all(&paths.run_dir)
+        .with_context(|| format!("--run-dir {}", paths.run_dir.display()))?;
+    if !cfg.disable_introspection {
+        let listener = server::bind(&cfg.introspection_bind_address).await?;
+        log::info!("health and introspection on {}", listener.local_addr()?);
+        tokio::spawn(server::serve(listener, introspection(board.clone(), shared.clone())));
+    }
+    if !cfg.disable_metrics {
+        let registry = metrics.registry(&calls);
+        let listener = server::bind(&cfg.metrics_bind_address).await?;
+        log::info!("metrics on {}", listener.local_addr()?);
+        tokio::spawn(server::serve(listener, move |path| match path {
+            "/metrics" => Reply {
+                status: 200,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: render(&registry),
+            },
+            _ => Reply::text(404, "not found\n"),
+        }));
+    }
+    let inputs = Inputs {
+        imds: Imds::new(calls.clone()),
+        kube: Kube::new().await?,
+        net: HostNet::open()?,
+        calls,
+        metrics: metrics.clone(),
+        board: board.clone(),
+        cfg,
+    };
+    let started = tokio::select! {
+        s = startup::start(inputs) => s?,
+        _ = term.recv() => return stopped("during startup"),
+        _ = int.recv() => return stopped("during startup"),
+    };
+    let _ = shared.set(started.clone());
+    board.update(|s| s.step = "ready".into());
+    board.update(|s| s.ready = true);
+    metrics.ready.set(1);
+    let stats = started.owner.with(|ipam| ipam.datastore.stats(now())).await;
+    // The readiness line scripts and tests wait for.
+    println!(
+        "ready: node {} ({}), {} ENIs, {} addresses ({} assigned)",
+        started.node().name,
+        started.id.instance_type,
+        stats.enis,
+        stats.total,
+        stats.assigned
+    );
+    let tasks = node::run(started);
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    for t in tasks {
+        t.abort();
+    }
+    stopped("")
+}
+
+fn stopped(when: &str) -> Result<()> {
+    log::info!(
+        "stopped{}{when}; ENIs and addresses stay for the next agent",
+        if when.is_empty() { "" } else { " " }
+    );
+    Ok(())
+}
+
+fn introspection(
+    board: Arc<Board>,
+    shared: Arc<OnceLock<Arc<Shared>>>,
+) -> impl Fn(&str) -> Reply + Send + Sync + 'static {
+    move |path| {
+        let status = board.get();
+        match path {
+            "/healthz" => Reply::text(200, "ok\n"),
+            "/readyz" if status.ready => Reply::text(200, "ready\n"),
+            "/readyz" => Reply::text(
+                503,
+                format!(
+                    "not ready: {}{}\n",
+                    status.step,
+                    status.problem.map(|p| format!(" ({p})")).unwrap_or_default()
+                ),
+            ),
+            "/v1/status" => Reply::json(&json!({
+                "step": status.step, "ready": status.ready, "refused": status.refused, "problem": status.problem,
+            })),
+            "/v1/enis" => match shared.get() {
+                Some(s) => Reply::json(&enis(s)),
+                None => Reply::text(503, format!("starting: {}\n", status.step)),
+            },
+            "/" => Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n"),
+            _ => Reply::text(404, "not found\n"),
+        }
+    }
+}
+
+fn enis(shared: &Shared) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = shared
+        .enis()
+        .values()
+        .map(|e| json!({
+            "id": e.id, "mac": e.mac, "deviceNumber": e.device_number, "primaryIp": e.primary_ip.to_string(),
+            "subnetId": e.subnet_id, "securityGroups": e.security_groups, "interfaceType": e.interface_type,
+            "primary": e.primary, "unmanaged": e.unmanaged,
+            "excluded": exclusion(&startup::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
+        }))
+        .collect();
+    json!({"instanceId": shared.id.instance_id, "instanceType": shared.id.instance_type, "enis": list})
+}

@@ -1,0 +1,234 @@
+//! The Kubernetes API through kube-rs, built once (in-cluster config or KUBECONFIG) and shared:
+//! the node itself, its ENIConfig, its CNINode features (merged under optimistic locking and read
+//! back), and Events on the Node.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Event, Node, ObjectReference};
+use kube::{
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    Api, Client,
+};
+use serde_json::Value;
+
+use super::cninode::{self, Feature};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
+    Config(String),
+    #[error("Kubernetes {what}: {message}")]
+    Api { what: String, message: String },
+    #[error("ENIConfig `{name}`: {field}: expected {expected}")]
+    BadEniConfig { name: String, field: &'static str, expected: &'static str },
+    #[error("Kubernetes {what}: not found")]
+    NotFound { what: String },
+    #[error("CNINode `{0}`: the feature did not stick after repeated conflicts")]
+    Conflicts(String),
+}
+
+/// What the agent needs from its Node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// status.capacity.pods (kubelet's max-pods).
+    pub max_pods: Option<u32>,
+    /// Carries `node.kubernetes.io/unschedulable:NoSchedule` (cordoned, draining).
+    pub unschedulable: bool,
+}
+
+/// An ENIConfig's spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniConfig {
+    pub name: String,
+    pub subnet: String,
+    /// Empty: ENIs get the primary ENI's groups.
+    pub security_groups: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Kube {
+    client: Client,
+}
+
+fn gvk(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+fn api_err(what: impl Into<String>, e: kube::Error) -> KubeError {
+    let what = what.into();
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => KubeError::NotFound { what },
+        _ => KubeError::Api { what, message: crate::cloud::imds::error_chain(&e) },
+    }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+impl Kube {
+    pub async fn new() -> Result<Self, KubeError> {
+        let client = Client::try_default().await.map_err(|e| KubeError::Config(e.to_string()))?;
+        Ok(Self { client })
+    }
+
+    pub async fn node(&self, name: &str) -> Result<NodeInfo, KubeError> {
+        let node = Api::<Node>::all(self.client.clone())
+            .get(name)
+            .await
+            .map_err(|e| api_err(format!("node {name}"), e))?;
+        let meta = node.metadata;
+        let unschedulable = node.spec.as_ref().is_some_and(|s| {
+            s.unschedulable == Some(true)
+                || s.taints
+                    .iter()
+                    .flatten()
+                    .any(|t| t.key == "node.kubernetes.io/unschedulable" && t.effect == "NoSchedule")
+        });
+        let max_pods = node
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("pods"))
+            .and_then(|q| q.0.parse().ok());
+        Ok(NodeInfo {
+            name: name.to_owned(),
+            uid: meta.uid.unwrap_or_default(),
+            labels: meta.labels.unwrap_or_default(),
+            annotations: meta.annotations.unwrap_or_default(),
+            max_pods,
+            unschedulable,
+        })
+    }
+
+    /// The ENIConfig named `name`, validated: a subnet id, and security group ids (or none).
+    pub async fn eni_config(&self, name: &str) -> Result<EniConfig, KubeError> {
+        let ar = gvk("crd.k8s.amazonaws.com", "v1alpha1", "ENIConfig", "eniconfigs");
+        let obj = Api::<DynamicObject>::all_with(self.client.clone(), &ar)
+            .get(name)
+            .await
+            .map_err(|e| api_err(format!("ENIConfig `{name}`"), e))?;
+        parse_eni_config(name, &obj.data)
+    }
+
+    fn cninodes(&self) -> Api<DynamicObject> {
+        Api::all_with(self.client.clone(), &gvk("vpcresources.k8s.aws", "v1alpha1", "CNINode", "cninodes"))
+    }
+
+    /// The features the API server holds for this node's CNINode, and its resourceVersion. The
+    /// Resource Controller creates the CNINode; until it has, NotFound.
+    pub async fn features(&self, node: &str) -> Result<(Vec<Feature>, String), KubeError> {
+        let obj = self.cninodes().get(node).await.map_err(|e| api_err(format!("CNINode `{node}`"), e))?;
+        let rv = obj.metadata.resource_version.clone().unwrap_or_default();
+        Ok((cninode::features_of(&obj.data), rv))
+    }
+
+    /// Merges `feature` into the CNINode (a merge patch locked to the resourceVersion it was
+    /// computed from; on 409 it reads again), then returns the features the API server returns.
+    pub async fn add_feature(&self, node: &str, feature: &Feature) -> Result<Vec<Feature>, KubeError> {
+        for _ in 0..5 {
+            let (current, rv) = self.features(node).await?;
+            let Some(merged) = cninode::with_feature(&current, feature) else { return Ok(current) };
+            let patch = Patch::Merge(cninode::patch(&merged, &rv));
+            match self.cninodes().patch(node, &PatchParams::default(), &patch).await {
+                Ok(_) => return self.features(node).await.map(|(f, _)| f),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(api_err(format!("CNINode `{node}` patch"), e)),
+            }
+        }
+        Err(KubeError::Conflicts(node.to_owned()))
+    }
+
+    /// A core/v1 Event on the Node (what `kubectl describe node` shows).
+    pub async fn event(
+        &self,
+        node: &NodeInfo,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff_now());
+        let ev = Event {
+            metadata: kube::api::ObjectMeta {
+                generate_name: Some(format!("{}.", node.name)),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                kind: Some("Node".into()),
+                api_version: Some("v1".into()),
+                name: Some(node.name.clone()),
+                uid: Some(node.uid.clone()).filter(|u| !u.is_empty()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("eniguard".into()),
+                host: Some(node.name.clone()),
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            reporting_component: Some("eniguard".into()),
+            reporting_instance: Some(node.name.clone()),
+            ..Default::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &ev)
+            .await
+            .map(|_| ())
+            .map_err(|e| api_err(format!("event {reason}"), e))
+    }
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+fn parse_eni_config(name: &str, data: &Value) -> Result<EniConfig, KubeError> {
+    let bad = |field, expected| KubeError::BadEniConfig { name: name.to_owned(), field, expected };
+    let subnet = data
+        .pointer("/spec/subnet")
+        .and_then(Value::as_str)
+        .filter(|s| s.starts_with("subnet-"))
+        .ok_or_else(|| bad("spec.subnet", "a subnet id (subnet-...)"))?;
+    let security_groups = match data.pointer("/spec/securityGroups") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().filter(|s| s.starts_with("sg-")).map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("spec.securityGroups", "security group ids (sg-...)"))?,
+        Some(_) => return Err(bad("spec.securityGroups", "a list of security group ids")),
+    };
+    Ok(EniConfig { name: name.to_owned(), subnet: subnet.to_owned(), security_groups })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn eni_configs_are_validated_with_the_field_named() {
+        let ok = parse_eni_config("a", &json!({"spec": {"subnet": "subnet-1", "securityGroups": ["sg-1"]}}))
+            .unwrap();
+        assert_eq!(ok.security_groups, ["sg-1"]);
+        assert!(parse_eni_config("a", &json!({"spec": {"subnet": "subnet-1"}}))
+            .unwrap()
+            .security_groups
+            .is_empty());
+        let e = parse_eni_config("a", &json!({"spec": {"subnet": ""}})).unwrap_err().to_string();
+        assert_eq!(e, "ENIConfig `a`: spec.subnet: expected a subnet id (subnet-...)");
+        let e = parse_eni_config("a", &json!({"spec": {"subnet": "subnet-1", "securityGroups": ["x"]}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.securityGroups"), "{e}");
+    }
+}

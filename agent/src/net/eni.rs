@@ -1,0 +1,298 @@
+//! Host networking for ENIs, through rtnetlink (upstream's `SetupENINetwork`,
+//! ../shared/reference/vpc-cni.md §9): the link with the ENI's MAC gets the MTU, is brought up and
+//! carries the ENI's primary address; the ENI's route table (device number + 1) gets a link route
+//! to the subnet gateway and a default route via it; the main table loses the subnet route the
+//! address added; and `from <ENI primary IP> lookup <table>` sits at priority 32765 — except on
+//! the trunk, which gets its link and table but no rule (its addresses are not the node's).
+//! Everything is idempotent: a restarted agent runs it again and changes nothing.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        link::{LinkAttribute, LinkFlags},
+        route::RouteScope,
+        rule::RuleAttribute,
+    },
+    Handle, LinkUnspec, RouteMessageBuilder,
+};
+
+use crate::ipam::model::Cidr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("netlink: {0}")]
+    Socket(std::io::Error),
+    #[error("netlink {what}: {source}")]
+    Call { what: String, source: rtnetlink::Error },
+    #[error("no link with MAC {0}")]
+    NoLink(String),
+}
+
+/// Priority of the `from <ENI primary IP>` rules (upstream's).
+pub const FROM_ENI_PRIORITY: u32 = 32765;
+
+/// What an ENI needs on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniLink {
+    pub mac: String,
+    pub device_number: u32,
+    pub primary_ip: Ipv4Addr,
+    pub subnet: Cidr,
+    pub trunk: bool,
+}
+
+impl EniLink {
+    pub fn table(&self) -> u32 {
+        self.device_number + 1
+    }
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.addr) + 1)
+    }
+}
+
+/// A netlink connection in the agent's network namespace.
+#[derive(Clone)]
+pub struct HostNet {
+    handle: Handle,
+}
+
+fn call(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Call { what, source }
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+}
+
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if [-libc::ESRCH, -libc::ENOENT].contains(&m.raw_code()))
+}
+
+pub fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect::<Option<_>>()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
+impl HostNet {
+    /// Opens the connection; its driver runs on the current tokio runtime.
+    pub fn open() -> Result<Self, NetError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The index and name of the link whose MAC is `mac`.
+    pub async fn link_by_mac(&self, mac: &str) -> Result<Option<(u32, String)>, NetError> {
+        let want = mac_bytes(mac).ok_or_else(|| NetError::NoLink(mac.to_owned()))?;
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.map_err(call("listing links"))? {
+            let attrs = &link.attributes;
+            if attrs.iter().any(|a| matches!(a, LinkAttribute::Address(m) if *m == want)) {
+                let name = attrs
+                    .iter()
+                    .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+                    .unwrap_or_default();
+                return Ok(Some((link.header.index, name)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the link with this MAC is up.
+    pub async fn is_up(&self, index: u32) -> Result<bool, NetError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links.try_next().await.map_err(call(format!("link {index}")))?;
+        Ok(link.is_some_and(|l| l.header.flags.contains(LinkFlags::Up)))
+    }
+
+    /// Sets the primary ENI's MTU (the rest of its configuration is the instance's own).
+    pub async fn set_mtu(&self, mac: &str, mtu: u32) -> Result<u32, NetError> {
+        let (index, name) = self.link_by_mac(mac).await?.ok_or_else(|| NetError::NoLink(mac.into()))?;
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle.link().set(msg).execute().await.map_err(call(format!("MTU of {name}")))?;
+        Ok(index)
+    }
+
+    /// Sets up a secondary ENI's link, table and rule (see the module doc). Returns the ifindex.
+    pub async fn setup_eni(&self, eni: &EniLink, mtu: u32) -> Result<u32, NetError> {
+        let (index, name) =
+            self.link_by_mac(&eni.mac).await?.ok_or_else(|| NetError::NoLink(eni.mac.clone()))?;
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        self.handle.link().set(msg).execute().await.map_err(call(format!("bringing up {name}")))?;
+        self.set_address(index, &name, eni).await?;
+        let table = eni.table();
+        let gw = eni.gateway();
+        let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .output_interface(index)
+            .destination_prefix(gw, 32)
+            .scope(RouteScope::Link)
+            .build();
+        self.handle
+            .route()
+            .add(link_route)
+            .replace()
+            .execute()
+            .await
+            .map_err(call(format!("route to {gw} in table {table}")))?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .output_interface(index)
+            .gateway(gw)
+            .build();
+        self.handle
+            .route()
+            .add(default)
+            .replace()
+            .execute()
+            .await
+            .map_err(call(format!("default route in table {table}")))?;
+        // The kernel's subnet route in main for this link: traffic to the subnet must not
+        // prefer a secondary ENI.
+        let subnet_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(254)
+            .output_interface(index)
+            .destination_prefix(eni.subnet.addr, eni.subnet.prefix_len)
+            .scope(RouteScope::Link)
+            .build();
+        match self.handle.route().del(subnet_route).execute().await {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(call(format!("subnet route of {name}"))(e)),
+        }
+        if eni.trunk {
+            self.remove_rule(eni.primary_ip).await?;
+        } else {
+            self.ensure_rule(eni.primary_ip, table).await?;
+        }
+        Ok(index)
+    }
+
+    /// Makes the ENI's primary address the link's only global IPv4 address.
+    async fn set_address(&self, index: u32, name: &str, eni: &EniLink) -> Result<(), NetError> {
+        let want = IpAddr::V4(eni.primary_ip);
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut present = false;
+        let mut stale = Vec::new();
+        while let Some(a) = addrs.try_next().await.map_err(call(format!("addresses of {name}")))? {
+            let addr = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip @ IpAddr::V4(_)) => Some(*ip),
+                _ => None,
+            });
+            match addr {
+                Some(ip) if ip == want && a.header.prefix_len == eni.subnet.prefix_len => present = true,
+                Some(_) if a.header.scope == rtnetlink::packet_route::address::AddressScope::Universe => {
+                    stale.push(a)
+                }
+                _ => {}
+            }
+        }
+        for a in stale {
+            self.handle.address().del(a).execute().await.map_err(call(format!("old address on {name}")))?;
+        }
+        if !present {
+            match self.handle.address().add(index, want, eni.subnet.prefix_len).execute().await {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(call(format!("address {want} on {name}"))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The `from <ip>` rules at [`FROM_ENI_PRIORITY`], as (source, table).
+    pub async fn from_rules(&self) -> Result<Vec<(Ipv4Addr, u32)>, NetError> {
+        let mut rules = self.handle.rule().get(rtnetlink::IpVersion::V4).execute();
+        let mut out = Vec::new();
+        while let Some(r) = rules.try_next().await.map_err(call("listing rules"))? {
+            let prio = r.attributes.iter().find_map(|a| {
+                if let RuleAttribute::Priority(p) = a {
+                    Some(*p)
+                } else {
+                    None
+                }
+            });
+            if prio != Some(FROM_ENI_PRIORITY) || r.header.src_len != 32 {
+                continue;
+            }
+            let src = r.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Source(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
+                .unwrap_or(u32::from(r.header.table));
+            if let Some(src) = src {
+                out.push((src, table));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ensure_rule(&self, ip: Ipv4Addr, table: u32) -> Result<(), NetError> {
+        let existing = self.from_rules().await?;
+        if existing.contains(&(ip, table)) {
+            return Ok(());
+        }
+        if existing.iter().any(|(src, _)| *src == ip) {
+            self.remove_rule(ip).await?;
+        }
+        self.handle
+            .rule()
+            .add()
+            .v4()
+            .source_prefix(ip, 32)
+            .table_id(table)
+            .priority(FROM_ENI_PRIORITY)
+            .execute()
+            .await
+            .map_err(call(format!("rule from {ip} lookup {table}")))
+    }
+
+    /// Removes `from <ip>` at [`FROM_ENI_PRIORITY`] (an ENI that is going away, or a trunk).
+    pub async fn remove_rule(&self, ip: Ipv4Addr) -> Result<(), NetError> {
+        let mut rules = self.handle.rule().get(rtnetlink::IpVersion::V4).execute();
+        let mut doomed = Vec::new();
+        while let Some(r) = rules.try_next().await.map_err(call("listing rules"))? {
+            let prio = r.attributes.iter().any(|a| matches!(a, RuleAttribute::Priority(FROM_ENI_PRIORITY)));
+            let src =
+                r.attributes.iter().any(|a| matches!(a, RuleAttribute::Source(IpAddr::V4(s)) if *s == ip));
+            if prio && src {
+                doomed.push(r);
+            }
+        }
+        for r in doomed {
+            match self.handle.rule().del(r).execute().await {
+                Ok(()) => {}
+                Err(e) if is_missing(&e) => {}
+                Err(e) => return Err(call(format!("rule from {ip}"))(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_gateways_and_macs() {
+        let eni = EniLink {
+            mac: "02:00:00:00:00:01".into(),
+            device_number: 2,
+            primary_ip: "100.64.0.7".parse().unwrap(),
+            subnet: Cidr { addr: "100.64.0.0".parse().unwrap(), prefix_len: 19 },
+            trunk: false,
+        };
+        assert_eq!((eni.table(), eni.gateway()), (3, "100.64.0.1".parse().unwrap()));
+        assert_eq!(mac_bytes("02:00:00:00:00:0a"), Some(vec![2, 0, 0, 0, 0, 10]));
+        assert_eq!(mac_bytes("02:00:00"), None);
+    }
+}

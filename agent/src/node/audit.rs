@@ -1,0 +1,137 @@
+//! Audits that need EC2's word: every managed ENI's and the trunk's security groups against what
+//! the configuration says (the ENIConfig's groups under custom networking, or the primary ENI's),
+//! and the leaked-ENI sweep (upstream's cleanup: hourly, first run jittered 0–300 s, this
+//! instance's `aws-K8S-` ENIs left `available` for more than 5 minutes are deleted).
+
+use std::time::Duration;
+
+use crate::observe::agent::EniLabel;
+
+use super::state::{KnownEni, Shared};
+
+/// How often EC2 is asked for the ENIs' actual groups (IMDS shows them in between).
+pub const SG_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
+pub const LEAK_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+pub const LEAK_SWEEP_JITTER: Duration = Duration::from_secs(300);
+/// Upstream's `eniDeleteCooldownTime`.
+pub const LEAK_MIN_AGE: Duration = Duration::from_secs(300);
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// What an ENI should carry: subnet (only checked for the trunk under custom networking) and
+/// groups.
+fn expected(shared: &Shared, eni: &KnownEni) -> Option<(Option<String>, Vec<String>)> {
+    if eni.primary || eni.unmanaged || !matches!(eni.interface_type.as_str(), "interface" | "trunk") {
+        return None;
+    }
+    let (subnet, groups) = shared.new_eni_placement()?;
+    let subnet = (shared.cfg.custom_networking && eni.trunk()).then_some(subnet);
+    Some((subnet, groups))
+}
+
+/// Compares the groups EC2 reported for every ENI with the expected ones: a gauge per ENI, and
+/// for the trunk (whose groups the Resource Controller never changes) a Warning Event.
+pub async fn security_groups(shared: &Shared) {
+    for eni in shared.enis().values() {
+        let Some((subnet, groups)) = expected(shared, eni) else { continue };
+        let group_drift = sorted(&eni.security_groups) != sorted(&groups);
+        let subnet_drift = subnet.as_ref().is_some_and(|s| *s != eni.subnet_id);
+        let drift = group_drift || subnet_drift;
+        shared.metrics.sg_drift.get_or_create(&EniLabel { eni: eni.id.clone() }).set(i64::from(drift));
+        if !eni.trunk() {
+            if drift {
+                log::warn!(
+                    "ENI {} has groups {:?}, its configuration says {:?}",
+                    eni.id,
+                    eni.security_groups,
+                    groups
+                );
+            }
+            continue;
+        }
+        let was = shared.metrics.trunk_sg_drift.get();
+        shared.metrics.trunk_sg_drift.set(i64::from(drift));
+        if drift && was == 0 {
+            let message = format!(
+                "trunk ENI {} has security groups {:?} in subnet {}, but its ENIConfig says {:?}{}: trunk security groups cannot be changed; replace this node",
+                eni.id,
+                eni.security_groups,
+                eni.subnet_id,
+                groups,
+                subnet.map(|s| format!(" in subnet {s}")).unwrap_or_default()
+            );
+            log::warn!("{message}");
+            if let Err(e) =
+                shared.clients.kube.event(&shared.node(), true, "TrunkSecurityGroupsDrift", &message).await
+            {
+                log::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Asks EC2 for the groups of every known ENI (one call) and audits them.
+pub async fn refresh_security_groups(shared: &Shared) {
+    let ids: Vec<String> = shared.enis().keys().cloned().collect();
+    match shared.clients.ec2.describe_enis(&ids).await {
+        Ok(described) => {
+            for d in described {
+                if let Some(mut k) = shared.eni(&d.id) {
+                    k.security_groups = d.security_groups;
+                    shared.put_eni(k);
+                }
+            }
+            security_groups(shared).await;
+        }
+        Err(e) => log::warn!("security group audit: {e}"),
+    }
+}
+
+/// One sweep: this instance's detached `aws-K8S-` ENIs older than 5 minutes are deleted; those
+/// without a creation time get one (and go on a later sweep).
+pub async fn sweep_leaked(shared: &Shared) {
+    let ec2 = &shared.clients.ec2;
+    let id = &shared.id.instance_id;
+    let mut filters = vec![
+        ("tag:node.k8s.amazonaws.com/instance_id", id.as_str()),
+        ("status", "available"),
+        ("vpc-id", shared.vpc_id.as_str()),
+    ];
+    if let Some(c) = &shared.cfg.cluster_name {
+        filters.push(("tag:cluster.k8s.amazonaws.com/name", c.as_str()));
+    }
+    let found = match ec2.find_enis(&filters).await {
+        Ok(f) => f,
+        Err(e) => return log::warn!("leaked-ENI sweep: {e}"),
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for eni in found.into_iter().filter(|e| e.description.starts_with("aws-K8S-")) {
+        let created = eni
+            .tags
+            .get("node.k8s.amazonaws.com/createdAt")
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+        match created {
+            None => {
+                let tag = [(
+                    "node.k8s.amazonaws.com/createdAt".to_owned(),
+                    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                )];
+                if let Err(e) = ec2.create_tags(&eni.id, &tag.into_iter().collect()).await {
+                    log::warn!("leaked-ENI sweep: tagging {}: {e}", eni.id);
+                }
+            }
+            Some(t) if now.duration_since(t).unsigned_abs() >= LEAK_MIN_AGE && now > t => {
+                match ec2.detach_and_delete(&eni.id, None).await {
+                    Ok(()) => log::info!("leaked-ENI sweep: deleted {}", eni.id),
+                    Err(e) => log::warn!("leaked-ENI sweep: {}: {e}", eni.id),
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The one owner of the datastore. Every change runs in a short critical section on the blocking
+//! pool (the checkpoint's fsync must not stall the async workers), and nothing inside it talks to
+//! EC2, Kubernetes or netlink: callers decide under the lock, act outside it, and come back.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::ipam::{model::UnixNanos, Ipam};
+
+#[derive(Clone, Debug)]
+pub struct Owner {
+    ipam: Arc<Mutex<Ipam>>,
+}
+
+impl Owner {
+    pub fn new(ipam: Ipam) -> Self {
+        Self { ipam: Arc::new(Mutex::new(ipam)) }
+    }
+
+    /// Runs `f` with the datastore held, off the async workers.
+    pub async fn with<T, F>(&self, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ipam) -> T + Send + 'static,
+    {
+        let ipam = self.ipam.clone();
+        let task =
+            tokio::task::spawn_blocking(move || f(&mut ipam.lock().unwrap_or_else(PoisonError::into_inner)));
+        match task.await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+/// Now, as the datastore's clock (Unix nanoseconds).
+pub fn now() -> UnixNanos {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,303 @@
+//! The pool loop: asks the policy (`ipam::policy::decide`) what the pool needs and carries it out
+//! in EC2 and on the host, outside the datastore's lock. Upstream's cadence is 5 s
+//! (`ipPoolMonitorInterval`); after EC2 says the subnet is out of addresses the loop pauses 120 s
+//! (`insufficientCidrErrorCooldown`); an unschedulable node gets no ENI changes unless
+//! AWS_MANAGE_ENIS_NON_SCHEDULABLE.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cloud::ec2::{Ec2Error, NewEni, SUBNET_FULL},
+    ipam::{
+        model::{Cidr, UnixNanos},
+        policy::{self, Action, NodeState},
+    },
+};
+
+use super::{
+    owner::now,
+    startup::{self, StartError},
+    state::{KnownEni, Shared},
+};
+
+pub const POOL_INTERVAL: Duration = Duration::from_secs(5);
+pub const SUBNET_PAUSE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error(transparent)]
+    Setup(#[from] StartError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The loop's memory between ticks.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    pub last_decrease: Option<UnixNanos>,
+    pub paused_until: Option<Instant>,
+    /// When the pool last changed (the reconcile loop waits 60 s after one, as upstream).
+    pub last_action: Option<Instant>,
+}
+
+/// Grows the pool at start until the policy asks for nothing more (or nothing more is possible).
+pub async fn prescale(shared: &Shared) {
+    let mut state = PoolState::default();
+    for _ in 0..16 {
+        match tick(shared, &mut state).await {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                log::warn!("pre-scale: {e}");
+                break;
+            }
+        }
+    }
+}
+
+fn max_pods(shared: &Shared) -> u32 {
+    let l = &shared.limits;
+    shared.node().max_pods.unwrap_or(l.max_enis * l.ipv4_per_eni.saturating_sub(1) + 2)
+}
+
+/// One tick; true when it changed the pool (another tick may be due at once).
+pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, PoolError> {
+    if state.paused_until.is_some_and(|t| Instant::now() < t) {
+        return Ok(false);
+    }
+    state.paused_until = None;
+    if shared.signals_pending() {
+        startup::signal(shared).await?;
+    }
+    let cfg = shared.pool();
+    let limits = shared.limits;
+    let node = NodeState {
+        max_pods: max_pods(shared),
+        trunk_attached: shared.trunk().is_some(),
+        last_decrease: state.last_decrease,
+    };
+    let mut actions =
+        shared.owner.with(move |ipam| policy::decide(&cfg, &ipam.datastore, &limits, &node, now())).await;
+    if shared.node().unschedulable && !shared.cfg.manage_enis_non_schedulable {
+        actions.retain(|a| !matches!(a, Action::CreateEni { .. } | Action::DeleteEni { .. }));
+    }
+    let mut changed = false;
+    for action in actions {
+        let shrinking = matches!(action, Action::ReleaseCidrs { .. } | Action::DeleteEni { .. });
+        match execute(shared, &action).await {
+            Ok(did) => {
+                changed |= did;
+                if did && shrinking {
+                    state.last_decrease = Some(now());
+                }
+            }
+            Err(PoolError::Ec2(e)) if SUBNET_FULL.iter().any(|c| e.is(c)) => {
+                subnet_full(shared, state, &e).await;
+                return Ok(changed);
+            }
+            Err(e) => {
+                shared.metrics.pool_errors.inc();
+                log::warn!("pool: {action:?}: {e}");
+            }
+        }
+    }
+    if changed {
+        state.last_action = Some(Instant::now());
+    }
+    update_gauges(shared).await;
+    Ok(changed)
+}
+
+async fn subnet_full(shared: &Shared, state: &mut PoolState, e: &Ec2Error) {
+    state.paused_until = Some(Instant::now() + SUBNET_PAUSE);
+    shared.metrics.subnet_exhausted.inc();
+    let message = format!("{e}; the pool pauses for {} s", SUBNET_PAUSE.as_secs());
+    log::warn!("{message}");
+    shared.board.update(|s| s.problem = Some(message.clone()));
+    if let Err(err) = shared.clients.kube.event(&shared.node(), true, "SubnetExhausted", &message).await {
+        log::warn!("{err}");
+    }
+}
+
+pub async fn update_gauges(shared: &Shared) {
+    let stats = shared.owner.with(|ipam| ipam.datastore.stats(now())).await;
+    let m = &shared.metrics;
+    m.enis.set(i64::from(stats.enis));
+    for (state, n) in [("total", stats.total), ("assigned", stats.assigned), ("cooling", stats.cooling)] {
+        m.addresses
+            .get_or_create(&crate::observe::agent::StateLabel { state: state.into() })
+            .set(i64::from(n));
+    }
+    let l = &shared.limits;
+    m.eni_max.set(i64::from(l.max_enis));
+    let per_eni = l.ipv4_per_eni.saturating_sub(1) * if shared.cfg.prefix_delegation { 16 } else { 1 };
+    m.ip_max.set(i64::from(l.max_enis * per_eni));
+}
+
+/// Carries out one action; true when something changed.
+async fn execute(shared: &Shared, action: &Action) -> Result<bool, PoolError> {
+    let ec2 = &shared.clients.ec2;
+    let pd = shared.cfg.prefix_delegation;
+    match action {
+        Action::AssignToEni { eni, count } => {
+            let cidrs = ec2.assign(eni, *count, pd).await?;
+            add_cidrs(shared, eni, cidrs).await?;
+            Ok(true)
+        }
+        Action::CreateEni { count } => create_eni(shared, *count).await.map(|()| true),
+        Action::ReleaseCidrs { eni, cidrs } => {
+            let (eni_id, wanted) = (eni.clone(), cidrs.clone());
+            // Out of the datastore first, so that nothing hands them out while EC2 takes them back.
+            let removed: Vec<Cidr> = shared
+                .owner
+                .with(move |ipam| {
+                    wanted.into_iter().filter(|c| ipam.datastore.remove_cidr(&eni_id, *c).is_ok()).collect()
+                })
+                .await;
+            if removed.is_empty() {
+                return Ok(false);
+            }
+            if let Err(e) = ec2.unassign(eni, &removed).await {
+                add_cidrs(shared, eni, removed).await?;
+                return Err(e.into());
+            }
+            log::info!("released {} from {eni}", list(&removed));
+            Ok(true)
+        }
+        Action::DeleteEni { eni } => {
+            let id = eni.clone();
+            if shared.owner.with(move |ipam| ipam.datastore.remove_eni(&id)).await.is_err() {
+                return Ok(false);
+            }
+            let known = shared.forget_eni(eni);
+            if let Some(k) = &known {
+                shared
+                    .clients
+                    .net
+                    .remove_rule(k.primary_ip)
+                    .await
+                    .map_err(|e| PoolError::Other(e.to_string()))?;
+            }
+            ec2.detach_and_delete(eni, known.as_ref().and_then(|k| k.attachment_id.as_deref())).await?;
+            log::info!("deleted ENI {eni}");
+            Ok(true)
+        }
+    }
+}
+
+fn list(cidrs: &[Cidr]) -> String {
+    cidrs.iter().map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect::<Vec<_>>().join(", ")
+}
+
+async fn add_cidrs(shared: &Shared, eni: &str, cidrs: Vec<Cidr>) -> Result<(), PoolError> {
+    let id = eni.to_owned();
+    let shown = list(&cidrs);
+    let findings = shared
+        .owner
+        .with(move |ipam| {
+            let mut findings = Vec::new();
+            for c in cidrs {
+                match ipam.datastore.add_cidr(&id, c) {
+                    Ok(Some(f)) => findings.push(f),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(findings)
+        })
+        .await
+        .map_err(PoolError::Other)?;
+    startup::report_findings(&shared.metrics, &findings);
+    log::info!("{eni}: added {shown}");
+    Ok(())
+}
+
+/// Creates an ENI where the configuration says, attaches it at the lowest free device index,
+/// sets DeleteOnTermination, sets up its link and adds it to the pool.
+async fn create_eni(shared: &Shared, count: u32) -> Result<(), PoolError> {
+    let ec2 = &shared.clients.ec2;
+    let Some((subnet_id, security_groups)) = shared.new_eni_placement() else {
+        return Err(PoolError::Other("custom networking without an ENIConfig: no ENI is created".into()));
+    };
+    let id = &shared.id.instance_id;
+    let mut tags = BTreeMap::from([
+        ("node.k8s.amazonaws.com/instance_id".to_owned(), id.clone()),
+        (
+            "node.k8s.amazonaws.com/createdAt".to_owned(),
+            k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        ),
+    ]);
+    if let Some(cluster) = &shared.cfg.cluster_name {
+        tags.insert("cluster.k8s.amazonaws.com/name".into(), cluster.clone());
+        tags.insert("eks:eni:owner".into(), "amazon-vpc-cni".into());
+    }
+    tags.extend(shared.cfg.additional_eni_tags.clone());
+    let new = NewEni {
+        subnet_id,
+        security_groups,
+        description: format!("aws-K8S-{id}"),
+        tags,
+        count,
+        prefixes: shared.cfg.prefix_delegation,
+    };
+    let created = ec2.create_eni(&new).await?;
+    let used = match ec2.used_device_indexes(id).await {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = ec2.detach_and_delete(&created.id, None).await;
+            return Err(e.into());
+        }
+    };
+    let index = (1..).find(|i| !used.contains(i)).unwrap_or(1);
+    let attachment = match ec2.attach(&created.id, id, index).await {
+        Ok(a) => a,
+        Err(e) => {
+            // Not attached: nothing else would ever clean it up sooner than the leak sweep.
+            if let Err(d) = ec2.detach_and_delete(&created.id, None).await {
+                log::warn!("deleting unattached {}: {d}", created.id);
+            }
+            return Err(e.into());
+        }
+    };
+    ec2.delete_on_termination(&created.id, &attachment).await?;
+    log::info!(
+        "created {} in {} with {:?} at device {index}",
+        created.id,
+        new.subnet_id,
+        new.security_groups
+    );
+    let seen = wait_for_imds(shared, &created.mac).await?;
+    let known = KnownEni {
+        attachment_id: Some(attachment),
+        ..startup::known_eni(&shared.cfg, &shared.id, &seen, &created)
+    };
+    startup::setup_link(&shared.clients.net, &known, shared.cfg.eni_mtu)
+        .await
+        .map_err(|e| PoolError::Other(e.to_string()))?;
+    let (k, cidrs) = (known.clone(), created.cidrs.clone());
+    let findings = shared.owner.with(move |ipam| startup::add_eni(&mut ipam.datastore, &k, &cidrs)).await?;
+    startup::report_findings(&shared.metrics, &findings);
+    shared.put_eni(known);
+    Ok(())
+}
+
+/// Waits for IMDS to show a new ENI (upstream: 100 ms doubling, 12 tries).
+async fn wait_for_imds(shared: &Shared, mac: &str) -> Result<crate::cloud::imds::ImdsEni, PoolError> {
+    let imds = &shared.clients.imds;
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..12 {
+        if imds.macs().await.map_err(|e| PoolError::Other(e.to_string()))?.iter().any(|m| m == mac) {
+            if let Ok(eni) = imds.eni(mac).await {
+                return Ok(eni);
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(60));
+    }
+    Err(PoolError::Other(format!("IMDS never showed ENI {mac}")))
+}

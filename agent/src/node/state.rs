@@ -1,0 +1,199 @@
+//! What the startup sequence learns and the loops share: the clients, the instance, its ENIs as
+//! EC2 and IMDS describe them, the Node, its ENIConfig, and the node's status.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use crate::{
+    cloud::{calls::Calls, ec2::Ec2, imds::Identity, imds::Imds},
+    config::Config,
+    ipam::{model::Cidr, policy::Limits, policy::PoolConfig},
+    kube::client::{EniConfig, Kube, NodeInfo},
+    net::eni::HostNet,
+    observe::agent::Metrics,
+};
+
+use super::owner::Owner;
+
+/// The clients, built once and shared.
+#[derive(Clone)]
+pub struct Clients {
+    pub imds: Imds,
+    pub ec2: Ec2,
+    pub kube: Kube,
+    pub net: HostNet,
+    pub calls: Calls,
+}
+
+/// An ENI attached to this instance, with what the host side needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownEni {
+    pub id: String,
+    pub mac: String,
+    pub device_number: u32,
+    pub primary_ip: Ipv4Addr,
+    pub subnet_id: String,
+    pub subnet_cidr: Cidr,
+    pub attachment_id: Option<String>,
+    /// The groups EC2 reports (never assumed).
+    pub security_groups: Vec<String>,
+    pub interface_type: String,
+    pub primary: bool,
+    /// Tagged node.k8s.amazonaws.com/no_manage=true, or untagged with MANAGE_UNTAGGED_ENI=false.
+    pub unmanaged: bool,
+}
+
+impl KnownEni {
+    pub fn trunk(&self) -> bool {
+        self.interface_type == "trunk"
+    }
+}
+
+/// The node's status as the health endpoint and the logs show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The startup step running now, or `ready`.
+    pub step: String,
+    pub ready: bool,
+    /// Why security groups for pods was refused, if it was.
+    pub refused: Option<String>,
+    /// The last problem that keeps the node from progressing (missing ENIConfig, subnet full).
+    pub problem: Option<String>,
+}
+
+pub struct Shared {
+    pub cfg: Config,
+    pub id: Identity,
+    pub limits: Limits,
+    pub clients: Clients,
+    pub owner: Owner,
+    pub metrics: Metrics,
+    pub primary_security_groups: Vec<String>,
+    pub primary_subnet: String,
+    pub vpc_id: String,
+    pool: Mutex<PoolConfig>,
+    enis: Mutex<BTreeMap<String, KnownEni>>,
+    node: Mutex<NodeInfo>,
+    eni_config: Mutex<Option<EniConfig>>,
+    pub board: Arc<Board>,
+    /// Security groups for pods still to be signalled (no ENI slot was free yet).
+    signals_pending: Mutex<bool>,
+}
+
+/// The node's status, shared with the health endpoint from the first step on.
+#[derive(Debug, Default)]
+pub struct Board {
+    status: Mutex<Status>,
+}
+
+impl Board {
+    pub fn get(&self) -> Status {
+        lock(&self.status).clone()
+    }
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut lock(&self.status));
+    }
+    pub fn step(&self, step: &str) {
+        log::info!("startup: {step}");
+        self.update(|s| s.step = step.to_owned());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub struct SharedParts {
+    pub cfg: Config,
+    pub id: Identity,
+    pub limits: Limits,
+    pub pool: PoolConfig,
+    pub clients: Clients,
+    pub owner: Owner,
+    pub metrics: Metrics,
+    pub primary_security_groups: Vec<String>,
+    pub primary_subnet: String,
+    pub vpc_id: String,
+    pub enis: BTreeMap<String, KnownEni>,
+    pub board: Arc<Board>,
+}
+
+impl Shared {
+    pub fn new(p: SharedParts) -> Self {
+        Self {
+            cfg: p.cfg,
+            id: p.id,
+            limits: p.limits,
+            clients: p.clients,
+            owner: p.owner,
+            metrics: p.metrics,
+            primary_security_groups: p.primary_security_groups,
+            primary_subnet: p.primary_subnet,
+            vpc_id: p.vpc_id,
+            pool: Mutex::new(p.pool),
+            enis: Mutex::new(p.enis),
+            node: Mutex::new(NodeInfo::default()),
+            eni_config: Mutex::new(None),
+            board: p.board,
+            signals_pending: Mutex::new(false),
+        }
+    }
+
+    pub fn pool(&self) -> PoolConfig {
+        *lock(&self.pool)
+    }
+    pub fn set_pool(&self, pool: PoolConfig) {
+        *lock(&self.pool) = pool;
+    }
+    pub fn enis(&self) -> BTreeMap<String, KnownEni> {
+        lock(&self.enis).clone()
+    }
+    pub fn eni(&self, id: &str) -> Option<KnownEni> {
+        lock(&self.enis).get(id).cloned()
+    }
+    pub fn put_eni(&self, eni: KnownEni) {
+        lock(&self.enis).insert(eni.id.clone(), eni);
+    }
+    pub fn forget_eni(&self, id: &str) -> Option<KnownEni> {
+        lock(&self.enis).remove(id)
+    }
+    pub fn trunk(&self) -> Option<KnownEni> {
+        lock(&self.enis).values().find(|e| e.trunk()).cloned()
+    }
+    pub fn node(&self) -> NodeInfo {
+        lock(&self.node).clone()
+    }
+    pub fn set_node(&self, node: NodeInfo) {
+        *lock(&self.node) = node;
+    }
+    pub fn eni_config(&self) -> Option<EniConfig> {
+        lock(&self.eni_config).clone()
+    }
+    pub fn set_eni_config(&self, c: Option<EniConfig>) {
+        *lock(&self.eni_config) = c;
+    }
+    pub fn signals_pending(&self) -> bool {
+        *lock(&self.signals_pending)
+    }
+    pub fn set_signals_pending(&self, pending: bool) {
+        *lock(&self.signals_pending) = pending;
+    }
+
+    /// Where new ENIs go and which groups they get: the ENIConfig's subnet and groups under
+    /// custom networking (the primary ENI's groups when it lists none), else the primary ENI's.
+    pub fn new_eni_placement(&self) -> Option<(String, Vec<String>)> {
+        if !self.cfg.custom_networking {
+            return Some((self.primary_subnet.clone(), self.primary_security_groups.clone()));
+        }
+        let c = self.eni_config()?;
+        let groups = if c.security_groups.is_empty() {
+            self.primary_security_groups.clone()
+        } else {
+            c.security_groups
+        };
+        Some((c.subnet, groups))
+    }
+}

@@ -1,0 +1,76 @@
+//! The agent's HTTP endpoints (hyper): health and introspection on INTROSPECTION_BIND_ADDRESS,
+//! metrics on METRICS_BIND_ADDRESS. GET only; every handler is a plain function of the path.
+
+use std::{convert::Infallible, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+#[error("listening on {addr}: {source}")]
+pub struct BindError {
+    pub addr: String,
+    pub source: std::io::Error,
+}
+
+/// A reply: status, content type, body.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+    }
+    pub fn json(body: &serde_json::Value) -> Self {
+        Self { status: 200, content_type: "application/json", body: format!("{body:#}\n") }
+    }
+}
+
+/// `:61678` (upstream's form, all interfaces) → `0.0.0.0:61678`.
+pub fn normalize(addr: &str) -> String {
+    if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_owned()
+    }
+}
+
+pub async fn bind(addr: &str) -> Result<TcpListener, BindError> {
+    let addr = normalize(addr);
+    TcpListener::bind(&addr).await.map_err(|source| BindError { addr, source })
+}
+
+/// Serves `handler(path)` on `listener` until the task is dropped.
+pub async fn serve<F>(listener: TcpListener, handler: F)
+where
+    F: Fn(&str) -> Reply + Send + Sync + 'static,
+{
+    let handler = Arc::new(handler);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let reply = if req.method() == Method::GET {
+                    handler(req.uri().path())
+                } else {
+                    Reply::text(405, "GET only\n")
+                };
+                let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+                *resp.status_mut() =
+                    StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                if let Ok(v) = reply.content_type.parse() {
+                    resp.headers_mut().insert("content-type", v);
+                }
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}

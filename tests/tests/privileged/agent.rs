@@ -1,0 +1,387 @@
+//! `eniguard agent` end to end: the real binary in a vpcsim node namespace (root, fabric), talking
+//! to the simulator's EC2, IMDS and Kubernetes API through the real SDK and kube-rs clients, with
+//! the endpoints in the standard variables. What the node ends up with is read back from EC2
+//! (DescribeNetworkInterfaces through aws-sdk-ec2) and from the simulated API server's write log,
+//! never from the agent's own words.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::Ipv4Addr,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use aws_sdk_ec2::{
+    config::retry::RetryConfig,
+    types::{Filter, NetworkInterface},
+    Client as Ec2,
+};
+use eniguard_tests::{
+    eniguard_bin,
+    netns::{in_netns, NetNs},
+    process::Daemon,
+    sim::{
+        kube_api::{self, CNINODES},
+        scenario::{Scenario, Sim},
+    },
+};
+use serde_json::Value;
+
+use crate::{clients::ec2_client, harness::Ctx};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// One agent on one simulated node.
+pub struct Agent {
+    pub daemon: Daemon,
+    pub ns: NetNs,
+}
+
+/// Starts `eniguard agent` inside node `index`'s namespace with the simulator's endpoints as seen
+/// from there, a fresh environment (nothing from the host's), and `env` on top.
+pub fn start_agent(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
+    let node = &sim.nodes[index];
+    let inside = node.inside.as_ref().context("a fabric node")?;
+    std::fs::create_dir_all(dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, kube_api::kubeconfig(&inside.kube_url))?;
+    let ns = NetNs::existing(&format!("{prefix}-node{index}"));
+    let mut cmd = ns.cmd(eniguard_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("AWS_ENDPOINT_URL_EC2", &inside.ec2_url)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &inside.imds_url)
+        .env("AWS_ACCESS_KEY_ID", "AKIDVPCSIM")
+        .env("AWS_SECRET_ACCESS_KEY", "vpcsim")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("MY_NODE_NAME", &node.name)
+        .env("AWS_VPC_K8S_CNI_BACKING_STORE", dir.join("ipam.json"))
+        .env("DISABLE_LEAKED_ENI_CLEANUP", "true")
+        .args(["agent", "--run-dir"])
+        .arg(dir.join("run"))
+        .arg("--cni-conf-dir")
+        .arg(dir.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(dir.join("bin"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut daemon = Daemon::spawn(&mut cmd)?;
+    daemon.wait_for_line("ready:", Duration::from_secs(60)).context("agent ready")?;
+    Ok(Agent { daemon, ns })
+}
+
+impl Agent {
+    /// GET `path` from the agent's endpoint `port` inside its namespace.
+    pub fn get(&self, port: u16, path: &str) -> Result<String> {
+        let path = path.to_owned();
+        in_netns(&self.ns, move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// The value of one metric series (exact name with labels) on /metrics.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.get(61678, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .context(format!("no series {series} in /metrics"))?
+            .trim()
+            .parse()
+            .context("metric value")
+    }
+}
+
+/// The ENIs attached to `instance`, by device index.
+pub async fn attached(ec2: &Ec2, instance: &str) -> Result<BTreeMap<i32, NetworkInterface>> {
+    let out = ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("attachment.instance-id").values(instance).build())
+        .send()
+        .await?;
+    Ok(out
+        .network_interfaces()
+        .iter()
+        .map(|n| (n.attachment().and_then(|a| a.device_index()).unwrap_or(-1), n.clone()))
+        .collect())
+}
+
+fn secondaries(n: &NetworkInterface) -> usize {
+    n.private_ip_addresses().iter().filter(|a| a.primary() != Some(true)).count()
+}
+
+fn groups(n: &NetworkInterface) -> Vec<String> {
+    n.groups().iter().filter_map(|g| g.group_id().map(str::to_owned)).collect()
+}
+
+/// (secondary addresses, prefixes) per device index, as EC2 shows them.
+async fn pool(ec2: &Ec2, instance: &str) -> Result<BTreeMap<i32, (usize, usize)>> {
+    Ok(attached(ec2, instance)
+        .await?
+        .iter()
+        .map(|(d, n)| (*d, (secondaries(n), n.ipv4_prefixes().len())))
+        .collect())
+}
+
+fn sim_calls(sim: &Sim) -> Result<BTreeMap<String, u64>> {
+    let url = format!("{}/_sim/calls", sim.ec2_url);
+    let body = ureq_get(&url)?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// A GET on the host's loopback (the simulator's control endpoint).
+fn ureq_get(url: &str) -> Result<String> {
+    let rest = url.strip_prefix("http://").context("http URL")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host)?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Default scenario (m5.large: 3 ENIs, 10 addresses each), one row per pool mode: what EC2 shows
+/// after `ready` is what upstream's tables give for 0 pods (../shared/reference/vpc-cni.md §2.1,
+/// restated for 9 usable addresses or /28 slots per ENI).
+pub fn warm_pool_rows(ctx: &mut Ctx) -> Result<()> {
+    type Row<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(i32, (usize, usize))]);
+    let rows: &[Row] = &[
+        // WARM_ENI_TARGET=1: the primary ENI fills up (9 available ≥ 1 ENI's worth), no 2nd ENI.
+        ("warm-eni", &[], &[(0, (9, 0))]),
+        // WARM_IP_TARGET=2, MINIMUM_IP_TARGET=5: short = max(2 − 0, 5 − 0) = 5 on the primary.
+        ("ip-targets", &[("WARM_IP_TARGET", "2"), ("MINIMUM_IP_TARGET", "5")], &[(0, (5, 0))]),
+        // Prefix delegation, WARM_PREFIX_TARGET=1: one /28 on the primary.
+        ("prefixes", &[("ENABLE_PREFIX_DELEGATION", "true"), ("WARM_PREFIX_TARGET", "1")], &[(0, (0, 1))]),
+    ];
+    let rt = runtime()?;
+    for (i, (name, env, want)) in rows.iter().enumerate() {
+        let prefix = format!("{}-p{i}", ctx.prefix());
+        let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+        let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let agent = start_agent(&sim, &prefix, 0, &dir, env)?;
+        let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+        let got = rt.block_on(pool(&ec2, &sim.nodes[0].instance_id))?;
+        let want: BTreeMap<i32, (usize, usize)> = want.iter().copied().collect();
+        ensure!(got == want, "{name}: EC2 shows {got:?}, the policy's table says {want:?}");
+        let total = agent.metric("eniguard_ipam_addresses{state=\"total\"}")?;
+        let expected_total: usize = want.values().map(|(ips, pfx)| ips + 16 * pfx).sum();
+        ensure!(total == expected_total as f64, "{name}: agent reports {total} addresses");
+        ensure!(agent.get(61679, "/readyz")?.starts_with("HTTP/1.1 200"), "{name}: /readyz");
+        // A second tick changes nothing: the pool is at its target.
+        let before = sim_calls(&sim)?;
+        std::thread::sleep(Duration::from_secs(6));
+        let after = sim_calls(&sim)?;
+        for action in ["AssignPrivateIpAddresses", "CreateNetworkInterface", "UnassignPrivateIpAddresses"] {
+            ensure!(
+                before.get(action) == after.get(action),
+                "{name}: {action} while idle: {before:?} → {after:?}"
+            );
+        }
+        agent.daemon.terminate()?;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("  {name}: {got:?}");
+    }
+    Ok(())
+}
+
+/// The CNINode states the API server recorded for `node`, in write order, as feature lists.
+/// A CNINode's features as (name, value).
+type Features = Vec<(String, Option<String>)>;
+
+fn cninode_history(sim: &Sim, node: &str) -> Result<Vec<Features>> {
+    let events = sim.kube.read(|s| s.all_events_since(0)).map_err(|e| anyhow::anyhow!(e.message))?;
+    Ok(events
+        .into_iter()
+        .filter(|e| e.key.resource == CNINODES.store_name() && e.key.name == node)
+        .map(|e| {
+            e.object
+                .pointer("/spec/features")
+                .and_then(Value::as_array)
+                .map(|fs| {
+                    fs.iter()
+                        .map(|f| {
+                            (
+                                f["name"].as_str().unwrap_or("").to_owned(),
+                                f["value"].as_str().map(str::to_owned),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+fn events_on(sim: &Sim, node: &str, reason: &str) -> Result<Vec<Value>> {
+    let events = sim.kube.read(|s| s.all_events_since(0)).map_err(|e| anyhow::anyhow!(e.message))?;
+    Ok(events
+        .into_iter()
+        .filter(|e| e.key.resource == "events")
+        .map(|e| e.object)
+        .filter(|o| o["involvedObject"]["name"] == node && o["reason"] == reason)
+        .collect())
+}
+
+fn prefixes_and_ips(n: &NetworkInterface) -> (usize, usize) {
+    (secondaries(n), n.ipv4_prefixes().len())
+}
+
+const INCIDENT_ENV: &[(&str, &str)] = &[
+    ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+    ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
+    ("ENABLE_POD_ENI", "true"),
+    ("ENABLE_PREFIX_DELEGATION", "true"),
+    ("WARM_PREFIX_TARGET", "1"),
+];
+
+/// The seed's scenario: custom networking + security groups for pods + prefix delegation on an
+/// m5.large and an r7a.medium, two agents at once. On the m5.large the trunk is built from the
+/// ENIConfig (the API server saw CustomNetworking before SecurityGroupsForPods) and never gets an
+/// address, after start, after a scale-up and after a restart; the r7a.medium refuses security
+/// groups for pods with an Event and still gets an ENI for ordinary pods.
+pub fn incident_order(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-inc", ctx.prefix());
+    let scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let (big, small) = (sim.nodes[0].clone(), sim.nodes[1].clone());
+    let dirs = [
+        std::env::temp_dir().join(format!("{prefix}-a0")),
+        std::env::temp_dir().join(format!("{prefix}-a1")),
+    ];
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let big_agent = start_agent(&sim, &prefix, 0, &dirs[0], INCIDENT_ENV)?;
+    let small_agent = start_agent(&sim, &prefix, 1, &dirs[1], INCIDENT_ENV)?;
+
+    // The order, from the API server's log: CustomNetworking=us-west-2a is recorded before any
+    // state with SecurityGroupsForPods.
+    let history = cninode_history(&sim, &big.name)?;
+    let cn_at = history
+        .iter()
+        .position(|f| f.iter().any(|(n, v)| n == "CustomNetworking" && v.as_deref() == Some("us-west-2a")));
+    let sgp_at = history.iter().position(|f| f.iter().any(|(n, _)| n == "SecurityGroupsForPods"));
+    ensure!(matches!((cn_at, sgp_at), (Some(c), Some(s)) if c < s), "CNINode history {history:?}");
+
+    // The trunk the Resource Controller built: the ENIConfig's subnet and groups.
+    let pods_a = sim.subnets["pods-a"].clone();
+    let eks_pods = sim.security_groups["eks-pods"].clone();
+    let trunk = eventually("the trunk", Duration::from_secs(20), || {
+        let enis = rt.block_on(attached(&ec2, &big.instance_id))?;
+        Ok(enis.into_values().find(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk")))
+    })?;
+    ensure!(trunk.subnet_id() == Some(pods_a.as_str()), "trunk subnet {:?}", trunk.subnet_id());
+    ensure!(groups(&trunk) == [eks_pods.clone()], "trunk groups {:?}", groups(&trunk));
+    let trunk_id = trunk.network_interface_id().context("trunk id")?.to_owned();
+    let check_trunk_empty = |when: &str| -> Result<()> {
+        let enis = rt.block_on(attached(&ec2, &big.instance_id))?;
+        let t =
+            enis.values().find(|n| n.network_interface_id() == Some(trunk_id.as_str())).context("trunk")?;
+        ensure!(prefixes_and_ips(t) == (0, 0), "{when}: the trunk holds {:?}", prefixes_and_ips(t));
+        Ok(())
+    };
+    check_trunk_empty("after start")?;
+
+    // Ordinary pods: an ENI in the ENIConfig's subnet with its groups, holding the /28.
+    let pods_eni = eventually("an ENI for ordinary pods with a /28", Duration::from_secs(30), || {
+        let enis = rt.block_on(attached(&ec2, &big.instance_id))?;
+        Ok(enis.into_values().find(|n| {
+            n.interface_type().map(|t| t.as_str()) == Some("interface")
+                && n.attachment().and_then(|a| a.device_index()) != Some(0)
+                && !n.ipv4_prefixes().is_empty()
+        }))
+    })?;
+    ensure!(
+        pods_eni.subnet_id() == Some(pods_a.as_str()) && groups(&pods_eni) == [eks_pods.clone()],
+        "{pods_eni:?}"
+    );
+    let primary = rt.block_on(attached(&ec2, &big.instance_id))?.remove(&0).context("primary")?;
+    ensure!(
+        prefixes_and_ips(&primary) == (0, 0),
+        "the primary ENI holds pod addresses under custom networking"
+    );
+    ensure!(big_agent.metric("eniguard_trunk_security_groups_drift")? == 0.0, "no drift on a correct trunk");
+
+    // The r7a.medium: refused, with the Event, no SecurityGroupsForPods, no trunk; ordinary pods
+    // still get an ENI with a /28 in the ENIConfig's subnet.
+    let refused = events_on(&sim, &small.name, "SecurityGroupsForPodsRefused")?;
+    ensure!(refused.len() == 1 && refused[0]["type"] == "Warning", "{refused:?}");
+    let msg = refused[0]["message"].as_str().unwrap_or_default();
+    ensure!(msg.contains("r7a.medium") && msg.contains("at least 3 ENIs"), "{msg}");
+    ensure!(
+        !cninode_history(&sim, &small.name)?.iter().flatten().any(|(n, _)| n == "SecurityGroupsForPods"),
+        "SecurityGroupsForPods signalled on the r7a.medium"
+    );
+    ensure!(
+        small_agent.metric("eniguard_security_groups_for_pods_refused{instance_type=\"r7a.medium\"}")? == 1.0,
+        "metric"
+    );
+    let small_enis = rt.block_on(attached(&ec2, &small.instance_id))?;
+    let pods_b = sim.subnets["pods-b"].clone();
+    ensure!(
+        small_enis.len() == 2
+            && small_enis
+                .get(&1)
+                .is_some_and(|n| n.subnet_id() == Some(pods_b.as_str()) && n.ipv4_prefixes().len() == 1),
+        "r7a.medium ENIs: {:?}",
+        small_enis
+            .values()
+            .map(|n| (n.subnet_id(), n.interface_type(), n.ipv4_prefixes().len()))
+            .collect::<Vec<_>>()
+    );
+
+    // Restart with a higher warm target: the pool grows on the pods ENI, never on the trunk, and
+    // nothing that exists is allocated again.
+    big_agent.daemon.terminate()?;
+    let creates = sim_calls(&sim)?.get("CreateNetworkInterface").copied();
+    let mut env = INCIDENT_ENV.to_vec();
+    env.retain(|(k, _)| *k != "WARM_PREFIX_TARGET");
+    env.push(("WARM_PREFIX_TARGET", "3"));
+    let big_agent = start_agent(&sim, &prefix, 0, &dirs[0], &env)?;
+    let grown = rt.block_on(attached(&ec2, &big.instance_id))?;
+    let on_pods_eni = grown
+        .values()
+        .find(|n| n.network_interface_id() == pods_eni.network_interface_id())
+        .map(|n| n.ipv4_prefixes().len());
+    ensure!(on_pods_eni == Some(3), "after restart with WARM_PREFIX_TARGET=3: {on_pods_eni:?} prefixes");
+    ensure!(sim_calls(&sim)?.get("CreateNetworkInterface").copied() == creates, "the restart created an ENI");
+    check_trunk_empty("after scale-up and restart")?;
+    // The host side: the trunk's link is up with no rule; the pods ENI has its rule.
+    let rules = big_agent.ns.ip(&["rule", "show"])?;
+    let trunk_ip: Ipv4Addr = trunk.private_ip_address().context("trunk ip")?.parse()?;
+    let pods_ip: Ipv4Addr = pods_eni.private_ip_address().context("pods ENI ip")?.parse()?;
+    ensure!(!rules.contains(&format!("from {trunk_ip} ")), "a rule for the trunk: {rules}");
+    ensure!(rules.contains(&format!("32765:\tfrom {pods_ip} lookup")), "no rule for the pods ENI: {rules}");
+    drop(small_agent);
+    drop(big_agent);
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(())
+}
