@@ -49,7 +49,8 @@ async fn pool_and_reconcile(shared: Arc<Shared>) {
         }
         tokio::time::sleep(pool::POOL_INTERVAL / 2).await;
         // While a trunk is awaited (security groups for pods signalled), every tick looks.
-        let awaiting_trunk = shared.pool().pod_eni && shared.trunk().is_none();
+        let awaiting_trunk =
+            shared.pool().pod_eni && shared.limits.trunking_compatible && shared.trunk().is_none();
         let quiet = state.last_action.is_none_or(|t| t.elapsed() >= reconcile::RECONCILE_INTERVAL);
         if awaiting_trunk || (quiet && last_reconcile.elapsed() >= reconcile::RECONCILE_INTERVAL) {
             last_reconcile = Instant::now();

@@ -25,6 +25,15 @@ use super::{
 
 pub const POOL_INTERVAL: Duration = Duration::from_secs(5);
 pub const SUBNET_PAUSE: Duration = Duration::from_secs(120);
+/// EC2's answers to a subnet or security group that does not exist: a configuration error,
+/// reported and retried after [`SUBNET_PAUSE`] (the ENIConfig is read again then).
+const BAD_PLACEMENT: &[&str] = &[
+    "InvalidSubnetID.NotFound",
+    "InvalidSubnetID.Malformed",
+    "InvalidGroup.NotFound",
+    "InvalidGroupId.Malformed",
+    "InvalidSecurityGroupID.NotFound",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -40,7 +49,6 @@ pub enum PoolError {
 #[derive(Debug, Default)]
 pub struct PoolState {
     pub last_decrease: Option<UnixNanos>,
-    pub paused_until: Option<Instant>,
     /// When the pool last changed (the reconcile loop waits 60 s after one, as upstream).
     pub last_action: Option<Instant>,
 }
@@ -67,10 +75,9 @@ fn max_pods(shared: &Shared) -> u32 {
 
 /// One tick; true when it changed the pool (another tick may be due at once).
 pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, PoolError> {
-    if state.paused_until.is_some_and(|t| Instant::now() < t) {
+    if shared.paused() {
         return Ok(false);
     }
-    state.paused_until = None;
     if shared.signals_pending() {
         startup::signal(shared).await?;
     }
@@ -97,7 +104,13 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, PoolEr
                 }
             }
             Err(PoolError::Ec2(e)) if SUBNET_FULL.iter().any(|c| e.is(c)) => {
-                subnet_full(shared, state, &e).await;
+                subnet_full(shared, &e).await;
+                return Ok(changed);
+            }
+            Err(PoolError::Ec2(e))
+                if e.action == "CreateNetworkInterface" && BAD_PLACEMENT.iter().any(|c| e.is(c)) =>
+            {
+                bad_placement(shared, &e).await;
                 return Ok(changed);
             }
             Err(e) => {
@@ -113,14 +126,34 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, PoolEr
     Ok(changed)
 }
 
-async fn subnet_full(shared: &Shared, state: &mut PoolState, e: &Ec2Error) {
-    state.paused_until = Some(Instant::now() + SUBNET_PAUSE);
+async fn subnet_full(shared: &Shared, e: &Ec2Error) {
+    shared.pause_until(Instant::now() + SUBNET_PAUSE);
     shared.metrics.subnet_exhausted.inc();
     let message = format!("{e}; the pool pauses for {} s", SUBNET_PAUSE.as_secs());
     log::warn!("{message}");
     shared.board.update(|s| s.problem = Some(message.clone()));
     if let Err(err) = shared.clients.kube.event(&shared.node(), true, "SubnetExhausted", &message).await {
         log::warn!("{err}");
+    }
+}
+
+async fn bad_placement(shared: &Shared, e: &Ec2Error) {
+    shared.pause_until(Instant::now() + SUBNET_PAUSE);
+    let (reason, source) = match shared.eni_config() {
+        Some(c) if shared.cfg.custom_networking => (
+            "InvalidENIConfig",
+            format!("ENIConfig `{}` (subnet {}, securityGroups {:?})", c.name, c.subnet, c.security_groups),
+        ),
+        _ => ("ENICreationFailed", "the primary ENI's subnet and groups".to_owned()),
+    };
+    let message =
+        format!("no ENI can be created from {source}: {e}; retrying in {} s", SUBNET_PAUSE.as_secs());
+    log::warn!("{message}");
+    if shared.board.get().problem.as_deref() != Some(message.as_str()) {
+        shared.board.update(|s| s.problem = Some(message.clone()));
+        if let Err(err) = shared.clients.kube.event(&shared.node(), true, reason, &message).await {
+            log::warn!("{err}");
+        }
     }
 }
 
@@ -221,6 +254,10 @@ async fn add_cidrs(shared: &Shared, eni: &str, cidrs: Vec<Cidr>) -> Result<(), P
 /// sets DeleteOnTermination, sets up its link and adds it to the pool.
 async fn create_eni(shared: &Shared, count: u32) -> Result<(), PoolError> {
     let ec2 = &shared.clients.ec2;
+    if shared.cfg.custom_networking {
+        // Upstream reads the ENIConfig for every new ENI: an edit applies to ENIs created later.
+        startup::refresh_eni_config(shared).await.map_err(|e| PoolError::Other(e.to_string()))?;
+    }
     let Some((subnet_id, security_groups)) = shared.new_eni_placement() else {
         return Err(PoolError::Other("custom networking without an ENIConfig: no ENI is created".into()));
     };

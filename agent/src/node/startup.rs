@@ -353,6 +353,19 @@ async fn resolve_eni_config(shared: &Shared) -> Result<(), StartError> {
     }
 }
 
+/// Reads the node's ENIConfig again (its name may have moved with a label).
+pub async fn refresh_eni_config(shared: &Shared) -> Result<(), KubeError> {
+    let node = shared.node();
+    let name = eniconfig::resolve(
+        &node.labels,
+        &node.annotations,
+        &shared.cfg.eni_config_label,
+        &shared.cfg.eni_config_annotation,
+    );
+    shared.set_eni_config(Some(shared.clients.kube.eni_config(&name.name).await?));
+    Ok(())
+}
+
 /// The signals to the Resource Controller (see [`signals`]): CustomNetworking, read back from
 /// the API server, and only then SecurityGroupsForPods.
 pub async fn signal(shared: &Shared) -> Result<(), StartError> {

@@ -81,6 +81,8 @@ pub struct Shared {
     pub board: Arc<Board>,
     /// Security groups for pods still to be signalled (no ENI slot was free yet).
     signals_pending: Mutex<bool>,
+    /// The pool pauses until then (subnet out of addresses, an ENIConfig EC2 rejects).
+    paused_until: Mutex<Option<std::time::Instant>>,
 }
 
 /// The node's status, shared with the health endpoint from the first step on.
@@ -139,6 +141,7 @@ impl Shared {
             eni_config: Mutex::new(None),
             board: p.board,
             signals_pending: Mutex::new(false),
+            paused_until: Mutex::new(None),
         }
     }
 
@@ -174,6 +177,13 @@ impl Shared {
     }
     pub fn set_eni_config(&self, c: Option<EniConfig>) {
         *lock(&self.eni_config) = c;
+    }
+    pub fn pause_until(&self, until: std::time::Instant) {
+        *lock(&self.paused_until) = Some(until);
+    }
+    /// True while the pool is paused.
+    pub fn paused(&self) -> bool {
+        lock(&self.paused_until).is_some_and(|t| std::time::Instant::now() < t)
     }
     pub fn signals_pending(&self) -> bool {
         *lock(&self.signals_pending)

@@ -41,16 +41,36 @@ pub struct Agent {
     pub ns: NetNs,
 }
 
-/// Starts `eniguard agent` inside node `index`'s namespace with the simulator's endpoints as seen
-/// from there, a fresh environment (nothing from the host's), and `env` on top.
+/// Starts `eniguard agent` inside node `index`'s namespace (see [`spawn_agent`]) and waits for
+/// its `ready:` line.
 pub fn start_agent(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
+    let mut agent = spawn_agent(sim, prefix, index, dir, env)?;
+    agent.daemon.wait_for_line("ready:", Duration::from_secs(60)).context("agent ready")?;
+    Ok(agent)
+}
+
+/// Spawns `eniguard agent` inside node `index`'s namespace with the simulator's endpoints as
+/// seen from there, a fresh environment (nothing from the host's), and `env` on top.
+pub fn spawn_agent(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
+    let mut cmd = agent_command(sim, prefix, index, dir, env)?;
+    let ns = NetNs::existing(&format!("{prefix}-node{index}"));
+    Ok(Agent { daemon: Daemon::spawn(&mut cmd)?, ns })
+}
+
+/// The agent's command line and environment (see [`spawn_agent`]).
+fn agent_command(
+    sim: &Sim,
+    prefix: &str,
+    index: usize,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Result<std::process::Command> {
     let node = &sim.nodes[index];
     let inside = node.inside.as_ref().context("a fabric node")?;
     std::fs::create_dir_all(dir)?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, kube_api::kubeconfig(&inside.kube_url))?;
-    let ns = NetNs::existing(&format!("{prefix}-node{index}"));
-    let mut cmd = ns.cmd(eniguard_bin());
+    let mut cmd = NetNs::existing(&format!("{prefix}-node{index}")).cmd(eniguard_bin());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
@@ -71,9 +91,7 @@ pub fn start_agent(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&s
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut daemon = Daemon::spawn(&mut cmd)?;
-    daemon.wait_for_line("ready:", Duration::from_secs(60)).context("agent ready")?;
-    Ok(Agent { daemon, ns })
+    Ok(cmd)
 }
 
 impl Agent {
@@ -383,5 +401,209 @@ pub fn incident_order(ctx: &mut Ctx) -> Result<()> {
     for d in &dirs {
         let _ = std::fs::remove_dir_all(d);
     }
+    Ok(())
+}
+
+/// A node left behind by a pre-fix aws-node (v1.16.0–v1.16.3): SecurityGroupsForPods was
+/// signalled first, so the trunk has the node's subnet and groups; a /28 sits on the trunk and the
+/// checkpoint hands one of its addresses to a pod. The agent reports those addresses as findings
+/// and never counts them in the pool, keeps the allocation as evidence, and reports the trunk's
+/// drift with the replace-node Event.
+pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
+    use eniguard::ipam::{
+        checkpoint::Checkpoint,
+        model::{AllocKey, Allocation, PodRef},
+    };
+    let prefix = format!("{}-old", ctx.prefix());
+    let scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let node = sim.nodes[0].clone();
+    // The buggy order: SecurityGroupsForPods alone.
+    sim.kube
+        .write(|s| {
+            s.merge_patch(
+                &CNINODES.key(None, &node.name),
+                &serde_json::json!({"spec": {"features": [{"name": "SecurityGroupsForPods"}]}}),
+            )
+        })
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let trunk = eventually("the trunk", Duration::from_secs(20), || {
+        let enis = rt.block_on(attached(&ec2, &node.instance_id))?;
+        Ok(enis.into_values().find(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk")))
+    })?;
+    let trunk_id = trunk.network_interface_id().context("trunk id")?.to_owned();
+    ensure!(
+        trunk.subnet_id() == Some(sim.subnets["node-a"].as_str()),
+        "the buggy trunk is in the node subnet"
+    );
+    // ipamd v1.16.3 put a /28 on it and gave an address from it to a pod.
+    let assigned = rt.block_on(
+        ec2.assign_private_ip_addresses().network_interface_id(&trunk_id).ipv4_prefix_count(1).send(),
+    )?;
+    let on_trunk = assigned.assigned_ipv4_prefixes()[0].ipv4_prefix().context("prefix")?.to_owned();
+    let victim: Ipv4Addr = on_trunk.split('/').next().context("prefix address")?.parse()?;
+    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let key =
+        AllocKey { network_name: "aws-cni".into(), container_id: "c0ffee".into(), if_name: "eth0".into() };
+    let pod = PodRef { namespace: "shop".into(), name: "payments-0".into() };
+    let allocation = Allocation { key, ip: victim, pod, allocated_at: 1 };
+    Checkpoint::new(dir.join("ipam.json")).write(std::slice::from_ref(&allocation), &[])?;
+
+    let agent = start_agent(&sim, &prefix, 0, &dir, INCIDENT_ENV)?;
+    let reason = "trunk ENI (security groups for pods)";
+    let finding = agent
+        .metric(&format!("eniguard_ipam_excluded_addresses{{eni=\"{trunk_id}\",reason=\"{reason}\"}}"))?;
+    ensure!(finding == 16.0, "the trunk's /28 is reported: {finding}");
+    // The pool counts only the pods ENI's /28.
+    ensure!(agent.metric("eniguard_ipam_addresses{state=\"total\"}")? == 16.0, "trunk addresses in the pool");
+    let drift = events_on(&sim, &node.name, "TrunkSecurityGroupsDrift")?;
+    ensure!(drift.len() == 1 && drift[0]["type"] == "Warning", "{drift:?}");
+    let msg = drift[0]["message"].as_str().unwrap_or_default();
+    ensure!(msg.contains(&trunk_id) && msg.contains("replace this node"), "{msg}");
+    ensure!(agent.metric("eniguard_trunk_security_groups_drift")? == 1.0, "drift gauge");
+    // The evidence stays in the checkpoint; the trunk keeps its prefix (nothing hands it out).
+    let kept = Checkpoint::new(dir.join("ipam.json")).read()?.context("checkpoint")?;
+    ensure!(kept.allocations == [allocation], "checkpoint now {:?}", kept.allocations);
+    let enis = rt.block_on(attached(&ec2, &node.instance_id))?;
+    let t = enis.values().find(|n| n.network_interface_id() == Some(trunk_id.as_str())).context("trunk")?;
+    ensure!(prefixes_and_ips(t) == (0, 1), "the trunk's /28 was touched: {:?}", prefixes_and_ips(t));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Bad input stops or holds the agent with a message naming what is wrong, and nothing is created
+/// in EC2: every invalid variable (exit before any EC2 or Kubernetes call), custom networking with
+/// no ENIConfig for the node (a Warning Event; ready once it exists), an ENIConfig naming a subnet
+/// that does not exist (a Warning Event, retried after the pause, no ENI).
+pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-bad", ctx.prefix());
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let node = sim.nodes[0].clone();
+    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let calls_before = sim_calls(&sim)?;
+    let bad: &[(&str, &str, &str)] = &[
+        ("WARM_ENI_TARGET", "lots", "WARM_ENI_TARGET=`lots`: expected"),
+        ("AWS_VPC_ENI_MTU", "100", "AWS_VPC_ENI_MTU=`100`: expected"),
+        ("ENABLE_POD_ENI", "maybe", "ENABLE_POD_ENI=`maybe`: expected"),
+        (
+            "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+            "10.0.0.0/33",
+            "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS=`10.0.0.0/33`",
+        ),
+        ("ADDITIONAL_ENI_TAGS", "{not json", "ADDITIONAL_ENI_TAGS=`{not json`"),
+        ("MY_NODE_NAME", "", "MY_NODE_NAME"),
+    ];
+    for (var, value, says) in bad {
+        let mut child = agent_command(&sim, &prefix, 0, &dir, &[(var, value)])?
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("{var}={value} did not stop the agent");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child.stderr.take().context("stderr")?.read_to_string(&mut stderr)?;
+        ensure!(!status.success() && stderr.contains(says), "{var}={value}: exit {status}, stderr {stderr}");
+    }
+    ensure!(
+        sim_calls(&sim)? == calls_before,
+        "bad variables reached EC2: {calls_before:?} → {:?}",
+        sim_calls(&sim)?
+    );
+    ensure!(rt.block_on(attached(&ec2, &node.instance_id))?.len() == 1, "an ENI was created");
+
+    // Custom networking, and the node's ENIConfig (named after its zone) does not exist yet.
+    let saved = sim
+        .kube
+        .read(|s| s.get(&kube_api::ENICONFIGS.key(None, "us-west-2a")))
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    sim.kube
+        .write(|s| s.delete(&kube_api::ENICONFIGS.key(None, "us-west-2a")))
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let cn = [
+        ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+        ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
+    ];
+    let mut agent = spawn_agent(&sim, &prefix, 0, &dir, &cn)?;
+    let missing = eventually("the MissingENIConfig Event", Duration::from_secs(20), || {
+        Ok(events_on(&sim, &node.name, "MissingENIConfig")?.into_iter().next())
+    })?;
+    let msg = missing["message"].as_str().unwrap_or_default().to_owned();
+    ensure!(missing["type"] == "Warning" && msg.contains("`us-west-2a`"), "{missing}");
+    ensure!(agent.get(61679, "/readyz")?.starts_with("HTTP/1.1 503"), "ready without an ENIConfig");
+    ensure!(
+        !sim_calls(&sim)?.contains_key("CreateNetworkInterface"),
+        "an ENI was created without an ENIConfig"
+    );
+    // The operator creates it: the agent goes on and gets ready with an ENI from it.
+    let mut obj = saved.clone();
+    obj["metadata"] = serde_json::json!({"name": "us-west-2a"});
+    sim.kube.create(kube_api::ENICONFIGS, None, obj).map_err(|e| anyhow::anyhow!(e.message))?;
+    agent
+        .daemon
+        .wait_for_line("ready:", Duration::from_secs(60))
+        .context("ready once the ENIConfig exists")?;
+    let enis = rt.block_on(attached(&ec2, &node.instance_id))?;
+    ensure!(
+        enis.get(&1).and_then(|n| n.subnet_id()) == Some(sim.subnets["pods-a"].as_str()),
+        "no ENI from the ENIConfig"
+    );
+    agent.daemon.terminate()?;
+
+    // An ENIConfig naming a subnet that does not exist (on a node of its own: a fresh sim).
+    drop(sim);
+    let prefix = format!("{prefix}2");
+    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let node = sim.nodes[0].clone();
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.kube
+        .write(|s| {
+            s.merge_patch(
+                &kube_api::ENICONFIGS.key(None, "us-west-2a"),
+                &serde_json::json!({"spec": {"subnet": "subnet-0000000000000dead"}}),
+            )
+        })
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let agent = spawn_agent(&sim, &prefix, 0, &dir, &cn)?;
+    let invalid = eventually("the InvalidENIConfig Event", Duration::from_secs(20), || {
+        Ok(events_on(&sim, &node.name, "InvalidENIConfig")?.into_iter().next())
+    })?;
+    let msg = invalid["message"].as_str().unwrap_or_default();
+    ensure!(
+        msg.contains("ENIConfig `us-west-2a`")
+            && msg.contains("subnet-0000000000000dead")
+            && msg.contains("InvalidSubnetID.NotFound"),
+        "{msg}"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let creates = sim_calls(&sim)?.get("CreateNetworkInterface").copied().unwrap_or(0);
+    ensure!(creates == 1, "{creates} CreateNetworkInterface calls: the pause did not hold");
+    ensure!(rt.block_on(attached(&ec2, &node.instance_id))?.len() == 1, "an ENI was created");
+    let leftovers = rt.block_on(
+        ec2.describe_network_interfaces()
+            .filters(Filter::builder().name("status").values("available").build())
+            .send(),
+    )?;
+    ensure!(leftovers.network_interfaces().is_empty(), "an unattached ENI was left");
+    ensure!(agent.get(61679, "/readyz")?.starts_with("HTTP/1.1 503"), "ready without an address");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -67,23 +67,40 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
         _ = int.recv() => return stopped("during startup"),
     };
     let _ = shared.set(started.clone());
-    board.update(|s| s.step = "ready".into());
-    board.update(|s| s.ready = true);
-    metrics.ready.set(1);
-    let stats = started.owner.with(|ipam| ipam.datastore.stats(now())).await;
-    // The readiness line scripts and tests wait for.
-    println!(
-        "ready: node {} ({}), {} ENIs, {} addresses ({} assigned)",
-        started.node().name,
-        started.id.instance_type,
-        stats.enis,
-        stats.total,
-        stats.assigned
-    );
-    let tasks = node::run(started);
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let tasks = node::run(started.clone());
+    // Ready once the pool holds an address (a node without one cannot start a pod).
+    let ready = async {
+        loop {
+            let stats = started.owner.with(|ipam| ipam.datastore.stats(now())).await;
+            if stats.total > 0 {
+                return stats;
+            }
+            board.update(|s| s.step = "waiting for the first pod address".into());
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    };
+    let stopped_early = tokio::select! {
+        stats = ready => {
+            board.update(|s| {
+                s.step = "ready".into();
+                s.ready = true;
+            });
+            metrics.ready.set(1);
+            // The readiness line scripts and tests wait for.
+            println!(
+                "ready: node {} ({}), {} ENIs, {} addresses ({} assigned)",
+                started.node().name, started.id.instance_type, stats.enis, stats.total, stats.assigned
+            );
+            false
+        }
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+    };
+    if !stopped_early {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
     }
     for t in tasks {
         t.abort();
