@@ -3,6 +3,7 @@
 //! ([`state`]) and the loops ([`pool`], [`reconcile`], [`audit`]), started by [`run`].
 
 pub mod audit;
+pub mod journal;
 pub mod owner;
 pub mod pool;
 pub mod reconcile;

@@ -18,6 +18,7 @@ use crate::{
 };
 
 use super::{
+    journal::Pending,
     owner::now,
     startup::{self, StartError},
     state::{KnownEni, Shared},
@@ -282,26 +283,29 @@ async fn create_eni(shared: &Shared, count: u32) -> Result<(), PoolError> {
         count,
         prefixes: shared.cfg.prefix_delegation,
     };
+    let journal = &shared.journal;
+    let noted = |r: Result<(), super::journal::JournalError>| r.map_err(|e| PoolError::Other(e.to_string()));
+    noted(journal.write(&Pending { eni: None }))?;
     let created = ec2.create_eni(&new).await?;
-    let used = match ec2.used_device_indexes(id).await {
-        Ok(u) => u,
-        Err(e) => {
-            let _ = ec2.detach_and_delete(&created.id, None).await;
-            return Err(e.into());
-        }
+    noted(journal.write(&Pending { eni: Some(created.id.clone()) }))?;
+    let attached = async {
+        let used = ec2.used_device_indexes(id).await?;
+        let index = (1..).find(|i| !used.contains(i)).unwrap_or(1);
+        ec2.attach(&created.id, id, index).await.map(|a| (a, index))
     };
-    let index = (1..).find(|i| !used.contains(i)).unwrap_or(1);
-    let attachment = match ec2.attach(&created.id, id, index).await {
+    let (attachment, index) = match attached.await {
         Ok(a) => a,
         Err(e) => {
-            // Not attached: nothing else would ever clean it up sooner than the leak sweep.
-            if let Err(d) = ec2.detach_and_delete(&created.id, None).await {
-                log::warn!("deleting unattached {}: {d}", created.id);
+            // Not attached: nothing else would clean it up sooner than the leak sweep.
+            match ec2.detach_and_delete(&created.id, None).await {
+                Ok(()) => noted(journal.clear())?,
+                Err(d) => log::warn!("deleting unattached {}: {d}", created.id),
             }
             return Err(e.into());
         }
     };
     ec2.delete_on_termination(&created.id, &attachment).await?;
+    noted(journal.clear())?;
     log::info!(
         "created {} in {} with {:?} at device {index}",
         created.id,

@@ -28,6 +28,7 @@ use crate::{
 };
 
 use super::{
+    journal::Journal,
     owner::{now, Owner},
     pool,
     signals::{self, NodeFacts, Step},
@@ -54,11 +55,15 @@ pub enum StartError {
     NoPrimary(String),
     #[error("instance type {0}: EC2 reports no ENI or address limits")]
     NoLimits(String),
+    #[error("ENI journal: {0}")]
+    Journal(String),
 }
 
 /// What the sequence is given.
 pub struct Inputs {
     pub cfg: Config,
+    /// --run-dir: the ENI-creation journal lives here.
+    pub run_dir: std::path::PathBuf,
     pub imds: Imds,
     pub kube: Kube,
     pub net: HostNet,
@@ -88,7 +93,9 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
         .find(|e| e.mac == id.mac)
         .cloned()
         .ok_or_else(|| StartError::NoPrimary(id.mac.clone()))?;
-    let described = ec2.describe_enis(&seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
+    let mut described = ec2.describe_enis(&seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
+    let journal = Journal::new(&i.run_dir);
+    finish_pending(&ec2, &journal, &id, &mut described).await?;
     let enis = known_enis(&i.cfg, &id, &seen, &described);
     board.step("import through the exclusion rule");
     let mut ipam = Ipam::new(
@@ -137,6 +144,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
         primary_security_groups,
         primary_subnet: primary.subnet_id.clone(),
         vpc_id: primary.vpc_id.clone(),
+        journal,
         enis,
         board: board.clone(),
         id,
@@ -151,6 +159,39 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     pool::prescale(&shared).await;
     super::audit::security_groups(&shared).await;
     Ok(shared)
+}
+
+/// Finishes or undoes an ENI creation a previous run died in (see [`Journal`]).
+async fn finish_pending(
+    ec2: &Ec2,
+    journal: &Journal,
+    id: &Identity,
+    described: &mut [EniInfo],
+) -> Result<(), StartError> {
+    let Some(pending) = journal.read() else { return Ok(()) };
+    match pending.eni {
+        Some(eni) => match described.iter_mut().find(|d| d.id == eni) {
+            Some(d) => {
+                if let Some(att) = &d.attachment {
+                    ec2.delete_on_termination(&eni, &att.id).await?;
+                    log::info!("a previous run attached {eni} and died: DeleteOnTermination set, adopted");
+                }
+            }
+            None => {
+                ec2.detach_and_delete(&eni, None).await?;
+                log::info!("a previous run created {eni} and died before attaching it: deleted");
+            }
+        },
+        None => {
+            let description = format!("aws-K8S-{}", id.instance_id);
+            let filters = [("description", description.as_str()), ("status", "available")];
+            for leftover in ec2.find_enis(&filters).await? {
+                ec2.detach_and_delete(&leftover.id, None).await?;
+                log::info!("a previous run died creating an ENI: unattached {} deleted", leftover.id);
+            }
+        }
+    }
+    journal.clear().map_err(|e| StartError::Journal(e.to_string()))
 }
 
 async fn instance_limits(ec2: &Ec2, instance_type: &str, max_eni: Option<u32>) -> Result<Limits, StartError> {

@@ -74,6 +74,7 @@ pub struct Shared {
     pub primary_security_groups: Vec<String>,
     pub primary_subnet: String,
     pub vpc_id: String,
+    pub journal: super::journal::Journal,
     pool: Mutex<PoolConfig>,
     enis: Mutex<BTreeMap<String, KnownEni>>,
     node: Mutex<NodeInfo>,
@@ -119,6 +120,7 @@ pub struct SharedParts {
     pub primary_security_groups: Vec<String>,
     pub primary_subnet: String,
     pub vpc_id: String,
+    pub journal: super::journal::Journal,
     pub enis: BTreeMap<String, KnownEni>,
     pub board: Arc<Board>,
 }
@@ -135,6 +137,7 @@ impl Shared {
             primary_security_groups: p.primary_security_groups,
             primary_subnet: p.primary_subnet,
             vpc_id: p.vpc_id,
+            journal: p.journal,
             pool: Mutex::new(p.pool),
             enis: Mutex::new(p.enis),
             node: Mutex::new(NodeInfo::default()),

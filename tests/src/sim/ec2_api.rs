@@ -6,6 +6,8 @@
 //!   action with `action=*`) fail with `RequestLimitExceeded` (HTTP 503, as EC2 answers);
 //! - `POST /_sim/fail?action=ActionName&count=N&status=500|503` — the next N calls fail with a
 //!   server error;
+//! - `POST /_sim/throttle?rate=0.5&seconds=30` — for that long, each call (of `action`, or any)
+//!   is throttled with that probability, as a shared account's bucket runs dry;
 //! - `POST /_sim/latency?ms=N` — every call is delayed by N ms;
 //! - `GET /_sim/calls` — `{"ActionName": count, ...}` of every call received (faulted ones too).
 
@@ -31,6 +33,10 @@ pub struct Faults {
     pub fail: HashMap<String, (u16, u32)>,
     pub latency: Duration,
     pub calls: BTreeMap<String, u64>,
+    /// Action (or "*") → (probability, until): throttling at a rate for a while.
+    pub throttle_rate: HashMap<String, (f64, std::time::Instant)>,
+    /// xorshift state for the rate.
+    pub rng: u64,
 }
 
 /// Called after every change to ENIs or attachments (the fabric follows them).
@@ -130,8 +136,26 @@ fn take(map: &mut HashMap<String, u32>, action: &str) -> bool {
     false
 }
 
+/// True with probability `rate` while a rate throttle for `action` (or any) is on.
+fn rate_throttled(f: &mut Faults, action: &str) -> bool {
+    let now = std::time::Instant::now();
+    let Some(rate) = [action, "*"]
+        .iter()
+        .find_map(|k| f.throttle_rate.get(*k).filter(|(_, until)| now < *until).map(|(r, _)| *r))
+    else {
+        return false;
+    };
+    if f.rng == 0 {
+        f.rng = 0x9e37_79b9_7f4a_7c15;
+    }
+    f.rng ^= f.rng << 13;
+    f.rng ^= f.rng >> 7;
+    f.rng ^= f.rng << 17;
+    ((f.rng >> 11) as f64 / (1u64 << 53) as f64) < rate
+}
+
 fn injected_fault(f: &mut Faults, action: &str) -> Option<Resp> {
-    if take(&mut f.throttle, action) {
+    if take(&mut f.throttle, action) || rate_throttled(f, action) {
         let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
         return Some(error_response(StatusCode::SERVICE_UNAVAILABLE, &e));
     }
@@ -153,9 +177,16 @@ fn control_request(path: &str, q: &HashMap<String, String>, sim: &Shared) -> Res
     let action = q.get("action").cloned().unwrap_or_else(|| "*".into());
     let count = q.get("count").and_then(|c| c.parse().ok()).unwrap_or(1u32);
     match path {
-        "throttle" => {
-            s.faults.throttle.insert(action, count);
-        }
+        "throttle" => match q.get("rate").and_then(|r| r.parse::<f64>().ok()) {
+            Some(rate) => {
+                let secs = q.get("seconds").and_then(|v| v.parse().ok()).unwrap_or(30);
+                let until = std::time::Instant::now() + Duration::from_secs(secs);
+                s.faults.throttle_rate.insert(action, (rate.clamp(0.0, 1.0), until));
+            }
+            None => {
+                s.faults.throttle.insert(action, count);
+            }
+        },
         "fail" => {
             let status = q.get("status").and_then(|c| c.parse().ok()).unwrap_or(500u16);
             s.faults.fail.insert(action, (status, count));
@@ -489,6 +520,7 @@ fn matches_filter(e: &Eni, name: &str, values: &[String]) -> Result<bool, ApiErr
         "vpc-id" => any(&e.vpc_id),
         "subnet-id" => any(&e.subnet_id),
         "network-interface-id" => any(&e.id),
+        "description" => any(&e.description),
         "tag-key" => e.tags.keys().any(|k| any(k)),
         n if n.starts_with("tag:") => e.tags.get(&n[4..]).is_some_and(|v| any(v)),
         other => return Err(invalid(format!("The filter '{other}' is invalid"))),

@@ -607,3 +607,165 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+fn control(sim: &Sim, query: &str) -> Result<()> {
+    let rest = sim.ec2_url.strip_prefix("http://").context("http URL")?;
+    let mut s = std::net::TcpStream::connect(rest)?;
+    write!(s, "POST /_sim/{query} HTTP/1.1\r\nHost: sim\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    ensure!(out.starts_with("HTTP/1.1 200"), "control {query}: {out}");
+    Ok(())
+}
+
+/// The ENIs eniguard created in the VPC (its description), attached or not.
+async fn created_enis(ec2: &Ec2, instance: &str) -> Result<Vec<NetworkInterface>> {
+    let out = ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("description").values(format!("aws-K8S-{instance}")).build())
+        .send()
+        .await?;
+    Ok(out.network_interfaces().to_vec())
+}
+
+/// Start under 50 % throttling for 30 s, bursts of 5xx on the ENI calls and 500 ms on every
+/// call: the agent converges to the pool WARM_IP_TARGET=20 asks for (9 + 9 + 2 on an m5.large),
+/// creates no ENI twice, leaves none unattached, and keeps running.
+pub fn converges_under_faults(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-flt", ctx.prefix());
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let node = sim.nodes[0].clone();
+    control(&sim, "throttle?rate=0.5&seconds=30")?;
+    control(&sim, "fail?action=CreateNetworkInterface&count=3&status=500")?;
+    control(&sim, "fail?action=AttachNetworkInterface&count=2&status=503")?;
+    control(&sim, "latency?ms=500")?;
+    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut agent = spawn_agent(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "20")])?;
+    agent.daemon.wait_for_line("ready:", Duration::from_secs(120)).context("ready under faults")?;
+    let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (9, 0)), (2, (2, 0))].into();
+    let got = eventually("the warm pool", Duration::from_secs(120), || {
+        let got = rt.block_on(pool(&ec2, &node.instance_id))?;
+        Ok((got == want).then_some(got))
+    })?;
+    let created = rt.block_on(created_enis(&ec2, &node.instance_id))?;
+    ensure!(created.len() == 2, "{} ENIs created for 2 slots: {created:?}", created.len());
+    ensure!(created.iter().all(|n| n.attachment().is_some()), "an unattached ENI was left");
+    ensure!(agent.daemon.wait_exit(Duration::from_millis(10))?.is_none(), "the agent exited");
+    let calls = sim_calls(&sim)?;
+    println!("  converged to {got:?}; EC2 calls received (faulted ones too): {calls:?}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The subnet runs out: EC2's InsufficientFreeAddressesInSubnet pauses the pool for 120 s with a
+/// Warning Event and the counter; when addresses free up the pool completes after the pause.
+pub fn subnet_exhaustion(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-sub", ctx.prefix());
+    let mut scenario = Scenario::default_scenario();
+    // 32 − 5 reserved = 27 addresses; the primary ENI holds one.
+    scenario.subnets[0].cidr = "10.0.0.0/27".into();
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let node = sim.nodes[0].clone();
+    // Other tenants of the subnet: 10 + 3 addresses.
+    let mut squatters = Vec::new();
+    for n in [9, 2] {
+        let eni = rt.block_on(
+            ec2.create_network_interface()
+                .subnet_id(&sim.subnets["node-a"])
+                .groups(&sim.security_groups["eks-node"])
+                .secondary_private_ip_address_count(n)
+                .send(),
+        )?;
+        squatters
+            .push(eni.network_interface().and_then(|e| e.network_interface_id()).context("id")?.to_owned());
+    }
+    // WARM_IP_TARGET=15: 9 on the primary (4 left), then an ENI with 6 needs 7: refused.
+    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut agent = spawn_agent(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "15")])?;
+    agent.daemon.wait_for_line("ready:", Duration::from_secs(60))?;
+    let event = eventually("the SubnetExhausted Event", Duration::from_secs(20), || {
+        Ok(events_on(&sim, &node.name, "SubnetExhausted")?.into_iter().next())
+    })?;
+    ensure!(event["type"] == "Warning", "{event}");
+    ensure!(agent.metric("eniguard_subnet_exhausted_total")? == 1.0, "counter");
+    ensure!(rt.block_on(pool(&ec2, &node.instance_id))? == [(0, (9, 0))].into(), "grew while paused");
+    let creates = sim_calls(&sim)?.get("CreateNetworkInterface").copied();
+    std::thread::sleep(Duration::from_secs(10));
+    ensure!(sim_calls(&sim)?.get("CreateNetworkInterface").copied() == creates, "retried during the pause");
+    // Addresses free up: after the pause the pool completes.
+    rt.block_on(ec2.delete_network_interface().network_interface_id(&squatters[0]).send())?;
+    let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (6, 0))].into();
+    eventually("the pool after the pause", Duration::from_secs(150), || {
+        Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
+    })?;
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// kill -9 at spread-out points of a scale-up (WARM_IP_TARGET=20: an address assignment and two
+/// ENI creations, 100 ms per EC2 call), ten times: after a restart on the same checkpoint and run
+/// directory every ENI eniguard created is attached with DeleteOnTermination and in the pool, or
+/// gone; no address is held twice; the pool is the one the policy asks for.
+pub fn survives_kill_9(ctx: &mut Ctx) -> Result<()> {
+    let rt = runtime()?;
+    let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (9, 0)), (2, (2, 0))].into();
+    for run in 0..10u64 {
+        let prefix = format!("{}-k{run}", ctx.prefix());
+        let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+        let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+        let node = sim.nodes[0].clone();
+        control(&sim, "latency?ms=100")?;
+        let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let env = [("WARM_IP_TARGET", "20")];
+        let first = spawn_agent(&sim, &prefix, 0, &dir, &env)?;
+        // Spread over the scale-up (about 1.5 s): 0.2 s .. 1.55 s after the start.
+        std::thread::sleep(Duration::from_millis(200 + run * 150));
+        drop(first); // SIGKILL
+        let calls = sim_calls(&sim)?;
+        let agent = start_agent(&sim, &prefix, 0, &dir, &env)?;
+        eventually("the warm pool after the restart", Duration::from_secs(60), || {
+            Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
+        })?;
+        let created = rt.block_on(created_enis(&ec2, &node.instance_id))?;
+        for n in &created {
+            let att = n
+                .attachment()
+                .with_context(|| format!("run {run}: {:?} left unattached", n.network_interface_id()))?;
+            ensure!(
+                att.delete_on_termination() == Some(true),
+                "run {run}: {:?} without DeleteOnTermination",
+                n.network_interface_id()
+            );
+        }
+        ensure!(created.len() == 2, "run {run}: {} ENIs created", created.len());
+        let mut ips: Vec<String> = rt
+            .block_on(attached(&ec2, &node.instance_id))?
+            .values()
+            .flat_map(|n| {
+                n.private_ip_addresses().iter().filter_map(|a| a.private_ip_address().map(str::to_owned))
+            })
+            .collect();
+        let n = ips.len();
+        ips.sort();
+        ips.dedup();
+        ensure!(ips.len() == n, "run {run}: an address is held twice");
+        ensure!(
+            agent.metric("eniguard_ipam_addresses{state=\"total\"}")? == 20.0,
+            "run {run}: the agent's pool"
+        );
+        println!("  run {run}: killed after {:?}", calls);
+        drop(agent);
+        drop(sim);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

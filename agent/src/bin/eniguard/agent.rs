@@ -53,6 +53,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
         }));
     }
     let inputs = Inputs {
+        run_dir: paths.run_dir.clone(),
         imds: Imds::new(calls.clone()),
         kube: Kube::new().await?,
         net: HostNet::open()?,
