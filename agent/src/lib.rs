@@ -11,6 +11,7 @@
 //! - [`net`]: netlink (link notifications so far).
 //! - [`observe`]: Prometheus metrics and the introspection HTTP endpoint.
 
+#[cfg(feature = "control-plane")]
 pub mod cloud;
 pub mod config;
 pub mod guard;

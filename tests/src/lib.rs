@@ -1,6 +1,7 @@
 //! Support for eniguard's integration tests: network namespaces, veths, the agent binary, and
 //! (later) the simulated VPC they run against.
 
+pub mod agent;
 pub mod frames;
 pub mod http;
 pub mod netns;

@@ -340,3 +340,19 @@ async fn instances_types_subnets_groups_tags_and_termination() {
     let left = w.client.describe_network_interfaces().network_interface_ids(&keep).send().await.unwrap();
     assert_eq!(left.network_interfaces()[0].status.as_ref().map(|s| s.as_str()), Some("available"));
 }
+
+/// The agent's built-in limits table knows every type the simulator runs, with the same numbers
+/// (the simulator's are the Resource Controller's limits.go values).
+#[test]
+fn the_agents_limits_table_matches_the_simulator() {
+    for t in eniguard_tests::sim::ec2::INSTANCE_TYPES {
+        let row =
+            eniguard::cloud::limits::lookup(t.name).unwrap_or_else(|| panic!("{} not in the table", t.name));
+        assert_eq!(
+            (row.max_enis, row.ipv4_per_eni, row.trunking),
+            (t.max_enis, t.ipv4_per_eni, t.trunking),
+            "{}",
+            t.name
+        );
+    }
+}

@@ -39,6 +39,13 @@ enum Task {
     },
     /// Datapath benchmarks: BPF_PROG_TEST_RUN ns/packet and iperf3 throughput (needs root).
     Bench,
+    /// The agent against vpcsim: EC2 calls (start, idle) beside upstream's, start-to-ready, RSS
+    /// (needs root; about 12 minutes with the default 10 idle minutes).
+    AgentBench {
+        /// Passed to eniguard-agent-bench (`--idle-minutes N`, `--runs N`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -58,6 +65,13 @@ fn main() -> Result<()> {
                 setup::setup()?;
             }
             test::run_bench()
+        }
+        Task::AgentBench { args } => {
+            if !setup::is_complete() {
+                setup::setup()?;
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            test::run_privileged_bin("eniguard-agent-bench", &args)
         }
     }
 }

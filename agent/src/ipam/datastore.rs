@@ -541,6 +541,11 @@ impl Datastore {
         v
     }
 
+    /// Every CIDR on `eni` (excluded ENIs included), for reconciling with IMDS and EC2.
+    pub fn cidrs_of(&self, eni: &str) -> Vec<Cidr> {
+        self.enis.get(eni).map(|e| e.cidrs.keys().copied().collect()).unwrap_or_default()
+    }
+
     /// CIDRs that can be released from `eni`: no assigned or cooling address; leftovers of the
     /// other mode first.
     pub fn freeable_cidrs(&self, eni: &str, now: UnixNanos) -> Vec<Cidr> {

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Event, Node, ObjectReference};
+use futures::Stream;
+use k8s_openapi::api::core::v1::{Event, Node, ObjectReference, Pod};
 use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
     Api, Client,
@@ -38,6 +39,44 @@ pub struct NodeInfo {
     pub max_pods: Option<u32>,
     /// Carries `node.kubernetes.io/unschedulable:NoSchedule` (cordoned, draining).
     pub unschedulable: bool,
+}
+
+/// What the agent keeps of each pod on its node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub ip: Option<String>,
+    pub host_network: bool,
+    /// containers[0] asks for `vpc.amazonaws.com/pod-eni` (a branch-ENI pod).
+    pub wants_branch: bool,
+    /// The Resource Controller's `vpc.amazonaws.com/pod-eni` annotation, as written.
+    pub pod_eni: Option<String>,
+}
+
+impl PodInfo {
+    pub fn from_pod(p: &Pod) -> Self {
+        let spec = p.spec.as_ref();
+        let wants_branch = spec
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.resources.as_ref())
+            .and_then(|r| r.limits.as_ref())
+            .is_some_and(|l| l.keys().any(|k| k.starts_with("vpc.amazonaws.com/pod-eni")));
+        Self {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            wants_branch,
+            pod_eni: p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("vpc.amazonaws.com/pod-eni").cloned()),
+        }
+    }
 }
 
 /// An ENIConfig's spec.
@@ -141,6 +180,19 @@ impl Kube {
             }
         }
         Err(KubeError::Conflicts(node.to_owned()))
+    }
+
+    /// The pods on `node` only (a `spec.nodeName` field selector, never a cluster-wide list):
+    /// a list, then a watch that resumes from its resourceVersion and re-lists on 410, with
+    /// backoff between failures.
+    pub fn watch_pods(
+        &self,
+        node: &str,
+    ) -> impl Stream<Item = Result<kube::runtime::watcher::Event<Pod>, kube::runtime::watcher::Error>> + Send + use<>
+    {
+        use kube::runtime::{watcher, WatchStreamExt as _};
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        watcher(Api::<Pod>::all(self.client.clone()), config).default_backoff()
     }
 
     /// A core/v1 Event on the Node (what `kubectl describe node` shows).

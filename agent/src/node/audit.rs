@@ -110,28 +110,87 @@ pub async fn sweep_leaked(shared: &Shared) {
         Err(e) => return log::warn!("leaked-ENI sweep: {e}"),
     };
     let now = k8s_openapi::jiff::Timestamp::now();
-    for eni in found.into_iter().filter(|e| e.description.starts_with("aws-K8S-")) {
-        let created = eni
-            .tags
-            .get("node.k8s.amazonaws.com/createdAt")
-            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
-        match created {
-            None => {
-                let tag = [(
-                    "node.k8s.amazonaws.com/createdAt".to_owned(),
-                    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                )];
-                if let Err(e) = ec2.create_tags(&eni.id, &tag.into_iter().collect()).await {
-                    log::warn!("leaked-ENI sweep: tagging {}: {e}", eni.id);
+    for (eni, step) in sweep_plan(&found, now) {
+        match step {
+            Sweep::StampCreatedAt => {
+                let tag = [(CREATED_AT.to_owned(), now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())];
+                if let Err(e) = ec2.create_tags(&eni, &tag.into_iter().collect()).await {
+                    log::warn!("leaked-ENI sweep: tagging {eni}: {e}");
                 }
             }
-            Some(t) if now.duration_since(t).unsigned_abs() >= LEAK_MIN_AGE && now > t => {
-                match ec2.detach_and_delete(&eni.id, None).await {
-                    Ok(()) => log::info!("leaked-ENI sweep: deleted {}", eni.id),
-                    Err(e) => log::warn!("leaked-ENI sweep: {}: {e}", eni.id),
-                }
-            }
-            Some(_) => {}
+            Sweep::Delete => match ec2.detach_and_delete(&eni, None).await {
+                Ok(()) => log::info!("leaked-ENI sweep: deleted {eni}"),
+                Err(e) => log::warn!("leaked-ENI sweep: {eni}: {e}"),
+            },
         }
+    }
+}
+
+const CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// No creation time: stamp one (it goes on a later sweep).
+    StampCreatedAt,
+    Delete,
+}
+
+/// What the sweep does with the detached ENIs it found: only `aws-K8S-` ones; older than
+/// [`LEAK_MIN_AGE`] are deleted, those without a creation time stamped, younger ones left.
+pub fn sweep_plan(
+    found: &[crate::cloud::ec2::EniInfo],
+    now: k8s_openapi::jiff::Timestamp,
+) -> Vec<(String, Sweep)> {
+    let min_age = i64::try_from(LEAK_MIN_AGE.as_secs()).unwrap_or(i64::MAX);
+    found
+        .iter()
+        .filter(|e| e.description.starts_with("aws-K8S-") && e.attachment.is_none())
+        .filter_map(|e| match e.tags.get(CREATED_AT).map(|t| t.parse::<k8s_openapi::jiff::Timestamp>()) {
+            None | Some(Err(_)) => Some((e.id.clone(), Sweep::StampCreatedAt)),
+            Some(Ok(t)) if now.as_second() - t.as_second() >= min_age => Some((e.id.clone(), Sweep::Delete)),
+            Some(Ok(_)) => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::ec2::EniInfo;
+
+    fn eni(id: &str, description: &str, created: Option<&str>) -> EniInfo {
+        EniInfo {
+            id: id.into(),
+            mac: String::new(),
+            subnet_id: String::new(),
+            security_groups: Vec::new(),
+            interface_type: "interface".into(),
+            description: description.into(),
+            status: "available".into(),
+            tags: created.map(|c| (CREATED_AT.to_owned(), c.to_owned())).into_iter().collect(),
+            attachment: None,
+            primary_ip: None,
+            cidrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn old_leaks_go_young_ones_stay_unstamped_ones_get_a_time() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        let found = [
+            eni("old", "aws-K8S-i-1", Some("2026-12-01T11:50:00Z")),
+            eni("young", "aws-K8S-i-1", Some("2026-12-01T11:58:00Z")),
+            eni("unstamped", "aws-K8S-i-1", None),
+            eni("garbled", "aws-K8S-i-1", Some("yesterday")),
+            eni("foreign", "someone else's", Some("2026-12-01T10:00:00Z")),
+        ];
+        assert_eq!(
+            sweep_plan(&found, now),
+            vec![
+                ("old".into(), Sweep::Delete),
+                ("unstamped".into(), Sweep::StampCreatedAt),
+                ("garbled".into(), Sweep::StampCreatedAt)
+            ]
+        );
     }
 }

@@ -32,6 +32,14 @@ impl Owner {
     }
 }
 
+impl Owner {
+    /// Reads the datastore for a moment on the calling thread (introspection; never while
+    /// awaiting).
+    pub fn peek<T>(&self, f: impl FnOnce(&Ipam) -> T) -> T {
+        f(&self.ipam.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// Now, as the datastore's clock (Unix nanoseconds).
 pub fn now() -> UnixNanos {
     std::time::SystemTime::now()

@@ -200,6 +200,7 @@ async fn execute(shared: &Shared, action: &Action) -> Result<bool, PoolError> {
                 add_cidrs(shared, eni, removed).await?;
                 return Err(e.into());
             }
+            shared.note_released(&removed);
             log::info!("released {} from {eni}", list(&removed));
             Ok(true)
         }

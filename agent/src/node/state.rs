@@ -11,7 +11,7 @@ use crate::{
     cloud::{calls::Calls, ec2::Ec2, imds::Identity, imds::Imds},
     config::Config,
     ipam::{model::Cidr, policy::Limits, policy::PoolConfig},
-    kube::client::{EniConfig, Kube, NodeInfo},
+    kube::client::{EniConfig, Kube, NodeInfo, PodInfo},
     net::eni::HostNet,
     observe::agent::Metrics,
 };
@@ -84,7 +84,16 @@ pub struct Shared {
     signals_pending: Mutex<bool>,
     /// The pool pauses until then (subnet out of addresses, an ENIConfig EC2 rejects).
     paused_until: Mutex<Option<std::time::Instant>>,
+    /// Address ranges this agent released, and when (not re-imported for 60 s, as upstream).
+    released: Mutex<BTreeMap<Cidr, std::time::Instant>>,
+    /// Per ENI, the IMDS view whose difference from the datastore EC2 has already settled.
+    verified: Mutex<BTreeMap<String, std::collections::BTreeSet<Cidr>>>,
+    /// The pods on this node, by (namespace, name).
+    pods: Mutex<BTreeMap<(String, String), PodInfo>>,
 }
+
+/// Upstream's `ipReconcileCooldown`.
+pub const RELEASE_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The node's status, shared with the health endpoint from the first step on.
 #[derive(Debug, Default)]
@@ -145,6 +154,9 @@ impl Shared {
             board: p.board,
             signals_pending: Mutex::new(false),
             paused_until: Mutex::new(None),
+            released: Mutex::new(BTreeMap::new()),
+            verified: Mutex::new(BTreeMap::new()),
+            pods: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -180,6 +192,34 @@ impl Shared {
     }
     pub fn set_eni_config(&self, c: Option<EniConfig>) {
         *lock(&self.eni_config) = c;
+    }
+    pub fn pods(&self) -> BTreeMap<(String, String), PodInfo> {
+        lock(&self.pods).clone()
+    }
+    pub fn set_pods(&self, pods: BTreeMap<(String, String), PodInfo>) {
+        *lock(&self.pods) = pods;
+    }
+    pub fn put_pod(&self, pod: PodInfo) {
+        lock(&self.pods).insert((pod.namespace.clone(), pod.name.clone()), pod);
+    }
+    pub fn forget_pod(&self, pod: &PodInfo) {
+        lock(&self.pods).remove(&(pod.namespace.clone(), pod.name.clone()));
+    }
+    pub fn note_released(&self, cidrs: &[Cidr]) {
+        let mut r = lock(&self.released);
+        r.retain(|_, at| at.elapsed() < RELEASE_COOLDOWN);
+        for c in cidrs {
+            r.insert(*c, std::time::Instant::now());
+        }
+    }
+    pub fn recently_released(&self, cidr: &Cidr) -> bool {
+        lock(&self.released).get(cidr).is_some_and(|at| at.elapsed() < RELEASE_COOLDOWN)
+    }
+    pub fn verified(&self, eni: &str, imds: &std::collections::BTreeSet<Cidr>) -> bool {
+        lock(&self.verified).get(eni) == Some(imds)
+    }
+    pub fn set_verified(&self, eni: &str, imds: std::collections::BTreeSet<Cidr>) {
+        lock(&self.verified).insert(eni.to_owned(), imds);
     }
     pub fn pause_until(&self, until: std::time::Instant) {
         *lock(&self.paused_until) = Some(until);

@@ -2,7 +2,9 @@
 //! ([`agent`], prometheus-client) and endpoints ([`server`], hyper); the standalone guard's
 //! hand-written exposition ([`metrics`], [`http`]) moves onto them with the live guard (issue 12).
 
+#[cfg(feature = "control-plane")]
 pub mod agent;
 pub mod http;
 pub mod metrics;
+#[cfg(feature = "control-plane")]
 pub mod server;

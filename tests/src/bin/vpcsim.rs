@@ -74,6 +74,9 @@ async fn main() -> Result<()> {
             None => String::new(),
         };
         println!("# node {} instance {} imds {}{netns}", n.name, n.instance_id, n.imds_url);
+        if let Some(e) = &n.inside {
+            println!("#   inside its namespace: AWS_ENDPOINT_URL_EC2={} AWS_EC2_METADATA_SERVICE_ENDPOINT={} kube {}", e.ec2_url, e.imds_url, e.kube_url);
+        }
     }
     println!("# faults: curl -X POST '$AWS_ENDPOINT_URL_EC2/_sim/throttle?action=AssignPrivateIpAddresses&count=3'");
     println!("# vpcsim ready (env in {}); stop with Ctrl-C", env_file.display());

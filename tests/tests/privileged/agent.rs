@@ -4,13 +4,7 @@
 //! (DescribeNetworkInterfaces through aws-sdk-ec2) and from the simulated API server's write log,
 //! never from the agent's own words.
 
-use std::{
-    collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::Ipv4Addr,
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, io::Read as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use aws_sdk_ec2::{
@@ -19,9 +13,7 @@ use aws_sdk_ec2::{
     Client as Ec2,
 };
 use eniguard_tests::{
-    eniguard_bin,
-    netns::{in_netns, NetNs},
-    process::Daemon,
+    agent::{self, sim_calls, sim_control, INTROSPECTION_PORT},
     sim::{
         kube_api::{self, CNINODES},
         scenario::{Scenario, Sim},
@@ -33,91 +25,6 @@ use crate::{clients::ec2_client, harness::Ctx};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-}
-
-/// One agent on one simulated node.
-pub struct Agent {
-    pub daemon: Daemon,
-    pub ns: NetNs,
-}
-
-/// Starts `eniguard agent` inside node `index`'s namespace (see [`spawn_agent`]) and waits for
-/// its `ready:` line.
-pub fn start_agent(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
-    let mut agent = spawn_agent(sim, prefix, index, dir, env)?;
-    agent.daemon.wait_for_line("ready:", Duration::from_secs(60)).context("agent ready")?;
-    Ok(agent)
-}
-
-/// Spawns `eniguard agent` inside node `index`'s namespace with the simulator's endpoints as
-/// seen from there, a fresh environment (nothing from the host's), and `env` on top.
-pub fn spawn_agent(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
-    let mut cmd = agent_command(sim, prefix, index, dir, env)?;
-    let ns = NetNs::existing(&format!("{prefix}-node{index}"));
-    Ok(Agent { daemon: Daemon::spawn(&mut cmd)?, ns })
-}
-
-/// The agent's command line and environment (see [`spawn_agent`]).
-fn agent_command(
-    sim: &Sim,
-    prefix: &str,
-    index: usize,
-    dir: &Path,
-    env: &[(&str, &str)],
-) -> Result<std::process::Command> {
-    let node = &sim.nodes[index];
-    let inside = node.inside.as_ref().context("a fabric node")?;
-    std::fs::create_dir_all(dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, kube_api::kubeconfig(&inside.kube_url))?;
-    let mut cmd = NetNs::existing(&format!("{prefix}-node{index}")).cmd(eniguard_bin());
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("AWS_ENDPOINT_URL_EC2", &inside.ec2_url)
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &inside.imds_url)
-        .env("AWS_ACCESS_KEY_ID", "AKIDVPCSIM")
-        .env("AWS_SECRET_ACCESS_KEY", "vpcsim")
-        .env("KUBECONFIG", &kubeconfig)
-        .env("MY_NODE_NAME", &node.name)
-        .env("AWS_VPC_K8S_CNI_BACKING_STORE", dir.join("ipam.json"))
-        .env("DISABLE_LEAKED_ENI_CLEANUP", "true")
-        .args(["agent", "--run-dir"])
-        .arg(dir.join("run"))
-        .arg("--cni-conf-dir")
-        .arg(dir.join("net.d"))
-        .arg("--cni-bin-dir")
-        .arg(dir.join("bin"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(cmd)
-}
-
-impl Agent {
-    /// GET `path` from the agent's endpoint `port` inside its namespace.
-    pub fn get(&self, port: u16, path: &str) -> Result<String> {
-        let path = path.to_owned();
-        in_netns(&self.ns, move || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-    }
-
-    /// The value of one metric series (exact name with labels) on /metrics.
-    pub fn metric(&self, series: &str) -> Result<f64> {
-        let text = self.get(61678, "/metrics")?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .context(format!("no series {series} in /metrics"))?
-            .trim()
-            .parse()
-            .context("metric value")
-    }
 }
 
 /// The ENIs attached to `instance`, by device index.
@@ -135,7 +42,7 @@ pub async fn attached(ec2: &Ec2, instance: &str) -> Result<BTreeMap<i32, Network
 }
 
 fn secondaries(n: &NetworkInterface) -> usize {
-    n.private_ip_addresses().iter().filter(|a| a.primary() != Some(true)).count()
+    n.private_ip_addresses().iter().filter(|a| a.private_ip_address() != n.private_ip_address()).count()
 }
 
 fn groups(n: &NetworkInterface) -> Vec<String> {
@@ -149,23 +56,6 @@ async fn pool(ec2: &Ec2, instance: &str) -> Result<BTreeMap<i32, (usize, usize)>
         .iter()
         .map(|(d, n)| (*d, (secondaries(n), n.ipv4_prefixes().len())))
         .collect())
-}
-
-fn sim_calls(sim: &Sim) -> Result<BTreeMap<String, u64>> {
-    let url = format!("{}/_sim/calls", sim.ec2_url);
-    let body = ureq_get(&url)?;
-    Ok(serde_json::from_str(&body)?)
-}
-
-/// A GET on the host's loopback (the simulator's control endpoint).
-fn ureq_get(url: &str) -> Result<String> {
-    let rest = url.strip_prefix("http://").context("http URL")?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut s = std::net::TcpStream::connect(host)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
 }
 
 fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
@@ -200,7 +90,7 @@ pub fn warm_pool_rows(ctx: &mut Ctx) -> Result<()> {
         let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
-        let agent = start_agent(&sim, &prefix, 0, &dir, env)?;
+        let agent = agent::start(&sim, &prefix, 0, &dir, env)?;
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let got = rt.block_on(pool(&ec2, &sim.nodes[0].instance_id))?;
         let want: BTreeMap<i32, (usize, usize)> = want.iter().copied().collect();
@@ -208,7 +98,7 @@ pub fn warm_pool_rows(ctx: &mut Ctx) -> Result<()> {
         let total = agent.metric("eniguard_ipam_addresses{state=\"total\"}")?;
         let expected_total: usize = want.values().map(|(ips, pfx)| ips + 16 * pfx).sum();
         ensure!(total == expected_total as f64, "{name}: agent reports {total} addresses");
-        ensure!(agent.get(61679, "/readyz")?.starts_with("HTTP/1.1 200"), "{name}: /readyz");
+        ensure!(agent.get(INTROSPECTION_PORT, "/readyz")?.starts_with("HTTP/1.1 200"), "{name}: /readyz");
         // A second tick changes nothing: the pool is at its target.
         let before = sim_calls(&sim)?;
         std::thread::sleep(Duration::from_secs(6));
@@ -295,8 +185,8 @@ pub fn incident_order(ctx: &mut Ctx) -> Result<()> {
     for d in &dirs {
         let _ = std::fs::remove_dir_all(d);
     }
-    let big_agent = start_agent(&sim, &prefix, 0, &dirs[0], INCIDENT_ENV)?;
-    let small_agent = start_agent(&sim, &prefix, 1, &dirs[1], INCIDENT_ENV)?;
+    let big_agent = agent::start(&sim, &prefix, 0, &dirs[0], INCIDENT_ENV)?;
+    let small_agent = agent::start(&sim, &prefix, 1, &dirs[1], INCIDENT_ENV)?;
 
     // The order, from the API server's log: CustomNetworking=us-west-2a is recorded before any
     // state with SecurityGroupsForPods.
@@ -381,7 +271,7 @@ pub fn incident_order(ctx: &mut Ctx) -> Result<()> {
     let mut env = INCIDENT_ENV.to_vec();
     env.retain(|(k, _)| *k != "WARM_PREFIX_TARGET");
     env.push(("WARM_PREFIX_TARGET", "3"));
-    let big_agent = start_agent(&sim, &prefix, 0, &dirs[0], &env)?;
+    let big_agent = agent::start(&sim, &prefix, 0, &dirs[0], &env)?;
     let grown = rt.block_on(attached(&ec2, &big.instance_id))?;
     let on_pods_eni = grown
         .values()
@@ -453,7 +343,7 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
     let allocation = Allocation { key, ip: victim, pod, allocated_at: 1 };
     Checkpoint::new(dir.join("ipam.json")).write(std::slice::from_ref(&allocation), &[])?;
 
-    let agent = start_agent(&sim, &prefix, 0, &dir, INCIDENT_ENV)?;
+    let agent = agent::start(&sim, &prefix, 0, &dir, INCIDENT_ENV)?;
     let reason = "trunk ENI (security groups for pods)";
     let finding = agent
         .metric(&format!("eniguard_ipam_excluded_addresses{{eni=\"{trunk_id}\",reason=\"{reason}\"}}"))?;
@@ -502,7 +392,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         ("MY_NODE_NAME", "", "MY_NODE_NAME"),
     ];
     for (var, value, says) in bad {
-        let mut child = agent_command(&sim, &prefix, 0, &dir, &[(var, value)])?
+        let mut child = agent::command(&sim, &prefix, 0, &dir, &[(var, value)])?
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
@@ -540,13 +430,16 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
         ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
     ];
-    let mut agent = spawn_agent(&sim, &prefix, 0, &dir, &cn)?;
+    let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &cn)?;
     let missing = eventually("the MissingENIConfig Event", Duration::from_secs(20), || {
         Ok(events_on(&sim, &node.name, "MissingENIConfig")?.into_iter().next())
     })?;
     let msg = missing["message"].as_str().unwrap_or_default().to_owned();
     ensure!(missing["type"] == "Warning" && msg.contains("`us-west-2a`"), "{missing}");
-    ensure!(agent.get(61679, "/readyz")?.starts_with("HTTP/1.1 503"), "ready without an ENIConfig");
+    ensure!(
+        agent.get(INTROSPECTION_PORT, "/readyz")?.starts_with("HTTP/1.1 503"),
+        "ready without an ENIConfig"
+    );
     ensure!(
         !sim_calls(&sim)?.contains_key("CreateNetworkInterface"),
         "an ENI was created without an ENIConfig"
@@ -581,7 +474,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
             )
         })
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let agent = spawn_agent(&sim, &prefix, 0, &dir, &cn)?;
+    let agent = agent::spawn(&sim, &prefix, 0, &dir, &cn)?;
     let invalid = eventually("the InvalidENIConfig Event", Duration::from_secs(20), || {
         Ok(events_on(&sim, &node.name, "InvalidENIConfig")?.into_iter().next())
     })?;
@@ -602,19 +495,12 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
             .send(),
     )?;
     ensure!(leftovers.network_interfaces().is_empty(), "an unattached ENI was left");
-    ensure!(agent.get(61679, "/readyz")?.starts_with("HTTP/1.1 503"), "ready without an address");
+    ensure!(
+        agent.get(INTROSPECTION_PORT, "/readyz")?.starts_with("HTTP/1.1 503"),
+        "ready without an address"
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
-}
-
-fn control(sim: &Sim, query: &str) -> Result<()> {
-    let rest = sim.ec2_url.strip_prefix("http://").context("http URL")?;
-    let mut s = std::net::TcpStream::connect(rest)?;
-    write!(s, "POST /_sim/{query} HTTP/1.1\r\nHost: sim\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    ensure!(out.starts_with("HTTP/1.1 200"), "control {query}: {out}");
     Ok(())
 }
 
@@ -637,13 +523,13 @@ pub fn converges_under_faults(ctx: &mut Ctx) -> Result<()> {
     let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
     let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
     let node = sim.nodes[0].clone();
-    control(&sim, "throttle?rate=0.5&seconds=30")?;
-    control(&sim, "fail?action=CreateNetworkInterface&count=3&status=500")?;
-    control(&sim, "fail?action=AttachNetworkInterface&count=2&status=503")?;
-    control(&sim, "latency?ms=500")?;
+    sim_control(&sim, "throttle?rate=0.5&seconds=30")?;
+    sim_control(&sim, "fail?action=CreateNetworkInterface&count=3&status=500")?;
+    sim_control(&sim, "fail?action=AttachNetworkInterface&count=2&status=503")?;
+    sim_control(&sim, "latency?ms=500")?;
     let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut agent = spawn_agent(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "20")])?;
+    let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "20")])?;
     agent.daemon.wait_for_line("ready:", Duration::from_secs(120)).context("ready under faults")?;
     let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (9, 0)), (2, (2, 0))].into();
     let got = eventually("the warm pool", Duration::from_secs(120), || {
@@ -688,7 +574,7 @@ pub fn subnet_exhaustion(ctx: &mut Ctx) -> Result<()> {
     // WARM_IP_TARGET=15: 9 on the primary (4 left), then an ENI with 6 needs 7: refused.
     let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut agent = spawn_agent(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "15")])?;
+    let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "15")])?;
     agent.daemon.wait_for_line("ready:", Duration::from_secs(60))?;
     let event = eventually("the SubnetExhausted Event", Duration::from_secs(20), || {
         Ok(events_on(&sim, &node.name, "SubnetExhausted")?.into_iter().next())
@@ -722,16 +608,16 @@ pub fn survives_kill_9(ctx: &mut Ctx) -> Result<()> {
         let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let node = sim.nodes[0].clone();
-        control(&sim, "latency?ms=100")?;
+        sim_control(&sim, "latency?ms=100")?;
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
         let env = [("WARM_IP_TARGET", "20")];
-        let first = spawn_agent(&sim, &prefix, 0, &dir, &env)?;
+        let first = agent::spawn(&sim, &prefix, 0, &dir, &env)?;
         // Spread over the scale-up (about 1.5 s): 0.2 s .. 1.55 s after the start.
         std::thread::sleep(Duration::from_millis(200 + run * 150));
         drop(first); // SIGKILL
         let calls = sim_calls(&sim)?;
-        let agent = start_agent(&sim, &prefix, 0, &dir, &env)?;
+        let agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
         eventually("the warm pool after the restart", Duration::from_secs(60), || {
             Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
         })?;
@@ -767,5 +653,137 @@ pub fn survives_kill_9(ctx: &mut Ctx) -> Result<()> {
         drop(sim);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    Ok(())
+}
+
+/// The agent follows EC2 and its own pods: addresses someone else assigns to (or removes from) a
+/// pool ENI are taken in (or out) at the next reconcile, with one DescribeNetworkInterfaces for
+/// the ENI IMDS shows changed; the pod watch sees this node's pods and no other node's.
+pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-rec", ctx.prefix());
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let node = sim.nodes[0].clone();
+    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let agent = agent::start(&sim, &prefix, 0, &dir, &[])?;
+    for (name, on) in [("mine", node.name.as_str()), ("theirs", "ip-10-0-9-9.us-west-2.compute.internal")] {
+        let pod = serde_json::json!({"metadata": {"name": name}, "spec": {"nodeName": on, "containers": [{"name": "c"}]}});
+        sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
+    }
+    let listed = eventually("the pod watch", Duration::from_secs(20), || {
+        let body: Value =
+            serde_json::from_str(eniguard_tests::http::body(&agent.get(INTROSPECTION_PORT, "/v1/pods")?))?;
+        let names: Vec<String> = body["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect();
+        Ok((!names.is_empty()).then_some(names))
+    })?;
+    ensure!(listed == ["mine"], "the watch lists {listed:?}");
+
+    // Someone else changes the primary ENI's addresses.
+    let primary = rt.block_on(attached(&ec2, &node.instance_id))?.remove(&0).context("primary")?;
+    let primary_id = primary.network_interface_id().context("id")?.to_owned();
+    let own = primary.private_ip_address().context("primary address")?.to_owned();
+    let gone: Vec<String> = primary
+        .private_ip_addresses()
+        .iter()
+        .filter_map(|a| a.private_ip_address().map(str::to_owned))
+        .filter(|ip| *ip != own)
+        .take(2)
+        .collect();
+    // The ENI is full (9 + its primary): two go, one comes.
+    let unassign = ec2.unassign_private_ip_addresses().network_interface_id(&primary_id);
+    rt.block_on(unassign.set_private_ip_addresses(Some(gone)).send()).context("unassigning two")?;
+    let assign = ec2.assign_private_ip_addresses().network_interface_id(&primary_id);
+    rt.block_on(assign.secondary_private_ip_address_count(1).send()).context("assigning one")?;
+    // At the next reconcile (60 s) the agent holds exactly what EC2 shows (the address EC2 took
+    // back is gone, the one it handed out again is kept), and the pool loop tops the ENI up again.
+    let ec2_view = || -> Result<Vec<String>> {
+        let p = rt.block_on(attached(&ec2, &node.instance_id))?.remove(&0).context("primary")?;
+        let mut v: Vec<String> = p
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|a| a.private_ip_address().map(str::to_owned))
+            .filter(|ip| *ip != own)
+            .map(|ip| format!("{ip}/32"))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let agent_view = || -> Result<Vec<String>> {
+        let body: Value =
+            serde_json::from_str(eniguard_tests::http::body(&agent.get(INTROSPECTION_PORT, "/v1/enis")?))?;
+        let eni = body["enis"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["id"] == primary_id.as_str())
+            .context("primary in /v1/enis")?;
+        let mut v: Vec<String> = eni["cidrs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let assigns =
+        r#"eniguard_aws_api_calls_total{service="ec2",action="AssignPrivateIpAddresses",result="ok"}"#;
+    let held = eventually("the reconcile (every 60 s) and the top-up", Duration::from_secs(90), || {
+        let (e, a) = (ec2_view()?, agent_view()?);
+        Ok((e == a && e.len() == 9 && agent.metric(assigns)? == 2.0).then_some(a))
+    })?;
+    // The agent's own count (the simulator's includes this test's polling): one at start, one
+    // for the ENI IMDS showed changed.
+    let describes =
+        r#"eniguard_aws_api_calls_total{service="ec2",action="DescribeNetworkInterfaces",result="ok"}"#;
+    ensure!(agent.metric(describes)? == 2.0, "{} DescribeNetworkInterfaces", agent.metric(describes)?);
+    println!("  the agent holds what EC2 shows: {held:?}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A cordoned node (the `node.kubernetes.io/unschedulable:NoSchedule` taint) gets addresses on
+/// the ENIs it has but no new ENI, unless AWS_MANAGE_ENIS_NON_SCHEDULABLE=true (upstream #1223).
+pub fn cordoned_node_gets_no_new_eni(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-cor", ctx.prefix());
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let node = sim.nodes[0].clone();
+    let taint = serde_json::json!({"spec": {"unschedulable": true,
+        "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}});
+    sim.kube
+        .write(|s| s.merge_patch(&kube_api::NODES.key(None, &node.name), &taint))
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = [("WARM_IP_TARGET", "20")];
+    let agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
+    std::thread::sleep(Duration::from_secs(6));
+    ensure!(
+        rt.block_on(pool(&ec2, &node.instance_id))? == [(0, (9, 0))].into(),
+        "a cordoned node grew an ENI"
+    );
+    ensure!(
+        !sim_calls(&sim)?.contains_key("CreateNetworkInterface"),
+        "CreateNetworkInterface on a cordoned node"
+    );
+    agent.daemon.terminate()?;
+    let manage = [("WARM_IP_TARGET", "20"), ("AWS_MANAGE_ENIS_NON_SCHEDULABLE", "true")];
+    let agent = agent::start(&sim, &prefix, 0, &dir, &manage)?;
+    let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (9, 0)), (2, (2, 0))].into();
+    eventually("ENIs with AWS_MANAGE_ENIS_NON_SCHEDULABLE", Duration::from_secs(30), || {
+        Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
+    })?;
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -62,6 +62,8 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_converges_under_faults", run: agent::converges_under_faults },
         Test { name: "agent_subnet_exhaustion", run: agent::subnet_exhaustion },
         Test { name: "agent_survives_kill_9", run: agent::survives_kill_9 },
+        Test { name: "agent_follows_ec2_and_its_pods", run: agent::follows_ec2_and_its_pods },
+        Test { name: "agent_cordoned_node_gets_no_new_eni", run: agent::cordoned_node_gets_no_new_eni },
     ])
 }
 

@@ -141,7 +141,11 @@ fn introspection(
                 Some(s) => Reply::json(&enis(s)),
                 None => Reply::text(503, format!("starting: {}\n", status.step)),
             },
-            "/" => Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n"),
+            "/v1/pods" => match shared.get() {
+                Some(s) => Reply::json(&pods(s)),
+                None => Reply::text(503, format!("starting: {}\n", status.step)),
+            },
+            "/" => Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n/v1/pods\n"),
             _ => Reply::text(404, "not found\n"),
         }
     }
@@ -155,8 +159,24 @@ fn enis(shared: &Shared) -> serde_json::Value {
             "id": e.id, "mac": e.mac, "deviceNumber": e.device_number, "primaryIp": e.primary_ip.to_string(),
             "subnetId": e.subnet_id, "securityGroups": e.security_groups, "interfaceType": e.interface_type,
             "primary": e.primary, "unmanaged": e.unmanaged,
+            "cidrs": shared.owner.peek(|ipam| ipam.datastore.cidrs_of(&e.id)).iter()
+                .map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect::<Vec<_>>(),
             "excluded": exclusion(&startup::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
         }))
         .collect();
     json!({"instanceId": shared.id.instance_id, "instanceType": shared.id.instance_type, "enis": list})
+}
+
+fn pods(shared: &Shared) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = shared
+        .pods()
+        .values()
+        .map(|p| {
+            json!({
+                "namespace": p.namespace, "name": p.name, "uid": p.uid, "ip": p.ip,
+                "hostNetwork": p.host_network, "wantsBranchEni": p.wants_branch, "podEni": p.pod_eni,
+            })
+        })
+        .collect();
+    json!({"node": shared.node().name, "pods": list})
 }

@@ -1,0 +1,114 @@
+//! `eniguard agent` on a simulated node: the real binary inside the node's namespace, with the
+//! simulator's endpoints as seen from there in the SDKs' standard variables and nothing from the
+//! host's environment. Used by the end-to-end tests and the agent benchmark.
+
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+
+use anyhow::{ensure, Context as _, Result};
+
+use crate::{
+    eniguard_bin, http,
+    netns::NetNs,
+    process::Daemon,
+    sim::{kube_api, scenario::Sim},
+};
+
+/// Upstream's ports: metrics on all interfaces, introspection (and health) on loopback.
+pub const METRICS_PORT: u16 = 61678;
+pub const INTROSPECTION_PORT: u16 = 61679;
+
+/// One agent on one simulated node.
+pub struct Agent {
+    pub daemon: Daemon,
+    pub ns: NetNs,
+}
+
+/// The agent's command for node `index` of `sim` (fabric prefix `prefix`), its state in `dir`
+/// (kubeconfig, checkpoint, run dir), with `env` on top of the simulator's endpoints.
+pub fn command(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Command> {
+    let node = &sim.nodes[index];
+    let inside = node.inside.as_ref().context("a fabric node")?;
+    std::fs::create_dir_all(dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, kube_api::kubeconfig(&inside.kube_url))?;
+    let mut cmd = NetNs::existing(&format!("{prefix}-node{index}")).cmd(eniguard_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("AWS_ENDPOINT_URL_EC2", &inside.ec2_url)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &inside.imds_url)
+        .env("AWS_ACCESS_KEY_ID", "AKIDVPCSIM")
+        .env("AWS_SECRET_ACCESS_KEY", "vpcsim")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("MY_NODE_NAME", &node.name)
+        .env("AWS_VPC_K8S_CNI_BACKING_STORE", dir.join("ipam.json"))
+        .env("DISABLE_LEAKED_ENI_CLEANUP", "true")
+        .args(["agent", "--run-dir"])
+        .arg(dir.join("run"))
+        .arg("--cni-conf-dir")
+        .arg(dir.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(dir.join("bin"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd)
+}
+
+/// Spawns the agent (see [`command`]) without waiting for it.
+pub fn spawn(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
+    let mut cmd = command(sim, prefix, index, dir, env)?;
+    Ok(Agent { daemon: Daemon::spawn(&mut cmd)?, ns: NetNs::existing(&format!("{prefix}-node{index}")) })
+}
+
+/// Spawns the agent and waits for its `ready:` line.
+pub fn start(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
+    let mut agent = spawn(sim, prefix, index, dir, env)?;
+    agent.daemon.wait_for_line("ready:", Duration::from_secs(60)).context("agent ready")?;
+    Ok(agent)
+}
+
+impl Agent {
+    /// The whole response to `GET path` on the agent's `port`, inside its namespace.
+    pub fn get(&self, port: u16, path: &str) -> Result<String> {
+        http::get_in(&self.ns, &format!("127.0.0.1:{port}"), path)
+    }
+
+    /// The value of one metric series (exact name with labels) on /metrics.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.get(METRICS_PORT, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .with_context(|| format!("no series {series} in /metrics"))?
+            .trim()
+            .parse()
+            .context("metric value")
+    }
+
+    /// The agent's resident set (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS")
+    }
+}
+
+fn sim_addr(sim: &Sim) -> Result<&str> {
+    sim.ec2_url.strip_prefix("http://").context("the simulator's EC2 URL")
+}
+
+/// The simulator's EC2 call counter: every call received, by action (faulted ones too).
+pub fn sim_calls(sim: &Sim) -> Result<BTreeMap<String, u64>> {
+    let response = http::request("GET", sim_addr(sim)?, "/_sim/calls")?;
+    Ok(serde_json::from_str(http::body(&response))?)
+}
+
+/// A fault or setting on the simulator's control endpoint (`throttle?...`, `latency?ms=N`, ...).
+pub fn sim_control(sim: &Sim, query: &str) -> Result<()> {
+    let response = http::request("POST", sim_addr(sim)?, &format!("/_sim/{query}"))?;
+    ensure!(response.starts_with("HTTP/1.1 200"), "control {query}: {response}");
+    Ok(())
+}
