@@ -3,6 +3,7 @@
 //! ENI and security groups its configuration says.
 //!
 //! One module per concern; see ../shared/DESIGN.md for the map. Present so far:
+//! - [`cni`]: the local API the CNI plugin calls (shared types; the agent's socket server).
 //! - [`config`]: the environment variables (upstream's names and defaults), parsed and validated.
 //! - [`guard`]: the eBPF egress guard (intent spec, maps, attachment, events, counters).
 //! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule) and its checkpoint.
@@ -13,6 +14,7 @@
 
 #[cfg(feature = "control-plane")]
 pub mod cloud;
+pub mod cni;
 pub mod config;
 pub mod guard;
 pub mod ipam;

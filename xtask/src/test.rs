@@ -37,9 +37,11 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         println!("xtask test: setup is incomplete, running it first");
         setup::setup()?;
     }
-    let bins = build(&["build", "--bins"])?;
-    let agent = artifact(&bins, "eniguard")?;
+    // One build for binaries and tests: `cargo test` unifies the dev-dependencies' features, and a
+    // separate `cargo build --bins` would compile aws-sdk-ec2 a second time with other features.
+    // The integration tests need every binary of their package, so this builds them all.
     let tests = build(&["test", "--no-run"])?;
+    let agent = artifact(&tests, "eniguard")?;
 
     let mut total = Counts::default();
     for t in tests.iter().filter(|t| t.is_test && t.name != "privileged") {
@@ -87,8 +89,10 @@ pub struct Artifact {
 }
 
 fn artifact(list: &[Artifact], name: &str) -> Result<PathBuf> {
+    // A binary and its unit-test harness share the name: prefer the binary.
     list.iter()
-        .find(|a| a.name == name)
+        .filter(|a| a.name == name)
+        .min_by_key(|a| a.is_test)
         .map(|a| a.path.clone())
         .with_context(|| format!("cargo built no executable named {name}"))
 }
@@ -174,8 +178,8 @@ pub fn vm_test(filter: Option<&str>) -> Result<()> {
     if !setup::is_complete() {
         setup::setup()?;
     }
-    let agent = artifact(&build(&["build", "--bins"])?, "eniguard")?;
-    let harness = artifact(&build(&["test", "--no-run"])?, "privileged")?;
+    let tests = build(&["test", "--no-run"])?;
+    let (agent, harness) = (artifact(&tests, "eniguard")?, artifact(&tests, "privileged")?);
     let c = vm_matrix(&agent, &harness, filter)?;
     println!("{} passed, {} failed, {} skipped", c.passed, c.failed, c.skipped);
     if c.failed > 0 {
@@ -194,7 +198,7 @@ pub fn run_bench() -> Result<()> {
 
 /// Builds (unprivileged) and runs one of the tests crate's binaries as root.
 pub fn run_privileged_bin(bin: &str, args: &[&str]) -> Result<()> {
-    let bins = build(&["build", "--bins"])?;
+    let bins = build(&["test", "--no-run"])?;
     let agent = artifact(&bins, "eniguard")?;
     let mut cmd = privileged(artifact(&bins, bin)?)?;
     run(cmd.env("ENIGUARD_BIN", agent).args(args))

@@ -446,6 +446,14 @@ impl Datastore {
         v
     }
 
+    /// The ENI holding `ip` and its device number (excluded ENIs included).
+    pub fn eni_of(&self, ip: Ipv4Addr) -> Option<(String, u32)> {
+        let host = Cidr::host(ip);
+        let prefix = Cidr::prefix28(Ipv4Addr::from(u32::from(ip) & !15));
+        let owner = self.cidr_owner.get(&host).or_else(|| prefix.and_then(|p| self.cidr_owner.get(&p)))?;
+        self.enis.get(owner).map(|e| (e.spec.id.clone(), e.spec.device_number))
+    }
+
     /// The ENI and CIDR holding `ip`, excluded ENIs included.
     fn home_of(&mut self, ip: Ipv4Addr) -> Option<(&mut EniState, Cidr)> {
         let host = Cidr::host(ip);

@@ -144,6 +144,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
         primary_security_groups,
         primary_subnet: primary.subnet_id.clone(),
         vpc_id: primary.vpc_id.clone(),
+        vpc_cidrs: primary.vpc_cidrs.iter().map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect(),
         journal,
         enis,
         board: board.clone(),

@@ -310,7 +310,10 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
     let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
     let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
     let node = sim.nodes[0].clone();
-    // The buggy order: SecurityGroupsForPods alone.
+    // The buggy order: SecurityGroupsForPods alone (once the Resource Controller made the CNINode).
+    eventually("the CNINode", Duration::from_secs(10), || {
+        Ok(sim.kube.read(|s| s.get(&CNINODES.key(None, &node.name))).ok().map(|_| ()))
+    })?;
     sim.kube
         .write(|s| {
             s.merge_patch(
@@ -783,6 +786,78 @@ pub fn cordoned_node_gets_no_new_eni(ctx: &mut Ctx) -> Result<()> {
     eventually("ENIs with AWS_MANAGE_ENIS_NON_SCHEDULABLE", Duration::from_secs(30), || {
         Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
     })?;
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `curl --unix-socket <run dir>/eniguard.sock`: the agent's local API answers as the CNI plugin
+/// will call it. ADD hands out a pool address from the ENI that holds it, only after it is in the
+/// checkpoint, and is idempotent per key; DEL releases (and is fine twice); another version and
+/// a malformed body are refused with the field or both versions named; the socket is 0600.
+pub fn local_api(ctx: &mut Ctx) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let prefix = format!("{}-api", ctx.prefix());
+    let rt = runtime()?;
+    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
+    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let agent = agent::start(&sim, &prefix, 0, &dir, &[])?;
+    let socket = dir.join("run/eniguard.sock");
+    let mode = std::fs::metadata(&socket)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "socket mode {mode:o}");
+    let curl = |method: &str, path: &str, body: &str| -> Result<(u16, Value)> {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&socket)
+            .args(["-X", method, "-H", "content-type: application/json", "--data-binary", body])
+            .arg(format!("http://agent{path}"))
+            .output()?;
+        let text = String::from_utf8(out.stdout)?;
+        let (json, code) = text.rsplit_once('\n').context("curl output")?;
+        Ok((code.parse()?, serde_json::from_str(json).unwrap_or(Value::Null)))
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let add = serde_json::json!({"clientVersion": version, "networkName": "eniguard", "containerId": "c0ffee",
+        "ifName": "eth0", "netns": "/var/run/netns/cni-1", "podNamespace": "default", "podName": "web"});
+    let (code, reply) = curl("POST", "/v1/cni/add", &add.to_string())?;
+    ensure!(code == 200, "add: {code} {reply}");
+    let ip = reply["ipv4"].as_str().context("ipv4")?.to_owned();
+    ensure!(reply["deviceNumber"] == 0 && reply["routeTable"].is_null() && reply["mtu"] == 9001, "{reply}");
+    ensure!(reply["vpcCidrs"].as_array().is_some_and(|c| c.iter().any(|c| c == "10.0.0.0/16")), "{reply}");
+    let kept =
+        eniguard::ipam::checkpoint::Checkpoint::new(dir.join("ipam.json")).read()?.context("checkpoint")?;
+    ensure!(
+        kept.allocations.iter().any(|a| a.ip.to_string() == ip && a.pod.name == "web"),
+        "not checkpointed: {kept:?}"
+    );
+    let (code, again) = curl("POST", "/v1/cni/add", &add.to_string())?;
+    ensure!(code == 200 && again["ipv4"] == ip.as_str(), "ADD is not idempotent: {again}");
+    let assigned = agent.metric("eniguard_ipam_addresses{state=\"assigned\"}");
+    ensure!(
+        matches!(assigned, Ok(1.0)),
+        "assigned gauge: {assigned:?} in {}",
+        agent.get(agent::METRICS_PORT, "/metrics")?
+    );
+
+    let mut old = add.clone();
+    old["clientVersion"] = "0.0.1".into();
+    let (code, e) = curl("POST", "/v1/cni/add", &old.to_string())?;
+    ensure!(code == 409 && e["kind"] == "version_mismatch", "{code} {e}");
+    ensure!(e["message"].as_str().is_some_and(|m| m.contains("0.0.1") && m.contains(version)), "{e}");
+    let (code, e) = curl("POST", "/v1/cni/add", r#"{"clientVersion": "x"}"#)?;
+    ensure!(code == 400 && e["message"].as_str().is_some_and(|m| m.contains("networkName")), "{code} {e}");
+    let (code, s) = curl("GET", "/v1/cni/status", "")?;
+    ensure!(code == 200 && s["ready"] == true && s["available"] == 8, "{code} {s}");
+
+    let del = serde_json::json!({"clientVersion": version, "networkName": "eniguard", "containerId": "c0ffee", "ifName": "eth0"});
+    let (code, d) = curl("POST", "/v1/cni/del", &del.to_string())?;
+    ensure!(code == 200 && d["released"] == ip.as_str(), "{code} {d}");
+    let (code, d) = curl("POST", "/v1/cni/del", &del.to_string())?;
+    ensure!(code == 200 && d["released"].is_null(), "a second DEL: {code} {d}");
+    let kept =
+        eniguard::ipam::checkpoint::Checkpoint::new(dir.join("ipam.json")).read()?.context("checkpoint")?;
+    ensure!(kept.allocations.is_empty(), "still checkpointed: {kept:?}");
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -64,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_survives_kill_9", run: agent::survives_kill_9 },
         Test { name: "agent_follows_ec2_and_its_pods", run: agent::follows_ec2_and_its_pods },
         Test { name: "agent_cordoned_node_gets_no_new_eni", run: agent::cordoned_node_gets_no_new_eni },
+        Test { name: "agent_local_api", run: agent::local_api },
     ])
 }
 

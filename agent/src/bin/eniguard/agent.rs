@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context as _, Result};
 use eniguard::{
     cloud::{calls::Calls, imds::Imds},
+    cni,
     config::{Config, HostPaths},
     ipam::model::exclusion,
     kube::client::Kube,
@@ -34,6 +35,11 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     let shared: Arc<OnceLock<Arc<Shared>>> = Arc::default();
     std::fs::create_dir_all(&paths.run_dir)
         .with_context(|| format!("--run-dir {}", paths.run_dir.display()))?;
+    // The CNI plugin's socket answers from the start ("not ready" until the node is).
+    let ready_node: cni::server::ReadyNode = Arc::default();
+    let socket = cni::server::bind(&paths.run_dir)?;
+    log::info!("local API on {}", paths.run_dir.join(cni::api::SOCKET_NAME).display());
+    tokio::spawn(cni::server::serve(socket, ready_node.clone()));
     if !cfg.disable_introspection {
         let listener = server::bind(&cfg.introspection_bind_address).await?;
         log::info!("health and introspection on {}", listener.local_addr()?);
@@ -87,6 +93,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
                 s.ready = true;
             });
             metrics.ready.set(1);
+            let _ = ready_node.set(started.clone());
             // The readiness line scripts and tests wait for.
             println!(
                 "ready: node {} ({}), {} ENIs, {} addresses ({} assigned)",

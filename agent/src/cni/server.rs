@@ -1,0 +1,195 @@
+//! The agent's end of the local API (see [`super::api`]): hyper on a unix socket in the run
+//! directory, mode 0600. It answers from the first moment: "not ready" until the node is ready.
+
+use std::{
+    convert::Infallible,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+
+use super::api::{
+    self, AddReply, AddRequest, ApiError, DelReply, DelRequest, ErrorKind, StatusReply, ADD_PATH, DEL_PATH,
+    STATUS_PATH,
+};
+use crate::{
+    ipam::{
+        datastore::DatastoreError,
+        model::{AllocKey, PodRef},
+        IpamError,
+    },
+    node::{owner::now, state::Shared},
+};
+
+/// Requests are small; anything bigger is refused.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("local API socket {path}: {source}")]
+pub struct SocketError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Binds `<run dir>/eniguard.sock` (a stale socket from a previous run is replaced), mode 0600.
+pub fn bind(run_dir: &Path) -> Result<UnixListener, SocketError> {
+    let path = run_dir.join(api::SOCKET_NAME);
+    let err = |source| SocketError { path: path.clone(), source };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// The node, once it is ready (set by the agent when it prints `ready:`).
+pub type ReadyNode = Arc<OnceLock<Arc<Shared>>>;
+
+/// Serves the API until the task is dropped.
+pub async fn serve(listener: UnixListener, node: ReadyNode) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(handle(req, node).await) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn reply<T: serde::Serialize>(status: u16, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = "application/json".parse() {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+fn error(e: &ApiError) -> Response<Full<Bytes>> {
+    reply(e.kind.http_status(), e)
+}
+
+async fn handle(req: Request<hyper::body::Incoming>, node: ReadyNode) -> Response<Full<Bytes>> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(&ApiError::new(
+                ErrorKind::BadRequest,
+                format!("request body over {MAX_BODY} bytes"),
+            ))
+        }
+    };
+    let ready = node.get().cloned();
+    let result = match (method, path.as_str()) {
+        (Method::GET, STATUS_PATH) => return status(ready.as_deref()).await,
+        (Method::POST, ADD_PATH) => match (api::parse::<AddRequest>("add request", &body), ready) {
+            (Err(e), _) => Err(e),
+            (Ok(r), Some(n)) => add(&n, r).await.map(|a| reply(200, &a)),
+            (Ok(_), None) => Err(not_ready()),
+        },
+        (Method::POST, DEL_PATH) => match (api::parse::<DelRequest>("del request", &body), ready) {
+            (Err(e), _) => Err(e),
+            (Ok(r), Some(n)) => del(&n, r).await.map(|d| reply(200, &d)),
+            (Ok(_), None) => Err(not_ready()),
+        },
+        (_, p) => Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("no such endpoint: {p} (use {ADD_PATH}, {DEL_PATH}, {STATUS_PATH})"),
+        )),
+    };
+    result.unwrap_or_else(|e| error(&e))
+}
+
+fn not_ready() -> ApiError {
+    ApiError::new(ErrorKind::NotReady, "network is not ready: the eniguard agent is still starting")
+}
+
+async fn status(node: Option<&Shared>) -> Response<Full<Bytes>> {
+    let Some(node) = node else { return error(&not_ready()) };
+    let available = node.owner.with(|ipam| ipam.datastore.stats(now()).available()).await;
+    reply(200, &StatusReply { ready: true, available })
+}
+
+fn key(network_name: &str, container_id: &str, if_name: &str) -> Result<AllocKey, ApiError> {
+    for (field, v) in [("networkName", network_name), ("containerId", container_id), ("ifName", if_name)] {
+        if v.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("{field}: expected a non-empty string"),
+            ));
+        }
+    }
+    Ok(AllocKey {
+        network_name: network_name.into(),
+        container_id: container_id.into(),
+        if_name: if_name.into(),
+    })
+}
+
+/// Assigns (or returns the existing) address; the reply goes out only after the checkpoint write.
+async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
+    api::check_version(&r.client_version)?;
+    let key = key(&r.network_name, &r.container_id, &r.if_name)?;
+    let pod = PodRef { namespace: r.pod_namespace.clone(), name: r.pod_name.clone() };
+    let (allocation, home) = node
+        .owner
+        .with(move |ipam| {
+            let a = ipam.assign(&key, &pod, now())?;
+            let home = ipam.datastore.eni_of(a.ip);
+            Ok::<_, IpamError>((a, home))
+        })
+        .await
+        .map_err(|e| match e {
+            IpamError::Datastore(DatastoreError::NoAvailableAddress) => ApiError::new(
+                ErrorKind::NoAddress,
+                "no free address on this node right now; the pool is growing, retry",
+            ),
+            IpamError::Datastore(e @ DatastoreError::HeldOnExcludedEni { .. }) => {
+                ApiError::new(ErrorKind::Refused, e.to_string())
+            }
+            e => ApiError::new(ErrorKind::Internal, e.to_string()),
+        })?;
+    crate::node::pool::update_gauges(node).await;
+    let (eni, device_number) =
+        home.ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("{} has no ENI", allocation.ip)))?;
+    let cfg = &node.cfg;
+    let mut vpc_cidrs = node.vpc_cidrs.clone();
+    vpc_cidrs.extend(cfg.exclude_snat_cidrs.iter().map(ToString::to_string));
+    Ok(AddReply {
+        ipv4: allocation.ip.to_string(),
+        eni,
+        device_number,
+        route_table: (device_number > 0).then_some(device_number + 1),
+        vpc_cidrs,
+        external_snat: cfg.external_snat,
+        mtu: cfg.pod_mtu,
+        veth_prefix: cfg.veth_prefix.clone(),
+    })
+}
+
+async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
+    api::check_version(&r.client_version)?;
+    let key = key(&r.network_name, &r.container_id, &r.if_name)?;
+    let released = node
+        .owner
+        .with(move |ipam| ipam.release(&key, now()))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    crate::node::pool::update_gauges(node).await;
+    Ok(DelReply { released: released.map(|a| a.ip.to_string()) })
+}
