@@ -32,7 +32,7 @@ use super::{
     owner::{now, Owner},
     pool,
     signals::{self, NodeFacts, Step},
-    state::{Board, Clients, KnownEni, Shared, SharedParts},
+    state::{Board, Changing, Clients, KnownEni, Shared},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +134,8 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     board.step("security groups");
     let primary_security_groups = i.imds.primary_security_groups(&id.mac).await?;
     let clients = Clients { imds: i.imds, ec2, kube: i.kube, net: i.net, calls: i.calls };
-    let shared = Arc::new(Shared::new(SharedParts {
-        pool: pool_config(&i.cfg),
+    let shared = Arc::new(Shared {
+        changing: Changing::new(pool_config(&i.cfg), enis),
         cfg: i.cfg,
         limits,
         clients,
@@ -146,10 +146,9 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
         vpc_id: primary.vpc_id.clone(),
         vpc_cidrs: primary.vpc_cidrs.iter().map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect(),
         journal,
-        enis,
         board: board.clone(),
         id,
-    }));
+    });
     board.step("Node");
     shared.set_node(shared.clients.kube.node(&node_name).await?);
     board.step("ENIConfig");
@@ -353,12 +352,7 @@ async fn resolve_eni_config(shared: &Shared) -> Result<(), StartError> {
     let mut wait = Duration::from_secs(1);
     loop {
         let node = shared.node();
-        let name = eniconfig::resolve(
-            &node.labels,
-            &node.annotations,
-            &shared.cfg.eni_config_label,
-            &shared.cfg.eni_config_annotation,
-        );
+        let name = shared.eni_config_name();
         match shared.clients.kube.eni_config(&name.name).await {
             Ok(c) => {
                 log::info!(
@@ -397,13 +391,7 @@ async fn resolve_eni_config(shared: &Shared) -> Result<(), StartError> {
 
 /// Reads the node's ENIConfig again (its name may have moved with a label).
 pub async fn refresh_eni_config(shared: &Shared) -> Result<(), KubeError> {
-    let node = shared.node();
-    let name = eniconfig::resolve(
-        &node.labels,
-        &node.annotations,
-        &shared.cfg.eni_config_label,
-        &shared.cfg.eni_config_annotation,
-    );
+    let name = shared.eni_config_name();
     shared.set_eni_config(Some(shared.clients.kube.eni_config(&name.name).await?));
     Ok(())
 }

@@ -64,6 +64,8 @@ pub struct Status {
     pub problem: Option<String>,
 }
 
+/// Everything the loops share. The fixed parts are set once by the startup sequence; what
+/// changes lives in [`Changing`], behind short locks.
 pub struct Shared {
     pub cfg: Config,
     pub id: Identity,
@@ -77,11 +79,17 @@ pub struct Shared {
     /// The VPC's IPv4 CIDRs (IMDS), not SNATed.
     pub vpc_cidrs: Vec<String>,
     pub journal: super::journal::Journal,
-    pool: Mutex<PoolConfig>,
-    enis: Mutex<BTreeMap<String, KnownEni>>,
+    pub board: Arc<Board>,
+    pub changing: Changing,
+}
+
+/// The parts of [`Shared`] that change while the node runs.
+#[derive(Default)]
+pub struct Changing {
+    pub pool: Mutex<PoolConfig>,
+    pub enis: Mutex<BTreeMap<String, KnownEni>>,
     node: Mutex<NodeInfo>,
     eni_config: Mutex<Option<EniConfig>>,
-    pub board: Arc<Board>,
     /// Security groups for pods still to be signalled (no ENI slot was free yet).
     signals_pending: Mutex<bool>,
     /// The pool pauses until then (subnet out of addresses, an ENIConfig EC2 rejects).
@@ -92,6 +100,12 @@ pub struct Shared {
     verified: Mutex<BTreeMap<String, std::collections::BTreeSet<Cidr>>>,
     /// The pods on this node, by (namespace, name).
     pods: Mutex<BTreeMap<(String, String), PodInfo>>,
+}
+
+impl Changing {
+    pub fn new(pool: PoolConfig, enis: BTreeMap<String, KnownEni>) -> Self {
+        Self { pool: Mutex::new(pool), enis: Mutex::new(enis), ..Default::default() }
+    }
 }
 
 /// Upstream's `ipReconcileCooldown`.
@@ -120,123 +134,90 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub struct SharedParts {
-    pub cfg: Config,
-    pub id: Identity,
-    pub limits: Limits,
-    pub pool: PoolConfig,
-    pub clients: Clients,
-    pub owner: Owner,
-    pub metrics: Metrics,
-    pub primary_security_groups: Vec<String>,
-    pub primary_subnet: String,
-    pub vpc_id: String,
-    pub vpc_cidrs: Vec<String>,
-    pub journal: super::journal::Journal,
-    pub enis: BTreeMap<String, KnownEni>,
-    pub board: Arc<Board>,
-}
-
 impl Shared {
-    pub fn new(p: SharedParts) -> Self {
-        Self {
-            cfg: p.cfg,
-            id: p.id,
-            limits: p.limits,
-            clients: p.clients,
-            owner: p.owner,
-            metrics: p.metrics,
-            primary_security_groups: p.primary_security_groups,
-            primary_subnet: p.primary_subnet,
-            vpc_id: p.vpc_id,
-            vpc_cidrs: p.vpc_cidrs,
-            journal: p.journal,
-            pool: Mutex::new(p.pool),
-            enis: Mutex::new(p.enis),
-            node: Mutex::new(NodeInfo::default()),
-            eni_config: Mutex::new(None),
-            board: p.board,
-            signals_pending: Mutex::new(false),
-            paused_until: Mutex::new(None),
-            released: Mutex::new(BTreeMap::new()),
-            verified: Mutex::new(BTreeMap::new()),
-            pods: Mutex::new(BTreeMap::new()),
-        }
-    }
-
     pub fn pool(&self) -> PoolConfig {
-        *lock(&self.pool)
+        *lock(&self.changing.pool)
     }
     pub fn set_pool(&self, pool: PoolConfig) {
-        *lock(&self.pool) = pool;
+        *lock(&self.changing.pool) = pool;
     }
     pub fn enis(&self) -> BTreeMap<String, KnownEni> {
-        lock(&self.enis).clone()
+        lock(&self.changing.enis).clone()
     }
     pub fn eni(&self, id: &str) -> Option<KnownEni> {
-        lock(&self.enis).get(id).cloned()
+        lock(&self.changing.enis).get(id).cloned()
     }
     pub fn put_eni(&self, eni: KnownEni) {
-        lock(&self.enis).insert(eni.id.clone(), eni);
+        lock(&self.changing.enis).insert(eni.id.clone(), eni);
     }
     pub fn forget_eni(&self, id: &str) -> Option<KnownEni> {
-        lock(&self.enis).remove(id)
+        lock(&self.changing.enis).remove(id)
     }
     pub fn trunk(&self) -> Option<KnownEni> {
-        lock(&self.enis).values().find(|e| e.trunk()).cloned()
+        lock(&self.changing.enis).values().find(|e| e.trunk()).cloned()
     }
     pub fn node(&self) -> NodeInfo {
-        lock(&self.node).clone()
+        lock(&self.changing.node).clone()
     }
     pub fn set_node(&self, node: NodeInfo) {
-        *lock(&self.node) = node;
+        *lock(&self.changing.node) = node;
+    }
+    /// The node's ENIConfig name, resolved from its labels and annotations as upstream.
+    pub fn eni_config_name(&self) -> crate::kube::eniconfig::EniConfigName {
+        let node = self.node();
+        crate::kube::eniconfig::resolve(
+            &node.labels,
+            &node.annotations,
+            &self.cfg.eni_config_label,
+            &self.cfg.eni_config_annotation,
+        )
     }
     pub fn eni_config(&self) -> Option<EniConfig> {
-        lock(&self.eni_config).clone()
+        lock(&self.changing.eni_config).clone()
     }
     pub fn set_eni_config(&self, c: Option<EniConfig>) {
-        *lock(&self.eni_config) = c;
+        *lock(&self.changing.eni_config) = c;
     }
     pub fn pods(&self) -> BTreeMap<(String, String), PodInfo> {
-        lock(&self.pods).clone()
+        lock(&self.changing.pods).clone()
     }
     pub fn set_pods(&self, pods: BTreeMap<(String, String), PodInfo>) {
-        *lock(&self.pods) = pods;
+        *lock(&self.changing.pods) = pods;
     }
     pub fn put_pod(&self, pod: PodInfo) {
-        lock(&self.pods).insert((pod.namespace.clone(), pod.name.clone()), pod);
+        lock(&self.changing.pods).insert((pod.namespace.clone(), pod.name.clone()), pod);
     }
     pub fn forget_pod(&self, pod: &PodInfo) {
-        lock(&self.pods).remove(&(pod.namespace.clone(), pod.name.clone()));
+        lock(&self.changing.pods).remove(&(pod.namespace.clone(), pod.name.clone()));
     }
     pub fn note_released(&self, cidrs: &[Cidr]) {
-        let mut r = lock(&self.released);
+        let mut r = lock(&self.changing.released);
         r.retain(|_, at| at.elapsed() < RELEASE_COOLDOWN);
         for c in cidrs {
             r.insert(*c, std::time::Instant::now());
         }
     }
     pub fn recently_released(&self, cidr: &Cidr) -> bool {
-        lock(&self.released).get(cidr).is_some_and(|at| at.elapsed() < RELEASE_COOLDOWN)
+        lock(&self.changing.released).get(cidr).is_some_and(|at| at.elapsed() < RELEASE_COOLDOWN)
     }
     pub fn verified(&self, eni: &str, imds: &std::collections::BTreeSet<Cidr>) -> bool {
-        lock(&self.verified).get(eni) == Some(imds)
+        lock(&self.changing.verified).get(eni) == Some(imds)
     }
     pub fn set_verified(&self, eni: &str, imds: std::collections::BTreeSet<Cidr>) {
-        lock(&self.verified).insert(eni.to_owned(), imds);
+        lock(&self.changing.verified).insert(eni.to_owned(), imds);
     }
     pub fn pause_until(&self, until: std::time::Instant) {
-        *lock(&self.paused_until) = Some(until);
+        *lock(&self.changing.paused_until) = Some(until);
     }
     /// True while the pool is paused.
     pub fn paused(&self) -> bool {
-        lock(&self.paused_until).is_some_and(|t| std::time::Instant::now() < t)
+        lock(&self.changing.paused_until).is_some_and(|t| std::time::Instant::now() < t)
     }
     pub fn signals_pending(&self) -> bool {
-        *lock(&self.signals_pending)
+        *lock(&self.changing.signals_pending)
     }
     pub fn set_signals_pending(&self, pending: bool) {
-        *lock(&self.signals_pending) = pending;
+        *lock(&self.changing.signals_pending) = pending;
     }
 
     /// Where new ENIs go and which groups they get: the ENIConfig's subnet and groups under

@@ -16,12 +16,42 @@ use eniguard_tests::{
     agent::{self, sim_calls, sim_control, INTROSPECTION_PORT},
     sim::{
         kube_api::{self, CNINODES},
-        scenario::{Scenario, Sim},
+        scenario::{Scenario, Sim, SimNode},
     },
 };
 use serde_json::Value;
 
 use crate::{clients::ec2_client, harness::Ctx};
+
+/// One test's simulator (with its fabric), its EC2 client, node 0, and a fresh state directory
+/// for node 0's agent, removed at the end.
+struct World {
+    sim: Sim,
+    rt: tokio::runtime::Runtime,
+    ec2: Ec2,
+    node: SimNode,
+    dir: std::path::PathBuf,
+    prefix: String,
+}
+
+impl World {
+    fn new(ctx: &Ctx, tag: &str, scenario: &Scenario) -> Result<Self> {
+        let prefix = format!("{}-{tag}", ctx.prefix());
+        let rt = runtime()?;
+        let sim = rt.block_on(Sim::start_with_fabric(scenario, &prefix))?;
+        let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+        let node = sim.nodes[0].clone();
+        let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(Self { sim, rt, ec2, node, dir, prefix })
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
@@ -304,12 +334,8 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
         checkpoint::Checkpoint,
         model::{AllocKey, Allocation, PodRef},
     };
-    let prefix = format!("{}-old", ctx.prefix());
-    let scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
-    let rt = runtime()?;
-    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let node = sim.nodes[0].clone();
+    let w = World::new(ctx, "old", &Scenario::parse(include_str!("../../scenarios/incident.yaml"))?)?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
     // The buggy order: SecurityGroupsForPods alone (once the Resource Controller made the CNINode).
     eventually("the CNINode", Duration::from_secs(10), || {
         Ok(sim.kube.read(|s| s.get(&CNINODES.key(None, &node.name))).ok().map(|_| ()))
@@ -337,8 +363,6 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
     )?;
     let on_trunk = assigned.assigned_ipv4_prefixes()[0].ipv4_prefix().context("prefix")?.to_owned();
     let victim: Ipv4Addr = on_trunk.split('/').next().context("prefix address")?.parse()?;
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let key =
         AllocKey { network_name: "aws-cni".into(), container_id: "c0ffee".into(), if_name: "eth0".into() };
@@ -365,7 +389,6 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
     let t = enis.values().find(|n| n.network_interface_id() == Some(trunk_id.as_str())).context("trunk")?;
     ensure!(prefixes_and_ips(t) == (0, 1), "the trunk's /28 was touched: {:?}", prefixes_and_ips(t));
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -374,13 +397,8 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
 /// no ENIConfig for the node (a Warning Event; ready once it exists), an ENIConfig naming a subnet
 /// that does not exist (a Warning Event, retried after the pause, no ENI).
 pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
-    let prefix = format!("{}-bad", ctx.prefix());
-    let rt = runtime()?;
-    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let node = sim.nodes[0].clone();
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
+    let w = World::new(ctx, "bad", &Scenario::default_scenario())?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
     let calls_before = sim_calls(&sim)?;
     let bad: &[(&str, &str, &str)] = &[
         ("WARM_ENI_TARGET", "lots", "WARM_ENI_TARGET=`lots`: expected"),
@@ -463,12 +481,9 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     agent.daemon.terminate()?;
 
     // An ENIConfig naming a subnet that does not exist (on a node of its own: a fresh sim).
-    drop(sim);
-    let prefix = format!("{prefix}2");
-    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let node = sim.nodes[0].clone();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(w);
+    let w = World::new(ctx, "bad2", &Scenario::default_scenario())?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
     sim.kube
         .write(|s| {
             s.merge_patch(
@@ -503,7 +518,6 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         "ready without an address"
     );
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -521,17 +535,12 @@ async fn created_enis(ec2: &Ec2, instance: &str) -> Result<Vec<NetworkInterface>
 /// call: the agent converges to the pool WARM_IP_TARGET=20 asks for (9 + 9 + 2 on an m5.large),
 /// creates no ENI twice, leaves none unattached, and keeps running.
 pub fn converges_under_faults(ctx: &mut Ctx) -> Result<()> {
-    let prefix = format!("{}-flt", ctx.prefix());
-    let rt = runtime()?;
-    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let node = sim.nodes[0].clone();
+    let w = World::new(ctx, "flt", &Scenario::default_scenario())?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
     sim_control(&sim, "throttle?rate=0.5&seconds=30")?;
     sim_control(&sim, "fail?action=CreateNetworkInterface&count=3&status=500")?;
     sim_control(&sim, "fail?action=AttachNetworkInterface&count=2&status=503")?;
     sim_control(&sim, "latency?ms=500")?;
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
     let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "20")])?;
     agent.daemon.wait_for_line("ready:", Duration::from_secs(120)).context("ready under faults")?;
     let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (9, 0)), (2, (2, 0))].into();
@@ -546,21 +555,17 @@ pub fn converges_under_faults(ctx: &mut Ctx) -> Result<()> {
     let calls = sim_calls(&sim)?;
     println!("  converged to {got:?}; EC2 calls received (faulted ones too): {calls:?}");
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// The subnet runs out: EC2's InsufficientFreeAddressesInSubnet pauses the pool for 120 s with a
 /// Warning Event and the counter; when addresses free up the pool completes after the pause.
 pub fn subnet_exhaustion(ctx: &mut Ctx) -> Result<()> {
-    let prefix = format!("{}-sub", ctx.prefix());
     let mut scenario = Scenario::default_scenario();
     // 32 − 5 reserved = 27 addresses; the primary ENI holds one.
     scenario.subnets[0].cidr = "10.0.0.0/27".into();
-    let rt = runtime()?;
-    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let node = sim.nodes[0].clone();
+    let w = World::new(ctx, "sub", &scenario)?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
     // Other tenants of the subnet: 10 + 3 addresses.
     let mut squatters = Vec::new();
     for n in [9, 2] {
@@ -575,8 +580,6 @@ pub fn subnet_exhaustion(ctx: &mut Ctx) -> Result<()> {
             .push(eni.network_interface().and_then(|e| e.network_interface_id()).context("id")?.to_owned());
     }
     // WARM_IP_TARGET=15: 9 on the primary (4 left), then an ENI with 6 needs 7: refused.
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
     let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "15")])?;
     agent.daemon.wait_for_line("ready:", Duration::from_secs(60))?;
     let event = eventually("the SubnetExhausted Event", Duration::from_secs(20), || {
@@ -595,7 +598,6 @@ pub fn subnet_exhaustion(ctx: &mut Ctx) -> Result<()> {
         Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
     })?;
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -663,13 +665,8 @@ pub fn survives_kill_9(ctx: &mut Ctx) -> Result<()> {
 /// pool ENI are taken in (or out) at the next reconcile, with one DescribeNetworkInterfaces for
 /// the ENI IMDS shows changed; the pod watch sees this node's pods and no other node's.
 pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
-    let prefix = format!("{}-rec", ctx.prefix());
-    let rt = runtime()?;
-    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let node = sim.nodes[0].clone();
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
+    let w = World::new(ctx, "rec", &Scenario::default_scenario())?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
     let agent = agent::start(&sim, &prefix, 0, &dir, &[])?;
     for (name, on) in [("mine", node.name.as_str()), ("theirs", "ip-10-0-9-9.us-west-2.compute.internal")] {
         let pod = serde_json::json!({"metadata": {"name": name}, "spec": {"nodeName": on, "containers": [{"name": "c"}]}});
@@ -749,25 +746,19 @@ pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
     ensure!(agent.metric(describes)? == 2.0, "{} DescribeNetworkInterfaces", agent.metric(describes)?);
     println!("  the agent holds what EC2 shows: {held:?}");
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// A cordoned node (the `node.kubernetes.io/unschedulable:NoSchedule` taint) gets addresses on
 /// the ENIs it has but no new ENI, unless AWS_MANAGE_ENIS_NON_SCHEDULABLE=true (upstream #1223).
 pub fn cordoned_node_gets_no_new_eni(ctx: &mut Ctx) -> Result<()> {
-    let prefix = format!("{}-cor", ctx.prefix());
-    let rt = runtime()?;
-    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let node = sim.nodes[0].clone();
+    let w = World::new(ctx, "cor", &Scenario::default_scenario())?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
     let taint = serde_json::json!({"spec": {"unschedulable": true,
         "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}});
     sim.kube
         .write(|s| s.merge_patch(&kube_api::NODES.key(None, &node.name), &taint))
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
     let env = [("WARM_IP_TARGET", "20")];
     let agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
     std::thread::sleep(Duration::from_secs(6));
@@ -787,7 +778,6 @@ pub fn cordoned_node_gets_no_new_eni(ctx: &mut Ctx) -> Result<()> {
         Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
     })?;
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -797,11 +787,8 @@ pub fn cordoned_node_gets_no_new_eni(ctx: &mut Ctx) -> Result<()> {
 /// a malformed body are refused with the field or both versions named; the socket is 0600.
 pub fn local_api(ctx: &mut Ctx) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let prefix = format!("{}-api", ctx.prefix());
-    let rt = runtime()?;
-    let sim = rt.block_on(Sim::start_with_fabric(&Scenario::default_scenario(), &prefix))?;
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
+    let w = World::new(ctx, "api", &Scenario::default_scenario())?;
+    let World { sim, dir, prefix, .. } = &w;
     let agent = agent::start(&sim, &prefix, 0, &dir, &[])?;
     let socket = dir.join("run/eniguard.sock");
     let mode = std::fs::metadata(&socket)?.permissions().mode() & 0o777;
@@ -859,6 +846,5 @@ pub fn local_api(ctx: &mut Ctx) -> Result<()> {
         eniguard::ipam::checkpoint::Checkpoint::new(dir.join("ipam.json")).read()?.context("checkpoint")?;
     ensure!(kept.allocations.is_empty(), "still checkpointed: {kept:?}");
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
