@@ -349,7 +349,7 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
         })
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let trunk = eventually("the trunk", Duration::from_secs(20), || {
-        let enis = rt.block_on(attached(&ec2, &node.instance_id))?;
+        let enis = rt.block_on(attached(ec2, &node.instance_id))?;
         Ok(enis.into_values().find(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk")))
     })?;
     let trunk_id = trunk.network_interface_id().context("trunk id")?.to_owned();
@@ -363,21 +363,21 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
     )?;
     let on_trunk = assigned.assigned_ipv4_prefixes()[0].ipv4_prefix().context("prefix")?.to_owned();
     let victim: Ipv4Addr = on_trunk.split('/').next().context("prefix address")?.parse()?;
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
     let key =
         AllocKey { network_name: "aws-cni".into(), container_id: "c0ffee".into(), if_name: "eth0".into() };
     let pod = PodRef { namespace: "shop".into(), name: "payments-0".into() };
     let allocation = Allocation { key, ip: victim, pod, allocated_at: 1 };
     Checkpoint::new(dir.join("ipam.json")).write(std::slice::from_ref(&allocation), &[])?;
 
-    let agent = agent::start(&sim, &prefix, 0, &dir, INCIDENT_ENV)?;
+    let agent = agent::start(sim, prefix, 0, dir, INCIDENT_ENV)?;
     let reason = "trunk ENI (security groups for pods)";
     let finding = agent
         .metric(&format!("eniguard_ipam_excluded_addresses{{eni=\"{trunk_id}\",reason=\"{reason}\"}}"))?;
     ensure!(finding == 16.0, "the trunk's /28 is reported: {finding}");
     // The pool counts only the pods ENI's /28.
     ensure!(agent.metric("eniguard_ipam_addresses{state=\"total\"}")? == 16.0, "trunk addresses in the pool");
-    let drift = events_on(&sim, &node.name, "TrunkSecurityGroupsDrift")?;
+    let drift = events_on(sim, &node.name, "TrunkSecurityGroupsDrift")?;
     ensure!(drift.len() == 1 && drift[0]["type"] == "Warning", "{drift:?}");
     let msg = drift[0]["message"].as_str().unwrap_or_default();
     ensure!(msg.contains(&trunk_id) && msg.contains("replace this node"), "{msg}");
@@ -385,7 +385,7 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
     // The evidence stays in the checkpoint; the trunk keeps its prefix (nothing hands it out).
     let kept = Checkpoint::new(dir.join("ipam.json")).read()?.context("checkpoint")?;
     ensure!(kept.allocations == [allocation], "checkpoint now {:?}", kept.allocations);
-    let enis = rt.block_on(attached(&ec2, &node.instance_id))?;
+    let enis = rt.block_on(attached(ec2, &node.instance_id))?;
     let t = enis.values().find(|n| n.network_interface_id() == Some(trunk_id.as_str())).context("trunk")?;
     ensure!(prefixes_and_ips(t) == (0, 1), "the trunk's /28 was touched: {:?}", prefixes_and_ips(t));
     drop(agent);
@@ -399,7 +399,7 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
 pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     let w = World::new(ctx, "bad", &Scenario::default_scenario())?;
     let World { sim, rt, ec2, node, dir, prefix } = &w;
-    let calls_before = sim_calls(&sim)?;
+    let calls_before = sim_calls(sim)?;
     let bad: &[(&str, &str, &str)] = &[
         ("WARM_ENI_TARGET", "lots", "WARM_ENI_TARGET=`lots`: expected"),
         ("AWS_VPC_ENI_MTU", "100", "AWS_VPC_ENI_MTU=`100`: expected"),
@@ -413,7 +413,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         ("MY_NODE_NAME", "", "MY_NODE_NAME"),
     ];
     for (var, value, says) in bad {
-        let mut child = agent::command(&sim, &prefix, 0, &dir, &[(var, value)])?
+        let mut child = agent::command(sim, prefix, 0, dir, &[(var, value)])?
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
@@ -433,11 +433,11 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         ensure!(!status.success() && stderr.contains(says), "{var}={value}: exit {status}, stderr {stderr}");
     }
     ensure!(
-        sim_calls(&sim)? == calls_before,
+        sim_calls(sim)? == calls_before,
         "bad variables reached EC2: {calls_before:?} → {:?}",
-        sim_calls(&sim)?
+        sim_calls(sim)?
     );
-    ensure!(rt.block_on(attached(&ec2, &node.instance_id))?.len() == 1, "an ENI was created");
+    ensure!(rt.block_on(attached(ec2, &node.instance_id))?.len() == 1, "an ENI was created");
 
     // Custom networking, and the node's ENIConfig (named after its zone) does not exist yet.
     let saved = sim
@@ -451,9 +451,9 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
         ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
     ];
-    let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &cn)?;
+    let mut agent = agent::spawn(sim, prefix, 0, dir, &cn)?;
     let missing = eventually("the MissingENIConfig Event", Duration::from_secs(20), || {
-        Ok(events_on(&sim, &node.name, "MissingENIConfig")?.into_iter().next())
+        Ok(events_on(sim, &node.name, "MissingENIConfig")?.into_iter().next())
     })?;
     let msg = missing["message"].as_str().unwrap_or_default().to_owned();
     ensure!(missing["type"] == "Warning" && msg.contains("`us-west-2a`"), "{missing}");
@@ -462,7 +462,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         "ready without an ENIConfig"
     );
     ensure!(
-        !sim_calls(&sim)?.contains_key("CreateNetworkInterface"),
+        !sim_calls(sim)?.contains_key("CreateNetworkInterface"),
         "an ENI was created without an ENIConfig"
     );
     // The operator creates it: the agent goes on and gets ready with an ENI from it.
@@ -473,7 +473,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         .daemon
         .wait_for_line("ready:", Duration::from_secs(60))
         .context("ready once the ENIConfig exists")?;
-    let enis = rt.block_on(attached(&ec2, &node.instance_id))?;
+    let enis = rt.block_on(attached(ec2, &node.instance_id))?;
     ensure!(
         enis.get(&1).and_then(|n| n.subnet_id()) == Some(sim.subnets["pods-a"].as_str()),
         "no ENI from the ENIConfig"
@@ -492,9 +492,9 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
             )
         })
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let agent = agent::spawn(&sim, &prefix, 0, &dir, &cn)?;
+    let agent = agent::spawn(sim, prefix, 0, dir, &cn)?;
     let invalid = eventually("the InvalidENIConfig Event", Duration::from_secs(20), || {
-        Ok(events_on(&sim, &node.name, "InvalidENIConfig")?.into_iter().next())
+        Ok(events_on(sim, &node.name, "InvalidENIConfig")?.into_iter().next())
     })?;
     let msg = invalid["message"].as_str().unwrap_or_default();
     ensure!(
@@ -504,9 +504,9 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         "{msg}"
     );
     std::thread::sleep(Duration::from_secs(6));
-    let creates = sim_calls(&sim)?.get("CreateNetworkInterface").copied().unwrap_or(0);
+    let creates = sim_calls(sim)?.get("CreateNetworkInterface").copied().unwrap_or(0);
     ensure!(creates == 1, "{creates} CreateNetworkInterface calls: the pause did not hold");
-    ensure!(rt.block_on(attached(&ec2, &node.instance_id))?.len() == 1, "an ENI was created");
+    ensure!(rt.block_on(attached(ec2, &node.instance_id))?.len() == 1, "an ENI was created");
     let leftovers = rt.block_on(
         ec2.describe_network_interfaces()
             .filters(Filter::builder().name("status").values("available").build())
@@ -537,22 +537,22 @@ async fn created_enis(ec2: &Ec2, instance: &str) -> Result<Vec<NetworkInterface>
 pub fn converges_under_faults(ctx: &mut Ctx) -> Result<()> {
     let w = World::new(ctx, "flt", &Scenario::default_scenario())?;
     let World { sim, rt, ec2, node, dir, prefix } = &w;
-    sim_control(&sim, "throttle?rate=0.5&seconds=30")?;
-    sim_control(&sim, "fail?action=CreateNetworkInterface&count=3&status=500")?;
-    sim_control(&sim, "fail?action=AttachNetworkInterface&count=2&status=503")?;
-    sim_control(&sim, "latency?ms=500")?;
-    let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "20")])?;
+    sim_control(sim, "throttle?rate=0.5&seconds=30")?;
+    sim_control(sim, "fail?action=CreateNetworkInterface&count=3&status=500")?;
+    sim_control(sim, "fail?action=AttachNetworkInterface&count=2&status=503")?;
+    sim_control(sim, "latency?ms=500")?;
+    let mut agent = agent::spawn(sim, prefix, 0, dir, &[("WARM_IP_TARGET", "20")])?;
     agent.daemon.wait_for_line("ready:", Duration::from_secs(120)).context("ready under faults")?;
     let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (9, 0)), (2, (2, 0))].into();
     let got = eventually("the warm pool", Duration::from_secs(120), || {
-        let got = rt.block_on(pool(&ec2, &node.instance_id))?;
+        let got = rt.block_on(pool(ec2, &node.instance_id))?;
         Ok((got == want).then_some(got))
     })?;
-    let created = rt.block_on(created_enis(&ec2, &node.instance_id))?;
+    let created = rt.block_on(created_enis(ec2, &node.instance_id))?;
     ensure!(created.len() == 2, "{} ENIs created for 2 slots: {created:?}", created.len());
     ensure!(created.iter().all(|n| n.attachment().is_some()), "an unattached ENI was left");
     ensure!(agent.daemon.wait_exit(Duration::from_millis(10))?.is_none(), "the agent exited");
-    let calls = sim_calls(&sim)?;
+    let calls = sim_calls(sim)?;
     println!("  converged to {got:?}; EC2 calls received (faulted ones too): {calls:?}");
     drop(agent);
     Ok(())
@@ -580,22 +580,22 @@ pub fn subnet_exhaustion(ctx: &mut Ctx) -> Result<()> {
             .push(eni.network_interface().and_then(|e| e.network_interface_id()).context("id")?.to_owned());
     }
     // WARM_IP_TARGET=15: 9 on the primary (4 left), then an ENI with 6 needs 7: refused.
-    let mut agent = agent::spawn(&sim, &prefix, 0, &dir, &[("WARM_IP_TARGET", "15")])?;
+    let mut agent = agent::spawn(sim, prefix, 0, dir, &[("WARM_IP_TARGET", "15")])?;
     agent.daemon.wait_for_line("ready:", Duration::from_secs(60))?;
     let event = eventually("the SubnetExhausted Event", Duration::from_secs(20), || {
-        Ok(events_on(&sim, &node.name, "SubnetExhausted")?.into_iter().next())
+        Ok(events_on(sim, &node.name, "SubnetExhausted")?.into_iter().next())
     })?;
     ensure!(event["type"] == "Warning", "{event}");
     ensure!(agent.metric("eniguard_subnet_exhausted_total")? == 1.0, "counter");
-    ensure!(rt.block_on(pool(&ec2, &node.instance_id))? == [(0, (9, 0))].into(), "grew while paused");
-    let creates = sim_calls(&sim)?.get("CreateNetworkInterface").copied();
+    ensure!(rt.block_on(pool(ec2, &node.instance_id))? == [(0, (9, 0))].into(), "grew while paused");
+    let creates = sim_calls(sim)?.get("CreateNetworkInterface").copied();
     std::thread::sleep(Duration::from_secs(10));
-    ensure!(sim_calls(&sim)?.get("CreateNetworkInterface").copied() == creates, "retried during the pause");
+    ensure!(sim_calls(sim)?.get("CreateNetworkInterface").copied() == creates, "retried during the pause");
     // Addresses free up: after the pause the pool completes.
     rt.block_on(ec2.delete_network_interface().network_interface_id(&squatters[0]).send())?;
     let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (6, 0))].into();
     eventually("the pool after the pause", Duration::from_secs(150), || {
-        Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
+        Ok((rt.block_on(pool(ec2, &node.instance_id))? == want).then_some(()))
     })?;
     drop(agent);
     Ok(())
@@ -667,7 +667,7 @@ pub fn survives_kill_9(ctx: &mut Ctx) -> Result<()> {
 pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
     let w = World::new(ctx, "rec", &Scenario::default_scenario())?;
     let World { sim, rt, ec2, node, dir, prefix } = &w;
-    let agent = agent::start(&sim, &prefix, 0, &dir, &[])?;
+    let agent = agent::start(sim, prefix, 0, dir, &[])?;
     for (name, on) in [("mine", node.name.as_str()), ("theirs", "ip-10-0-9-9.us-west-2.compute.internal")] {
         let pod = serde_json::json!({"metadata": {"name": name}, "spec": {"nodeName": on, "containers": [{"name": "c"}]}});
         sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
@@ -686,7 +686,7 @@ pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
     ensure!(listed == ["mine"], "the watch lists {listed:?}");
 
     // Someone else changes the primary ENI's addresses.
-    let primary = rt.block_on(attached(&ec2, &node.instance_id))?.remove(&0).context("primary")?;
+    let primary = rt.block_on(attached(ec2, &node.instance_id))?.remove(&0).context("primary")?;
     let primary_id = primary.network_interface_id().context("id")?.to_owned();
     let own = primary.private_ip_address().context("primary address")?.to_owned();
     let gone: Vec<String> = primary
@@ -704,7 +704,7 @@ pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
     // At the next reconcile (60 s) the agent holds exactly what EC2 shows (the address EC2 took
     // back is gone, the one it handed out again is kept), and the pool loop tops the ENI up again.
     let ec2_view = || -> Result<Vec<String>> {
-        let p = rt.block_on(attached(&ec2, &node.instance_id))?.remove(&0).context("primary")?;
+        let p = rt.block_on(attached(ec2, &node.instance_id))?.remove(&0).context("primary")?;
         let mut v: Vec<String> = p
             .private_ip_addresses()
             .iter()
@@ -760,22 +760,22 @@ pub fn cordoned_node_gets_no_new_eni(ctx: &mut Ctx) -> Result<()> {
         .write(|s| s.merge_patch(&kube_api::NODES.key(None, &node.name), &taint))
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let env = [("WARM_IP_TARGET", "20")];
-    let agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
+    let agent = agent::start(sim, prefix, 0, dir, &env)?;
     std::thread::sleep(Duration::from_secs(6));
     ensure!(
-        rt.block_on(pool(&ec2, &node.instance_id))? == [(0, (9, 0))].into(),
+        rt.block_on(pool(ec2, &node.instance_id))? == [(0, (9, 0))].into(),
         "a cordoned node grew an ENI"
     );
     ensure!(
-        !sim_calls(&sim)?.contains_key("CreateNetworkInterface"),
+        !sim_calls(sim)?.contains_key("CreateNetworkInterface"),
         "CreateNetworkInterface on a cordoned node"
     );
     agent.daemon.terminate()?;
     let manage = [("WARM_IP_TARGET", "20"), ("AWS_MANAGE_ENIS_NON_SCHEDULABLE", "true")];
-    let agent = agent::start(&sim, &prefix, 0, &dir, &manage)?;
+    let agent = agent::start(sim, prefix, 0, dir, &manage)?;
     let want: BTreeMap<i32, (usize, usize)> = [(0, (9, 0)), (1, (9, 0)), (2, (2, 0))].into();
     eventually("ENIs with AWS_MANAGE_ENIS_NON_SCHEDULABLE", Duration::from_secs(30), || {
-        Ok((rt.block_on(pool(&ec2, &node.instance_id))? == want).then_some(()))
+        Ok((rt.block_on(pool(ec2, &node.instance_id))? == want).then_some(()))
     })?;
     drop(agent);
     Ok(())
@@ -789,7 +789,7 @@ pub fn local_api(ctx: &mut Ctx) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let w = World::new(ctx, "api", &Scenario::default_scenario())?;
     let World { sim, dir, prefix, .. } = &w;
-    let agent = agent::start(&sim, &prefix, 0, &dir, &[])?;
+    let agent = agent::start(sim, prefix, 0, dir, &[])?;
     let socket = dir.join("run/eniguard.sock");
     let mode = std::fs::metadata(&socket)?.permissions().mode() & 0o777;
     ensure!(mode == 0o600, "socket mode {mode:o}");
