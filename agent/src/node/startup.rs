@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     ipam::{
         checkpoint::Checkpoint,
-        datastore::{Datastore, DatastoreConfig, DatastoreError, Finding},
+        datastore::{Datastore, DatastoreConfig, DatastoreError, Finding, Restored},
         model::{EniFlags, EniSpec},
         policy::{Limits, PoolConfig},
         Ipam, IpamError,
@@ -88,49 +88,20 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     i.net.set_mtu(&id.mac, i.cfg.eni_mtu).await?;
     board.step("ENIs (IMDS, then one DescribeNetworkInterfaces)");
     let seen = i.imds.enis().await?;
-    let primary = seen
-        .iter()
-        .find(|e| e.mac == id.mac)
-        .cloned()
-        .ok_or_else(|| StartError::NoPrimary(id.mac.clone()))?;
+    let primary =
+        seen.iter().find(|e| e.mac == id.mac).cloned().ok_or(StartError::NoPrimary(id.mac.clone()))?;
     let mut described = ec2.describe_enis(&seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
     let journal = Journal::new(&i.run_dir);
     finish_pending(&ec2, &journal, &id, &mut described).await?;
     let enis = known_enis(&i.cfg, &id, &seen, &described);
     board.step("import through the exclusion rule");
-    let mut ipam = Ipam::new(
-        Datastore::new(DatastoreConfig {
-            prefix_delegation: i.cfg.prefix_delegation,
-            custom_networking: i.cfg.custom_networking,
-            cooldown_nanos: u64::try_from(i.cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX),
-        }),
-        Checkpoint::new(&i.cfg.backing_store),
-    );
-    let findings = import(&mut ipam.datastore, &enis, &described)?;
-    report_findings(&i.metrics, &findings);
+    let mut ipam = new_ipam(&i.cfg);
+    report_findings(&i.metrics, &import(&mut ipam.datastore, &enis, &described)?);
     for eni in enis.values().filter(|e| !e.primary && !e.unmanaged) {
         setup_link(&i.net, eni, i.cfg.eni_mtu).await?;
     }
     board.step("restore the checkpoint");
-    let restored = ipam.restore(now())?;
-    for a in &restored.dropped {
-        log::info!(
-            "checkpoint: {} ({}/{}) is on no ENI any more, dropped",
-            a.ip,
-            a.pod.namespace,
-            a.pod.name
-        );
-    }
-    for (a, f) in &restored.on_excluded {
-        log::warn!(
-            "checkpoint: {} of {}/{} is on {} ({}): kept as a finding, never handed out",
-            a.ip,
-            a.pod.namespace,
-            a.pod.name,
-            f.eni,
-            f.why
-        );
-    }
+    log_restored(&ipam.restore(now())?);
     board.step("security groups");
     let primary_security_groups = i.imds.primary_security_groups(&id.mac).await?;
     let clients = Clients { imds: i.imds, ec2, kube: i.kube, net: i.net, calls: i.calls };
@@ -159,6 +130,36 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     pool::prescale(&shared).await;
     super::audit::security_groups(&shared).await;
     Ok(shared)
+}
+
+fn new_ipam(cfg: &Config) -> Ipam {
+    let datastore = Datastore::new(DatastoreConfig {
+        prefix_delegation: cfg.prefix_delegation,
+        custom_networking: cfg.custom_networking,
+        cooldown_nanos: u64::try_from(cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX),
+    });
+    Ipam::new(datastore, Checkpoint::new(&cfg.backing_store))
+}
+
+fn log_restored(restored: &Restored) {
+    for a in &restored.dropped {
+        log::info!(
+            "checkpoint: {} ({}/{}) is on no ENI any more, dropped",
+            a.ip,
+            a.pod.namespace,
+            a.pod.name
+        );
+    }
+    for (a, f) in &restored.on_excluded {
+        log::warn!(
+            "checkpoint: {} of {}/{} is on {} ({}): kept as a finding, never handed out",
+            a.ip,
+            a.pod.namespace,
+            a.pod.name,
+            f.eni,
+            f.why
+        );
+    }
 }
 
 /// Finishes or undoes an ENI creation a previous run died in (see [`Journal`]).
