@@ -4,5 +4,7 @@
 
 pub mod api;
 #[cfg(feature = "control-plane")]
+pub mod client;
+#[cfg(feature = "control-plane")]
 pub mod server;
 pub mod spec;

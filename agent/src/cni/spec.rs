@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 /// The versions the plugin speaks (the stock 10-aws.conflist says 0.4.0).
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 
+/// Where the agent listens when the configuration does not say (`--run-dir` default).
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/eniguard/eniguard.sock";
+
 /// The spec's error codes.
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
@@ -170,6 +173,9 @@ pub struct NetConf {
     pub plugin_log_file: Option<String>,
     #[serde(default)]
     pub plugin_log_level: Option<String>,
+    /// The agent's local API socket (eniguard's own key; default [`DEFAULT_AGENT_SOCKET`]).
+    #[serde(default)]
+    pub agent_socket: Option<String>,
     #[serde(default)]
     pub prev_result: Option<Value>,
     #[serde(default)]

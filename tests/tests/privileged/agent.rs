@@ -834,6 +834,25 @@ pub fn local_api(ctx: &mut Ctx) -> Result<()> {
     ensure!(e["message"].as_str().is_some_and(|m| m.contains("0.0.1") && m.contains(version)), "{e}");
     let (code, e) = curl("POST", "/v1/cni/add", r#"{"clientVersion": "x"}"#)?;
     ensure!(code == 400 && e["message"].as_str().is_some_and(|m| m.contains("networkName")), "{code} {e}");
+    // The plugin's STATUS, as the runtime calls it, against the running agent: success, no output.
+    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "eniguard", "type": "eniguard-cni",
+        "agentSocket": socket.display().to_string()});
+    let mut status =
+        std::process::Command::new(eniguard_tests::eniguard_bin().with_file_name("eniguard-cni"))
+            .env_clear()
+            .env("CNI_COMMAND", "STATUS")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+    std::io::Write::write_all(&mut status.stdin.take().context("stdin")?, conf.to_string().as_bytes())?;
+    let out = status.wait_with_output()?;
+    ensure!(
+        out.status.success() && out.stdout.is_empty(),
+        "STATUS: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
     let (code, s) = curl("GET", "/v1/cni/status", "")?;
     ensure!(code == 200 && s["ready"] == true && s["available"] == 8, "{code} {s}");
 
