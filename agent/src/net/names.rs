@@ -1,0 +1,27 @@
+//! Host-side interface names as upstream derives them (pkg/networkutils/names.go), so that
+//! upstream's network-policy agent and eniguard's audit mode find a pod's veth: the prefix
+//! (AWS_VPC_K8S_CNI_VETHPREFIX, `eni` by default; `vlan` for strict-mode branch pods) and the
+//! first 11 hex digits of SHA-1("<namespace>.<pod>").
+
+use sha1::{Digest as _, Sha1};
+
+/// The host end of a pod's veth.
+pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{}", &hex[..11])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_prefix_and_eleven_hex_digits_of_the_pods_sha1() {
+        // Expected values from `hashlib.sha1(b"default.web").hexdigest()[:11]`.
+        assert_eq!(host_veth_name("eni", "default", "web"), "eni68caf03a5f4");
+        assert_eq!(host_veth_name("vlan", "kube-system", "coredns-5d78c9869d-abcde"), "vlan4d5f75c480c");
+        // Linux allows 15 characters: a 4-character prefix is the most that fits.
+        assert!(host_veth_name("vlan", "a", "b").len() <= 15);
+    }
+}
