@@ -37,14 +37,17 @@ impl Journal {
         JournalError { path: self.path.display().to_string(), message: e.to_string() }
     }
 
-    /// Notes `p` durably (temp file, fsync, rename).
+    /// Notes `p` durably (temp file, fsync, rename, directory fsync).
     pub fn write(&self, p: &Pending) -> Result<(), JournalError> {
         use std::io::Write as _;
         let tmp = self.path.with_extension("tmp");
         let body = serde_json::to_vec(p).map_err(|e| self.err(e))?;
         let mut f = std::fs::File::create(&tmp).map_err(|e| self.err(e))?;
         f.write_all(&body).and_then(|()| f.sync_all()).map_err(|e| self.err(e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))?;
+        // The rename is durable only once the directory is.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| self.err(e))
     }
 
     /// What a previous run left; a note that cannot be parsed counts as "id unknown".

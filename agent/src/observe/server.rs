@@ -1,5 +1,6 @@
-//! The agent's HTTP endpoints (hyper): health and introspection on INTROSPECTION_BIND_ADDRESS,
-//! metrics on METRICS_BIND_ADDRESS. GET only; every handler is a plain function of the path.
+//! The HTTP endpoints (hyper): the agent's health and introspection on INTROSPECTION_BIND_ADDRESS
+//! and metrics on METRICS_BIND_ADDRESS, the standalone guard's `--metrics-addr`. GET only; every
+//! handler is a plain function of the path.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -24,6 +25,9 @@ pub struct Reply {
 }
 
 impl Reply {
+    pub fn ok(content_type: &'static str, body: String) -> Self {
+        Self { status: 200, content_type, body }
+    }
     pub fn text(status: u16, body: impl Into<String>) -> Self {
         Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
     }

@@ -18,7 +18,10 @@ use eniguard::{
         spec::{Spec, ValidSpec},
     },
     net::links::LinkWatch,
-    observe::{http, metrics},
+    observe::{
+        metrics,
+        server::{self, Reply},
+    },
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -42,7 +45,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut spec = Spec::from_file(&args.intent)?;
     let resolved = resolve(spec.clone())?;
     let listener = match &args.metrics_addr {
-        Some(addr) => Some(http::bind(addr).await?),
+        Some(addr) => Some(server::bind(addr).await?),
         None => None,
     };
     let capacity = args.max_pods.map_or_else(Capacity::default, Capacity::for_max_pods);
@@ -70,10 +73,7 @@ pub async fn run(args: Args) -> Result<()> {
     let events_task = tokio::spawn(read_events(ring, guard.clone(), recent.clone()));
     if let Some(listener) = listener {
         let (guard, recent) = (guard.clone(), recent.clone());
-        tokio::spawn(http::serve(listener, move |path| {
-            let (guard, recent) = (guard.clone(), recent.clone());
-            async move { respond(&path, &guard, &recent) }
-        }));
+        tokio::spawn(server::serve(listener, move |path| respond(path, &guard, &recent)));
     }
 
     let mut links = LinkWatch::new()?;
@@ -153,27 +153,26 @@ async fn read_events(
     }
 }
 
-fn respond(path: &str, guard: &Mutex<Guard>, recent: &Mutex<RecentEvents>) -> http::Response {
+fn respond(path: &str, guard: &Mutex<Guard>, recent: &Mutex<RecentEvents>) -> Reply {
     match path {
         "/metrics" => {
             let Ok(guard) = guard.lock() else {
-                return http::Response::not_found();
+                return Reply::text(404, "not found\n");
             };
             match guard.stats() {
-                Ok(stats) => http::Response::ok(
-                    "text/plain; version=0.0.4",
-                    metrics::render_guard(&stats, &guard.names),
-                ),
-                Err(e) => http::Response { status: 500, content_type: "text/plain", body: format!("{e}\n") },
+                Ok(stats) => {
+                    Reply::ok("text/plain; version=0.0.4", metrics::render_guard(&stats, &guard.names))
+                }
+                Err(e) => Reply::text(500, format!("{e}\n")),
             }
         }
         "/v1/events" => {
             let Ok(recent) = recent.lock() else {
-                return http::Response::not_found();
+                return Reply::text(404, "not found\n");
             };
             let list: Vec<_> = recent.iter().collect();
-            http::Response::ok("application/json", serde_json::to_string(&list).unwrap_or_default())
+            Reply::ok("application/json", serde_json::to_string(&list).unwrap_or_default())
         }
-        _ => http::Response::not_found(),
+        _ => Reply::text(404, "not found\n"),
     }
 }
