@@ -1,10 +1,5 @@
 //! Every call to EC2 and IMDS, counted by service, action and result (`ok` or the error code), as
-//! the Prometheus counter `eniguard_aws_api_calls_total` and as a snapshot for tests and logs.
-
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
-};
+//! the Prometheus counter `eniguard_aws_api_calls_total`.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -22,7 +17,6 @@ pub struct CallLabels {
 #[derive(Clone, Debug, Default)]
 pub struct Calls {
     pub family: Family<CallLabels, Counter>,
-    counts: Arc<Mutex<BTreeMap<CallLabels, u64>>>,
 }
 
 impl Calls {
@@ -30,17 +24,5 @@ impl Calls {
         let labels =
             CallLabels { service: service.to_owned(), action: action.to_owned(), result: result.to_owned() };
         self.family.get_or_create(&labels).inc();
-        *self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(labels).or_default() += 1;
-    }
-
-    /// Calls so far of one service, by action (all results).
-    pub fn by_action(&self, service: &str) -> BTreeMap<String, u64> {
-        let mut out = BTreeMap::new();
-        for (l, n) in self.counts.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-            if l.service == service {
-                *out.entry(l.action.clone()).or_default() += n;
-            }
-        }
-        out
     }
 }
