@@ -2,6 +2,7 @@
 //! (later) the simulated VPC they run against.
 
 pub mod agent;
+pub mod cni;
 pub mod frames;
 pub mod http;
 pub mod netns;

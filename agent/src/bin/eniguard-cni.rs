@@ -1,15 +1,13 @@
 //! `eniguard-cni`: the CNI plugin, called by the container runtime with the command and its
 //! parameters in the environment and the network configuration on stdin; a result or an error as
-//! JSON on stdout, nothing else there. It talks to the agent over its local API.
-//!
-//! Built so far: VERSION, and STATUS (cheap: one request to the agent; code 50 "network is not
-//! ready" while the agent is down, starting or out of addresses). ADD, DEL, CHECK and GC come with
-//! the pod plumbing (issue 11) and are refused until then with code 4, naming the command.
+//! JSON on stdout, nothing else there. Logs go to `pluginLogFile` (upstream's convention;
+//! `stderr` or unset: standard error). What each command does: `eniguard::cni::plugin`.
 
 use std::io::{Read as _, Write as _};
 
 use eniguard::cni::{
     client::{CallError, Client},
+    plugin::Plugin,
     spec::{code, requested_version, version_reply, CniError, Command, Env, NetConf, DEFAULT_AGENT_SOCKET},
 };
 
@@ -22,13 +20,40 @@ fn main() {
     let out = match run(&stdin) {
         Ok(Some(v)) => (v, 0),
         Ok(None) => return,
-        Err(e) => (e.to_json(&version), 1),
+        Err(e) => {
+            log::warn!("{e}");
+            (e.to_json(&version), 1)
+        }
     };
     let mut stdout = std::io::stdout().lock();
     // Nothing else can report a failed write to stdout: the runtime sees the exit code.
     let _ = writeln!(stdout, "{}", out.0);
     drop(stdout);
     std::process::exit(out.1);
+}
+
+/// Logs to the configured file (appending; its directory is created), else to stderr.
+fn init_logging(conf: &NetConf, env: &Env) {
+    let level = match conf.plugin_log_level.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("error") => log::LevelFilter::Error,
+        Some("warn") | Some("warning") => log::LevelFilter::Warn,
+        Some("info") => log::LevelFilter::Info,
+        Some("trace") => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Debug, // upstream's default level
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format_timestamp_millis();
+    if let Some(path) = conf.plugin_log_file.as_deref().filter(|p| !p.is_empty() && *p != "stderr") {
+        let path = std::path::Path::new(path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            builder.target(env_logger::Target::Pipe(Box::new(file)));
+        }
+    }
+    let _ = builder.try_init();
+    log::debug!("{:?} container {} netns {} if {}", env.command, env.container_id, env.netns, env.if_name);
 }
 
 /// The command's output (None: success without output), or the error to print.
@@ -38,20 +63,22 @@ fn run(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
         return Ok(Some(version_reply(&requested_version(stdin))));
     }
     let conf = NetConf::parse(stdin)?;
+    init_logging(&conf, &env);
     let socket = conf.agent_socket.clone().unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_owned());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CniError::new(code::INTERNAL, format!("eniguard-cni: {e}")))?;
-    match env.command {
-        Command::Status => runtime.block_on(status(&Client::new(&socket))).map(|()| None),
-        other => Err(CniError::new(
-            code::INVALID_ENVIRONMENT,
-            format!(
-                "CNI_COMMAND={other:?}: eniguard-cni does not implement it yet (VERSION and STATUS only)"
-            ),
-        )),
+    let client = Client::new(&socket);
+    if env.command == Command::Status {
+        return runtime.block_on(status(&client)).map(|()| None);
     }
+    runtime.block_on(async {
+        let (conn, host, _) = rtnetlink::new_connection()
+            .map_err(|e| CniError::new(code::INTERNAL, format!("eniguard-cni: netlink: {e}")))?;
+        tokio::spawn(conn);
+        Plugin { env, conf, client, host }.run().await
+    })
 }
 
 /// STATUS: the agent must answer and have an address to give.

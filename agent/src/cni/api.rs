@@ -6,6 +6,9 @@
 //! - `POST /v1/cni/add` [`AddRequest`] → [`AddReply`]: an address for the pod, answered only after
 //!   the allocation is checkpointed; idempotent per (network, container id, interface).
 //! - `POST /v1/cni/del` [`DelRequest`] → [`DelReply`]: releases it; a key with nothing is fine.
+//! - `POST /v1/cni/check` [`CheckRequest`] → [`AddReply`]: the allocation ADD made for the key.
+//! - `POST /v1/cni/gc` [`GcRequest`] → [`GcReply`]: releases the network's allocations that are
+//!   not in the runtime's list of valid attachments (CNI 1.1 GC).
 //! - `GET /v1/cni/status` → [`StatusReply`] (200 when pods can be added, 503 otherwise).
 //!
 //! Failures are [`ApiError`] with an HTTP status and a [`ErrorKind`] the plugin maps to CNI codes.
@@ -17,6 +20,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const SOCKET_NAME: &str = "eniguard.sock";
 pub const ADD_PATH: &str = "/v1/cni/add";
 pub const DEL_PATH: &str = "/v1/cni/del";
+pub const CHECK_PATH: &str = "/v1/cni/check";
+pub const GC_PATH: &str = "/v1/cni/gc";
 pub const STATUS_PATH: &str = "/v1/cni/status";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +78,40 @@ pub struct DelReply {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckRequest {
+    pub client_version: String,
+    pub network_name: String,
+    pub container_id: String,
+    pub if_name: String,
+}
+
+/// One attachment the runtime still considers valid (`cni.dev/valid-attachments`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[serde(rename = "ifname")]
+    pub if_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GcRequest {
+    pub client_version: String,
+    pub network_name: String,
+    pub valid_attachments: Vec<Attachment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReply {
+    /// The addresses released (they cool down before reuse).
+    pub released: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReply {
     pub ready: bool,
@@ -91,6 +130,8 @@ pub enum ErrorKind {
     VersionMismatch,
     /// The request is malformed.
     BadRequest,
+    /// CHECK: the agent holds nothing for this (network, container, interface).
+    UnknownContainer,
     /// The address is held on an ENI that never serves pods (a pre-fix trunk address).
     Refused,
     Internal,
@@ -102,6 +143,7 @@ impl ErrorKind {
             Self::NotReady | Self::NoAddress => 503,
             Self::VersionMismatch => 409,
             Self::BadRequest => 400,
+            Self::UnknownContainer => 404,
             Self::Refused => 422,
             Self::Internal => 500,
         }

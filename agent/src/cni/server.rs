@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
 use super::api::{
-    self, AddReply, AddRequest, ApiError, DelReply, DelRequest, ErrorKind, StatusReply, ADD_PATH, DEL_PATH,
-    STATUS_PATH,
+    self, AddReply, AddRequest, ApiError, CheckRequest, DelReply, DelRequest, ErrorKind, GcReply, GcRequest,
+    StatusReply, ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, STATUS_PATH,
 };
 use crate::{
     ipam::{
@@ -107,9 +107,21 @@ async fn handle(req: Request<hyper::body::Incoming>, node: ReadyNode) -> Respons
             (Ok(r), Some(n)) => del(&n, r).await.map(|d| reply(200, &d)),
             (Ok(_), None) => Err(not_ready()),
         },
+        (Method::POST, CHECK_PATH) => match (api::parse::<CheckRequest>("check request", &body), ready) {
+            (Err(e), _) => Err(e),
+            (Ok(r), Some(n)) => check(&n, r).await.map(|a| reply(200, &a)),
+            (Ok(_), None) => Err(not_ready()),
+        },
+        (Method::POST, GC_PATH) => match (api::parse::<GcRequest>("gc request", &body), ready) {
+            (Err(e), _) => Err(e),
+            (Ok(r), Some(n)) => gc(&n, r).await.map(|g| reply(200, &g)),
+            (Ok(_), None) => Err(not_ready()),
+        },
         (_, p) => Err(ApiError::new(
             ErrorKind::BadRequest,
-            format!("no such endpoint: {p} (use {ADD_PATH}, {DEL_PATH}, {STATUS_PATH})"),
+            format!(
+                "no such endpoint: {p} (use {ADD_PATH}, {DEL_PATH}, {CHECK_PATH}, {GC_PATH}, {STATUS_PATH})"
+            ),
         )),
     };
     result.unwrap_or_else(|e| error(&e))
@@ -167,11 +179,16 @@ async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
     crate::node::pool::update_gauges(node).await;
     let (eni, device_number) =
         home.ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("{} has no ENI", allocation.ip)))?;
+    Ok(add_reply(node, allocation.ip, eni, device_number))
+}
+
+/// What the plugin needs to plumb `ip` of `eni`.
+fn add_reply(node: &Shared, ip: std::net::Ipv4Addr, eni: String, device_number: u32) -> AddReply {
     let cfg = &node.cfg;
     let mut vpc_cidrs = node.vpc_cidrs.clone();
     vpc_cidrs.extend(cfg.exclude_snat_cidrs.iter().map(ToString::to_string));
-    Ok(AddReply {
-        ipv4: allocation.ip.to_string(),
+    AddReply {
+        ipv4: ip.to_string(),
         eni,
         device_number,
         route_table: (device_number > 0).then_some(device_number + 1),
@@ -179,7 +196,62 @@ async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
         external_snat: cfg.external_snat,
         mtu: cfg.pod_mtu,
         veth_prefix: cfg.veth_prefix.clone(),
-    })
+    }
+}
+
+/// The allocation ADD made for the key, as ADD replied it.
+async fn check(node: &Shared, r: CheckRequest) -> Result<AddReply, ApiError> {
+    api::check_version(&r.client_version)?;
+    let key = key(&r.network_name, &r.container_id, &r.if_name)?;
+    let found = node
+        .owner
+        .with(move |ipam| {
+            let ip = ipam.datastore.allocation(&key).map(|a| a.ip)?;
+            ipam.datastore.eni_of(ip).map(|home| (ip, home))
+        })
+        .await;
+    let (ip, (eni, device_number)) = found.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::UnknownContainer,
+            format!(
+                "no address is allocated to container {} interface {} of network {}",
+                r.container_id, r.if_name, r.network_name
+            ),
+        )
+    })?;
+    Ok(add_reply(node, ip, eni, device_number))
+}
+
+/// Releases the network's allocations whose attachment the runtime no longer lists.
+async fn gc(node: &Shared, r: GcRequest) -> Result<GcReply, ApiError> {
+    api::check_version(&r.client_version)?;
+    let valid: std::collections::BTreeSet<(String, String)> =
+        r.valid_attachments.into_iter().map(|a| (a.container_id, a.if_name)).collect();
+    let network = r.network_name;
+    let released = node
+        .owner
+        .with(move |ipam| {
+            let stale: Vec<AllocKey> = ipam
+                .datastore
+                .allocations()
+                .into_iter()
+                .map(|a| a.key)
+                .filter(|k| {
+                    k.network_name == network && !valid.contains(&(k.container_id.clone(), k.if_name.clone()))
+                })
+                .collect();
+            let mut released = Vec::new();
+            for k in stale {
+                if let Some(a) = ipam.release(&k, now())? {
+                    released.push(a.ip.to_string());
+                }
+            }
+            Ok::<_, IpamError>(released)
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    crate::node::pool::update_gauges(node).await;
+    Ok(GcReply { released })
 }
 
 async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {

@@ -13,8 +13,8 @@ use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
         link::{LinkAttribute, LinkFlags},
-        route::RouteScope,
-        rule::RuleAttribute,
+        route::{RouteProtocol, RouteScope},
+        rule::{RuleAction, RuleAttribute},
     },
     Handle, LinkUnspec, RouteMessageBuilder,
 };
@@ -29,6 +29,8 @@ pub enum NetError {
     Call { what: String, source: rtnetlink::Error },
     #[error("no link with MAC {0}")]
     NoLink(String),
+    #[error("{path}: {source}")]
+    Sysctl { path: String, source: std::io::Error },
 }
 
 /// Priority of the `from <ENI primary IP>` rules (upstream's).
@@ -59,16 +61,16 @@ pub struct HostNet {
     handle: Handle,
 }
 
-fn call(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+pub(crate) fn call(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |source| NetError::Call { what, source }
 }
 
-fn is_exists(e: &rtnetlink::Error) -> bool {
+pub(crate) fn is_exists(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
 }
 
-fn is_missing(e: &rtnetlink::Error) -> bool {
+pub(crate) fn is_missing(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if [-libc::ESRCH, -libc::ENOENT].contains(&m.raw_code()))
 }
 
@@ -107,6 +109,17 @@ impl HostNet {
         let mut links = self.handle.link().get().match_index(index).execute();
         let link = links.try_next().await.map_err(call(format!("link {index}")))?;
         Ok(link.is_some_and(|l| l.header.flags.contains(LinkFlags::Up)))
+    }
+
+    /// Turns on IPv4 forwarding (pods' traffic is routed through the host); true if it was off.
+    pub fn enable_ipv4_forwarding(&self) -> Result<bool, NetError> {
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        let err = |source| NetError::Sysctl { path: path.to_owned(), source };
+        if std::fs::read_to_string(path).map_err(err)?.trim() == "1" {
+            return Ok(false);
+        }
+        std::fs::write(path, "1").map_err(err)?;
+        Ok(true)
     }
 
     /// Sets the primary ENI's MTU (the rest of its configuration is the instance's own).
@@ -158,6 +171,7 @@ impl HostNet {
             .output_interface(index)
             .destination_prefix(eni.subnet.addr, eni.subnet.prefix_len)
             .scope(RouteScope::Link)
+            .protocol(RouteProtocol::Kernel) // the kernel added it; a delete must say so to match
             .build();
         match self.handle.route().del(subnet_route).execute().await {
             Ok(()) => {}
@@ -250,6 +264,7 @@ impl HostNet {
             .source_prefix(ip, 32)
             .table_id(table)
             .priority(FROM_ENI_PRIORITY)
+            .action(RuleAction::ToTable)
             .execute()
             .await
             .map_err(call(format!("rule from {ip} lookup {table}")))

@@ -6,3 +6,5 @@
 pub mod eni;
 pub mod links;
 pub mod names;
+#[cfg(feature = "control-plane")]
+pub mod pod;

@@ -86,6 +86,9 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     let limits = instance_limits(&ec2, &id.instance_type, i.cfg.max_eni).await?;
     board.step("host network");
     i.net.set_mtu(&id.mac, i.cfg.eni_mtu).await?;
+    if i.net.enable_ipv4_forwarding()? {
+        log::info!("turned on net.ipv4.ip_forward: pods' traffic is routed through the host");
+    }
     board.step("ENIs (IMDS, then one DescribeNetworkInterfaces)");
     let seen = i.imds.enis().await?;
     let primary =

@@ -66,6 +66,9 @@ struct Wire {
     owned: Owned,
     /// VLAN id → (branch ENI id, its addresses), for a trunk.
     branches: BTreeMap<u16, (String, Owned)>,
+    /// The VPC namespace's routes to the ENI's secondary addresses and prefixes (via its
+    /// primary address), so that answers to pods reach the node.
+    routed: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -213,6 +216,29 @@ impl Fabric {
             self.apply_rules(&rules)?;
             state.rules = rules;
         }
+        let mut batch = String::new();
+        for (wire, eni) in state.wires.values_mut().filter_map(|w| {
+            let eni = ec2.eni(&w.eni_id).ok()?;
+            Some((w, eni))
+        }) {
+            let mut want: Vec<String> = eni.secondary_ips.iter().map(|ip| format!("{ip}/32")).collect();
+            want.extend(eni.prefixes.iter().map(|p| format!("{p}/28")));
+            want.sort();
+            for gone in wire.routed.iter().filter(|r| !want.contains(r)) {
+                batch.push_str(&format!("route del {gone} dev {}\n", wire.vpc_if));
+            }
+            for new in want.iter().filter(|r| !wire.routed.contains(r)) {
+                batch.push_str(&format!("route replace {new} via {} dev {}\n", eni.primary_ip, wire.vpc_if));
+            }
+            wire.routed = want;
+        }
+        if !batch.is_empty() {
+            let file = std::env::temp_dir().join(format!("{}.routes", self.vpc.name()));
+            std::fs::write(&file, &batch).context("writing the VPC's routes")?;
+            let applied = sh(Command::new("ip").args(["-n", self.vpc.name(), "-force", "-batch"]).arg(&file));
+            let _ = std::fs::remove_file(&file);
+            applied.context("the VPC's routes to pod addresses")?;
+        }
         // Recorded and checked: now the NICs carry their ENIs' MACs.
         for (instance, (node_if, mac)) in new_nics {
             if let Some(node) = self.nodes.get(instance) {
@@ -279,6 +305,7 @@ impl Fabric {
                 vpc_if,
                 owned: Owned::of(eni),
                 branches: BTreeMap::new(),
+                routed: Vec::new(),
             },
         );
         Ok((node_if, eni.mac.clone()))

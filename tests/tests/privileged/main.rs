@@ -3,6 +3,7 @@
 mod agent;
 #[path = "../common/clients.rs"]
 mod clients;
+mod cni;
 mod datapath_churn;
 mod guard;
 mod harness;
@@ -65,6 +66,8 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_follows_ec2_and_its_pods", run: agent::follows_ec2_and_its_pods },
         Test { name: "agent_cordoned_node_gets_no_new_eni", run: agent::cordoned_node_gets_no_new_eni },
         Test { name: "agent_local_api", run: agent::local_api },
+        Test { name: "cni_pods_per_version", run: cni::pods_per_version },
+        Test { name: "cni_bad_input", run: cni::bad_input },
     ])
 }
 

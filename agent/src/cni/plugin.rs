@@ -1,0 +1,297 @@
+//! What `eniguard-cni` does for each command, between the runtime (environment and stdin, see
+//! [`super::spec`]), the agent (its local API, [`super::client`]) and the kernel
+//! ([`crate::net::pod`]):
+//!
+//! - ADD: the netns must exist before anything is allocated; the agent allocates (idempotent per
+//!   key, answered after the checkpoint); the pod is plumbed; a failed plumbing releases the
+//!   address again and tears down what was made.
+//! - DEL: the agent releases; the host side is torn down from its answer or, when it cannot
+//!   answer, from `prevResult` (eniguard's or upstream aws-cni's); success in every case where
+//!   nothing is left to do (upstream #2350: kubelet may never retry a DEL).
+//! - CHECK: the agent still holds the address and everything ADD made is in place.
+//! - GC: the agent releases what the runtime no longer lists; their host rules go too.
+//!
+//! Codes: "try again later" (11) while the agent is unreachable or starting, with "network is
+//! not ready" in the message so that the kubelet retries after about a second (cni.md §2), and
+//! also 11 while the pool is empty.
+
+use std::path::PathBuf;
+
+use hyper::Method;
+use rtnetlink::Handle;
+use serde_json::Value;
+
+use super::{
+    api::{
+        AddReply, AddRequest, Attachment, CheckRequest, DelReply, DelRequest, ErrorKind, GcReply, GcRequest,
+        ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, VERSION,
+    },
+    client::{CallError, Client},
+    result::{add_result, previous, Added},
+    spec::{code, CniError, Command, Env, NetConf},
+};
+use crate::net::{
+    eni::NetError,
+    names::host_veth_name,
+    pod::{self, PodNetError, PodNetwork},
+};
+
+/// One invocation: the runtime's parameters, the configuration, the agent, the host netlink.
+pub struct Plugin {
+    pub env: Env,
+    pub conf: NetConf,
+    pub client: Client,
+    pub host: Handle,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(code::INTERNAL, format!("{what}: {e}"))
+}
+
+fn net_error(what: &str, e: NetError) -> CniError {
+    internal(what, e)
+}
+
+/// An agent failure as the runtime should see it.
+fn agent_error(e: CallError) -> CniError {
+    match e {
+        CallError::Unreachable { .. } => {
+            CniError::new(code::TRY_AGAIN_LATER, format!("network is not ready: {e}"))
+        }
+        CallError::Api(a) => match a.kind {
+            ErrorKind::NotReady => CniError::new(code::TRY_AGAIN_LATER, a.message),
+            ErrorKind::NoAddress => CniError::new(code::TRY_AGAIN_LATER, a.message),
+            ErrorKind::UnknownContainer => CniError::new(code::UNKNOWN_CONTAINER, a.message),
+            ErrorKind::BadRequest => CniError::new(code::INVALID_CONFIG, a.message),
+            ErrorKind::VersionMismatch | ErrorKind::Refused | ErrorKind::Internal => {
+                CniError::new(code::INTERNAL, a.message)
+            }
+        },
+        CallError::BadReply { .. } => CniError::new(code::INTERNAL, e.to_string()),
+    }
+}
+
+impl Plugin {
+    /// The command's output (None: success without output).
+    pub async fn run(&self) -> Result<Option<Value>, CniError> {
+        match self.env.command {
+            Command::Add => self.add().await.map(Some),
+            Command::Del => self.del().await.map(|()| None),
+            Command::Check => self.check().await.map(|()| None),
+            Command::Gc => self.gc().await.map(|()| None),
+            Command::Version | Command::Status => {
+                Err(internal("eniguard-cni", "handled before the plugin runs"))
+            }
+        }
+    }
+
+    /// The pod's namespace and name; a Kubernetes runtime always passes both.
+    fn pod(&self) -> Result<(String, String), CniError> {
+        match self.env.pod() {
+            (ns, name) if !ns.is_empty() && !name.is_empty() => Ok((ns, name)),
+            _ => Err(CniError::new(
+                code::INVALID_ENVIRONMENT,
+                "CNI_ARGS: expected K8S_POD_NAMESPACE and K8S_POD_NAME (as containerd and CRI-O pass them)",
+            )),
+        }
+    }
+
+    fn network(&self, reply: &AddReply, pod_ns: &str, pod_name: &str) -> Result<PodNetwork, CniError> {
+        let ip = reply
+            .ipv4
+            .parse()
+            .map_err(|_| internal("the agent's reply", format!("ipv4 `{}` is not an address", reply.ipv4)))?;
+        let prefix = self.conf.veth_prefix.clone().unwrap_or_else(|| reply.veth_prefix.clone());
+        Ok(PodNetwork {
+            netns: PathBuf::from(&self.env.netns),
+            if_name: self.env.if_name.clone(),
+            host_veth: host_veth_name(&prefix, pod_ns, pod_name),
+            ip,
+            table: reply.route_table,
+            mtu: self.conf.mtu.unwrap_or(reply.mtu),
+        })
+    }
+
+    async fn add(&self) -> Result<Value, CniError> {
+        let (pod_ns, pod_name) = self.pod()?;
+        // Nothing is allocated for a namespace that cannot be entered.
+        if let Err(e) = std::fs::File::open(&self.env.netns) {
+            return Err(CniError::new(
+                code::INVALID_ENVIRONMENT,
+                format!("CNI_NETNS=`{}`: cannot open the network namespace: {e}", self.env.netns),
+            ));
+        }
+        let request = AddRequest {
+            client_version: VERSION.into(),
+            network_name: self.conf.name.clone(),
+            container_id: self.env.container_id.clone(),
+            if_name: self.env.if_name.clone(),
+            netns: self.env.netns.clone(),
+            pod_namespace: pod_ns.clone(),
+            pod_name: pod_name.clone(),
+            pod_uid: self.env.args.get("K8S_POD_UID").cloned(),
+        };
+        let reply: AddReply =
+            self.client.call(Method::POST, ADD_PATH, Some(&request)).await.map_err(agent_error)?;
+        let net = self.network(&reply, &pod_ns, &pod_name)?;
+        log::info!(
+            "ADD {}/{} {}: {} from {} (table {:?})",
+            pod_ns,
+            pod_name,
+            self.env.container_id,
+            net.ip,
+            reply.eni,
+            net.table
+        );
+        match pod::setup(&self.host, &net).await {
+            Ok(plumbed) => Ok(add_result(
+                &self.conf.cni_version,
+                &Added {
+                    host_veth: net.host_veth,
+                    host_mac: plumbed.host_mac,
+                    if_name: net.if_name,
+                    pod_mac: plumbed.pod_mac,
+                    netns: self.env.netns.clone(),
+                    ip: net.ip,
+                    mtu: net.mtu,
+                },
+            )),
+            Err(e) => {
+                log::warn!("ADD {pod_ns}/{pod_name}: plumbing failed, releasing {}: {e}", net.ip);
+                let undone = match pod::teardown(&self.host, net.ip, None).await {
+                    Ok(()) => pod::delete_link(&self.host, &net.host_veth).await.map(|_| ()),
+                    Err(t) => Err(t),
+                };
+                if let Err(t) = undone {
+                    log::warn!("ADD {pod_ns}/{pod_name}: teardown: {t}");
+                }
+                if let Err(r) = self.release().await {
+                    log::warn!("ADD {pod_ns}/{pod_name}: release: {r}");
+                }
+                let code = match e {
+                    PodNetError::Netns { .. } => code::INVALID_ENVIRONMENT,
+                    _ => code::INTERNAL,
+                };
+                Err(CniError::new(code, format!("add: failed to set up the pod network: {e}")))
+            }
+        }
+    }
+
+    async fn release(&self) -> Result<DelReply, CallError> {
+        let (pod_ns, pod_name) = self.env.pod();
+        let request = DelRequest {
+            client_version: VERSION.into(),
+            network_name: self.conf.name.clone(),
+            container_id: self.env.container_id.clone(),
+            if_name: self.env.if_name.clone(),
+            pod_namespace: Some(pod_ns).filter(|s| !s.is_empty()),
+            pod_name: Some(pod_name).filter(|s| !s.is_empty()),
+        };
+        self.client.call(Method::POST, DEL_PATH, Some(&request)).await
+    }
+
+    /// The host end's name: prevResult's, else derived from the pod's name.
+    fn host_veth(&self, prev: Option<&str>) -> Option<String> {
+        prev.map(str::to_owned).or_else(|| match self.env.pod() {
+            (ns, name) if !ns.is_empty() && !name.is_empty() => {
+                Some(host_veth_name(self.conf.veth_prefix.as_deref().unwrap_or("eni"), &ns, &name))
+            }
+            _ => None,
+        })
+    }
+
+    async fn del(&self) -> Result<(), CniError> {
+        let prev = self.conf.prev_result.as_ref().map(previous).unwrap_or_default();
+        let host_veth = self.host_veth(prev.host_veth.as_deref());
+        if let Some(vlan) = prev.vlan {
+            // A branch-ENI pod of upstream's: nothing of it is in the agent's pool.
+            pod::teardown_branch(&self.host, vlan, host_veth.as_deref())
+                .await
+                .map_err(|e| net_error("del: branch-ENI teardown", e))?;
+        }
+        let mut ips = prev.ips.clone();
+        match self.release().await {
+            Ok(DelReply { released: Some(ip) }) => {
+                log::info!("DEL {}: released {ip}", self.env.container_id);
+                ips.extend(ip.parse::<std::net::Ipv4Addr>().ok());
+            }
+            Ok(DelReply { released: None }) => {
+                log::info!("DEL {}: the agent held nothing", self.env.container_id)
+            }
+            // The address stays allocated until the agent's pod GC finds the pod gone.
+            Err(e) => log::warn!("DEL {}: {e}; tearing down from prevResult", self.env.container_id),
+        }
+        ips.sort();
+        ips.dedup();
+        for ip in &ips {
+            pod::teardown(&self.host, *ip, host_veth.as_deref())
+                .await
+                .map_err(|e| net_error("del: teardown", e))?;
+        }
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<(), CniError> {
+        let (pod_ns, pod_name) = self.pod()?;
+        let request = CheckRequest {
+            client_version: VERSION.into(),
+            network_name: self.conf.name.clone(),
+            container_id: self.env.container_id.clone(),
+            if_name: self.env.if_name.clone(),
+        };
+        let reply: AddReply =
+            self.client.call(Method::POST, CHECK_PATH, Some(&request)).await.map_err(agent_error)?;
+        let net = self.network(&reply, &pod_ns, &pod_name)?;
+        if let Some(prev) = self.conf.prev_result.as_ref().map(previous) {
+            if !prev.ips.is_empty() && !prev.ips.contains(&net.ip) {
+                return Err(internal(
+                    "check",
+                    format!(
+                        "prevResult says {:?} but the agent holds {} for this container",
+                        prev.ips, net.ip
+                    ),
+                ));
+            }
+        }
+        pod::check(&self.host, &net).await.map_err(|e| match e {
+            PodNetError::Netns { .. } => CniError::new(code::UNKNOWN_CONTAINER, format!("check: {e}")),
+            e => internal("check", e),
+        })
+    }
+
+    async fn gc(&self) -> Result<(), CniError> {
+        let valid: Vec<Attachment> = ["cni.dev/valid-attachments", "cni.dev/attachments"]
+            .iter()
+            .find_map(|k| self.conf.other.get(*k))
+            .map(|v| {
+                serde_json::from_value(v.clone()).map_err(|e| {
+                    CniError::new(
+                        code::DECODE_FAILURE,
+                        format!("cni.dev/valid-attachments: expected [{{containerID, ifname}}]: {e}"),
+                    )
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let request = GcRequest {
+            client_version: VERSION.into(),
+            network_name: self.conf.name.clone(),
+            valid_attachments: valid,
+        };
+        let reply: GcReply =
+            self.client.call(Method::POST, GC_PATH, Some(&request)).await.map_err(agent_error)?;
+        let mut failed = Vec::new();
+        for ip in &reply.released {
+            let Ok(ip) = ip.parse() else { continue };
+            if let Err(e) = pod::teardown(&self.host, ip, None).await {
+                failed.push(format!("{ip}: {e}"));
+            }
+        }
+        log::info!("GC {}: released {:?}", self.conf.name, reply.released);
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(internal("gc: host rules", failed.join("; ")))
+        }
+    }
+}

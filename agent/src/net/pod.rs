@@ -1,0 +1,451 @@
+//! A pod's network, through rtnetlink (upstream's driver.go, ../shared/reference/cni.md §4 and
+//! vpc-cni.md §9), for the CNI plugin:
+//!
+//! - a veth whose host end is created in the host namespace and whose pod end is created
+//!   directly in the pod's namespace (the peer carries the namespace's fd; nothing is moved
+//!   afterwards: moving links serialises on the rtnl lock, upstream PR #3764);
+//! - in the pod: the /32, a link route to 169.254.1.1, the default route via it, and a permanent
+//!   neighbour entry for 169.254.1.1 with the host end's MAC;
+//! - on the host: the route to the pod in main, rule 512 `to <pod> lookup main` and, for an
+//!   address of a secondary ENI, rule 1536 `from <pod> lookup <ENI table>`.
+//!
+//! Netlink inside the pod's namespace goes through a socket opened there by a short-lived thread
+//! that did `setns` (a socket stays in the namespace it was created in; setns acts per thread).
+//! Everything tolerates what is already there (ADD is retried) and what is already gone (DEL is
+//! best effort).
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    packet_route::{
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        route::RouteScope,
+        rule::{RuleAction, RuleAttribute, RuleMessage},
+    },
+    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use super::eni::{call, is_exists, is_missing, NetError};
+
+/// The pod's gateway: a link-local address that only ever resolves to the host end.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// `to <pod> lookup main` (upstream's ToContainerRulePriority).
+pub const TO_POD_PRIORITY: u32 = 512;
+/// `from <pod> lookup <ENI table>` (upstream's FromPodRulePriority).
+pub const FROM_POD_PRIORITY: u32 = 1536;
+const MAIN_TABLE: u32 = 254;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    /// The pod's network namespace cannot be entered (gone, or not a namespace).
+    #[error("network namespace {path}: {source}")]
+    Netns { path: PathBuf, source: std::io::Error },
+    #[error("interface {0} already exists in the pod's network namespace")]
+    Exists(String),
+    /// CHECK found something missing or different.
+    #[error("{0}")]
+    Drifted(String),
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// What ADD sets up for one address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNetwork {
+    pub netns: PathBuf,
+    /// The pod's interface (CNI_IFNAME).
+    pub if_name: String,
+    /// The host end (`net::names::host_veth_name`).
+    pub host_veth: String,
+    pub ip: Ipv4Addr,
+    /// The ENI's route table; None for the primary ENI (main).
+    pub table: Option<u32>,
+    pub mtu: u32,
+}
+
+/// What ADD created, for the result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plumbed {
+    pub host_mac: String,
+    pub pod_mac: String,
+}
+
+/// A netlink connection inside the namespace at `path`; its driver runs on the current runtime.
+pub fn open_netns(path: &Path) -> Result<Handle, PodNetError> {
+    let err = |source| PodNetError::Netns { path: path.to_owned(), source };
+    let file = File::open(path).map_err(err)?;
+    let runtime = tokio::runtime::Handle::current();
+    let opened = std::thread::scope(|s| {
+        s.spawn(|| {
+            // The socket registers with the runtime's reactor; the thread ends right after.
+            let _enter = runtime.enter();
+            // SAFETY: setns on this thread only, with an fd we hold open.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            rtnetlink::new_connection()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
+    });
+    let (conn, handle, _) = opened.map_err(err)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn mac_of(link: &LinkMessage) -> String {
+    link.attributes
+        .iter()
+        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
+        .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
+        .unwrap_or_default()
+}
+
+/// The link called `name`, if there is one.
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l),
+        Err(e) if is_missing(&e) || is_no_device(&e) => Ok(None),
+        Err(e) => Err(call(format!("link {name}"))(e)),
+    }
+}
+
+fn is_no_device(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
+}
+
+/// Deletes the link called `name` if it exists (its veth peer goes with it).
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetError> {
+    let Some(link) = link_by_name(handle, name).await? else { return Ok(false) };
+    match handle.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_missing(&e) || is_no_device(&e) => Ok(false),
+        Err(e) => Err(call(format!("deleting {name}"))(e)),
+    }
+}
+
+/// ADD's plumbing (see the module doc). A stale host end of the same name (a retried ADD, a
+/// leaked pod) is replaced.
+pub async fn setup(host: &Handle, net: &PodNetwork) -> Result<Plumbed, PodNetError> {
+    let pod = open_netns(&net.netns)?;
+    let netns =
+        File::open(&net.netns).map_err(|source| PodNetError::Netns { path: net.netns.clone(), source })?;
+    delete_link(host, &net.host_veth).await?;
+    if link_by_name(&pod, &net.if_name).await?.is_some() {
+        return Err(PodNetError::Exists(net.if_name.clone()));
+    }
+    let peer = LinkUnspec::new_with_name(&net.if_name).setns_by_fd(netns.as_raw_fd()).mtu(net.mtu).build();
+    let veth = LinkVeth::new(&net.host_veth, &net.if_name)
+        .mtu(net.mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    host.link().add(veth).execute().await.map_err(call(format!(
+        "veth {} ↔ {} in {}",
+        net.host_veth,
+        net.if_name,
+        net.netns.display()
+    )))?;
+    let host_link =
+        link_by_name(host, &net.host_veth).await?.ok_or_else(|| NetError::NoLink(net.host_veth.clone()))?;
+    let pod_link =
+        link_by_name(&pod, &net.if_name).await?.ok_or_else(|| NetError::NoLink(net.if_name.clone()))?;
+    let (host_index, pod_index) = (host_link.header.index, pod_link.header.index);
+    let host_mac = mac_of(&host_link);
+    pod_side(&pod, net, pod_index, &host_link).await?;
+    host.link()
+        .set(LinkUnspec::new_with_index(host_index).up().build())
+        .execute()
+        .await
+        .map_err(call(format!("bringing up {}", net.host_veth)))?;
+    host_side(host, net, host_index).await?;
+    Ok(Plumbed { host_mac, pod_mac: mac_of(&pod_link) })
+}
+
+async fn pod_side(
+    pod: &Handle,
+    net: &PodNetwork,
+    index: u32,
+    host_link: &LinkMessage,
+) -> Result<(), NetError> {
+    let ifn = &net.if_name;
+    match pod.address().add(index, IpAddr::V4(net.ip), 32).execute().await {
+        Ok(()) => {}
+        Err(e) if is_exists(&e) => {}
+        Err(e) => return Err(call(format!("address {} on {ifn}", net.ip))(e)),
+    }
+    pod.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(call(format!("bringing up {ifn}")))?;
+    let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .output_interface(index)
+        .destination_prefix(POD_GATEWAY, 32)
+        .scope(RouteScope::Link)
+        .build();
+    pod.route().add(link_route).replace().execute().await.map_err(call(format!("route to {POD_GATEWAY}")))?;
+    let default = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(index).gateway(POD_GATEWAY).build();
+    pod.route().add(default).replace().execute().await.map_err(call("the pod's default route"))?;
+    let mac: Vec<u8> = host_link
+        .attributes
+        .iter()
+        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
+        .unwrap_or_default();
+    pod.neighbours()
+        .add(index, IpAddr::V4(POD_GATEWAY))
+        .link_layer_address(&mac)
+        .replace()
+        .execute()
+        .await
+        .map_err(call(format!("neighbour {POD_GATEWAY}")))
+}
+
+async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), NetError> {
+    let ip = net.ip;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .output_interface(index)
+        .destination_prefix(ip, 32)
+        .scope(RouteScope::Link)
+        .build();
+    host.route().add(route).replace().execute().await.map_err(call(format!("host route to {ip}")))?;
+    // A leaked pod's rules for this address may name another table: start clean.
+    delete_rules(host, |r| r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip)).await?;
+    let to = host
+        .rule()
+        .add()
+        .v4()
+        .destination_prefix(ip, 32)
+        .table_id(MAIN_TABLE)
+        .priority(TO_POD_PRIORITY)
+        .action(RuleAction::ToTable);
+    match to.execute().await {
+        Ok(()) => {}
+        Err(e) if is_exists(&e) => {}
+        Err(e) => return Err(call(format!("rule to {ip}"))(e)),
+    }
+    if let Some(table) = net.table {
+        host.rule()
+            .add()
+            .v4()
+            .source_prefix(ip, 32)
+            .table_id(table)
+            .priority(FROM_POD_PRIORITY)
+            .action(RuleAction::ToTable)
+            .execute()
+            .await
+            .map_err(call(format!("rule from {ip} lookup {table}")))?;
+    }
+    Ok(())
+}
+
+/// A rule, as much of it as pod plumbing looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub priority: Option<u32>,
+    /// A /32 source or destination.
+    pub src: Option<Ipv4Addr>,
+    pub dst: Option<Ipv4Addr>,
+    pub iif: Option<String>,
+    pub table: u32,
+}
+
+impl Rule {
+    fn of(m: &RuleMessage) -> Self {
+        let mut r =
+            Self { priority: None, src: None, dst: None, iif: None, table: u32::from(m.header.table) };
+        for a in &m.attributes {
+            match a {
+                RuleAttribute::Priority(p) => r.priority = Some(*p),
+                RuleAttribute::Source(IpAddr::V4(ip)) if m.header.src_len == 32 => r.src = Some(*ip),
+                RuleAttribute::Destination(IpAddr::V4(ip)) if m.header.dst_len == 32 => r.dst = Some(*ip),
+                RuleAttribute::Iifname(n) => r.iif = Some(n.clone()),
+                RuleAttribute::Table(t) => r.table = *t,
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+/// Every IPv4 rule.
+pub async fn rules(handle: &Handle) -> Result<Vec<Rule>, NetError> {
+    let mut out = Vec::new();
+    let mut dump = handle.rule().get(rtnetlink::IpVersion::V4).execute();
+    while let Some(m) = dump.try_next().await.map_err(call("listing rules"))? {
+        out.push(Rule::of(&m));
+    }
+    Ok(out)
+}
+
+/// Deletes every IPv4 rule `doomed` selects; returns how many went.
+pub async fn delete_rules(handle: &Handle, doomed: impl Fn(&Rule) -> bool) -> Result<usize, NetError> {
+    let mut matching = Vec::new();
+    let mut dump = handle.rule().get(rtnetlink::IpVersion::V4).execute();
+    while let Some(m) = dump.try_next().await.map_err(call("listing rules"))? {
+        if doomed(&Rule::of(&m)) {
+            matching.push(m);
+        }
+    }
+    let mut deleted = 0;
+    for m in matching {
+        match handle.rule().del(m).execute().await {
+            Ok(()) => deleted += 1,
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(call("deleting a rule")(e)),
+        }
+    }
+    Ok(deleted)
+}
+
+/// DEL's host-side teardown for one address: rules 512 and 1536 (whatever table), the host
+/// route, and the host end of the veth unless it routes another address (a host end of the same
+/// name that serves a newer sandbox of the pod stays). Anything already gone is fine.
+pub async fn teardown(host: &Handle, ip: Ipv4Addr, host_veth: Option<&str>) -> Result<(), NetError> {
+    let mut ours = None;
+    if let Some(name) = host_veth {
+        if let Some(link) = link_by_name(host, name).await? {
+            if routed_via(host, link.header.index).await?.iter().all(|r| *r == ip) {
+                ours = Some(name);
+            }
+        }
+    }
+    delete_rules(host, |r| {
+        (r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(ip))
+            || (r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip))
+    })
+    .await?;
+    let route =
+        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).scope(RouteScope::Link).build();
+    match host.route().del(route).execute().await {
+        Ok(()) => {}
+        Err(e) if is_missing(&e) => {}
+        Err(e) => return Err(call(format!("host route to {ip}"))(e)),
+    }
+    if let Some(name) = ours {
+        delete_link(host, name).await?;
+    }
+    Ok(())
+}
+
+/// DEL's teardown for a branch-ENI pod (upstream's layout): the VLAN link, its priority-10 rules
+/// and every rule into table `vlan + 100`.
+pub async fn teardown_branch(host: &Handle, vlan: u16, host_veth: Option<&str>) -> Result<(), NetError> {
+    let vlan_link = format!("vlan.eth.{vlan}");
+    let table = u32::from(vlan) + 100;
+    delete_rules(host, |r| {
+        r.table == table
+            || (r.priority == Some(10)
+                && (r.iif.as_deref() == Some(vlan_link.as_str()) || r.iif.as_deref() == host_veth))
+    })
+    .await?;
+    delete_link(host, &vlan_link).await?;
+    if let Some(name) = host_veth {
+        delete_link(host, name).await?;
+    }
+    Ok(())
+}
+
+/// CHECK: everything ADD set up is still there; the first thing missing is named.
+pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
+    let drift = |what: String| Err(PodNetError::Drifted(what));
+    let pod = open_netns(&net.netns)?;
+    let Some(pod_link) = link_by_name(&pod, &net.if_name).await? else {
+        return drift(format!("interface {} is missing in the pod", net.if_name));
+    };
+    let index = pod_link.header.index;
+    let has_ip = pod
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_filter(|a| {
+            futures::future::ready(a.attributes.iter().any(
+                |x| matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) if *ip == net.ip),
+            ))
+        })
+        .try_next()
+        .await
+        .map_err(call("pod addresses"))?
+        .is_some();
+    if !has_ip {
+        return drift(format!("{} has lost its address {}", net.if_name, net.ip));
+    }
+    if !has_route(&pod, None, Some(POD_GATEWAY), index).await? {
+        return drift(format!("the pod's default route via {POD_GATEWAY} is missing"));
+    }
+    let Some(host_link) = link_by_name(host, &net.host_veth).await? else {
+        return drift(format!("host interface {} is missing", net.host_veth));
+    };
+    if !has_route(host, Some(net.ip), None, host_link.header.index).await? {
+        return drift(format!("the host route to {} via {} is missing", net.ip, net.host_veth));
+    }
+    let rules = rules(host).await?;
+    if !rules.iter().any(|r| r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(net.ip)) {
+        return drift(format!("rule {TO_POD_PRIORITY} `to {}` is missing", net.ip));
+    }
+    if let Some(table) = net.table {
+        let from =
+            |r: &Rule| r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(net.ip) && r.table == table;
+        if !rules.iter().any(from) {
+            return drift(format!("rule {FROM_POD_PRIORITY} `from {} lookup {table}` is missing", net.ip));
+        }
+    }
+    Ok(())
+}
+
+/// The /32 destinations that main routes through link `index`.
+async fn routed_via(handle: &Handle, index: u32) -> Result<Vec<Ipv4Addr>, NetError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let filter = RouteMessageBuilder::<Ipv4Addr>::new().table_id(MAIN_TABLE).build();
+    let mut routes = handle.route().get(filter).execute();
+    let mut out = Vec::new();
+    while let Some(r) = routes.try_next().await.map_err(call("listing routes"))? {
+        let oif = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        });
+        if let (true, 32, Some(d)) = (oif, r.header.destination_prefix_length, dst) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether main has a route to `dst` (None: the default route) through `index` (and `gateway`).
+async fn has_route(
+    handle: &Handle,
+    dst: Option<Ipv4Addr>,
+    gateway: Option<Ipv4Addr>,
+    index: u32,
+) -> Result<bool, NetError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let filter = RouteMessageBuilder::<Ipv4Addr>::new().table_id(MAIN_TABLE).build();
+    let mut routes = handle.route().get(filter).execute();
+    while let Some(r) = routes.try_next().await.map_err(call("listing routes"))? {
+        let attr_ip = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
+            r.attributes.iter().find_map(want).and_then(|a| match a {
+                RouteAddress::Inet(ip) => Some(*ip),
+                _ => None,
+            })
+        };
+        let oif = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        let r_dst = attr_ip(|a| if let RouteAttribute::Destination(d) = a { Some(d) } else { None });
+        let r_gw = attr_ip(|a| if let RouteAttribute::Gateway(g) = a { Some(g) } else { None });
+        let dst_ok = match dst {
+            Some(d) => r.header.destination_prefix_length == 32 && r_dst == Some(d),
+            None => r.header.destination_prefix_length == 0,
+        };
+        if oif && dst_ok && (gateway.is_none() || r_gw == gateway) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,127 @@
+//! The CNI calling convention as containerd drives it (../shared/reference/cni.md §1–2): the
+//! plugin binary started with a clean environment holding `CNI_*`, the network configuration on
+//! stdin, the result or error read from stdout. It runs inside the node's namespace (the host
+//! of the pods); pods are network namespaces of their own under /run/netns.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use crate::{eniguard_bin, netns::NetNs};
+
+/// `eniguard-cni`, next to `eniguard`.
+pub fn plugin_bin() -> PathBuf {
+    eniguard_bin().with_file_name("eniguard-cni")
+}
+
+/// One pod sandbox as the runtime knows it.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    pub container_id: String,
+    pub namespace: String,
+    pub name: String,
+    pub netns: PathBuf,
+    pub if_name: String,
+}
+
+impl Sandbox {
+    pub fn new(container_id: &str, namespace: &str, name: &str, netns: &NetNs) -> Self {
+        Self {
+            container_id: container_id.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            netns: netns.path(),
+            if_name: "eth0".into(),
+        }
+    }
+}
+
+/// What the plugin printed and how it exited.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// stdout as JSON (Null when empty).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or(Value::Null)
+    }
+    /// The error code, when the plugin failed with the spec's error JSON.
+    pub fn code(&self) -> Option<u64> {
+        self.json().get("code").and_then(Value::as_u64)
+    }
+    pub fn msg(&self) -> String {
+        self.json().get("msg").and_then(Value::as_str).unwrap_or_default().to_owned()
+    }
+}
+
+/// Runs the plugin in `node` with exactly `env` and `stdin` (nothing from the test's own
+/// environment but PATH).
+pub fn exec(node: &NetNs, env: &[(&str, String)], stdin: &[u8]) -> Result<Outcome> {
+    let mut cmd: Command = node.cmd(plugin_bin());
+    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    let out = child.wait_with_output()?;
+    Ok(Outcome {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// The environment containerd sets for `command` on `sandbox`.
+pub fn env_for(command: &str, sandbox: &Sandbox) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", command.to_owned()),
+        ("CNI_CONTAINERID", sandbox.container_id.clone()),
+        ("CNI_NETNS", sandbox.netns.display().to_string()),
+        ("CNI_IFNAME", sandbox.if_name.clone()),
+        ("CNI_PATH", "/opt/cni/bin".to_owned()),
+        (
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                sandbox.namespace, sandbox.name, sandbox.container_id
+            ),
+        ),
+    ]
+}
+
+/// The plugin's configuration as the runtime derives it from a conflist for `cni_version`
+/// (`name` and `cniVersion` injected; `prevResult` for DEL and CHECK).
+pub fn conf(
+    cni_version: &str,
+    socket: &std::path::Path,
+    log: &std::path::Path,
+    prev: Option<&Value>,
+) -> Value {
+    let mut c = serde_json::json!({
+        "cniVersion": cni_version,
+        "name": "eniguard",
+        "type": "eniguard-cni",
+        "agentSocket": socket.display().to_string(),
+        "pluginLogFile": log.display().to_string(),
+        "pluginLogLevel": "Debug",
+    });
+    if let Some(p) = prev {
+        c["prevResult"] = p.clone();
+    }
+    c
+}
+
+/// One command on one sandbox.
+pub fn call(node: &NetNs, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<Outcome> {
+    exec(node, &env_for(command, sandbox), conf.to_string().as_bytes())
+}

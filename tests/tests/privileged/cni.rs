@@ -1,0 +1,268 @@
+//! `eniguard-cni` end to end: the real plugin, called as containerd calls it (environment and
+//! stdin, see `eniguard_tests::cni`), inside a vpcsim node namespace where `eniguard agent` runs;
+//! pods are network namespaces; their traffic is real and the VPC namespace's recorder says
+//! which ENI it left through. What a pod got is read back from EC2 and the kernel, not from the
+//! plugin's words.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{ensure, Context as _, Result};
+use aws_sdk_ec2::{config::retry::RetryConfig, types::NetworkInterface};
+use eniguard::net::names::host_veth_name;
+use eniguard_tests::{
+    agent::{self, Agent},
+    cni::{self, Sandbox},
+    netns::NetNs,
+    sim::{
+        fabric::{Fabric, Verdict},
+        scenario::{Scenario, Sim},
+    },
+};
+use serde_json::Value;
+
+use crate::{agent::attached, clients::ec2_client, harness::Ctx};
+
+/// Custom networking + security groups for pods + prefix delegation (the #2792 setup), a short
+/// cooldown so that a released address is seen coming back.
+const ENV: &[(&str, &str)] = &[
+    ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+    ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
+    ("ENABLE_POD_ENI", "true"),
+    ("ENABLE_PREFIX_DELEGATION", "true"),
+    ("WARM_PREFIX_TARGET", "1"),
+    ("IP_COOLDOWN_PERIOD", "3"),
+];
+
+/// The incident scenario's m5.large with its agent, and what the tests need around it.
+struct Node {
+    sim: Sim,
+    rt: tokio::runtime::Runtime,
+    ec2: aws_sdk_ec2::Client,
+    agent: Agent,
+    ns: NetNs,
+    dir: std::path::PathBuf,
+    prefix: String,
+}
+
+impl Node {
+    fn start(ctx: &Ctx, tag: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let prefix = format!("{}-{tag}", ctx.prefix());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
+        let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
+        let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+        let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let agent = agent::start(&sim, &prefix, 0, &dir, env)?;
+        let ns = NetNs::existing(&format!("{prefix}-node0"));
+        Ok(Self { sim, rt, ec2, agent, ns, dir, prefix })
+    }
+
+    fn fabric(&self) -> Result<&Fabric> {
+        self.sim.fabric.as_deref().context("a fabric")
+    }
+
+    fn conf(&self, version: &str, prev: Option<&Value>) -> Value {
+        cni::conf(version, &self.dir.join("run/eniguard.sock"), &self.dir.join("plugin.log"), prev)
+    }
+
+    /// The ENI that EC2 says holds `ip` (as a secondary address or inside a /28 prefix).
+    fn eni_holding(&self, ip: Ipv4Addr) -> Result<NetworkInterface> {
+        let enis = self.rt.block_on(attached(&self.ec2, &self.sim.nodes[0].instance_id))?;
+        enis.into_values()
+            .find(|n| {
+                n.private_ip_addresses()
+                    .iter()
+                    .any(|a| a.private_ip_address() == Some(ip.to_string().as_str()))
+                    || n.ipv4_prefixes().iter().any(|p| {
+                        p.ipv4_prefix()
+                            .and_then(|p| p.split('/').next()?.parse::<Ipv4Addr>().ok())
+                            .is_some_and(|base| u32::from(ip) & !0xf == u32::from(base))
+                    })
+            })
+            .with_context(|| format!("no ENI holds {ip}"))
+    }
+
+    /// The host's rules that mention `ip` (`ip rule` lines).
+    fn rules_for(&self, ip: Ipv4Addr) -> Result<Vec<String>> {
+        let out = self.ns.ip(&["rule", "show"])?;
+        Ok(out
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == ip.to_string()))
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pod_ip(result: &Value) -> Result<Ipv4Addr> {
+    let addr = result["ips"][0]["address"].as_str().context("ips[0].address")?;
+    Ok(addr.split('/').next().context("address")?.parse()?)
+}
+
+/// Once per cniVersion: ADD → the pod has an address of the ENIConfig's subnet and pings the
+/// VPC through that ENI (never the trunk); CHECK passes, then notices a removed route; DEL
+/// removes links, routes and rules; the address cools down and comes back.
+pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start(ctx, "cniv", ENV)?;
+    let pods_a = node.sim.subnets["pods-a"].clone();
+    let log = node.dir.join("plugin.log");
+    for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let pod_ns = NetNs::create(&format!("{}-pod{i}", node.prefix))?;
+        let pod_name = format!("web-{i}");
+        let sandbox = Sandbox::new(&format!("sandbox{i}"), "default", &pod_name, &pod_ns);
+        let add = cni::call(&node.ns, "ADD", &sandbox, &node.conf(version, None))?;
+        ensure!(add.success, "{version} ADD: {} {}", add.stdout, add.stderr);
+        let result = add.json();
+        ensure!(result["cniVersion"] == version, "{version}: result {result}");
+        ensure!(
+            (result["ips"][0].get("version") == Some(&Value::from("4"))) == version.starts_with("0."),
+            "{version}: ips[].version in {result}"
+        );
+        let ip = pod_ip(&result)?;
+        let host_veth = host_veth_name("eni", "default", &pod_name);
+        ensure!(result["interfaces"][0]["name"] == host_veth.as_str(), "{version}: host veth in {result}");
+        ensure!(result["interfaces"][1]["name"] == "eth0", "{version}: containerd needs eth0: {result}");
+
+        // EC2: an ENI of the ENIConfig's subnet, not the trunk.
+        let eni = node.eni_holding(ip)?;
+        let eni_id = eni.network_interface_id().context("eni id")?.to_owned();
+        ensure!(eni.subnet_id() == Some(pods_a.as_str()), "{version}: {ip} on subnet {:?}", eni.subnet_id());
+        ensure!(eni.interface_type().map(|t| t.as_str()) != Some("trunk"), "{version}: {ip} on the trunk");
+        // The kernel: host veth, route, rules 512 and 1536 (the ENI's table).
+        node.ns.link(&host_veth).with_context(|| format!("{version}: host veth {host_veth}"))?;
+        let rules = node.rules_for(ip)?;
+        ensure!(rules.iter().any(|r| r.starts_with("512:") && r.contains(&format!("to {ip}"))), "{rules:?}");
+        ensure!(
+            rules.iter().any(|r| r.starts_with("1536:") && r.contains(&format!("from {ip}"))),
+            "{rules:?}"
+        );
+        let pod_addr = pod_ns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])?;
+        ensure!(pod_addr.contains(&format!("{ip}/32")), "{version}: pod address {pod_addr}");
+
+        // Real traffic: the pod pings the VPC; the VPC saw it arrive through that ENI only.
+        node.fabric()?.clear();
+        if let Err(e) = pod_ns.run("ping", &["-c", "2", "-W", "2", "-i", "0.2", "10.0.0.1"]) {
+            let diag = [
+                node.ns.ip(&["rule"]).unwrap_or_default(),
+                node.ns.ip(&["route", "show", "table", "all"]).unwrap_or_default(),
+                node.ns.ip(&["-br", "link"]).unwrap_or_default(),
+                node.ns.ip(&["-br", "addr"]).unwrap_or_default(),
+                pod_ns.ip(&["route"]).unwrap_or_default(),
+                pod_ns.ip(&["neigh"]).unwrap_or_default(),
+                node.fabric()?.vpc().ip(&["route"]).unwrap_or_default(),
+                format!("{:#?}", node.fabric()?.frames()),
+            ];
+            anyhow::bail!("the pod pings the VPC: {e}\n{}", diag.join("\n---\n"));
+        }
+        let frames: Vec<_> = node.fabric()?.frames().into_iter().filter(|f| f.src == ip).collect();
+        ensure!(!frames.is_empty(), "{version}: the VPC saw nothing from {ip}");
+        for f in &frames {
+            ensure!(
+                f.eni_id == eni_id && f.verdict == Verdict::Delivered && f.vlan.is_none(),
+                "{version}: {ip} left through {} ({:?}), expected {eni_id}",
+                f.eni_id,
+                f.verdict
+            );
+        }
+
+        // CHECK: fine, then a route goes missing and CHECK says which.
+        let check = cni::call(&node.ns, "CHECK", &sandbox, &node.conf(version, Some(&result)))?;
+        ensure!(check.success && check.stdout.is_empty(), "{version} CHECK: {}", check.stdout);
+        node.ns.ip(&["route", "del", &format!("{ip}/32"), "dev", &host_veth])?;
+        let check = cni::call(&node.ns, "CHECK", &sandbox, &node.conf(version, Some(&result)))?;
+        ensure!(
+            !check.success && check.msg().contains("host route"),
+            "{version} CHECK after a removed route: {}",
+            check.stdout
+        );
+
+        // DEL: links, routes and rules go; a second DEL is fine; the address cools down.
+        let cooling_before = node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
+        let del = cni::call(&node.ns, "DEL", &sandbox, &node.conf(version, Some(&result)))?;
+        ensure!(del.success && del.stdout.is_empty(), "{version} DEL: {} {}", del.stdout, del.stderr);
+        ensure!(node.ns.link(&host_veth).is_err(), "{version}: {host_veth} survived DEL");
+        ensure!(pod_ns.link("eth0").is_err(), "{version}: the pod's eth0 survived DEL");
+        ensure!(node.rules_for(ip)?.is_empty(), "{version}: rules left: {:?}", node.rules_for(ip)?);
+        let routes = node.ns.ip(&["route", "show", &format!("{ip}/32")])?;
+        ensure!(routes.trim().is_empty(), "{version}: route left: {routes}");
+        let del = cni::call(&node.ns, "DEL", &sandbox, &node.conf(version, Some(&result)))?;
+        ensure!(del.success, "{version}: a second DEL: {}", del.stdout);
+        let cooling = node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
+        ensure!(cooling == cooling_before + 1.0, "{version}: cooling {cooling_before} → {cooling}");
+        // Back in the pool once the cooldown (3 s) is over, by the next pool tick at the latest.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")? != 0.0 {
+            ensure!(std::time::Instant::now() < deadline, "{version}: {ip} still cooling after 15 s");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        println!("  {version}: {ip} on {eni_id}, {} frames through it", frames.len());
+    }
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    ensure!(logged.contains("ADD default/web-0"), "plugin log {log:?}: {logged}");
+    Ok(())
+}
+
+/// Bad input gets the right code and message, and allocates nothing.
+pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start(ctx, "cnibad", ENV)?;
+    let assigned = || node.agent.metric("eniguard_ipam_addresses{state=\"assigned\"}");
+    let pod_ns = NetNs::create(&format!("{}-podbad", node.prefix))?;
+    let sandbox = Sandbox::new("sandboxbad", "default", "bad", &pod_ns);
+    let conf = node.conf("1.0.0", None);
+    type Case<'a> = (&'a str, Vec<(&'static str, String)>, Vec<u8>, u64, &'a str);
+    let mut env = cni::env_for("ADD", &sandbox);
+    let without =
+        |k: &str, env: &[(&'static str, String)]| env.iter().filter(|(n, _)| *n != k).cloned().collect();
+    let with = |k: &'static str, v: &str, env: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
+        let mut e: Vec<_> = without(k, env);
+        e.push((k, v.to_owned()));
+        e
+    };
+    let body = conf.to_string().into_bytes();
+    let cases: Vec<Case> = vec![
+        ("malformed stdin", env.clone(), b"{\"cniVersion\":".to_vec(), 6, "network configuration on stdin"),
+        ("no CNI_NETNS", without("CNI_NETNS", &env), body.clone(), 4, "CNI_NETNS"),
+        ("no CNI_COMMAND", without("CNI_COMMAND", &env), body.clone(), 4, "CNI_COMMAND"),
+        (
+            "unknown cniVersion",
+            env.clone(),
+            node.conf("9.9.9", None).to_string().into_bytes(),
+            1,
+            "cniVersion `9.9.9`",
+        ),
+        ("no such netns", with("CNI_NETNS", "/run/netns/nope", &env), body.clone(), 4, "/run/netns/nope"),
+        ("no pod name", with("CNI_ARGS", "IgnoreUnknown=1", &env), body.clone(), 4, "K8S_POD_NAME"),
+    ];
+    for (what, env, stdin, code, needle) in &cases {
+        let out = cni::exec(&node.ns, env, stdin)?;
+        ensure!(!out.success && out.code() == Some(*code), "{what}: want code {code}, got {}", out.stdout);
+        ensure!(out.msg().contains(needle), "{what}: message {:?} should name {needle}", out.msg());
+        ensure!(assigned()? == 0.0, "{what}: an address was allocated");
+    }
+    // The agent down: ADD says "try again later" and "network is not ready"; DEL succeeds.
+    let mut down = node.conf("1.0.0", None);
+    down["agentSocket"] = Value::from("/run/eniguard-nowhere.sock");
+    let out = cni::call(&node.ns, "ADD", &sandbox, &down)?;
+    ensure!(
+        out.code() == Some(11) && out.msg().contains("network is not ready"),
+        "agent down: {}",
+        out.stdout
+    );
+    let out = cni::call(&node.ns, "DEL", &sandbox, &down)?;
+    ensure!(out.success, "DEL with the agent down: {}", out.stdout);
+    let out = cni::call(&node.ns, "CHECK", &sandbox, &down)?;
+    ensure!(out.code() == Some(11), "CHECK with the agent down: {}", out.stdout);
+    // An interface of that name already in the pod: refused, and the address given back.
+    pod_ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "other0"])?;
+    env = cni::env_for("ADD", &sandbox);
+    let out = cni::exec(&node.ns, &env, &body)?;
+    ensure!(!out.success && out.msg().contains("eth0 already exists"), "eth0 taken: {}", out.stdout);
+    ensure!(assigned()? == 0.0, "eth0 taken: the address was kept");
+    Ok(())
+}
