@@ -132,6 +132,10 @@ pub struct Config {
     pub disable_introspection: bool,
     /// INTROSPECTION_BIND_ADDRESS (`127.0.0.1:61679`).
     pub introspection_bind_address: String,
+    /// AWS_VPC_K8S_PLUGIN_LOG_FILE (`/var/log/aws-routed-eni/plugin.log`; `stderr` allowed).
+    pub plugin_log_file: String,
+    /// AWS_VPC_K8S_PLUGIN_LOG_LEVEL (`Debug`).
+    pub plugin_log_level: String,
     /// ENIGUARD_GUARD_MODE (`monitor`).
     pub guard_mode: GuardMode,
 }
@@ -167,6 +171,8 @@ pub const VARIABLES: &[&str] = &[
     "METRICS_BIND_ADDRESS",
     "DISABLE_INTROSPECTION",
     "INTROSPECTION_BIND_ADDRESS",
+    "AWS_VPC_K8S_PLUGIN_LOG_FILE",
+    "AWS_VPC_K8S_PLUGIN_LOG_LEVEL",
     "ENIGUARD_GUARD_MODE",
 ];
 
@@ -345,6 +351,14 @@ impl Config {
             metrics_bind_address: r.string("METRICS_BIND_ADDRESS", DEFAULT_METRICS_ADDRESS),
             disable_introspection: r.bool("DISABLE_INTROSPECTION", false)?,
             introspection_bind_address: r.string("INTROSPECTION_BIND_ADDRESS", DEFAULT_INTROSPECTION_ADDRESS),
+            plugin_log_file: r.string("AWS_VPC_K8S_PLUGIN_LOG_FILE", "/var/log/aws-routed-eni/plugin.log"),
+            plugin_log_level: r
+                .choice(
+                    "AWS_VPC_K8S_PLUGIN_LOG_LEVEL",
+                    "Debug",
+                    &[("Debug", "Debug"), ("Info", "Info"), ("Warn", "Warn"), ("Error", "Error")],
+                )?
+                .to_owned(),
             guard_mode: r.choice(
                 "ENIGUARD_GUARD_MODE",
                 GuardMode::Monitor,
@@ -399,6 +413,8 @@ impl Config {
             self.metrics_bind_address.clone(),
             b(self.disable_introspection),
             self.introspection_bind_address.clone(),
+            self.plugin_log_file.clone(),
+            self.plugin_log_level.clone(),
             match self.guard_mode {
                 GuardMode::Off => "off",
                 GuardMode::Monitor => "monitor",

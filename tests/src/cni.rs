@@ -5,7 +5,7 @@
 
 use std::{
     io::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -63,10 +63,10 @@ impl Outcome {
     }
 }
 
-/// Runs the plugin in `node` with exactly `env` and `stdin` (nothing from the test's own
+/// Runs `plugin` in `node` with exactly `env` and `stdin` (nothing from the test's own
 /// environment but PATH).
-pub fn exec(node: &NetNs, env: &[(&str, String)], stdin: &[u8]) -> Result<Outcome> {
-    let mut cmd: Command = node.cmd(plugin_bin());
+pub fn exec(node: &NetNs, plugin: &Path, env: &[(&str, String)], stdin: &[u8]) -> Result<Outcome> {
+    let mut cmd: Command = node.cmd(plugin);
     cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
     for (k, v) in env {
         cmd.env(k, v);
@@ -99,22 +99,16 @@ pub fn env_for(command: &str, sandbox: &Sandbox) -> Vec<(&'static str, String)> 
     ]
 }
 
-/// The plugin's configuration as the runtime derives it from a conflist for `cni_version`
-/// (`name` and `cniVersion` injected; `prevResult` for DEL and CHECK).
-pub fn conf(
-    cni_version: &str,
-    socket: &std::path::Path,
-    log: &std::path::Path,
-    prev: Option<&Value>,
-) -> Value {
-    let mut c = serde_json::json!({
-        "cniVersion": cni_version,
-        "name": "eniguard",
-        "type": "eniguard-cni",
-        "agentSocket": socket.display().to_string(),
-        "pluginLogFile": log.display().to_string(),
-        "pluginLogLevel": "Debug",
-    });
+/// The first plugin's configuration as the runtime derives it from `conflist` (`name` and
+/// `cniVersion` injected, `capabilities` dropped; `prevResult` for DEL and CHECK), in
+/// `cni_version` rather than the list's when given.
+pub fn conf(conflist: &Value, cni_version: Option<&str>, prev: Option<&Value>) -> Value {
+    let mut c = conflist["plugins"][0].clone();
+    if let Some(obj) = c.as_object_mut() {
+        obj.remove("capabilities");
+    }
+    c["name"] = conflist["name"].clone();
+    c["cniVersion"] = cni_version.map_or_else(|| conflist["cniVersion"].clone(), Value::from);
     if let Some(p) = prev {
         c["prevResult"] = p.clone();
     }
@@ -122,6 +116,6 @@ pub fn conf(
 }
 
 /// One command on one sandbox.
-pub fn call(node: &NetNs, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<Outcome> {
-    exec(node, &env_for(command, sandbox), conf.to_string().as_bytes())
+pub fn call(node: &NetNs, plugin: &Path, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<Outcome> {
+    exec(node, plugin, &env_for(command, sandbox), conf.to_string().as_bytes())
 }

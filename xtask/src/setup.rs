@@ -25,6 +25,7 @@ const OS_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping: traffic in integration tests"),
     ("iperf3", "throughput benchmarks"),
     ("nftables", "nft: the simulated VPC drops what EC2's source/destination check would"),
+    ("containernetworking-plugins", "portmap to chain; ptp + host-local, the CNI benchmark's peer"),
     ("qemu-system-x86", "boots other kernels for the kernel matrix"),
     ("busybox-static", "initramfs userland for the kernel matrix"),
     ("kmod", "module dependency resolution for the kernel matrix"),

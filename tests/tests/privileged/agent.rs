@@ -837,14 +837,13 @@ pub fn local_api(ctx: &mut Ctx) -> Result<()> {
     // The plugin's STATUS, as the runtime calls it, against the running agent: success, no output.
     let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "eniguard", "type": "eniguard-cni",
         "agentSocket": socket.display().to_string()});
-    let mut status =
-        std::process::Command::new(eniguard_tests::eniguard_bin().with_file_name("eniguard-cni"))
-            .env_clear()
-            .env("CNI_COMMAND", "STATUS")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
+    let mut status = std::process::Command::new(eniguard_tests::cni::plugin_bin())
+        .env_clear()
+        .env("CNI_COMMAND", "STATUS")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     std::io::Write::write_all(&mut status.stdin.take().context("stdin")?, conf.to_string().as_bytes())?;
     let out = status.wait_with_output()?;
     ensure!(

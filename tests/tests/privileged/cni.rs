@@ -33,6 +33,16 @@ const ENV: &[(&str, &str)] = &[
     ("IP_COOLDOWN_PERIOD", "3"),
 ];
 
+/// The conflist and plugin the agent installed under `dir` (its --cni-conf-dir and
+/// --cni-bin-dir), once it is ready.
+fn installed(dir: &std::path::Path) -> Result<(Value, std::path::PathBuf)> {
+    let list =
+        std::fs::read_to_string(dir.join("net.d/10-eniguard.conflist")).context("the installed conflist")?;
+    let plugin = dir.join("bin/eniguard-cni");
+    ensure!(plugin.exists(), "no plugin in {}", plugin.display());
+    Ok((serde_json::from_str(&list)?, plugin))
+}
+
 /// The incident scenario's m5.large with its agent, and what the tests need around it.
 struct Node {
     sim: Sim,
@@ -42,6 +52,9 @@ struct Node {
     ns: NetNs,
     dir: std::path::PathBuf,
     prefix: String,
+    /// What the agent installed: the conflist and the plugin binary.
+    conflist: Value,
+    plugin: std::path::PathBuf,
 }
 
 impl Node {
@@ -53,9 +66,19 @@ impl Node {
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
-        let agent = agent::start(&sim, &prefix, 0, &dir, env)?;
+        // Debian's portmap (containernetworking-plugins), as a node's bin dir holds it.
+        let portmap = std::path::Path::new("/usr/lib/cni/portmap");
+        if portmap.exists() {
+            std::fs::create_dir_all(dir.join("bin"))?;
+            std::fs::copy(portmap, dir.join("bin/portmap"))?;
+        }
+        let log = dir.join("plugin.log").display().to_string();
+        let mut env = env.to_vec();
+        env.push(("AWS_VPC_K8S_PLUGIN_LOG_FILE", &log));
+        let agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
         let ns = NetNs::existing(&format!("{prefix}-node0"));
-        Ok(Self { sim, rt, ec2, agent, ns, dir, prefix })
+        let (conflist, plugin) = installed(&dir)?;
+        Ok(Self { sim, rt, ec2, agent, ns, dir, prefix, conflist, plugin })
     }
 
     fn fabric(&self) -> Result<&Fabric> {
@@ -63,7 +86,11 @@ impl Node {
     }
 
     fn conf(&self, version: &str, prev: Option<&Value>) -> Value {
-        cni::conf(version, &self.dir.join("run/eniguard.sock"), &self.dir.join("plugin.log"), prev)
+        cni::conf(&self.conflist, Some(version), prev)
+    }
+
+    fn call(&self, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<cni::Outcome> {
+        cni::call(&self.ns, &self.plugin, command, sandbox, conf)
     }
 
     /// The ENI that EC2 says holds `ip` (as a secondary address or inside a /28 prefix).
@@ -112,11 +139,27 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
     let node = Node::start(ctx, "cniv", ENV)?;
     let pods_a = node.sim.subnets["pods-a"].clone();
     let log = node.dir.join("plugin.log");
+    let plugin = &node.conflist["plugins"][0];
+    ensure!(
+        node.conflist["name"] == "aws-cni" && plugin["type"] == "eniguard-cni" && plugin["mtu"] == "9001",
+        "installed conflist: {}",
+        node.conflist
+    );
+    // Chained with portmap, at the highest version both speak (Debian's portmap stops at 1.0.0).
+    if std::path::Path::new("/usr/lib/cni/portmap").exists() {
+        ensure!(
+            node.conflist["plugins"][1]["type"] == "portmap" && node.conflist["cniVersion"] == "1.0.0",
+            "portmap chained at 1.0.0: {}",
+            node.conflist
+        );
+    } else {
+        println!("  (no /usr/lib/cni/portmap: the chained conflist is not checked)");
+    }
     for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
         let pod_ns = NetNs::create(&format!("{}-pod{i}", node.prefix))?;
         let pod_name = format!("web-{i}");
         let sandbox = Sandbox::new(&format!("sandbox{i}"), "default", &pod_name, &pod_ns);
-        let add = cni::call(&node.ns, "ADD", &sandbox, &node.conf(version, None))?;
+        let add = node.call("ADD", &sandbox, &node.conf(version, None))?;
         ensure!(add.success, "{version} ADD: {} {}", add.stdout, add.stderr);
         let result = add.json();
         ensure!(result["cniVersion"] == version, "{version}: result {result}");
@@ -172,10 +215,10 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
         }
 
         // CHECK: fine, then a route goes missing and CHECK says which.
-        let check = cni::call(&node.ns, "CHECK", &sandbox, &node.conf(version, Some(&result)))?;
+        let check = node.call("CHECK", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(check.success && check.stdout.is_empty(), "{version} CHECK: {}", check.stdout);
         node.ns.ip(&["route", "del", &format!("{ip}/32"), "dev", &host_veth])?;
-        let check = cni::call(&node.ns, "CHECK", &sandbox, &node.conf(version, Some(&result)))?;
+        let check = node.call("CHECK", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(
             !check.success && check.msg().contains("host route"),
             "{version} CHECK after a removed route: {}",
@@ -184,14 +227,14 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
 
         // DEL: links, routes and rules go; a second DEL is fine; the address cools down.
         let cooling_before = node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
-        let del = cni::call(&node.ns, "DEL", &sandbox, &node.conf(version, Some(&result)))?;
+        let del = node.call("DEL", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(del.success && del.stdout.is_empty(), "{version} DEL: {} {}", del.stdout, del.stderr);
         ensure!(node.ns.link(&host_veth).is_err(), "{version}: {host_veth} survived DEL");
         ensure!(pod_ns.link("eth0").is_err(), "{version}: the pod's eth0 survived DEL");
         ensure!(node.rules_for(ip)?.is_empty(), "{version}: rules left: {:?}", node.rules_for(ip)?);
         let routes = node.ns.ip(&["route", "show", &format!("{ip}/32")])?;
         ensure!(routes.trim().is_empty(), "{version}: route left: {routes}");
-        let del = cni::call(&node.ns, "DEL", &sandbox, &node.conf(version, Some(&result)))?;
+        let del = node.call("DEL", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(del.success, "{version}: a second DEL: {}", del.stdout);
         let cooling = node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
         ensure!(cooling == cooling_before + 1.0, "{version}: cooling {cooling_before} → {cooling}");
@@ -205,6 +248,28 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
     }
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     ensure!(logged.contains("ADD default/web-0"), "plugin log {log:?}: {logged}");
+
+    // The agent stops: plugin and conflist stay (the node stays Ready) and ADD asks the kubelet
+    // to retry soon.
+    std::process::Command::new("kill").arg(node.agent.daemon.pid().to_string()).status()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(format!("/proc/{}", node.agent.daemon.pid())).is_ok_and(|_| {
+        std::fs::read_to_string(format!("/proc/{}/stat", node.agent.daemon.pid()))
+            .is_ok_and(|s| !s.contains(") Z "))
+    }) {
+        ensure!(std::time::Instant::now() < deadline, "the agent did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (after, _) = installed(&node.dir)?;
+    ensure!(after == node.conflist, "the conflist changed when the agent stopped: {after}");
+    let pod_ns = NetNs::create(&format!("{}-podlate", node.prefix))?;
+    let late = Sandbox::new("sandboxlate", "default", "late", &pod_ns);
+    let add = node.call("ADD", &late, &node.conf("1.1.0", None))?;
+    ensure!(
+        add.code() == Some(11) && add.msg().contains("network is not ready"),
+        "ADD without an agent: {}",
+        add.stdout
+    );
     Ok(())
 }
 
@@ -240,7 +305,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
         ("no pod name", with("CNI_ARGS", "IgnoreUnknown=1", &env), body.clone(), 4, "K8S_POD_NAME"),
     ];
     for (what, env, stdin, code, needle) in &cases {
-        let out = cni::exec(&node.ns, env, stdin)?;
+        let out = cni::exec(&node.ns, &node.plugin, env, stdin)?;
         ensure!(!out.success && out.code() == Some(*code), "{what}: want code {code}, got {}", out.stdout);
         ensure!(out.msg().contains(needle), "{what}: message {:?} should name {needle}", out.msg());
         ensure!(assigned()? == 0.0, "{what}: an address was allocated");
@@ -248,20 +313,20 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     // The agent down: ADD says "try again later" and "network is not ready"; DEL succeeds.
     let mut down = node.conf("1.0.0", None);
     down["agentSocket"] = Value::from("/run/eniguard-nowhere.sock");
-    let out = cni::call(&node.ns, "ADD", &sandbox, &down)?;
+    let out = node.call("ADD", &sandbox, &down)?;
     ensure!(
         out.code() == Some(11) && out.msg().contains("network is not ready"),
         "agent down: {}",
         out.stdout
     );
-    let out = cni::call(&node.ns, "DEL", &sandbox, &down)?;
+    let out = node.call("DEL", &sandbox, &down)?;
     ensure!(out.success, "DEL with the agent down: {}", out.stdout);
-    let out = cni::call(&node.ns, "CHECK", &sandbox, &down)?;
+    let out = node.call("CHECK", &sandbox, &down)?;
     ensure!(out.code() == Some(11), "CHECK with the agent down: {}", out.stdout);
     // An interface of that name already in the pod: refused, and the address given back.
     pod_ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "other0"])?;
     env = cni::env_for("ADD", &sandbox);
-    let out = cni::exec(&node.ns, &env, &body)?;
+    let out = cni::exec(&node.ns, &node.plugin, &env, &body)?;
     ensure!(!out.success && out.msg().contains("eth0 already exists"), "eth0 taken: {}", out.stdout);
     ensure!(assigned()? == 0.0, "eth0 taken: the address was kept");
     Ok(())

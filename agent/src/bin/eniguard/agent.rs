@@ -94,6 +94,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
             });
             metrics.ready.set(1);
             let _ = ready_node.set(started.clone());
+            install_plugin(&started, &paths).await;
             // The readiness line scripts and tests wait for.
             println!(
                 "ready: node {} ({}), {} ENIs, {} addresses ({} assigned)",
@@ -114,6 +115,36 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
         t.abort();
     }
     stopped("")
+}
+
+/// Ready means reachable: the plugin and the conflist go in only now (and stay when the agent
+/// stops). A failure leaves the node not Ready, which the log and /readyz say.
+async fn install_plugin(node: &Arc<Shared>, paths: &HostPaths) {
+    let (cfg, paths) = (node.cfg.clone(), paths.clone());
+    let socket = paths.run_dir.join(cni::api::SOCKET_NAME);
+    let done = tokio::task::spawn_blocking(move || {
+        cni::install::install(&cfg, &paths.cni_bin_dir, &paths.cni_conf_dir, &socket)
+    })
+    .await;
+    match done {
+        Ok(Ok(i)) => {
+            log::info!(
+                "CNI plugin installed: {} and {} (cniVersion {}{})",
+                i.plugin.display(),
+                i.conflist.display(),
+                i.cni_version,
+                if i.portmap { ", chained with portmap" } else { "; no portmap in the bin dir, not chained" }
+            );
+            if let Some(aside) = i.shelved {
+                log::warn!("aws-node's conflist would shadow eniguard's: renamed to {}", aside.display());
+            }
+        }
+        Ok(Err(e)) => {
+            log::error!("{e}");
+            node.board.update(|s| s.problem = Some(e.to_string()));
+        }
+        Err(e) => log::error!("installing the CNI plugin: {e}"),
+    }
 }
 
 fn stopped(when: &str) -> Result<()> {

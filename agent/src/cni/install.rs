@@ -1,0 +1,208 @@
+//! Ready means reachable: once the agent can serve ADD it installs `eniguard-cni` into the CNI
+//! bin directory and writes `10-eniguard.conflist` into the conf directory, each through a
+//! temporary file in the same directory and a rename (containerd reloads on the rename and
+//! never reads half a file; a running plugin binary is never overwritten in place). Both stay
+//! when the agent stops, so that the node stays Ready across agent restarts (the plugin answers
+//! "network is not ready" meanwhile and the kubelet retries after a second).
+//!
+//! The network keeps upstream's name, `aws-cni`: the IPAM key includes it, so pods started under
+//! aws-node (their allocations imported from its checkpoint) are released by DELs that libcni
+//! sends with the conflist loaded now. An `10-aws.conflist` left by aws-node would sort first and
+//! win (containerd loads only the first file): it is renamed aside, not deleted, so that going
+//! back is a rename.
+//!
+//! The list's version is the highest that eniguard-cni and the chained portmap both speak
+//! (portmap is asked with VERSION): 1.1.0 turns on STATUS and GC in runtimes that know them.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use serde_json::{json, Value};
+
+use super::spec::SUPPORTED_VERSIONS;
+use crate::config::{Config, EnforcingMode};
+
+pub const CONFLIST_NAME: &str = "10-eniguard.conflist";
+pub const PLUGIN_NAME: &str = "eniguard-cni";
+/// Upstream's network name (see the module doc).
+pub const NETWORK_NAME: &str = "aws-cni";
+const UPSTREAM_CONFLIST: &str = "10-aws.conflist";
+
+#[derive(Debug, thiserror::Error)]
+#[error("installing the CNI plugin: {what} {path}: {source}")]
+pub struct InstallError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// What [`install`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub plugin: PathBuf,
+    pub conflist: PathBuf,
+    pub cni_version: String,
+    /// Whether portmap was found and chained.
+    pub portmap: bool,
+    /// aws-node's conflist, renamed aside.
+    pub shelved: Option<PathBuf>,
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_file_name(format!(
+        ".{}.eniguard-tmp",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let err = |what| move |source| InstallError { what, path: path.to_owned(), source };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err("writing"))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err("writing"))?;
+    std::fs::rename(&tmp, path).map_err(err("renaming into"))
+}
+
+/// The spec versions a plugin binary answers VERSION with (empty if it cannot be run).
+pub fn plugin_versions(binary: &Path) -> Vec<String> {
+    let run = || -> std::io::Result<Vec<u8>> {
+        let mut child = Command::new(binary)
+            .env_clear()
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(br#"{"cniVersion":"1.0.0"}"#)?;
+        }
+        Ok(child.wait_with_output()?.stdout)
+    };
+    let out = run().unwrap_or_default();
+    serde_json::from_slice::<Value>(&out)
+        .ok()
+        .and_then(|v| v.get("supportedVersions").cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// The conflist (pure): `portmap_versions` empty means portmap is not installed.
+pub fn conflist(cfg: &Config, agent_socket: &Path, portmap_versions: &[String]) -> Value {
+    let version = ["1.1.0", "1.0.0"]
+        .into_iter()
+        .find(|v| {
+            SUPPORTED_VERSIONS.contains(v)
+                && (portmap_versions.is_empty() || portmap_versions.iter().any(|p| p == v))
+        })
+        .unwrap_or("1.0.0");
+    let mut plugins = vec![json!({
+        "name": NETWORK_NAME,
+        "type": PLUGIN_NAME,
+        "vethPrefix": cfg.veth_prefix,
+        "mtu": cfg.pod_mtu.to_string(),
+        "podSGEnforcingMode": match cfg.pod_sg_enforcing_mode {
+            EnforcingMode::Strict => "strict",
+            EnforcingMode::Standard => "standard",
+        },
+        "pluginLogFile": cfg.plugin_log_file,
+        "pluginLogLevel": cfg.plugin_log_level,
+        "agentSocket": agent_socket.display().to_string(),
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+    })];
+    if !portmap_versions.is_empty() {
+        plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
+    }
+    json!({"cniVersion": version, "name": NETWORK_NAME, "plugins": plugins})
+}
+
+/// Installs the plugin (from beside the running agent) and the conflist; see the module doc.
+pub fn install(
+    cfg: &Config,
+    bin_dir: &Path,
+    conf_dir: &Path,
+    agent_socket: &Path,
+) -> Result<Installed, InstallError> {
+    let source = std::env::current_exe()
+        .map(|e| e.with_file_name(PLUGIN_NAME))
+        .map_err(|source| InstallError { what: "finding", path: PathBuf::from(PLUGIN_NAME), source })?;
+    let plugin = bin_dir.join(PLUGIN_NAME);
+    let mkdir = |dir: &Path| {
+        std::fs::create_dir_all(dir).map_err(|source| InstallError {
+            what: "creating",
+            path: dir.to_owned(),
+            source,
+        })
+    };
+    mkdir(bin_dir)?;
+    mkdir(conf_dir)?;
+    let bytes = std::fs::read(&source).map_err(|source_err| InstallError {
+        what: "reading",
+        path: source.clone(),
+        source: source_err,
+    })?;
+    if std::fs::read(&plugin).ok().as_deref() != Some(bytes.as_slice()) {
+        write_atomic(&plugin, &bytes, 0o755)?;
+    }
+    let portmap = plugin_versions(&bin_dir.join("portmap"));
+    let list = conflist(cfg, agent_socket, &portmap);
+    let conflist_path = conf_dir.join(CONFLIST_NAME);
+    let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
+    if std::fs::read(&conflist_path).ok().as_deref() != Some(text.as_slice()) {
+        write_atomic(&conflist_path, &text, 0o644)?;
+    }
+    let upstream = conf_dir.join(UPSTREAM_CONFLIST);
+    let shelved = if upstream.exists() {
+        let aside = conf_dir.join(format!("{UPSTREAM_CONFLIST}.replaced-by-eniguard"));
+        std::fs::rename(&upstream, &aside).map_err(|source| InstallError {
+            what: "renaming aside",
+            path: upstream.clone(),
+            source,
+        })?;
+        Some(aside)
+    } else {
+        None
+    };
+    Ok(Installed {
+        plugin,
+        conflist: conflist_path,
+        cni_version: list["cniVersion"].as_str().unwrap_or_default().to_owned(),
+        portmap: !portmap.is_empty(),
+        shelved,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conflist_has_upstreams_fields_and_the_version_both_plugins_speak() {
+        let cfg = Config::from_lookup(|_| None).unwrap();
+        let sock = Path::new("/run/eniguard/eniguard.sock");
+        let old_portmap = vec!["0.4.0".to_owned(), "1.0.0".to_owned()];
+        let c = conflist(&cfg, sock, &old_portmap);
+        assert_eq!((c["cniVersion"].as_str(), c["name"].as_str()), (Some("1.0.0"), Some("aws-cni")));
+        let p = &c["plugins"][0];
+        assert_eq!(
+            (p["type"].as_str(), p["mtu"].as_str(), p["vethPrefix"].as_str()),
+            (Some("eniguard-cni"), Some("9001"), Some("eni"))
+        );
+        assert_eq!(p["podSGEnforcingMode"], "strict");
+        assert_eq!(p["pluginLogFile"], "/var/log/aws-routed-eni/plugin.log");
+        assert_eq!(c["plugins"][1]["type"], "portmap");
+        let new_portmap = vec!["1.0.0".to_owned(), "1.1.0".to_owned()];
+        assert_eq!(conflist(&cfg, sock, &new_portmap)["cniVersion"], "1.1.0");
+        let alone = conflist(&cfg, sock, &[]);
+        assert_eq!(
+            (alone["cniVersion"].as_str(), alone["plugins"].as_array().map(Vec::len)),
+            (Some("1.1.0"), Some(1))
+        );
+    }
+}
