@@ -87,6 +87,11 @@ impl HostNet {
         Ok(Self { handle })
     }
 
+    /// The netlink handle, for the other host-network modules.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// The index and name of the link whose MAC is `mac`.
     pub async fn link_by_mac(&self, mac: &str) -> Result<Option<(u32, String)>, NetError> {
         let want = mac_bytes(mac).ok_or_else(|| NetError::NoLink(mac.to_owned()))?;

@@ -1,4 +1,5 @@
-//! Linux networking through netlink: ENI links, route tables and rules ([`eni`], rtnetlink),
+//! Linux networking: ENI links, route tables and rules ([`eni`], rtnetlink), a pod's veth,
+//! routes and rules ([`pod`], rtnetlink), SNAT of traffic leaving the VPC ([`snat`], nftables),
 //! link add/remove notifications for the guard ([`links`]), and host interface names as upstream
 //! derives them ([`names`]).
 
@@ -8,3 +9,5 @@ pub mod links;
 pub mod names;
 #[cfg(feature = "control-plane")]
 pub mod pod;
+#[cfg(feature = "control-plane")]
+pub mod snat;

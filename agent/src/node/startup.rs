@@ -23,7 +23,10 @@ use crate::{
         cninode::{Feature, CUSTOM_NETWORKING, SECURITY_GROUPS_FOR_PODS},
         eniconfig,
     },
-    net::eni::{EniLink, HostNet, NetError},
+    net::{
+        eni::{EniLink, HostNet, NetError},
+        snat::{self, SnatError},
+    },
     observe::agent::{FindingLabels, Metrics, TypeLabel},
 };
 
@@ -48,6 +51,8 @@ pub enum StartError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
+    Snat(#[from] SnatError),
+    #[error(transparent)]
     Ipam(#[from] IpamError),
     #[error("importing ENI {eni}: {source}")]
     Import { eni: String, source: DatastoreError },
@@ -70,6 +75,18 @@ pub struct Inputs {
     pub calls: Calls,
     pub metrics: Metrics,
     pub board: Arc<Board>,
+}
+
+/// SNAT to the primary ENI's address for all but the VPC and the exclusions (None: external SNAT).
+fn snat_plan(cfg: &Config, primary: &ImdsEni) -> Option<snat::Plan> {
+    let mut not_nated: Vec<_> = primary.vpc_cidrs.iter().map(|c| (c.addr, c.prefix_len)).collect();
+    not_nated.extend(cfg.exclude_snat_cidrs.iter().map(|c| (c.addr, c.prefix_len)));
+    (!cfg.external_snat).then(|| snat::Plan {
+        primary_ip: primary.primary_ip,
+        not_nated,
+        random: cfg.randomize_snat,
+        veth_prefix: cfg.veth_prefix.clone(),
+    })
 }
 
 const TAG_INSTANCE: &str = "node.k8s.amazonaws.com/instance_id";
@@ -103,6 +120,8 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     for eni in enis.values().filter(|e| !e.primary && !e.unmanaged) {
         setup_link(&i.net, eni, i.cfg.eni_mtu).await?;
     }
+    board.step("SNAT for traffic leaving the VPC");
+    snat::apply(i.net.handle(), snat_plan(&i.cfg, &primary).as_ref()).await?;
     board.step("restore the checkpoint");
     log_restored(&ipam.restore(now())?);
     board.step("security groups");

@@ -31,6 +31,10 @@ use anyhow::{bail, Context as _, Result};
 use super::ec2::{AttachState, Ec2, Eni, InterfaceType};
 use crate::netns::{in_netns, sh, NetNs};
 
+/// An address outside every VPC CIDR that the VPC namespace answers for: "the internet", where
+/// traffic must arrive from an ENI's own address (SNAT) to be delivered.
+pub const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
 /// Why the VPC did not deliver a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -141,6 +145,7 @@ impl Fabric {
             nodes.insert(id.clone(), ns);
         }
         vpc.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        vpc.ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"])?;
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let socket = in_netns(&vpc, packet_socket)?;

@@ -14,7 +14,7 @@ use eniguard_tests::{
     cni::{self, Sandbox},
     netns::NetNs,
     sim::{
-        fabric::{Fabric, Verdict},
+        fabric::{Fabric, Verdict, INTERNET},
         scenario::{Scenario, Sim},
     },
 };
@@ -155,6 +155,10 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
     } else {
         println!("  (no /usr/lib/cni/portmap: the chained conflist is not checked)");
     }
+    let enis = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
+    let primary = enis.get(&0).context("the primary ENI")?;
+    let primary_eni = primary.network_interface_id().context("id")?.to_owned();
+    let primary_ip: Ipv4Addr = primary.private_ip_address().context("primary ip")?.parse()?;
     for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
         let pod_ns = NetNs::create(&format!("{}-pod{i}", node.prefix))?;
         let pod_name = format!("web-{i}");
@@ -213,6 +217,20 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
                 f.verdict
             );
         }
+
+        // Outside the VPC: SNAT to the primary ENI's address, out through the primary ENI.
+        node.fabric()?.clear();
+        pod_ns
+            .run("ping", &["-c", "1", "-W", "2", &INTERNET.to_string()])
+            .context("the pod pings the internet")?;
+        let out: Vec<_> = node.fabric()?.frames().into_iter().filter(|f| f.dst == INTERNET).collect();
+        ensure!(
+            !out.is_empty()
+                && out.iter().all(|f| f.src == primary_ip
+                    && f.eni_id == primary_eni
+                    && f.verdict == Verdict::Delivered),
+            "{version}: to the internet, {ip} should leave as {primary_ip} through {primary_eni}: {out:?}"
+        );
 
         // CHECK: fine, then a route goes missing and CHECK says which.
         let check = node.call("CHECK", &sandbox, &node.conf(version, Some(&result)))?;
@@ -329,5 +347,33 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     let out = cni::exec(&node.ns, &node.plugin, &env, &body)?;
     ensure!(!out.success && out.msg().contains("eth0 already exists"), "eth0 taken: {}", out.stdout);
     ensure!(assigned()? == 0.0, "eth0 taken: the address was kept");
+    Ok(())
+}
+
+/// AWS_VPC_K8S_CNI_EXTERNALSNAT: no table of eniguard's, and a pod reaches outside the VPC with
+/// its own address through its own ENI (a NAT gateway would translate it).
+pub fn external_snat(ctx: &mut Ctx) -> Result<()> {
+    let mut env = ENV.to_vec();
+    env.push(("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"));
+    let node = Node::start(ctx, "cniext", &env)?;
+    ensure!(
+        node.ns.run("nft", &["list", "table", "ip", "eniguard"]).is_err(),
+        "a SNAT table with external SNAT"
+    );
+    let pod_ns = NetNs::create(&format!("{}-podext", node.prefix))?;
+    let sandbox = Sandbox::new("sandboxext", "default", "ext", &pod_ns);
+    let add = node.call("ADD", &sandbox, &node.conf("1.0.0", None))?;
+    ensure!(add.success, "ADD: {}", add.stdout);
+    let ip = pod_ip(&add.json())?;
+    let eni = node.eni_holding(ip)?;
+    pod_ns
+        .run("ping", &["-c", "1", "-W", "2", &INTERNET.to_string()])
+        .context("the pod pings the internet")?;
+    let out: Vec<_> = node.fabric()?.frames().into_iter().filter(|f| f.dst == INTERNET).collect();
+    ensure!(
+        !out.is_empty()
+            && out.iter().all(|f| f.src == ip && Some(f.eni_id.as_str()) == eni.network_interface_id()),
+        "{ip} should leave untranslated through its ENI: {out:?}"
+    );
     Ok(())
 }

@@ -68,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_local_api", run: agent::local_api },
         Test { name: "cni_pods_per_version", run: cni::pods_per_version },
         Test { name: "cni_bad_input", run: cni::bad_input },
+        Test { name: "cni_external_snat", run: cni::external_snat },
     ])
 }
 
