@@ -34,6 +34,10 @@ impl Client {
         Self { socket: socket.as_ref().to_owned() }
     }
 
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     fn unreachable(&self, e: impl std::fmt::Display) -> CallError {
         CallError::Unreachable { path: self.socket.clone(), message: e.to_string() }
     }

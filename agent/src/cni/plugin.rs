@@ -23,10 +23,11 @@ use serde_json::Value;
 
 use super::{
     api::{
-        AddReply, AddRequest, Attachment, CheckRequest, DelReply, DelRequest, ErrorKind, GcReply, GcRequest,
-        ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, VERSION,
+        AddReply, AddRequest, ApiError, Attachment, CheckRequest, DelReply, DelRequest, ErrorKind, GcReply,
+        GcRequest, ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, VERSION,
     },
     client::{CallError, Client},
+    queue,
     result::{add_result, previous, Added},
     spec::{code, CniError, Command, Env, NetConf},
 };
@@ -177,17 +178,20 @@ impl Plugin {
         }
     }
 
-    async fn release(&self) -> Result<DelReply, CallError> {
+    fn del_request(&self) -> DelRequest {
         let (pod_ns, pod_name) = self.env.pod();
-        let request = DelRequest {
+        DelRequest {
             client_version: VERSION.into(),
             network_name: self.conf.name.clone(),
             container_id: self.env.container_id.clone(),
             if_name: self.env.if_name.clone(),
             pod_namespace: Some(pod_ns).filter(|s| !s.is_empty()),
             pod_name: Some(pod_name).filter(|s| !s.is_empty()),
-        };
-        self.client.call(Method::POST, DEL_PATH, Some(&request)).await
+        }
+    }
+
+    async fn release(&self) -> Result<DelReply, CallError> {
+        self.client.call(Method::POST, DEL_PATH, Some(&self.del_request())).await
     }
 
     /// The host end's name: prevResult's, else derived from the pod's name.
@@ -218,7 +222,21 @@ impl Plugin {
             Ok(DelReply { released: None }) => {
                 log::info!("DEL {}: the agent held nothing", self.env.container_id)
             }
-            // The address stays allocated until the agent's pod GC finds the pod gone.
+            // The agent will release it when it is back (the queue).
+            Err(
+                e @ (CallError::Unreachable { .. }
+                | CallError::Api(ApiError { kind: ErrorKind::NotReady, .. })),
+            ) => {
+                let dir = queue::dir_of(self.client.socket());
+                let queued = queue::enqueue(&dir, &self.del_request(), crate::node::owner::now())
+                    .map_err(|q| CniError::new(code::TRY_AGAIN_LATER, format!("del: {e}; {q}")))?;
+                log::warn!(
+                    "DEL {}: {e}; tearing down from prevResult, release queued in {}",
+                    self.env.container_id,
+                    queued.display()
+                );
+            }
+            // Another version or an internal error: the pod GC gives the address back later.
             Err(e) => log::warn!("DEL {}: {e}; tearing down from prevResult", self.env.container_id),
         }
         ips.sort();

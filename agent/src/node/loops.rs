@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{audit, pods, pool, reconcile, state::Shared};
+use super::{audit, gc, pods, pool, reconcile, state::Shared};
 
 /// Runs the loops until the returned handles are aborted (SIGTERM): each is a task with one job.
 /// Stopping them leaves every ENI and address in place; the next agent adopts them.
@@ -14,6 +14,7 @@ pub fn run(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(pool_and_reconcile(shared.clone())),
         tokio::spawn(security_group_audit(shared.clone())),
         tokio::spawn(pods::watch(shared.clone())),
+        tokio::spawn(gc::run(shared.clone())),
     ];
     if !shared.cfg.disable_leaked_eni_cleanup {
         tasks.push(tokio::spawn(leak_sweep(shared)));

@@ -1,9 +1,12 @@
 //! The node: the startup sequence ([`startup`], the one place where order lives), the signals to
 //! the Resource Controller ([`signals`]), the datastore's owner ([`owner`]), the shared state
-//! ([`state`]) and the loops ([`pool`], [`reconcile`], [`audit`], [`pods`]), started by [`run`].
+//! ([`state`]) and the loops ([`pool`], [`reconcile`], [`audit`], [`pods`], [`gc`]), started by
+//! [`run`].
 
 #[cfg(feature = "control-plane")]
 pub mod audit;
+#[cfg(feature = "control-plane")]
+pub mod gc;
 #[cfg(feature = "control-plane")]
 pub mod journal;
 #[cfg(feature = "control-plane")]

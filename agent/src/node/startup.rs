@@ -139,6 +139,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
         vpc_id: primary.vpc_id.clone(),
         vpc_cidrs: primary.vpc_cidrs.iter().map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect(),
         journal,
+        run_dir: i.run_dir.clone(),
         board: board.clone(),
         id,
     });

@@ -79,6 +79,8 @@ pub struct Shared {
     /// The VPC's IPv4 CIDRs (IMDS), not SNATed.
     pub vpc_cidrs: Vec<String>,
     pub journal: super::journal::Journal,
+    /// --run-dir: the socket, the journal, the CNI plugin's DEL queue.
+    pub run_dir: std::path::PathBuf,
     pub board: Arc<Board>,
     pub changing: Changing,
 }
@@ -100,6 +102,8 @@ pub struct Changing {
     verified: Mutex<BTreeMap<String, std::collections::BTreeSet<Cidr>>>,
     /// The pods on this node, by (namespace, name).
     pods: Mutex<BTreeMap<(String, String), PodInfo>>,
+    /// Whether the pod watch has delivered its first full list.
+    pods_synced: std::sync::atomic::AtomicBool,
 }
 
 impl Changing {
@@ -183,6 +187,11 @@ impl Shared {
     }
     pub fn set_pods(&self, pods: BTreeMap<(String, String), PodInfo>) {
         *lock(&self.changing.pods) = pods;
+        self.changing.pods_synced.store(true, std::sync::atomic::Ordering::Release);
+    }
+    /// The pods, once the watch has listed them all (None before: absence means nothing yet).
+    pub fn synced_pods(&self) -> Option<BTreeMap<(String, String), PodInfo>> {
+        self.changing.pods_synced.load(std::sync::atomic::Ordering::Acquire).then(|| self.pods())
     }
     pub fn put_pod(&self, pod: PodInfo) {
         lock(&self.changing.pods).insert((pod.namespace.clone(), pod.name.clone()), pod);

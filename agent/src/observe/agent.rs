@@ -49,6 +49,7 @@ pub struct Metrics {
     pub trunk_sg_drift: Gauge,
     pub ready: Gauge,
     pub pool_errors: Counter,
+    pub pod_gc_released: Counter,
     pub build_info: Family<VersionLabel, Gauge>,
 }
 
@@ -98,6 +99,11 @@ impl Metrics {
         );
         r.register("ready", "1 once the node is ready for pods", self.ready.clone());
         r.register("pool_errors", "Failed pool actions (EC2 or netlink)", self.pool_errors.clone());
+        r.register(
+            "pod_gc_released",
+            "Addresses released because their pod was gone from the node without a CNI DEL",
+            self.pod_gc_released.clone(),
+        );
         r
     }
 }

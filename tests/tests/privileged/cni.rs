@@ -15,6 +15,7 @@ use eniguard_tests::{
     netns::NetNs,
     sim::{
         fabric::{Fabric, Verdict, INTERNET},
+        kube_api,
         scenario::{Scenario, Sim},
     },
 };
@@ -87,6 +88,15 @@ impl Node {
 
     fn conf(&self, version: &str, prev: Option<&Value>) -> Value {
         cni::conf(&self.conflist, Some(version), prev)
+    }
+
+    /// A sandbox for pod `name` in `default`, whose Pod object exists on this node (so that the
+    /// agent's pod GC leaves its address alone).
+    fn sandbox(&self, container_id: &str, name: &str, netns: &NetNs) -> Result<Sandbox> {
+        let pod = serde_json::json!({"metadata": {"name": name},
+            "spec": {"nodeName": self.sim.nodes[0].name, "containers": [{"name": "c"}]}});
+        self.sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(Sandbox::new(container_id, "default", name, netns))
     }
 
     fn call(&self, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<cni::Outcome> {
@@ -162,7 +172,7 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
     for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
         let pod_ns = NetNs::create(&format!("{}-pod{i}", node.prefix))?;
         let pod_name = format!("web-{i}");
-        let sandbox = Sandbox::new(&format!("sandbox{i}"), "default", &pod_name, &pod_ns);
+        let sandbox = node.sandbox(&format!("sandbox{i}"), &pod_name, &pod_ns)?;
         let add = node.call("ADD", &sandbox, &node.conf(version, None))?;
         ensure!(add.success, "{version} ADD: {} {}", add.stdout, add.stderr);
         let result = add.json();
@@ -281,7 +291,7 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
     let (after, _) = installed(&node.dir)?;
     ensure!(after == node.conflist, "the conflist changed when the agent stopped: {after}");
     let pod_ns = NetNs::create(&format!("{}-podlate", node.prefix))?;
-    let late = Sandbox::new("sandboxlate", "default", "late", &pod_ns);
+    let late = node.sandbox("sandboxlate", "late", &pod_ns)?;
     let add = node.call("ADD", &late, &node.conf("1.1.0", None))?;
     ensure!(
         add.code() == Some(11) && add.msg().contains("network is not ready"),
@@ -296,7 +306,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     let node = Node::start(ctx, "cnibad", ENV)?;
     let assigned = || node.agent.metric("eniguard_ipam_addresses{state=\"assigned\"}");
     let pod_ns = NetNs::create(&format!("{}-podbad", node.prefix))?;
-    let sandbox = Sandbox::new("sandboxbad", "default", "bad", &pod_ns);
+    let sandbox = node.sandbox("sandboxbad", "bad", &pod_ns)?;
     let conf = node.conf("1.0.0", None);
     type Case<'a> = (&'a str, Vec<(&'static str, String)>, Vec<u8>, u64, &'a str);
     let mut env = cni::env_for("ADD", &sandbox);
@@ -330,7 +340,9 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     }
     // The agent down: ADD says "try again later" and "network is not ready"; DEL succeeds.
     let mut down = node.conf("1.0.0", None);
-    down["agentSocket"] = Value::from("/run/eniguard-nowhere.sock");
+    let nowhere = node.dir.join("nowhere");
+    std::fs::create_dir_all(&nowhere)?;
+    down["agentSocket"] = Value::from(nowhere.join("eniguard.sock").display().to_string());
     let out = node.call("ADD", &sandbox, &down)?;
     ensure!(
         out.code() == Some(11) && out.msg().contains("network is not ready"),
@@ -339,6 +351,11 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     );
     let out = node.call("DEL", &sandbox, &down)?;
     ensure!(out.success, "DEL with the agent down: {}", out.stdout);
+    let queued = eniguard::cni::queue::pending(&nowhere.join("del-queue"));
+    ensure!(
+        queued.len() == 1 && queued[0].1.request.container_id == "sandboxbad",
+        "the release is queued for the agent: {queued:?}"
+    );
     let out = node.call("CHECK", &sandbox, &down)?;
     ensure!(out.code() == Some(11), "CHECK with the agent down: {}", out.stdout);
     // An interface of that name already in the pod: refused, and the address given back.
@@ -361,7 +378,7 @@ pub fn external_snat(ctx: &mut Ctx) -> Result<()> {
         "a SNAT table with external SNAT"
     );
     let pod_ns = NetNs::create(&format!("{}-podext", node.prefix))?;
-    let sandbox = Sandbox::new("sandboxext", "default", "ext", &pod_ns);
+    let sandbox = node.sandbox("sandboxext", "ext", &pod_ns)?;
     let add = node.call("ADD", &sandbox, &node.conf("1.0.0", None))?;
     ensure!(add.success, "ADD: {}", add.stdout);
     let ip = pod_ip(&add.json())?;
@@ -375,5 +392,39 @@ pub fn external_snat(ctx: &mut Ctx) -> Result<()> {
             && out.iter().all(|f| f.src == ip && Some(f.eni_id.as_str()) == eni.network_interface_id()),
         "{ip} should leave untranslated through its ENI: {out:?}"
     );
+    Ok(())
+}
+
+/// An address whose pod is gone from the node without a DEL (the runtime lost it) is released
+/// after the cooldown, its host rules with it; the address of a pod that exists stays.
+pub fn gc_of_gone_pods(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start(ctx, "cnigc", ENV)?;
+    let (kept_ns, gone_ns) = (
+        NetNs::create(&format!("{}-podkept", node.prefix))?,
+        NetNs::create(&format!("{}-podgone", node.prefix))?,
+    );
+    let kept = node.sandbox("sandboxkept", "kept", &kept_ns)?;
+    // No Pod object: as if the pod was deleted while the agent could not hear the DEL.
+    let gone = Sandbox::new("sandboxgone", "default", "gone", &gone_ns);
+    let mut ips = Vec::new();
+    for s in [&kept, &gone] {
+        let add = node.call("ADD", s, &node.conf("1.0.0", None))?;
+        ensure!(add.success, "ADD {}: {}", s.name, add.stdout);
+        ips.push(pod_ip(&add.json())?);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while node.agent.metric("eniguard_pod_gc_released_total")? < 1.0 {
+        ensure!(std::time::Instant::now() < deadline, "the gone pod's address was not collected in 30 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ensure!(
+        node.rules_for(ips[1])?.is_empty(),
+        "rules of the collected address: {:?}",
+        node.rules_for(ips[1])?
+    );
+    ensure!(node.rules_for(ips[0])?.len() == 2, "the kept pod lost its rules: {:?}", node.rules_for(ips[0])?);
+    ensure!(node.agent.metric("eniguard_ipam_addresses{state=\"assigned\"}")? == 1.0, "assigned after GC");
+    let ping = kept_ns.run("ping", &["-c", "1", "-W", "2", "10.0.0.1"]);
+    ensure!(ping.is_ok(), "the kept pod lost its network: {ping:?}");
     Ok(())
 }

@@ -69,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "cni_pods_per_version", run: cni::pods_per_version },
         Test { name: "cni_bad_input", run: cni::bad_input },
         Test { name: "cni_external_snat", run: cni::external_snat },
+        Test { name: "cni_gc_of_gone_pods", run: cni::gc_of_gone_pods },
     ])
 }
 

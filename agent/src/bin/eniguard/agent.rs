@@ -93,6 +93,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
                 s.ready = true;
             });
             metrics.ready.set(1);
+            node::gc::drain_queue(&started).await;
             let _ = ready_node.set(started.clone());
             install_plugin(&started, &paths).await;
             // The readiness line scripts and tests wait for.
