@@ -91,6 +91,10 @@ pub struct NodeSpec {
     pub security_groups: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The kubelet's max-pods (status.capacity.pods), when set (EKS sets 110 with prefix
+    /// delegation on an m5.large).
+    #[serde(default)]
+    pub max_pods: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -266,12 +270,15 @@ impl Sim {
             for (k, v) in &n.labels {
                 labels[k] = json!(v);
             }
-            let node = json!({
+            let mut node = json!({
                 "metadata": {"name": name, "labels": labels},
                 "spec": {"providerID": format!("aws:///{}/{id}", instance.az)},
                 "status": {"addresses": [{"type": "InternalIP", "address": primary.to_string()},
                                          {"type": "Hostname", "address": name}]},
             });
+            if let Some(pods) = n.max_pods {
+                node["status"]["capacity"] = json!({"pods": pods.to_string()});
+            }
             kube.create(NODES, None, node).map_err(|e| anyhow::anyhow!("nodes[{i}]: {}", e.message))?;
             instances.push((name, id));
         }

@@ -49,7 +49,10 @@ struct Node {
     sim: Sim,
     rt: tokio::runtime::Runtime,
     ec2: aws_sdk_ec2::Client,
-    agent: Agent,
+    /// Behind a lock so that a thread can kill and restart it.
+    agent: std::sync::Mutex<Agent>,
+    /// The agent's environment (for restarts).
+    env: Vec<(String, String)>,
     ns: NetNs,
     dir: std::path::PathBuf,
     prefix: String,
@@ -60,9 +63,15 @@ struct Node {
 
 impl Node {
     fn start(ctx: &Ctx, tag: &str, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(ctx, tag, env, None)
+    }
+
+    /// With the kubelet's max-pods on the node (upstream caps the pool at it).
+    fn start_with(ctx: &Ctx, tag: &str, env: &[(&str, &str)], max_pods: Option<u32>) -> Result<Self> {
         let prefix = format!("{}-{tag}", ctx.prefix());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
+        let mut scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
+        scenario.nodes[0].max_pods = max_pods;
         let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
@@ -74,12 +83,29 @@ impl Node {
             std::fs::copy(portmap, dir.join("bin/portmap"))?;
         }
         let log = dir.join("plugin.log").display().to_string();
-        let mut env = env.to_vec();
-        env.push(("AWS_VPC_K8S_PLUGIN_LOG_FILE", &log));
-        let agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
+        let mut env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        env.push(("AWS_VPC_K8S_PLUGIN_LOG_FILE".into(), log));
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let agent = std::sync::Mutex::new(agent::start(&sim, &prefix, 0, &dir, &pairs)?);
         let ns = NetNs::existing(&format!("{prefix}-node0"));
         let (conflist, plugin) = installed(&dir)?;
-        Ok(Self { sim, rt, ec2, agent, ns, dir, prefix, conflist, plugin })
+        Ok(Self { sim, rt, ec2, agent, env, ns, dir, prefix, conflist, plugin })
+    }
+
+    fn agent(&self) -> std::sync::MutexGuard<'_, Agent> {
+        self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Kills the agent with -9 and starts another (not waiting for it to be ready).
+    fn kill_and_restart(&self) -> Result<()> {
+        let mut agent = self.agent();
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(agent.daemon.pid() as i32, libc::SIGKILL) };
+        agent.daemon.wait_exit(Duration::from_secs(5))?;
+        let pairs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        *agent = agent::spawn(&self.sim, &self.prefix, 0, &self.dir, &pairs)?;
+        Ok(())
     }
 
     fn fabric(&self) -> Result<&Fabric> {
@@ -254,7 +280,7 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
         );
 
         // DEL: links, routes and rules go; a second DEL is fine; the address cools down.
-        let cooling_before = node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
+        let cooling_before = node.agent().metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
         let del = node.call("DEL", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(del.success && del.stdout.is_empty(), "{version} DEL: {} {}", del.stdout, del.stderr);
         ensure!(node.ns.link(&host_veth).is_err(), "{version}: {host_veth} survived DEL");
@@ -264,11 +290,11 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
         ensure!(routes.trim().is_empty(), "{version}: route left: {routes}");
         let del = node.call("DEL", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(del.success, "{version}: a second DEL: {}", del.stdout);
-        let cooling = node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
+        let cooling = node.agent().metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
         ensure!(cooling == cooling_before + 1.0, "{version}: cooling {cooling_before} → {cooling}");
         // Back in the pool once the cooldown (3 s) is over, by the next pool tick at the latest.
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while node.agent.metric("eniguard_ipam_addresses{state=\"cooling\"}")? != 0.0 {
+        while node.agent().metric("eniguard_ipam_addresses{state=\"cooling\"}")? != 0.0 {
             ensure!(std::time::Instant::now() < deadline, "{version}: {ip} still cooling after 15 s");
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -279,15 +305,12 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
 
     // The agent stops: plugin and conflist stay (the node stays Ready) and ADD asks the kubelet
     // to retry soon.
-    std::process::Command::new("kill").arg(node.agent.daemon.pid().to_string()).status()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(format!("/proc/{}", node.agent.daemon.pid())).is_ok_and(|_| {
-        std::fs::read_to_string(format!("/proc/{}/stat", node.agent.daemon.pid()))
-            .is_ok_and(|s| !s.contains(") Z "))
-    }) {
-        ensure!(std::time::Instant::now() < deadline, "the agent did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pid = node.agent().daemon.pid();
+    std::process::Command::new("kill").arg(pid.to_string()).status()?;
+    ensure!(
+        node.agent().daemon.wait_exit(Duration::from_secs(10))?.is_some(),
+        "the agent did not stop on SIGTERM"
+    );
     let (after, _) = installed(&node.dir)?;
     ensure!(after == node.conflist, "the conflist changed when the agent stopped: {after}");
     let pod_ns = NetNs::create(&format!("{}-podlate", node.prefix))?;
@@ -304,7 +327,7 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
 /// Bad input gets the right code and message, and allocates nothing.
 pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     let node = Node::start(ctx, "cnibad", ENV)?;
-    let assigned = || node.agent.metric("eniguard_ipam_addresses{state=\"assigned\"}");
+    let assigned = || node.agent().metric("eniguard_ipam_addresses{state=\"assigned\"}");
     let pod_ns = NetNs::create(&format!("{}-podbad", node.prefix))?;
     let sandbox = node.sandbox("sandboxbad", "bad", &pod_ns)?;
     let conf = node.conf("1.0.0", None);
@@ -413,7 +436,7 @@ pub fn gc_of_gone_pods(ctx: &mut Ctx) -> Result<()> {
         ips.push(pod_ip(&add.json())?);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while node.agent.metric("eniguard_pod_gc_released_total")? < 1.0 {
+    while node.agent().metric("eniguard_pod_gc_released_total")? < 1.0 {
         ensure!(std::time::Instant::now() < deadline, "the gone pod's address was not collected in 30 s");
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -423,8 +446,213 @@ pub fn gc_of_gone_pods(ctx: &mut Ctx) -> Result<()> {
         node.rules_for(ips[1])?
     );
     ensure!(node.rules_for(ips[0])?.len() == 2, "the kept pod lost its rules: {:?}", node.rules_for(ips[0])?);
-    ensure!(node.agent.metric("eniguard_ipam_addresses{state=\"assigned\"}")? == 1.0, "assigned after GC");
+    ensure!(node.agent().metric("eniguard_ipam_addresses{state=\"assigned\"}")? == 1.0, "assigned after GC");
     let ping = kept_ns.run("ping", &["-c", "1", "-W", "2", "10.0.0.1"]);
     ensure!(ping.is_ok(), "the kept pod lost its network: {ping:?}");
+    Ok(())
+}
+
+/// A small xorshift generator: the churn's choices, reproducible from the seed it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// A pod as the runtime drives it: its namespace, its current sandbox and ADD result.
+struct Pod {
+    ns: NetNs,
+    name: String,
+    sandboxes: u32,
+    live: Option<(Sandbox, Value)>,
+}
+
+/// Why ADDs were retried (the first words of the message), for the churn's report.
+static RETRY_REASONS: std::sync::Mutex<std::collections::BTreeMap<String, u32>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// containerd's ADD: a new sandbox per attempt; a failed ADD is followed by a DEL of that
+/// sandbox without prevResult; "try again later" is retried (the kubelet's 1 s, shortened).
+fn runtime_add(node: &Node, pod: &mut Pod) -> Result<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut retries = 0;
+    loop {
+        pod.sandboxes += 1;
+        let sandbox =
+            Sandbox::new(&format!("{}-s{}", pod.name, pod.sandboxes), "default", &pod.name, &pod.ns);
+        let add = node.call("ADD", &sandbox, &node.conf("1.0.0", None))?;
+        if add.success {
+            pod.live = Some((sandbox, add.json()));
+            return Ok(retries);
+        }
+        ensure!(add.code() == Some(11), "ADD {}: {} {}", pod.name, add.stdout, add.stderr);
+        let why: String = add.msg().chars().take(60).collect();
+        *RETRY_REASONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(why).or_default() += 1;
+        runtime_del(node, &sandbox, None)?;
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} found no address in 60 s: {}",
+            pod.name,
+            add.stdout
+        );
+        retries += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// containerd's DEL: retried until it succeeds (it does, agent or not, unless the queue is full).
+fn runtime_del(node: &Node, sandbox: &Sandbox, prev: Option<&Value>) -> Result<()> {
+    for _ in 0..50 {
+        let del = node.call("DEL", sandbox, &node.conf("1.0.0", prev))?;
+        if del.success {
+            return Ok(());
+        }
+        ensure!(del.code() == Some(11), "DEL {}: {}", sandbox.container_id, del.stdout);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("DEL {} kept failing", sandbox.container_id)
+}
+
+/// As many pods as the pool holds (100, prefix delegation on the m5.large's one pod ENI), then
+/// 1,000 ADD/DEL operations while the agent is killed with -9 at random moments and restarted:
+/// afterwards the checkpoint holds exactly the live sandboxes, no address twice, nothing leaked
+/// (no stray rule, route or veth), and every pod reaches the VPC through the ENI that EC2 says
+/// holds its address — never the trunk.
+pub fn churn_with_kill_9(ctx: &mut Ctx) -> Result<()> {
+    const PODS: usize = 100;
+    const OPS: usize = 1000;
+    // EKS runs an m5.large with prefix delegation at max-pods 110.
+    // MINIMUM_IP_TARGET as an operator sets it for a known pod count: the pool is there at once.
+    // A 1 s cooldown: with max-pods 110 and 100 pods, 10 spare addresses and the cooldown set
+    // the churn's pace.
+    let mut env: Vec<_> = ENV.iter().copied().filter(|(k, _)| *k != "IP_COOLDOWN_PERIOD").collect();
+    env.extend([("MINIMUM_IP_TARGET", "110"), ("IP_COOLDOWN_PERIOD", "1")]);
+    let node = Node::start_with(ctx, "cnichurn", &env, Some(110))?;
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1;
+    let mut rng = Rng(seed);
+    println!("  seed {seed}");
+    let mut pods = Vec::new();
+    for i in 0..PODS {
+        let name = format!("p{i}");
+        let ns = NetNs::create(&format!("{}-{name}", node.prefix))?;
+        let pod = serde_json::json!({"metadata": {"name": name},
+            "spec": {"nodeName": node.sim.nodes[0].name, "containers": [{"name": "c"}]}});
+        node.sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
+        pods.push(Pod { ns, name, sandboxes: 0, live: None });
+    }
+    let started = std::time::Instant::now();
+    for pod in &mut pods {
+        runtime_add(&node, pod)?;
+    }
+    println!("  {PODS} pods up in {:.1} s", started.elapsed().as_secs_f64());
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let kills = std::sync::atomic::AtomicUsize::new(0);
+    let (retries, churn_time) = std::thread::scope(|s| -> Result<(u32, Duration)> {
+        let killer = s.spawn(|| -> Result<()> {
+            let mut rng = Rng(seed.rotate_left(17) | 1);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1000 + rng.below(4000)));
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                node.kill_and_restart()?;
+                kills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        let started = std::time::Instant::now();
+        let mut retries = 0;
+        let result = (|| -> Result<()> {
+            for _ in 0..OPS / 2 {
+                let pod = &mut pods[rng.below(PODS as u64) as usize];
+                let (sandbox, result) = pod.live.take().context("a live sandbox")?;
+                runtime_del(&node, &sandbox, Some(&result))?;
+                retries += runtime_add(&node, pod)?;
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        killer.join().map_err(|_| anyhow::anyhow!("the killer thread panicked"))??;
+        result.map(|()| (retries, started.elapsed()))
+    })?;
+    let kills = kills.into_inner();
+    println!(
+        "  {OPS} ADD/DEL in {:.1} s with {kills} kill -9 restarts ({retries} ADDs retried)",
+        churn_time.as_secs_f64()
+    );
+    println!(
+        "  retried because: {:?}",
+        RETRY_REASONS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    );
+    ensure!(kills >= 3, "only {kills} restarts: the churn did not overlap the kills");
+
+    // The last agent is ready and has drained what was queued while it was down.
+    node.agent().daemon.wait_for_line("ready:", Duration::from_secs(60))?;
+    let queue = node.dir.join("run/del-queue");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !eniguard::cni::queue::pending(&queue).is_empty() {
+        ensure!(std::time::Instant::now() < deadline, "queued DELs not drained in 20 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let kept = eniguard::ipam::checkpoint::Checkpoint::new(node.dir.join("ipam.json"))
+        .read()?
+        .context("checkpoint")?;
+    let live: std::collections::BTreeMap<String, Ipv4Addr> = pods
+        .iter()
+        .filter_map(|p| p.live.as_ref())
+        .map(|(s, r)| Ok((s.container_id.clone(), pod_ip(r)?)))
+        .collect::<Result<_>>()?;
+    let held: std::collections::BTreeMap<String, Ipv4Addr> =
+        kept.allocations.iter().map(|a| (a.key.container_id.clone(), a.ip)).collect();
+    ensure!(held.len() == kept.allocations.len(), "a sandbox holds two addresses");
+    let leaked: Vec<_> = held.keys().filter(|k| !live.contains_key(*k)).collect();
+    ensure!(leaked.is_empty(), "leaked allocations: {leaked:?}");
+    ensure!(held == live, "the checkpoint disagrees with the live sandboxes");
+    let distinct: std::collections::BTreeSet<_> = live.values().collect();
+    ensure!(distinct.len() == PODS, "an address is assigned twice");
+    ensure!(
+        node.agent().metric("eniguard_ipam_addresses{state=\"assigned\"}")? == PODS as f64,
+        "assigned gauge"
+    );
+    // Nothing stray on the host: rules 512 and 1536 and the veths are exactly the live pods'.
+    let rules = node.ns.ip(&["rule", "show"])?;
+    for prio in ["512:", "1536:"] {
+        let n = rules.lines().filter(|l| l.starts_with(prio)).count();
+        ensure!(n == PODS, "{n} rules at {prio} for {PODS} pods");
+    }
+    let veths = node.ns.ip(&["-br", "link"])?.lines().filter(|l| l.starts_with("eni")).count();
+    ensure!(veths == PODS, "{veths} host veths for {PODS} pods");
+    // Every pod reaches the VPC through the ENI that holds its address.
+    node.fabric()?.clear();
+    for pod in &pods {
+        pod.ns
+            .run("ping", &["-c", "1", "-W", "2", "10.0.0.1"])
+            .with_context(|| format!("{} pings the VPC", pod.name))?;
+    }
+    let frames = node.fabric()?.frames();
+    let enis = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
+    let trunk = enis.values().find(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk"));
+    for ip in live.values() {
+        let eni = node.eni_holding(*ip)?;
+        let mine: Vec<_> = frames.iter().filter(|f| f.src == *ip).collect();
+        ensure!(!mine.is_empty(), "nothing from {ip} reached the VPC");
+        ensure!(
+            mine.iter()
+                .all(|f| Some(f.eni_id.as_str()) == eni.network_interface_id()
+                    && f.verdict == Verdict::Delivered),
+            "{ip} left through {:?}",
+            mine.iter().map(|f| &f.eni_id).collect::<Vec<_>>()
+        );
+        ensure!(
+            trunk.and_then(|t| t.network_interface_id()) != eni.network_interface_id(),
+            "{ip} is on the trunk"
+        );
+    }
     Ok(())
 }

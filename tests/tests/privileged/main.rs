@@ -70,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "cni_bad_input", run: cni::bad_input },
         Test { name: "cni_external_snat", run: cni::external_snat },
         Test { name: "cni_gc_of_gone_pods", run: cni::gc_of_gone_pods },
+        Test { name: "cni_churn_with_kill_9", run: cni::churn_with_kill_9 },
     ])
 }
 
