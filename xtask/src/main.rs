@@ -46,6 +46,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// eniguard-cni against ptp + host-local: ADD/DEL p50/p99, a concurrent burst, the agent's
+    /// RSS with pods (needs root; `--release` builds the agent and plugin optimised first).
+    CniBench {
+        /// Passed to eniguard-cni-bench (`--pods N`, `--burst N`, `--rss-pods N`), after
+        /// `--release` if given.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,6 +80,14 @@ fn main() -> Result<()> {
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             test::run_privileged_bin("eniguard-agent-bench", &args)
+        }
+        Task::CniBench { args } => {
+            if !setup::is_complete() {
+                setup::setup()?;
+            }
+            let release = args.first().is_some_and(|a| a == "--release");
+            let args: Vec<&str> = args.iter().skip(usize::from(release)).map(String::as_str).collect();
+            test::run_cni_bench(release, &args)
         }
     }
 }

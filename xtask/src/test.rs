@@ -204,6 +204,24 @@ pub fn run_privileged_bin(bin: &str, args: &[&str]) -> Result<()> {
     run(cmd.env("ENIGUARD_BIN", agent).args(args))
 }
 
+/// The CNI benchmark, against the debug agent and plugin or (`release`) optimised ones built
+/// first (`cargo build --release -p eniguard --bins`: aws-sdk-ec2 in release, several minutes).
+pub fn run_cni_bench(release: bool, args: &[&str]) -> Result<()> {
+    let bins = build(&["test", "--no-run"])?;
+    let agent = if release {
+        let status =
+            Command::new(env!("CARGO")).args(["build", "--release", "-p", "eniguard", "--bins"]).status()?;
+        anyhow::ensure!(status.success(), "cargo build --release -p eniguard --bins: {status}");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+        target.join("release/eniguard")
+    } else {
+        artifact(&bins, "eniguard")?
+    };
+    let mut cmd = privileged(artifact(&bins, "eniguard-cni-bench")?)?;
+    run(cmd.env("ENIGUARD_BIN", agent).args(args))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_summary, Counts};

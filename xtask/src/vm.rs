@@ -57,7 +57,7 @@ const KERNELS: &[Kernel] = &[
 const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "cls_u32", "8021q"];
 const HOST_TOOLS: &[&str] = &["ip", "tc", "bpftool", "nsenter", "ping"];
 /// Privileged tests worth running on every kernel (the datapath; TCX ones skip themselves).
-pub const VM_TESTS: &[&str] = &["tc_counter", "guard_"];
+pub const VM_TESTS: &[&str] = &["tc_counter", "guard_", "cni_branch"];
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Whether this machine can run the matrix; `Err(reason)` otherwise.

@@ -55,6 +55,25 @@ pub struct AddReply {
     pub mtu: u32,
     /// AWS_VPC_K8S_CNI_VETHPREFIX.
     pub veth_prefix: String,
+    /// A branch-ENI pod (security groups for pods): its address is the branch ENI's, reached
+    /// through a VLAN on the trunk, in table `vlan id + 100`; no pool address is used.
+    #[serde(default)]
+    pub branch: Option<Branch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Branch {
+    pub eni: String,
+    pub vlan_id: u16,
+    /// The branch ENI's MAC, which the VLAN link takes.
+    pub mac: String,
+    /// The branch subnet's gateway.
+    pub gateway: String,
+    /// The trunk's link on the node.
+    pub parent_if_index: u32,
+    /// POD_SECURITY_GROUP_ENFORCING_MODE: `strict` or `standard`.
+    pub enforcing_mode: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +151,8 @@ pub enum ErrorKind {
     BadRequest,
     /// CHECK: the agent holds nothing for this (network, container, interface).
     UnknownContainer,
+    /// A branch-ENI pod whose branch is not there yet (no annotation, no trunk): retry.
+    BranchPending,
     /// The address is held on an ENI that never serves pods (a pre-fix trunk address).
     Refused,
     Internal,
@@ -140,7 +161,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn http_status(self) -> u16 {
         match self {
-            Self::NotReady | Self::NoAddress => 503,
+            Self::NotReady | Self::NoAddress | Self::BranchPending => 503,
             Self::VersionMismatch => 409,
             Self::BadRequest => 400,
             Self::UnknownContainer => 404,

@@ -34,7 +34,7 @@ use super::{
 use crate::net::{
     eni::NetError,
     names::host_veth_name,
-    pod::{self, PodNetError, PodNetwork},
+    pod::{self, BranchLink, PodNetError, PodNetwork},
 };
 
 /// One invocation: the runtime's parameters, the configuration, the agent, the host netlink.
@@ -61,7 +61,9 @@ fn agent_error(e: CallError) -> CniError {
         }
         CallError::Api(a) => match a.kind {
             ErrorKind::NotReady => CniError::new(code::TRY_AGAIN_LATER, a.message),
-            ErrorKind::NoAddress => CniError::new(code::TRY_AGAIN_LATER, a.message),
+            ErrorKind::NoAddress | ErrorKind::BranchPending => {
+                CniError::new(code::TRY_AGAIN_LATER, a.message)
+            }
             ErrorKind::UnknownContainer => CniError::new(code::UNKNOWN_CONTAINER, a.message),
             ErrorKind::BadRequest => CniError::new(code::INVALID_CONFIG, a.message),
             ErrorKind::VersionMismatch | ErrorKind::Refused | ErrorKind::Internal => {
@@ -102,7 +104,11 @@ impl Plugin {
             .ipv4
             .parse()
             .map_err(|_| internal("the agent's reply", format!("ipv4 `{}` is not an address", reply.ipv4)))?;
-        let prefix = self.conf.veth_prefix.clone().unwrap_or_else(|| reply.veth_prefix.clone());
+        let prefix = match &reply.branch {
+            // Upstream's names: strict-mode branch pods' host ends start with `vlan`.
+            Some(b) if b.enforcing_mode == "strict" => "vlan".to_owned(),
+            _ => self.conf.veth_prefix.clone().unwrap_or_else(|| reply.veth_prefix.clone()),
+        };
         Ok(PodNetwork {
             netns: PathBuf::from(&self.env.netns),
             if_name: self.env.if_name.clone(),
@@ -144,7 +150,24 @@ impl Plugin {
             reply.eni,
             net.table
         );
-        match pod::setup(&self.host, &net).await {
+        let branch = match &reply.branch {
+            Some(b) => Some(BranchLink {
+                vlan_id: b.vlan_id,
+                mac: b.mac.clone(),
+                gateway: b
+                    .gateway
+                    .parse()
+                    .map_err(|_| internal("the agent's reply", format!("gateway `{}`", b.gateway)))?,
+                parent_if_index: b.parent_if_index,
+                strict: b.enforcing_mode == "strict",
+            }),
+            None => None,
+        };
+        let plumbed = match &branch {
+            Some(b) => pod::setup_branch(&self.host, &net, b).await,
+            None => pod::setup(&self.host, &net).await,
+        };
+        match plumbed {
             Ok(plumbed) => Ok(add_result(
                 &self.conf.cni_version,
                 &Added {
@@ -155,10 +178,16 @@ impl Plugin {
                     netns: self.env.netns.clone(),
                     ip: net.ip,
                     mtu: net.mtu,
+                    vlan: branch.as_ref().map(|b| b.vlan_id),
                 },
             )),
             Err(e) => {
                 log::warn!("ADD {pod_ns}/{pod_name}: plumbing failed, releasing {}: {e}", net.ip);
+                if let Some(b) = &branch {
+                    if let Err(t) = pod::teardown_branch(&self.host, b.vlan_id, Some(&net.host_veth)).await {
+                        log::warn!("ADD {pod_ns}/{pod_name}: branch teardown: {t}");
+                    }
+                }
                 let undone = match pod::teardown(&self.host, net.ip, None).await {
                     Ok(()) => pod::delete_link(&self.host, &net.host_veth).await.map(|_| ()),
                     Err(t) => Err(t),

@@ -20,6 +20,10 @@ pub struct Added {
     pub netns: String,
     pub ip: Ipv4Addr,
     pub mtu: u32,
+    /// A branch-ENI pod's VLAN: recorded as upstream does (a `dummy<hash>` interface whose MAC
+    /// field is the VLAN id), so that DEL — ours, or upstream's after a switch back — can tear
+    /// the VLAN down without the agent.
+    pub vlan: Option<u16>,
 }
 
 /// The result JSON for `cni_version` (0.4.0 carries `ips[].version`; 1.1.0 interface MTUs).
@@ -35,9 +39,15 @@ pub fn add_result(cni_version: &str, a: &Added) -> Value {
     if cni_version.starts_with("0.") {
         ip["version"] = json!("4");
     }
+    let mut interfaces = vec![host, pod];
+    if let Some(vlan) = a.vlan {
+        // The 11 hex digits of the pod's name hash that end the host veth's name.
+        let hash = a.host_veth.get(a.host_veth.len().saturating_sub(11)..).unwrap_or_default();
+        interfaces.push(json!({"name": format!("dummy{hash}"), "mac": vlan.to_string(), "sandbox": "0"}));
+    }
     json!({
         "cniVersion": cni_version,
-        "interfaces": [host, pod],
+        "interfaces": interfaces,
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}],
         "dns": {},
@@ -91,6 +101,7 @@ mod tests {
             netns: "/var/run/netns/cni-1".into(),
             ip: "10.0.1.7".parse().unwrap(),
             mtu: 9001,
+            vlan: None,
         }
     }
 

@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
 use super::api::{
-    self, AddReply, AddRequest, ApiError, CheckRequest, DelReply, DelRequest, ErrorKind, GcReply, GcRequest,
-    StatusReply, ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, STATUS_PATH,
+    self, AddReply, AddRequest, ApiError, Branch, CheckRequest, DelReply, DelRequest, ErrorKind, GcReply,
+    GcRequest, StatusReply, ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, STATUS_PATH,
 };
 use crate::{
     ipam::{
@@ -157,6 +157,11 @@ fn key(network_name: &str, container_id: &str, if_name: &str) -> Result<AllocKey
 async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
     api::check_version(&r.client_version)?;
     let key = key(&r.network_name, &r.container_id, &r.if_name)?;
+    if node.cfg.pod_eni {
+        if let Some(reply) = branch_pod(node, &r).await? {
+            return Ok(reply);
+        }
+    }
     let pod = PodRef { namespace: r.pod_namespace.clone(), name: r.pod_name.clone() };
     let (allocation, home) = node
         .owner
@@ -182,6 +187,56 @@ async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
     Ok(add_reply(node, allocation.ip, eni, device_number))
 }
 
+/// With security groups for pods on: a pod that asks for `vpc.amazonaws.com/pod-eni` (read from
+/// the API server, as upstream does) gets its branch ENI through the trunk, or a retry while the
+/// Resource Controller has not annotated it yet. Other pods get None (a pool address).
+async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, ApiError> {
+    let pending = |why: String| ApiError::new(ErrorKind::BranchPending, why);
+    let pod = match node.clients.kube.pod(&r.pod_namespace, &r.pod_name).await {
+        Ok(p) => p,
+        // Deleted already (or never a Kubernetes pod): an ordinary address; the pod GC returns it.
+        Err(crate::kube::client::KubeError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(ApiError::new(ErrorKind::NotReady, format!("network is not ready: {e}"))),
+    };
+    if !pod.wants_branch {
+        return Ok(None);
+    }
+    let who = format!("{}/{}", r.pod_namespace, r.pod_name);
+    let annotation = pod.pod_eni.ok_or_else(|| {
+        pending(format!("{who} asks for a branch ENI and the Resource Controller has not annotated it (vpc.amazonaws.com/pod-eni) yet"))
+    })?;
+    let eni = crate::kube::pod_eni::parse(&annotation)
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{who}: {e}")))?;
+    let trunk = node
+        .trunk()
+        .ok_or_else(|| pending(format!("{who} asks for a branch ENI and this node has no trunk ENI yet")))?;
+    let (parent_if_index, _) = node
+        .clients
+        .net
+        .link_by_mac(&trunk.mac)
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
+        .ok_or_else(|| {
+            pending(format!("the trunk {} ({}) has no link on this node yet", trunk.id, trunk.mac))
+        })?;
+    let mut reply = add_reply(node, eni.ip, eni.eni_id.clone(), 0);
+    reply.route_table = Some(u32::from(eni.vlan_id) + 100);
+    let gateway = eni.gateway().to_string();
+    reply.branch = Some(Branch {
+        eni: eni.eni_id,
+        vlan_id: eni.vlan_id,
+        gateway,
+        mac: eni.mac,
+        parent_if_index,
+        enforcing_mode: match node.cfg.pod_sg_enforcing_mode {
+            crate::config::EnforcingMode::Strict => "strict",
+            crate::config::EnforcingMode::Standard => "standard",
+        }
+        .into(),
+    });
+    Ok(Some(reply))
+}
+
 /// What the plugin needs to plumb `ip` of `eni`.
 fn add_reply(node: &Shared, ip: std::net::Ipv4Addr, eni: String, device_number: u32) -> AddReply {
     let cfg = &node.cfg;
@@ -196,6 +251,7 @@ fn add_reply(node: &Shared, ip: std::net::Ipv4Addr, eni: String, device_number: 
         external_snat: cfg.external_snat,
         mtu: cfg.pod_mtu,
         veth_prefix: cfg.veth_prefix.clone(),
+        branch: None,
     }
 }
 

@@ -182,6 +182,16 @@ impl Kube {
         Err(KubeError::Conflicts(node.to_owned()))
     }
 
+    /// One pod, read from the API server (the CNI ADD of a possible branch-ENI pod: the watch
+    /// may not have its annotation yet).
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<PodInfo, KubeError> {
+        let pod = Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await
+            .map_err(|e| api_err(format!("pod {namespace}/{name}"), e))?;
+        Ok(PodInfo::from_pod(&pod))
+    }
+
     /// The pods on `node` only (a `spec.nodeName` field selector, never a cluster-wide list):
     /// a list, then a watch that resumes from its resourceVersion and re-lists on 410, with
     /// backoff between failures.

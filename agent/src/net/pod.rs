@@ -28,7 +28,7 @@ use rtnetlink::{
         route::RouteScope,
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
-    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder,
 };
 
 use super::eni::{call, is_exists, is_missing, NetError};
@@ -134,6 +134,13 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetError> 
 /// ADD's plumbing (see the module doc). A stale host end of the same name (a retried ADD, a
 /// leaked pod) is replaced.
 pub async fn setup(host: &Handle, net: &PodNetwork) -> Result<Plumbed, PodNetError> {
+    let (index, plumbed) = veth(host, net).await?;
+    host_side(host, net, index).await?;
+    Ok(plumbed)
+}
+
+/// The veth, the pod's side of it, and the host end up; returns the host end's index.
+async fn veth(host: &Handle, net: &PodNetwork) -> Result<(u32, Plumbed), PodNetError> {
     let pod = open_netns(&net.netns)?;
     let netns =
         File::open(&net.netns).map_err(|source| PodNetError::Netns { path: net.netns.clone(), source })?;
@@ -164,8 +171,112 @@ pub async fn setup(host: &Handle, net: &PodNetwork) -> Result<Plumbed, PodNetErr
         .execute()
         .await
         .map_err(call(format!("bringing up {}", net.host_veth)))?;
-    host_side(host, net, host_index).await?;
-    Ok(Plumbed { host_mac, pod_mac: mac_of(&pod_link) })
+    Ok((host_index, Plumbed { host_mac, pod_mac: mac_of(&pod_link) }))
+}
+
+/// A branch-ENI pod's way out: a VLAN on the trunk with the branch ENI's MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchLink {
+    pub vlan_id: u16,
+    pub mac: String,
+    pub gateway: Ipv4Addr,
+    /// The trunk's link.
+    pub parent_if_index: u32,
+    /// POD_SECURITY_GROUP_ENFORCING_MODE=strict: everything of the pod, even to the node, goes
+    /// through the branch ENI (rules by interface at priority 10); standard: rules by address.
+    pub strict: bool,
+}
+
+impl BranchLink {
+    pub fn link_name(&self) -> String {
+        format!("vlan.eth.{}", self.vlan_id)
+    }
+    pub fn table(&self) -> u32 {
+        u32::from(self.vlan_id) + 100
+    }
+}
+
+/// Priority of the strict mode's `iif` rules (upstream's VlanRulePriority).
+pub const VLAN_RULE_PRIORITY: u32 = 10;
+
+/// ADD's plumbing for a branch-ENI pod (upstream's SetupBranchENIPodNetwork): the VLAN link
+/// `vlan.eth.<id>` on the trunk with the branch's MAC (an old one replaced), table `id + 100`
+/// with the gateway's link route and the default route, the veth as for any pod, then strict
+/// mode's `iif` rules and the pod's route in that table, or standard mode's address rules.
+pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Result<Plumbed, PodNetError> {
+    let name = b.link_name();
+    let table = b.table();
+    delete_link(host, &name).await?;
+    let mac = super::eni::mac_bytes(&b.mac).ok_or_else(|| NetError::NoLink(b.mac.clone()))?;
+    let vlan = LinkVlan::new(&name, b.parent_if_index, b.vlan_id).address(mac).mtu(net.mtu).up().build();
+    host.link()
+        .add(vlan)
+        .execute()
+        .await
+        .map_err(call(format!("VLAN link {name} on ifindex {}", b.parent_if_index)))?;
+    let vlan_index =
+        link_by_name(host, &name).await?.ok_or_else(|| NetError::NoLink(name.clone()))?.header.index;
+    let gw = b.gateway;
+    let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(table)
+        .output_interface(vlan_index)
+        .destination_prefix(gw, 32)
+        .scope(RouteScope::Link)
+        .build();
+    host.route()
+        .add(link_route)
+        .replace()
+        .execute()
+        .await
+        .map_err(call(format!("route to {gw} in table {table}")))?;
+    let default = RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(table)
+        .output_interface(vlan_index)
+        .gateway(gw)
+        .build();
+    host.route()
+        .add(default)
+        .replace()
+        .execute()
+        .await
+        .map_err(call(format!("default route in table {table}")))?;
+    delete_rules(host, |r| {
+        r.priority == Some(VLAN_RULE_PRIORITY) && r.iif.as_deref() == Some(net.host_veth.as_str())
+    })
+    .await?;
+    let (index, plumbed) = veth(host, net).await?;
+    if b.strict {
+        let pod_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .output_interface(index)
+            .destination_prefix(net.ip, 32)
+            .scope(RouteScope::Link)
+            .build();
+        host.route()
+            .add(pod_route)
+            .replace()
+            .execute()
+            .await
+            .map_err(call(format!("route to {} in table {table}", net.ip)))?;
+        for iif in [name.as_str(), net.host_veth.as_str()] {
+            let rule = host
+                .rule()
+                .add()
+                .v4()
+                .input_interface(iif)
+                .table_id(table)
+                .priority(VLAN_RULE_PRIORITY)
+                .action(RuleAction::ToTable);
+            match rule.execute().await {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(call(format!("rule iif {iif} lookup {table}"))(e).into()),
+            }
+        }
+    } else {
+        host_side(host, &PodNetwork { table: Some(table), ..net.clone() }, index).await?;
+    }
+    Ok(plumbed)
 }
 
 async fn pod_side(

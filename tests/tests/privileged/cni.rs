@@ -63,15 +63,20 @@ struct Node {
 
 impl Node {
     fn start(ctx: &Ctx, tag: &str, env: &[(&str, &str)]) -> Result<Self> {
-        Self::start_with(ctx, tag, env, None)
+        Self::start_with(ctx, tag, env, |_| ())
     }
 
-    /// With the kubelet's max-pods on the node (upstream caps the pool at it).
-    fn start_with(ctx: &Ctx, tag: &str, env: &[(&str, &str)], max_pods: Option<u32>) -> Result<Self> {
+    /// With the scenario changed first (max-pods, policies).
+    fn start_with(
+        ctx: &Ctx,
+        tag: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Scenario),
+    ) -> Result<Self> {
         let prefix = format!("{}-{tag}", ctx.prefix());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let mut scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
-        scenario.nodes[0].max_pods = max_pods;
+        tweak(&mut scenario);
         let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
@@ -281,6 +286,29 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
 
         // DEL: links, routes and rules go; a second DEL is fine; the address cools down.
         let cooling_before = node.agent().metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
+        if version == "1.1.0" {
+            // GC: an attachment in the valid list stays; one that is not goes, with its rules.
+            let gc = |valid: Value| -> Result<cni::Outcome> {
+                let mut conf = node.conf(version, None);
+                conf["cni.dev/valid-attachments"] = valid;
+                let env: Vec<(&str, String)> =
+                    vec![("CNI_COMMAND", "GC".into()), ("CNI_PATH", "/opt/cni/bin".into())];
+                cni::exec(&node.ns, &node.plugin, &env, conf.to_string().as_bytes())
+            };
+            let keep = gc(serde_json::json!([{"containerID": sandbox.container_id, "ifname": "eth0"}]))?;
+            ensure!(
+                keep.success && node.rules_for(ip)?.len() == 2,
+                "GC with the pod listed: {}",
+                keep.stdout
+            );
+            let drop = gc(serde_json::json!([]))?;
+            ensure!(
+                drop.success && node.rules_for(ip)?.is_empty(),
+                "GC without the pod: {} {:?}",
+                drop.stdout,
+                node.rules_for(ip)?
+            );
+        }
         let del = node.call("DEL", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(del.success && del.stdout.is_empty(), "{version} DEL: {} {}", del.stdout, del.stderr);
         ensure!(node.ns.link(&host_veth).is_err(), "{version}: {host_veth} survived DEL");
@@ -532,7 +560,7 @@ pub fn churn_with_kill_9(ctx: &mut Ctx) -> Result<()> {
     // the churn's pace.
     let mut env: Vec<_> = ENV.iter().copied().filter(|(k, _)| *k != "IP_COOLDOWN_PERIOD").collect();
     env.extend([("MINIMUM_IP_TARGET", "110"), ("IP_COOLDOWN_PERIOD", "1")]);
-    let node = Node::start_with(ctx, "cnichurn", &env, Some(110))?;
+    let node = Node::start_with(ctx, "cnichurn", &env, |s| s.nodes[0].max_pods = Some(110))?;
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1;
     let mut rng = Rng(seed);
     println!("  seed {seed}");
@@ -654,5 +682,213 @@ pub fn churn_with_kill_9(ctx: &mut Ctx) -> Result<()> {
             "{ip} is on the trunk"
         );
     }
+    Ok(())
+}
+
+/// Branch-ENI pods through the plugin's plumbing on a real 802.1Q kernel (the kernel matrix VMs;
+/// skipped on a kernel without VLAN devices): a VLAN link on the trunk with the branch ENI's MAC,
+/// table `vlan + 100`, strict mode's `iif` rules and standard mode's address rules; each pod
+/// reaches its branch subnet's gateway, which sits on a VLAN of that id on the VPC side (so the
+/// frames were tagged), from the branch ENI's MAC; DEL's teardown removes link and rules.
+pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
+    use eniguard::net::pod::{self, BranchLink, PodNetwork};
+    use eniguard_tests::{
+        netns::in_netns,
+        topology::{Topology, ETH2},
+    };
+    let topo = Topology::build(ctx.prefix())?;
+    if let Err(e) =
+        topo.node.ip(&["link", "add", "link", ETH2.name, "name", "probe", "type", "vlan", "id", "9"])
+    {
+        return Err(crate::harness::skip(format!("this kernel has no 802.1Q VLAN devices ({e})")));
+    }
+    topo.node.ip(&["link", "del", "probe"])?;
+    let trunk = topo.node.ifindex(ETH2.name)?;
+    for (vlan, strict) in [(7u16, true), (8u16, false)] {
+        let subnet = format!("10.0.{}", 57 + vlan);
+        let gw: Ipv4Addr = format!("{subnet}.1").parse()?;
+        let ip: Ipv4Addr = format!("{subnet}.20").parse()?;
+        let vpc_vlan = format!("{}.{vlan}", ETH2.peer);
+        topo.vpc.ip(&[
+            "link",
+            "add",
+            "link",
+            ETH2.peer,
+            "name",
+            &vpc_vlan,
+            "type",
+            "vlan",
+            "id",
+            &vlan.to_string(),
+        ])?;
+        topo.vpc.ip(&["addr", "add", &format!("{gw}/24"), "dev", &vpc_vlan])?;
+        topo.vpc.ip(&["link", "set", &vpc_vlan, "up"])?;
+        let pod_ns = NetNs::create(&format!("{}-b{vlan}", ctx.prefix()))?;
+        let host_veth =
+            host_veth_name(if strict { "vlan" } else { "eni" }, "default", &format!("branch{vlan}"));
+        let net = PodNetwork {
+            netns: pod_ns.path(),
+            if_name: "eth0".into(),
+            host_veth: host_veth.clone(),
+            ip,
+            table: None,
+            mtu: 1500,
+        };
+        let mac = format!("02:00:00:00:0{vlan}:01");
+        let b = BranchLink { vlan_id: vlan, mac: mac.clone(), gateway: gw, parent_if_index: trunk, strict };
+        let node_netlink = |f: fn(
+            rtnetlink::Handle,
+            PodNetwork,
+            BranchLink,
+        ) -> futures::future::BoxFuture<'static, Result<()>>| {
+            let (net, b) = (net.clone(), b.clone());
+            in_netns(&topo.node, move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let (conn, handle, _) = rtnetlink::new_connection()?;
+                    tokio::spawn(conn);
+                    f(handle, net, b).await
+                })
+            })
+        };
+        node_netlink(|h, net, b| {
+            Box::pin(async move { pod::setup_branch(&h, &net, &b).await.map(|_| ()).map_err(Into::into) })
+        })?;
+        let rules = topo.node.ip(&["rule", "show"])?;
+        let table = 100 + u32::from(vlan);
+        if strict {
+            ensure!(
+                rules.contains(&format!("10:\tfrom all iif vlan.eth.{vlan} lookup {table}")),
+                "strict rules: {rules}"
+            );
+            ensure!(
+                rules.contains(&format!("10:\tfrom all iif {host_veth} lookup {table}")),
+                "strict rules: {rules}"
+            );
+        } else {
+            ensure!(rules.contains(&format!("1536:\tfrom {ip} lookup {table}")), "standard rules: {rules}");
+            ensure!(
+                rules.contains(&format!("512:\tfrom all to {ip} lookup main")),
+                "standard rules: {rules}"
+            );
+        }
+        pod_ns
+            .run("ping", &["-c", "2", "-W", "2", &gw.to_string()])
+            .with_context(|| format!("VLAN {vlan}: the pod pings its gateway"))?;
+        let neigh = topo.vpc.ip(&["neigh", "show", "dev", &vpc_vlan])?;
+        ensure!(neigh.contains(&format!("{ip} lladdr {mac}")), "VLAN {vlan}: the VPC saw {neigh}");
+        node_netlink(|h, net, b| {
+            Box::pin(async move {
+                pod::teardown_branch(&h, b.vlan_id, Some(&net.host_veth)).await.map_err(Into::into)
+            })
+        })?;
+        let rules = topo.node.ip(&["rule", "show"])?;
+        ensure!(!rules.contains(&format!("lookup {table}")), "VLAN {vlan}: rules left: {rules}");
+        ensure!(topo.node.link(&format!("vlan.eth.{vlan}")).is_err(), "VLAN {vlan}: link left");
+        ensure!(topo.node.link(&host_veth).is_err(), "VLAN {vlan}: {host_veth} left");
+        println!("  VLAN {vlan} ({}): {ip} via {mac}", if strict { "strict" } else { "standard" });
+    }
+    Ok(())
+}
+
+/// A branch-ENI pod on the host (no 802.1Q here: the plumbing itself runs in the VMs): the agent
+/// answers ADD with the branch ENI the Resource Controller annotated — VLAN, MAC, gateway, the
+/// trunk's ifindex — and no pool address; the plugin's failure to make the VLAN leaves nothing
+/// behind; DEL of an upstream-layout branch pod (dummy interface, VLAN as MAC) succeeds.
+pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start_with(ctx, "cnibr", ENV, |s| {
+        s.security_group_policies.push(eniguard_tests::sim::scenario::PolicySpec {
+            namespace: "default".into(),
+            name: "payments".into(),
+            pod_selector: [("app".to_owned(), "payments".to_owned())].into(),
+            security_groups: vec!["eks-pods".into()],
+        });
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let trunk = loop {
+        let enis = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
+        if let Some(t) = enis.into_values().find(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk"))
+        {
+            break t;
+        }
+        ensure!(std::time::Instant::now() < deadline, "no trunk in 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let pod = serde_json::json!({"metadata": {"name": "pay", "labels": {"app": "payments"}},
+        "spec": {"nodeName": node.sim.nodes[0].name, "containers": [{"name": "c"}]}});
+    node.sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
+    let key = kube_api::PODS.key(Some("default"), "pay");
+    let annotation = loop {
+        let p = node.sim.kube.read(|s| s.get(&key)).map_err(|e| anyhow::anyhow!(e.message))?;
+        if let Some(a) = p.pointer("/metadata/annotations/vpc.amazonaws.com~1pod-eni").and_then(Value::as_str)
+        {
+            break serde_json::from_str::<Value>(a)?;
+        }
+        ensure!(std::time::Instant::now() < deadline, "the pod was not annotated");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let socket = node.dir.join("run/eniguard.sock");
+    let body = serde_json::json!({"clientVersion": env!("CARGO_PKG_VERSION"), "networkName": "aws-cni",
+        "containerId": "paysandbox", "ifName": "eth0", "netns": "/run/netns/x", "podNamespace": "default", "podName": "pay"});
+    // Retried as the kubelet would while the agent has not adopted the trunk yet.
+    let reply = loop {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(&socket)
+            .args(["-H", "content-type: application/json", "--data-binary", &body.to_string()])
+            .arg("http://agent/v1/cni/add")
+            .output()?;
+        let reply: Value = serde_json::from_slice(&out.stdout).context("ADD reply")?;
+        if reply["kind"] != "branch_pending" || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let branch = &reply["branch"];
+    let want = &annotation[0];
+    let trunk_mac = trunk.mac_address().context("trunk mac")?;
+    let trunk_index = node
+        .ns
+        .ip(&["-o", "link"])?
+        .lines()
+        .find(|l| l.contains(trunk_mac))
+        .and_then(|l| l.split(':').next()?.trim().parse::<u64>().ok());
+    ensure!(
+        branch["vlanId"] == want["vlanId"]
+            && branch["mac"] == want["ifAddress"]
+            && reply["ipv4"] == want["privateIp"],
+        "reply {reply} for annotation {want}"
+    );
+    ensure!(
+        branch["parentIfIndex"].as_u64() == trunk_index && branch["enforcingMode"] == "strict",
+        "reply {reply}"
+    );
+    ensure!(
+        branch["gateway"] == "100.64.0.1"
+            && reply["routeTable"] == want["vlanId"].as_u64().map(|v| v + 100).context("vlan")?,
+        "{reply}"
+    );
+    ensure!(
+        node.agent().metric("eniguard_ipam_addresses{state=\"assigned\"}")? == 0.0,
+        "a branch pod took a pool address"
+    );
+    // The plugin: this kernel cannot make the VLAN; it says so and leaves nothing.
+    let pod_ns = NetNs::create(&format!("{}-pay", node.prefix))?;
+    let sandbox = Sandbox::new("paysandbox", "default", "pay", &pod_ns);
+    let add = node.call("ADD", &sandbox, &node.conf("1.0.0", None))?;
+    ensure!(
+        !add.success && add.msg().contains("VLAN link vlan.eth."),
+        "ADD on a kernel without 802.1Q: {}",
+        add.stdout
+    );
+    let veth = host_veth_name("vlan", "default", "pay");
+    ensure!(node.ns.link(&veth).is_err() && pod_ns.link("eth0").is_err(), "a failed branch ADD left links");
+    let vlan = want["vlanId"].as_u64().context("vlan")?;
+    let prev = serde_json::json!({"cniVersion": "0.4.0",
+        "interfaces": [{"name": veth}, {"name": "eth0", "sandbox": pod_ns.path().display().to_string(), "mac": "0"},
+                       {"name": format!("dummy{}", &veth[4..]), "mac": vlan.to_string(), "sandbox": "0"}],
+        "ips": [{"version": "4", "address": format!("{}/32", want["privateIp"].as_str().unwrap_or_default()), "interface": 1}]});
+    let del = node.call("DEL", &sandbox, &node.conf("1.0.0", Some(&prev)))?;
+    ensure!(del.success, "DEL of an upstream-layout branch pod: {}", del.stdout);
     Ok(())
 }

@@ -71,6 +71,8 @@ fn main() -> std::process::ExitCode {
         Test { name: "cni_external_snat", run: cni::external_snat },
         Test { name: "cni_gc_of_gone_pods", run: cni::gc_of_gone_pods },
         Test { name: "cni_churn_with_kill_9", run: cni::churn_with_kill_9 },
+        Test { name: "cni_branch_pods_strict_and_standard", run: cni::branch_pods_strict_and_standard },
+        Test { name: "cni_sgp_branch_reply", run: cni::branch_pod_reply },
     ])
 }
 
