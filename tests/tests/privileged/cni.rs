@@ -772,11 +772,26 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
                 "standard rules: {rules}"
             );
         }
+        // The VPC knows which MAC holds the branch address (EC2 needs no ARP): answers go to the
+        // branch ENI's MAC, which only the VLAN link carries.
+        topo.vpc.ip(&[
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            &vpc_vlan,
+            "nud",
+            "permanent",
+        ])?;
         pod_ns
             .run("ping", &["-c", "2", "-W", "2", &gw.to_string()])
             .with_context(|| format!("VLAN {vlan}: the pod pings its gateway"))?;
-        let neigh = topo.vpc.ip(&["neigh", "show", "dev", &vpc_vlan])?;
-        ensure!(neigh.contains(&format!("{ip} lladdr {mac}")), "VLAN {vlan}: the VPC saw {neigh}");
+        let stats: Value =
+            serde_json::from_str(&topo.vpc.ip(&["-j", "-s", "link", "show", "dev", &vpc_vlan])?)?;
+        let rx = stats[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or_default();
+        ensure!(rx >= 2, "VLAN {vlan}: {rx} frames arrived tagged {vlan} at the VPC");
         node_netlink(|h, net, b| {
             Box::pin(async move {
                 pod::teardown_branch(&h, b.vlan_id, Some(&net.host_veth)).await.map_err(Into::into)
