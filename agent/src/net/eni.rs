@@ -55,6 +55,38 @@ impl EniLink {
     }
 }
 
+/// Table `table`'s way out through link `index`: a link route to the gateway and the default
+/// route via it (an ENI's table, or a branch pod's VLAN table).
+pub(crate) async fn gateway_routes(
+    handle: &Handle,
+    table: u32,
+    index: u32,
+    gw: Ipv4Addr,
+) -> Result<(), NetError> {
+    let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(table)
+        .output_interface(index)
+        .destination_prefix(gw, 32)
+        .scope(RouteScope::Link)
+        .build();
+    handle
+        .route()
+        .add(link_route)
+        .replace()
+        .execute()
+        .await
+        .map_err(call(format!("route to {gw} in table {table}")))?;
+    let default =
+        RouteMessageBuilder::<Ipv4Addr>::new().table_id(table).output_interface(index).gateway(gw).build();
+    handle
+        .route()
+        .add(default)
+        .replace()
+        .execute()
+        .await
+        .map_err(call(format!("default route in table {table}")))
+}
+
 /// A netlink connection in the agent's network namespace.
 #[derive(Clone)]
 pub struct HostNet {
@@ -127,6 +159,34 @@ impl HostNet {
         Ok(true)
     }
 
+    /// Moves `lookup local` from priority 0 to `to` (upstream does it for security groups for
+    /// pods in strict mode, so that the VLAN rules at priority 10 come first and a branch pod's
+    /// traffic to the node's own addresses also leaves through its branch ENI). Idempotent.
+    pub async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
+        const LOCAL_TABLE: u32 = 255;
+        let rules = super::pod::rules(&self.handle).await?;
+        let is_local = |r: &super::pod::Rule, prio: u32| {
+            r.table == LOCAL_TABLE
+                && r.priority.unwrap_or(0) == prio
+                && r.src.is_none()
+                && r.dst.is_none()
+                && r.iif.is_none()
+        };
+        if !rules.iter().any(|r| is_local(r, to)) {
+            let add =
+                self.handle.rule().add().v4().table_id(LOCAL_TABLE).priority(to).action(RuleAction::ToTable);
+            match add.execute().await {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(call(format!("rule {to}: lookup local"))(e)),
+            }
+        }
+        if rules.iter().any(|r| is_local(r, 0)) {
+            super::pod::delete_rules(&self.handle, |r| is_local(r, 0)).await?;
+        }
+        Ok(())
+    }
+
     /// Sets the primary ENI's MTU (the rest of its configuration is the instance's own).
     pub async fn set_mtu(&self, mac: &str, mtu: u32) -> Result<u32, NetError> {
         let (index, name) = self.link_by_mac(mac).await?.ok_or_else(|| NetError::NoLink(mac.into()))?;
@@ -144,31 +204,7 @@ impl HostNet {
         self.set_address(index, &name, eni).await?;
         let table = eni.table();
         let gw = eni.gateway();
-        let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(table)
-            .output_interface(index)
-            .destination_prefix(gw, 32)
-            .scope(RouteScope::Link)
-            .build();
-        self.handle
-            .route()
-            .add(link_route)
-            .replace()
-            .execute()
-            .await
-            .map_err(call(format!("route to {gw} in table {table}")))?;
-        let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(table)
-            .output_interface(index)
-            .gateway(gw)
-            .build();
-        self.handle
-            .route()
-            .add(default)
-            .replace()
-            .execute()
-            .await
-            .map_err(call(format!("default route in table {table}")))?;
+        gateway_routes(&self.handle, table, index, gw).await?;
         // The kernel's subnet route in main for this link: traffic to the subnet must not
         // prefer a secondary ENI.
         let subnet_route = RouteMessageBuilder::<Ipv4Addr>::new()

@@ -31,7 +31,7 @@ use rtnetlink::{
     Handle, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder,
 };
 
-use super::eni::{call, is_exists, is_missing, NetError};
+use super::eni::{call, gateway_routes, is_exists, is_missing, NetError};
 
 /// The pod's gateway: a link-local address that only ever resolves to the host end.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -216,30 +216,7 @@ pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Re
         .map_err(call(format!("VLAN link {name} on ifindex {}", b.parent_if_index)))?;
     let vlan_index =
         link_by_name(host, &name).await?.ok_or_else(|| NetError::NoLink(name.clone()))?.header.index;
-    let gw = b.gateway;
-    let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(table)
-        .output_interface(vlan_index)
-        .destination_prefix(gw, 32)
-        .scope(RouteScope::Link)
-        .build();
-    host.route()
-        .add(link_route)
-        .replace()
-        .execute()
-        .await
-        .map_err(call(format!("route to {gw} in table {table}")))?;
-    let default = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(table)
-        .output_interface(vlan_index)
-        .gateway(gw)
-        .build();
-    host.route()
-        .add(default)
-        .replace()
-        .execute()
-        .await
-        .map_err(call(format!("default route in table {table}")))?;
+    gateway_routes(host, table, vlan_index, b.gateway).await?;
     delete_rules(host, |r| {
         r.priority == Some(VLAN_RULE_PRIORITY) && r.iif.as_deref() == Some(net.host_veth.as_str())
     })

@@ -73,34 +73,42 @@ pub async fn drain_queue(shared: &Shared) {
             )
         })
         .collect();
-    let released = shared
-        .owner
-        .with(move |ipam| {
-            let mut out = Vec::new();
-            for (key, queued_at) in &entries {
-                if ipam.datastore.allocation(key).is_some_and(|a| a.allocated_at <= *queued_at) {
-                    match ipam.release(key, now()) {
-                        Ok(Some(a)) => out.push(a),
-                        Ok(None) => {}
-                        Err(e) => log::warn!("queued DEL of {key:?}: {e}"),
-                    }
-                }
-            }
-            out
-        })
-        .await;
-    for a in &released {
-        log::info!("queued DEL: released {} ({}/{})", a.ip, a.pod.namespace, a.pod.name);
-        if let Err(e) = pod::teardown(shared.clients.net.handle(), a.ip, None).await {
-            log::warn!("queued DEL: host rules of {}: {e}", a.ip);
-        }
-    }
+    let released = release(shared, entries, "queued DEL").await;
     for (path, _) in pending {
         let _ = std::fs::remove_file(path);
     }
     if !released.is_empty() {
         super::pool::update_gauges(shared).await;
     }
+}
+
+/// Releases each key whose allocation was made no later than its bound, in one datastore section
+/// (each checkpointed), then removes their host rules outside it; returns what was released.
+async fn release(shared: &Shared, keys: Vec<(AllocKey, UnixNanos)>, why: &'static str) -> Vec<Allocation> {
+    let released = shared
+        .owner
+        .with(move |ipam| {
+            let mut out = Vec::new();
+            for (key, bound) in &keys {
+                if ipam.datastore.allocation(key).is_none_or(|a| a.allocated_at > *bound) {
+                    continue;
+                }
+                match ipam.release(key, now()) {
+                    Ok(Some(a)) => out.push(a),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("{why}: releasing {key:?}: {e}"),
+                }
+            }
+            out
+        })
+        .await;
+    for a in &released {
+        log::info!("{why}: released {} ({}/{})", a.ip, a.pod.namespace, a.pod.name);
+        if let Err(e) = pod::teardown(shared.clients.net.handle(), a.ip, None).await {
+            log::warn!("{why}: host rules of {}: {e}", a.ip);
+        }
+    }
+    released
 }
 
 /// Runs until the task is dropped: the DEL queue, then the pods that are gone, every interval.
@@ -116,26 +124,10 @@ pub async fn run(shared: Arc<Shared>) {
         if due.is_empty() {
             continue;
         }
-        let released = shared
-            .owner
-            .with(move |ipam| {
-                let mut out = Vec::new();
-                for key in &due {
-                    match ipam.release(key, now()) {
-                        Ok(Some(a)) => out.push(a),
-                        Ok(None) => {}
-                        Err(e) => log::warn!("pod GC: releasing {key:?}: {e}"),
-                    }
-                }
-                out
-            })
-            .await;
+        let due = due.into_iter().map(|k| (k, UnixNanos::MAX)).collect();
+        let released = release(&shared, due, "pod GC: gone from the node").await;
         for a in &released {
-            log::info!("pod GC: {}/{} is gone from the node: released {}", a.pod.namespace, a.pod.name, a.ip);
             absent_since.remove(&a.key);
-            if let Err(e) = pod::teardown(shared.clients.net.handle(), a.ip, None).await {
-                log::warn!("pod GC: host rules of {}: {e}", a.ip);
-            }
         }
         shared.metrics.pod_gc_released.inc_by(released.len() as u64);
         super::pool::update_gauges(&shared).await;

@@ -10,7 +10,7 @@ use crate::{
         imds::{Identity, Imds, ImdsEni, ImdsFailure},
         limits,
     },
-    config::Config,
+    config::{Config, EnforcingMode},
     ipam::{
         checkpoint::Checkpoint,
         datastore::{Datastore, DatastoreConfig, DatastoreError, Finding, Restored},
@@ -89,6 +89,9 @@ fn snat_plan(cfg: &Config, primary: &ImdsEni) -> Option<snat::Plan> {
     })
 }
 
+/// Where `lookup local` goes in strict mode (upstream's), behind the VLAN rules at 10.
+const LOCAL_RULE_PRIORITY_STRICT: u32 = 20;
+
 const TAG_INSTANCE: &str = "node.k8s.amazonaws.com/instance_id";
 const TAG_NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
 
@@ -105,6 +108,9 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     i.net.set_mtu(&id.mac, i.cfg.eni_mtu).await?;
     if i.net.enable_ipv4_forwarding()? {
         log::info!("turned on net.ipv4.ip_forward: pods' traffic is routed through the host");
+    }
+    if i.cfg.pod_eni && i.cfg.pod_sg_enforcing_mode == EnforcingMode::Strict {
+        i.net.move_local_rule(LOCAL_RULE_PRIORITY_STRICT).await?;
     }
     board.step("ENIs (IMDS, then one DescribeNetworkInterfaces)");
     let seen = i.imds.enis().await?;

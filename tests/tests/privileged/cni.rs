@@ -98,6 +98,13 @@ impl Node {
         Ok(Self { sim, rt, ec2, agent, env, ns, dir, prefix, conflist, plugin })
     }
 
+    /// What the VPC saw of `pod` pinging the internet address.
+    fn to_internet(&self, pod: &NetNs) -> Result<Vec<eniguard_tests::sim::fabric::Frame>> {
+        pod.run("ping", &["-c", "1", "-W", "2", &INTERNET.to_string()])
+            .context("the pod pings the internet")?;
+        Ok(self.fabric()?.frames().into_iter().filter(|f| f.dst == INTERNET).collect())
+    }
+
     fn agent(&self) -> std::sync::MutexGuard<'_, Agent> {
         self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -261,10 +268,7 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
 
         // Outside the VPC: SNAT to the primary ENI's address, out through the primary ENI.
         node.fabric()?.clear();
-        pod_ns
-            .run("ping", &["-c", "1", "-W", "2", &INTERNET.to_string()])
-            .context("the pod pings the internet")?;
-        let out: Vec<_> = node.fabric()?.frames().into_iter().filter(|f| f.dst == INTERNET).collect();
+        let out = node.to_internet(&pod_ns)?;
         ensure!(
             !out.is_empty()
                 && out.iter().all(|f| f.src == primary_ip
@@ -434,10 +438,7 @@ pub fn external_snat(ctx: &mut Ctx) -> Result<()> {
     ensure!(add.success, "ADD: {}", add.stdout);
     let ip = pod_ip(&add.json())?;
     let eni = node.eni_holding(ip)?;
-    pod_ns
-        .run("ping", &["-c", "1", "-W", "2", &INTERNET.to_string()])
-        .context("the pod pings the internet")?;
-    let out: Vec<_> = node.fabric()?.frames().into_iter().filter(|f| f.dst == INTERNET).collect();
+    let out = node.to_internet(&pod_ns)?;
     ensure!(
         !out.is_empty()
             && out.iter().all(|f| f.src == ip && Some(f.eni_id.as_str()) == eni.network_interface_id()),
@@ -829,6 +830,12 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
         ensure!(std::time::Instant::now() < deadline, "no trunk in 20 s");
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Strict mode: `lookup local` moved behind the VLAN rules, as upstream does.
+    let rules = node.ns.ip(&["rule", "show"])?;
+    ensure!(
+        rules.contains("20:\tfrom all lookup local") && !rules.lines().any(|l| l.starts_with("0:")),
+        "the local rule in strict mode: {rules}"
+    );
     let pod = serde_json::json!({"metadata": {"name": "pay", "labels": {"app": "payments"}},
         "spec": {"nodeName": node.sim.nodes[0].name, "containers": [{"name": "c"}]}});
     node.sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
