@@ -348,9 +348,13 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
             )
         })
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let trunk = eventually("the trunk", Duration::from_secs(20), || {
+    // Attached, not attaching: only then does IMDS list it (as on EC2), and the agent import it.
+    let trunk = eventually("the trunk attached", Duration::from_secs(20), || {
         let enis = rt.block_on(attached(ec2, &node.instance_id))?;
-        Ok(enis.into_values().find(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk")))
+        Ok(enis.into_values().find(|n| {
+            n.interface_type().map(|t| t.as_str()) == Some("trunk")
+                && n.attachment().and_then(|a| a.status()).map(|s| s.as_str()) == Some("attached")
+        }))
     })?;
     let trunk_id = trunk.network_interface_id().context("trunk id")?.to_owned();
     ensure!(
