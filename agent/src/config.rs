@@ -138,6 +138,9 @@ pub struct Config {
     pub plugin_log_level: String,
     /// ENIGUARD_GUARD_MODE (`monitor`).
     pub guard_mode: GuardMode,
+    /// ENIGUARD_SG_AUDIT_INTERVAL (seconds, `3600`): how often every ENI's security groups are
+    /// read from EC2 for drift (one DescribeNetworkInterfaces each time).
+    pub sg_audit_interval: Duration,
 }
 
 /// Every variable the agent reads, in the order `--print-config` prints them.
@@ -174,6 +177,7 @@ pub const VARIABLES: &[&str] = &[
     "AWS_VPC_K8S_PLUGIN_LOG_FILE",
     "AWS_VPC_K8S_PLUGIN_LOG_LEVEL",
     "ENIGUARD_GUARD_MODE",
+    "ENIGUARD_SG_AUDIT_INTERVAL",
 ];
 
 /// Reads variables through `get` (the process environment, or a map in tests).
@@ -364,6 +368,10 @@ impl Config {
                 GuardMode::Monitor,
                 &[("off", GuardMode::Off), ("monitor", GuardMode::Monitor), ("enforce", GuardMode::Enforce)],
             )?,
+            sg_audit_interval: match r.count("ENIGUARD_SG_AUDIT_INTERVAL", 3600, 0)? {
+                n if n >= 10 => Duration::from_secs(u64::from(n)),
+                n => return Err(bad("ENIGUARD_SG_AUDIT_INTERVAL", &n.to_string(), "seconds, at least 10")),
+            },
         })
     }
 
@@ -421,6 +429,7 @@ impl Config {
                 GuardMode::Enforce => "enforce",
             }
             .to_owned(),
+            self.sg_audit_interval.as_secs().to_string(),
         ];
         VARIABLES.iter().copied().zip(values).collect()
     }
@@ -495,6 +504,7 @@ mod tests {
             ("METRICS_BIND_ADDRESS", ":61678"),
             ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679"),
             ("ENIGUARD_GUARD_MODE", "monitor"),
+            ("ENIGUARD_SG_AUDIT_INTERVAL", "3600"),
         ] {
             assert_eq!(e[var], want, "{var}");
         }
@@ -547,6 +557,10 @@ mod tests {
             err(&[("ADDITIONAL_ENI_TAGS", r#"{"node.k8s.amazonaws.com/x":"y"}"#)]).contains("is reserved")
         );
         assert!(err(&[("ENIGUARD_GUARD_MODE", "drop")]).contains("one of off, monitor, enforce"));
+        assert_eq!(
+            err(&[("ENIGUARD_SG_AUDIT_INTERVAL", "5")]),
+            "ENIGUARD_SG_AUDIT_INTERVAL=`5`: expected seconds, at least 10"
+        );
         assert!(err(&[("MAX_ENI", "99999999999")]).contains("MAX_ENI"));
     }
 }

@@ -26,6 +26,36 @@ pub struct Agent {
 /// The agent's command for node `index` of `sim` (fabric prefix `prefix`), its state in `dir`
 /// (kubeconfig, checkpoint, run dir), with `env` on top of the simulator's endpoints.
 pub fn command(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Command> {
+    let mut cmd = base_command(sim, prefix, index, dir)?;
+    cmd.args(["agent", "--run-dir"])
+        .arg(dir.join("run"))
+        .arg("--cni-conf-dir")
+        .arg(dir.join("net.d"))
+        .arg("--cni-bin-dir")
+        .arg(dir.join("bin"))
+        .arg("--pin-dir")
+        .arg(pin_dir(prefix, index));
+    cmd.envs(env.iter().copied());
+    Ok(cmd)
+}
+
+/// `eniguard audit` for node `index` (beside what `dir`'s checkpoint describes), as [`command`].
+pub fn audit_command(
+    sim: &Sim,
+    prefix: &str,
+    index: usize,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Result<Command> {
+    let mut cmd = base_command(sim, prefix, index, dir)?;
+    cmd.args(["audit", "--pin-dir"]).arg(pin_dir(prefix, index));
+    cmd.envs(env.iter().copied());
+    Ok(cmd)
+}
+
+/// `eniguard` in node `index`'s namespace with the simulator's endpoints as seen from there in
+/// the SDKs' standard variables, and nothing from the host's environment.
+fn base_command(sim: &Sim, prefix: &str, index: usize, dir: &Path) -> Result<Command> {
     let node = &sim.nodes[index];
     let inside = node.inside.as_ref().context("a fabric node")?;
     std::fs::create_dir_all(dir)?;
@@ -42,17 +72,14 @@ pub fn command(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, 
         .env("KUBECONFIG", &kubeconfig)
         .env("MY_NODE_NAME", &node.name)
         .env("AWS_VPC_K8S_CNI_BACKING_STORE", dir.join("ipam.json"))
-        .env("DISABLE_LEAKED_ENI_CLEANUP", "true")
-        .args(["agent", "--run-dir"])
-        .arg(dir.join("run"))
-        .arg("--cni-conf-dir")
-        .arg(dir.join("net.d"))
-        .arg("--cni-bin-dir")
-        .arg(dir.join("bin"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+        .env("DISABLE_LEAKED_ENI_CLEANUP", "true");
     Ok(cmd)
+}
+
+/// The agent's bpffs pin directory (the guard's maps and links) for node `index`; the privileged
+/// harness removes `/sys/fs/bpf/eniguard-test-<test prefix>*` after each test.
+pub fn pin_dir(prefix: &str, index: usize) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/sys/fs/bpf/eniguard-test-{prefix}-node{index}"))
 }
 
 /// Spawns the agent (see [`command`]) without waiting for it.

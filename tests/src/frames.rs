@@ -65,15 +65,20 @@ pub fn arp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], sender: Ipv4Addr, target: I
     f
 }
 
-/// An Ethernet frame carrying a minimal IPv6 header (no payload) from fe80::1 to ff02::1.
-pub fn ipv6_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+/// An Ethernet frame carrying a minimal IPv6 header (no payload) from `src` to `dst`.
+pub fn ipv6_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(54);
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&0x86ddu16.to_be_bytes());
     f.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]); // version 6, no next header, hop limit 64
-    f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
     f
 }
 

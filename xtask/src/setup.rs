@@ -26,6 +26,7 @@ const OS_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput benchmarks"),
     ("nftables", "nft: the simulated VPC drops what EC2's source/destination check would"),
     ("containernetworking-plugins", "portmap to chain; ptp + host-local, the CNI benchmark's peer"),
+    ("prometheus", "promtool check metrics: the agent's and audit mode's /metrics (no server is started)"),
     ("qemu-system-x86", "boots other kernels for the kernel matrix"),
     ("busybox-static", "initramfs userland for the kernel matrix"),
     ("kmod", "module dependency resolution for the kernel matrix"),

@@ -184,6 +184,8 @@ async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
     crate::node::pool::update_gauges(node).await;
     let (eni, device_number) =
         home.ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("{} has no ENI", allocation.ip)))?;
+    // The pod's first packet is judged: its intent is in the kernel before the reply.
+    node.guard_sync().await.map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     Ok(add_reply(node, allocation.ip, eni, device_number))
 }
 
@@ -307,6 +309,9 @@ async fn gc(node: &Shared, r: GcRequest) -> Result<GcReply, ApiError> {
         .await
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     crate::node::pool::update_gauges(node).await;
+    if let Err(e) = node.guard_sync().await {
+        log::warn!("gc: {e}");
+    }
     Ok(GcReply { released })
 }
 
@@ -319,5 +324,10 @@ async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
         .await
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     crate::node::pool::update_gauges(node).await;
+    // A released address is judged for its old pod no longer (the DEL's outcome does not wait
+    // on the guard: a failure is logged and the next sync catches up).
+    if let Err(e) = node.guard_sync().await {
+        log::warn!("del: {e}");
+    }
     Ok(DelReply { released: released.map(|a| a.ip.to_string()) })
 }

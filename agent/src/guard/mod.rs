@@ -3,8 +3,11 @@
 pub mod attach;
 pub mod counter;
 pub mod datapath;
+pub mod derive;
 pub mod events;
 pub mod intern;
+#[cfg(feature = "control-plane")]
+pub mod live;
 pub mod pins;
 pub mod spec;
 
@@ -41,6 +44,8 @@ pub enum GuardError {
     Spec(#[from] spec::SpecError),
     #[error("bpffs: {path}: {reason}")]
     Bpffs { path: PathBuf, reason: String },
+    #[error("the guard could not take the node's intent: {0}")]
+    Sync(String),
     #[error("the intent has {pods} pods and {ifaces} interfaces; the guard's maps hold {max_pods} pods and {max_ifaces} interfaces (raise --max-pods)")]
     Capacity { pods: usize, ifaces: usize, max_pods: u32, max_ifaces: u32 },
 }

@@ -53,6 +53,8 @@ pub struct PodInfo {
     pub wants_branch: bool,
     /// The Resource Controller's `vpc.amazonaws.com/pod-eni` annotation, as written.
     pub pod_eni: Option<String>,
+    /// `eniguard.io/guard-mode` (off, monitor, enforce), as written.
+    pub guard_mode: Option<String>,
 }
 
 impl PodInfo {
@@ -63,6 +65,7 @@ impl PodInfo {
             .and_then(|c| c.resources.as_ref())
             .and_then(|r| r.limits.as_ref())
             .is_some_and(|l| l.keys().any(|k| k.starts_with("vpc.amazonaws.com/pod-eni")));
+        let annotation = |key: &str| p.metadata.annotations.as_ref().and_then(|a| a.get(key).cloned());
         Self {
             namespace: p.metadata.namespace.clone().unwrap_or_default(),
             name: p.metadata.name.clone().unwrap_or_default(),
@@ -70,11 +73,8 @@ impl PodInfo {
             ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             wants_branch,
-            pod_eni: p
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("vpc.amazonaws.com/pod-eni").cloned()),
+            pod_eni: annotation("vpc.amazonaws.com/pod-eni"),
+            guard_mode: annotation(crate::guard::derive::POD_MODE_ANNOTATION),
         }
     }
 }

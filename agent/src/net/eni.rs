@@ -141,6 +141,29 @@ impl HostNet {
         Ok(None)
     }
 
+    /// Every link's name by its MAC (`0a:1b:...`, lowercase), in one dump.
+    pub async fn links_by_mac(&self) -> Result<std::collections::BTreeMap<String, String>, NetError> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.map_err(call("listing links"))? {
+            let mut mac = None;
+            let mut name = None;
+            for a in &link.attributes {
+                match a {
+                    LinkAttribute::Address(m) if m.len() == 6 => {
+                        mac = Some(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
+                    }
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(name)) = (mac, name) {
+                out.entry(mac).or_insert(name);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the link with this MAC is up.
     pub async fn is_up(&self, index: u32) -> Result<bool, NetError> {
         let mut links = self.handle.link().get().match_index(index).execute();

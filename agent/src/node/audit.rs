@@ -9,8 +9,6 @@ use crate::observe::agent::EniLabel;
 
 use super::state::{KnownEni, Shared};
 
-/// How often EC2 is asked for the ENIs' actual groups (IMDS shows them in between).
-pub const SG_AUDIT_INTERVAL: Duration = Duration::from_secs(3600);
 pub const LEAK_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 pub const LEAK_SWEEP_JITTER: Duration = Duration::from_secs(300);
 /// Upstream's `eniDeleteCooldownTime`.

@@ -108,6 +108,9 @@ async fn release(shared: &Shared, keys: Vec<(AllocKey, UnixNanos)>, why: &'stati
             log::warn!("{why}: host rules of {}: {e}", a.ip);
         }
     }
+    if !released.is_empty() {
+        shared.guard_changed();
+    }
     released
 }
 

@@ -16,6 +16,9 @@ pub fn run(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(pods::watch(shared.clone())),
         tokio::spawn(gc::run(shared.clone())),
     ];
+    if let Some(live) = shared.guard.clone() {
+        tasks.push(tokio::spawn(super::guard_feed::run(shared.clone(), live)));
+    }
     if !shared.cfg.disable_leaked_eni_cleanup {
         tasks.push(tokio::spawn(leak_sweep(shared)));
     }
@@ -55,7 +58,7 @@ async fn pool_and_reconcile(shared: Arc<Shared>) {
 
 async fn security_group_audit(shared: Arc<Shared>) {
     loop {
-        tokio::time::sleep(audit::SG_AUDIT_INTERVAL).await;
+        tokio::time::sleep(shared.cfg.sg_audit_interval).await;
         audit::refresh_security_groups(&shared).await;
     }
 }

@@ -6,7 +6,11 @@
 #[cfg(feature = "control-plane")]
 pub mod audit;
 #[cfg(feature = "control-plane")]
+pub mod audit_mode;
+#[cfg(feature = "control-plane")]
 pub mod gc;
+#[cfg(feature = "control-plane")]
+pub mod guard_feed;
 #[cfg(feature = "control-plane")]
 pub mod journal;
 #[cfg(feature = "control-plane")]

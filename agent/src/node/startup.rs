@@ -75,6 +75,8 @@ pub struct Inputs {
     pub calls: Calls,
     pub metrics: Metrics,
     pub board: Arc<Board>,
+    /// The egress guard, loaded (None: ENIGUARD_GUARD_MODE=off).
+    pub guard: Option<Arc<crate::guard::live::LiveGuard>>,
 }
 
 /// SNAT to the primary ENI's address for all but the VPC and the exclusions (None: external SNAT).
@@ -147,6 +149,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
         journal,
         run_dir: i.run_dir.clone(),
         board: board.clone(),
+        guard: i.guard,
         id,
     });
     board.step("Node");
@@ -158,6 +161,10 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     board.step("pre-scale");
     pool::prescale(&shared).await;
     super::audit::security_groups(&shared).await;
+    if let Some(live) = &shared.guard {
+        board.step("guard: intent and truth into the kernel");
+        super::guard_feed::apply(&shared, live, live.request()).await;
+    }
     Ok(shared)
 }
 

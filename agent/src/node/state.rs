@@ -83,6 +83,8 @@ pub struct Shared {
     pub run_dir: std::path::PathBuf,
     pub board: Arc<Board>,
     pub changing: Changing,
+    /// The egress guard, fed from this state (None: ENIGUARD_GUARD_MODE=off).
+    pub guard: Option<Arc<crate::guard::live::LiveGuard>>,
 }
 
 /// The parts of [`Shared`] that change while the node runs.
@@ -153,9 +155,26 @@ impl Shared {
     }
     pub fn put_eni(&self, eni: KnownEni) {
         lock(&self.changing.enis).insert(eni.id.clone(), eni);
+        self.guard_changed();
     }
     pub fn forget_eni(&self, id: &str) -> Option<KnownEni> {
-        lock(&self.changing.enis).remove(id)
+        let gone = lock(&self.changing.enis).remove(id);
+        self.guard_changed();
+        gone
+    }
+    /// Something the guard's intent or truth derives from changed: the guard feed re-derives
+    /// soon (see `node::guard_feed`).
+    pub fn guard_changed(&self) {
+        if let Some(g) = &self.guard {
+            g.request();
+        }
+    }
+    /// Like [`Self::guard_changed`], and waits until the kernel holds the state as of now.
+    pub async fn guard_sync(&self) -> Result<(), crate::guard::GuardError> {
+        match &self.guard {
+            Some(g) => g.sync().await,
+            None => Ok(()),
+        }
     }
     pub fn trunk(&self) -> Option<KnownEni> {
         lock(&self.changing.enis).values().find(|e| e.trunk()).cloned()
@@ -188,16 +207,21 @@ impl Shared {
     pub fn set_pods(&self, pods: BTreeMap<(String, String), PodInfo>) {
         *lock(&self.changing.pods) = pods;
         self.changing.pods_synced.store(true, std::sync::atomic::Ordering::Release);
+        self.guard_changed();
     }
     /// The pods, once the watch has listed them all (None before: absence means nothing yet).
     pub fn synced_pods(&self) -> Option<BTreeMap<(String, String), PodInfo>> {
         self.changing.pods_synced.load(std::sync::atomic::Ordering::Acquire).then(|| self.pods())
     }
     pub fn put_pod(&self, pod: PodInfo) {
-        lock(&self.changing.pods).insert((pod.namespace.clone(), pod.name.clone()), pod);
+        let old = lock(&self.changing.pods).insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
+        if old.is_none_or(|o| o.guard_mode != pod.guard_mode) {
+            self.guard_changed();
+        }
     }
     pub fn forget_pod(&self, pod: &PodInfo) {
         lock(&self.changing.pods).remove(&(pod.namespace.clone(), pod.name.clone()));
+        self.guard_changed();
     }
     pub fn note_released(&self, cidrs: &[Cidr]) {
         let mut r = lock(&self.changing.released);

@@ -115,3 +115,62 @@ pub fn render(registry: &Registry) -> String {
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
 }
+
+/// The classic Prometheus text format (0.0.4) of `registry`, for scrapers that do not ask for
+/// OpenMetrics. prometheus-client writes OpenMetrics only; the two differ in what this rewrites:
+/// a counter family `x` has samples `x_total`, which 0.0.4 names in HELP and TYPE too; 0.0.4 has
+/// no UNIT lines, no `info` type (its `x_info` samples become a gauge) and no `# EOF`.
+pub fn render_classic(registry: &Registry) -> String {
+    openmetrics_to_classic(&render(registry))
+}
+
+fn openmetrics_to_classic(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut renames: Vec<(String, String)> = Vec::new();
+    // First pass: each family's classic name, from its TYPE line.
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                let suffix = match kind {
+                    "counter" if !name.ends_with("_total") => "_total",
+                    "info" => "_info",
+                    _ => continue,
+                };
+                renames.push((name.to_owned(), format!("{name}{suffix}")));
+            }
+        }
+    }
+    let renamed = |name: &str| renames.iter().find(|(from, _)| from == name).map(|(_, to)| to.as_str());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        for (prefix, is_type) in [("# HELP ", false), ("# TYPE ", true)] {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if is_type && tail == "info" { "gauge" } else { tail };
+                out.push_str(&format!("{prefix}{} {tail}\n", renamed(name).unwrap_or(name)));
+            }
+        }
+        if !line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_and_info_with_their_suffix() {
+        let om = "# HELP a_calls Calls.\n# TYPE a_calls counter\na_calls_total{x=\"1\"} 2\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n# HELP a_build Build.\n# TYPE a_build info\na_build_info{v=\"1\"} 1\n# HELP a_t Time.\n# TYPE a_t gauge\n# UNIT a_t seconds\na_t 3\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_classic(om),
+            "# HELP a_calls_total Calls.\n# TYPE a_calls_total counter\na_calls_total{x=\"1\"} 2\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n# HELP a_build_info Build.\n# TYPE a_build_info gauge\na_build_info{v=\"1\"} 1\n# HELP a_t Time.\n# TYPE a_t gauge\na_t 3\n"
+        );
+    }
+}

@@ -55,6 +55,40 @@ pub async fn serve<F>(listener: TcpListener, handler: F)
 where
     F: Fn(&str) -> Reply + Send + Sync + 'static,
 {
+    serve_requests(listener, move |path, _accept| handler(path)).await
+}
+
+/// Serves `registry` on `/metrics` and `handler(path)` on every other path. The format is
+/// negotiated as Prometheus does it: OpenMetrics when the scraper's Accept header asks for it
+/// (Prometheus does), the classic text format 0.0.4 otherwise (curl, `promtool check metrics`).
+pub async fn serve_metrics<F>(
+    listener: TcpListener,
+    registry: prometheus_client::registry::Registry,
+    handler: F,
+) where
+    F: Fn(&str) -> Reply + Send + Sync + 'static,
+{
+    serve_requests(listener, move |path, accept| match path {
+        "/metrics" if accept.contains("application/openmetrics-text") => Reply {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: super::agent::render(&registry),
+        },
+        "/metrics" => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: super::agent::render_classic(&registry),
+        },
+        other => handler(other),
+    })
+    .await
+}
+
+/// Serves `handler(path, accept header)` until the task is dropped.
+async fn serve_requests<F>(listener: TcpListener, handler: F)
+where
+    F: Fn(&str, &str) -> Reply + Send + Sync + 'static,
+{
     let handler = Arc::new(handler);
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
@@ -62,7 +96,8 @@ where
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let reply = if req.method() == Method::GET {
-                    handler(req.uri().path())
+                    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    handler(req.uri().path(), accept)
                 } else {
                     Reply::text(405, "GET only\n")
                 };

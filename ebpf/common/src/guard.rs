@@ -108,8 +108,9 @@ pub const REASON_SG_MISMATCH: u32 = 2;
 pub const REASON_UNKNOWN_INTERFACE: u32 = 3;
 /// An IPv4 packet or ARP frame from a pod veth with a sender address that is not the pod's.
 pub const REASON_SPOOFED_SOURCE: u32 = 4;
-/// A frame from a pod veth the guard cannot judge: IPv6 (no IPv6 intent yet), an ethertype other
-/// than IPv4 and ARP, or headers it cannot read. The rule: an enforced pod sends nothing the guard
+/// A frame from a pod veth the guard cannot judge: IPv6 that could leave the link (no IPv6 intent
+/// yet; link-local IPv6 such as neighbour discovery gets no verdict), an ethertype other than IPv4
+/// and ARP, or headers it cannot read. The rule: an enforced pod sends nothing the guard
 /// cannot judge, so in enforce mode these are dropped; in monitor mode they are counted.
 pub const REASON_UNJUDGED: u32 = 5;
 pub const REASONS: usize = 6;

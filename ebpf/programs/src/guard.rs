@@ -4,6 +4,8 @@
 //! - `guard_pod` runs on a pod's host-side veth (TC ingress: traffic coming from the pod) and checks
 //!   that the pod sends only from its own address (`spoofed_source`, IPv4 and ARP). Frames it cannot
 //!   judge (IPv6, other ethertypes, unreadable headers) are `unjudged`: an enforced pod sends none.
+//!   IPv6 that cannot leave the link (link-local or unspecified source, link-local or link-scoped
+//!   multicast destination: neighbour discovery, DAD, MLD) gets no verdict: no ENI ever sees it.
 //! - `guard_egress` runs on ENI interfaces, the trunk and branch VLAN sub-interfaces (TC egress):
 //!   for a packet whose source is a pod address it compares intent (pod address → ENI, VLAN, SG
 //!   set) with truth ((ifindex, VLAN) → ENI, actual SG set).
@@ -86,12 +88,26 @@ struct Frame {
     dst: u32,
     /// VLAN id from skb metadata or the outermost in-band 802.1Q/802.1ad tag; 0 = untagged.
     vlan: u32,
+    /// 1 for IPv6 that cannot leave the link (see [`ipv6_link_only`]).
+    link_only: u32,
 }
 
 impl Frame {
     const fn of(kind: u32, vlan: u32) -> Self {
-        Self { kind, src: 0, dst: 0, vlan }
+        Self { kind, src: 0, dst: 0, vlan, link_only: 0 }
     }
+}
+
+/// IPv6 that no router forwards, so it never reaches an ENI: a link-local or unspecified source
+/// (neighbour and router solicitation, DAD, MLD reports) or a link-local or link-scoped multicast
+/// destination. `src` and `dst` are the first 8 bytes of each address, `src_low` the last 8 of
+/// the source (all in network order in memory).
+#[inline(always)]
+fn ipv6_link_only(src: [u8; 8], src_low: u64, dst: [u8; 8]) -> bool {
+    let link_local = |a: [u8; 8]| a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+    let unspecified = u64::from_ne_bytes(src) == 0 && src_low == 0;
+    let link_multicast = dst[0] == 0xff && (dst[1] & 0x0f) <= 2;
+    link_local(src) || unspecified || link_local(dst) || link_multicast
 }
 
 /// Reads a `T` at `offset` into `out`: directly when it lies in the linear area, else with
@@ -145,7 +161,7 @@ fn parse(ctx: &TcContext) -> Frame {
             )
         };
         if u16::from_be(proto) == ETH_P_IP {
-            return Frame { kind: KIND_IPV4, src, dst, vlan };
+            return Frame { kind: KIND_IPV4, src, dst, vlan, link_only: 0 };
         }
     }
     parse_general(ctx, vlan)
@@ -179,7 +195,7 @@ fn parse_general(ctx: &TcContext, mut vlan: u32) -> Frame {
         ETH_P_IP => {
             let (mut src, mut dst) = (0u32, 0u32);
             if load(ctx, offset + 12, &mut src) && load(ctx, offset + 16, &mut dst) {
-                Frame { kind: KIND_IPV4, src, dst, vlan }
+                Frame { kind: KIND_IPV4, src, dst, vlan, link_only: 0 }
             } else {
                 Frame::of(KIND_UNREADABLE, vlan)
             }
@@ -193,12 +209,26 @@ fn parse_general(ctx: &TcContext, mut vlan: u32) -> Frame {
             {
                 Frame::of(KIND_UNREADABLE, vlan)
             } else if ptype == ETH_P_IP && plen == 4 {
-                Frame { kind: KIND_ARP, src: sender, dst: 0, vlan }
+                Frame { kind: KIND_ARP, src: sender, dst: 0, vlan, link_only: 0 }
             } else {
                 Frame::of(KIND_OTHER, vlan)
             }
         }
-        ETH_P_IPV6 => Frame::of(KIND_IPV6, vlan),
+        ETH_P_IPV6 => {
+            // Source at +8, destination at +24 of the IPv6 header.
+            let (mut src, mut src_low, mut dst) = ([0u8; 8], 0u64, [0u8; 8]);
+            if load(ctx, offset + 8, &mut src)
+                && load(ctx, offset + 16, &mut src_low)
+                && load(ctx, offset + 24, &mut dst)
+            {
+                Frame {
+                    link_only: u32::from(ipv6_link_only(src, src_low, dst)),
+                    ..Frame::of(KIND_IPV6, vlan)
+                }
+            } else {
+                Frame::of(KIND_UNREADABLE, vlan)
+            }
+        }
         _ => Frame::of(KIND_OTHER, vlan),
     }
 }
@@ -222,7 +252,7 @@ fn node_mode() -> u32 {
 
 #[classifier]
 pub fn guard_egress(ctx: TcContext) -> i32 {
-    let Frame { kind, src, dst, vlan } = parse(&ctx);
+    let Frame { kind, src, dst, vlan, .. } = parse(&ctx);
     if kind != KIND_IPV4 {
         return PASS; // not IPv4: no pod intent to compare
     }
@@ -313,7 +343,7 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
 pub fn guard_pod(ctx: TcContext) -> i32 {
     // SAFETY: as in guard_egress.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Frame { kind, src, dst, vlan } = parse(&ctx);
+    let Frame { kind, src, dst, vlan, link_only } = parse(&ctx);
     // Fastest path: this CPU's last IPv4 packet from this veth had the same (own) source, and
     // the maps have not changed since.
     let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
@@ -340,6 +370,9 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
         if kind == KIND_IPV4 {
             c.checked_sources += 1;
         }
+    }
+    if kind == KIND_IPV6 && link_only != 0 {
+        return PASS; // counted by kind; it stays on the pod's link, no ENI sees it
     }
     let judged = kind == KIND_IPV4 || kind == KIND_ARP;
     let own = veth.addr.family == FAMILY_IPV4 && veth.addr.addr[..4] == src.to_ne_bytes();

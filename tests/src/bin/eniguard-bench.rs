@@ -5,7 +5,10 @@
 //!    classifier, same session, same frame size. Each row runs on the interface its path needs
 //!    (`ctx_in` carries the ifindex), and its verdict and counter deltas are checked: a row that
 //!    took another path fails the run instead of printing a number.
-//! 2. iperf3: TCP throughput from a pod through its veth and ENI to the VPC namespace, without and
+//!    The maps hold a node's worth of pods ([`NODE_PODS`]), as the agent keeps them.
+//! 2. The cost of one pod's intent update with the node's maps live: the spec derived with one
+//!    pod more (an ADD) or less (a DEL) and applied, p50 and p99.
+//! 3. iperf3: TCP throughput from a pod through its veth and ENI to the VPC namespace, without and
 //!    with the guard attached, alternating runs in the same session.
 //!
 //! A release binary of the tests crate rather than a bench target, so that building it does not
@@ -18,7 +21,7 @@ use std::{net::Ipv4Addr, process::Command, time::Duration};
 use anyhow::{ensure, Context as _, Result};
 use eniguard::guard::{
     attach::{ifindex, AttachMode},
-    datapath::{resolve, Capacity, Guard, Stats},
+    datapath::{resolve_present, Capacity, Guard, Stats},
     pins::PinDir,
     spec::Spec,
 };
@@ -31,6 +34,10 @@ use eniguard_tests::{
 };
 
 const REPEAT: u32 = 1_000_000;
+/// Pods in the maps, as on a full node (EKS's 250-pod ceiling).
+const NODE_PODS: usize = 250;
+/// Intent updates timed (half ADDs, half DELs).
+const UPDATES: usize = 400;
 const ROUNDS: usize = 7;
 
 fn main() -> Result<()> {
@@ -82,21 +89,61 @@ fn prog_test_run() -> Result<()> {
         sh(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]))?;
         sh(Command::new("ip").args(["link", "set", a, "up"]))?;
     }
-    let spec = Spec::parse(
+    let spec = node_spec(NODE_PODS, None)?;
+    let pins = PinDir::new(format!("/sys/fs/bpf/eniguard-bench-{}", std::process::id()));
+    let mut guard = Guard::load(pins, AttachMode::Auto, Capacity::default())?;
+    let result = guard
+        .apply(&resolve_present(spec))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| measure(&mut guard))
+        .and_then(|()| intent_updates(&mut guard));
+    // Pinned links would keep the programs loaded after this process: remove them even on error.
+    guard.shutdown(false)?;
+    result
+}
+
+/// The benchmark's node: eth1 (eni-a1), pod `pass` (correct, veth `enipass`), pod `bad` (wrong
+/// ENI, veth `enibad`) and `pods - 2` more correct pods whose veths do not exist (intent only,
+/// as for a pod whose veth is still being made), plus `extra` if given.
+fn node_spec(pods: usize, extra: Option<usize>) -> Result<eniguard::guard::spec::ValidSpec> {
+    let mut yaml = String::from(
         r#"
 interfaces: [{ name: eth1, eni: eni-a1, securityGroups: [sg-1, sg-2] }]
 pods:
   - { namespace: b, name: pass, ip: 10.0.1.10, hostInterface: enipass, expect: { eni: eni-a1, securityGroups: [sg-2, sg-1] } }
   - { namespace: b, name: bad, ip: 10.0.1.11, hostInterface: enibad, expect: { eni: eni-b2, securityGroups: [sg-1] } }
 "#,
-    )?
-    .validate()?;
-    let pins = PinDir::new(format!("/sys/fs/bpf/eniguard-bench-{}", std::process::id()));
-    let mut guard = Guard::load(pins, AttachMode::Auto, Capacity::default())?;
-    let result = guard.apply(&resolve(spec)?).map_err(anyhow::Error::from).and_then(|()| measure(&mut guard));
-    // Pinned links would keep the programs loaded after this process: remove them even on error.
-    guard.shutdown(false)?;
-    result
+    );
+    for i in (0..pods.saturating_sub(2)).chain(extra) {
+        yaml.push_str(&format!(
+            "  - {{ namespace: fill, name: p{i}, ip: 10.0.{}.{}, hostInterface: fill{i}, expect: {{ eni: eni-a1, securityGroups: [sg-1, sg-2] }} }}\n",
+            2 + i / 200,
+            10 + i % 200
+        ));
+    }
+    Ok(Spec::parse(&yaml)?.validate()?)
+}
+
+/// One pod's intent update at a full node: the spec with one more pod (ADD) or without it (DEL),
+/// resolved and applied, as the agent's guard feed does it after its (microsecond) derivation.
+fn intent_updates(guard: &mut Guard) -> Result<()> {
+    let base = node_spec(NODE_PODS, None)?;
+    let plus = node_spec(NODE_PODS, Some(NODE_PODS))?;
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for i in 0..UPDATES {
+        let (spec, into) = if i % 2 == 0 { (&plus, &mut add) } else { (&base, &mut del) };
+        let started = std::time::Instant::now();
+        guard.apply(&resolve_present(spec.clone()))?;
+        into.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("\nOne pod's intent update with {NODE_PODS} pods in the maps ({} of each, µs):", UPDATES / 2);
+    println!("| update | p50 | p99 |");
+    println!("|---|---|---|");
+    for (label, v) in [("ADD (one intent more)", &mut add), ("DEL (one intent less)", &mut del)] {
+        v.sort_by(f64::total_cmp);
+        println!("| {label} | {:.0} | {:.0} |", v[v.len() / 2], v[v.len() * 99 / 100]);
+    }
+    Ok(())
 }
 
 fn measure(guard: &mut Guard) -> Result<()> {
@@ -195,7 +242,7 @@ fn measure(guard: &mut Guard) -> Result<()> {
         }
     }
     println!(
-        "\nBPF_PROG_TEST_RUN, {}-byte frame, {ROUNDS} interleaved rounds of {REPEAT} runs, medians",
+        "\nBPF_PROG_TEST_RUN, {}-byte frame, {NODE_PODS} pods in the maps, {ROUNDS} interleaved rounds of {REPEAT} runs, medians",
         cases[0].3.len()
     );
     println!("| program and path | ns/packet | x empty (same round) |");
@@ -238,7 +285,7 @@ pods: [{ namespace: b, name: pod, ip: 10.0.1.10, hostInterface: enipod, expect: 
             // ABBA order cancels slow drift of the machine.
             for attached in if i % 2 == 0 { [false, true] } else { [true, false] } {
                 let spec = if attached { &with_spec } else { &without_spec };
-                guard.apply(&resolve(spec.clone())?)?;
+                guard.apply(&eniguard::guard::datapath::resolve(spec.clone())?)?;
                 let gbps = run_iperf(&topo.vpc, &pod.ns, SECONDS)?;
                 if attached {
                     with.push(gbps)

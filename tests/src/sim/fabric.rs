@@ -110,6 +110,8 @@ pub struct Fabric {
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     recorder: Mutex<Option<JoinHandle<()>>>,
+    /// The recorder's packet socket (to see whether frames still wait in it).
+    socket: Arc<OwnedFd>,
 }
 
 impl std::fmt::Debug for Fabric {
@@ -148,14 +150,14 @@ impl Fabric {
         vpc.ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"])?;
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let socket = in_netns(&vpc, packet_socket)?;
+        let socket = Arc::new(in_netns(&vpc, packet_socket)?);
         let recorder = {
-            let (state, stop) = (state.clone(), stop.clone());
+            let (state, stop, socket) = (state.clone(), stop.clone(), socket.clone());
             std::thread::Builder::new()
                 .name("vpc-recorder".into())
                 .spawn(move || record(&socket, &state, &stop))?
         };
-        Ok(Self { vpc, nodes, state, stop, recorder: Mutex::new(Some(recorder)) })
+        Ok(Self { vpc, nodes, state, stop, recorder: Mutex::new(Some(recorder)), socket })
     }
 
     pub fn vpc(&self) -> &NetNs {
@@ -316,14 +318,37 @@ impl Fabric {
         Ok((node_if, eni.mac.clone()))
     }
 
-    /// Every IPv4 frame recorded so far.
+    /// Every IPv4 frame recorded so far: what the node sent before this call is in (the
+    /// recorder's socket is drained first; a reply can reach a pod before the recorder thread ran).
     pub fn frames(&self) -> Vec<Frame> {
+        self.settle();
         self.lock().frames.clone()
+    }
+
+    /// Waits (at most 1 s) until the recorder's socket has been empty for 10 ms.
+    fn settle(&self) {
+        let pending = || {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one c_int; the socket stays open while `self` lives.
+            let rc = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+            rc == 0 && n > 0
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            if !pending() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                if !pending() {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Frames dropped by the source/destination check, per ENI.
     pub fn dropped(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
+        self.settle();
         for f in self.lock().frames.iter().filter(|f| f.verdict == Verdict::SourceDestCheck) {
             *out.entry(f.eni_id.clone()).or_default() += 1;
         }

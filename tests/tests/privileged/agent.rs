@@ -25,17 +25,17 @@ use crate::{clients::ec2_client, harness::Ctx};
 
 /// One test's simulator (with its fabric), its EC2 client, node 0, and a fresh state directory
 /// for node 0's agent, removed at the end.
-struct World {
-    sim: Sim,
-    rt: tokio::runtime::Runtime,
-    ec2: Ec2,
-    node: SimNode,
-    dir: std::path::PathBuf,
-    prefix: String,
+pub(crate) struct World {
+    pub sim: Sim,
+    pub rt: tokio::runtime::Runtime,
+    pub ec2: Ec2,
+    pub node: SimNode,
+    pub dir: std::path::PathBuf,
+    pub prefix: String,
 }
 
 impl World {
-    fn new(ctx: &Ctx, tag: &str, scenario: &Scenario) -> Result<Self> {
+    pub fn new(ctx: &Ctx, tag: &str, scenario: &Scenario) -> Result<Self> {
         let prefix = format!("{}-{tag}", ctx.prefix());
         let rt = runtime()?;
         let sim = rt.block_on(Sim::start_with_fabric(scenario, &prefix))?;
@@ -174,7 +174,7 @@ fn cninode_history(sim: &Sim, node: &str) -> Result<Vec<Features>> {
         .collect())
 }
 
-fn events_on(sim: &Sim, node: &str, reason: &str) -> Result<Vec<Value>> {
+pub(crate) fn events_on(sim: &Sim, node: &str, reason: &str) -> Result<Vec<Value>> {
     let events = sim.kube.read(|s| s.all_events_since(0)).map_err(|e| anyhow::anyhow!(e.message))?;
     Ok(events
         .into_iter()
@@ -188,7 +188,7 @@ fn prefixes_and_ips(n: &NetworkInterface) -> (usize, usize) {
     (secondaries(n), n.ipv4_prefixes().len())
 }
 
-const INCIDENT_ENV: &[(&str, &str)] = &[
+pub(crate) const INCIDENT_ENV: &[(&str, &str)] = &[
     ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
     ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
     ("ENABLE_POD_ENI", "true"),
@@ -330,12 +330,49 @@ pub fn incident_order(ctx: &mut Ctx) -> Result<()> {
 /// and never counts them in the pool, keeps the allocation as evidence, and reports the trunk's
 /// drift with the replace-node Event.
 pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
+    let w = World::new(ctx, "old", &Scenario::parse(include_str!("../../scenarios/incident.yaml"))?)?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
+    let PreFix { trunk_id, allocation, .. } = pre_fix_layout(&w)?;
+    let agent = agent::start(sim, prefix, 0, dir, INCIDENT_ENV)?;
+    let reason = "trunk ENI (security groups for pods)";
+    let finding = agent
+        .metric(&format!("eniguard_ipam_excluded_addresses{{eni=\"{trunk_id}\",reason=\"{reason}\"}}"))?;
+    ensure!(finding == 16.0, "the trunk's /28 is reported: {finding}");
+    // The pool counts only the pods ENI's /28.
+    ensure!(agent.metric("eniguard_ipam_addresses{state=\"total\"}")? == 16.0, "trunk addresses in the pool");
+    let drift = events_on(sim, &node.name, "TrunkSecurityGroupsDrift")?;
+    ensure!(drift.len() == 1 && drift[0]["type"] == "Warning", "{drift:?}");
+    let msg = drift[0]["message"].as_str().unwrap_or_default();
+    ensure!(msg.contains(&trunk_id) && msg.contains("replace this node"), "{msg}");
+    ensure!(agent.metric("eniguard_trunk_security_groups_drift")? == 1.0, "drift gauge");
+    // The evidence stays in the checkpoint; the trunk keeps its prefix (nothing hands it out).
+    let kept =
+        eniguard::ipam::checkpoint::Checkpoint::new(dir.join("ipam.json")).read()?.context("checkpoint")?;
+    ensure!(kept.allocations == [allocation], "checkpoint now {:?}", kept.allocations);
+    let enis = rt.block_on(attached(ec2, &node.instance_id))?;
+    let t = enis.values().find(|n| n.network_interface_id() == Some(trunk_id.as_str())).context("trunk")?;
+    ensure!(prefixes_and_ips(t) == (0, 1), "the trunk's /28 was touched: {:?}", prefixes_and_ips(t));
+    drop(agent);
+    Ok(())
+}
+
+/// A node as aws-node v1.16.0–3 left it (the #2792 layout): SecurityGroupsForPods signalled alone,
+/// so the trunk sits in the node's subnet with the node's groups; a /28 on the trunk and one of its
+/// addresses given to shop/payments-0 in the checkpoint.
+pub(crate) struct PreFix {
+    pub trunk_id: String,
+    /// The trunk's device index (its route table is this + 1).
+    pub trunk_device: i32,
+    pub victim: Ipv4Addr,
+    pub allocation: eniguard::ipam::model::Allocation,
+}
+
+pub(crate) fn pre_fix_layout(w: &World) -> Result<PreFix> {
     use eniguard::ipam::{
         checkpoint::Checkpoint,
         model::{AllocKey, Allocation, PodRef},
     };
-    let w = World::new(ctx, "old", &Scenario::parse(include_str!("../../scenarios/incident.yaml"))?)?;
-    let World { sim, rt, ec2, node, dir, prefix } = &w;
+    let World { sim, rt, ec2, node, dir, .. } = w;
     // The buggy order: SecurityGroupsForPods alone (once the Resource Controller made the CNINode).
     eventually("the CNINode", Duration::from_secs(10), || {
         Ok(sim.kube.read(|s| s.get(&CNINODES.key(None, &node.name))).ok().map(|_| ()))
@@ -374,26 +411,8 @@ pub fn pre_fix_node(ctx: &mut Ctx) -> Result<()> {
     let allocation = Allocation { key, ip: victim, pod, allocated_at: 1 };
     Checkpoint::new(dir.join("ipam.json")).write(std::slice::from_ref(&allocation), &[])?;
 
-    let agent = agent::start(sim, prefix, 0, dir, INCIDENT_ENV)?;
-    let reason = "trunk ENI (security groups for pods)";
-    let finding = agent
-        .metric(&format!("eniguard_ipam_excluded_addresses{{eni=\"{trunk_id}\",reason=\"{reason}\"}}"))?;
-    ensure!(finding == 16.0, "the trunk's /28 is reported: {finding}");
-    // The pool counts only the pods ENI's /28.
-    ensure!(agent.metric("eniguard_ipam_addresses{state=\"total\"}")? == 16.0, "trunk addresses in the pool");
-    let drift = events_on(sim, &node.name, "TrunkSecurityGroupsDrift")?;
-    ensure!(drift.len() == 1 && drift[0]["type"] == "Warning", "{drift:?}");
-    let msg = drift[0]["message"].as_str().unwrap_or_default();
-    ensure!(msg.contains(&trunk_id) && msg.contains("replace this node"), "{msg}");
-    ensure!(agent.metric("eniguard_trunk_security_groups_drift")? == 1.0, "drift gauge");
-    // The evidence stays in the checkpoint; the trunk keeps its prefix (nothing hands it out).
-    let kept = Checkpoint::new(dir.join("ipam.json")).read()?.context("checkpoint")?;
-    ensure!(kept.allocations == [allocation], "checkpoint now {:?}", kept.allocations);
-    let enis = rt.block_on(attached(ec2, &node.instance_id))?;
-    let t = enis.values().find(|n| n.network_interface_id() == Some(trunk_id.as_str())).context("trunk")?;
-    ensure!(prefixes_and_ips(t) == (0, 1), "the trunk's /28 was touched: {:?}", prefixes_and_ips(t));
-    drop(agent);
-    Ok(())
+    let trunk_device = trunk.attachment().and_then(|a| a.device_index()).context("trunk device index")?;
+    Ok(PreFix { trunk_id, trunk_device, victim, allocation })
 }
 
 /// Bad input stops or holds the agent with a message naming what is wrong, and nothing is created

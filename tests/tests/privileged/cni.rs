@@ -25,7 +25,7 @@ use crate::{agent::attached, clients::ec2_client, harness::Ctx};
 
 /// Custom networking + security groups for pods + prefix delegation (the #2792 setup), a short
 /// cooldown so that a released address is seen coming back.
-const ENV: &[(&str, &str)] = &[
+pub(crate) const ENV: &[(&str, &str)] = &[
     ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
     ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
     ("ENABLE_POD_ENI", "true"),
@@ -45,29 +45,29 @@ fn installed(dir: &std::path::Path) -> Result<(Value, std::path::PathBuf)> {
 }
 
 /// The incident scenario's m5.large with its agent, and what the tests need around it.
-struct Node {
-    sim: Sim,
-    rt: tokio::runtime::Runtime,
-    ec2: aws_sdk_ec2::Client,
+pub(crate) struct Node {
+    pub sim: Sim,
+    pub rt: tokio::runtime::Runtime,
+    pub ec2: aws_sdk_ec2::Client,
     /// Behind a lock so that a thread can kill and restart it.
-    agent: std::sync::Mutex<Agent>,
+    pub agent: std::sync::Mutex<Agent>,
     /// The agent's environment (for restarts).
-    env: Vec<(String, String)>,
-    ns: NetNs,
-    dir: std::path::PathBuf,
-    prefix: String,
+    pub env: Vec<(String, String)>,
+    pub ns: NetNs,
+    pub dir: std::path::PathBuf,
+    pub prefix: String,
     /// What the agent installed: the conflist and the plugin binary.
-    conflist: Value,
-    plugin: std::path::PathBuf,
+    pub conflist: Value,
+    pub plugin: std::path::PathBuf,
 }
 
 impl Node {
-    fn start(ctx: &Ctx, tag: &str, env: &[(&str, &str)]) -> Result<Self> {
+    pub fn start(ctx: &Ctx, tag: &str, env: &[(&str, &str)]) -> Result<Self> {
         Self::start_with(ctx, tag, env, |_| ())
     }
 
     /// With the scenario changed first (max-pods, policies).
-    fn start_with(
+    pub fn start_with(
         ctx: &Ctx,
         tag: &str,
         env: &[(&str, &str)],
@@ -105,12 +105,12 @@ impl Node {
         Ok(self.fabric()?.frames().into_iter().filter(|f| f.dst == INTERNET).collect())
     }
 
-    fn agent(&self) -> std::sync::MutexGuard<'_, Agent> {
+    pub fn agent(&self) -> std::sync::MutexGuard<'_, Agent> {
         self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Kills the agent with -9 and starts another (not waiting for it to be ready).
-    fn kill_and_restart(&self) -> Result<()> {
+    pub fn kill_and_restart(&self) -> Result<()> {
         let mut agent = self.agent();
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(agent.daemon.pid() as i32, libc::SIGKILL) };
@@ -120,11 +120,11 @@ impl Node {
         Ok(())
     }
 
-    fn fabric(&self) -> Result<&Fabric> {
+    pub fn fabric(&self) -> Result<&Fabric> {
         self.sim.fabric.as_deref().context("a fabric")
     }
 
-    fn conf(&self, version: &str, prev: Option<&Value>) -> Value {
+    pub fn conf(&self, version: &str, prev: Option<&Value>) -> Value {
         cni::conf(&self.conflist, Some(version), prev)
     }
 
@@ -137,12 +137,12 @@ impl Node {
         Ok(Sandbox::new(container_id, "default", name, netns))
     }
 
-    fn call(&self, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<cni::Outcome> {
+    pub fn call(&self, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<cni::Outcome> {
         cni::call(&self.ns, &self.plugin, command, sandbox, conf)
     }
 
     /// The ENI that EC2 says holds `ip` (as a secondary address or inside a /28 prefix).
-    fn eni_holding(&self, ip: Ipv4Addr) -> Result<NetworkInterface> {
+    pub fn eni_holding(&self, ip: Ipv4Addr) -> Result<NetworkInterface> {
         let enis = self.rt.block_on(attached(&self.ec2, &self.sim.nodes[0].instance_id))?;
         enis.into_values()
             .find(|n| {
@@ -175,7 +175,7 @@ impl Drop for Node {
     }
 }
 
-fn pod_ip(result: &Value) -> Result<Ipv4Addr> {
+pub(crate) fn pod_ip(result: &Value) -> Result<Ipv4Addr> {
     let addr = result["ips"][0]["address"].as_str().context("ips[0].address")?;
     Ok(addr.split('/').next().context("address")?.parse()?)
 }
@@ -494,11 +494,11 @@ impl Rng {
 }
 
 /// A pod as the runtime drives it: its namespace, its current sandbox and ADD result.
-struct Pod {
-    ns: NetNs,
-    name: String,
-    sandboxes: u32,
-    live: Option<(Sandbox, Value)>,
+pub(crate) struct Pod {
+    pub ns: NetNs,
+    pub name: String,
+    pub sandboxes: u32,
+    pub live: Option<(Sandbox, Value)>,
 }
 
 /// Why ADDs were retried (the first words of the message), for the churn's report.
@@ -507,7 +507,7 @@ static RETRY_REASONS: std::sync::Mutex<std::collections::BTreeMap<String, u32>> 
 
 /// containerd's ADD: a new sandbox per attempt; a failed ADD is followed by a DEL of that
 /// sandbox without prevResult; "try again later" is retried (the kubelet's 1 s, shortened).
-fn runtime_add(node: &Node, pod: &mut Pod) -> Result<u32> {
+pub(crate) fn runtime_add(node: &Node, pod: &mut Pod) -> Result<u32> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut retries = 0;
     loop {
@@ -535,7 +535,7 @@ fn runtime_add(node: &Node, pod: &mut Pod) -> Result<u32> {
 }
 
 /// containerd's DEL: retried until it succeeds (it does, agent or not, unless the queue is full).
-fn runtime_del(node: &Node, sandbox: &Sandbox, prev: Option<&Value>) -> Result<()> {
+pub(crate) fn runtime_del(node: &Node, sandbox: &Sandbox, prev: Option<&Value>) -> Result<()> {
     for _ in 0..50 {
         let del = node.call("DEL", sandbox, &node.conf("1.0.0", prev))?;
         if del.success {

@@ -563,7 +563,8 @@ fn coexists(ctx: &mut Ctx, attach: &str) -> Result<()> {
 
 /// Frames from a pod are judged whatever they carry and however the skb holds them: an IPv4
 /// header outside the linear area, ARP (its sender address), IPv6 and other ethertypes (counted
-/// by kind; in enforce mode dropped as `unjudged`).
+/// by kind; in enforce mode dropped as `unjudged`). IPv6 that cannot leave the link (neighbour
+/// discovery, MLD: link-local) is counted by kind and gets no verdict in either mode.
 pub fn judges_every_frame(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
@@ -579,22 +580,26 @@ pub fn judges_every_frame(ctx: &mut Ctx) -> Result<()> {
     let (spoofed_big, own_big) = (big(other), big(own));
     let arp_own = arp_frame(host_mac, pod_mac, own, "169.254.1.1".parse()?);
     let arp_spoofed = arp_frame(host_mac, pod_mac, other, "169.254.1.1".parse()?);
-    let v6 = ipv6_frame(host_mac, pod_mac);
+    let v6 = ipv6_frame(host_mac, pod_mac, "2001:db8::10".parse()?, "2001:db8:1::1".parse()?);
+    let solicitation = ipv6_frame(host_mac, pod_mac, "fe80::1".parse()?, "ff02::2".parse()?);
+    let dad = ipv6_frame(host_mac, pod_mac, "::".parse()?, "ff02::1:ff00:1".parse()?);
     in_netns(&web.ns, move || {
         inject_nonlinear("eth0", &own_big, 2)?;
         inject_nonlinear("eth0", &spoofed_big, 3)?;
         inject("eth0", &arp_own, 1)?;
         inject("eth0", &arp_spoofed, 2)?;
-        inject("eth0", &v6, 4)
+        inject("eth0", &v6, 4)?;
+        inject("eth0", &solicitation, 2)?;
+        inject("eth0", &dad, 1)
     })?;
     let kind = |k: &str| run.metric(&format!("eniguard_guard_pod_frames_total{{kind=\"{k}\"}}"));
     ensure!(
-        kind("ipv4")? == 5 && kind("arp")? == 3 && kind("ipv6")? == 4,
+        kind("ipv4")? == 5 && kind("arp")? == 3 && kind("ipv6")? == 4 + 3,
         "frames by kind: {}",
         run.get("/metrics")?
     );
     ensure!(run.violations("spoofed_source")? == 3 + 2, "non-linear or ARP spoofing missed");
-    ensure!(run.violations("unjudged")? == 4, "IPv6 not counted as unjudged");
+    ensure!(run.violations("unjudged")? == 4, "routable IPv6 counted as unjudged, link-local not");
     ensure!(run.metric("eniguard_guard_dropped_packets_total{reason=\"unjudged\"}")? == 0, "monitor dropped");
     // Enforce: what the guard cannot judge does not leave the pod.
     let enforced =
@@ -603,8 +608,12 @@ pub fn judges_every_frame(ctx: &mut Ctx) -> Result<()> {
     signal(&run.agent, libc::SIGHUP);
     wait_until(|| Ok(run.get("/metrics").is_ok()), "the reload")?;
     std::thread::sleep(Duration::from_millis(300));
-    let v6 = ipv6_frame(host_mac, pod_mac);
-    in_netns(&web.ns, move || inject("eth0", &v6, 4))?;
+    let v6 = ipv6_frame(host_mac, pod_mac, "2001:db8::10".parse()?, "2001:db8:1::1".parse()?);
+    let solicitation = ipv6_frame(host_mac, pod_mac, "fe80::1".parse()?, "ff02::2".parse()?);
+    in_netns(&web.ns, move || {
+        inject("eth0", &v6, 4)?;
+        inject("eth0", &solicitation, 3)
+    })?;
     ensure!(
         run.metric("eniguard_guard_dropped_packets_total{reason=\"unjudged\"}")? == 4,
         "enforce let IPv6 through: {}",

@@ -48,6 +48,13 @@ impl Ctx {
 impl Drop for Ctx {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // Pin directories of the agents this test started (`agent::pin_dir`).
+        let mine = format!("eniguard-test-{}-", self.prefix);
+        for entry in std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&mine) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 

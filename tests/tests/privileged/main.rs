@@ -1,12 +1,14 @@
 //! Integration tests that need root and the real kernel. Run by `cargo xtask test`.
 
 mod agent;
+mod aws_node;
 #[path = "../common/clients.rs"]
 mod clients;
 mod cni;
 mod datapath_churn;
 mod guard;
 mod harness;
+mod live_guard;
 mod sim_fabric;
 mod tc_counter;
 
@@ -73,6 +75,13 @@ fn main() -> std::process::ExitCode {
         Test { name: "cni_churn_with_kill_9", run: cni::churn_with_kill_9 },
         Test { name: "cni_branch_pods_strict_and_standard", run: cni::branch_pods_strict_and_standard },
         Test { name: "cni_sgp_branch_reply", run: cni::branch_pod_reply },
+        Test { name: "live_guard_follows_pod_churn", run: live_guard::follows_pod_churn },
+        Test {
+            name: "live_guard_catches_the_pre_fix_pod_and_enforce_survives_restarts",
+            run: live_guard::catches_the_pre_fix_pod_and_enforce_survives_restarts,
+        },
+        Test { name: "live_guard_audit_beside_aws_node", run: live_guard::audit_beside_aws_node },
+        Test { name: "live_guard_drift_is_caught", run: live_guard::drift_is_caught },
     ])
 }
 

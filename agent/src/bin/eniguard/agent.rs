@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result};
 use eniguard::{
     cloud::{calls::Calls, imds::Imds},
     cni,
-    config::{Config, HostPaths},
+    config::{Config, GuardMode, HostPaths},
+    guard::{datapath::Capacity, live::LiveGuard},
     ipam::model::exclusion,
     kube::client::Kube,
     net::eni::HostNet,
@@ -19,7 +20,8 @@ use eniguard::{
         state::{Board, Shared},
     },
     observe::{
-        agent::{render, Metrics},
+        agent::Metrics,
+        guard::{guard_state, GuardCollector, GuardSource},
         server::{self, Reply},
     },
 };
@@ -40,23 +42,20 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     let socket = cni::server::bind(&paths.run_dir)?;
     log::info!("local API on {}", paths.run_dir.join(cni::api::SOCKET_NAME).display());
     tokio::spawn(cni::server::serve(socket, ready_node.clone()));
+    let guard = load_guard(&cfg, &paths)?;
     if !cfg.disable_introspection {
         let listener = server::bind(&cfg.introspection_bind_address).await?;
         log::info!("health and introspection on {}", listener.local_addr()?);
-        tokio::spawn(server::serve(listener, introspection(board.clone(), shared.clone())));
+        tokio::spawn(server::serve(listener, introspection(board.clone(), shared.clone(), guard.clone())));
     }
     if !cfg.disable_metrics {
-        let registry = metrics.registry(&calls);
+        let mut registry = metrics.registry(&calls);
+        if let Some(live) = &guard {
+            registry.register_collector(Box::new(GuardCollector(GuardSource::Live(live.clone()))));
+        }
         let listener = server::bind(&cfg.metrics_bind_address).await?;
         log::info!("metrics on {}", listener.local_addr()?);
-        tokio::spawn(server::serve(listener, move |path| match path {
-            "/metrics" => Reply {
-                status: 200,
-                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body: render(&registry),
-            },
-            _ => Reply::text(404, "not found\n"),
-        }));
+        tokio::spawn(server::serve_metrics(listener, registry, |_| Reply::text(404, "not found\n")));
     }
     let inputs = Inputs {
         run_dir: paths.run_dir.clone(),
@@ -66,6 +65,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
         calls,
         metrics: metrics.clone(),
         board: board.clone(),
+        guard: guard.clone(),
         cfg,
     };
     let started = tokio::select! {
@@ -115,7 +115,33 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     for t in tasks {
         t.abort();
     }
+    if let Some(live) = &guard {
+        // Traffic stays checked by the pinned programs until the next agent replaces them.
+        live.keep()?;
+    }
     stopped("")
+}
+
+/// The guard's datapath, loaded with its maps pinned under --pin-dir (a predecessor's reused),
+/// or, with ENIGUARD_GUARD_MODE=off, a predecessor's removed.
+fn load_guard(cfg: &Config, paths: &HostPaths) -> Result<Option<Arc<LiveGuard>>> {
+    if cfg.guard_mode == GuardMode::Off {
+        if LiveGuard::remove_leftover(&paths.pin_dir)? {
+            log::info!(
+                "guard off: the datapath a previous agent left under {} removed",
+                paths.pin_dir.display()
+            );
+        }
+        return Ok(None);
+    }
+    let live = LiveGuard::load(&paths.pin_dir, Capacity::default())
+        .with_context(|| format!("loading the egress guard (maps under {})", paths.pin_dir.display()))?;
+    log::info!(
+        "guard loaded ({:?} mode), maps under {}",
+        cfg.guard_mode,
+        paths.pin_dir.join("maps").display()
+    );
+    Ok(Some(live))
 }
 
 /// Ready means reachable: the plugin and the conflist go in only now (and stay when the agent
@@ -159,6 +185,7 @@ fn stopped(when: &str) -> Result<()> {
 fn introspection(
     board: Arc<Board>,
     shared: Arc<OnceLock<Arc<Shared>>>,
+    guard: Option<Arc<LiveGuard>>,
 ) -> impl Fn(&str) -> Reply + Send + Sync + 'static {
     move |path| {
         let status = board.get();
@@ -184,7 +211,11 @@ fn introspection(
                 Some(s) => Reply::json(&pods(s)),
                 None => Reply::text(503, format!("starting: {}\n", status.step)),
             },
-            "/" => Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n/v1/pods\n"),
+            "/v1/events" => Reply::json(&json!(guard.as_ref().map(|g| g.recent()).unwrap_or_default())),
+            "/v1/guard" => Reply::json(&guard_state(guard.as_deref())),
+            "/" => {
+                Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n/v1/pods\n/v1/guard\n/v1/events\n")
+            }
             _ => Reply::text(404, "not found\n"),
         }
     }

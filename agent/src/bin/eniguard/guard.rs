@@ -13,20 +13,19 @@ use eniguard::{
     guard::{
         attach::AttachMode,
         datapath::{resolve, resolve_present, Capacity, Guard},
-        events::{self, RecentEvents},
+        events::RecentEvents,
+        live::{read_events, RECENT_EVENTS},
         pins::PinDir,
         spec::{Spec, ValidSpec},
     },
     net::links::LinkWatch,
     observe::{
-        metrics,
+        guard::{GuardCollector, GuardSource},
         server::{self, Reply},
     },
 };
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
-};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{signal, SignalKind};
 
 pub struct Args {
     pub intent: PathBuf,
@@ -37,9 +36,6 @@ pub struct Args {
     /// Map capacity in pods (None: the object's default).
     pub max_pods: Option<u32>,
 }
-
-/// Recent violations kept for the introspection endpoint.
-const RECENT_EVENTS: usize = 1024;
 
 pub async fn run(args: Args) -> Result<()> {
     let mut spec = Spec::from_file(&args.intent)?;
@@ -72,8 +68,10 @@ pub async fn run(args: Args) -> Result<()> {
 
     let events_task = tokio::spawn(read_events(ring, guard.clone(), recent.clone()));
     if let Some(listener) = listener {
-        let (guard, recent) = (guard.clone(), recent.clone());
-        tokio::spawn(server::serve(listener, move |path| respond(path, &guard, &recent)));
+        let mut registry = Registry::with_prefix("eniguard");
+        registry.register_collector(Box::new(GuardCollector(GuardSource::Standalone(guard.clone()))));
+        let recent = recent.clone();
+        tokio::spawn(server::serve_metrics(listener, registry, move |path| respond(path, &recent)));
     }
 
     let mut links = LinkWatch::new()?;
@@ -127,48 +125,11 @@ fn reload(path: &std::path::Path, guard: &Mutex<Guard>) -> Option<ValidSpec> {
     }
 }
 
-async fn read_events(
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    guard: Arc<Mutex<Guard>>,
-    recent: Arc<Mutex<RecentEvents>>,
-) -> Result<()> {
-    // SAFETY: the ring buffer owns its fd and keeps it open until it is dropped with the AsyncFd.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
-    loop {
-        let mut ready = fd.readable_mut().await?;
-        let ring = ready.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let Some(event) = events::decode(&item) else {
-                continue;
-            };
-            let violation = {
-                let guard = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?;
-                events::name(&event, &guard.names)
-            };
-            log::warn!(target: "eniguard::violation", "{}", serde_json::to_string(&violation)?);
-            recent.lock().map_err(|_| anyhow!("events lock poisoned"))?.push(violation);
-        }
-        ready.clear_ready();
-    }
-}
-
-fn respond(path: &str, guard: &Mutex<Guard>, recent: &Mutex<RecentEvents>) -> Reply {
+fn respond(path: &str, recent: &Mutex<RecentEvents>) -> Reply {
     match path {
-        "/metrics" => {
-            let Ok(guard) = guard.lock() else {
-                return Reply::text(404, "not found\n");
-            };
-            match guard.stats() {
-                Ok(stats) => {
-                    Reply::ok("text/plain; version=0.0.4", metrics::render_guard(&stats, &guard.names))
-                }
-                Err(e) => Reply::text(500, format!("{e}\n")),
-            }
-        }
         "/v1/events" => {
             let Ok(recent) = recent.lock() else {
-                return Reply::text(404, "not found\n");
+                return Reply::text(500, "events lock poisoned\n");
             };
             let list: Vec<_> = recent.iter().collect();
             Reply::ok("application/json", serde_json::to_string(&list).unwrap_or_default())

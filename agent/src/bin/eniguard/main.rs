@@ -1,7 +1,9 @@
 //! `eniguard`: the node agent and its CLI.
 
 mod agent;
+mod audit;
 mod checkpoint;
+mod cli;
 mod guard;
 
 use std::path::PathBuf;
@@ -35,6 +37,38 @@ enum Command {
         print_config: bool,
         #[command(flatten)]
         paths: eniguard::config::HostPaths,
+    },
+    /// Audit mode, beside an existing aws-node: the guard judges aws-node's pods (intent from its
+    /// checkpoint, the ENIConfig and EC2) and reports; nothing is allocated, plumbed or signalled.
+    /// Metrics on :61680 and introspection on 127.0.0.1:61681 unless METRICS_BIND_ADDRESS /
+    /// INTROSPECTION_BIND_ADDRESS are set.
+    Audit {
+        /// Directory under bpffs for eniguard's pins.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Readiness, the pool, the guard, findings and violations, from a running agent (or audit
+    /// mode with --addr 127.0.0.1:61681).
+    Status {
+        /// Introspection address (default: INTROSPECTION_BIND_ADDRESS or 127.0.0.1:61679).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Why a pod must leave through its ENI with its groups, what EC2 says that interface
+    /// carries, and its last verdicts.
+    Explain {
+        /// <namespace>/<pod>
+        pod: String,
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// The guard's recent violations, one line each.
+    Events {
+        /// Keep printing new ones.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        addr: Option<String>,
     },
     /// The IPAM checkpoint (`vpc-cni-ipam/1`, upstream's /var/run/aws-node/ipam.json).
     Checkpoint {
@@ -121,7 +155,7 @@ fn limit_malloc_arenas() {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging()?;
     match Cli::parse().command {
         Command::Agent { print_config, paths } => {
             // A bad variable stops the agent here, before any EC2 or Kubernetes call.
@@ -138,6 +172,24 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(agent::run(config, paths))
+        }
+        Command::Audit { pin_dir } => {
+            let config = eniguard::config::Config::from_env()?;
+            limit_malloc_arenas();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(audit::run(config, pin_dir))
+        }
+        Command::Status { addr } => {
+            cli_runtime()?.block_on(cli::status(&addr.unwrap_or_else(cli::default_addr)))
+        }
+        Command::Explain { pod, addr } => {
+            cli_runtime()?.block_on(cli::explain(&addr.unwrap_or_else(cli::default_addr), &pod))
+        }
+        Command::Events { follow, addr } => {
+            cli_runtime()?.block_on(cli::events(&addr.unwrap_or_else(cli::default_addr), follow))
         }
         Command::Checkpoint { command: CheckpointCommand::Check { file } } => {
             std::process::exit(checkpoint::check(&file))
@@ -157,6 +209,25 @@ fn main() -> Result<()> {
             }
         },
     }
+}
+
+/// Logs on stderr through tracing: one JSON object per line (ENIGUARD_LOG_FORMAT=json, the
+/// default, for a cluster's log pipeline) or text (`text`, for people); `log` records (the code's
+/// and its libraries') are bridged; RUST_LOG filters (default `info`).
+fn init_logging() -> Result<()> {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("ENIGUARD_LOG_FORMAT").as_deref() {
+        Ok("json") | Err(_) => logs.json().flatten_event(true).init(),
+        Ok("text") => logs.init(),
+        Ok(other) => anyhow::bail!("ENIGUARD_LOG_FORMAT=`{other}`: expected json or text"),
+    }
+    Ok(())
+}
+
+fn cli_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 fn run_counter(

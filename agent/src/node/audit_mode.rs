@@ -1,0 +1,326 @@
+//! Audit mode (`eniguard audit`): the guard beside an existing aws-node. It allocates, plumbs and
+//! signals nothing and writes nothing of aws-node's: intent comes from aws-node's checkpoint
+//! (read only), the ENIConfig and EC2, pods' veths are found by upstream's names, and the guard
+//! attaches only to ENI, trunk and pod-veth interfaces. Verdicts are monitor-only: a guard beside
+//! someone else's datapath reports, it never drops.
+//!
+//! The order, in [`start`]: IMDS identity → ENIs (IMDS, then one DescribeNetworkInterfaces) →
+//! the Node and its ENIConfig (custom networking) → the checkpoint → derive and apply. Then
+//! [`run`] follows the checkpoint (re-read when it changes), IMDS (EC2 asked again only when an
+//! ENI appears, goes or changes addresses) and the security groups (hourly, as the agent's audit).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    cloud::{
+        calls::Calls,
+        ec2::{Ec2, Ec2Error, EniInfo},
+        imds::{Identity, Imds, ImdsFailure},
+    },
+    config::Config,
+    guard::{
+        derive::{derive, EniFact, Inputs, PodAddress},
+        live::LiveGuard,
+        spec::Mode,
+    },
+    ipam::{
+        checkpoint::{Checkpoint, CheckpointError},
+        model::{exclusion, Cidr},
+    },
+    kube::{
+        client::{Kube, KubeError},
+        eniconfig,
+    },
+    net::{
+        eni::{HostNet, NetError},
+        links::LinkWatch,
+    },
+};
+
+use super::{
+    startup::{flags, known_enis},
+    state::{Board, KnownEni},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("MY_NODE_NAME is not set: expected the node's name (the DaemonSet sets it from spec.nodeName)")]
+    NoNodeName,
+    #[error(transparent)]
+    Imds(#[from] ImdsFailure),
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("aws-node's checkpoint {path}: {source}")]
+    Checkpoint { path: PathBuf, source: CheckpointError },
+}
+
+/// How often IMDS is read for ENI changes (the agent's reconcile cadence; upstream's is 60 s).
+pub const IMDS_INTERVAL: Duration = Duration::from_secs(60);
+/// How often aws-node's checkpoint is looked at (its modification time): pods start in seconds.
+pub const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
+
+/// What audit mode knows of the node.
+pub struct Observed {
+    pub cfg: Config,
+    pub id: Identity,
+    pub imds: Imds,
+    pub ec2: Ec2,
+    pub kube: Kube,
+    pub net: HostNet,
+    pub board: Arc<Board>,
+    pub guard: Arc<LiveGuard>,
+    /// The primary ENI's groups (what ordinary pods carry without custom networking).
+    primary_security_groups: Vec<String>,
+    /// The ENIConfig's name and groups (custom networking), None until read.
+    eni_config_groups: Mutex<Option<(String, Vec<String>)>>,
+    /// Every attached ENI as EC2 describes it, with its addresses and prefixes.
+    enis: Mutex<BTreeMap<String, (KnownEni, Vec<Cidr>)>>,
+    /// aws-node's checkpoint, as last read, and its modification time.
+    checkpoint: Mutex<(Vec<PodAddress>, Option<SystemTime>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// From nothing to the guard judging aws-node's pods.
+pub async fn start(
+    cfg: Config,
+    calls: Calls,
+    kube: Kube,
+    net: HostNet,
+    board: Arc<Board>,
+    guard: Arc<LiveGuard>,
+) -> Result<Arc<Observed>, AuditError> {
+    let node_name = cfg.node_name.clone().ok_or(AuditError::NoNodeName)?;
+    board.step("IMDS identity");
+    let imds = Imds::new(calls.clone());
+    let id = imds.identity().await?;
+    let ec2 = Ec2::new(&id.region, calls).await;
+    board.step("security groups");
+    let primary_security_groups = imds.primary_security_groups(&id.mac).await?;
+    let observed = Arc::new(Observed {
+        cfg,
+        id,
+        imds,
+        ec2,
+        kube,
+        net,
+        board: board.clone(),
+        guard,
+        primary_security_groups,
+        eni_config_groups: Mutex::new(None),
+        enis: Mutex::new(BTreeMap::new()),
+        checkpoint: Mutex::new((Vec::new(), None)),
+    });
+    board.step("ENIs (IMDS, then one DescribeNetworkInterfaces)");
+    observed.refresh_enis().await?;
+    if observed.cfg.custom_networking {
+        board.step("the node's ENIConfig");
+        let node = observed.kube.node(&node_name).await?;
+        let name = eniconfig::resolve(
+            &node.labels,
+            &node.annotations,
+            &observed.cfg.eni_config_label,
+            &observed.cfg.eni_config_annotation,
+        );
+        match observed.kube.eni_config(&name.name).await {
+            Ok(c) => *lock(&observed.eni_config_groups) = Some((c.name, c.security_groups)),
+            // Reported and judged against the primary's groups; read again at each audit.
+            Err(e) => log::warn!("custom networking is on but ENIConfig `{}` is unreadable: {e}", name.name),
+        }
+    }
+    board.step("aws-node's checkpoint");
+    observed.read_checkpoint()?;
+    board.step("guard: intent and truth into the kernel");
+    observed.apply(observed.guard.request()).await;
+    Ok(observed)
+}
+
+impl Observed {
+    /// IMDS's ENIs joined with one DescribeNetworkInterfaces.
+    async fn refresh_enis(&self) -> Result<(), AuditError> {
+        let seen = self.imds.enis().await?;
+        let described: Vec<EniInfo> =
+            self.ec2.describe_enis(&seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
+        let known = known_enis(&self.cfg, &self.id, &seen, &described);
+        let enis = known
+            .into_values()
+            .map(|k| {
+                let cidrs =
+                    described.iter().find(|d| d.id == k.id).map(|d| d.cidrs.clone()).unwrap_or_default();
+                (k.id.clone(), (k, cidrs))
+            })
+            .collect();
+        *lock(&self.enis) = enis;
+        Ok(())
+    }
+
+    /// Re-reads aws-node's checkpoint if it changed; true when it did.
+    fn read_checkpoint(&self) -> Result<bool, AuditError> {
+        let path = self.cfg.backing_store.clone();
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if lock(&self.checkpoint).1 == modified && modified.is_some() {
+            return Ok(false);
+        }
+        let read = Checkpoint::new(&path)
+            .read()
+            .map_err(|source| AuditError::Checkpoint { path: path.clone(), source })?;
+        let pods = read
+            .map(|cp| {
+                cp.allocations
+                    .into_iter()
+                    .map(|a| PodAddress {
+                        namespace: a.pod.namespace,
+                        name: a.pod.name,
+                        ip: a.ip,
+                        eni: None,
+                        allocated_at: a.allocated_at,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        *lock(&self.checkpoint) = (pods, modified);
+        Ok(true)
+    }
+
+    /// What the derivation needs: the checkpoint's addresses placed on the ENIs EC2 says hold them.
+    async fn inputs(&self) -> Result<Inputs, NetError> {
+        let links = self.net.links_by_mac().await?;
+        let enis = lock(&self.enis).clone();
+        let owner = |ip| {
+            enis.values().find(|(_, cidrs)| cidrs.iter().any(|c| c.contains(ip))).map(|(k, _)| k.id.clone())
+        };
+        let pods =
+            lock(&self.checkpoint).0.iter().map(|p| PodAddress { eni: owner(p.ip), ..p.clone() }).collect();
+        let facts = enis
+            .into_values()
+            .map(|(e, _)| EniFact {
+                link: links.get(&e.mac.to_ascii_lowercase()).cloned(),
+                excluded: exclusion(&flags(&e), self.cfg.custom_networking).map(|x| x.to_string()),
+                id: e.id,
+                security_groups: e.security_groups,
+            })
+            .collect();
+        let (expected_groups, basis) = match lock(&self.eni_config_groups).clone() {
+            Some((name, groups)) if !groups.is_empty() => {
+                (groups, format!("ENIConfig `{name}` (custom networking)"))
+            }
+            Some((name, _)) => (
+                self.primary_security_groups.clone(),
+                format!("ENIConfig `{name}` names no groups: the primary ENI's (custom networking)"),
+            ),
+            None if self.cfg.custom_networking => (
+                self.primary_security_groups.clone(),
+                "no readable ENIConfig: the primary ENI's groups (custom networking)".to_owned(),
+            ),
+            None => (
+                self.primary_security_groups.clone(),
+                "the primary ENI's groups (no custom networking)".to_owned(),
+            ),
+        };
+        Ok(Inputs {
+            // Beside aws-node the guard reports; it never drops.
+            mode: Mode::Monitor,
+            enis: facts,
+            pods,
+            expected_groups,
+            veth_prefix: self.cfg.veth_prefix.clone(),
+            pod_modes: BTreeMap::new(),
+            basis,
+        })
+    }
+
+    async fn apply(&self, ticket: u64) {
+        match self.inputs().await {
+            Ok(i) => {
+                let derived = derive(&i);
+                for f in &derived.findings {
+                    if !self.guard.findings().contains(f) {
+                        log::warn!(
+                            "finding: pod {}/{} has {} on {} ({}): aws-node handed out an address no pod may have",
+                            f.namespace,
+                            f.pod,
+                            f.ip,
+                            f.eni,
+                            f.reason
+                        );
+                    }
+                }
+                if let Err(e) = self.guard.apply(ticket, derived).await {
+                    log::error!("guard: {e}");
+                }
+            }
+            Err(e) => log::warn!("guard: reading the node's links: {e}"),
+        }
+    }
+
+    /// Whether the ENIs IMDS lists (ids and addresses) differ from what was last described.
+    async fn imds_changed(&self) -> Result<bool, AuditError> {
+        let seen = self.imds.enis().await?;
+        let enis = lock(&self.enis);
+        Ok(seen.len() != enis.len()
+            || seen.iter().any(|s| {
+                enis.get(&s.id).is_none_or(|(_, cidrs)| {
+                    let mut a = s.cidrs();
+                    let mut b = cidrs.clone();
+                    a.sort();
+                    b.sort();
+                    a != b
+                })
+            }))
+    }
+}
+
+/// Follows the checkpoint, IMDS, the security groups and the links until dropped.
+pub async fn run(observed: Arc<Observed>) {
+    let mut links = LinkWatch::new().ok();
+    let mut last_imds = tokio::time::Instant::now();
+    let mut last_groups = tokio::time::Instant::now();
+    loop {
+        let link_event = async {
+            match links.as_mut() {
+                Some(w) => w.next().await.map(|_| ()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ticket = observed.guard.requested() => observed.apply(ticket).await,
+            _ = link_event => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                observed.guard.request();
+            }
+            () = tokio::time::sleep(CHECKPOINT_POLL) => {
+                match observed.read_checkpoint() {
+                    Ok(true) => { observed.guard.request(); }
+                    Ok(false) => {}
+                    Err(e) => log::warn!("{e}"),
+                }
+                let groups_due = last_groups.elapsed() >= observed.cfg.sg_audit_interval;
+                if groups_due || last_imds.elapsed() >= IMDS_INTERVAL {
+                    last_imds = tokio::time::Instant::now();
+                    let changed = observed.imds_changed().await.unwrap_or_else(|e| {
+                        log::warn!("IMDS: {e}");
+                        false
+                    });
+                    if changed || groups_due {
+                        last_groups = tokio::time::Instant::now();
+                        match observed.refresh_enis().await {
+                            Ok(()) => { observed.guard.request(); }
+                            Err(e) => log::warn!("describing the ENIs: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
