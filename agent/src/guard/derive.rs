@@ -105,6 +105,29 @@ pub struct Derived {
     pub basis: String,
 }
 
+/// The groups ordinary pods must carry and where they come from, in words: the ENIConfig's
+/// (`eni_config`: name and groups) under custom networking, the primary ENI's when it names none,
+/// when none was read, or without custom networking.
+pub fn expected_groups(
+    custom_networking: bool,
+    eni_config: Option<(&str, &[String])>,
+    primary: &[String],
+) -> (Vec<String>, String) {
+    match (custom_networking, eni_config) {
+        (true, Some((name, groups))) if !groups.is_empty() => {
+            (groups.to_vec(), format!("ENIConfig `{name}` (custom networking)"))
+        }
+        (true, Some((name, _))) => (
+            primary.to_vec(),
+            format!("ENIConfig `{name}` names no groups: the primary ENI's (custom networking)"),
+        ),
+        (true, None) => {
+            (primary.to_vec(), "no ENIConfig read: the primary ENI's groups (custom networking)".to_owned())
+        }
+        (false, _) => (primary.to_vec(), "the primary ENI's groups (no custom networking)".to_owned()),
+    }
+}
+
 /// Intent and truth for the node (see the module docs).
 pub fn derive(inputs: &Inputs) -> Derived {
     let enis: BTreeMap<&str, &EniFact> = inputs.enis.iter().map(|e| (e.id.as_str(), e)).collect();

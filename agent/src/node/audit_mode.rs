@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
@@ -19,49 +18,24 @@ use std::{
 use crate::{
     cloud::{
         calls::Calls,
-        ec2::{Ec2, Ec2Error, EniInfo},
-        imds::{Identity, Imds, ImdsFailure},
+        ec2::{Ec2, EniInfo},
+        imds::{Identity, Imds},
     },
     config::Config,
     guard::{
-        derive::{derive, EniFact, Inputs, PodAddress},
+        derive::{self, Inputs, PodAddress},
         live::LiveGuard,
         spec::Mode,
     },
-    ipam::{
-        checkpoint::{Checkpoint, CheckpointError},
-        model::{exclusion, Cidr},
-    },
-    kube::{
-        client::{Kube, KubeError},
-        eniconfig,
-    },
-    net::{
-        eni::{HostNet, NetError},
-        links::LinkWatch,
-    },
+    ipam::{checkpoint::Checkpoint, model::Cidr},
+    kube::{client::Kube, eniconfig},
+    net::eni::{HostNet, NetError},
 };
 
 use super::{
-    startup::{flags, known_enis},
+    startup::{known_enis, StartError},
     state::{Board, KnownEni},
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    #[error("MY_NODE_NAME is not set: expected the node's name (the DaemonSet sets it from spec.nodeName)")]
-    NoNodeName,
-    #[error(transparent)]
-    Imds(#[from] ImdsFailure),
-    #[error(transparent)]
-    Ec2(#[from] Ec2Error),
-    #[error(transparent)]
-    Kube(#[from] KubeError),
-    #[error(transparent)]
-    Net(#[from] NetError),
-    #[error("aws-node's checkpoint {path}: {source}")]
-    Checkpoint { path: PathBuf, source: CheckpointError },
-}
 
 /// How often IMDS is read for ENI changes (the agent's reconcile cadence; upstream's is 60 s).
 pub const IMDS_INTERVAL: Duration = Duration::from_secs(60);
@@ -100,8 +74,8 @@ pub async fn start(
     net: HostNet,
     board: Arc<Board>,
     guard: Arc<LiveGuard>,
-) -> Result<Arc<Observed>, AuditError> {
-    let node_name = cfg.node_name.clone().ok_or(AuditError::NoNodeName)?;
+) -> Result<Arc<Observed>, StartError> {
+    let node_name = cfg.node_name.clone().ok_or(StartError::NoNodeName)?;
     board.step("IMDS identity");
     let imds = Imds::new(calls.clone());
     let id = imds.identity().await?;
@@ -148,7 +122,7 @@ pub async fn start(
 
 impl Observed {
     /// IMDS's ENIs joined with one DescribeNetworkInterfaces.
-    async fn refresh_enis(&self) -> Result<(), AuditError> {
+    async fn refresh_enis(&self) -> Result<(), StartError> {
         let seen = self.imds.enis().await?;
         let described: Vec<EniInfo> =
             self.ec2.describe_enis(&seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
@@ -166,7 +140,7 @@ impl Observed {
     }
 
     /// Re-reads aws-node's checkpoint if it changed; true when it did.
-    fn read_checkpoint(&self) -> Result<bool, AuditError> {
+    fn read_checkpoint(&self) -> Result<bool, StartError> {
         let path = self.cfg.backing_store.clone();
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if lock(&self.checkpoint).1 == modified && modified.is_some() {
@@ -174,7 +148,7 @@ impl Observed {
         }
         let read = Checkpoint::new(&path)
             .read()
-            .map_err(|source| AuditError::Checkpoint { path: path.clone(), source })?;
+            .map_err(|source| StartError::Checkpoint { path: path.clone(), source })?;
         let pods = read
             .map(|cp| {
                 cp.allocations
@@ -202,32 +176,17 @@ impl Observed {
         };
         let pods =
             lock(&self.checkpoint).0.iter().map(|p| PodAddress { eni: owner(p.ip), ..p.clone() }).collect();
-        let facts = enis
-            .into_values()
-            .map(|(e, _)| EniFact {
-                link: links.get(&e.mac.to_ascii_lowercase()).cloned(),
-                excluded: exclusion(&flags(&e), self.cfg.custom_networking).map(|x| x.to_string()),
-                id: e.id,
-                security_groups: e.security_groups,
-            })
-            .collect();
-        let (expected_groups, basis) = match lock(&self.eni_config_groups).clone() {
-            Some((name, groups)) if !groups.is_empty() => {
-                (groups, format!("ENIConfig `{name}` (custom networking)"))
-            }
-            Some((name, _)) => (
-                self.primary_security_groups.clone(),
-                format!("ENIConfig `{name}` names no groups: the primary ENI's (custom networking)"),
-            ),
-            None if self.cfg.custom_networking => (
-                self.primary_security_groups.clone(),
-                "no readable ENIConfig: the primary ENI's groups (custom networking)".to_owned(),
-            ),
-            None => (
-                self.primary_security_groups.clone(),
-                "the primary ENI's groups (no custom networking)".to_owned(),
-            ),
-        };
+        let facts = super::guard_feed::eni_facts(
+            enis.into_values().map(|(e, _)| e),
+            &links,
+            self.cfg.custom_networking,
+        );
+        let eni_config = lock(&self.eni_config_groups).clone();
+        let (expected_groups, basis) = derive::expected_groups(
+            self.cfg.custom_networking,
+            eni_config.as_ref().map(|(name, groups)| (name.as_str(), groups.as_slice())),
+            &self.primary_security_groups,
+        );
         Ok(Inputs {
             // Beside aws-node the guard reports; it never drops.
             mode: Mode::Monitor,
@@ -241,31 +200,11 @@ impl Observed {
     }
 
     async fn apply(&self, ticket: u64) {
-        match self.inputs().await {
-            Ok(i) => {
-                let derived = derive(&i);
-                for f in &derived.findings {
-                    if !self.guard.findings().contains(f) {
-                        log::warn!(
-                            "finding: pod {}/{} has {} on {} ({}): aws-node handed out an address no pod may have",
-                            f.namespace,
-                            f.pod,
-                            f.ip,
-                            f.eni,
-                            f.reason
-                        );
-                    }
-                }
-                if let Err(e) = self.guard.apply(ticket, derived).await {
-                    log::error!("guard: {e}");
-                }
-            }
-            Err(e) => log::warn!("guard: reading the node's links: {e}"),
-        }
+        super::guard_feed::apply_inputs(&self.guard, ticket, self.inputs().await).await;
     }
 
     /// Whether the ENIs IMDS lists (ids and addresses) differ from what was last described.
-    async fn imds_changed(&self) -> Result<bool, AuditError> {
+    async fn imds_changed(&self) -> Result<bool, StartError> {
         let seen = self.imds.enis().await?;
         let enis = lock(&self.enis);
         Ok(seen.len() != enis.len()
@@ -283,20 +222,13 @@ impl Observed {
 
 /// Follows the checkpoint, IMDS, the security groups and the links until dropped.
 pub async fn run(observed: Arc<Observed>) {
-    let mut links = LinkWatch::new().ok();
+    let mut links = super::guard_feed::LinkEvents::new();
     let mut last_imds = tokio::time::Instant::now();
     let mut last_groups = tokio::time::Instant::now();
     loop {
-        let link_event = async {
-            match links.as_mut() {
-                Some(w) => w.next().await.map(|_| ()),
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             ticket = observed.guard.requested() => observed.apply(ticket).await,
-            _ = link_event => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            () = links.settled() => {
                 observed.guard.request();
             }
             () = tokio::time::sleep(CHECKPOINT_POLL) => {

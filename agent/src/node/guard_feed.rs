@@ -4,7 +4,7 @@
 //! ([`crate::guard::derive`]) and applied. Requests made while an apply runs are covered by the
 //! next one; a resync runs every [`RESYNC_INTERVAL`] whatever happens.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
     config::GuardMode,
@@ -17,7 +17,10 @@ use crate::{
     net::{eni::NetError, links::LinkWatch},
 };
 
-use super::{startup::flags, state::Shared};
+use super::{
+    startup::flags,
+    state::{KnownEni, Shared},
+};
 
 /// A safety net: the state is derived and applied at least this often.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -44,35 +47,14 @@ pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
         })
         .await;
     let links = node.clients.net.links_by_mac().await?;
-    let custom_networking = node.cfg.custom_networking;
-    let enis = node
-        .enis()
-        .into_values()
-        .map(|e| EniFact {
-            link: links.get(&e.mac.to_ascii_lowercase()).cloned(),
-            excluded: exclusion(&flags(&e), custom_networking).map(|x| x.to_string()),
-            id: e.id,
-            security_groups: e.security_groups,
-        })
-        .collect();
-    let (expected_groups, basis) = match (node.cfg.custom_networking, node.eni_config()) {
-        (true, Some(c)) if !c.security_groups.is_empty() => {
-            (c.security_groups, format!("ENIConfig `{}` (custom networking)", c.name))
-        }
-        (true, Some(c)) => (
-            node.primary_security_groups.clone(),
-            format!("ENIConfig `{}` names no groups: the primary ENI's (custom networking)", c.name),
-        ),
-        (true, None) => (
-            node.primary_security_groups.clone(),
-            "no ENIConfig read yet: the primary ENI's groups (custom networking)".to_owned(),
-        ),
-        (false, _) => (
-            node.primary_security_groups.clone(),
-            "the primary ENI's groups (no custom networking)".to_owned(),
-        ),
-    };
-    let mut pod_modes = std::collections::BTreeMap::new();
+    let enis = eni_facts(node.enis().into_values(), &links, node.cfg.custom_networking);
+    let eni_config = node.eni_config();
+    let (expected_groups, basis) = derive::expected_groups(
+        node.cfg.custom_networking,
+        eni_config.as_ref().map(|c| (c.name.as_str(), c.security_groups.as_slice())),
+        &node.primary_security_groups,
+    );
+    let mut pod_modes = BTreeMap::new();
     for ((namespace, name), p) in node.pods() {
         let Some(value) = p.guard_mode else { continue };
         match derive::pod_mode(&value) {
@@ -93,6 +75,22 @@ pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
     })
 }
 
+/// Truth's raw material: each ENI with the link that has its MAC (if any yet) and, for an ENI
+/// that never serves ordinary pods, why.
+pub fn eni_facts(
+    enis: impl Iterator<Item = KnownEni>,
+    links: &BTreeMap<String, String>,
+    custom_networking: bool,
+) -> Vec<EniFact> {
+    enis.map(|e| EniFact {
+        link: links.get(&e.mac.to_ascii_lowercase()).cloned(),
+        excluded: exclusion(&flags(&e), custom_networking).map(|x| x.to_string()),
+        id: e.id,
+        security_groups: e.security_groups,
+    })
+    .collect()
+}
+
 fn node_mode(mode: GuardMode) -> Mode {
     match mode {
         GuardMode::Enforce => Mode::Enforce,
@@ -102,7 +100,13 @@ fn node_mode(mode: GuardMode) -> Mode {
 
 /// Derives and applies once, covering `ticket`.
 pub async fn apply(node: &Shared, live: &LiveGuard, ticket: u64) {
-    let derived = match inputs(node).await {
+    apply_inputs(live, ticket, inputs(node).await).await;
+}
+
+/// Derives from `inputs` and applies, covering `ticket`; a finding is logged once, when it
+/// appears. Shared with audit mode.
+pub async fn apply_inputs(live: &LiveGuard, ticket: u64, inputs: Result<Inputs, NetError>) {
+    let derived = match inputs {
         Ok(i) => derive(&i),
         Err(e) => {
             log::warn!("guard: reading the node's links: {e}");
@@ -115,7 +119,7 @@ pub async fn apply(node: &Shared, live: &LiveGuard, ticket: u64) {
         Ok(()) => {
             for f in findings.iter().filter(|f| !before.contains(f)) {
                 log::warn!(
-                    "guard: pod {}/{} has {} on {} ({}): its packets are judged against the groups it should carry",
+                    "finding: pod {}/{} has {} on {} ({}): no pod may be given that address; its packets are judged against the groups it should carry",
                     f.namespace,
                     f.pod,
                     f.ip,
@@ -128,29 +132,48 @@ pub async fn apply(node: &Shared, live: &LiveGuard, ticket: u64) {
     }
 }
 
-/// Applies on every request, on link events and every [`RESYNC_INTERVAL`], until dropped.
-pub async fn run(node: Arc<Shared>, live: Arc<LiveGuard>) {
-    let mut links = match LinkWatch::new() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            log::error!("guard: no link notifications ({e}); interfaces are picked up at each resync");
-            None
-        }
-    };
-    loop {
-        let link_event = async {
-            match links.as_mut() {
-                Some(w) => w.next().await.map(|_| ()),
-                None => std::future::pending().await,
+/// Link notifications for the guard (a veth or ENI link appearing or going); without them,
+/// interfaces are picked up at each resync.
+pub struct LinkEvents(Option<LinkWatch>);
+
+impl LinkEvents {
+    pub fn new() -> Self {
+        match LinkWatch::new() {
+            Ok(w) => Self(Some(w)),
+            Err(e) => {
+                log::error!("guard: no link notifications ({e}); interfaces are picked up at each resync");
+                Self(None)
             }
-        };
-        tokio::select! {
-            ticket = live.requested() => apply(&node, &live, ticket).await,
-            event = link_event => {
-                if let Err(e) = event {
+        }
+    }
+
+    /// Returns once a burst of link events has come and settled.
+    pub async fn settled(&mut self) {
+        match self.0.as_mut() {
+            Some(w) => {
+                if let Err(e) = w.next().await {
                     log::warn!("guard: link notifications: {e}");
                 }
                 tokio::time::sleep(LINK_SETTLE).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Default for LinkEvents {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Applies on every request, on link events and every [`RESYNC_INTERVAL`], until dropped.
+pub async fn run(node: Arc<Shared>, live: Arc<LiveGuard>) {
+    let mut links = LinkEvents::new();
+    loop {
+        tokio::select! {
+            ticket = live.requested() => apply(&node, &live, ticket).await,
+            () = links.settled() => {
                 live.request();
             }
             () = tokio::time::sleep(RESYNC_INTERVAL) => {

@@ -49,7 +49,12 @@ async fn pool_and_reconcile(shared: Arc<Shared>) {
         let quiet = state.last_action.is_none_or(|t| t.elapsed() >= reconcile::RECONCILE_INTERVAL);
         if awaiting_trunk || (quiet && last_reconcile.elapsed() >= reconcile::RECONCILE_INTERVAL) {
             last_reconcile = Instant::now();
-            if let Err(e) = reconcile::reconcile(&shared).await {
+            let result = reconcile::reconcile(&shared).await;
+            let label = crate::observe::agent::ResultLabel {
+                result: if result.is_ok() { "ok" } else { "error" }.into(),
+            };
+            shared.metrics.reconciles.get_or_create(&label).inc();
+            if let Err(e) = result {
                 log::warn!("reconcile: {e}");
             }
         }

@@ -159,8 +159,30 @@ async fn bad_placement(shared: &Shared, e: &Ec2Error) {
 }
 
 pub async fn update_gauges(shared: &Shared) {
-    let stats = shared.owner.with(|ipam| ipam.datastore.stats(now())).await;
+    let (stats, enis) = shared
+        .owner
+        .with(|ipam| {
+            let at = now();
+            (ipam.datastore.stats(at), ipam.datastore.enis(at))
+        })
+        .await;
     let m = &shared.metrics;
+    let known = shared.enis();
+    m.eni_addresses.clear();
+    for e in enis.iter().filter(|e| e.excluded.is_none()) {
+        let subnet = known.get(&e.id).map(|k| k.subnet_id.clone()).unwrap_or_default();
+        let size = if shared.cfg.prefix_delegation { 16 } else { 1 };
+        for (state, n) in
+            [("total", e.cidrs * size), ("assigned", e.assigned), ("cooling", e.cooling), ("cidrs", e.cidrs)]
+        {
+            let labels = crate::observe::agent::EniStateLabels {
+                eni: e.id.clone(),
+                subnet: subnet.clone(),
+                state: state.into(),
+            };
+            m.eni_addresses.get_or_create(&labels).set(i64::from(n));
+        }
+    }
     m.enis.set(i64::from(stats.enis));
     for (state, n) in [("total", stats.total), ("assigned", stats.assigned), ("cooling", stats.cooling)] {
         m.addresses

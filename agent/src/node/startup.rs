@@ -62,6 +62,9 @@ pub enum StartError {
     NoLimits(String),
     #[error("ENI journal: {0}")]
     Journal(String),
+    /// Audit mode: aws-node's checkpoint is unreadable or invalid.
+    #[error("aws-node's checkpoint {path}: {source}")]
+    Checkpoint { path: std::path::PathBuf, source: crate::ipam::checkpoint::CheckpointError },
 }
 
 /// What the sequence is given.

@@ -25,6 +25,18 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EniStateLabels {
+    pub eni: String,
+    pub subnet: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub instance_type: String,
 }
@@ -41,6 +53,10 @@ pub struct Metrics {
     pub ip_max: Gauge,
     pub enis: Gauge,
     pub addresses: Family<StateLabel, Gauge>,
+    /// Per pool ENI (and its subnet): addresses total, assigned, cooling; CIDRs (/32s or /28s).
+    pub eni_addresses: Family<EniStateLabels, Gauge>,
+    pub startup_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub reconciles: Family<ResultLabel, Counter>,
     /// Addresses on excluded ENIs (trunk, EFA, ...): held, reported, never handed out.
     pub excluded_addresses: Family<FindingLabels, Gauge>,
     pub sgp_refused: Family<TypeLabel, Gauge>,
@@ -71,6 +87,22 @@ impl Metrics {
             "ipam_addresses",
             "Pool addresses by state (total, assigned, cooling)",
             self.addresses.clone(),
+        );
+        r.register(
+            "ipam_eni_addresses",
+            "Per pool ENI and its subnet: addresses by state (total, assigned, cooling) and its CIDRs (state cidrs: /32s, or /28 prefixes with prefix delegation)",
+            self.eni_addresses.clone(),
+        );
+        r.register_with_unit(
+            "startup_duration",
+            "From the process start to the end of the startup sequence",
+            prometheus_client::registry::Unit::Seconds,
+            self.startup_seconds.clone(),
+        );
+        r.register(
+            "reconciles",
+            "Reconcile passes (IMDS against the datastore) by result (ok, error)",
+            self.reconciles.clone(),
         );
         r.register(
             "ipam_excluded_addresses",

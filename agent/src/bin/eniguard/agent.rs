@@ -2,7 +2,10 @@
 //! first moment, runs the startup sequence, then the loops until SIGTERM (which leaves every ENI
 //! and address in place for the next agent to adopt).
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::{Context as _, Result};
 use eniguard::{
@@ -46,7 +49,10 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     if !cfg.disable_introspection {
         let listener = server::bind(&cfg.introspection_bind_address).await?;
         log::info!("health and introspection on {}", listener.local_addr()?);
-        tokio::spawn(server::serve(listener, introspection(board.clone(), shared.clone(), guard.clone())));
+        tokio::spawn(server::serve(
+            listener,
+            introspection(board.clone(), shared.clone(), guard.clone(), cfg.entries()),
+        ));
     }
     if !cfg.disable_metrics {
         let mut registry = metrics.registry(&calls);
@@ -68,11 +74,13 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
         guard: guard.clone(),
         cfg,
     };
+    let began = std::time::Instant::now();
     let started = tokio::select! {
         s = startup::start(inputs) => s?,
         _ = term.recv() => return stopped("during startup"),
         _ = int.recv() => return stopped("during startup"),
     };
+    metrics.startup_seconds.set(began.elapsed().as_secs_f64());
     let _ = shared.set(started.clone());
     let tasks = node::run(started.clone());
     // Ready once the pool holds an address (a node without one cannot start a pod).
@@ -186,6 +194,7 @@ fn introspection(
     board: Arc<Board>,
     shared: Arc<OnceLock<Arc<Shared>>>,
     guard: Option<Arc<LiveGuard>>,
+    env_settings: Vec<(&'static str, String)>,
 ) -> impl Fn(&str) -> Reply + Send + Sync + 'static {
     move |path| {
         let status = board.get();
@@ -208,13 +217,22 @@ fn introspection(
                 None => Reply::text(503, format!("starting: {}\n", status.step)),
             },
             "/v1/pods" => match shared.get() {
-                Some(s) => Reply::json(&pods(s)),
+                Some(s) => Reply::json(&pods(s, guard.as_deref())),
                 None => Reply::text(503, format!("starting: {}\n", status.step)),
             },
+            "/v1/eni-configs" => match shared.get() {
+                Some(s) => Reply::json(&eni_configs(s)),
+                None => Reply::text(503, format!("starting: {}\n", status.step)),
+            },
+            // Upstream's: every variable with the value in effect.
+            "/v1/ipamd-env-settings" => Reply::json(&json!(env_settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect::<serde_json::Map<_, _>>())),
             "/v1/events" => Reply::json(&json!(guard.as_ref().map(|g| g.recent()).unwrap_or_default())),
             "/v1/guard" => Reply::json(&guard_state(guard.as_deref())),
             "/" => {
-                Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n/v1/pods\n/v1/guard\n/v1/events\n")
+                Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n/v1/eni-configs\n/v1/ipamd-env-settings\n/v1/pods\n/v1/guard\n/v1/events\n")
             }
             _ => Reply::text(404, "not found\n"),
         }
@@ -237,16 +255,53 @@ fn enis(shared: &Shared) -> serde_json::Value {
     json!({"instanceId": shared.id.instance_id, "instanceType": shared.id.instance_type, "enis": list})
 }
 
-fn pods(shared: &Shared) -> serde_json::Value {
+/// The node's pods, each with what the guard holds for it: address, ENI, VLAN, expected and
+/// actual groups, verdict counts.
+fn pods(shared: &Shared, guard: Option<&LiveGuard>) -> serde_json::Value {
+    let judged = guard_state(guard);
+    let actual: BTreeMap<&str, &serde_json::Value> = judged["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i["eni"].as_str()?, &i["securityGroups"])))
+        .collect();
     let list: Vec<serde_json::Value> = shared
         .pods()
         .values()
         .map(|p| {
+            let addresses: Vec<serde_json::Value> = judged["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|g| g["namespace"] == p.namespace.as_str() && g["name"] == p.name.as_str())
+                .map(|g| {
+                    json!({
+                        "ip": g["ip"], "eni": g["expectEni"], "vlan": g["expectVlan"],
+                        "expectedSecurityGroups": g["expectSecurityGroups"],
+                        "actualSecurityGroups": g["expectEni"].as_str().and_then(|e| actual.get(e)),
+                        "mode": g["mode"], "verdicts": g["verdicts"],
+                    })
+                })
+                .collect();
             json!({
                 "namespace": p.namespace, "name": p.name, "uid": p.uid, "ip": p.ip,
                 "hostNetwork": p.host_network, "wantsBranchEni": p.wants_branch, "podEni": p.pod_eni,
+                "guardModeAnnotation": p.guard_mode, "guard": addresses,
             })
         })
         .collect();
     json!({"node": shared.node().name, "pods": list})
+}
+
+/// Upstream's `/v1/eni-configs`: the node's ENIConfig as the agent uses it.
+fn eni_configs(shared: &Shared) -> serde_json::Value {
+    let name = shared.eni_config_name();
+    json!({
+        "customNetworking": shared.cfg.custom_networking,
+        "name": name.name,
+        "source": format!("{:?}", name.source),
+        "eniConfig": shared.eni_config().map(|c| json!({
+            "name": c.name, "subnet": c.subnet, "securityGroups": c.security_groups,
+        })),
+    })
 }
