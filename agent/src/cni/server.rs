@@ -204,7 +204,7 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
         return Ok(None);
     }
     let who = format!("{}/{}", r.pod_namespace, r.pod_name);
-    let annotation = pod.pod_eni.ok_or_else(|| {
+    let annotation = pod.pod_eni.clone().ok_or_else(|| {
         pending(format!("{who} asks for a branch ENI and the Resource Controller has not annotated it (vpc.amazonaws.com/pod-eni) yet"))
     })?;
     let eni = crate::kube::pod_eni::parse(&annotation)
@@ -221,6 +221,7 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
         .ok_or_else(|| {
             pending(format!("the trunk {} ({}) has no link on this node yet", trunk.id, trunk.mac))
         })?;
+    guard_branch(node, pod, &eni.eni_id).await?;
     let mut reply = add_reply(node, eni.ip, eni.eni_id.clone(), 0);
     reply.route_table = Some(u32::from(eni.vlan_id) + 100);
     let gateway = eni.gateway().to_string();
@@ -237,6 +238,34 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
         .into(),
     });
     Ok(Some(reply))
+}
+
+/// The branch pod's intent into the guard before the reply: the pod as just read (its
+/// annotation), its namespace's SecurityGroupPolicies (intent) and its branch ENI's groups from
+/// EC2 (truth, described once per branch ENI). With the guard off, nothing.
+async fn guard_branch(node: &Shared, pod: crate::kube::client::PodInfo, eni: &str) -> Result<(), ApiError> {
+    if node.guard.is_none() {
+        return Ok(());
+    }
+    let ns = pod.namespace.clone();
+    match node.clients.kube.security_group_policies(&ns).await {
+        Ok(list) => node.set_policies(&ns, list),
+        // The policies last read still hold; the next ADD in this namespace reads them again.
+        Err(e) => log::warn!("guard: {e}"),
+    }
+    if !node.branch_groups().contains_key(eni) {
+        match node.clients.ec2.describe_enis(&[eni.to_owned()]).await {
+            Ok(described) => {
+                for d in described {
+                    node.set_branch_groups(&d.id, d.security_groups);
+                }
+            }
+            // Judged as `unknown_interface` until the security-group audit describes it.
+            Err(e) => log::warn!("guard: describing branch ENI {eni}: {e}"),
+        }
+    }
+    node.put_pod(pod);
+    node.guard_sync().await.map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
 }
 
 /// What the plugin needs to plumb `ip` of `eni`.

@@ -21,6 +21,23 @@ use serde::Serialize;
 use super::spec::{Expect, Interface, Mode, Pod, ValidPod, ValidSpec};
 use crate::net::names::host_veth_name;
 
+/// A branch-ENI pod (security groups for pods): its address is its branch ENI's, reached through
+/// VLAN `vlan` on the trunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchPod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub eni: String,
+    pub vlan: u16,
+    /// What its SecurityGroupPolicies say (intent).
+    pub expected_groups: Vec<String>,
+    /// The policies that say so, in words.
+    pub basis: String,
+    /// What EC2 reports for the branch ENI (truth); None until described.
+    pub actual_groups: Option<Vec<String>>,
+}
+
 /// The pod annotation that sets the guard's mode for one pod.
 pub const POD_MODE_ANNOTATION: &str = "eniguard.io/guard-mode";
 
@@ -83,6 +100,11 @@ pub struct Inputs {
     pub pod_modes: BTreeMap<(String, String), PodMode>,
     /// Where `expected_groups` come from, in words (for `eniguard explain`).
     pub basis: String,
+    /// Branch-ENI pods, their VLANs on the trunk link (`trunk_link`).
+    pub branches: Vec<BranchPod>,
+    pub trunk_link: Option<String>,
+    /// The host veth prefix of branch pods: `vlan` in strict mode, the veth prefix in standard.
+    pub branch_veth_prefix: String,
 }
 
 /// A pod whose address is where no pod's address may be.
@@ -103,6 +125,8 @@ pub struct Derived {
     pub findings: Vec<Finding>,
     /// Where ordinary pods' expected groups come from, in words.
     pub basis: String,
+    /// Per branch-ENI pod, where its expected groups come from.
+    pub branch_basis: BTreeMap<(String, String), String>,
 }
 
 /// The groups ordinary pods must carry and where they come from, in words: the ENIConfig's
@@ -131,7 +155,7 @@ pub fn expected_groups(
 /// Intent and truth for the node (see the module docs).
 pub fn derive(inputs: &Inputs) -> Derived {
     let enis: BTreeMap<&str, &EniFact> = inputs.enis.iter().map(|e| (e.id.as_str(), e)).collect();
-    let interfaces = inputs
+    let mut interfaces: Vec<Interface> = inputs
         .enis
         .iter()
         .filter_map(|e| {
@@ -175,6 +199,39 @@ pub fn derive(inputs: &Inputs) -> Derived {
         };
         out.push(ValidPod { pod, ip: p.ip });
     }
+    let mut branch_basis = BTreeMap::new();
+    for b in &inputs.branches {
+        let key = (b.namespace.clone(), b.name.clone());
+        let mode = match inputs.pod_modes.get(&key) {
+            Some(PodMode::Off) => continue,
+            Some(PodMode::Set(m)) => Some(*m),
+            None => None,
+        };
+        // Truth: the trunk's frames tagged with the VLAN, and the VLAN's sub-interface, are the
+        // branch ENI with the groups EC2 reports (no truth until it has: `unknown_interface`).
+        if let Some(actual) = &b.actual_groups {
+            let links = inputs.trunk_link.iter().cloned().chain([format!("vlan.eth.{}", b.vlan)]);
+            for name in links {
+                interfaces.push(Interface {
+                    name,
+                    eni: b.eni.clone(),
+                    vlan: b.vlan,
+                    security_groups: sorted(actual),
+                });
+            }
+        }
+        let pod = Pod {
+            namespace: b.namespace.clone(),
+            name: b.name.clone(),
+            ip: b.ip.to_string(),
+            host_interface: host_veth_name(&inputs.branch_veth_prefix, &b.namespace, &b.name),
+            expect: Expect { eni: b.eni.clone(), vlan: b.vlan, security_groups: sorted(&b.expected_groups) },
+            mode,
+        };
+        out.retain(|p| p.ip != b.ip);
+        out.push(ValidPod { pod, ip: b.ip });
+        branch_basis.insert(key, b.basis.clone());
+    }
     Derived {
         spec: ValidSpec {
             mode: inputs.mode,
@@ -184,6 +241,7 @@ pub fn derive(inputs: &Inputs) -> Derived {
         },
         findings,
         basis: inputs.basis.clone(),
+        branch_basis,
     }
 }
 
@@ -233,6 +291,9 @@ mod tests {
             veth_prefix: "eni".into(),
             pod_modes: BTreeMap::new(),
             basis: "test".into(),
+            branches: Vec::new(),
+            trunk_link: Some("eth2".into()),
+            branch_veth_prefix: "vlan".into(),
         }
     }
 
@@ -287,6 +348,42 @@ mod tests {
         assert!(
             e.contains(POD_MODE_ANNOTATION) && e.contains("`drop`") && e.contains("off, monitor or enforce")
         );
+    }
+
+    #[test]
+    fn a_branch_pod_must_leave_tagged_through_the_trunk_with_its_policy_groups() {
+        let mut i = inputs();
+        i.branches.push(BranchPod {
+            namespace: "shop".into(),
+            name: "db".into(),
+            ip: "10.0.3.7".parse().unwrap(),
+            eni: "eni-b5".into(),
+            vlan: 5,
+            expected_groups: vec!["sg-b0".into()],
+            basis: "SecurityGroupPolicy `db`".into(),
+            actual_groups: Some(vec!["sg-b0".into()]),
+        });
+        let d = derive(&i);
+        let branch: Vec<_> = d
+            .spec
+            .interfaces
+            .iter()
+            .filter(|f| f.eni == "eni-b5")
+            .map(|f| (f.name.as_str(), f.vlan, f.security_groups.clone()))
+            .collect();
+        assert_eq!(
+            branch,
+            [("eth2", 5, vec!["sg-b0".to_owned()]), ("vlan.eth.5", 5, vec!["sg-b0".to_owned()])]
+        );
+        let pod = d.spec.pods.iter().find(|p| p.pod.name == "db").unwrap();
+        assert_eq!((pod.pod.expect.eni.as_str(), pod.pod.expect.vlan), ("eni-b5", 5));
+        assert_eq!(pod.pod.host_interface, host_veth_name("vlan", "shop", "db"));
+        assert_eq!(d.branch_basis[&("shop".to_owned(), "db".to_owned())], "SecurityGroupPolicy `db`");
+        // Not described yet: intent, but no truth for its VLAN.
+        i.branches[0].actual_groups = None;
+        let d = derive(&i);
+        assert!(d.spec.interfaces.iter().all(|f| f.eni != "eni-b5"));
+        assert!(d.spec.pods.iter().any(|p| p.pod.name == "db"));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct PodInfo {
     pub pod_eni: Option<String>,
     /// `eniguard.io/guard-mode` (off, monitor, enforce), as written.
     pub guard_mode: Option<String>,
+    /// The pod's labels (SecurityGroupPolicy pod selectors match them).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl PodInfo {
@@ -75,6 +77,7 @@ impl PodInfo {
             wants_branch,
             pod_eni: annotation("vpc.amazonaws.com/pod-eni"),
             guard_mode: annotation(crate::guard::derive::POD_MODE_ANNOTATION),
+            labels: p.metadata.labels.clone().unwrap_or_default(),
         }
     }
 }
@@ -180,6 +183,26 @@ impl Kube {
             }
         }
         Err(KubeError::Conflicts(node.to_owned()))
+    }
+
+    /// The SecurityGroupPolicies of `namespace`; one that does not parse is logged and skipped.
+    pub async fn security_group_policies(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<crate::kube::sgp::SecurityGroupPolicy>, KubeError> {
+        let ar = gvk("vpcresources.k8s.aws", "v1beta1", "SecurityGroupPolicy", "securitygrouppolicies");
+        let list = Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &ar)
+            .list(&Default::default())
+            .await
+            .map_err(|e| api_err(format!("SecurityGroupPolicies in {namespace}"), e))?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|o| {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                crate::kube::sgp::parse(&name, &o.data).inspect_err(|e| log::warn!("{e}")).ok()
+            })
+            .collect())
     }
 
     /// One pod, read from the API server (the CNI ADD of a possible branch-ENI pod: the watch

@@ -7,3 +7,4 @@ pub mod cninode;
 pub mod eniconfig;
 #[cfg(feature = "control-plane")]
 pub mod pod_eni;
+pub mod sgp;

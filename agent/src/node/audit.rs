@@ -75,13 +75,16 @@ pub async fn security_groups(shared: &Shared) {
 
 /// Asks EC2 for the groups of every known ENI (one call) and audits them.
 pub async fn refresh_security_groups(shared: &Shared) {
-    let ids: Vec<String> = shared.enis().keys().cloned().collect();
+    let branches = shared.branch_groups();
+    let ids: Vec<String> = shared.enis().keys().chain(branches.keys()).cloned().collect();
     match shared.clients.ec2.describe_enis(&ids).await {
         Ok(described) => {
             for d in described {
                 if let Some(mut k) = shared.eni(&d.id) {
                     k.security_groups = d.security_groups;
                     shared.put_eni(k);
+                } else if branches.contains_key(&d.id) {
+                    shared.set_branch_groups(&d.id, d.security_groups);
                 }
             }
             security_groups(shared).await;

@@ -196,6 +196,10 @@ impl Observed {
             veth_prefix: self.cfg.veth_prefix.clone(),
             pod_modes: BTreeMap::new(),
             basis,
+            // Branch-ENI pods beside aws-node: not judged yet (README).
+            branches: Vec::new(),
+            trunk_link: None,
+            branch_veth_prefix: "vlan".into(),
         })
     }
 

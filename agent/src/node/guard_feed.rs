@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use crate::{
     config::GuardMode,
     guard::{
-        derive::{self, derive, EniFact, Inputs, PodAddress},
+        derive::{self, derive, BranchPod, EniFact, Inputs, PodAddress},
         live::LiveGuard,
         spec::Mode,
     },
@@ -64,7 +64,15 @@ pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
             Err(e) => log::warn!("pod {namespace}/{name}: {e}; the node's mode applies"),
         }
     }
+    let trunk_link = node.trunk().and_then(|t| links.get(&t.mac.to_ascii_lowercase()).cloned());
+    let branch_veth_prefix = match node.cfg.pod_sg_enforcing_mode {
+        crate::config::EnforcingMode::Strict => "vlan".to_owned(),
+        crate::config::EnforcingMode::Standard => node.cfg.veth_prefix.clone(),
+    };
     Ok(Inputs {
+        branches: if node.cfg.pod_eni { branch_pods(node) } else { Vec::new() },
+        trunk_link,
+        branch_veth_prefix,
         mode: node_mode(node.cfg.guard_mode),
         enis,
         pods,
@@ -73,6 +81,43 @@ pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
         pod_modes,
         basis,
     })
+}
+
+/// The node's branch-ENI pods, from their annotations (the Resource Controller's), their
+/// namespaces' SecurityGroupPolicies and their branch ENIs' groups as EC2 reported them.
+fn branch_pods(node: &Shared) -> Vec<BranchPod> {
+    let (groups, policies) = (node.branch_groups(), node.policies());
+    node.pods()
+        .into_values()
+        .filter(|p| p.wants_branch && !p.host_network)
+        .filter_map(|p| {
+            let eni = crate::kube::pod_eni::parse(p.pod_eni.as_deref()?)
+                .inspect_err(|e| log::warn!("pod {}/{}: {e}", p.namespace, p.name))
+                .ok()?;
+            let (expected, names) = policies
+                .get(&p.namespace)
+                .map(|list| crate::kube::sgp::groups_for(list, &p.labels))
+                .unwrap_or_default();
+            let basis = if names.is_empty() {
+                "no SecurityGroupPolicy selects it (by its labels)".to_owned()
+            } else {
+                format!(
+                    "SecurityGroupPolicy {}",
+                    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                )
+            };
+            Some(BranchPod {
+                ip: eni.ip,
+                vlan: eni.vlan_id,
+                actual_groups: groups.get(&eni.eni_id).cloned(),
+                eni: eni.eni_id,
+                expected_groups: expected,
+                basis,
+                namespace: p.namespace,
+                name: p.name,
+            })
+        })
+        .collect()
 }
 
 /// Truth's raw material: each ENI with the link that has its MAC (if any yet) and, for an ENI

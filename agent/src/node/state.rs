@@ -106,6 +106,10 @@ pub struct Changing {
     pods: Mutex<BTreeMap<(String, String), PodInfo>>,
     /// Whether the pod watch has delivered its first full list.
     pods_synced: std::sync::atomic::AtomicBool,
+    /// Branch ENIs' groups as EC2 last reported them (the guard's truth for branch pods).
+    branch_groups: Mutex<BTreeMap<String, Vec<String>>>,
+    /// SecurityGroupPolicies by namespace, as last read (the guard's intent for branch pods).
+    policies: Mutex<BTreeMap<String, Vec<crate::kube::sgp::SecurityGroupPolicy>>>,
 }
 
 impl Changing {
@@ -215,12 +219,27 @@ impl Shared {
     }
     pub fn put_pod(&self, pod: PodInfo) {
         let old = lock(&self.changing.pods).insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
-        if old.is_none_or(|o| o.guard_mode != pod.guard_mode) {
+        // Annotations and labels are intent (guard mode, branch ENI, policy selection).
+        if old.as_ref() != Some(&pod) {
             self.guard_changed();
         }
     }
     pub fn forget_pod(&self, pod: &PodInfo) {
         lock(&self.changing.pods).remove(&(pod.namespace.clone(), pod.name.clone()));
+        self.guard_changed();
+    }
+    pub fn branch_groups(&self) -> BTreeMap<String, Vec<String>> {
+        lock(&self.changing.branch_groups).clone()
+    }
+    pub fn set_branch_groups(&self, eni: &str, groups: Vec<String>) {
+        lock(&self.changing.branch_groups).insert(eni.to_owned(), groups);
+        self.guard_changed();
+    }
+    pub fn policies(&self) -> BTreeMap<String, Vec<crate::kube::sgp::SecurityGroupPolicy>> {
+        lock(&self.changing.policies).clone()
+    }
+    pub fn set_policies(&self, namespace: &str, policies: Vec<crate::kube::sgp::SecurityGroupPolicy>) {
+        lock(&self.changing.policies).insert(namespace.to_owned(), policies);
         self.guard_changed();
     }
     pub fn note_released(&self, cidrs: &[Cidr]) {

@@ -229,6 +229,7 @@ pub fn guard_state(guard: Option<&LiveGuard>) -> serde_json::Value {
                 "hostInterface": p.pod.host_interface, "expectEni": p.pod.expect.eni,
                 "expectVlan": p.pod.expect.vlan, "expectSecurityGroups": p.pod.expect.security_groups,
                 "mode": mode(p.pod.mode.unwrap_or(spec.mode)), "verdicts": v,
+                "basis": applied.branch_basis.get(&key).unwrap_or(&applied.basis),
             })
         }).collect::<Vec<_>>(),
         "findings": applied.findings,

@@ -12,7 +12,7 @@ use eniguard::net::names::host_veth_name;
 use eniguard_tests::{
     agent::{self, Agent},
     cni::{self, Sandbox},
-    netns::NetNs,
+    netns::{sh, NetNs},
     sim::{
         fabric::{Fabric, Verdict, INTERNET},
         kube_api,
@@ -793,6 +793,7 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
             serde_json::from_str(&topo.vpc.ip(&["-j", "-s", "link", "show", "dev", &vpc_vlan])?)?;
         let rx = stats[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or_default();
         ensure!(rx >= 2, "VLAN {vlan}: {rx} frames arrived tagged {vlan} at the VPC");
+        guard_judges_branch_pod(ctx, &topo, &pod_ns, vlan, ip, gw, strict)?;
         node_netlink(|h, net, b| {
             Box::pin(async move {
                 pod::teardown_branch(&h, b.vlan_id, Some(&net.host_veth)).await.map_err(Into::into)
@@ -804,6 +805,72 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
         ensure!(topo.node.link(&host_veth).is_err(), "VLAN {vlan}: {host_veth} left");
         println!("  VLAN {vlan} ({}): {ip} via {mac}", if strict { "strict" } else { "standard" });
     }
+    Ok(())
+}
+
+/// The guard with the spec the agent derives for this branch pod (`guard::derive`): tagged
+/// through the trunk and its `vlan.eth.<id>` as its branch ENI with its policy's groups. While
+/// EC2's truth for the branch matches, its pings are checked and pass; when the branch ENI's
+/// groups differ (drift), every one is `sg_mismatch`.
+fn guard_judges_branch_pod(
+    ctx: &Ctx,
+    topo: &eniguard_tests::topology::Topology,
+    pod_ns: &NetNs,
+    vlan: u16,
+    ip: Ipv4Addr,
+    gw: Ipv4Addr,
+    strict: bool,
+) -> Result<()> {
+    use eniguard::guard::{
+        attach::AttachMode,
+        datapath::{resolve_present, Capacity, Guard},
+        derive::{derive, BranchPod, Inputs},
+        pins::PinDir,
+    };
+    use eniguard_common::guard::{REASONS, REASON_SG_MISMATCH};
+    let inputs = |actual: &str| Inputs {
+        branches: vec![BranchPod {
+            namespace: "default".into(),
+            name: format!("branch{vlan}"),
+            ip,
+            eni: "eni-b0".into(),
+            vlan,
+            expected_groups: vec!["sg-b0".into()],
+            basis: "SecurityGroupPolicy `test`".into(),
+            actual_groups: Some(vec![actual.into()]),
+        }],
+        trunk_link: Some(eniguard_tests::topology::ETH2.name.into()),
+        branch_veth_prefix: if strict { "vlan" } else { "eni" }.into(),
+        veth_prefix: "eni".into(),
+        ..Inputs::default()
+    };
+    let pins = PinDir::new(ctx.pin_dir.join(format!("branch{vlan}")));
+    let spec = derive(&inputs("sg-b0")).spec;
+    let mut guard = eniguard_tests::netns::in_netns(&topo.node, move || {
+        let mut g = Guard::load(pins, AttachMode::Auto, Capacity::default())?;
+        g.apply(&resolve_present(spec))?;
+        Ok(g)
+    })?;
+    let ping = || pod_ns.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", &gw.to_string()]);
+    let violations = |g: &Guard| -> Result<[u64; REASONS]> { Ok(g.stats()?.node.violations) };
+    let checked = guard.stats()?.node.checked;
+    ping().with_context(|| format!("VLAN {vlan}: pings with the guard on"))?;
+    let stats = guard.stats()?;
+    ensure!(stats.node.checked >= checked + 3, "VLAN {vlan}: the branch pod's packets were not checked");
+    ensure!(violations(&guard)?.iter().sum::<u64>() == 0, "VLAN {vlan}: {:?}", violations(&guard)?);
+    // The branch ENI's groups changed in EC2: the next packets are sg_mismatch.
+    let spec = derive(&inputs("sg-0ff")).spec;
+    guard = eniguard_tests::netns::in_netns(&topo.node, move || {
+        guard.apply(&resolve_present(spec))?;
+        Ok(guard)
+    })?;
+    ping()?;
+    let v = violations(&guard)?;
+    ensure!(
+        v[REASON_SG_MISMATCH as usize] >= 3 && v.iter().sum::<u64>() == v[REASON_SG_MISMATCH as usize],
+        "VLAN {vlan}: {v:?}"
+    );
+    guard.shutdown(false)?;
     Ok(())
 }
 
@@ -894,6 +961,35 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
         node.agent().metric("eniguard_ipam_addresses{state=\"assigned\"}")? == 0.0,
         "a branch pod took a pool address"
     );
+    // The guard took its intent before the reply: its branch ENI, VLAN and the policy's groups,
+    // and the truth for that VLAN on the trunk from EC2; `eniguard explain` says so.
+    let guard: Value = serde_json::from_str(eniguard_tests::http::body(
+        &node.agent().get(agent::INTROSPECTION_PORT, "/v1/guard")?,
+    ))?;
+    let pods_sg = node.sim.security_groups["eks-pods"].clone();
+    let entry = guard["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "pay")
+        .with_context(|| format!("no guard entry for default/pay: {guard}"))?;
+    ensure!(
+        entry["ip"] == want["privateIp"]
+            && entry["expectEni"] == want["eniId"]
+            && entry["expectVlan"] == want["vlanId"]
+            && entry["expectSecurityGroups"] == serde_json::json!([pods_sg])
+            && entry["hostInterface"] == host_veth_name("vlan", "default", "pay").as_str(),
+        "guard entry {entry}"
+    );
+    let explain = sh(node.ns.cmd(eniguard_tests::eniguard_bin()).args(["explain", "default/pay"]))?;
+    for w in [
+        format!("on VLAN {}", want["vlanId"]),
+        "its branch ENI".to_owned(),
+        "SecurityGroupPolicy `payments`".to_owned(),
+        format!("carries [{pods_sg}]: as intended"),
+    ] {
+        ensure!(explain.contains(&w), "explain default/pay lacks `{w}`:\n{explain}");
+    }
     // The plugin: this kernel cannot make the VLAN; it says so and leaves nothing.
     let pod_ns = NetNs::create(&format!("{}-pay", node.prefix))?;
     let sandbox = Sandbox::new("paysandbox", "default", "pay", &pod_ns);

@@ -169,10 +169,13 @@ pub async fn explain(addr: &str, who: &str) -> Result<()> {
         println!("{who} {} ({} mode)", p["ip"].as_str().unwrap_or("?"), p["mode"].as_str().unwrap_or("?"));
         let vlan = p["expectVlan"].as_u64().unwrap_or(0);
         let via = if vlan > 0 { format!(" on VLAN {vlan}") } else { String::new() };
-        println!(
-            "  intent: leave through {eni}{via}, the ENI that holds its address, with {want}: {}",
-            g["basis"].as_str().unwrap_or("?")
-        );
+        let basis = p["basis"].as_str().or(g["basis"].as_str()).unwrap_or("?");
+        let whose = if vlan > 0 {
+            "its branch ENI, tagged through the trunk"
+        } else {
+            "the ENI that holds its address"
+        };
+        println!("  intent: leave through {eni}{via}, {whose}, with {want}: {basis}");
         for f in &findings {
             println!(
                 "  finding: its address {} is on {} ({}); no pod may be given it",
