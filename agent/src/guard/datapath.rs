@@ -173,9 +173,12 @@ fn resolve_with(spec: ValidSpec, strict: bool) -> Result<Resolved, GuardError> {
     Ok(Resolved { spec, ifindex: found, vlan_devices: vlan_devices() })
 }
 
-/// Names of 802.1Q devices in this network namespace (/proc/net is per namespace).
+/// Names of 802.1Q devices in this thread's network namespace (/proc/thread-self/net: a thread
+/// that entered another namespace with setns sees the process's in /proc/net).
 fn vlan_devices() -> BTreeSet<String> {
-    let text = std::fs::read_to_string("/proc/net/vlan/config").unwrap_or_default();
+    let text = std::fs::read_to_string("/proc/thread-self/net/vlan/config")
+        .or_else(|_| std::fs::read_to_string("/proc/net/vlan/config"))
+        .unwrap_or_default();
     text.lines()
         .filter(|l| l.contains('|') && !l.starts_with("VLAN Dev name"))
         .filter_map(|l| l.split('|').next().map(|n| n.trim().to_owned()))

@@ -150,7 +150,7 @@ fn plumb_eni(
 /// Upstream's plugin: veth `eni<hash>` (the pod's end named eth0), the pod's /32, link route to
 /// 169.254.1.1 and the default route via it, a permanent neighbour entry; on the host the route to
 /// the pod and rules 512 (to the pod → main) and 1536 (from the pod → the ENI's table).
-fn plumb_pod(
+pub(crate) fn plumb_pod(
     node_ns: &NetNs,
     prefix: &str,
     namespace: &str,

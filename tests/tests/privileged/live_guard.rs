@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, process::Command, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
-use eniguard::{ipam::checkpoint::Checkpoint, net::names::host_veth_name};
+use eniguard::ipam::checkpoint::Checkpoint;
 use eniguard_tests::{
     agent::{self, Agent, INTROSPECTION_PORT},
     netns::{sh, NetNs},
@@ -209,43 +209,9 @@ pub fn catches_the_pre_fix_pod_and_enforce_survives_restarts(ctx: &mut Ctx) -> R
     let World { sim, prefix, dir, .. } = &w;
     let mut agent = agent::start(sim, prefix, 0, dir, INCIDENT_ENV)?;
     let node_ns = NetNs::existing(&format!("{prefix}-node0"));
-    // The pod as upstream's plugin plumbed it: host veth eni<hash>, the /32, rules into the
-    // trunk's table (device index + 1).
-    let pod_ns = NetNs::create(&format!("{prefix}-victim"))?;
-    let host_veth = host_veth_name("eni", "shop", "payments-0");
-    node_ns.ip(&[
-        "link",
-        "add",
-        &host_veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod_ns.name(),
-    ])?;
-    node_ns.ip(&["link", "set", &host_veth, "up"])?;
-    let v = victim.to_string();
-    pod_ns.ip(&["addr", "add", &format!("{v}/32"), "dev", "eth0"])?;
-    pod_ns.ip(&["link", "set", "eth0", "up"])?;
-    pod_ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
-    pod_ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
-    let host_mac = node_ns.mac(&host_veth)?;
-    pod_ns.ip(&["neigh", "add", "169.254.1.1", "dev", "eth0", "lladdr", &host_mac, "nud", "permanent"])?;
-    node_ns.ip(&["route", "add", &format!("{v}/32"), "dev", &host_veth, "scope", "link"])?;
-    node_ns.ip(&["rule", "add", "to", &v, "lookup", "main", "priority", "512"])?;
-    node_ns.ip(&[
-        "rule",
-        "add",
-        "from",
-        &v,
-        "lookup",
-        &(trunk_device + 1).to_string(),
-        "priority",
-        "1536",
-    ])?;
-
+    // The pod as upstream's plugin plumbed it (the agent set up the trunk's table, device + 1).
+    let pod_ns =
+        crate::aws_node::plumb_pod(&node_ns, prefix, "shop", "payments-0", victim, trunk_device + 1)?.ns;
     let fabric = sim.fabric.as_deref().context("a fabric")?;
     fabric.clear();
     pod_ns
