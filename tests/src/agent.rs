@@ -82,6 +82,17 @@ pub fn pin_dir(prefix: &str, index: usize) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/sys/fs/bpf/eniguard-test-{prefix}-node{index}"))
 }
 
+/// Removes an agent's pin directory when dropped. An agent keeps its datapath when it stops (the
+/// next one takes it over), so a run that started agents outside the test harness (which cleans
+/// up after each test) removes it at its end: pinned links keep programs loaded.
+pub struct PinsCleanup(pub std::path::PathBuf);
+
+impl Drop for PinsCleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Spawns the agent (see [`command`]) without waiting for it.
 pub fn spawn(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Agent> {
     let mut cmd = command(sim, prefix, index, dir, env)?;

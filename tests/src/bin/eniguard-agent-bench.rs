@@ -123,6 +123,8 @@ struct Started {
     sim: Sim,
     agent: agent::Agent,
     dir: std::path::PathBuf,
+    /// Dropped after the agent (fields drop in order).
+    _pins: agent::PinsCleanup,
 }
 
 fn start_once(
@@ -156,7 +158,14 @@ fn start_once(
         }
         last = now;
     }
-    Ok(Started { ready_ms, calls: last, sim, agent: a, dir })
+    Ok(Started {
+        ready_ms,
+        calls: last,
+        sim,
+        agent: a,
+        dir,
+        _pins: agent::PinsCleanup(agent::pin_dir(&prefix, 0)),
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

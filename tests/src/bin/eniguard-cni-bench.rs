@@ -122,6 +122,8 @@ fn main() -> Result<()> {
         ("MINIMUM_IP_TARGET", minimum.as_str()),
         ("IP_COOLDOWN_PERIOD", "1"),
     ];
+    // Declared before the agent: dropped after it.
+    let _pins = agent::PinsCleanup(agent::pin_dir(&prefix, 0));
     let node_agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
     let node = NetNs::existing(&format!("{prefix}-node0"));
     let conflist: Value =
