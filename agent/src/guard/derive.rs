@@ -11,6 +11,9 @@
 //! - a pod whose address sits on an ENI that never serves ordinary pods (a trunk, EFA, no_manage,
 //!   the primary under custom networking) is a finding of its own, with the reason; its packets
 //!   are still judged against the groups it should carry (the #2792 pod: `sg_mismatch`);
+//! - a branch-ENI pod must leave through the trunk tagged with its VLAN (and through
+//!   `vlan.eth.<id>`) as its branch ENI, with its SecurityGroupPolicies' groups; the truth for that
+//!   VLAN is the branch ENI's groups from EC2, none until it was described;
 //! - a pod annotated `eniguard.io/guard-mode: off` is left out; `monitor`/`enforce` override the
 //!   node's mode for that pod.
 

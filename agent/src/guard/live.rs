@@ -23,7 +23,7 @@ use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use super::{
     attach::AttachMode,
-    datapath::{resolve_present, Capacity, Guard, Stats},
+    datapath::{resolve_present, Capacity, Guard},
     derive::{Derived, Finding},
     events::{self, RecentEvents, Violation},
     pins::PinDir,
@@ -153,15 +153,6 @@ impl LiveGuard {
     /// The state last applied.
     pub fn applied(&self) -> Option<Derived> {
         lock(&self.applied_state).clone()
-    }
-
-    /// Counters summed over CPUs, with the names behind the pod ids.
-    pub fn with_guard<T>(&self, f: impl FnOnce(&Guard) -> T) -> T {
-        f(&lock(&self.guard))
-    }
-
-    pub fn stats(&self) -> Result<Stats, GuardError> {
-        lock(&self.guard).stats()
     }
 
     /// Per pod with a violation: packets by reason, (violations, drops).

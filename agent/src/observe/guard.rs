@@ -9,7 +9,7 @@ use serde_json::json;
 use eniguard_common::guard::{KIND_NAMES, REASONS, REASON_NAMES};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
@@ -177,16 +177,7 @@ fn counters(
     help: &str,
     series: &[(Labels, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in series {
-        // An empty label set would be written as `name{}`.
-        if labels.is_empty() {
-            ConstCounter::new(*v).encode(family)?;
-            return Ok(());
-        }
-        ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(encoder, name, help, MetricType::Counter, series.iter().map(|(l, v)| (l, ConstCounter::new(*v))))
 }
 
 fn gauges(
@@ -195,9 +186,27 @@ fn gauges(
     help: &str,
     series: &[(Labels, i64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in series {
-        ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
+    family(encoder, name, help, MetricType::Gauge, series.iter().map(|(l, v)| (l, ConstGauge::new(*v))))
+}
+
+/// One metric family: its descriptor, then each series. A family of one series without labels
+/// is written bare (an empty label set would come out as `name{}`).
+fn family<'a, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl Iterator<Item = (&'a Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    let mut series = series.peekable();
+    if series.peek().is_some_and(|(labels, _)| labels.is_empty()) {
+        if let Some((_, metric)) = series.next() {
+            return metric.encode(family);
+        }
+    }
+    for (labels, metric) in series {
+        metric.encode(family.encode_family(labels)?)?;
     }
     Ok(())
 }
