@@ -210,6 +210,10 @@ pub struct Guard {
     capacity: Capacity,
     attached: BTreeMap<(String, Hook), Attachment>,
     programmed: Programmed,
+    /// The intent, truth and veth maps hold exactly `programmed`, so an apply writes only the
+    /// difference; otherwise (at load, after a failed write, on [`Guard::reread_next`]) it reads
+    /// every entry back and rewrites what differs.
+    maps_exact: bool,
     /// The pin directory held a predecessor's maps when this run started.
     adopted: bool,
     /// No apply has succeeded yet: per-pod state still carries a predecessor's ids.
@@ -280,6 +284,7 @@ impl Guard {
             capacity,
             attached: BTreeMap::new(),
             programmed,
+            maps_exact: true,
             adopted,
             first_apply: true,
             generation: config.generation,
@@ -332,9 +337,11 @@ impl Guard {
         let old = self.programmed.clone();
         let result = self.write_maps(&old, &want).and_then(|()| self.attach_wanted(resolved));
         if let Err(e) = result {
-            // Back to what the kernel held before this call.
-            if let Err(rollback) = self.write_maps(&want, &old) {
-                log::error!("restoring the guard maps after a failed apply: {rollback}");
+            // Back to what the kernel held before this call, from whatever part was written.
+            self.maps_exact = false;
+            match self.write_maps(&want, &old) {
+                Ok(()) => self.maps_exact = true,
+                Err(rollback) => log::error!("restoring the guard maps after a failed apply: {rollback}"),
             }
             self.programmed = old;
             let wanted: BTreeSet<(String, String)> =
@@ -345,6 +352,7 @@ impl Guard {
             return Err(e);
         }
         self.programmed = want;
+        self.maps_exact = true;
         self.forget_departed_pods(spec)?;
         if self.first_apply {
             // Per-pod counters and rate windows a predecessor left carry its pod ids.
@@ -403,11 +411,44 @@ impl Guard {
     /// outlives the old state, and last, so that none computed from a half-written state survives.
     fn write_maps(&mut self, from: &Programmed, to: &Programmed) -> Result<(), GuardError> {
         self.write_config(from.config)?;
-        sync_map(&mut self.ebpf, INTENT_MAP, &interim_intents(&from.intent, &to.intent))?;
-        sync_map(&mut self.ebpf, TRUTH_MAP, &to.truth)?;
-        sync_map(&mut self.ebpf, INTENT_MAP, &to.intent)?;
-        sync_map(&mut self.ebpf, VETH_MAP, &to.veths)?;
+        let interim = interim_intents(&from.intent, &to.intent);
+        self.write_map(INTENT_MAP, &from.intent, &interim)?;
+        self.write_map(TRUTH_MAP, &from.truth, &to.truth)?;
+        self.write_map(INTENT_MAP, &interim, &to.intent)?;
+        self.write_map(VETH_MAP, &from.veths, &to.veths)?;
         self.write_config(to.config)
+    }
+
+    /// Moves one map from `from` to `to`: by their difference while the map is known to hold
+    /// `from` (a pod's ADD writes a handful of entries, whatever the node holds), else by reading
+    /// it back. A difference that does not apply (an entry removed behind the agent's back) falls
+    /// back to the full rewrite.
+    fn write_map<K, V>(
+        &mut self,
+        name: &'static str,
+        from: &StdHashMap<K, V>,
+        to: &StdHashMap<K, V>,
+    ) -> Result<(), GuardError>
+    where
+        K: Pod + Eq + Hash,
+        V: Pod + PartialEq,
+    {
+        if self.maps_exact {
+            match diff_map(&mut self.ebpf, name, from, to) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    log::warn!("guard map {name} is not as this agent wrote it ({e}); rewriting it whole");
+                    self.maps_exact = false;
+                }
+            }
+        }
+        sync_map(&mut self.ebpf, name, to)
+    }
+
+    /// Makes the next apply read every map entry back instead of trusting what this agent wrote
+    /// (the periodic resync: an entry changed with bpftool is put right within one interval).
+    pub fn reread_next(&mut self) {
+        self.maps_exact = false;
     }
 
     /// Attaches to every interface the spec names that is present, and detaches from the rest.
@@ -800,6 +841,27 @@ where
         if map.get(k, 0).ok().as_ref() != Some(v) {
             map.insert(k, v, 0).map_err(map_err(name))?;
         }
+    }
+    Ok(())
+}
+
+/// Writes the difference from `from` (what the map holds) to `want`.
+fn diff_map<K, V>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    from: &StdHashMap<K, V>,
+    want: &StdHashMap<K, V>,
+) -> Result<(), GuardError>
+where
+    K: Pod + Eq + Hash,
+    V: Pod + PartialEq,
+{
+    let mut map: HashMap<&mut MapData, K, V> = typed(ebpf, name)?;
+    for k in from.keys().filter(|k| !want.contains_key(k)) {
+        map.remove(k).map_err(map_err(name))?;
+    }
+    for (k, v) in want.iter().filter(|(k, v)| from.get(k) != Some(v)) {
+        map.insert(k, v, 0).map_err(map_err(name))?;
     }
     Ok(())
 }

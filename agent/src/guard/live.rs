@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     path::Path,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     time::Duration,
@@ -52,6 +52,8 @@ pub struct LiveGuard {
     /// The last derived state that was applied (for introspection) and its findings.
     applied_state: Mutex<Option<Derived>>,
     requested: AtomicU64,
+    /// The next apply reads the maps back (see [`Self::request_reread`]).
+    reread: AtomicBool,
     kick: Notify,
     done: tokio::sync::watch::Sender<Applied>,
 }
@@ -79,6 +81,7 @@ impl LiveGuard {
             recent: Arc::new(Mutex::new(RecentEvents::new(RECENT_EVENTS))),
             applied_state: Mutex::new(None),
             requested: AtomicU64::new(0),
+            reread: AtomicBool::new(false),
             kick: Notify::new(),
             done: tokio::sync::watch::Sender::new(Applied::default()),
         });
@@ -102,6 +105,14 @@ impl LiveGuard {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         self.kick.notify_one();
         ticket
+    }
+
+    /// Asks for a sync that reads every map entry back rather than writing only what changed
+    /// since the last apply (the periodic resync; an entry changed behind the agent's back is put
+    /// right).
+    pub fn request_reread(&self) -> u64 {
+        self.reread.store(true, Ordering::SeqCst);
+        self.request()
     }
 
     /// Asks for a sync and waits until the kernel holds the state as of now.
@@ -134,9 +145,16 @@ impl LiveGuard {
     pub async fn apply(&self, ticket: u64, derived: Derived) -> Result<(), GuardError> {
         let guard = self.guard.clone();
         let spec = derived.spec.clone();
-        let result = tokio::task::spawn_blocking(move || lock(&guard).apply(&resolve_present(spec)))
-            .await
-            .unwrap_or_else(|e| Err(GuardError::Sync(format!("apply task: {e}"))));
+        let reread = self.reread.swap(false, Ordering::SeqCst);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&guard);
+            if reread {
+                guard.reread_next();
+            }
+            guard.apply(&resolve_present(spec))
+        })
+        .await
+        .unwrap_or_else(|e| Err(GuardError::Sync(format!("apply task: {e}"))));
         if result.is_ok() {
             *lock(&self.applied_state) = Some(derived);
         }

@@ -62,13 +62,33 @@ impl LinkWatch {
         Ok(Self { messages, connection: tokio::spawn(connection) })
     }
 
-    /// The next batch of link events (at least one).
+    /// The next batch of link events (at least one): waits for one, then takes every
+    /// notification already queued, so that a burst is one batch and nothing piles up.
     pub async fn next(&mut self) -> Result<Vec<LinkEvent>, LinkWatchError> {
-        loop {
+        let mut batch = Vec::new();
+        while batch.is_empty() {
             let (msg, _) = self.messages.next().await.ok_or(LinkWatchError::Closed)?;
-            if let Some(event) = event(msg.payload) {
-                return Ok(vec![event]);
-            }
+            batch.extend(event(msg.payload));
+            self.take_queued(&mut batch);
+        }
+        Ok(batch)
+    }
+
+    /// Like [`Self::next`], then waits `settle` (a veth pair is created, renamed and set up in
+    /// a few notifications) and takes what came meanwhile too.
+    pub async fn next_settled(
+        &mut self,
+        settle: std::time::Duration,
+    ) -> Result<Vec<LinkEvent>, LinkWatchError> {
+        let mut batch = self.next().await?;
+        tokio::time::sleep(settle).await;
+        self.take_queued(&mut batch);
+        Ok(batch)
+    }
+
+    fn take_queued(&mut self, batch: &mut Vec<LinkEvent>) {
+        while let Ok((msg, _)) = self.messages.try_recv() {
+            batch.extend(event(msg.payload));
         }
     }
 }

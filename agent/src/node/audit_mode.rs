@@ -6,12 +6,17 @@
 //!
 //! The order, in [`start`]: IMDS identity → ENIs (IMDS, then one DescribeNetworkInterfaces) →
 //! the Node and its ENIConfig (custom networking) → the checkpoint → derive and apply. Then
-//! [`run`] follows the checkpoint (re-read when it changes), IMDS (EC2 asked again only when an
-//! ENI appears, goes or changes addresses) and the security groups (hourly, as the agent's audit).
+//! [`run`] follows the node's pods (branch-ENI pods by their annotation, judged against their
+//! SecurityGroupPolicies and their branch ENIs' groups), the checkpoint (re-read when it
+//! changes), IMDS (EC2 asked again only when an ENI appears, goes or changes addresses) and the
+//! security groups (hourly, as the agent's audit).
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -28,11 +33,16 @@ use crate::{
         spec::Mode,
     },
     ipam::{checkpoint::Checkpoint, model::Cidr},
-    kube::{client::Kube, eniconfig},
+    kube::{
+        client::{Kube, PodInfo},
+        eniconfig,
+        sgp::SecurityGroupPolicy,
+    },
     net::eni::{HostNet, NetError},
 };
 
 use super::{
+    pods::PodSink,
     startup::{known_enis, StartError},
     state::{Board, KnownEni},
 };
@@ -60,6 +70,14 @@ pub struct Observed {
     enis: Mutex<BTreeMap<String, (KnownEni, Vec<Cidr>)>>,
     /// aws-node's checkpoint, as last read, and its modification time.
     checkpoint: Mutex<(Vec<PodAddress>, Option<SystemTime>)>,
+    /// The node's pods (watched): branch-ENI pods are known by their annotation.
+    pods: Mutex<BTreeMap<(String, String), PodInfo>>,
+    /// Branch ENIs' groups as EC2 describes them.
+    branch_groups: Mutex<BTreeMap<String, Vec<String>>>,
+    /// SecurityGroupPolicies by namespace (those of branch pods' namespaces).
+    policies: Mutex<BTreeMap<String, Vec<SecurityGroupPolicy>>>,
+    /// A branch pod's namespace or branch ENI has not been looked up yet.
+    lookups_due: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,6 +113,10 @@ pub async fn start(
         eni_config_groups: Mutex::new(None),
         enis: Mutex::new(BTreeMap::new()),
         checkpoint: Mutex::new((Vec::new(), None)),
+        pods: Mutex::new(BTreeMap::new()),
+        branch_groups: Mutex::new(BTreeMap::new()),
+        policies: Mutex::new(BTreeMap::new()),
+        lookups_due: AtomicBool::new(false),
     });
     board.step("ENIs (IMDS, then one DescribeNetworkInterfaces)");
     observed.refresh_enis().await?;
@@ -181,6 +203,15 @@ impl Observed {
             &links,
             self.cfg.custom_networking,
         );
+        let trunk_link = lock(&self.enis)
+            .values()
+            .find(|(e, _)| e.trunk())
+            .and_then(|(t, _)| links.get(&t.mac.to_ascii_lowercase()).cloned());
+        let branches = super::guard_feed::branch_pods(
+            lock(&self.pods).values().cloned(),
+            &lock(&self.branch_groups),
+            &lock(&self.policies),
+        );
         let eni_config = lock(&self.eni_config_groups).clone();
         let (expected_groups, basis) = derive::expected_groups(
             self.cfg.custom_networking,
@@ -196,11 +227,59 @@ impl Observed {
             veth_prefix: self.cfg.veth_prefix.clone(),
             pod_modes: BTreeMap::new(),
             basis,
-            // Branch-ENI pods beside aws-node: not judged yet (README).
-            branches: Vec::new(),
-            trunk_link: None,
-            branch_veth_prefix: "vlan".into(),
+            branches,
+            trunk_link,
+            branch_veth_prefix: super::guard_feed::branch_veth_prefix(&self.cfg),
         })
+    }
+
+    /// Looks up what branch pods need and is not known: their namespaces' SecurityGroupPolicies
+    /// and their branch ENIs' groups (one DescribeNetworkInterfaces). With `all`, everything is
+    /// read again (the security-group audit: a branch ENI's groups can drift too). True when
+    /// something was read; a failed lookup is tried again at the next audit or pod change.
+    async fn branch_lookups(&self, all: bool) -> bool {
+        self.lookups_due.store(false, Ordering::SeqCst);
+        let wanted: Vec<(String, String)> = lock(&self.pods)
+            .values()
+            .filter(|p| p.wants_branch && !p.host_network)
+            .filter_map(|p| {
+                let eni = crate::kube::pod_eni::parse(p.pod_eni.as_deref()?).ok()?;
+                Some((p.namespace.clone(), eni.eni_id))
+            })
+            .collect();
+        let namespaces: BTreeSet<String> = {
+            let known = lock(&self.policies);
+            wanted.iter().map(|(ns, _)| ns.clone()).filter(|ns| all || !known.contains_key(ns)).collect()
+        };
+        let enis: Vec<String> = {
+            let known = lock(&self.branch_groups);
+            let set: BTreeSet<String> =
+                wanted.iter().map(|(_, e)| e.clone()).filter(|e| all || !known.contains_key(e)).collect();
+            set.into_iter().collect()
+        };
+        let mut read = false;
+        for ns in namespaces {
+            match self.kube.security_group_policies(&ns).await {
+                Ok(list) => {
+                    lock(&self.policies).insert(ns, list);
+                    read = true;
+                }
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        if !enis.is_empty() {
+            match self.ec2.describe_enis(&enis).await {
+                Ok(described) => {
+                    let mut groups = lock(&self.branch_groups);
+                    for d in described {
+                        groups.insert(d.id, d.security_groups);
+                    }
+                    read = true;
+                }
+                Err(e) => log::warn!("describing branch ENIs {}: {e}", enis.join(", ")),
+            }
+        }
+        read
     }
 
     async fn apply(&self, ticket: u64) {
@@ -224,8 +303,23 @@ impl Observed {
     }
 }
 
-/// Follows the checkpoint, IMDS, the security groups and the links until dropped.
+/// Stops the task when dropped (the pod watch ends with [`run`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the pods, the checkpoint, IMDS, the security groups and the links until dropped.
 pub async fn run(observed: Arc<Observed>) {
+    let watch = observed.clone();
+    let _pods = AbortOnDrop(tokio::spawn(async move {
+        if let Some(node) = watch.cfg.node_name.clone() {
+            super::pods::follow(&watch.kube, &node, watch.as_ref()).await;
+        }
+    }));
     let mut links = super::guard_feed::LinkEvents::new();
     let mut last_imds = tokio::time::Instant::now();
     let mut last_groups = tokio::time::Instant::now();
@@ -242,6 +336,11 @@ pub async fn run(observed: Arc<Observed>) {
                     Err(e) => log::warn!("{e}"),
                 }
                 let groups_due = last_groups.elapsed() >= observed.cfg.sg_audit_interval;
+                if (groups_due || observed.lookups_due.load(Ordering::SeqCst))
+                    && observed.branch_lookups(groups_due).await
+                {
+                    observed.guard.request();
+                }
                 if groups_due || last_imds.elapsed() >= IMDS_INTERVAL {
                     last_imds = tokio::time::Instant::now();
                     let changed = observed.imds_changed().await.unwrap_or_else(|e| {
@@ -258,5 +357,26 @@ pub async fn run(observed: Arc<Observed>) {
                 }
             }
         }
+    }
+}
+
+impl PodSink for Observed {
+    fn set_pods(&self, pods: BTreeMap<(String, String), PodInfo>) {
+        *lock(&self.pods) = pods;
+        self.lookups_due.store(true, Ordering::SeqCst);
+        self.guard.request();
+    }
+    fn put_pod(&self, pod: PodInfo) {
+        let old = lock(&self.pods).insert((pod.namespace.clone(), pod.name.clone()), pod.clone());
+        if old.as_ref() != Some(&pod) {
+            if pod.pod_eni.is_some() {
+                self.lookups_due.store(true, Ordering::SeqCst);
+            }
+            self.guard.request();
+        }
+    }
+    fn forget_pod(&self, pod: &PodInfo) {
+        lock(&self.pods).remove(&(pod.namespace.clone(), pod.name.clone()));
+        self.guard.request();
     }
 }

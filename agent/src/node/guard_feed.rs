@@ -14,6 +14,7 @@ use crate::{
         spec::Mode,
     },
     ipam::model::exclusion,
+    kube::{client::PodInfo, sgp::SecurityGroupPolicy},
     net::{eni::NetError, links::LinkWatch},
 };
 
@@ -65,14 +66,15 @@ pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
         }
     }
     let trunk_link = node.trunk().and_then(|t| links.get(&t.mac.to_ascii_lowercase()).cloned());
-    let branch_veth_prefix = match node.cfg.pod_sg_enforcing_mode {
-        crate::config::EnforcingMode::Strict => "vlan".to_owned(),
-        crate::config::EnforcingMode::Standard => node.cfg.veth_prefix.clone(),
+    let branches = if node.cfg.pod_eni {
+        branch_pods(node.pods().into_values(), &node.branch_groups(), &node.policies())
+    } else {
+        Vec::new()
     };
     Ok(Inputs {
-        branches: if node.cfg.pod_eni { branch_pods(node) } else { Vec::new() },
+        branches,
         trunk_link,
-        branch_veth_prefix,
+        branch_veth_prefix: branch_veth_prefix(&node.cfg),
         mode: node_mode(node.cfg.guard_mode),
         enis,
         pods,
@@ -85,11 +87,12 @@ pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
 
 /// The node's branch-ENI pods, from their annotations (the Resource Controller's), their
 /// namespaces' SecurityGroupPolicies and their branch ENIs' groups as EC2 reported them.
-fn branch_pods(node: &Shared) -> Vec<BranchPod> {
-    let (groups, policies) = (node.branch_groups(), node.policies());
-    node.pods()
-        .into_values()
-        .filter(|p| p.wants_branch && !p.host_network)
+pub fn branch_pods(
+    pods: impl Iterator<Item = PodInfo>,
+    groups: &BTreeMap<String, Vec<String>>,
+    policies: &BTreeMap<String, Vec<SecurityGroupPolicy>>,
+) -> Vec<BranchPod> {
+    pods.filter(|p| p.wants_branch && !p.host_network)
         .filter_map(|p| {
             let eni = crate::kube::pod_eni::parse(p.pod_eni.as_deref()?)
                 .inspect_err(|e| log::warn!("pod {}/{}: {e}", p.namespace, p.name))
@@ -118,6 +121,15 @@ fn branch_pods(node: &Shared) -> Vec<BranchPod> {
             })
         })
         .collect()
+}
+
+/// The name prefix of a branch pod's host interface: strict mode plumbs it as `vlan<hash>`,
+/// standard as an ordinary veth (upstream's POD_SECURITY_GROUP_ENFORCING_MODE).
+pub fn branch_veth_prefix(cfg: &crate::config::Config) -> String {
+    match cfg.pod_sg_enforcing_mode {
+        crate::config::EnforcingMode::Strict => "vlan".to_owned(),
+        crate::config::EnforcingMode::Standard => cfg.veth_prefix.clone(),
+    }
 }
 
 /// Truth's raw material: each ENI with the link that has its MAC (if any yet) and, for an ENI
@@ -196,10 +208,10 @@ impl LinkEvents {
     pub async fn settled(&mut self) {
         match self.0.as_mut() {
             Some(w) => {
-                if let Err(e) = w.next().await {
-                    log::warn!("guard: link notifications: {e}");
+                if let Err(e) = w.next_settled(LINK_SETTLE).await {
+                    log::warn!("guard: link notifications: {e}; interfaces are picked up at each resync");
+                    self.0 = None;
                 }
-                tokio::time::sleep(LINK_SETTLE).await;
             }
             None => std::future::pending().await,
         }
@@ -222,7 +234,7 @@ pub async fn run(node: Arc<Shared>, live: Arc<LiveGuard>) {
                 live.request();
             }
             () = tokio::time::sleep(RESYNC_INTERVAL) => {
-                live.request();
+                live.request_reread();
             }
         }
     }

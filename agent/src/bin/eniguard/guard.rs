@@ -82,13 +82,11 @@ pub async fn run(args: Args) -> Result<()> {
                     spec = new;
                 }
             }
-            events = links.next() => {
+            // A burst (veth pair creation, rename, up) is one batch once it settled.
+            events = links.next_settled(std::time::Duration::from_millis(50)) => {
                 let resolved = resolve_present(spec.clone());
                 let relevant = events?.iter().any(|e| e.name().is_empty() || resolved.watches(e.name()));
                 if relevant {
-                    // Let a burst (veth pair creation, rename, up) settle, then re-resolve once.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    let resolved = resolve_present(spec.clone());
                     if let Err(e) = guard.lock().map_err(|_| anyhow!("guard lock poisoned"))?.apply(&resolved) {
                         log::error!("re-attaching after a link change: {e}");
                     }
