@@ -26,7 +26,7 @@ pub struct Agent {
 /// The agent's command for node `index` of `sim` (fabric prefix `prefix`), its state in `dir`
 /// (kubeconfig, checkpoint, run dir), with `env` on top of the simulator's endpoints.
 pub fn command(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, &str)]) -> Result<Command> {
-    let mut cmd = base_command(sim, prefix, index, dir)?;
+    let mut cmd = base_command(sim, prefix, index, dir, AGENT)?;
     cmd.args(["agent", "--run-dir"])
         .arg(dir.join("run"))
         .arg("--cni-conf-dir")
@@ -47,27 +47,41 @@ pub fn audit_command(
     dir: &Path,
     env: &[(&str, &str)],
 ) -> Result<Command> {
-    let mut cmd = base_command(sim, prefix, index, dir)?;
+    let mut cmd = base_command(sim, prefix, index, dir, AUDIT)?;
     cmd.args(["audit", "--pin-dir"]).arg(pin_dir(prefix, index));
     cmd.envs(env.iter().copied());
     Ok(cmd)
 }
 
+/// Who a process is to the simulator: its Kubernetes bearer token and its AWS access key id, so
+/// that the API server's and EC2's records tell the agent, audit mode and the tests' own clients
+/// apart (deploy/'s RBAC and IAM policies are checked against them).
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    pub token: &'static str,
+    pub access_key: &'static str,
+}
+
+/// `eniguard agent`.
+pub const AGENT: Identity = Identity { token: "eniguard-agent", access_key: "AKIDVPCSIM" };
+/// `eniguard audit`.
+pub const AUDIT: Identity = Identity { token: "eniguard-audit", access_key: "AKIDAUDIT" };
+
 /// `eniguard` in node `index`'s namespace with the simulator's endpoints as seen from there in
 /// the SDKs' standard variables, and nothing from the host's environment.
-fn base_command(sim: &Sim, prefix: &str, index: usize, dir: &Path) -> Result<Command> {
+fn base_command(sim: &Sim, prefix: &str, index: usize, dir: &Path, who: Identity) -> Result<Command> {
     let node = &sim.nodes[index];
     let inside = node.inside.as_ref().context("a fabric node")?;
     std::fs::create_dir_all(dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, kube_api::kubeconfig(&inside.kube_url))?;
+    let kubeconfig = dir.join(format!("kubeconfig-{}", who.token));
+    std::fs::write(&kubeconfig, kube_api::kubeconfig_with_token(&inside.kube_url, who.token))?;
     let mut cmd = NetNs::existing(&format!("{prefix}-node{index}")).cmd(eniguard_bin());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
         .env("AWS_ENDPOINT_URL_EC2", &inside.ec2_url)
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &inside.imds_url)
-        .env("AWS_ACCESS_KEY_ID", "AKIDVPCSIM")
+        .env("AWS_ACCESS_KEY_ID", who.access_key)
         .env("AWS_SECRET_ACCESS_KEY", "vpcsim")
         .env("KUBECONFIG", &kubeconfig)
         .env("MY_NODE_NAME", &node.name)
@@ -125,12 +139,36 @@ impl Agent {
 
     /// The agent's resident set (VmRSS) in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
+        Ok(self.memory()?.rss_kib)
+    }
+
+    /// VmRSS and its parts from /proc/PID/status.
+    pub fn memory(&self) -> Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("VmRSS")
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| name.to_owned())
+        };
+        Ok(Memory { rss_kib: field("VmRSS:")?, anon_kib: field("RssAnon:")?, file_kib: field("RssFile:")? })
+    }
+}
+
+/// A process's resident memory (KiB): the whole, its private heap and stacks (RssAnon) and the
+/// pages of files it maps (RssFile: mostly its own binary's code, clean and reclaimable).
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+    pub file_kib: u64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |k: u64| k as f64 / 1024.0;
+        write!(f, "{:.1} | {:.1} | {:.1}", mib(self.rss_kib), mib(self.anon_kib), mib(self.file_kib))
     }
 }
 

@@ -1,9 +1,10 @@
-//! Developer and CI tasks: `cargo xtask <setup|test|lint|demo>`.
+//! Developer and CI tasks: `cargo xtask <setup|test|lint|demo|image|...>`.
 //!
 //! Run as a normal user, everything builds as that user and only the steps that need root (the
 //! privileged tests, the demo) run through `sudo -E`; run as root (CI), no sudo is needed.
 
 mod cmd;
+mod image;
 mod lint;
 mod setup;
 mod test;
@@ -30,8 +31,16 @@ enum Task {
     },
     /// rustfmt check and clippy -D warnings (userspace and eBPF).
     Lint,
-    /// Show the product on this machine's kernel, in network namespaces (needs root).
-    Demo,
+    /// The product on vpcsim, start to finish: a node as aws-node v1.16.3 runs it with
+    /// `eniguard audit` beside it, then a node run by `eniguard agent` (needs root).
+    Demo {
+        /// Leave both nodes running for a person to poke at (Ctrl-C ends it).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The container image (deploy/image/Containerfile) with buildah, nothing pulled: static
+    /// binaries, `nft` and the CA bundle from this machine's packages; runs `eniguard --version` in it.
+    Image,
     /// The privileged datapath tests on kernels 5.10, 6.1 and 6.12 under qemu.
     VmTest {
         /// Only tests whose name contains this (default: the datapath tests).
@@ -61,12 +70,14 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(),
         Task::Test { filter } => test::test(filter.as_deref()),
         Task::Lint => lint::lint(),
-        Task::Demo => {
+        Task::Demo { keep } => {
             if !setup::is_complete() {
                 setup::setup()?;
             }
-            test::run_privileged_bin("eniguard-demo", &[])
+            let args: &[&str] = if keep { &["--demo", "--keep"] } else { &["--demo"] };
+            test::run_privileged_bin("privileged", args)
         }
+        Task::Image => image::image(),
         Task::VmTest { filter } => test::vm_test(filter.as_deref()),
         Task::Bench => {
             if !setup::is_complete() {

@@ -36,11 +36,12 @@ const OS_PACKAGES: &[(&str, &str)] = &[
 
 pub fn setup() -> Result<()> {
     let mut problems = Vec::new();
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("rust-src for the nightly toolchain", rust_src),
         ("bpf-linker against the nightly's libLLVM", bpf_linker),
         ("OS packages", os_packages),
         ("bpffs at /sys/fs/bpf", bpffs),
+        ("kubernetes-validate (PyPI) for deploy/'s manifests", kubernetes_validate),
     ];
     for (name, step) in steps {
         match step() {
@@ -64,6 +65,7 @@ pub fn is_complete() -> bool {
         && bpf_linker_matches().unwrap_or(false)
         && missing_packages().map(|m| m.is_empty()).unwrap_or(false)
         && bpffs_mounted()
+        && kubernetes_validate_matches()
 }
 
 type Step = fn() -> Result<Outcome>;
@@ -159,7 +161,12 @@ fn bpf_linker() -> Result<Outcome> {
 }
 
 fn missing_packages() -> Result<Vec<&'static str>> {
-    let names: Vec<&str> = OS_PACKAGES.iter().map(|(p, _)| *p).collect();
+    missing_of(OS_PACKAGES)
+}
+
+/// The packages of `list` that dpkg does not have installed.
+fn missing_of(list: &[(&'static str, &str)]) -> Result<Vec<&'static str>> {
+    let names: Vec<&str> = list.iter().map(|(p, _)| *p).collect();
     // dpkg-query exits non-zero when a package is unknown; the output still lists the known ones.
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Package} ${db:Status-Status}\n"])
@@ -171,12 +178,21 @@ fn missing_packages() -> Result<Vec<&'static str>> {
 }
 
 fn os_packages() -> Result<Outcome> {
-    let missing = missing_packages()?;
+    install_packages(OS_PACKAGES)
+}
+
+/// Installs the Debian packages of `list` (package, what it is for) that are missing.
+pub fn ensure_packages(list: &[(&'static str, &str)]) -> Result<()> {
+    install_packages(list).map(|_| ())
+}
+
+fn install_packages(list: &[(&'static str, &str)]) -> Result<Outcome> {
+    let missing = missing_of(list)?;
     if missing.is_empty() {
         return Ok(Outcome::Present);
     }
     let why: Vec<String> =
-        OS_PACKAGES.iter().filter(|(p, _)| missing.contains(p)).map(|(p, w)| format!("{p} ({w})")).collect();
+        list.iter().filter(|(p, _)| missing.contains(p)).map(|(p, w)| format!("{p} ({w})")).collect();
     if !is_root() {
         bail!(
             "missing {}; run as root or: sudo apt-get install --no-install-recommends {}",
@@ -212,6 +228,36 @@ fn bpffs() -> Result<Outcome> {
         bail!("bpffs is not mounted at /sys/fs/bpf; run as root or: sudo mount -t bpf bpf /sys/fs/bpf");
     }
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    Ok(Outcome::Installed)
+}
+
+/// The offline Kubernetes schema validator the deploy tests run (`tests/tests/deploy.rs`): it
+/// ships the JSON schemas of every Kubernetes minor inside the package, so nothing is fetched at
+/// test time. In a virtualenv of its own under the repository's target/tools.
+pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+pub fn kubernetes_validate_venv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/kubernetes-validate")
+}
+
+fn kubernetes_validate_stamp() -> PathBuf {
+    kubernetes_validate_venv().join("installed")
+}
+
+fn kubernetes_validate_matches() -> bool {
+    fs::read_to_string(kubernetes_validate_stamp()).is_ok_and(|s| s.trim() == KUBERNETES_VALIDATE)
+}
+
+fn kubernetes_validate() -> Result<Outcome> {
+    if kubernetes_validate_matches() {
+        return Ok(Outcome::Present);
+    }
+    let venv = kubernetes_validate_venv();
+    run(Command::new("python3").arg("-m").arg("venv").arg("--clear").arg(&venv))
+        .context("python3 -m venv failed (is python3 with venv installed?)")?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
+        .with_context(|| format!("pip install {KUBERNETES_VALIDATE} failed (is PyPI reachable?)"))?;
+    fs::write(kubernetes_validate_stamp(), KUBERNETES_VALIDATE)?;
     Ok(Outcome::Installed)
 }
 

@@ -16,6 +16,8 @@ use crate::{
 
 /// The eBPF crate targets bpfel-unknown-none; agent/build.rs builds it, host builds exclude it.
 pub const EBPF_CRATE: &str = "eniguard-ebpf";
+/// Where simulators record their callers (tests/src/sim/scenario.rs, `CALLS_DIR_VAR`).
+const CALLS_DIR_VAR: &str = "ENIGUARD_CALLS_DIR";
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -42,17 +44,25 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     // The integration tests need every binary of their package, so this builds them all.
     let tests = build(&["test", "--no-run"])?;
     let agent = artifact(&tests, "eniguard")?;
+    // Every simulator records who called what here; the last privileged test checks deploy/'s
+    // RBAC and IAM against the union, when every test ran.
+    let calls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/eniguard-calls");
+    let _ = std::fs::remove_dir_all(&calls);
+    std::fs::create_dir_all(&calls).with_context(|| format!("creating {}", calls.display()))?;
 
     let mut total = Counts::default();
     for t in tests.iter().filter(|t| t.is_test && t.name != "privileged") {
         let mut cmd = Command::new(&t.path);
-        cmd.args(filter);
+        cmd.env("ENIGUARD_BIN", &agent).env(CALLS_DIR_VAR, &calls).args(filter);
         total.add(run_counted(&mut cmd, &t.name)?);
     }
     let harness = artifact(&tests, "privileged")?;
     let mut cmd = privileged(&harness)?;
     // Agents that fail on purpose (bad input) should print their error, not a backtrace.
-    cmd.env("ENIGUARD_BIN", &agent).env("RUST_BACKTRACE", "0").args(filter);
+    cmd.env("ENIGUARD_BIN", &agent).env("RUST_BACKTRACE", "0").env(CALLS_DIR_VAR, &calls).args(filter);
+    if filter.is_none() {
+        cmd.env("ENIGUARD_CALLS_COMPLETE", "1");
+    }
     total.add(run_counted(&mut cmd, "privileged")?);
     total.add(vm_matrix(&agent, &harness, filter)?);
 

@@ -155,6 +155,7 @@ fn main() -> Result<()> {
         ensure!(Instant::now() < deadline, "the pool did not reach {want} addresses");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let fresh = node_agent.memory()?;
 
     println!(
         "CNI ADD/DEL, {} pods one after another, interleaved (ms, spawn to exit, inside the node's netns):",
@@ -226,9 +227,10 @@ fn main() -> Result<()> {
 
     std::thread::sleep(Duration::from_secs(2)); // the burst's addresses cool down
     println!("\nAgent RSS with pods on the node:");
-    println!("| pods | agent RSS (MiB) |");
-    println!("|---|---|");
-    println!("| 0 | {:.1} |", node_agent.rss_kib()? as f64 / 1024.0);
+    println!("| pods | agent RSS (MiB) | anonymous | file-backed |");
+    println!("|---|---|---|---|");
+    println!("| 0, freshly ready | {fresh} |");
+    println!("| 0, after the runs above | {} |", node_agent.memory()?);
     let mut held = Vec::new();
     for i in 0..args.rss_pods {
         let name = format!("r{i}");
@@ -239,9 +241,9 @@ fn main() -> Result<()> {
         held.push((ns, sandbox, result));
     }
     std::thread::sleep(Duration::from_secs(6)); // a pool tick and a GC scan with every pod
-    println!("| {} | {:.1} |", args.rss_pods, node_agent.rss_kib()? as f64 / 1024.0);
+    println!("| {} | {} |", args.rss_pods, node_agent.memory()?);
     println!(
-        "\n(binaries: {}; the agent's RSS is its VmRSS)",
+        "\n(binaries: {}; the agent's RSS is its VmRSS = RssAnon + RssFile + RssShmem)",
         std::env::var("ENIGUARD_BIN").unwrap_or_else(|_| "target/debug".into())
     );
     let _ = std::fs::remove_dir_all(&dir).context("cleanup");

@@ -27,6 +27,16 @@ pub struct InstanceType {
 }
 
 pub const INSTANCE_TYPES: &[InstanceType] = &[
+    // Not in the agent's built-in table: its limits come from DescribeInstanceTypes.
+    InstanceType {
+        name: "m8g.large",
+        max_enis: 3,
+        ipv4_per_eni: 10,
+        trunking: true,
+        branch_enis: 9,
+        efa: false,
+        hypervisor: "nitro",
+    },
     InstanceType {
         name: "t3.medium",
         max_enis: 3,

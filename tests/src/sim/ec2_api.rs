@@ -33,6 +33,9 @@ pub struct Faults {
     pub fail: HashMap<String, (u16, u32)>,
     pub latency: Duration,
     pub calls: BTreeMap<String, u64>,
+    /// Access key id (from the SigV4 credential scope) → action → calls: the agents' key
+    /// (`AKIDVPCSIM`) apart from the tests' own clients (the IAM policy check).
+    pub calls_by_key: BTreeMap<String, BTreeMap<String, u64>>,
     /// Action (or "*") → (probability, until): throttling at a rate for a while.
     pub throttle_rate: HashMap<String, (f64, std::time::Instant)>,
     /// xorshift state for the rate.
@@ -88,6 +91,7 @@ async fn handle(req: Req, sim: Shared) -> Resp {
     let latency = {
         let mut s = lock(&sim);
         *s.faults.calls.entry(action.clone()).or_default() += 1;
+        *s.faults.calls_by_key.entry(access_key(&req)).or_default().entry(action.clone()).or_default() += 1;
         s.faults.latency
     };
     if !latency.is_zero() {
@@ -201,6 +205,16 @@ fn control_request(path: &str, q: &HashMap<String, String>, sim: &Shared) -> Res
         _ => return reply(StatusCode::NOT_FOUND, "text/plain", "unknown control\n"),
     }
     reply(StatusCode::OK, "text/plain", "ok\n")
+}
+
+/// The access key id a SigV4-signed request names (`Credential=AKID/date/...`), or "".
+fn access_key(req: &Req) -> String {
+    req.headers
+        .get("authorization")
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn request_id() -> String {

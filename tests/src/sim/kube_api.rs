@@ -17,7 +17,7 @@
 //! [`kube_store`]: super::kube_store
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
@@ -140,17 +140,27 @@ pub const RESOURCES: [Resource; 7] =
 /// Called on every Pod create before it is stored (the Resource Controller's mutating webhook).
 pub type PodWebhook = Box<dyn Fn(&Store, &mut Value) + Send + Sync>;
 
+/// (API group, resource, RBAC verb) triples a client asked for.
+pub type Requests = BTreeSet<(String, String, String)>;
+
 /// The API server's state: the store, and a channel that carries the newest resourceVersion to
 /// watches and controllers after every write.
 pub struct Kube {
     store: Mutex<Store>,
+    /// Bearer token → the (API group, resource, verb) triples it asked for: what RBAC must grant.
+    requests: Mutex<BTreeMap<String, Requests>>,
     changed: watch::Sender<u64>,
     pod_webhook: Mutex<Option<PodWebhook>>,
 }
 
 impl Default for Kube {
     fn default() -> Self {
-        Self { store: Mutex::default(), changed: watch::channel(0).0, pod_webhook: Mutex::new(None) }
+        Self {
+            store: Mutex::default(),
+            requests: Mutex::default(),
+            changed: watch::channel(0).0,
+            pod_webhook: Mutex::new(None),
+        }
     }
 }
 
@@ -184,6 +194,42 @@ impl Kube {
     /// Wakes on every write (the value is the newest resourceVersion).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// What the client with bearer `token` asked for: (API group, resource, RBAC verb).
+    pub fn requests(&self, token: &str) -> Requests {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner).get(token).cloned().unwrap_or_default()
+    }
+
+    /// Every client's requests, by bearer token.
+    pub fn all_requests(&self) -> BTreeMap<String, Requests> {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn record(&self, req: &Req, t: &Target) {
+        let token = req
+            .headers
+            .get("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        let verb = match (req.method.as_str(), t.name.is_some()) {
+            ("GET", false) if req.query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+            ("GET", false) => "list",
+            ("GET", true) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            (other, _) => other,
+        };
+        let resource =
+            if t.status { format!("{}/status", t.resource.plural) } else { t.resource.plural.to_owned() };
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner).entry(token).or_default().insert((
+            t.resource.group.to_owned(),
+            resource,
+            verb.to_owned(),
+        ));
     }
 
     pub fn set_pod_webhook(&self, hook: PodWebhook) {
@@ -247,6 +293,12 @@ pub fn kubeconfig(server: &str) -> String {
     )
 }
 
+/// Like [`kubeconfig`], for a client known by bearer `token` (its requests are recorded apart,
+/// see [`Kube::requests`]).
+pub fn kubeconfig_with_token(server: &str, token: &str) -> String {
+    kubeconfig(server).replace("  user: {}\n", &format!("  user:\n    token: {token}\n"))
+}
+
 /// A request path taken apart.
 struct Target {
     resource: Resource,
@@ -302,6 +354,7 @@ async fn handle(req: Req, kube: Arc<Kube>) -> Resp {
         Ok(t) => t,
         Err(e) => return status_reply(&e),
     };
+    kube.record(&req, &t);
     let ns = t.namespace.as_deref();
     let result = match (req.method.as_str(), &t.name) {
         ("GET", None) if matches!(req.query.get("watch").map(String::as_str), Some("true" | "1")) => {

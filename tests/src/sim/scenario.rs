@@ -196,8 +196,38 @@ pub struct Sim {
     relays: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Sim {
+    /// What each client asked of the simulator: EC2 actions by access key id, Kubernetes
+    /// (group, resource, verb) by bearer token.
+    pub fn calls(&self) -> serde_json::Value {
+        let ec2 = super::ec2_api::lock(&self.ec2).faults.calls_by_key.clone();
+        serde_json::json!({"ec2": ec2, "kube": self.kube.all_requests()})
+    }
+
+    /// Adds [`Self::calls`] to the directory named by ENIGUARD_CALLS_DIR (the test command sets
+    /// it; deploy/'s RBAC and IAM are checked against the union once every test ran).
+    fn record_calls(&self) {
+        let Some(dir) = std::env::var_os(CALLS_DIR_VAR) else { return };
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let file = std::path::Path::new(&dir).join(format!(
+            "{}-{}.json",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::create_dir_all(&dir);
+        if let Err(e) = std::fs::write(&file, self.calls().to_string()) {
+            eprintln!("vpcsim: recording calls in {}: {e}", file.display());
+        }
+    }
+}
+
+/// Where simulators record who called what (see [`Sim::calls`]).
+pub const CALLS_DIR_VAR: &str = "ENIGUARD_CALLS_DIR";
+
 impl Drop for Sim {
     fn drop(&mut self) {
+        self.record_calls();
         self.controller.abort();
         self.settler.abort();
         for r in &self.relays {

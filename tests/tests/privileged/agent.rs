@@ -804,6 +804,50 @@ pub fn cordoned_node_gets_no_new_eni(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// An instance type the built-in table lacks (m8g.large: limits from DescribeInstanceTypes), and
+/// the pool shrinking when the operator lowers the warm targets: after a restart with
+/// MINIMUM_IP_TARGET 25 → WARM_IP_TARGET 1, the ENIs no pod needs are detached and deleted once
+/// past their minimum lifetime (60 s), and EC2 no longer has them.
+pub fn unknown_type_and_shrink(ctx: &mut Ctx) -> Result<()> {
+    let mut scenario = Scenario::default_scenario();
+    scenario.nodes[0].instance_type = "m8g.large".into();
+    let w = World::new(ctx, "shrink", &scenario)?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
+    let agent = agent::start(sim, prefix, 0, dir, &[("MINIMUM_IP_TARGET", "25")])?;
+    ensure!(sim_calls(sim)?.get("DescribeInstanceTypes") == Some(&1), "{:?}", sim_calls(sim)?);
+    ensure!(agent.metric("eniguard_ipam_eni_max")? == 3.0, "m8g.large's limits from EC2");
+    let three = eventually("three ENIs for MINIMUM_IP_TARGET=25", Duration::from_secs(30), || {
+        let enis = rt.block_on(attached(ec2, &node.instance_id))?;
+        Ok((enis.len() == 3).then_some(enis))
+    })?;
+    let extra: Vec<String> = three
+        .iter()
+        .filter(|(device, _)| **device > 0)
+        .filter_map(|(_, n)| n.network_interface_id().map(str::to_owned))
+        .collect();
+    agent.daemon.terminate()?;
+    let agent = agent::start(sim, prefix, 0, dir, &[("WARM_IP_TARGET", "1")])?;
+    eventually("the surplus ENIs deleted", Duration::from_secs(120), || {
+        let enis = rt.block_on(attached(ec2, &node.instance_id))?;
+        Ok((enis.len() == 1).then_some(()))
+    })?;
+    // Deleted once the detach completed (DeleteNetworkInterface retried while it is in use).
+    eventually("the surplus ENIs gone from EC2", Duration::from_secs(30), || {
+        let left = extra
+            .iter()
+            .filter(|id| {
+                rt.block_on(ec2.describe_network_interfaces().network_interface_ids(*id).send()).is_ok()
+            })
+            .count();
+        Ok((left == 0).then_some(()))
+    })?;
+    let calls = sim_calls(sim)?;
+    ensure!(calls.get("DetachNetworkInterface").copied().unwrap_or(0) >= 2, "{calls:?}");
+    ensure!(agent.metric("eniguard_ipam_enis")? == 1.0, "the agent still counts the deleted ENIs");
+    drop(agent);
+    Ok(())
+}
+
 /// `curl --unix-socket <run dir>/eniguard.sock`: the agent's local API answers as the CNI plugin
 /// will call it. ADD hands out a pool address from the ENI that holds it, only after it is in the
 /// checkpoint, and is idempotent per key; DEL releases (and is fine twice); another version and

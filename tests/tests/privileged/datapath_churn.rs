@@ -88,3 +88,69 @@ pub fn churn_5000_pods(ctx: &mut Ctx) -> Result<()> {
         Ok(())
     })
 }
+
+/// Applies write only what changed since the last apply; an entry changed behind the guard's back
+/// (here deleted with bpftool) is put right by the next apply that reads the maps back
+/// (`reread_next`, the agent's 30 s resync), and a difference that no longer applies (removing
+/// an entry that is already gone) falls back to the full rewrite instead of failing.
+pub fn diff_and_reread(ctx: &mut Ctx) -> Result<()> {
+    ctx.ns.ip(&["link", "add", "eth1", "type", "veth", "peer", "name", "vpc1"])?;
+    ctx.ns.ip(&["link", "set", "eth1", "up"])?;
+    let pins = PinDir::new(&ctx.pin_dir);
+    let pin_dir = ctx.pin_dir.clone();
+    let spec = |ips: &[&str]| -> Result<_> {
+        let pods: Vec<String> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                format!(
+                    "{{ namespace: d, name: p{i}, ip: {ip}, hostInterface: enid{i}, \
+                     expect: {{ eni: eni-a1, securityGroups: [sg-1] }} }}"
+                )
+            })
+            .collect();
+        let text = format!(
+            "interfaces: [{{ name: eth1, eni: eni-a1, securityGroups: [sg-1] }}]\npods: [{}]\n",
+            pods.join(", ")
+        );
+        Ok(eniguard::guard::datapath::resolve_present(Spec::parse(&text)?.validate()?))
+    };
+    let ips = |list: &[&str]| -> std::collections::BTreeSet<Ipv4Addr> {
+        list.iter().map(|s| s.parse().unwrap_or(Ipv4Addr::UNSPECIFIED)).collect()
+    };
+    let maps = pin_dir.clone();
+    let delete = move |ip: [u8; 4]| -> Result<()> {
+        let path = maps.join("maps").join(eniguard_common::guard::INTENT_MAP);
+        let key: Vec<String> = ip.iter().map(|b| b.to_string()).collect();
+        eniguard_tests::netns::sh(
+            std::process::Command::new("bpftool")
+                .args(["map", "delete", "pinned"])
+                .arg(&path)
+                .arg("key")
+                .args(&key),
+        )?;
+        Ok(())
+    };
+    let intent = move || crate::live_guard::map_ips(&pin_dir, eniguard_common::guard::INTENT_MAP);
+    in_netns(&ctx.ns, move || {
+        let mut guard = Guard::load(pins, AttachMode::Netlink, Capacity::for_max_pods(8))?;
+        guard.apply(&spec(&["10.1.0.1", "10.1.0.2", "10.1.0.3"])?)?;
+        ensure!(intent()? == ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]), "{:?}", intent()?);
+        // Someone deletes p0's entry; the next apply changes only p2 (gone): p0 stays missing,
+        // since a diff does not read the map.
+        delete([10, 1, 0, 1])?;
+        guard.apply(&spec(&["10.1.0.1", "10.1.0.2"])?)?;
+        ensure!(intent()? == ips(&["10.1.0.2"]), "after a diff: {:?}", intent()?);
+        // The resync reads the maps back: p0 is there again.
+        guard.reread_next();
+        guard.apply(&spec(&["10.1.0.1", "10.1.0.2"])?)?;
+        ensure!(intent()? == ips(&["10.1.0.1", "10.1.0.2"]), "after a reread: {:?}", intent()?);
+        // p1's entry deleted, then p1 removed: the diff's delete finds nothing, the apply
+        // still succeeds (full rewrite).
+        delete([10, 1, 0, 2])?;
+        guard.apply(&spec(&["10.1.0.1"])?)?;
+        ensure!(intent()? == ips(&["10.1.0.1"]), "after a failed diff: {:?}", intent()?);
+        guard.shutdown(false)?;
+        Ok(())
+    })
+}

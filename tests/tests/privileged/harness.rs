@@ -104,6 +104,28 @@ pub fn main(tests: &[Test]) -> std::process::ExitCode {
     }
 }
 
+/// Runs the demo with a context of its own (torn down when it returns, as a test's).
+pub fn demo(run: impl FnOnce(&mut Ctx) -> Result<()>) -> std::process::ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the demo needs root (cargo xtask demo uses sudo -E when needed)");
+        return std::process::ExitCode::FAILURE;
+    }
+    let prefix = format!("egd{}", std::process::id());
+    let result = NetNs::create(&prefix).and_then(|ns| {
+        let mut ctx =
+            Ctx { ns, pin_dir: PathBuf::from(format!("/sys/fs/bpf/eniguard-test-{prefix}")), prefix };
+        run(&mut ctx)
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn run_one(test: &Test, index: usize) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

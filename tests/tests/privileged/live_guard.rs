@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The keys of a pinned hash map keyed by an IPv4 address (`[u8; 4]`), as bpftool prints them.
-fn map_ips(pin_dir: &std::path::Path, map: &str) -> Result<BTreeSet<Ipv4Addr>> {
+pub(crate) fn map_ips(pin_dir: &std::path::Path, map: &str) -> Result<BTreeSet<Ipv4Addr>> {
     let json = sh(Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(pin_dir.join("maps").join(map)))?;
@@ -68,6 +68,37 @@ fn family_sum(agent: &Agent, name: &str) -> Result<f64> {
     }
     ensure!(found, "no series {name} in /metrics");
     Ok(sum)
+}
+
+/// Every metric deploy/monitoring's Grafana dashboard queries is one the agent exports (its HELP
+/// line is there even while a family has no series, e.g. no violating pod).
+fn dashboard_metrics_exist(metrics: &str) -> Result<()> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut names = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let mut rest = expr;
+            while let Some(at) = rest.find("eniguard_") {
+                let name: String =
+                    rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    ensure!(names.len() >= 10, "the dashboard queries {names:?}");
+    let exported: BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP ").or_else(|| l.strip_prefix("# TYPE ")))
+        .filter_map(|l| l.split_whitespace().next())
+        .chain(metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()))
+        .collect();
+    let missing: Vec<&String> = names.iter().filter(|n| !exported.contains(n.as_str())).collect();
+    ensure!(missing.is_empty(), "the dashboard queries metrics the agent does not export: {missing:?}");
+    Ok(())
 }
 
 /// `promtool check metrics` (Debian's prometheus package) on a /metrics response.
@@ -188,6 +219,7 @@ pub fn follows_pod_churn(ctx: &mut Ctx) -> Result<()> {
         text.lines().filter(|l| l.contains("violation")).collect::<Vec<_>>().join("\n")
     );
     promtool(&text).context("the agent's metrics")?;
+    dashboard_metrics_exist(&text)?;
     let frames = node.fabric()?.frames();
     for pod in &live {
         let ip = pod_ip(&pod.live.as_ref().context("live")?.1)?;
@@ -315,7 +347,14 @@ impl Drop for ChildGuard {
 /// and modification time), its directory, the node's rules and routes. Stopping audit mode
 /// detaches everything it attached.
 pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
-    let w = World::new(ctx, "lgaudit", &Scenario::parse(include_str!("../../scenarios/incident.yaml"))?)?;
+    let mut scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
+    scenario.security_group_policies.push(eniguard_tests::sim::scenario::PolicySpec {
+        namespace: "shop".into(),
+        name: "checkout".into(),
+        pod_selector: [("app".to_owned(), "checkout".to_owned())].into(),
+        security_groups: vec!["eks-pods".into()],
+    });
+    let w = World::new(ctx, "lgaudit", &scenario)?;
     let aws = crate::aws_node::set_up(&w)?;
     let World { sim, prefix, dir, .. } = &w;
     let node_ns = NetNs::existing(&format!("{prefix}-node0"));
@@ -405,6 +444,36 @@ pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
         explain.contains("finding") && explain.contains("sg_mismatch"),
         "explain shop/payments-0:\n{explain}"
     );
+    // A branch-ENI pod started beside aws-node: audit mode learns it from the pod watch (the
+    // Resource Controller's annotation), its group from the SecurityGroupPolicy, the branch ENI's
+    // from EC2.
+    let pod = serde_json::json!({"metadata": {"name": "checkout", "labels": {"app": "checkout"}},
+        "spec": {"nodeName": w.node.name, "containers": [{"name": "c"}]}});
+    sim.kube.create(kube_api::PODS, Some("shop"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
+    let pods_sg = sim.security_groups["eks-pods"].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let entry = loop {
+        let guard: Value = serde_json::from_str(&get("/v1/guard")?)?;
+        let found = guard["pods"].as_array().into_iter().flatten().find(|p| p["name"] == "checkout").cloned();
+        // Complete once the namespace's policies were read (the next checkpoint poll, 1 s).
+        let want = serde_json::json!([pods_sg]);
+        if let Some(entry) =
+            found.filter(|p| p["expectVlan"].as_u64().unwrap_or(0) > 0 && p["expectSecurityGroups"] == want)
+        {
+            break entry;
+        }
+        ensure!(std::time::Instant::now() < deadline, "no branch pod shop/checkout in audit mode: {guard}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    ensure!(entry["hostInterface"].as_str().is_some_and(|h| h.starts_with("vlan")), "{entry}");
+    let explain = cli(&node_ns, &["explain", "shop/checkout", "--addr", "127.0.0.1:61681"])?;
+    for want in [
+        "its branch ENI".to_owned(),
+        "SecurityGroupPolicy `checkout`".to_owned(),
+        format!("carries [{pods_sg}]: as intended"),
+    ] {
+        ensure!(explain.contains(&want), "explain shop/checkout lacks `{want}`:\n{explain}");
+    }
     // aws-node's port stays free: audit mode is on 61680/61681 only.
     ensure!(
         eniguard_tests::http::get_in(&node_ns, "127.0.0.1:61678", "/metrics").is_err(),

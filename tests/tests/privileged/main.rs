@@ -6,6 +6,8 @@ mod aws_node;
 mod clients;
 mod cni;
 mod datapath_churn;
+mod demo;
+mod deploy;
 mod guard;
 mod harness;
 mod live_guard;
@@ -15,6 +17,11 @@ mod tc_counter;
 use harness::Test;
 
 fn main() -> std::process::ExitCode {
+    // `cargo xtask demo [--keep]` runs the demo with this binary's helpers (see demo.rs).
+    if std::env::args().any(|a| a == "--demo") {
+        let keep = std::env::args().any(|a| a == "--keep");
+        return harness::demo(|ctx| demo::run(ctx, keep));
+    }
     harness::main(&[
         Test { name: "tc_counter_counts_over_tcx", run: tc_counter::counts_over_tcx },
         Test { name: "tc_counter_counts_over_netlink", run: tc_counter::counts_over_netlink },
@@ -53,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "guard_apply_is_all_or_nothing", run: guard::apply_is_all_or_nothing },
         Test { name: "guard_update_voids_cached_passes", run: guard::update_voids_cached_passes },
         Test { name: "datapath_churn_5000_pods", run: datapath_churn::churn_5000_pods },
+        Test { name: "datapath_diff_and_reread", run: datapath_churn::diff_and_reread },
         Test {
             name: "sim_fabric_follows_attachments_and_checks_sources",
             run: sim_fabric::follows_attachments_and_checks_sources,
@@ -68,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_follows_ec2_and_its_pods", run: agent::follows_ec2_and_its_pods },
         Test { name: "agent_cordoned_node_gets_no_new_eni", run: agent::cordoned_node_gets_no_new_eni },
         Test { name: "agent_local_api", run: agent::local_api },
+        Test { name: "agent_unknown_type_and_shrink", run: agent::unknown_type_and_shrink },
         Test { name: "cni_pods_per_version", run: cni::pods_per_version },
         Test { name: "cni_bad_input", run: cni::bad_input },
         Test { name: "cni_external_snat", run: cni::external_snat },
@@ -84,6 +93,8 @@ fn main() -> std::process::ExitCode {
         },
         Test { name: "live_audit_beside_aws_node", run: live_guard::audit_beside_aws_node },
         Test { name: "live_drift_is_caught", run: live_guard::drift_is_caught },
+        // Last: compares deploy/'s RBAC and IAM with what every test before it recorded.
+        Test { name: "deploy_rbac_and_iam_equal_calls", run: deploy::rbac_and_iam_equal_calls },
     ])
 }
 
