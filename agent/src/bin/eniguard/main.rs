@@ -154,9 +154,6 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Threads for blocking work in the agent and audit mode (see where the runtime is built).
-const BLOCKING_THREADS: usize = 4;
-
 fn main() -> Result<()> {
     init_logging()?;
     match Cli::parse().command {
@@ -172,10 +169,6 @@ fn main() -> Result<()> {
             limit_malloc_arenas();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                // The blocking work (the datastore section, the checkpoint's fsync, a guard
-                // apply, an nft run) is serial by nature: a burst of 30 ADDs would otherwise
-                // start 30 threads that queue on one lock, and keep their stacks resident.
-                .max_blocking_threads(BLOCKING_THREADS)
                 .enable_all()
                 .build()?
                 .block_on(agent::run(config, paths))
@@ -185,7 +178,6 @@ fn main() -> Result<()> {
             limit_malloc_arenas();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                .max_blocking_threads(BLOCKING_THREADS)
                 .enable_all()
                 .build()?
                 .block_on(audit::run(config, pin_dir))
