@@ -341,13 +341,18 @@ async fn instances_types_subnets_groups_tags_and_termination() {
     assert_eq!(left.network_interfaces()[0].status.as_ref().map(|s| s.as_str()), Some("available"));
 }
 
-/// The agent's built-in limits table knows every type the simulator runs, with the same numbers
-/// (the simulator's are the Resource Controller's limits.go values).
+/// The agent's built-in limits table knows every type the simulator runs but one (m8g.large, left
+/// out on purpose), with the same numbers (the simulator's are the Resource Controller's
+/// limits.go values).
 #[test]
 fn the_agents_limits_table_matches_the_simulator() {
     for t in eniguard_tests::sim::ec2::INSTANCE_TYPES {
-        let row =
-            eniguard::cloud::limits::lookup(t.name).unwrap_or_else(|| panic!("{} not in the table", t.name));
+        let Some(row) = eniguard::cloud::limits::lookup(t.name) else {
+            // The simulator's one type the table lacks, on purpose: the agent's
+            // DescribeInstanceTypes path (agent_unknown_type_and_shrink).
+            assert_eq!(t.name, "m8g.large", "{} not in the table", t.name);
+            continue;
+        };
         assert_eq!(
             (row.max_enis, row.ipv4_per_eni, row.trunking),
             (t.max_enis, t.ipv4_per_eni, t.trunking),
