@@ -117,6 +117,19 @@ pub struct PolicySpec {
     pub security_groups: Vec<String>,
 }
 
+impl PolicySpec {
+    /// A policy named `name` in `namespace` that selects pods labelled `app: <name>` and gives
+    /// them the scenario's group `group`.
+    pub fn for_app(namespace: &str, name: &str, group: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            pod_selector: [("app".to_owned(), name.to_owned())].into(),
+            security_groups: vec![group.into()],
+        }
+    }
+}
+
 fn default_namespace() -> String {
     "default".into()
 }

@@ -880,12 +880,8 @@ fn guard_judges_branch_pod(
 /// behind; DEL of an upstream-layout branch pod (dummy interface, VLAN as MAC) succeeds.
 pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
     let node = Node::start_with(ctx, "cnibr", ENV, |s| {
-        s.security_group_policies.push(eniguard_tests::sim::scenario::PolicySpec {
-            namespace: "default".into(),
-            name: "payments".into(),
-            pod_selector: [("app".to_owned(), "payments".to_owned())].into(),
-            security_groups: vec!["eks-pods".into()],
-        });
+        s.security_group_policies
+            .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
     })?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let trunk = loop {

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use eniguard_tests::{
     agent,
-    netns::{sh, NetNs},
+    netns::NetNs,
     process::Daemon,
     sim::{
         kube_api,
@@ -30,6 +30,7 @@ use crate::{
     aws_node,
     cni::{pod_ip, runtime_add, Node, Pod, ENV},
     harness::Ctx,
+    live_guard::{cli, eventually},
 };
 
 fn say(text: &str) {
@@ -46,19 +47,6 @@ fn show(command: &str, output: &str) {
     for line in output.lines() {
         println!("  {line}");
     }
-}
-
-fn cli(ns: &NetNs, args: &[&str]) -> Result<String> {
-    sh(ns.cmd(eniguard_tests::eniguard_bin()).args(args))
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !f()? {
-        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
 }
 
 /// The features on the node's CNINode, in the order the API server stored them.
@@ -142,12 +130,9 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
 
     heading("Before: a node run the way aws-node v1.16.3 runs it (#2792)");
     let mut scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
-    scenario.security_group_policies.push(eniguard_tests::sim::scenario::PolicySpec {
-        namespace: "shop".into(),
-        name: "payments".into(),
-        pod_selector: [("app".to_owned(), "payments".to_owned())].into(),
-        security_groups: vec!["eks-pods".into()],
-    });
+    scenario
+        .security_group_policies
+        .push(eniguard_tests::sim::scenario::PolicySpec::for_app("shop", "payments", "eks-pods"));
     let w = World::new(ctx, "before", &scenario)?;
     let aws = aws_node::set_up(&w)?;
     let node_ns = NetNs::existing(&format!("{}-node0", w.prefix));
@@ -199,12 +184,8 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     let mut env = ENV.to_vec();
     env.push(("ENIGUARD_SG_AUDIT_INTERVAL", "10"));
     let node = Node::start_with(ctx, "after", &env, |s| {
-        s.security_group_policies.push(eniguard_tests::sim::scenario::PolicySpec {
-            namespace: "default".into(),
-            name: "payments".into(),
-            pod_selector: [("app".to_owned(), "payments".to_owned())].into(),
-            security_groups: vec!["eks-pods".into()],
-        });
+        s.security_group_policies
+            .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
     })?;
     let name = node.sim.nodes[0].name.clone();
     let instance = node.sim.nodes[0].instance_id.clone();
@@ -212,7 +193,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
         "node {name} ({instance}), `eniguard agent` with {}",
         env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     ));
-    wait("the trunk", Duration::from_secs(20), || {
+    eventually("the trunk", Duration::from_secs(20), || {
         let enis = node.rt.block_on(attached(&node.ec2, &instance))?;
         Ok(enis.values().any(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk")))
     })?;
@@ -258,7 +239,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     node.sim.kube.create(kube_api::PODS, Some("default"), object).map_err(|e| anyhow::anyhow!(e.message))?;
     let key = kube_api::PODS.key(Some("default"), "pay");
     let mut annotation = String::new();
-    wait("the branch ENI annotation", Duration::from_secs(20), || {
+    eventually("the branch ENI annotation", Duration::from_secs(20), || {
         let p = node.sim.kube.read(|s| s.get(&key)).map_err(|e| anyhow::anyhow!(e.message))?;
         annotation = p
             .pointer("/metadata/annotations/vpc.amazonaws.com~1pod-eni")
@@ -300,12 +281,12 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
         node.ec2.modify_network_interface_attribute().network_interface_id(web_eni).groups(&node_sg).send(),
     )?;
     let drift = format!("eniguard_eni_security_groups_drift{{eni=\"{web_eni}\"}}");
-    wait("the drift caught", Duration::from_secs(30), || {
+    eventually("the drift caught", Duration::from_secs(30), || {
         Ok(node.agent().metric(&drift).unwrap_or(0.0) == 1.0)
     })?;
     ping(&web.ns);
     let series = "eniguard_guard_pod_violation_packets_total{namespace=\"default\",pod=\"web\",reason=\"sg_mismatch\"}";
-    wait("web's packets counted", Duration::from_secs(5), || {
+    eventually("web's packets counted", Duration::from_secs(5), || {
         Ok(node.agent().metric(series).unwrap_or(0.0) >= 3.0)
     })?;
     say(&format!("{drift} = 1 (the security-group audit, every ENIGUARD_SG_AUDIT_INTERVAL = 10 s)"));
@@ -325,7 +306,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     let dropped =
         "eniguard_guard_pod_dropped_packets_total{namespace=\"default\",pod=\"web\",reason=\"sg_mismatch\"}";
     let mut received = 3;
-    wait("web's packets dropped", Duration::from_secs(10), || {
+    eventually("web's packets dropped", Duration::from_secs(10), || {
         received = ping(&web.ns);
         Ok(received == 0 && node.agent().metric(dropped).unwrap_or(0.0) >= 3.0)
     })?;

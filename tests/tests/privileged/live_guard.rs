@@ -124,11 +124,11 @@ fn promtool(response: &str) -> Result<()> {
 }
 
 /// `eniguard <args>` in the node's namespace; its stdout.
-fn cli(node_ns: &NetNs, args: &[&str]) -> Result<String> {
+pub(crate) fn cli(node_ns: &NetNs, args: &[&str]) -> Result<String> {
     sh(node_ns.cmd(eniguard_tests::eniguard_bin()).args(args))
 }
 
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if f()? {
@@ -348,12 +348,9 @@ impl Drop for ChildGuard {
 /// detaches everything it attached.
 pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
     let mut scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
-    scenario.security_group_policies.push(eniguard_tests::sim::scenario::PolicySpec {
-        namespace: "shop".into(),
-        name: "checkout".into(),
-        pod_selector: [("app".to_owned(), "checkout".to_owned())].into(),
-        security_groups: vec!["eks-pods".into()],
-    });
+    scenario
+        .security_group_policies
+        .push(eniguard_tests::sim::scenario::PolicySpec::for_app("shop", "checkout", "eks-pods"));
     let w = World::new(ctx, "lgaudit", &scenario)?;
     let aws = crate::aws_node::set_up(&w)?;
     let World { sim, prefix, dir, .. } = &w;
