@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod cni;
+pub mod containerd;
+pub mod cri;
 pub mod frames;
 pub mod http;
 pub mod netns;

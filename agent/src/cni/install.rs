@@ -11,8 +11,12 @@
 //! win (containerd loads only the first file): it is renamed aside, not deleted, so that going
 //! back is a rename.
 //!
-//! The list's version is the highest that eniguard-cni and the chained portmap both speak
-//! (portmap is asked with VERSION): 1.1.0 turns on STATUS and GC in runtimes that know them.
+//! Versions: `cniVersion` is what every runtime in use accepts, upstream's 0.4.0 (containerd 1.6
+//! and 1.7 embed a libcni that refuses results newer than 1.0.0, and they read only this field).
+//! `cniVersions` (CNI 1.1) lists every version that eniguard-cni and the chained portmap both
+//! speak (portmap is asked with VERSION); a runtime that reads it takes the highest it supports,
+//! so containerd 2 gets 1.1.0 (STATUS, GC) where portmap speaks it. The file depends only on the
+//! configuration and the plugins installed, so a restarted agent writes the same bytes.
 
 use std::{
     io::Write as _,
@@ -30,6 +34,8 @@ pub const PLUGIN_NAME: &str = "eniguard-cni";
 /// Upstream's network name (see the module doc).
 pub const NETWORK_NAME: &str = "aws-cni";
 const UPSTREAM_CONFLIST: &str = "10-aws.conflist";
+/// The list's `cniVersion`, what runtimes that predate `cniVersions` use (see the module doc).
+pub const CONFLIST_VERSION: &str = "0.4.0";
 
 #[derive(Debug, thiserror::Error)]
 #[error("installing the CNI plugin: {what} {path}: {source}")]
@@ -95,13 +101,17 @@ pub fn plugin_versions(binary: &Path) -> Vec<String> {
 
 /// The conflist (pure): `portmap_versions` empty means portmap is not installed.
 pub fn conflist(cfg: &Config, agent_socket: &Path, portmap_versions: &[String]) -> Value {
-    let version = ["1.1.0", "1.0.0"]
-        .into_iter()
-        .find(|v| {
-            SUPPORTED_VERSIONS.contains(v)
-                && (portmap_versions.is_empty() || portmap_versions.iter().any(|p| p == v))
-        })
-        .unwrap_or("1.0.0");
+    let versions: Vec<&str> = SUPPORTED_VERSIONS
+        .iter()
+        .copied()
+        .filter(|v| portmap_versions.is_empty() || portmap_versions.iter().any(|p| p == v))
+        .collect();
+    // 0.4.0 unless a future portmap dropped it; then the oldest version both speak.
+    let version = if versions.contains(&CONFLIST_VERSION) {
+        CONFLIST_VERSION
+    } else {
+        versions.first().copied().unwrap_or(CONFLIST_VERSION)
+    };
     let mut plugins = vec![json!({
         "name": NETWORK_NAME,
         "type": PLUGIN_NAME,
@@ -119,7 +129,12 @@ pub fn conflist(cfg: &Config, agent_socket: &Path, portmap_versions: &[String]) 
     if !portmap_versions.is_empty() {
         plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
     }
-    json!({"cniVersion": version, "name": NETWORK_NAME, "plugins": plugins})
+    json!({
+        "cniVersion": version,
+        "cniVersions": if versions.is_empty() { vec![version] } else { versions },
+        "name": NETWORK_NAME,
+        "plugins": plugins,
+    })
 }
 
 /// Installs the plugin (from beside the running agent) and the conflist; see the module doc.
@@ -183,12 +198,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_conflist_has_upstreams_fields_and_the_version_both_plugins_speak() {
+    fn the_conflist_has_upstreams_fields_and_versions_every_runtime_accepts() {
         let cfg = Config::from_lookup(|_| None).unwrap();
         let sock = Path::new("/run/eniguard/eniguard.sock");
-        let old_portmap = vec!["0.4.0".to_owned(), "1.0.0".to_owned()];
+        let old_portmap = vec!["0.3.1".to_owned(), "0.4.0".to_owned(), "1.0.0".to_owned()];
         let c = conflist(&cfg, sock, &old_portmap);
-        assert_eq!((c["cniVersion"].as_str(), c["name"].as_str()), (Some("1.0.0"), Some("aws-cni")));
+        assert_eq!((c["cniVersion"].as_str(), c["name"].as_str()), (Some("0.4.0"), Some("aws-cni")));
+        assert_eq!(c["cniVersions"], json!(["0.4.0", "1.0.0"]));
         let p = &c["plugins"][0];
         assert_eq!(
             (p["type"].as_str(), p["mtu"].as_str(), p["vethPrefix"].as_str()),
@@ -197,12 +213,25 @@ mod tests {
         assert_eq!(p["podSGEnforcingMode"], "strict");
         assert_eq!(p["pluginLogFile"], "/var/log/aws-routed-eni/plugin.log");
         assert_eq!(c["plugins"][1]["type"], "portmap");
-        let new_portmap = vec!["1.0.0".to_owned(), "1.1.0".to_owned()];
-        assert_eq!(conflist(&cfg, sock, &new_portmap)["cniVersion"], "1.1.0");
+        let new_portmap = vec!["0.4.0".to_owned(), "1.0.0".to_owned(), "1.1.0".to_owned()];
+        let c = conflist(&cfg, sock, &new_portmap);
+        assert_eq!(
+            (c["cniVersion"].as_str(), c["cniVersions"].clone()),
+            (Some("0.4.0"), json!(SUPPORTED_VERSIONS))
+        );
         let alone = conflist(&cfg, sock, &[]);
         assert_eq!(
             (alone["cniVersion"].as_str(), alone["plugins"].as_array().map(Vec::len)),
-            (Some("1.1.0"), Some(1))
+            (Some("0.4.0"), Some(1))
+        );
+        assert_eq!(alone["cniVersions"], json!(SUPPORTED_VERSIONS));
+        // cniVersion is always one of cniVersions.
+        assert!(alone["cniVersions"].as_array().unwrap().contains(&json!(CONFLIST_VERSION)));
+        let future_portmap = vec!["1.0.0".to_owned(), "1.1.0".to_owned(), "2.0.0".to_owned()];
+        let c = conflist(&cfg, sock, &future_portmap);
+        assert_eq!(
+            (c["cniVersion"].as_str(), c["cniVersions"].clone()),
+            (Some("1.0.0"), json!(["1.0.0", "1.1.0"]))
         );
     }
 }

@@ -128,12 +128,18 @@ impl Node {
         cni::conf(&self.conflist, Some(version), prev)
     }
 
-    /// A sandbox for pod `name` in `default`, whose Pod object exists on this node (so that the
-    /// agent's pod GC leaves its address alone).
-    fn sandbox(&self, container_id: &str, name: &str, netns: &NetNs) -> Result<Sandbox> {
+    /// Pod `name` in `default` on this node, as the API server has it (so that the agent's pod
+    /// GC leaves its address alone).
+    pub fn create_pod(&self, name: &str) -> Result<()> {
         let pod = serde_json::json!({"metadata": {"name": name},
             "spec": {"nodeName": self.sim.nodes[0].name, "containers": [{"name": "c"}]}});
         self.sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(())
+    }
+
+    /// A sandbox for pod `name` (see [`Node::create_pod`]).
+    fn sandbox(&self, container_id: &str, name: &str, netns: &NetNs) -> Result<Sandbox> {
+        self.create_pod(name)?;
         Ok(Sandbox::new(container_id, "default", name, netns))
     }
 
@@ -159,7 +165,7 @@ impl Node {
     }
 
     /// The host's rules that mention `ip` (`ip rule` lines).
-    fn rules_for(&self, ip: Ipv4Addr) -> Result<Vec<String>> {
+    pub fn rules_for(&self, ip: Ipv4Addr) -> Result<Vec<String>> {
         let out = self.ns.ip(&["rule", "show"])?;
         Ok(out
             .lines()
@@ -193,11 +199,14 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
         "installed conflist: {}",
         node.conflist
     );
-    // Chained with portmap, at the highest version both speak (Debian's portmap stops at 1.0.0).
+    // Chained with portmap; cniVersion 0.4.0 for runtimes that read only it, cniVersions what
+    // both plugins speak (Debian's portmap stops at 1.0.0).
     if std::path::Path::new("/usr/lib/cni/portmap").exists() {
         ensure!(
-            node.conflist["plugins"][1]["type"] == "portmap" && node.conflist["cniVersion"] == "1.0.0",
-            "portmap chained at 1.0.0: {}",
+            node.conflist["plugins"][1]["type"] == "portmap"
+                && node.conflist["cniVersion"] == "0.4.0"
+                && node.conflist["cniVersions"] == serde_json::json!(["0.4.0", "1.0.0"]),
+            "portmap chained, 0.4.0 and cniVersions [0.4.0, 1.0.0]: {}",
             node.conflist
         );
     } else {

@@ -5,6 +5,7 @@ mod aws_node;
 #[path = "../common/clients.rs"]
 mod clients;
 mod cni;
+mod containerd;
 mod datapath_churn;
 mod demo;
 mod deploy;
@@ -84,6 +85,10 @@ fn main() -> std::process::ExitCode {
         Test { name: "cni_churn_with_kill_9", run: cni::churn_with_kill_9 },
         Test { name: "cni_branch_pods_strict_and_standard", run: cni::branch_pods_strict_and_standard },
         Test { name: "cni_sgp_branch_reply", run: cni::branch_pod_reply },
+        Test { name: "containerd_pods_on_the_right_eni", run: containerd::pods_on_the_right_eni },
+        Test { name: "containerd_del_sequence_is_idempotent", run: containerd::del_sequence_is_idempotent },
+        Test { name: "containerd_restart_keeps_pods", run: containerd::restart_keeps_pods },
+        Test { name: "containerd_burst_with_kill_9", run: containerd::burst_with_kill_9 },
         // Named without `guard_`: the kernel matrix runs every test whose name contains it, and these
         // need the simulated VPC.
         Test { name: "live_maps_follow_pod_churn", run: live_guard::follows_pod_churn },

@@ -1,0 +1,310 @@
+//! Pods started the way a node starts them: the kubelet's CRI calls to Debian's containerd,
+//! which runs in the simulated node's namespace and calls the plugin that the agent installed,
+//! with the conflist that the agent wrote, unedited. What a pod got is read back from
+//! containerd, EC2, the kernel and the VPC's recorder.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use anyhow::{ensure, Context as _, Result};
+use eniguard::net::names::host_veth_name;
+use eniguard_tests::{
+    containerd::{Containerd, BUSYBOX_IMAGE},
+    cri::{Cri, PodSpec},
+    sim::fabric::Verdict,
+};
+
+use crate::{
+    cni::{Node, ENV},
+    harness::Ctx,
+};
+
+/// A node whose pods containerd starts: the agent (and its simulated VPC) and the runtime.
+/// The runtime is declared first so that it stops first, while the agent still answers DELs.
+pub(crate) struct Kubelet {
+    pub runtime: Containerd,
+    pub node: Node,
+}
+
+impl Kubelet {
+    pub fn start(ctx: &Ctx, tag: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let node = Node::start(ctx, tag, env)?;
+        let dir = std::env::temp_dir().join(format!("{}-containerd", node.prefix));
+        let runtime = Containerd::start(&node.ns, &dir, &node.dir.join("bin"), &node.dir.join("net.d"))?;
+        Ok(Self { runtime, node })
+    }
+
+    pub fn cri(&self) -> &Cri {
+        &self.runtime.cri
+    }
+
+    fn block_on<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.runtime.block_on(f)
+    }
+
+    /// The kubelet's pod: its API object first (as the scheduler made it), then RunPodSandbox.
+    pub fn run_pod(&self, name: &str) -> Result<(PodSpec, String)> {
+        self.node.create_pod(name)?;
+        let pod = self.runtime.pod("default", name, &format!("uid-{name}"));
+        let id = self.block_on(self.cri().run_pod(&pod)).with_context(|| {
+            format!("RunPodSandbox {name}\ncontainerd's log:\n{}", tail(&self.runtime.log()))
+        })?;
+        Ok((pod, id))
+    }
+
+    /// A running busybox container in the sandbox (sleeps until stopped).
+    pub fn start_busybox(&self, pod: &PodSpec, sandbox: &str) -> Result<String> {
+        self.block_on(self.cri().start_container(sandbox, pod, "app", BUSYBOX_IMAGE, &["sleep", "3600"]))
+    }
+
+    /// The pod's address as containerd reports it, checked to be ready.
+    pub fn pod_ip(&self, sandbox: &str) -> Result<Ipv4Addr> {
+        let status = self.block_on(self.cri().status(sandbox))?;
+        ensure!(status.ready, "sandbox {sandbox} is not ready");
+        status.ip.parse().with_context(|| format!("sandbox {sandbox}: ip `{}`", status.ip))
+    }
+
+    /// The container pings the VPC's router; every frame the VPC saw from `ip` left through the
+    /// ENI that EC2 says holds it, never the trunk.
+    pub fn reaches_the_vpc(&self, container: &str, ip: Ipv4Addr) -> Result<String> {
+        let fabric = self.node.fabric()?;
+        fabric.clear();
+        let ping = self.block_on(self.cri().exec(
+            container,
+            &["ping", "-c", "2", "-W", "2", "-i", "0.2", "10.0.0.1"],
+            Duration::from_secs(10),
+        ))?;
+        ensure!(ping.exit_code == 0, "{ip}: ping from the container: {} {}", ping.stdout, ping.stderr);
+        let eni = self.node.eni_holding(ip)?;
+        let eni_id = eni.network_interface_id().context("eni id")?.to_owned();
+        ensure!(eni.interface_type().map(|t| t.as_str()) != Some("trunk"), "{ip} is on the trunk");
+        let frames: Vec<_> = fabric.frames().into_iter().filter(|f| f.src == ip).collect();
+        ensure!(!frames.is_empty(), "the VPC saw nothing from {ip}");
+        for f in &frames {
+            ensure!(
+                f.eni_id == eni_id && f.verdict == Verdict::Delivered && f.vlan.is_none(),
+                "{ip} left through {} ({:?}), expected {eni_id}",
+                f.eni_id,
+                f.verdict
+            );
+        }
+        Ok(eni_id)
+    }
+
+    /// The addresses the agent's checkpoint holds, by sandbox id.
+    pub fn checkpoint(&self) -> Result<BTreeMap<String, Ipv4Addr>> {
+        let kept = eniguard::ipam::checkpoint::Checkpoint::new(self.node.dir.join("ipam.json"))
+            .read()?
+            .context("checkpoint")?;
+        let held: BTreeMap<String, Ipv4Addr> =
+            kept.allocations.iter().map(|a| (a.key.container_id.clone(), a.ip)).collect();
+        ensure!(held.len() == kept.allocations.len(), "a sandbox holds two addresses in the checkpoint");
+        Ok(held)
+    }
+
+    /// Nothing of pod `name` (address `ip`) is left on the host: no veth, rule or route.
+    pub fn host_is_clean_of(&self, name: &str, ip: Ipv4Addr) -> Result<()> {
+        let veth = host_veth_name("eni", "default", name);
+        ensure!(self.node.ns.link(&veth).is_err(), "{veth} of {name} survived");
+        let rules = self.node.rules_for(ip)?;
+        ensure!(rules.is_empty(), "rules of {name} ({ip}) left: {rules:?}");
+        let routes = self.node.ns.ip(&["route", "show", "table", "all", &format!("{ip}/32")])?;
+        ensure!(routes.trim().is_empty(), "routes of {name} ({ip}) left: {routes}");
+        Ok(())
+    }
+
+    /// The kubelet's teardown of every sandbox, then the runtime stops with nothing left behind.
+    pub fn stop(self) -> Result<()> {
+        let Self { runtime, node } = self;
+        let pods = runtime.block_on(runtime.cri.list_pods())?;
+        for (id, _) in pods {
+            runtime.block_on(runtime.cri.stop_and_remove(&id))?;
+        }
+        runtime.stop()?;
+        drop(node);
+        Ok(())
+    }
+}
+
+/// The last lines of a log, for an error message.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// In each mode (secondary addresses in the node's subnet; custom networking; custom networking
+/// with prefix delegation) containerd starts pods with the conflist as the agent wrote it: each
+/// gets an address of the expected subnet on a non-trunk ENI and its container reaches the VPC
+/// through that ENI. The agent killed -9 and restarted writes the same conflist, and the next
+/// pod starts.
+pub fn pods_on_the_right_eni(ctx: &mut Ctx) -> Result<()> {
+    let custom: Vec<(&str, &str)> = ENV
+        .iter()
+        .copied()
+        .filter(|(k, _)| !matches!(*k, "ENABLE_PREFIX_DELEGATION" | "WARM_PREFIX_TARGET"))
+        .collect();
+    let modes: [(&str, &[(&str, &str)], &str); 3] =
+        [("ctdflat", &[], "node-a"), ("ctdcustom", &custom, "pods-a"), ("ctdprefix", ENV, "pods-a")];
+    for (tag, env, subnet) in modes {
+        let k = Kubelet::start(ctx, tag, env)?;
+        let subnet_id = k.node.sim.subnets[subnet].clone();
+        let conflist = std::fs::read(k.node.dir.join("net.d/10-eniguard.conflist"))?;
+        let check_pod = |name: &str| -> Result<Ipv4Addr> {
+            let (pod, sandbox) = k.run_pod(name)?;
+            let ip = k.pod_ip(&sandbox)?;
+            let eni = k.node.eni_holding(ip)?;
+            ensure!(
+                eni.subnet_id() == Some(subnet_id.as_str()),
+                "{tag}: {ip} on subnet {:?}",
+                eni.subnet_id()
+            );
+            let container = k.start_busybox(&pod, &sandbox)?;
+            let eni_id = k.reaches_the_vpc(&container, ip)?;
+            println!("  {tag}: {name} got {ip} on {eni_id} ({subnet})");
+            Ok(ip)
+        };
+        check_pod("web-0")?;
+        check_pod("web-1")?;
+        k.node.kill_and_restart()?;
+        k.node.agent().daemon.wait_for_line("ready:", Duration::from_secs(60))?;
+        let again = std::fs::read(k.node.dir.join("net.d/10-eniguard.conflist"))?;
+        ensure!(again == conflist, "{tag}: the restarted agent rewrote the conflist differently");
+        check_pod("web-2")?;
+        let held = k.checkpoint()?;
+        ensure!(held.len() == 3, "{tag}: checkpoint holds {held:?}");
+        k.stop()?;
+    }
+    Ok(())
+}
+
+/// containerd's DEL sequence for one pod (StopPodSandbox with the netns, StopPodSandbox again
+/// and RemovePodSandbox without one) succeeds at each step and leaves nothing: the checkpoint
+/// forgets the sandbox at the first, no veth, rule or route stays, the address cools down.
+pub fn del_sequence_is_idempotent(ctx: &mut Ctx) -> Result<()> {
+    let k = Kubelet::start(ctx, "ctddel", ENV)?;
+    let (pod, sandbox) = k.run_pod("web")?;
+    let ip = k.pod_ip(&sandbox)?;
+    k.start_busybox(&pod, &sandbox)?;
+    ensure!(k.checkpoint()?.get(&sandbox) == Some(&ip), "the checkpoint holds {sandbox} → {ip}");
+    let cooling_before = k.node.agent().metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
+    k.block_on(k.cri().stop_pod(&sandbox)).context("the first StopPodSandbox")?;
+    ensure!(!k.checkpoint()?.contains_key(&sandbox), "the checkpoint still holds {sandbox}");
+    k.host_is_clean_of("web", ip)?;
+    k.block_on(k.cri().stop_pod(&sandbox)).context("the second StopPodSandbox")?;
+    k.block_on(k.cri().remove_pod(&sandbox)).context("RemovePodSandbox")?;
+    k.host_is_clean_of("web", ip)?;
+    let cooling = k.node.agent().metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
+    ensure!(cooling == cooling_before + 1.0, "cooling {cooling_before} → {cooling}: released once");
+    let log = std::fs::read_to_string(k.node.dir.join("plugin.log")).unwrap_or_default();
+    let dels = log.lines().filter(|l| l.contains(&format!("DEL {sandbox}"))).count();
+    ensure!(dels >= 2, "the plugin logged {dels} DELs of {sandbox}: containerd sends three\n{log}");
+    ensure!(k.block_on(k.cri().list_pods())?.is_empty(), "containerd still lists a sandbox");
+    k.stop()
+}
+
+/// containerd restarted (its shims and pods keep running): the running pod keeps its network,
+/// its container still answers exec through the new containerd, and the next pod starts.
+pub fn restart_keeps_pods(ctx: &mut Ctx) -> Result<()> {
+    let mut k = Kubelet::start(ctx, "ctdrestart", ENV)?;
+    let (pod, sandbox) = k.run_pod("web-0")?;
+    let ip = k.pod_ip(&sandbox)?;
+    let container = k.start_busybox(&pod, &sandbox)?;
+    let before = k.reaches_the_vpc(&container, ip)?;
+    k.runtime.restart()?;
+    ensure!(k.pod_ip(&sandbox)? == ip, "the pod's address after the restart");
+    let after = k.reaches_the_vpc(&container, ip)?;
+    ensure!(before == after, "{ip} moved from {before} to {after}");
+    let (pod1, sandbox1) = k.run_pod("web-1")?;
+    let ip1 = k.pod_ip(&sandbox1)?;
+    let c1 = k.start_busybox(&pod1, &sandbox1)?;
+    k.reaches_the_vpc(&c1, ip1)?;
+    let held = k.checkpoint()?;
+    ensure!(
+        held.len() == 2 && held.get(&sandbox) == Some(&ip) && held.get(&sandbox1) == Some(&ip1),
+        "{held:?}"
+    );
+    k.stop()
+}
+
+/// A burst of 30 RunPodSandbox while the agent is killed with -9 and restarted: every sandbox
+/// ends ready with a working network, or fails and is stopped and removed as the kubelet does
+/// (and its pod retried); afterwards the checkpoint holds exactly the ready sandboxes, no
+/// address twice, one veth and two rules each.
+pub fn burst_with_kill_9(ctx: &mut Ctx) -> Result<()> {
+    const PODS: usize = 30;
+    let k = Kubelet::start(ctx, "ctdburst", ENV)?;
+    for i in 0..PODS {
+        k.node.create_pod(&format!("b{i}"))?;
+    }
+    let specs: Vec<PodSpec> =
+        (0..PODS).map(|i| k.runtime.pod("default", &format!("b{i}"), &format!("uid-b{i}"))).collect();
+    let burst = async {
+        let runs = specs.iter().map(|p| {
+            let cri = k.cri().clone();
+            let p = p.clone();
+            tokio::spawn(async move { cri.run_pod(&p).await })
+        });
+        // The kill lands mid-burst: once a third of the pods have been given an address.
+        let log = k.node.dir.join("plugin.log");
+        let kill = async {
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.lines().filter(|l| l.contains("ADD default/b")).count() >= PODS / 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            k.node.kill_and_restart()
+        };
+        let (results, killed) = tokio::join!(futures::future::join_all(runs), kill);
+        killed?;
+        Ok::<_, anyhow::Error>(results)
+    };
+    let results = k.block_on(burst)?;
+    let mut ready: BTreeMap<String, (PodSpec, String)> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for (spec, r) in specs.iter().zip(results) {
+        match r? {
+            Ok(id) => {
+                ready.insert(spec.name.clone(), (spec.clone(), id));
+            }
+            Err(e) => failed.push((spec.clone(), format!("{e:#}"))),
+        }
+    }
+    println!("  burst: {} ready at once, {} failed while the agent restarted", ready.len(), failed.len());
+    if let Some((_, why)) = failed.first() {
+        let start = why.char_indices().rev().nth(160).map_or(0, |(i, _)| i);
+        println!("    e.g. …{}", &why[start..]);
+    }
+    // The kubelet: stop and remove what is not ready, then try those pods again.
+    k.node.agent().daemon.wait_for_line("ready:", Duration::from_secs(60))?;
+    for (id, is_ready) in k.block_on(k.cri().list_pods())? {
+        if !is_ready {
+            k.block_on(k.cri().stop_and_remove(&id))?;
+        }
+    }
+    for (spec, _) in failed {
+        let id = k.block_on(k.cri().run_pod(&spec)).with_context(|| format!("{} retried", spec.name))?;
+        ready.insert(spec.name.clone(), (spec, id));
+    }
+    ensure!(ready.len() == PODS, "{} of {PODS} pods ready", ready.len());
+    let mut live = BTreeMap::new();
+    for (name, (spec, id)) in &ready {
+        let ip = k.pod_ip(id)?;
+        let c = k.start_busybox(spec, id)?;
+        k.reaches_the_vpc(&c, ip).with_context(|| format!("{name}"))?;
+        live.insert(id.clone(), ip);
+    }
+    let held = k.checkpoint()?;
+    ensure!(held == live, "the checkpoint {held:?} disagrees with the ready sandboxes {live:?}");
+    let distinct: std::collections::BTreeSet<_> = live.values().collect();
+    ensure!(distinct.len() == PODS, "an address is assigned twice");
+    let rules = k.node.ns.ip(&["rule", "show"])?;
+    for prio in ["512:", "1536:"] {
+        let n = rules.lines().filter(|l| l.starts_with(prio)).count();
+        ensure!(n == PODS, "{n} rules at {prio} for {PODS} pods");
+    }
+    let veths = k.node.ns.ip(&["-br", "link"])?.lines().filter(|l| l.starts_with("eni")).count();
+    ensure!(veths == PODS, "{veths} host veths for {PODS} pods");
+    k.stop()
+}
