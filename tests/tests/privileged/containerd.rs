@@ -43,7 +43,16 @@ impl Kubelet {
 
     /// The kubelet's pod: its API object first (as the scheduler made it), then RunPodSandbox.
     pub fn run_pod(&self, name: &str) -> Result<(PodSpec, String)> {
-        self.node.create_pod(name)?;
+        self.run_annotated_pod(name, &serde_json::json!({}))
+    }
+
+    /// [`Kubelet::run_pod`] for a pod with `annotations`.
+    pub fn run_annotated_pod(
+        &self,
+        name: &str,
+        annotations: &serde_json::Value,
+    ) -> Result<(PodSpec, String)> {
+        self.node.create_pod_annotated(name, annotations)?;
         let pod = self.runtime.pod("default", name, &format!("uid-{name}"));
         let id = self.block_on(self.cri().run_pod(&pod)).with_context(|| {
             format!("RunPodSandbox {name}\ncontainerd's log:\n{}", tail(&self.runtime.log()))
@@ -306,5 +315,81 @@ pub fn burst_with_kill_9(ctx: &mut Ctx) -> Result<()> {
     }
     let veths = k.node.ns.ip(&["-br", "link"])?.lines().filter(|l| l.starts_with("eni")).count();
     ensure!(veths == PODS, "{veths} host veths for {PODS} pods");
+    k.stop()
+}
+
+/// The sum of `family`'s series that carry `label` (e.g. `pod="web"`), from the agent's metrics.
+fn series_sum(k: &Kubelet, family: &str, label: &str) -> Result<f64> {
+    let agent = k.node.agent();
+    let text = agent.get(eniguard_tests::agent::METRICS_PORT, "/metrics")?;
+    Ok(eniguard_tests::http::body(&text)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// The guard judges what containers send. Two pods started by containerd, one left to the
+/// node's mode (monitor) and one annotated `eniguard.io/guard-mode: enforce`: their pings are
+/// checked and nothing is counted against them. Then the host loses their source rules (1536),
+/// so that their packets leave through the primary ENI instead of theirs: the monitored pod's
+/// packets are counted as violations under its name and still leave; not one of the enforced
+/// pod's reaches the VPC, and its drops are counted under its name.
+pub fn guard_judges_containers(ctx: &mut Ctx) -> Result<()> {
+    let k = Kubelet::start(ctx, "ctdguard", ENV)?;
+    let mut pods = Vec::new();
+    for (name, mode) in [("watched", None), ("strict", Some("enforce"))] {
+        let annotations = match mode {
+            Some(m) => serde_json::json!({eniguard::guard::derive::POD_MODE_ANNOTATION: m}),
+            None => serde_json::json!({}),
+        };
+        let (pod, sandbox) = k.run_annotated_pod(name, &annotations)?;
+        let ip = k.pod_ip(&sandbox)?;
+        let container = k.start_busybox(&pod, &sandbox)?;
+        pods.push((name, ip, container));
+    }
+    let violations =
+        |name: &str| series_sum(&k, "eniguard_guard_pod_violation_packets_total", &format!("pod=\"{name}\""));
+    for (name, ip, container) in &pods {
+        k.reaches_the_vpc(container, *ip).with_context(|| format!("{name} before the drift"))?;
+        ensure!(violations(name)? == 0.0, "{name}: correct packets counted as violations");
+    }
+    // The drift: the pods' source rules are gone, so their packets take the main table.
+    for (_, ip, _) in &pods {
+        for rule in k.node.rules_for(*ip)?.iter().filter(|r| r.starts_with("1536:")) {
+            let args: Vec<&str> = rule.split_whitespace().skip(1).collect();
+            let mut cmd = vec!["rule", "del", "priority", "1536"];
+            cmd.extend(args.iter().copied().filter(|a| *a != "all"));
+            k.node.ns.ip(&cmd).with_context(|| format!("deleting `{rule}`"))?;
+        }
+    }
+    let fabric = k.node.fabric()?;
+    for (name, ip, container) in &pods {
+        fabric.clear();
+        let ping = k.block_on(k.cri().exec(
+            container,
+            &["ping", "-c", "3", "-W", "1", "-i", "0.2", "10.0.0.1"],
+            Duration::from_secs(10),
+        ))?;
+        let seen: Vec<_> = fabric.frames().into_iter().filter(|f| f.src == *ip).collect();
+        let v = violations(name)?;
+        println!(
+            "  {name} ({ip}) after the drift: ping exit {}, {} frames reached the VPC, {v} violations",
+            ping.exit_code,
+            seen.len()
+        );
+        ensure!(v >= 3.0, "{name}: {v} violations counted for 3 misrouted packets");
+        if *name == "strict" {
+            ensure!(
+                seen.is_empty() && ping.exit_code != 0,
+                "enforce: {} packets of {name} left: {seen:?}",
+                seen.len()
+            );
+            let dropped = series_sum(&k, "eniguard_guard_pod_dropped_packets_total", "pod=\"strict\"")?;
+            ensure!(dropped >= 3.0, "{name}: {dropped} drops counted");
+        } else {
+            ensure!(!seen.is_empty(), "monitor: {name}'s packets should still leave");
+        }
+    }
     k.stop()
 }
