@@ -63,6 +63,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Pods through containerd: RunPodSandbox/StopPodSandbox p50/p99 and a concurrent burst,
+    /// eniguard against ptp + host-local, then the agent's RSS (needs root; `--release` as for
+    /// cni-bench).
+    PodBench {
+        /// Passed to eniguard-pod-bench (`--pods N`, `--burst N`), after `--release` if given.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -92,13 +100,18 @@ fn main() -> Result<()> {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             test::run_privileged_bin("eniguard-agent-bench", &args)
         }
-        Task::CniBench { args } => {
-            if !setup::is_complete() {
-                setup::setup()?;
-            }
-            let release = args.first().is_some_and(|a| a == "--release");
-            let args: Vec<&str> = args.iter().skip(usize::from(release)).map(String::as_str).collect();
-            test::run_cni_bench(release, &args)
-        }
+        Task::CniBench { args } => plugin_bench("eniguard-cni-bench", &args),
+        Task::PodBench { args } => plugin_bench("eniguard-pod-bench", &args),
     }
+}
+
+/// A benchmark of the plugin (by hand, or through containerd), against the debug agent or,
+/// after `--release`, optimised ones.
+fn plugin_bench(bench: &str, args: &[String]) -> Result<()> {
+    if !setup::is_complete() {
+        setup::setup()?;
+    }
+    let release = args.first().is_some_and(|a| a == "--release");
+    let args: Vec<&str> = args.iter().skip(usize::from(release)).map(String::as_str).collect();
+    test::run_cni_bench(bench, release, &args)
 }

@@ -214,9 +214,10 @@ pub fn run_privileged_bin(bin: &str, args: &[&str]) -> Result<()> {
     run(cmd.env("ENIGUARD_BIN", agent).args(args))
 }
 
-/// The CNI benchmark, against the debug agent and plugin or (`release`) optimised ones built
-/// first (`cargo build --release -p eniguard --bins`: aws-sdk-ec2 in release, several minutes).
-pub fn run_cni_bench(release: bool, args: &[&str]) -> Result<()> {
+/// A CNI benchmark (`eniguard-cni-bench` or `eniguard-pod-bench`), against the debug agent and
+/// plugin or (`release`) optimised ones built first (`cargo build --release -p eniguard --bins`:
+/// aws-sdk-ec2 in release, several minutes).
+pub fn run_cni_bench(bench: &str, release: bool, args: &[&str]) -> Result<()> {
     let bins = build(&["test", "--no-run"])?;
     let agent = if release {
         let status =
@@ -228,7 +229,7 @@ pub fn run_cni_bench(release: bool, args: &[&str]) -> Result<()> {
     } else {
         artifact(&bins, "eniguard")?
     };
-    let mut cmd = privileged(artifact(&bins, "eniguard-cni-bench")?)?;
+    let mut cmd = privileged(artifact(&bins, bench)?)?;
     run(cmd.env("ENIGUARD_BIN", agent).args(args))
 }
 

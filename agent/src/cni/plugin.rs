@@ -242,11 +242,29 @@ impl Plugin {
                 .await
                 .map_err(|e| net_error("del: branch-ENI teardown", e))?;
         }
-        let mut ips = prev.ips.clone();
-        match self.release().await {
+        // The agent's release and the teardown of what prevResult names run side by side: the
+        // first waits for the checkpoint's fsync and the guard, the second for the kernel's veth
+        // deletion, and neither needs the other (a released address cools down before reuse).
+        let mut known = prev.ips.clone();
+        known.sort();
+        known.dedup();
+        let started = std::time::Instant::now();
+        let teardown_known = async {
+            for ip in &known {
+                pod::teardown(&self.host, *ip, host_veth.as_deref()).await?;
+            }
+            Ok::<_, NetError>(started.elapsed())
+        };
+        let release = async {
+            let r = self.release().await;
+            (r, started.elapsed())
+        };
+        let ((released, agent_took), torn) = tokio::join!(release, teardown_known);
+        let mut late = None;
+        match released {
             Ok(DelReply { released: Some(ip) }) => {
                 log::info!("DEL {}: released {ip}", self.env.container_id);
-                ips.extend(ip.parse::<std::net::Ipv4Addr>().ok());
+                late = ip.parse::<std::net::Ipv4Addr>().ok().filter(|ip| !known.contains(ip));
             }
             Ok(DelReply { released: None }) => {
                 log::info!("DEL {}: the agent held nothing", self.env.container_id)
@@ -268,13 +286,21 @@ impl Plugin {
             // Another version or an internal error: the pod GC gives the address back later.
             Err(e) => log::warn!("DEL {}: {e}; tearing down from prevResult", self.env.container_id),
         }
-        ips.sort();
-        ips.dedup();
-        for ip in &ips {
-            pod::teardown(&self.host, *ip, host_veth.as_deref())
+        let torn = torn.map_err(|e| net_error("del: teardown", e))?;
+        // An address that prevResult did not name (no prevResult: the runtime's later DELs).
+        if let Some(ip) = late {
+            pod::teardown(&self.host, ip, host_veth.as_deref())
                 .await
                 .map_err(|e| net_error("del: teardown", e))?;
         }
+        log::debug!(
+            "DEL {}: agent {:.1} ms, teardown of {:?} {:.1} ms, total {:.1} ms",
+            self.env.container_id,
+            agent_took.as_secs_f64() * 1000.0,
+            known,
+            torn.as_secs_f64() * 1000.0,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         Ok(())
     }
 
