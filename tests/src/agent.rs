@@ -67,6 +67,17 @@ pub const AGENT: Identity = Identity { token: "eniguard-agent", access_key: "AKI
 /// `eniguard audit`.
 pub const AUDIT: Identity = Identity { token: "eniguard-audit", access_key: "AKIDAUDIT" };
 
+/// Where agents' logs go instead of the caller's stderr, once [`send_logs_to`] is called.
+static LOG_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sends the logs (stderr) of every agent started from now on to `<dir>/<netns>-<who>.log`,
+/// appended across restarts (the demo: its terminal shows only its own lines).
+pub fn send_logs_to(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let _ = LOG_DIR.set(dir.to_owned());
+    Ok(())
+}
+
 /// `eniguard` in node `index`'s namespace with the simulator's endpoints as seen from there in
 /// the SDKs' standard variables, and nothing from the host's environment.
 fn base_command(sim: &Sim, prefix: &str, index: usize, dir: &Path, who: Identity) -> Result<Command> {
@@ -76,6 +87,10 @@ fn base_command(sim: &Sim, prefix: &str, index: usize, dir: &Path, who: Identity
     let kubeconfig = dir.join(format!("kubeconfig-{}", who.token));
     std::fs::write(&kubeconfig, kube_api::kubeconfig_with_token(&inside.kube_url, who.token))?;
     let mut cmd = NetNs::existing(&format!("{prefix}-node{index}")).cmd(eniguard_bin());
+    if let Some(logs) = LOG_DIR.get() {
+        let path = logs.join(format!("{prefix}-node{index}-{}.log", who.token));
+        cmd.stderr(std::fs::OpenOptions::new().create(true).append(true).open(path)?);
+    }
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")

@@ -27,7 +27,11 @@ pub(crate) struct Kubelet {
 
 impl Kubelet {
     pub fn start(ctx: &Ctx, tag: &str, env: &[(&str, &str)]) -> Result<Self> {
-        let node = Node::start(ctx, tag, env)?;
+        Self::on(Node::start(ctx, tag, env)?)
+    }
+
+    /// containerd on a node whose agent is ready.
+    pub fn on(node: Node) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{}-containerd", node.prefix));
         let runtime = Containerd::start(&node.ns, &dir, &node.dir.join("bin"), &node.dir.join("net.d"))?;
         Ok(Self { runtime, node })
@@ -37,7 +41,7 @@ impl Kubelet {
         &self.runtime.cri
     }
 
-    fn block_on<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    pub fn block_on<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         self.runtime.block_on(f)
     }
 

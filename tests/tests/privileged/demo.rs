@@ -4,8 +4,10 @@
 //! it shows is what the tests check.
 //!
 //! Before: a node as aws-node v1.16.3 runs it (#2792), `eniguard audit` beside it.
-//! After: a node run by `eniguard agent`, pods through `eniguard-cni`, a drift injected in EC2,
-//! then enforce mode. `--keep` leaves both running.
+//! After: a node run by `eniguard agent` whose pods containerd starts (busybox containers,
+//! through the installed conflist and `eniguard-cni`), a drift injected in EC2, then enforce
+//! mode. `--keep` leaves both running. The agents' and containerd's logs go to files, named at
+//! the start, so that the terminal shows only the demo's own lines.
 
 use std::{
     net::Ipv4Addr,
@@ -28,7 +30,8 @@ use serde_json::Value;
 use crate::{
     agent::{attached, World, INCIDENT_ENV},
     aws_node,
-    cni::{pod_ip, runtime_add, Node, Pod, ENV},
+    cni::{Node, ENV},
+    containerd::Kubelet,
     harness::Ctx,
     live_guard::{cli, eventually},
 };
@@ -78,14 +81,26 @@ fn describe(sim: &Sim, eni: &aws_sdk_ec2::types::NetworkInterface) -> String {
     format!("subnet {subnet} ({}), groups [{}]", name_of(&sim.subnets, subnet), groups.join(", "))
 }
 
-/// Three pings to the VPC's first address; how many came back.
+const PING: [&str; 8] = ["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.1"];
+
+/// How many replies a ping's summary counts (iputils' `3 received`, busybox's `3 packets received`).
+fn received(ping_output: &str) -> u32 {
+    ping_output
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received")?.trim_end_matches(" packets").parse().ok())
+        .unwrap_or(0)
+}
+
+/// Three pings to the VPC's first address from a namespace; how many came back.
 fn ping(ns: &NetNs) -> u32 {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .args(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.1"])
-        .output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    text.split(", ").find_map(|part| part.strip_suffix(" received").and_then(|n| n.parse().ok())).unwrap_or(0)
+    let out = Command::new("nsenter").arg(format!("--net=/run/netns/{}", ns.name())).args(PING).output();
+    received(&out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default())
+}
+
+/// The same from a container, through containerd's exec.
+fn ping_from(k: &Kubelet, container: &str) -> u32 {
+    let out = k.block_on(k.cri().exec(container, &PING, Duration::from_secs(10)));
+    received(&out.map(|o| o.stdout).unwrap_or_default())
 }
 
 /// EC2 calls the simulator counted for an access key.
@@ -127,6 +142,13 @@ struct Row {
 pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     let started = Instant::now();
     let mut rows = Vec::new();
+    let logs = std::env::temp_dir().join("eniguard-demo-logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    agent::send_logs_to(&logs)?;
+    say(&format!(
+        "(the agents' logs: {}/; containerd's: its state directory's containerd.log)",
+        logs.display()
+    ));
 
     heading("Before: a node run the way aws-node v1.16.3 runs it (#2792)");
     let mut scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
@@ -187,11 +209,18 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
         s.security_group_policies
             .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
     })?;
+    let k = Kubelet::on(node)?;
+    let node = &k.node;
     let name = node.sim.nodes[0].name.clone();
     let instance = node.sim.nodes[0].instance_id.clone();
     say(&format!(
         "node {name} ({instance}), `eniguard agent` with {}",
         env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    ));
+    say(&format!(
+        "containerd {} in the node, its CNI config the agent's 10-eniguard.conflist (cniVersion {})",
+        k.block_on(k.cri().version())?,
+        node.conflist["cniVersion"].as_str().unwrap_or("?")
     ));
     eventually("the trunk", Duration::from_secs(20), || {
         let enis = node.rt.block_on(attached(&node.ec2, &instance))?;
@@ -210,28 +239,17 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     say(&format!("trunk {trunk_id}: {}  <- the ENIConfig's", describe(&node.sim, trunk)));
     let mut pods = Vec::new();
     for pod_name in ["web", "cart"] {
-        let object = serde_json::json!({"metadata": {"name": pod_name},
-            "spec": {"nodeName": name, "containers": [{"name": "c"}]}});
-        node.sim
-            .kube
-            .create(kube_api::PODS, Some("default"), object)
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        let mut pod = Pod {
-            ns: NetNs::create(&format!("{}-{pod_name}", node.prefix))?,
-            name: pod_name.into(),
-            sandboxes: 0,
-            live: None,
-        };
-        runtime_add(&node, &mut pod)?;
-        let ip = pod_ip(&pod.live.as_ref().context("live")?.1)?;
+        let (spec, sandbox) = k.run_pod(pod_name)?;
+        let ip = k.pod_ip(&sandbox)?;
+        let container = k.start_busybox(&spec, &sandbox)?;
         let eni = node.eni_holding(ip)?;
         let eni_id = eni.network_interface_id().unwrap_or_default().to_owned();
         ensure!(eni_id != trunk_id, "{pod_name} got an address from the trunk");
         say(&format!(
-            "eniguard-cni ADD default/{pod_name}: {ip} on {eni_id} ({})",
+            "containerd started default/{pod_name} (a busybox container): {ip} on {eni_id} ({})",
             describe(&node.sim, &eni)
         ));
-        pods.push((pod, ip, eni_id));
+        pods.push((pod_name, container, ip, eni_id));
     }
     // A branch-ENI pod: the Resource Controller annotates it; the agent answers ADD with its VLAN.
     let object = serde_json::json!({"metadata": {"name": "pay", "labels": {"app": "payments"}},
@@ -249,25 +267,34 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
         Ok(!annotation.is_empty())
     })?;
     say(&format!("default/pay (SecurityGroupPolicy `payments`): vpc.amazonaws.com/pod-eni={annotation}"));
-    let mut branch = Pod {
-        ns: NetNs::create(&format!("{}-pay", node.prefix))?,
-        name: "pay".into(),
-        sandboxes: 0,
-        live: None,
+    let pay = k.runtime.pod("default", "pay", "uid-pay");
+    // The kubelet: a sandbox that fails is stopped and removed, and tried again a second later.
+    let tried = Instant::now();
+    let outcome = loop {
+        let run = k.block_on(k.cri().run_pod(&pay));
+        if run.is_ok() || tried.elapsed() > Duration::from_secs(15) {
+            break run;
+        }
+        for (id, ready) in k.block_on(k.cri().list_pods())? {
+            if !ready {
+                k.block_on(k.cri().stop_and_remove(&id))?;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
     };
-    match runtime_add(&node, &mut branch) {
-        Ok(_) => say("eniguard-cni ADD default/pay: plumbed on its VLAN"),
+    match outcome {
+        Ok(_) => say("containerd started default/pay: plumbed on its VLAN"),
         Err(e) => {
             let text = format!("{e:#}");
-            let msg = text.split("\"msg\":\"").nth(1).and_then(|m| m.split('"').next()).unwrap_or(&text);
+            let msg = text.split("failed (add): ").nth(1).unwrap_or(&text);
             say(&format!(
-                "eniguard-cni ADD default/pay: {msg}\n  (this kernel has no 802.1Q devices; the kernel matrix plumbs branch pods and checks their tagged traffic: cni_branch_pods_strict_and_standard)"
+                "containerd could not start default/pay: {msg}\n  (this kernel has no 802.1Q devices; the kernel matrix plumbs branch pods and checks their tagged traffic: cni_branch_pods_strict_and_standard)"
             ));
         }
     }
     show("eniguard explain default/pay", &cli(&node.ns, &["explain", "default/pay"])?);
-    for (pod, ..) in &pods {
-        ensure!(ping(&pod.ns) == 3, "{} cannot reach the VPC", pod.name);
+    for (pod, container, ..) in &pods {
+        ensure!(ping_from(&k, container) == 3, "{pod} cannot reach the VPC");
     }
     let metrics = node.agent().get(agent::METRICS_PORT, "/metrics")?;
     let before_drift = violations(&metrics);
@@ -275,7 +302,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     ensure!(before_drift == 0.0, "correct pods were counted");
 
     heading("Drift: someone puts the node's group on web's ENI in EC2");
-    let (web, web_ip, web_eni) = &pods[0];
+    let (_, web, web_ip, web_eni) = &pods[0];
     let node_sg = node.sim.security_groups["eks-node"].clone();
     node.rt.block_on(
         node.ec2.modify_network_interface_attribute().network_interface_id(web_eni).groups(&node_sg).send(),
@@ -284,7 +311,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     eventually("the drift caught", Duration::from_secs(30), || {
         Ok(node.agent().metric(&drift).unwrap_or(0.0) == 1.0)
     })?;
-    ping(&web.ns);
+    ping_from(&k, web);
     let series = "eniguard_guard_pod_violation_packets_total{namespace=\"default\",pod=\"web\",reason=\"sg_mismatch\"}";
     eventually("web's packets counted", Duration::from_secs(5), || {
         Ok(node.agent().metric(series).unwrap_or(0.0) >= 3.0)
@@ -307,7 +334,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
         "eniguard_guard_pod_dropped_packets_total{namespace=\"default\",pod=\"web\",reason=\"sg_mismatch\"}";
     let mut received = 3;
     eventually("web's packets dropped", Duration::from_secs(10), || {
-        received = ping(&web.ns);
+        received = ping_from(&k, web);
         Ok(received == 0 && node.agent().metric(dropped).unwrap_or(0.0) >= 3.0)
     })?;
     say(&format!(
@@ -368,9 +395,13 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
             bin = eniguard_tests::eniguard_bin().display(),
             pins = agent::pin_dir(&node.prefix, 0).display()
         ));
+        say(&format!(
+            "  ctr --address {} -n k8s.io containers ls   # the pods' containers",
+            k.runtime.socket.display()
+        ));
         wait_for_signal();
     }
-    Ok(())
+    k.stop()
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
