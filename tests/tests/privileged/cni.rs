@@ -131,12 +131,13 @@ impl Node {
     /// Pod `name` in `default` on this node, as the API server has it (so that the agent's pod
     /// GC leaves its address alone).
     pub fn create_pod(&self, name: &str) -> Result<()> {
-        self.create_pod_annotated(name, &serde_json::json!({}))
+        self.create_pod_with(name, serde_json::json!({}))
     }
 
-    /// [`Node::create_pod`] with `annotations`.
-    pub fn create_pod_annotated(&self, name: &str, annotations: &Value) -> Result<()> {
-        let pod = serde_json::json!({"metadata": {"name": name, "annotations": annotations},
+    /// [`Node::create_pod`] with more metadata (`labels`, `annotations`).
+    pub fn create_pod_with(&self, name: &str, mut metadata: Value) -> Result<()> {
+        metadata["name"] = Value::from(name);
+        let pod = serde_json::json!({"metadata": metadata,
             "spec": {"nodeName": self.sim.nodes[0].name, "containers": [{"name": "c"}]}});
         self.sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
         Ok(())

@@ -47,16 +47,12 @@ impl Kubelet {
 
     /// The kubelet's pod: its API object first (as the scheduler made it), then RunPodSandbox.
     pub fn run_pod(&self, name: &str) -> Result<(PodSpec, String)> {
-        self.run_annotated_pod(name, &serde_json::json!({}))
+        self.run_pod_with(name, serde_json::json!({}))
     }
 
-    /// [`Kubelet::run_pod`] for a pod with `annotations`.
-    pub fn run_annotated_pod(
-        &self,
-        name: &str,
-        annotations: &serde_json::Value,
-    ) -> Result<(PodSpec, String)> {
-        self.node.create_pod_annotated(name, annotations)?;
+    /// [`Kubelet::run_pod`] for a pod with more metadata (`labels`, `annotations`).
+    pub fn run_pod_with(&self, name: &str, metadata: serde_json::Value) -> Result<(PodSpec, String)> {
+        self.node.create_pod_with(name, metadata)?;
         let pod = self.runtime.pod("default", name, &format!("uid-{name}"));
         let id = self.block_on(self.cri().run_pod(&pod)).with_context(|| {
             format!("RunPodSandbox {name}\ncontainerd's log:\n{}", tail(&self.runtime.log()))
@@ -343,11 +339,11 @@ pub fn guard_judges_containers(ctx: &mut Ctx) -> Result<()> {
     let k = Kubelet::start(ctx, "ctdguard", ENV)?;
     let mut pods = Vec::new();
     for (name, mode) in [("watched", None), ("strict", Some("enforce"))] {
-        let annotations = match mode {
-            Some(m) => serde_json::json!({eniguard::guard::derive::POD_MODE_ANNOTATION: m}),
+        let metadata = match mode {
+            Some(m) => serde_json::json!({"annotations": {eniguard::guard::derive::POD_MODE_ANNOTATION: m}}),
             None => serde_json::json!({}),
         };
-        let (pod, sandbox) = k.run_annotated_pod(name, &annotations)?;
+        let (pod, sandbox) = k.run_pod_with(name, metadata)?;
         let ip = k.pod_ip(&sandbox)?;
         let container = k.start_busybox(&pod, &sandbox)?;
         pods.push((name, ip, container));
@@ -395,5 +391,78 @@ pub fn guard_judges_containers(ctx: &mut Ctx) -> Result<()> {
             ensure!(!seen.is_empty(), "monitor: {name}'s packets should still leave");
         }
     }
+    k.stop()
+}
+
+/// A branch-ENI pod started by containerd (security groups for pods, strict mode): it gets the
+/// address the Resource Controller annotated, and its container's packets reach the VPC tagged
+/// with its VLAN through the trunk. Needs 802.1Q VLAN devices: skipped, with the reason, on a
+/// kernel without them (the kernel matrix plumbs branch pods by hand there).
+pub fn branch_pod(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start_with(ctx, "ctdbranch", ENV, |s| {
+        s.security_group_policies
+            .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
+    })?;
+    let probe =
+        node.ns.ip(&["link", "add", "egprobe", "type", "veth", "peer", "name", "egprobep"]).and_then(|_| {
+            node.ns.ip(&["link", "add", "link", "egprobe", "name", "egprobe.9", "type", "vlan", "id", "9"])
+        });
+    let _ = node.ns.ip(&["link", "del", "egprobe"]);
+    if let Err(e) = probe {
+        return Err(crate::harness::skip(format!(
+            "this kernel has no 802.1Q VLAN devices ({e}); cni_branch_pods_strict_and_standard plumbs branch pods in the kernel matrix"
+        )));
+    }
+    let k = Kubelet::on(node)?;
+    k.node.create_pod_with("pay", serde_json::json!({"labels": {"app": "payments"}}))?;
+    let key = eniguard_tests::sim::kube_api::PODS.key(Some("default"), "pay");
+    let mut annotation = serde_json::Value::Null;
+    crate::live_guard::eventually("the branch ENI annotation", Duration::from_secs(20), || {
+        let p = k.node.sim.kube.read(|s| s.get(&key)).map_err(|e| anyhow::anyhow!(e.message))?;
+        if let Some(a) =
+            p.pointer("/metadata/annotations/vpc.amazonaws.com~1pod-eni").and_then(|a| a.as_str())
+        {
+            annotation = serde_json::from_str(a)?;
+        }
+        Ok(!annotation.is_null())
+    })?;
+    let want_ip: Ipv4Addr = annotation[0]["privateIp"].as_str().context("privateIp")?.parse()?;
+    let vlan = annotation[0]["vlanId"].as_u64().context("vlanId")?;
+    let spec = k.runtime.pod("default", "pay", "uid-pay");
+    // The kubelet retries while the agent has not adopted the trunk yet.
+    let started = std::time::Instant::now();
+    let sandbox = loop {
+        match k.block_on(k.cri().run_pod(&spec)) {
+            Ok(id) => break id,
+            Err(e) if started.elapsed() > Duration::from_secs(20) => {
+                return Err(e.context("RunPodSandbox pay"))
+            }
+            Err(_) => {
+                for (id, ready) in k.block_on(k.cri().list_pods())? {
+                    if !ready {
+                        k.block_on(k.cri().stop_and_remove(&id))?;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    let ip = k.pod_ip(&sandbox)?;
+    ensure!(ip == want_ip, "pay got {ip}, the annotation says {want_ip}");
+    let container = k.start_busybox(&spec, &sandbox)?;
+    let fabric = k.node.fabric()?;
+    fabric.clear();
+    let ping = k.block_on(k.cri().exec(
+        &container,
+        &["ping", "-c", "2", "-W", "2", "10.0.0.1"],
+        Duration::from_secs(10),
+    ))?;
+    let frames: Vec<_> = fabric.frames().into_iter().filter(|f| f.src == ip).collect();
+    ensure!(
+        !frames.is_empty()
+            && frames.iter().all(|f| f.vlan.map(u64::from) == Some(vlan) && f.verdict == Verdict::Delivered),
+        "pay's packets (ping exit {}): {frames:?}",
+        ping.exit_code
+    );
     k.stop()
 }
