@@ -1021,3 +1021,84 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
     ensure!(del.success, "DEL of an upstream-layout branch pod: {}", del.stdout);
     Ok(())
 }
+
+/// Debian's libcni (golang-github-appc-cni-dev 1.1.2, the library containerd 1.6 embeds a copy
+/// of), through a small caller built here (`tests/libcni/main.go`): the list as the agent
+/// installed it, unedited, passes libcni's validation (VERSION of every plugin); ADD, CHECK
+/// and DEL through libcni (its result cache gives CHECK and DEL their prevResult) work at the
+/// list's 0.4.0, before and after a kill -9 of the agent, whose successor writes the same file;
+/// and again at 1.0.0, the other version the list's `cniVersions` offers.
+pub fn debian_libcni(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start(ctx, "libcni", ENV)?;
+    let caller = node.dir.join("libcni-call");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("libcni");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&caller)
+        .arg(".")
+        .current_dir(&source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", node.dir.join("go-cache"))
+        .output()
+        .context("go (golang-go, installed by cargo xtask setup)")?;
+    ensure!(built.status.success(), "building the libcni caller: {}", String::from_utf8_lossy(&built.stderr));
+    let conf_dir = node.dir.join("net.d");
+    let installed = std::fs::read(conf_dir.join("10-eniguard.conflist"))?;
+    let pods_a = node.sim.subnets["pods-a"].clone();
+    let libcni = |args: &[&str], name: &str| -> Result<String> {
+        let mut cmd = node.ns.cmd(&caller);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CNI_PATH", node.dir.join("bin"))
+            .env("CNI_CACHE_DIR", node.dir.join("cni-cache"))
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x"))
+            .args(args);
+        sh(&mut cmd).with_context(|| format!("libcni {}", args.join(" ")))
+    };
+    let validated = libcni(&["validate", &conf_dir.display().to_string(), "aws-cni"], "")?;
+    ensure!(validated.starts_with("version 0.4.0"), "libcni read the list as {validated}");
+    let round = |dir: &std::path::Path, name: &str, version: &str, restart: bool| -> Result<()> {
+        let ns = NetNs::create(&format!("{}-{name}", node.prefix))?;
+        node.create_pod(name)?;
+        let dir = dir.display().to_string();
+        let netns = ns.path().display().to_string();
+        let id = format!("{name}-sandbox");
+        let add = libcni(&["add", &dir, "aws-cni", &id, &netns], name)?;
+        let result: Value =
+            serde_json::from_str(add.lines().find_map(|l| l.strip_prefix("result ")).context("no result")?)?;
+        ensure!(add.starts_with(&format!("version {version}")) && result["cniVersion"] == version, "{add}");
+        let ip = pod_ip(&result)?;
+        let eni = node.eni_holding(ip)?;
+        ensure!(eni.subnet_id() == Some(pods_a.as_str()), "{version}: {ip} on {:?}", eni.subnet_id());
+        ns.run("ping", &["-c", "1", "-W", "2", "10.0.0.1"])
+            .with_context(|| format!("{version}: {name} pings"))?;
+        libcni(&["check", &dir, "aws-cni", &id, &netns], name)?;
+        if restart {
+            node.kill_and_restart()?;
+            node.agent().daemon.wait_for_line("ready:", Duration::from_secs(60))?;
+            ensure!(
+                std::fs::read(conf_dir.join("10-eniguard.conflist"))? == installed,
+                "the restarted agent wrote another conflist"
+            );
+            libcni(&["check", &dir, "aws-cni", &id, &netns], name).context("CHECK after the restart")?;
+        }
+        libcni(&["del", &dir, "aws-cni", &id, &netns], name)?;
+        ensure!(node.rules_for(ip)?.is_empty(), "{version}: rules left after DEL");
+        libcni(&["del", &dir, "aws-cni", &id, &netns], name).context("a second DEL")?;
+        println!(
+            "  libcni {version}: {name} got {ip}, CHECK and DEL passed{}",
+            if restart { " across a kill -9" } else { "" }
+        );
+        Ok(())
+    };
+    round(&conf_dir, "lc0", "0.4.0", true)?;
+    // What a runtime that reads cniVersions may choose instead (libcni 1.1 reads only cniVersion).
+    let other = node.dir.join("net.d-1.0.0");
+    std::fs::create_dir_all(&other)?;
+    let mut list: Value = serde_json::from_slice(&installed)?;
+    ensure!(list["cniVersions"].as_array().is_some_and(|v| v.contains(&Value::from("1.0.0"))), "{list}");
+    list["cniVersion"] = Value::from("1.0.0");
+    std::fs::write(other.join("10-eniguard.conflist"), list.to_string())?;
+    round(&other, "lc1", "1.0.0", false)
+}

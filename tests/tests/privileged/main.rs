@@ -80,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_unknown_type_and_shrink", run: agent::unknown_type_and_shrink },
         Test { name: "cni_pods_per_version", run: cni::pods_per_version },
         Test { name: "cni_bad_input", run: cni::bad_input },
+        Test { name: "cni_debian_libcni", run: cni::debian_libcni },
         Test { name: "cni_external_snat", run: cni::external_snat },
         Test { name: "cni_gc_of_gone_pods", run: cni::gc_of_gone_pods },
         Test { name: "cni_churn_with_kill_9", run: cni::churn_with_kill_9 },
