@@ -31,6 +31,8 @@ const OS_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "initramfs userland for the kernel matrix; the busybox image containerd runs"),
     ("containerd", "the container runtime that starts the tests' pods over CRI, as the kubelet does"),
     ("runc", "containerd's OCI runtime"),
+    ("golang-go", "builds the tests' libcni caller against Debian's libcni, offline"),
+    ("golang-github-appc-cni-dev", "Debian's libcni, the library runtimes call CNI plugins with"),
     (
         "protobuf-compiler",
         "protoc: the k8s-cri crate compiles CRI's proto for the tests' kubelet-side client",
