@@ -9,7 +9,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use aws_sdk_ec2::types::Tag;
 use eniguard::{
     ipam::{
@@ -39,10 +39,40 @@ pub(crate) struct AwsNode116 {
     pub checkpoint: std::path::PathBuf,
 }
 
+/// What ipamd v1.16.3 set up before any pod: the two ENIs plumbed, and the addresses it gives
+/// shop/payments-0 (from the trunk's /28) and default/web (from the pods ENI's /28).
+pub(crate) struct Layout {
+    pub trunk_id: String,
+    pub pods_eni_id: String,
+    /// The route tables of the trunk and of the pods ENI (device index + 1).
+    pub trunk_table: i32,
+    pub pods_table: i32,
+    /// shop/payments-0's allocation (its address on the trunk), as aws-node checkpointed it.
+    pub victim: Allocation,
+    pub web_ip: Ipv4Addr,
+}
+
 /// Sets the node up (see the module docs).
 pub(crate) fn set_up(w: &World) -> Result<AwsNode116> {
+    let l = set_up_enis(w)?;
+    let node_ns = NetNs::existing(&format!("{}-node0", w.prefix));
+    let victim_pod = plumb_pod(&node_ns, &w.prefix, "shop", "payments-0", l.victim.ip, l.trunk_table)?;
+    let web = plumb_pod(&node_ns, &w.prefix, "default", "web", l.web_ip, l.pods_table)?;
+    let web_alloc = Allocation {
+        key: AllocKey { network_name: "aws-cni".into(), container_id: "beef".into(), if_name: "eth0".into() },
+        ip: l.web_ip,
+        pod: PodRef { namespace: "default".into(), name: "web".into() },
+        allocated_at: 2,
+    };
+    let checkpoint = w.dir.join("ipam.json");
+    Checkpoint::new(&checkpoint).write(&[l.victim, web_alloc], &[])?;
+    Ok(AwsNode116 { trunk_id: l.trunk_id, pods_eni_id: l.pods_eni_id, victim: victim_pod, web, checkpoint })
+}
+
+/// The node without its pods (see [`Layout`]).
+pub(crate) fn set_up_enis(w: &World) -> Result<Layout> {
     let PreFix { trunk_id, trunk_device, victim, allocation } = pre_fix_layout(w)?;
-    let World { sim, rt, ec2, node, dir, prefix } = w;
+    let World { sim, rt, ec2, node, prefix, .. } = w;
     let node_ns = NetNs::existing(&format!("{prefix}-node0"));
     // ipamd turns on forwarding: pods' traffic is routed through the host.
     node_ns.sysctl("net.ipv4.ip_forward", "1")?;
@@ -81,18 +111,15 @@ pub(crate) fn set_up(w: &World) -> Result<AwsNode116> {
         let p = n.ipv4_prefixes().first().and_then(|p| p.ipv4_prefix()).context("a /28")?;
         Ok(p.split('/').next().context("prefix")?.parse()?)
     };
-    let web_ip = Ipv4Addr::from(u32::from(prefix_of(&pods)?) + 1);
-    let victim_pod = plumb_pod(&node_ns, prefix, "shop", "payments-0", victim, trunk_device + 1)?;
-    let web = plumb_pod(&node_ns, prefix, "default", "web", web_ip, pods_device + 1)?;
-    let web_alloc = Allocation {
-        key: AllocKey { network_name: "aws-cni".into(), container_id: "beef".into(), if_name: "eth0".into() },
-        ip: web_ip,
-        pod: PodRef { namespace: "default".into(), name: "web".into() },
-        allocated_at: 2,
-    };
-    let checkpoint = dir.join("ipam.json");
-    Checkpoint::new(&checkpoint).write(&[allocation, web_alloc], &[])?;
-    Ok(AwsNode116 { trunk_id, pods_eni_id: pods_eni, victim: victim_pod, web, checkpoint })
+    ensure!(allocation.ip == victim, "the victim's allocation");
+    Ok(Layout {
+        trunk_id,
+        pods_eni_id: pods_eni,
+        trunk_table: trunk_device + 1,
+        pods_table: pods_device + 1,
+        victim: allocation,
+        web_ip: Ipv4Addr::from(u32::from(prefix_of(&pods)?) + 1),
+    })
 }
 
 /// Both ENIs attached (and so plugged by the fabric), as EC2 describes them.

@@ -466,3 +466,107 @@ pub fn branch_pod(ctx: &mut Ctx) -> Result<()> {
     );
     k.stop()
 }
+
+/// `eniguard audit` beside a node run as aws-node v1.16.3 runs it (#2792), whose pods containerd
+/// started through aws-node's conflist and an emulation of upstream's plugin
+/// (`tests/aws-node/aws-cni`, upstream's layout; the addresses are the ones ipamd gave, one of
+/// them from the trunk): audit mode judges the containers' packets, catches shop/payments-0
+/// with its identity and counts nothing against default/web.
+pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
+    use eniguard::ipam::{
+        checkpoint::Checkpoint,
+        model::{AllocKey, Allocation, PodRef},
+    };
+    let scenario =
+        eniguard_tests::sim::scenario::Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
+    let w = crate::agent::World::new(ctx, "ctdaudit", &scenario)?;
+    let layout = crate::aws_node::set_up_enis(&w)?;
+    let node_ns = eniguard_tests::netns::NetNs::existing(&format!("{}-node0", w.prefix));
+    // aws-node's CNI directories: its conflist and plugin, and what ipamd answers for each pod.
+    let (bin, conf) = (w.dir.join("cni-bin"), w.dir.join("cni-net.d"));
+    std::fs::create_dir_all(bin.join("aws-node-pods"))?;
+    std::fs::create_dir_all(&conf)?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("aws-node/aws-cni");
+    std::fs::copy(&script, bin.join("aws-cni"))?;
+    let list = serde_json::json!({"cniVersion": "0.4.0", "name": "aws-cni", "disableCheck": true,
+        "plugins": [{"name": "aws-cni", "type": "aws-cni", "vethPrefix": "eni", "mtu": "9001"}]});
+    std::fs::write(conf.join("10-aws.conflist"), list.to_string())?;
+    let pods = [
+        ("shop", "payments-0", layout.victim.ip, layout.trunk_table),
+        ("default", "web", layout.web_ip, layout.pods_table),
+    ];
+    for (namespace, name, ip, table) in pods {
+        std::fs::write(bin.join(format!("aws-node-pods/{namespace}_{name}")), format!("{ip} {table}\n"))?;
+    }
+    let runtime = Containerd::start(&node_ns, &w.dir.join("containerd"), &bin, &conf)?;
+    let mut allocations = Vec::new();
+    let mut containers = Vec::new();
+    for (i, (namespace, name, ip, _)) in pods.into_iter().enumerate() {
+        let spec = runtime.pod(namespace, name, &format!("uid-{name}"));
+        let sandbox =
+            runtime.block_on(runtime.cri.run_pod(&spec)).with_context(|| format!("{namespace}/{name}"))?;
+        let status = runtime.block_on(runtime.cri.status(&sandbox))?;
+        ensure!(
+            status.ready && status.ip == ip.to_string(),
+            "{namespace}/{name}: {status:?}, ipamd gave {ip}"
+        );
+        let container = runtime.block_on(runtime.cri.start_container(
+            &sandbox,
+            &spec,
+            "app",
+            BUSYBOX_IMAGE,
+            &["sleep", "3600"],
+        ))?;
+        containers.push((name, ip, container));
+        allocations.push(Allocation {
+            key: AllocKey { network_name: "aws-cni".into(), container_id: sandbox, if_name: "eth0".into() },
+            ip,
+            pod: PodRef { namespace: namespace.into(), name: name.into() },
+            allocated_at: i as u64 + 1,
+        });
+    }
+    // aws-node's checkpoint, keyed by the sandboxes containerd made.
+    Checkpoint::new(w.dir.join("ipam.json")).write(&allocations, &[])?;
+    let mut audit = eniguard_tests::process::Daemon::spawn(&mut eniguard_tests::agent::audit_command(
+        &w.sim,
+        &w.prefix,
+        0,
+        &w.dir,
+        crate::agent::INCIDENT_ENV,
+    )?)?;
+    let line = audit.wait_for_line("ready:", Duration::from_secs(60)).context("audit ready")?;
+    ensure!(line.contains("2 pods judged") && line.contains("1 findings"), "{line}");
+    let fabric = w.sim.fabric.as_deref().context("a fabric")?;
+    fabric.clear();
+    for (name, ip, container) in &containers {
+        let ping = runtime.block_on(runtime.cri.exec(
+            container,
+            &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.1"],
+            Duration::from_secs(10),
+        ))?;
+        ensure!(ping.exit_code == 0, "{name} ({ip}) pings: {} {}", ping.stdout, ping.stderr);
+    }
+    ensure!(
+        fabric.frames().iter().any(|f| f.src == layout.victim.ip && f.eni_id == layout.trunk_id),
+        "payments-0 leaves through the trunk"
+    );
+    let text = eniguard_tests::http::get_in(&node_ns, "127.0.0.1:61680", "/metrics")?;
+    let series = "eniguard_guard_pod_violation_packets_total{namespace=\"shop\",pod=\"payments-0\",reason=\"sg_mismatch\"}";
+    let caught: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .with_context(|| format!("no {series} in audit mode's metrics"))?;
+    ensure!(caught >= 3.0, "{series} = {caught}");
+    ensure!(!text.contains("pod=\"web\""), "the correct pod is counted");
+    println!("  audit mode caught shop/payments-0 ({caught} packets, sg_mismatch); default/web not counted");
+    audit.terminate()?;
+    for (id, _) in runtime.block_on(runtime.cri.list_pods())? {
+        runtime.block_on(runtime.cri.stop_and_remove(&id))?;
+    }
+    let rules = node_ns.ip(&["rule", "show"])?;
+    ensure!(
+        !rules.lines().any(|l| l.starts_with("512:") || l.starts_with("1536:")),
+        "aws-cni DEL left rules: {rules}"
+    );
+    runtime.stop()
+}

@@ -92,6 +92,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "containerd_burst_with_kill_9", run: containerd::burst_with_kill_9 },
         Test { name: "containerd_judged_by_the_live_guard", run: containerd::guard_judges_containers },
         Test { name: "containerd_branch_pod", run: containerd::branch_pod },
+        Test { name: "containerd_audit_beside_aws_node", run: containerd::audit_beside_aws_node },
         // Named without `guard_`: the kernel matrix runs every test whose name contains it, and these
         // need the simulated VPC.
         Test { name: "live_maps_follow_pod_churn", run: live_guard::follows_pod_churn },
