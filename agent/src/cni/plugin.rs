@@ -138,8 +138,10 @@ impl Plugin {
             pod_name: pod_name.clone(),
             pod_uid: self.env.args.get("K8S_POD_UID").cloned(),
         };
+        let started = std::time::Instant::now();
         let reply: AddReply =
             self.client.call(Method::POST, ADD_PATH, Some(&request)).await.map_err(agent_error)?;
+        let agent_took = started.elapsed();
         let net = self.network(&reply, &pod_ns, &pod_name)?;
         log::info!(
             "ADD {}/{} {}: {} from {} (table {:?})",
@@ -168,19 +170,27 @@ impl Plugin {
             None => pod::setup(&self.host, &net).await,
         };
         match plumbed {
-            Ok(plumbed) => Ok(add_result(
-                &self.conf.cni_version,
-                &Added {
-                    host_veth: net.host_veth,
-                    host_mac: plumbed.host_mac,
-                    if_name: net.if_name,
-                    pod_mac: plumbed.pod_mac,
-                    netns: self.env.netns.clone(),
-                    ip: net.ip,
-                    mtu: net.mtu,
-                    vlan: branch.as_ref().map(|b| b.vlan_id),
-                },
-            )),
+            Ok(plumbed) => {
+                log::debug!(
+                    "ADD {}: agent {:.1} ms, plumbing {:.1} ms",
+                    self.env.container_id,
+                    agent_took.as_secs_f64() * 1000.0,
+                    (started.elapsed() - agent_took).as_secs_f64() * 1000.0
+                );
+                Ok(add_result(
+                    &self.conf.cni_version,
+                    &Added {
+                        host_veth: net.host_veth,
+                        host_mac: plumbed.host_mac,
+                        if_name: net.if_name,
+                        pod_mac: plumbed.pod_mac,
+                        netns: self.env.netns.clone(),
+                        ip: net.ip,
+                        mtu: net.mtu,
+                        vlan: branch.as_ref().map(|b| b.vlan_id),
+                    },
+                ))
+            }
             Err(e) => {
                 log::warn!("ADD {pod_ns}/{pod_name}: plumbing failed, releasing {}: {e}", net.ip);
                 if let Some(b) = &branch {
