@@ -2,6 +2,7 @@
 //! (later) the simulated VPC they run against.
 
 pub mod agent;
+pub mod bench;
 pub mod cni;
 pub mod containerd;
 pub mod cri;

@@ -12,16 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{ensure, Result};
 use clap::Parser;
 use eniguard_tests::{
-    agent,
+    bench::{summary, PoolNode},
     cni::{self, Sandbox},
     netns::NetNs,
-    sim::{
-        kube_api,
-        scenario::{Scenario, Sim},
-    },
 };
 use serde_json::{json, Value};
 
@@ -79,19 +75,6 @@ impl Plugin {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn summary(mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(f64::total_cmp);
-    (percentile(&ms, 50.0), percentile(&ms, 99.0))
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -107,25 +90,9 @@ fn main() -> Result<()> {
         "{PEER_DIR}/ptp missing: cargo xtask setup installs containernetworking-plugins"
     );
     let prefix = format!("egb{}", std::process::id());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut scenario = Scenario::default_scenario();
-    // Prefix delegation with max-pods as high as the RSS row needs; the pool is there at once.
     let want = args.pods.max(args.burst).max(args.rss_pods) as u32 + 10;
-    scenario.nodes[0].max_pods = Some(want);
-    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let minimum = want.to_string();
-    // A 1 s cooldown: the rows reuse the addresses the previous row released.
-    let env = [
-        ("ENABLE_PREFIX_DELEGATION", "true"),
-        ("MINIMUM_IP_TARGET", minimum.as_str()),
-        ("IP_COOLDOWN_PERIOD", "1"),
-    ];
-    // Declared before the agent: dropped after it.
-    let _pins = agent::PinsCleanup(agent::pin_dir(&prefix, 0));
-    let node_agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
-    let node = NetNs::existing(&format!("{prefix}-node0"));
+    let pool = PoolNode::start(&prefix, want)?;
+    let (node_agent, node, dir) = (&pool.agent, &pool.ns, &pool.dir);
     let conflist: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("net.d/10-eniguard.conflist"))?)?;
     let ours = Plugin {
@@ -142,19 +109,7 @@ fn main() -> Result<()> {
                      "dataDir": dir.join("host-local").display().to_string()}}),
         path: PEER_DIR.to_owned(),
     };
-    let create_pod = |name: &str| -> Result<()> {
-        let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": sim.nodes[0].name, "containers": [{"name": "c"}]}});
-        sim.kube
-            .create(kube_api::PODS, Some("default"), pod)
-            .map_err(|e| anyhow::anyhow!(e.message))
-            .map(|_| ())
-    };
-    // Wait for the whole pool (MINIMUM_IP_TARGET) so that no ADD waits for EC2.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while node_agent.metric("eniguard_ipam_addresses{state=\"total\"}")? < f64::from(want) {
-        ensure!(Instant::now() < deadline, "the pool did not reach {want} addresses");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let create_pod = |name: &str| pool.create_pod(name);
     let fresh = node_agent.memory()?;
 
     println!(
@@ -246,6 +201,5 @@ fn main() -> Result<()> {
         "\n(binaries: {}; the agent's RSS is its VmRSS = RssAnon + RssFile + RssShmem)",
         std::env::var("ENIGUARD_BIN").unwrap_or_else(|_| "target/debug".into())
     );
-    let _ = std::fs::remove_dir_all(&dir).context("cleanup");
     Ok(())
 }

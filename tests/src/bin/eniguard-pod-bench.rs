@@ -17,14 +17,9 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use clap::Parser;
 use eniguard_tests::{
-    agent,
+    bench::{summary, PoolNode},
     containerd::{Containerd, DEBIAN_CNI_DIR},
     cri::PodSpec,
-    netns::NetNs,
-    sim::{
-        kube_api,
-        scenario::{Scenario, Sim},
-    },
 };
 use serde_json::json;
 
@@ -36,20 +31,6 @@ struct Args {
     /// Concurrent RunPodSandbox (then StopPodSandbox) in the burst, per network.
     #[arg(long, default_value_t = 30)]
     burst: usize,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-/// (p50, p99) in ms.
-fn summary(mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(f64::total_cmp);
-    (percentile(&ms, 50.0), percentile(&ms, 99.0))
 }
 
 async fn timed<T>(f: impl Future<Output = Result<T>>) -> Result<(f64, T)> {
@@ -120,28 +101,8 @@ fn main() -> Result<()> {
         "{DEBIAN_CNI_DIR}/ptp missing: cargo xtask setup installs containernetworking-plugins"
     );
     let prefix = format!("egp{}", std::process::id());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut scenario = Scenario::default_scenario();
-    let want = args.pods.max(args.burst) as u32 + 10;
-    scenario.nodes[0].max_pods = Some(want);
-    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
-    let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let minimum = want.to_string();
-    // The pool pre-grown (no RunPodSandbox waits for EC2); a 1 s cooldown between the rows.
-    let env = [
-        ("ENABLE_PREFIX_DELEGATION", "true"),
-        ("MINIMUM_IP_TARGET", minimum.as_str()),
-        ("IP_COOLDOWN_PERIOD", "1"),
-    ];
-    let _pins = agent::PinsCleanup(agent::pin_dir(&prefix, 0));
-    let node_agent = agent::start(&sim, &prefix, 0, &dir, &env)?;
-    let node = NetNs::existing(&format!("{prefix}-node0"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while node_agent.metric("eniguard_ipam_addresses{state=\"total\"}")? < f64::from(want) {
-        ensure!(Instant::now() < deadline, "the pool did not reach {want} addresses");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let pool = PoolNode::start(&prefix, args.pods.max(args.burst) as u32 + 10)?;
+    let (node_agent, node, dir) = (&pool.agent, &pool.ns, &pool.dir);
     // ptp + host-local in the version eniguard's conflist gives old runtimes.
     let installed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("net.d/10-eniguard.conflist"))?)?;
@@ -162,13 +123,7 @@ fn main() -> Result<()> {
         tag: "p",
     };
     let networks = [&ours, &peer];
-    let create_pod = |p: &PodSpec| -> Result<()> {
-        let pod = json!({"metadata": {"name": p.name}, "spec": {"nodeName": sim.nodes[0].name, "containers": [{"name": "c"}]}});
-        sim.kube
-            .create(kube_api::PODS, Some("default"), pod)
-            .map_err(|e| anyhow::anyhow!(e.message))
-            .map(|_| ())
-    };
+    let create_pod = |p: &PodSpec| pool.create_pod(&p.name);
     // One warm-up pod each (first-use costs: the image's snapshot, the shim binary's pages).
     for n in networks {
         let p = n.pod(0, "w");
@@ -239,7 +194,6 @@ fn main() -> Result<()> {
     for n in [ours, peer] {
         n.runtime.stop().with_context(|| format!("stopping {}'s containerd", n.name))?;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
