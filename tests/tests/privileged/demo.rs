@@ -145,10 +145,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     let logs = std::env::temp_dir().join("eniguard-demo-logs");
     let _ = std::fs::remove_dir_all(&logs);
     agent::send_logs_to(&logs)?;
-    say(&format!(
-        "(the agents' logs: {}/; containerd's: its state directory's containerd.log)",
-        logs.display()
-    ));
+    say(&format!("(the agents' and containerd's logs go to {}/)", logs.display()));
 
     heading("Before: a node run the way aws-node v1.16.3 runs it (#2792)");
     let mut scenario = Scenario::parse(include_str!("../../scenarios/incident.yaml"))?;
@@ -401,6 +398,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
         ));
         wait_for_signal();
     }
+    std::fs::write(logs.join("containerd.log"), k.runtime.log())?;
     k.stop()
 }
 
