@@ -124,14 +124,14 @@ fn main() -> Result<()> {
             let name = format!("{}{i}", if p == 0 { "e" } else { "q" });
             create_pod(&name)?;
             let sandbox = Sandbox::new(&format!("{name}-s"), "default", &name, &ns);
-            let (took, result) = plugin.time(&node, "ADD", &sandbox, None)?;
+            let (took, result) = plugin.time(node, "ADD", &sandbox, None)?;
             times[0][p].push(ms(took));
             live.push((p, ns, sandbox, result));
         }
     }
     for (p, _ns, sandbox, result) in live.drain(..) {
         let plugin = if p == 0 { &ours } else { &peer };
-        let (took, _) = plugin.time(&node, "DEL", &sandbox, Some(&result))?;
+        let (took, _) = plugin.time(node, "DEL", &sandbox, Some(&result))?;
         times[1][p].push(ms(took));
     }
     println!("| plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
@@ -160,10 +160,8 @@ fn main() -> Result<()> {
         }
         let started = Instant::now();
         let results: Vec<Result<(Duration, Value)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = pods
-                .iter()
-                .map(|(_, sandbox)| s.spawn(|| plugin.time(&node, "ADD", sandbox, None)))
-                .collect();
+            let handles: Vec<_> =
+                pods.iter().map(|(_, sandbox)| s.spawn(|| plugin.time(node, "ADD", sandbox, None))).collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked"))))
@@ -174,7 +172,7 @@ fn main() -> Result<()> {
         for ((_, sandbox), r) in pods.iter().zip(results) {
             let (took, result) = r?;
             lat.push(ms(took));
-            plugin.time(&node, "DEL", sandbox, Some(&result))?;
+            plugin.time(node, "DEL", sandbox, Some(&result))?;
         }
         let (p50, p99) = summary(lat);
         println!("| {} | {p50:.1} | {p99:.1} | {:.1} |", plugin.name, ms(burst));
@@ -192,7 +190,7 @@ fn main() -> Result<()> {
         create_pod(&name)?;
         let ns = pod_ns(&prefix, "r", i)?;
         let sandbox = Sandbox::new(&format!("{name}-s"), "default", &name, &ns);
-        let (_, result) = ours.time(&node, "ADD", &sandbox, None)?;
+        let (_, result) = ours.time(node, "ADD", &sandbox, None)?;
         held.push((ns, sandbox, result));
     }
     std::thread::sleep(Duration::from_secs(6)); // a pool tick and a GC scan with every pod

@@ -114,12 +114,12 @@ fn main() -> Result<()> {
     std::fs::write(ptp_conf.join("10-ptp.conflist"), ptp.to_string())?;
     let ours = Network {
         name: "eniguard-cni",
-        runtime: Containerd::start(&node, &dir.join("ctd-eniguard"), &dir.join("bin"), &dir.join("net.d"))?,
+        runtime: Containerd::start(node, &dir.join("ctd-eniguard"), &dir.join("bin"), &dir.join("net.d"))?,
         tag: "e",
     };
     let peer = Network {
         name: "ptp + host-local",
-        runtime: Containerd::start(&node, &dir.join("ctd-ptp"), Path::new(DEBIAN_CNI_DIR), &ptp_conf)?,
+        runtime: Containerd::start(node, &dir.join("ctd-ptp"), Path::new(DEBIAN_CNI_DIR), &ptp_conf)?,
         tag: "p",
     };
     let networks = [&ours, &peer];

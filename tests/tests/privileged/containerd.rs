@@ -151,7 +151,9 @@ pub fn pods_on_the_right_eni(ctx: &mut Ctx) -> Result<()> {
         .copied()
         .filter(|(k, _)| !matches!(*k, "ENABLE_PREFIX_DELEGATION" | "WARM_PREFIX_TARGET"))
         .collect();
-    let modes: [(&str, &[(&str, &str)], &str); 3] =
+    // (tag, the agent's environment, the subnet its pods' addresses come from)
+    type Mode<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let modes: [Mode; 3] =
         [("ctdflat", &[], "node-a"), ("ctdcustom", &custom, "pods-a"), ("ctdprefix", ENV, "pods-a")];
     for (tag, env, subnet) in modes {
         let k = Kubelet::start(ctx, tag, env)?;
@@ -301,7 +303,7 @@ pub fn burst_with_kill_9(ctx: &mut Ctx) -> Result<()> {
     for (name, (spec, id)) in &ready {
         let ip = k.pod_ip(id)?;
         let c = k.start_busybox(spec, id)?;
-        k.reaches_the_vpc(&c, ip).with_context(|| format!("{name}"))?;
+        k.reaches_the_vpc(&c, ip).with_context(|| name.clone())?;
         live.insert(id.clone(), ip);
     }
     let held = k.checkpoint()?;
