@@ -3,10 +3,10 @@
 //! guard on, its installed conflist) side by side in the same run with Debian's `ptp` +
 //! `host-local`. Two containerd instances of the same binary and configuration run in the node's
 //! namespace, one per network (containerd 1.6 loads one conflist); pods alternate between them
-//! one by one, then each gets a burst of `--burst` concurrent RunPodSandbox and StopPodSandbox.
-//! Last, the agent's RSS.
+//! one by one, then each gets a burst of `--burst` concurrent RunPodSandbox and StopPodSandbox;
+//! each pod lives `--lifetime-ms` between the two. Last, the agent's RSS.
 //!
-//!   cargo xtask pod-bench [-- --release] [-- --pods 100 --burst 30]
+//!   cargo xtask pod-bench [-- --release] [-- --pods 100 --burst 30 --lifetime-ms 200]
 
 use std::{
     future::Future,
@@ -31,6 +31,10 @@ struct Args {
     /// Concurrent RunPodSandbox (then StopPodSandbox) in the burst, per network.
     #[arg(long, default_value_t = 30)]
     burst: usize,
+    /// How long each pod lives between its RunPodSandbox and its StopPodSandbox, in ms (0:
+    /// stopped as soon as it runs, while the node still settles its start).
+    #[arg(long, default_value_t = 200)]
+    lifetime_ms: u64,
 }
 
 async fn timed<T>(f: impl Future<Output = Result<T>>) -> Result<(f64, T)> {
@@ -52,9 +56,9 @@ impl Network {
         self.runtime.pod("default", &name, &format!("uid-{name}"))
     }
 
-    /// Runs then (after all are up) stops and removes `pods`, `concurrent` or one at a time;
-    /// returns the Run and Stop latencies and the wall time of each phase.
-    fn burst(&self, pods: &[PodSpec]) -> Result<(Vec<f64>, Vec<f64>, f64, f64)> {
+    /// Runs `pods` concurrently, lets them live `lifetime`, then stops and removes them; returns
+    /// the Run and Stop latencies and the wall time of each phase.
+    fn burst(&self, pods: &[PodSpec], lifetime: Duration) -> Result<(Vec<f64>, Vec<f64>, f64, f64)> {
         let cri = &self.runtime.cri;
         self.runtime.block_on(async {
             let started = Instant::now();
@@ -64,6 +68,7 @@ impl Network {
             });
             let runs = futures_join(runs).await?;
             let run_wall = started.elapsed().as_secs_f64() * 1000.0;
+            tokio::time::sleep(lifetime).await;
             let started = Instant::now();
             let stops = runs.iter().map(|(_, id)| {
                 let (cri, id) = (cri.clone(), id.clone());
@@ -96,6 +101,7 @@ async fn futures_join<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<Res
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let lifetime = Duration::from_millis(args.lifetime_ms);
     ensure!(
         Path::new(DEBIAN_CNI_DIR).join("ptp").exists(),
         "{DEBIAN_CNI_DIR}/ptp missing: cargo xtask setup installs containernetworking-plugins"
@@ -128,20 +134,21 @@ fn main() -> Result<()> {
     for n in networks {
         let p = n.pod(0, "w");
         create_pod(&p)?;
-        n.burst(std::slice::from_ref(&p))?;
+        n.burst(std::slice::from_ref(&p), Duration::ZERO)?;
     }
 
     println!(
-        "Pods through containerd {}, {} one after another per network, interleaved (ms, CRI call to reply):",
+        "Pods through containerd {}, {} one after another per network, interleaved, each living {} ms (ms, CRI call to reply):",
         containerd_version(&ours.runtime)?,
-        args.pods
+        args.pods,
+        args.lifetime_ms
     );
     let mut times: [[Vec<f64>; 2]; 2] = Default::default();
     for i in 0..args.pods {
         for (n, net) in networks.iter().enumerate() {
             let p = net.pod(i, "s");
             create_pod(&p)?;
-            let (run, stop, _, _) = net.burst(std::slice::from_ref(&p))?;
+            let (run, stop, _, _) = net.burst(std::slice::from_ref(&p), lifetime)?;
             times[n][0].extend(run);
             times[n][1].extend(stop);
         }
@@ -170,7 +177,7 @@ fn main() -> Result<()> {
         for p in &pods {
             create_pod(p)?;
         }
-        let (run, stop, run_wall, stop_wall) = net.burst(&pods)?;
+        let (run, stop, run_wall, stop_wall) = net.burst(&pods, lifetime)?;
         let ((r50, r99), (s50, s99)) = (summary(run), summary(stop));
         burst_p99[n] = [r99, s99];
         println!(
