@@ -106,7 +106,7 @@ impl Plugin {
             .map_err(|_| internal("the agent's reply", format!("ipv4 `{}` is not an address", reply.ipv4)))?;
         let prefix = match &reply.branch {
             // Upstream's names: strict-mode branch pods' host ends start with `vlan`.
-            Some(b) if b.enforcing_mode == "strict" => "vlan".to_owned(),
+            Some(b) if b.enforcing_mode == "strict" => crate::net::names::STRICT_VETH_PREFIX.to_owned(),
             _ => self.conf.veth_prefix.clone().unwrap_or_else(|| reply.veth_prefix.clone()),
         };
         Ok(PodNetwork {

@@ -163,6 +163,15 @@ impl LiveGuard {
         result
     }
 
+    /// Whether the state last applied names interface `name` (an ENI's, the trunk's, a VLAN's or
+    /// a pod's host end).
+    pub fn watches(&self, name: &str) -> bool {
+        lock(&self.applied_state).as_ref().is_some_and(|d| {
+            d.spec.interfaces.iter().any(|i| i.name == name)
+                || d.spec.pods.iter().any(|p| p.pod.host_interface == name)
+        })
+    }
+
     /// The findings of the state last applied.
     pub fn findings(&self) -> Vec<Finding> {
         lock(&self.applied_state).as_ref().map(|d| d.findings.clone()).unwrap_or_default()

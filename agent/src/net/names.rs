@@ -5,6 +5,10 @@
 
 use sha1::{Digest as _, Sha1};
 
+/// The host veth prefix of branch-ENI pods in strict mode (upstream's), whatever the node's
+/// AWS_VPC_K8S_CNI_VETHPREFIX; the plugin names the veth with it and the guard watches it.
+pub const STRICT_VETH_PREFIX: &str = "vlan";
+
 /// The host end of a pod's veth.
 pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
@@ -12,9 +16,25 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}{}", &hex[..11])
 }
 
+/// Whether `name` is shaped like a pod's host veth with `prefix` (the prefix, then 11 hex digits).
+pub fn is_host_veth_name(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|h| h.len() == 11 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_veth_names_are_recognised() {
+        assert!(is_host_veth_name(&host_veth_name("eni", "default", "web"), "eni"));
+        assert!(is_host_veth_name("vlan4d5f75c480c", "vlan"));
+        assert!(!is_host_veth_name("eth1", "eni"));
+        assert!(!is_host_veth_name("vlan.eth.5", "vlan"));
+        assert!(!is_host_veth_name("eni68caf03a5f", "eni"));
+        assert!(!is_host_veth_name("eni68caf03a5fZ", "eni"));
+    }
 
     #[test]
     fn names_are_the_prefix_and_eleven_hex_digits_of_the_pods_sha1() {

@@ -326,8 +326,11 @@ pub async fn run(observed: Arc<Observed>) {
     loop {
         tokio::select! {
             ticket = observed.guard.requested() => observed.apply(ticket).await,
-            () = links.settled() => {
-                observed.guard.request();
+            events = links.settled() => {
+                let prefixes = [observed.cfg.veth_prefix.as_str(), crate::net::names::STRICT_VETH_PREFIX];
+                if super::guard_feed::link_events_matter(&events, |n| observed.guard.watches(n), &prefixes) {
+                    observed.guard.request();
+                }
             }
             () = tokio::time::sleep(CHECKPOINT_POLL) => {
                 match observed.read_checkpoint() {

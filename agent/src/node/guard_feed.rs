@@ -15,7 +15,11 @@ use crate::{
     },
     ipam::model::exclusion,
     kube::{client::PodInfo, sgp::SecurityGroupPolicy},
-    net::{eni::NetError, links::LinkWatch},
+    net::{
+        eni::NetError,
+        links::{LinkEvent, LinkWatch},
+        names::{is_host_veth_name, STRICT_VETH_PREFIX},
+    },
 };
 
 use super::{
@@ -127,7 +131,7 @@ pub fn branch_pods(
 /// standard as an ordinary veth (upstream's POD_SECURITY_GROUP_ENFORCING_MODE).
 pub fn branch_veth_prefix(cfg: &crate::config::Config) -> String {
     match cfg.pod_sg_enforcing_mode {
-        crate::config::EnforcingMode::Strict => "vlan".to_owned(),
+        crate::config::EnforcingMode::Strict => STRICT_VETH_PREFIX.to_owned(),
         crate::config::EnforcingMode::Standard => cfg.veth_prefix.clone(),
     }
 }
@@ -204,18 +208,38 @@ impl LinkEvents {
         }
     }
 
-    /// Returns once a burst of link events has come and settled.
-    pub async fn settled(&mut self) {
+    /// Returns once a burst of link events has come and settled, with the events.
+    pub async fn settled(&mut self) -> Vec<LinkEvent> {
         match self.0.as_mut() {
-            Some(w) => {
-                if let Err(e) = w.next_settled(LINK_SETTLE).await {
+            Some(w) => match w.next_settled(LINK_SETTLE).await {
+                Ok(events) => events,
+                Err(e) => {
                     log::warn!("guard: link notifications: {e}; interfaces are picked up at each resync");
                     self.0 = None;
+                    // One more apply: whatever changed before the watch ended.
+                    vec![LinkEvent::New { ifindex: 0, name: String::new() }]
                 }
-            }
+            },
             None => std::future::pending().await,
         }
     }
+}
+
+/// Whether link events can change what the guard holds. The only ones that cannot are those of
+/// pod host veths (by their shape, for `veth_prefixes`) that the state last applied does not
+/// name: a DEL's veth going away after the DEL's own sync dropped the pod. Without this, each
+/// DEL brought one more apply (a link dump and a derivation) 50 ms later, competing with the
+/// runtime for the node's CPUs. Anything else (an ENI's link, a VLAN, lost notifications, a
+/// pod's veth appearing after its ADD's sync) applies; the resync reads everything back anyway.
+pub fn link_events_matter(
+    events: &[LinkEvent],
+    watched: impl Fn(&str) -> bool,
+    veth_prefixes: &[&str],
+) -> bool {
+    events.iter().any(|e| {
+        let name = e.name();
+        name.is_empty() || watched(name) || !veth_prefixes.iter().any(|p| is_host_veth_name(name, p))
+    })
 }
 
 impl Default for LinkEvents {
@@ -230,12 +254,35 @@ pub async fn run(node: Arc<Shared>, live: Arc<LiveGuard>) {
     loop {
         tokio::select! {
             ticket = live.requested() => apply(&node, &live, ticket).await,
-            () = links.settled() => {
-                live.request();
+            events = links.settled() => {
+                if link_events_matter(&events, |n| live.watches(n), &[&node.cfg.veth_prefix, STRICT_VETH_PREFIX]) {
+                    live.request();
+                }
             }
             () = tokio::time::sleep(RESYNC_INTERVAL) => {
                 live.request_reread();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_veths_the_guard_no_longer_judges_are_ignored() {
+        let watched = |n: &str| n == "eni68caf03a5f4" || n == "eth1";
+        let prefixes = ["eni", STRICT_VETH_PREFIX];
+        let new = |name: &str| LinkEvent::New { ifindex: 9, name: name.into() };
+        let gone = |name: &str| LinkEvent::Removed { ifindex: 9, name: name.into() };
+        // A DEL's veth going away (down, then removed) after the DEL's sync dropped it.
+        assert!(!link_events_matter(&[new("eni0123456789a"), gone("eni0123456789a")], watched, &prefixes));
+        assert!(!link_events_matter(&[gone("vlan0123456789a")], watched, &prefixes));
+        // A judged pod's veth, an ENI or VLAN link, lost notifications: apply.
+        assert!(link_events_matter(&[gone("eni0123456789a"), new("eni68caf03a5f4")], watched, &prefixes));
+        assert!(link_events_matter(&[new("eth2")], watched, &prefixes));
+        assert!(link_events_matter(&[new("vlan.eth.5")], watched, &prefixes));
+        assert!(link_events_matter(&[new("")], watched, &prefixes));
     }
 }
