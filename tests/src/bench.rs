@@ -31,6 +31,11 @@ pub struct PoolNode {
 
 impl PoolNode {
     pub fn start(prefix: &str, addresses: u32) -> Result<Self> {
+        Self::start_with(prefix, addresses, &[])
+    }
+
+    /// [`PoolNode::start`] with more of the agent's environment.
+    pub fn start_with(prefix: &str, addresses: u32, extra_env: &[(&str, &str)]) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let mut scenario = Scenario::default_scenario();
         scenario.nodes[0].max_pods = Some(addresses);
@@ -38,11 +43,12 @@ impl PoolNode {
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
         let minimum = addresses.to_string();
-        let env = [
+        let mut env = vec![
             ("ENABLE_PREFIX_DELEGATION", "true"),
             ("MINIMUM_IP_TARGET", minimum.as_str()),
             ("IP_COOLDOWN_PERIOD", "1"),
         ];
+        env.extend_from_slice(extra_env);
         let pins = PinsCleanup(agent::pin_dir(prefix, 0));
         let agent = agent::start(&sim, prefix, 0, &dir, &env)?;
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -252,9 +252,16 @@ impl Plugin {
                 .await
                 .map_err(|e| net_error("del: branch-ENI teardown", e))?;
         }
+        // The veth goes with the pod's network namespace, which the runtime removes right after
+        // DEL, as upstream's plugin relies on: deleting it here held RTNL through one RCU grace
+        // period more per program the guard has on it (TCX), 15-30 ms of every pod's stop, where
+        // the namespace's teardown deletes its devices in the background and in batches. When the
+        // namespace is already gone or unknown, a host end still there is deleted here.
+        let netns_alive = !self.env.netns.is_empty() && std::path::Path::new(&self.env.netns).exists();
+        let host_veth = if netns_alive { None } else { host_veth };
         // The agent's release and the teardown of what prevResult names run side by side: the
-        // first waits for the checkpoint's fsync and the guard, the second for the kernel's veth
-        // deletion, and neither needs the other (a released address cools down before reuse).
+        // first waits for the checkpoint's fsync and the guard, the second for netlink, and
+        // neither needs the other (a released address cools down before reuse).
         let mut known = prev.ips.clone();
         known.sort();
         known.dedup();

@@ -35,6 +35,9 @@ struct Args {
     /// stopped as soon as it runs, while the node still settles its start).
     #[arg(long, default_value_t = 200)]
     lifetime_ms: u64,
+    /// ENIGUARD_GUARD_MODE for the agent (`off` measures the node without the guard).
+    #[arg(long, default_value = "monitor")]
+    guard_mode: String,
 }
 
 async fn timed<T>(f: impl Future<Output = Result<T>>) -> Result<(f64, T)> {
@@ -107,7 +110,11 @@ fn main() -> Result<()> {
         "{DEBIAN_CNI_DIR}/ptp missing: cargo xtask setup installs containernetworking-plugins"
     );
     let prefix = format!("egp{}", std::process::id());
-    let pool = PoolNode::start(&prefix, args.pods.max(args.burst) as u32 + 10)?;
+    let pool = PoolNode::start_with(
+        &prefix,
+        args.pods.max(args.burst) as u32 + 10,
+        &[("ENIGUARD_GUARD_MODE", args.guard_mode.as_str())],
+    )?;
     let (node_agent, node, dir) = (&pool.agent, &pool.ns, &pool.dir);
     // ptp + host-local in the version eniguard's conflist gives old runtimes.
     let installed: serde_json::Value =
@@ -195,8 +202,9 @@ fn main() -> Result<()> {
         node_agent.memory()?
     );
     println!(
-        "(binaries: {}; the guard in monitor mode on every pod)",
-        std::env::var("ENIGUARD_BIN").unwrap_or_else(|_| "target/debug".into())
+        "(binaries: {}; the guard's mode: {})",
+        std::env::var("ENIGUARD_BIN").unwrap_or_else(|_| "target/debug".into()),
+        args.guard_mode
     );
     for n in [ours, peer] {
         n.runtime.stop().with_context(|| format!("stopping {}'s containerd", n.name))?;

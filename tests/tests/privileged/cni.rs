@@ -330,13 +330,19 @@ pub fn pods_per_version(ctx: &mut Ctx) -> Result<()> {
         }
         let del = node.call("DEL", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(del.success && del.stdout.is_empty(), "{version} DEL: {} {}", del.stdout, del.stderr);
-        ensure!(node.ns.link(&host_veth).is_err(), "{version}: {host_veth} survived DEL");
-        ensure!(pod_ns.link("eth0").is_err(), "{version}: the pod's eth0 survived DEL");
         ensure!(node.rules_for(ip)?.is_empty(), "{version}: rules left: {:?}", node.rules_for(ip)?);
         let routes = node.ns.ip(&["route", "show", &format!("{ip}/32")])?;
         ensure!(routes.trim().is_empty(), "{version}: route left: {routes}");
         let del = node.call("DEL", &sandbox, &node.conf(version, Some(&result)))?;
         ensure!(del.success, "{version}: a second DEL: {}", del.stdout);
+        // The veth goes with the pod's namespace, which the runtime removes after DEL.
+        ensure!(node.ns.link(&host_veth).is_ok(), "{version}: {host_veth} should stay until the netns goes");
+        drop(pod_ns);
+        crate::live_guard::eventually(
+            &format!("{version}: {host_veth} gone with the netns"),
+            Duration::from_secs(5),
+            || Ok(node.ns.link(&host_veth).is_err()),
+        )?;
         let cooling = node.agent().metric("eniguard_ipam_addresses{state=\"cooling\"}")?;
         ensure!(cooling == cooling_before + 1.0, "{version}: cooling {cooling_before} → {cooling}");
         // Back in the pool once the cooldown (3 s) is over, by the next pool tick at the latest.

@@ -112,8 +112,11 @@ impl Kubelet {
 
     /// Nothing of pod `name` (address `ip`) is left on the host: no veth, rule or route.
     pub fn host_is_clean_of(&self, name: &str, ip: Ipv4Addr) -> Result<()> {
+        // The veth goes with the pod's namespace, which containerd removes after DEL.
         let veth = host_veth_name("eni", "default", name);
-        ensure!(self.node.ns.link(&veth).is_err(), "{veth} of {name} survived");
+        crate::live_guard::eventually(&format!("{veth} of {name} gone"), Duration::from_secs(5), || {
+            Ok(self.node.ns.link(&veth).is_err())
+        })?;
         let rules = self.node.rules_for(ip)?;
         ensure!(rules.is_empty(), "rules of {name} ({ip}) left: {rules:?}");
         let routes = self.node.ns.ip(&["route", "show", "table", "all", &format!("{ip}/32")])?;
