@@ -33,8 +33,36 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Link events come in bursts (a veth pair: create, rename, up): one apply after they settle.
 const LINK_SETTLE: Duration = Duration::from_millis(50);
 
-/// What the derivation needs, read from the node (one short datastore section, one link dump).
-pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
+/// The node's links by MAC (the derivation finds ENIs' and the trunk's interfaces in it), dumped
+/// again only when it may have changed: a link event that matters, the resync, or a known ENI
+/// missing from it (one just attached). A pod's veth coming or going changes no ENI's link, and
+/// a dump waits for RTNL, which the kernel holds while a namespace's devices are deleted: under
+/// pod churn every apply waited for it.
+#[derive(Debug, Default)]
+pub struct LinkTable(Option<BTreeMap<String, String>>);
+
+impl LinkTable {
+    pub fn invalidate(&mut self) {
+        self.0 = None;
+    }
+
+    async fn read(&mut self, node: &Shared) -> Result<BTreeMap<String, String>, NetError> {
+        let mut macs: Vec<String> = node.enis().into_values().map(|e| e.mac.to_ascii_lowercase()).collect();
+        macs.extend(node.trunk().map(|t| t.mac.to_ascii_lowercase()));
+        match &self.0 {
+            Some(links) if macs.iter().all(|m| links.contains_key(m)) => Ok(links.clone()),
+            _ => {
+                let links = node.clients.net.links_by_mac().await?;
+                self.0 = Some(links.clone());
+                Ok(links)
+            }
+        }
+    }
+}
+
+/// What the derivation needs, read from the node (one short datastore section; the links from
+/// `table`).
+pub async fn inputs(node: &Shared, table: &mut LinkTable) -> Result<Inputs, NetError> {
     let pods: Vec<PodAddress> = node
         .owner
         .with(|ipam| {
@@ -51,7 +79,7 @@ pub async fn inputs(node: &Shared) -> Result<Inputs, NetError> {
                 .collect()
         })
         .await;
-    let links = node.clients.net.links_by_mac().await?;
+    let links = table.read(node).await?;
     let enis = eni_facts(node.enis().into_values(), &links, node.cfg.custom_networking);
     let eni_config = node.eni_config();
     let (expected_groups, basis) = derive::expected_groups(
@@ -160,8 +188,8 @@ fn node_mode(mode: GuardMode) -> Mode {
 }
 
 /// Derives and applies once, covering `ticket`.
-pub async fn apply(node: &Shared, live: &LiveGuard, ticket: u64) {
-    apply_inputs(live, ticket, inputs(node).await).await;
+pub async fn apply(node: &Shared, live: &LiveGuard, ticket: u64, table: &mut LinkTable) {
+    apply_inputs(live, ticket, inputs(node, table).await).await;
 }
 
 /// Derives from `inputs` and applies, covering `ticket`; a finding is logged once, when it
@@ -242,6 +270,11 @@ pub fn link_events_matter(
     })
 }
 
+/// Whether `name` is shaped like a pod's host veth (the node's prefix or strict mode's).
+fn is_pod_veth(name: &str, veth_prefix: &str) -> bool {
+    [veth_prefix, STRICT_VETH_PREFIX].iter().any(|p| is_host_veth_name(name, p))
+}
+
 impl Default for LinkEvents {
     fn default() -> Self {
         Self::new()
@@ -251,15 +284,20 @@ impl Default for LinkEvents {
 /// Applies on every request, on link events and every [`RESYNC_INTERVAL`], until dropped.
 pub async fn run(node: Arc<Shared>, live: Arc<LiveGuard>) {
     let mut links = LinkEvents::new();
+    let mut table = LinkTable::default();
     loop {
         tokio::select! {
-            ticket = live.requested() => apply(&node, &live, ticket).await,
+            ticket = live.requested() => apply(&node, &live, ticket, &mut table).await,
             events = links.settled() => {
                 if link_events_matter(&events, |n| live.watches(n), &[&node.cfg.veth_prefix, STRICT_VETH_PREFIX]) {
+                    if events.iter().any(|e| !is_pod_veth(e.name(), &node.cfg.veth_prefix)) {
+                        table.invalidate();
+                    }
                     live.request();
                 }
             }
             () = tokio::time::sleep(RESYNC_INTERVAL) => {
+                table.invalidate();
                 live.request_reread();
             }
         }

@@ -166,7 +166,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, StartError> {
     super::audit::security_groups(&shared).await;
     if let Some(live) = &shared.guard {
         board.step("guard: intent and truth into the kernel");
-        super::guard_feed::apply(&shared, live, live.request()).await;
+        super::guard_feed::apply(&shared, live, live.request(), &mut Default::default()).await;
     }
     Ok(shared)
 }
