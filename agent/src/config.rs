@@ -1,5 +1,5 @@
 //! The agent's configuration: the environment variables of upstream's aws-node (same names, same
-//! defaults: ../shared/reference/vpc-cni.md) and eniguard's own under `ENIGUARD_`, parsed once
+//! defaults: upstream's README and pkg/ipamd) and eniguard's own under `ENIGUARD_`, parsed once
 //! into one validated struct. A bad value is an error naming the variable, the value and what was
 //! expected, before anything talks to EC2 or Kubernetes.
 //!

@@ -2,7 +2,7 @@
 //! job, in the corrected order) and proves per packet, with eBPF, that each pod leaves through the
 //! ENI and security groups its configuration says.
 //!
-//! One module per concern; see ../shared/DESIGN.md for the map. Present so far:
+//! One module per concern (the README's Development section has the crate map). Present so far:
 //! - [`cni`]: the local API the CNI plugin calls (shared types; the agent's socket server).
 //! - [`config`]: the environment variables (upstream's names and defaults), parsed and validated.
 //! - [`guard`]: the eBPF egress guard (intent spec, maps, attachment, events, counters).

@@ -1,4 +1,4 @@
-//! The CNI calling convention as containerd drives it (../shared/reference/cni.md §1–2): the
+//! The CNI calling convention as containerd drives it (the CNI spec's SPEC.md §2): the
 //! plugin binary started with a clean environment holding `CNI_*`, the network configuration on
 //! stdin, the result or error read from stdout. It runs inside the node's namespace (the host
 //! of the pods); pods are network namespaces of their own under /run/netns.

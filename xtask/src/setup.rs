@@ -15,7 +15,7 @@ use crate::cmd::{is_root, output_of, run};
 
 /// The nightly toolchain that builds the eBPF crate (aya-build's default).
 pub const NIGHTLY: &str = "nightly";
-/// bpf-linker version known to work with the pinned aya family (../shared/reference/aya.md).
+/// bpf-linker version known to work with the pinned aya family (aya =0.14.0, see Cargo.toml).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests, benchmarks and kernel matrix use, with the command each provides.

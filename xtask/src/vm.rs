@@ -6,7 +6,7 @@
 //! modules resolved with modprobe, and a small initramfs built: busybox, the host's ip, tc,
 //! bpftool, nsenter and ping with their libraries, the agent and the test harness. `/init` loads
 //! the modules, runs the harness and prints its summary line, which the host reads off the serial
-//! console. See ../shared/reference/kernels.md for what was measured.
+//! console. The README's Development section (`cargo xtask vm-test`) says which kernels and why.
 
 use std::{
     collections::BTreeSet,

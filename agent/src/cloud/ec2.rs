@@ -1,4 +1,4 @@
-//! EC2 through aws-sdk-ec2: the calls upstream's ipamd makes (../shared/reference/vpc-cni.md §11),
+//! EC2 through aws-sdk-ec2: the calls upstream's ipamd makes (pkg/awsutils/awsutils.go upstream),
 //! each counted, each error reduced to its action, EC2 error code and message. Throttling
 //! (`RequestLimitExceeded`) and 5xx are retried by the SDK's standard retryer with exponential
 //! backoff and jitter (10 attempts, upstream's count); the waits upstream adds itself (detach

@@ -12,8 +12,8 @@
 //! - GC: the agent releases what the runtime no longer lists; their host rules go too.
 //!
 //! Codes: "try again later" (11) while the agent is unreachable or starting, with "network is
-//! not ready" in the message so that the kubelet retries after about a second (cni.md §2), and
-//! also 11 while the pool is empty.
+//! not ready" in the message, which the kubelet retries after about a second instead of its
+//! usual backoff, and also 11 while the pool is empty.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
-//! ADD's result in each version's shape (../shared/reference/cni.md §1), and what DEL can learn
+//! ADD's result in each version's shape (the CNI spec's SPEC.md, "Result"), and what DEL can learn
 //! from a `prevResult` — eniguard's own, or one that upstream's aws-cni wrote (its layout,
-//! cni.md §4: `[host veth, container interface (mac = route table), …, dummy<hash> (mac = VLAN
+//! cmd/routed-eni-cni-plugin/cni.go upstream: `[host veth, container interface (mac = route table), …, dummy<hash> (mac = VLAN
 //! id, sandbox = device number)]`), so that a pod started under aws-node can be deleted after an
 //! in-place switch.
 

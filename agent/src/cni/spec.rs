@@ -1,4 +1,4 @@
-//! The CNI calling convention as runtimes use it (../shared/reference/cni.md §1): the command and
+//! The CNI calling convention as runtimes use it (the CNI spec's SPEC.md §2): the command and
 //! its parameters in the environment, the network configuration on stdin, a result or an error as
 //! JSON on stdout. Pure: the plugin binary reads its environment and stdin into these types and
 //! writes what they render.

@@ -1,8 +1,8 @@
 //! The warm-pool policy: a pure function of (configuration, datastore, instance limits, max pods,
 //! clock) to the actions the control plane should take on this tick (upstream's
 //! `updateIPPoolIfRequired`: grow, else shrink). Semantics follow upstream ipamd (see
-//! ../shared/reference/vpc-cni.md §2 and §3) with one deliberate change: addresses cooling down do
-//! not count as available when deciding to grow (upstream #2896).
+//! pkg/ipamd/ipamd.go and pkg/ipamd/datastore upstream) with one deliberate change: addresses
+//! cooling down do not count as available when deciding to grow (upstream #2896).
 
 use super::{
     datastore::{Datastore, EniView},

@@ -1,5 +1,5 @@
 //! The warm-pool policy against upstream's worked examples (docs/eni-and-ip-target.md and
-//! docs/prefix-and-ip-target.md, restated in ../shared/reference/vpc-cni.md §2.1), driven like the
+//! docs/prefix-and-ip-target.md in aws/amazon-vpc-cni-k8s), driven like the
 //! real loop: decide, let a simulated EC2 execute, repeat until the policy is satisfied.
 
 use std::net::Ipv4Addr;

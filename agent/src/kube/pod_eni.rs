@@ -1,7 +1,7 @@
 //! The Resource Controller's `vpc.amazonaws.com/pod-eni` annotation on a branch-ENI pod
-//! (../shared/reference/vpc-cni.md §5): a JSON array of objects; only the first is used, as
-//! upstream does. The VLAN key is `vlanId` as the controller writes it (upstream's Go reader
-//! matches it case-insensitively, so `vlanID` is accepted too).
+//! (written by aws/amazon-vpc-resource-controller-k8s): a JSON array of objects; only the first
+//! is used, as upstream does. The VLAN key is `vlanId` as the controller writes it (upstream's Go
+//! reader matches it case-insensitively, so `vlanID` is accepted too).
 
 use std::net::Ipv4Addr;
 

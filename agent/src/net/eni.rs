@@ -1,5 +1,5 @@
 //! Host networking for ENIs, through rtnetlink (upstream's `SetupENINetwork`,
-//! ../shared/reference/vpc-cni.md §9): the link with the ENI's MAC gets the MTU, is brought up and
+//! pkg/networkutils/network.go upstream): the link with the ENI's MAC gets the MTU, is brought up and
 //! carries the ENI's primary address; the ENI's route table (device number + 1) gets a link route
 //! to the subnet gateway and a default route via it; the main table loses the subnet route the
 //! address added; and `from <ENI primary IP> lookup <table>` sits at priority 32765 — except on

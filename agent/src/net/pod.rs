@@ -1,5 +1,5 @@
-//! A pod's network, through rtnetlink (upstream's driver.go, ../shared/reference/cni.md §4 and
-//! vpc-cni.md §9), for the CNI plugin:
+//! A pod's network, through rtnetlink (upstream's cmd/routed-eni-cni-plugin/driver/driver.go and
+//! pkg/networkutils/network.go), for the CNI plugin:
 //!
 //! - a veth whose host end is created in the host namespace and whose pod end is created
 //!   directly in the pod's namespace (the peer carries the namespace's fd; nothing is moved

@@ -1,5 +1,5 @@
-//! SNAT of pod traffic that leaves the VPC, as upstream does it (../shared/reference/vpc-cni.md
-//! §9), in an nftables table of eniguard's own (`ip eniguard`), replaced in one transaction:
+//! SNAT of pod traffic that leaves the VPC, as upstream does it (pkg/networkutils/network.go),
+//! in an nftables table of eniguard's own (`ip eniguard`), replaced in one transaction:
 //!
 //! - `prerouting` (mangle priority): a new connection from a pod (`<veth prefix>*`) to outside
 //!   the VPC CIDRs and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS gets connmark 0x80, and every packet of

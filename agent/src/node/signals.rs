@@ -3,7 +3,7 @@
 //! The Resource Controller builds the trunk ENI once, when it first sees `SecurityGroupsForPods`,
 //! with whatever custom-networking spec it knows at that moment, and never changes it. aws-node
 //! v1.16.0–v1.16.3 sent `SecurityGroupsForPods` before `CustomNetworking`, so the trunk got the
-//! node's subnet and security groups (../shared/reference/vpc-cni.md §0, §1.4). Here
+//! node's subnet and security groups (aws/amazon-vpc-cni-k8s#2792, fixed in v1.16.4). Here
 //! `SecurityGroupsForPods` is sent only once the API server *returns* the `CustomNetworking`
 //! feature (read back, not assumed from our own write), only when an ENI slot is free, only on
 //! types that can be trunked, and never for a layout that leaves no ENI for ordinary pods.

@@ -1,5 +1,5 @@
-//! The startup sequence, in the corrected order (../shared/reference/vpc-cni.md §1.3, with the
-//! #2792 fix): read it top to bottom in [`start`]. Everything it needs is passed in.
+//! The startup sequence, in the corrected order (upstream's `nodeInit` in pkg/ipamd/ipamd.go, with
+//! the #2792 fix): read it top to bottom in [`start`]. Everything it needs is passed in.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 

@@ -2,7 +2,7 @@
 //!
 //! For each scenario: the EC2 calls the simulator received by action from the agent's start
 //! until its pool is warm, beside what upstream's ipamd issues for the same node (counted from
-//! ../shared/reference/ec2-economy.md §2.2, the arithmetic printed with it); the time from start
+//! upstream's pkg/ipamd/ipamd.go, the arithmetic printed with it); the time from start
 //! to `ready:` with 0 ms and with 50 ms EC2 latency (median of `--runs`); and, for the first
 //! scenario, the calls during `--idle-minutes` of idling (leaked-ENI sweep on) and the agent's RSS.
 //!

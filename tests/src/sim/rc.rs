@@ -1,5 +1,5 @@
-//! The VPC Resource Controller, as much of it as a node agent sees (../shared/reference/vpc-cni.md
-//! §1.6, §1.7, §5):
+//! The VPC Resource Controller, as much of it as a node agent sees (upstream's
+//! aws/amazon-vpc-resource-controller-k8s and the CNINode features ipamd writes):
 //!
 //! - a `CNINode` named after every Node, created when the Node appears;
 //! - a node becomes *managed* when its CNINode gains the `SecurityGroupsForPods` feature or the

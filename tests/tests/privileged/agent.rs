@@ -102,8 +102,9 @@ fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Op
 }
 
 /// Default scenario (m5.large: 3 ENIs, 10 addresses each), one row per pool mode: what EC2 shows
-/// after `ready` is what upstream's tables give for 0 pods (../shared/reference/vpc-cni.md §2.1,
-/// restated for 9 usable addresses or /28 slots per ENI).
+/// after `ready` is what upstream's tables give for 0 pods (docs/eni-and-ip-target.md and
+/// docs/prefix-and-ip-target.md in aws/amazon-vpc-cni-k8s), for 9 usable addresses or /28
+/// slots per ENI.
 pub fn warm_pool_rows(ctx: &mut Ctx) -> Result<()> {
     type Row<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(i32, (usize, usize))]);
     let rows: &[Row] = &[
