@@ -9,7 +9,7 @@ use anyhow::{ensure, Context as _, Result};
 use eniguard::net::names::host_veth_name;
 use eniguard_tests::{
     containerd::{Containerd, BUSYBOX_IMAGE},
-    cri::{Cri, PodSpec},
+    cri::{Cri, Exec, PodSpec},
     sim::fabric::Verdict,
 };
 
@@ -72,16 +72,48 @@ impl Kubelet {
         status.ip.parse().with_context(|| format!("sandbox {sandbox}: ip `{}`", status.ip))
     }
 
+    /// The kubelet's cleanup of sandboxes that did not become ready: each is stopped and removed.
+    pub fn remove_not_ready(&self) -> Result<()> {
+        for (id, ready) in self.block_on(self.cri().list_pods())? {
+            if !ready {
+                self.block_on(self.cri().stop_and_remove(&id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// RunPodSandbox as the kubelet keeps trying it: a sandbox that failed is removed and the pod
+    /// tried again a second later, until `patience` has passed; then the last error.
+    pub fn run_pod_retrying(&self, pod: &PodSpec, patience: Duration) -> Result<String> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.block_on(self.cri().run_pod(pod)) {
+                Ok(id) => return Ok(id),
+                Err(e) if started.elapsed() > patience => return Err(e),
+                Err(_) => {
+                    self.remove_not_ready()?;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// `count` pings from the container to the VPC's router, `wait` seconds for each reply.
+    pub fn ping(&self, container: &str, count: u32, wait: u32) -> Result<Exec> {
+        let (count, wait) = (count.to_string(), wait.to_string());
+        self.block_on(self.cri().exec(
+            container,
+            &["ping", "-c", &count, "-W", &wait, "-i", "0.2", "10.0.0.1"],
+            Duration::from_secs(10),
+        ))
+    }
+
     /// The container pings the VPC's router; every frame the VPC saw from `ip` left through the
     /// ENI that EC2 says holds it, never the trunk.
     pub fn reaches_the_vpc(&self, container: &str, ip: Ipv4Addr) -> Result<String> {
         let fabric = self.node.fabric()?;
         fabric.clear();
-        let ping = self.block_on(self.cri().exec(
-            container,
-            &["ping", "-c", "2", "-W", "2", "-i", "0.2", "10.0.0.1"],
-            Duration::from_secs(10),
-        ))?;
+        let ping = self.ping(container, 2, 2)?;
         ensure!(ping.exit_code == 0, "{ip}: ping from the container: {} {}", ping.stdout, ping.stderr);
         let eni = self.node.eni_holding(ip)?;
         let eni_id = eni.network_interface_id().context("eni id")?.to_owned();
@@ -297,13 +329,12 @@ pub fn burst_with_kill_9(ctx: &mut Ctx) -> Result<()> {
     }
     // The kubelet: stop and remove what is not ready, then try those pods again.
     k.node.agent().daemon.wait_for_line("ready:", Duration::from_secs(60))?;
-    for (id, is_ready) in k.block_on(k.cri().list_pods())? {
-        if !is_ready {
-            k.block_on(k.cri().stop_and_remove(&id))?;
-        }
-    }
+    k.remove_not_ready()?;
     for (spec, _) in failed {
-        let id = k.block_on(k.cri().run_pod(&spec)).with_context(|| format!("{} retried", spec.name))?;
+        // As the kubelet: again until it starts (the pool may still be growing back).
+        let id = k
+            .run_pod_retrying(&spec, Duration::from_secs(30))
+            .with_context(|| format!("{} retried", spec.name))?;
         ready.insert(spec.name.clone(), (spec, id));
     }
     ensure!(ready.len() == PODS, "{} of {PODS} pods ready", ready.len());
@@ -376,11 +407,7 @@ pub fn guard_judges_containers(ctx: &mut Ctx) -> Result<()> {
     let fabric = k.node.fabric()?;
     for (name, ip, container) in &pods {
         fabric.clear();
-        let ping = k.block_on(k.cri().exec(
-            container,
-            &["ping", "-c", "3", "-W", "1", "-i", "0.2", "10.0.0.1"],
-            Duration::from_secs(10),
-        ))?;
+        let ping = k.ping(container, 3, 1)?;
         let seen: Vec<_> = fabric.frames().into_iter().filter(|f| f.src == *ip).collect();
         let v = violations(name)?;
         println!(
@@ -440,33 +467,13 @@ pub fn branch_pod(ctx: &mut Ctx) -> Result<()> {
     let vlan = annotation[0]["vlanId"].as_u64().context("vlanId")?;
     let spec = k.runtime.pod("default", "pay", "uid-pay");
     // The kubelet retries while the agent has not adopted the trunk yet.
-    let started = std::time::Instant::now();
-    let sandbox = loop {
-        match k.block_on(k.cri().run_pod(&spec)) {
-            Ok(id) => break id,
-            Err(e) if started.elapsed() > Duration::from_secs(20) => {
-                return Err(e.context("RunPodSandbox pay"))
-            }
-            Err(_) => {
-                for (id, ready) in k.block_on(k.cri().list_pods())? {
-                    if !ready {
-                        k.block_on(k.cri().stop_and_remove(&id))?;
-                    }
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    };
+    let sandbox = k.run_pod_retrying(&spec, Duration::from_secs(20)).context("RunPodSandbox pay")?;
     let ip = k.pod_ip(&sandbox)?;
     ensure!(ip == want_ip, "pay got {ip}, the annotation says {want_ip}");
     let container = k.start_busybox(&spec, &sandbox)?;
     let fabric = k.node.fabric()?;
     fabric.clear();
-    let ping = k.block_on(k.cri().exec(
-        &container,
-        &["ping", "-c", "2", "-W", "2", "10.0.0.1"],
-        Duration::from_secs(10),
-    ))?;
+    let ping = k.ping(&container, 2, 2)?;
     let frames: Vec<_> = fabric.frames().into_iter().filter(|f| f.src == ip).collect();
     ensure!(
         !frames.is_empty()

@@ -99,8 +99,7 @@ fn ping(ns: &NetNs) -> u32 {
 
 /// The same from a container, through containerd's exec.
 fn ping_from(k: &Kubelet, container: &str) -> u32 {
-    let out = k.block_on(k.cri().exec(container, &PING, Duration::from_secs(10)));
-    received(&out.map(|o| o.stdout).unwrap_or_default())
+    received(&k.ping(container, 3, 1).map(|o| o.stdout).unwrap_or_default())
 }
 
 /// EC2 calls the simulator counted for an access key.
@@ -265,21 +264,7 @@ pub fn run(ctx: &mut Ctx, keep: bool) -> Result<()> {
     })?;
     say(&format!("default/pay (SecurityGroupPolicy `payments`): vpc.amazonaws.com/pod-eni={annotation}"));
     let pay = k.runtime.pod("default", "pay", "uid-pay");
-    // The kubelet: a sandbox that fails is stopped and removed, and tried again a second later.
-    let tried = Instant::now();
-    let outcome = loop {
-        let run = k.block_on(k.cri().run_pod(&pay));
-        if run.is_ok() || tried.elapsed() > Duration::from_secs(15) {
-            break run;
-        }
-        for (id, ready) in k.block_on(k.cri().list_pods())? {
-            if !ready {
-                k.block_on(k.cri().stop_and_remove(&id))?;
-            }
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
-    match outcome {
+    match k.run_pod_retrying(&pay, Duration::from_secs(15)) {
         Ok(_) => say("containerd started default/pay: plumbed on its VLAN"),
         Err(e) => {
             let text = format!("{e:#}");
