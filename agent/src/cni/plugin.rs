@@ -32,8 +32,8 @@ use super::{
     spec::{code, CniError, Command, Env, NetConf},
 };
 use crate::net::{
-    eni::NetError,
     names::host_veth_name,
+    netlink::{self, NetError},
     pod::{self, BranchLink, PodNetError, PodNetwork},
 };
 
@@ -199,7 +199,7 @@ impl Plugin {
                     }
                 }
                 let undone = match pod::teardown(&self.host, net.ip, None).await {
-                    Ok(()) => pod::delete_link(&self.host, &net.host_veth).await.map(|_| ()),
+                    Ok(()) => netlink::delete_link(&self.host, &net.host_veth).await.map(|_| ()),
                     Err(t) => Err(t),
                 };
                 if let Err(t) = undone {

@@ -49,7 +49,7 @@ pub fn parse(annotation: &str) -> Result<PodEni, String> {
     };
     let eni_id = field("eniId", raw.eni_id)?;
     let mac = field("ifAddress", raw.if_address)?;
-    if crate::net::eni::mac_bytes(&mac).is_none() {
+    if crate::net::netlink::mac_bytes(&mac).is_none() {
         return Err(format!("{what}[0].ifAddress: `{mac}` is not a MAC address"));
     }
     let ip_text = field("privateIp", raw.private_ip)?;

@@ -19,19 +19,10 @@ use rtnetlink::{
     Handle, LinkUnspec, RouteMessageBuilder,
 };
 
+use super::netlink::{
+    call, delete_rules, gateway_routes, is_exists, is_missing, mac_bytes, rules, NetError, Rule,
+};
 use crate::ipam::model::Cidr;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("netlink: {0}")]
-    Socket(std::io::Error),
-    #[error("netlink {what}: {source}")]
-    Call { what: String, source: rtnetlink::Error },
-    #[error("no link with MAC {0}")]
-    NoLink(String),
-    #[error("{path}: {source}")]
-    Sysctl { path: String, source: std::io::Error },
-}
 
 /// Priority of the `from <ENI primary IP>` rules (upstream's).
 pub const FROM_ENI_PRIORITY: u32 = 32765;
@@ -55,60 +46,10 @@ impl EniLink {
     }
 }
 
-/// Table `table`'s way out through link `index`: a link route to the gateway and the default
-/// route via it (an ENI's table, or a branch pod's VLAN table).
-pub(crate) async fn gateway_routes(
-    handle: &Handle,
-    table: u32,
-    index: u32,
-    gw: Ipv4Addr,
-) -> Result<(), NetError> {
-    let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(table)
-        .output_interface(index)
-        .destination_prefix(gw, 32)
-        .scope(RouteScope::Link)
-        .build();
-    handle
-        .route()
-        .add(link_route)
-        .replace()
-        .execute()
-        .await
-        .map_err(call(format!("route to {gw} in table {table}")))?;
-    let default =
-        RouteMessageBuilder::<Ipv4Addr>::new().table_id(table).output_interface(index).gateway(gw).build();
-    handle
-        .route()
-        .add(default)
-        .replace()
-        .execute()
-        .await
-        .map_err(call(format!("default route in table {table}")))
-}
-
 /// A netlink connection in the agent's network namespace.
 #[derive(Clone)]
 pub struct HostNet {
     handle: Handle,
-}
-
-pub(crate) fn call(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
-    let what = what.into();
-    move |source| NetError::Call { what, source }
-}
-
-pub(crate) fn is_exists(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
-}
-
-pub(crate) fn is_missing(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if [-libc::ESRCH, -libc::ENOENT].contains(&m.raw_code()))
-}
-
-pub fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
-    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect::<Option<_>>()?;
-    (bytes.len() == 6).then_some(bytes)
 }
 
 impl HostNet {
@@ -187,8 +128,8 @@ impl HostNet {
     /// traffic to the node's own addresses also leaves through its branch ENI). Idempotent.
     pub async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
         const LOCAL_TABLE: u32 = 255;
-        let rules = super::pod::rules(&self.handle).await?;
-        let is_local = |r: &super::pod::Rule, prio: u32| {
+        let rules = rules(&self.handle).await?;
+        let is_local = |r: &Rule, prio: u32| {
             r.table == LOCAL_TABLE
                 && r.priority.unwrap_or(0) == prio
                 && r.src.is_none()
@@ -205,7 +146,7 @@ impl HostNet {
             }
         }
         if rules.iter().any(|r| is_local(r, 0)) {
-            super::pod::delete_rules(&self.handle, |r| is_local(r, 0)).await?;
+            delete_rules(&self.handle, |r| is_local(r, 0)).await?;
         }
         Ok(())
     }

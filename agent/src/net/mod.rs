@@ -8,6 +8,8 @@ pub mod eni;
 pub mod links;
 pub mod names;
 #[cfg(feature = "control-plane")]
+pub mod netlink;
+#[cfg(feature = "control-plane")]
 pub mod pod;
 #[cfg(feature = "control-plane")]
 pub mod snat;

@@ -26,12 +26,15 @@ use rtnetlink::{
     packet_route::{
         link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
         route::RouteScope,
-        rule::{RuleAction, RuleAttribute, RuleMessage},
+        rule::RuleAction,
     },
     Handle, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder,
 };
 
-use super::eni::{call, gateway_routes, is_exists, is_missing, NetError};
+use super::netlink::{
+    call, delete_link, delete_rules, gateway_routes, is_exists, is_missing, link_by_name, rules, NetError,
+    Rule,
+};
 
 /// The pod's gateway: a link-local address that only ever resolves to the host end.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -105,30 +108,6 @@ fn mac_of(link: &LinkMessage) -> String {
         .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
         .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
         .unwrap_or_default()
-}
-
-/// The link called `name`, if there is one.
-pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(l) => Ok(l),
-        Err(e) if is_missing(&e) || is_no_device(&e) => Ok(None),
-        Err(e) => Err(call(format!("link {name}"))(e)),
-    }
-}
-
-fn is_no_device(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
-}
-
-/// Deletes the link called `name` if it exists (its veth peer goes with it).
-pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetError> {
-    let Some(link) = link_by_name(handle, name).await? else { return Ok(false) };
-    match handle.link().del(link.header.index).execute().await {
-        Ok(()) => Ok(true),
-        Err(e) if is_missing(&e) || is_no_device(&e) => Ok(false),
-        Err(e) => Err(call(format!("deleting {name}"))(e)),
-    }
 }
 
 /// ADD's plumbing (see the module doc). A stale host end of the same name (a retried ADD, a
@@ -207,7 +186,7 @@ pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Re
     let name = b.link_name();
     let table = b.table();
     delete_link(host, &name).await?;
-    let mac = super::eni::mac_bytes(&b.mac).ok_or_else(|| NetError::NoLink(b.mac.clone()))?;
+    let mac = super::netlink::mac_bytes(&b.mac).ok_or_else(|| NetError::NoLink(b.mac.clone()))?;
     let vlan = LinkVlan::new(&name, b.parent_if_index, b.vlan_id).address(mac).mtu(net.mtu).up().build();
     host.link()
         .add(vlan)
@@ -331,65 +310,6 @@ async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), Ne
             .map_err(call(format!("rule from {ip} lookup {table}")))?;
     }
     Ok(())
-}
-
-/// A rule, as much of it as pod plumbing looks at.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
-    pub priority: Option<u32>,
-    /// A /32 source or destination.
-    pub src: Option<Ipv4Addr>,
-    pub dst: Option<Ipv4Addr>,
-    pub iif: Option<String>,
-    pub table: u32,
-}
-
-impl Rule {
-    fn of(m: &RuleMessage) -> Self {
-        let mut r =
-            Self { priority: None, src: None, dst: None, iif: None, table: u32::from(m.header.table) };
-        for a in &m.attributes {
-            match a {
-                RuleAttribute::Priority(p) => r.priority = Some(*p),
-                RuleAttribute::Source(IpAddr::V4(ip)) if m.header.src_len == 32 => r.src = Some(*ip),
-                RuleAttribute::Destination(IpAddr::V4(ip)) if m.header.dst_len == 32 => r.dst = Some(*ip),
-                RuleAttribute::Iifname(n) => r.iif = Some(n.clone()),
-                RuleAttribute::Table(t) => r.table = *t,
-                _ => {}
-            }
-        }
-        r
-    }
-}
-
-/// Every IPv4 rule.
-pub async fn rules(handle: &Handle) -> Result<Vec<Rule>, NetError> {
-    let mut out = Vec::new();
-    let mut dump = handle.rule().get(rtnetlink::IpVersion::V4).execute();
-    while let Some(m) = dump.try_next().await.map_err(call("listing rules"))? {
-        out.push(Rule::of(&m));
-    }
-    Ok(out)
-}
-
-/// Deletes every IPv4 rule `doomed` selects; returns how many went.
-pub async fn delete_rules(handle: &Handle, doomed: impl Fn(&Rule) -> bool) -> Result<usize, NetError> {
-    let mut matching = Vec::new();
-    let mut dump = handle.rule().get(rtnetlink::IpVersion::V4).execute();
-    while let Some(m) = dump.try_next().await.map_err(call("listing rules"))? {
-        if doomed(&Rule::of(&m)) {
-            matching.push(m);
-        }
-    }
-    let mut deleted = 0;
-    for m in matching {
-        match handle.rule().del(m).execute().await {
-            Ok(()) => deleted += 1,
-            Err(e) if is_missing(&e) => {}
-            Err(e) => return Err(call("deleting a rule")(e)),
-        }
-    }
-    Ok(deleted)
 }
 
 /// DEL's host-side teardown for one address: rules 512 and 1536 (whatever table), the host

@@ -34,10 +34,7 @@ use rtnetlink::{
     Handle,
 };
 
-use super::{
-    eni::{call, is_exists, NetError},
-    pod::delete_rules,
-};
+use super::netlink::{call, delete_rules, is_exists, NetError};
 use crate::config::RandomizeSnat;
 
 pub const TABLE: &str = "eniguard";
@@ -215,7 +212,7 @@ async fn nft(ruleset: Nftables<'static>) -> Result<(), SnatError> {
 
 /// Installs the plan (table and rule 1024), or removes both for external SNAT (`None`).
 pub async fn apply(host: &Handle, plan: Option<&Plan>) -> Result<(), SnatError> {
-    let mark_rule = |r: &super::pod::Rule| r.priority == Some(MARK_RULE_PRIORITY);
+    let mark_rule = |r: &super::netlink::Rule| r.priority == Some(MARK_RULE_PRIORITY);
     let Some(plan) = plan else {
         let mut batch = Batch::new();
         let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };

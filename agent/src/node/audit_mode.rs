@@ -38,7 +38,7 @@ use crate::{
         eniconfig,
         sgp::SecurityGroupPolicy,
     },
-    net::eni::{HostNet, NetError},
+    net::{eni::HostNet, netlink::NetError},
 };
 
 use super::{

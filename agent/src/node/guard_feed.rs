@@ -16,9 +16,9 @@ use crate::{
     ipam::model::exclusion,
     kube::{client::PodInfo, sgp::SecurityGroupPolicy},
     net::{
-        eni::NetError,
         links::{LinkEvent, LinkWatch},
         names::{is_host_veth_name, STRICT_VETH_PREFIX},
+        netlink::NetError,
     },
 };
 

@@ -24,7 +24,8 @@ use crate::{
         eniconfig,
     },
     net::{
-        eni::{EniLink, HostNet, NetError},
+        eni::{EniLink, HostNet},
+        netlink::NetError,
         snat::{self, SnatError},
     },
     observe::agent::{FindingLabels, Metrics, TypeLabel},
