@@ -16,9 +16,11 @@
 pub mod cloud;
 pub mod cni;
 pub mod config;
+pub mod error;
 pub mod guard;
 pub mod ipam;
 pub mod kube;
 pub mod net;
 pub mod node;
 pub mod observe;
+pub mod sync;

@@ -47,8 +47,7 @@ pub struct EniInfo {
     pub mac: String,
     pub subnet_id: String,
     pub security_groups: Vec<String>,
-    /// `interface`, `trunk`, `efa`, `efa-only`, `branch`, ...
-    pub interface_type: String,
+    pub interface_type: InterfaceType,
     pub description: String,
     /// `available`, `in-use`, `attaching`, ...
     pub status: String,
@@ -56,6 +55,53 @@ pub struct EniInfo {
     pub attachment: Option<Attachment>,
     pub primary_ip: Option<Ipv4Addr>,
     pub cidrs: Vec<Cidr>,
+}
+
+/// EC2's `InterfaceType` of an ENI, read once here; the rest of the agent matches on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InterfaceType {
+    /// An ordinary ENI (EC2 says `interface`, or nothing).
+    Interface,
+    /// The Resource Controller's trunk for branch ENIs (security groups for pods).
+    Trunk,
+    /// An EFA ENI (it has an IP stack; upstream never hands out its addresses).
+    Efa,
+    /// An EFA-only ENI (no IP stack).
+    EfaOnly,
+    /// A branch ENI, reached through a trunk's VLAN.
+    Branch,
+    /// Anything else EC2 may report (`nat_gateway`, `lambda`, ...), kept as it said.
+    Other(String),
+}
+
+impl InterfaceType {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "" | "interface" => Self::Interface,
+            "trunk" => Self::Trunk,
+            "efa" => Self::Efa,
+            "efa-only" => Self::EfaOnly,
+            "branch" => Self::Branch,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+    /// EC2's name for it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Interface => "interface",
+            Self::Trunk => "trunk",
+            Self::Efa => "efa",
+            Self::EfaOnly => "efa-only",
+            Self::Branch => "branch",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for InterfaceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -358,8 +404,7 @@ fn eni_info(n: &NetworkInterface) -> EniInfo {
         security_groups: n.groups().iter().filter_map(|g| g.group_id().map(str::to_owned)).collect(),
         interface_type: n
             .interface_type()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_else(|| "interface".into()),
+            .map_or(InterfaceType::Interface, |t| InterfaceType::parse(t.as_str())),
         description: s(n.description()),
         status: n.status().map(|t| t.as_str().to_owned()).unwrap_or_default(),
         tags: n

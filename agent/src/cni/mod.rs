@@ -1,6 +1,5 @@
-//! The CNI side of the agent: the local API the plugin calls ([`api`]: the request and reply
-//! types plugin and agent share; [`server`]: the agent's unix-socket endpoint; [`client`]: the
-//! plugin's end), the CNI calling convention itself ([`spec`]: environment, stdin and errors;
+//! The CNI side: the local API the plugin calls ([`api`]: the request and reply types plugin
+//! and agent share; [`client`]: the plugin's end; the agent's end is `node::cni_api`), the CNI calling convention itself ([`spec`]: environment, stdin and errors;
 //! [`result`]: results and prevResults), what the plugin does per command ([`plugin`]), the DELs
 //! the agent could not hear ([`queue`]), and its installation once the agent is ready
 //! ([`install`]).
@@ -16,6 +15,4 @@ pub mod plugin;
 pub mod queue;
 #[cfg(feature = "control-plane")]
 pub mod result;
-#[cfg(feature = "control-plane")]
-pub mod server;
 pub mod spec;

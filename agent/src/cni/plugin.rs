@@ -292,7 +292,7 @@ impl Plugin {
                 | CallError::Api(ApiError { kind: ErrorKind::NotReady, .. })),
             ) => {
                 let dir = queue::dir_of(self.client.socket());
-                let queued = queue::enqueue(&dir, &self.del_request(), crate::node::owner::now())
+                let queued = queue::enqueue(&dir, &self.del_request(), crate::ipam::model::now())
                     .map_err(|q| CniError::new(code::TRY_AGAIN_LATER, format!("del: {e}; {q}")))?;
                 log::warn!(
                     "DEL {}: {e}; tearing down from prevResult, release queued in {}",

@@ -12,11 +12,12 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
+use crate::sync::lock;
 use aya::maps::{MapData, RingBuf};
 use eniguard_common::guard::REASON_NAMES;
 use tokio::{io::unix::AsyncFd, sync::Notify};
@@ -62,10 +63,6 @@ impl std::fmt::Debug for LiveGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveGuard").field("requested", &self.requested).finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LiveGuard {

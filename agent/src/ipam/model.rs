@@ -6,6 +6,13 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 /// Nanoseconds since the Unix epoch: the checkpoint's timestamp unit, and the datastore's clock.
 pub type UnixNanos = u64;
 
+/// Now, as the datastore's clock (Unix nanoseconds).
+pub fn now() -> UnixNanos {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// An IPv4 CIDR: a /32 secondary address or a /28 delegated prefix.

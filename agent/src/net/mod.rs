@@ -5,6 +5,8 @@
 
 #[cfg(feature = "control-plane")]
 pub mod eni;
+#[cfg(feature = "control-plane")]
+pub mod host;
 pub mod links;
 pub mod names;
 #[cfg(feature = "control-plane")]

@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
-use crate::observe::agent::EniLabel;
+use crate::{cloud::ec2::InterfaceType, observe::agent::EniLabel};
 
-use super::state::{KnownEni, Shared};
+use super::{
+    enis::{timestamp, TAG_CLUSTER, TAG_CREATED_AT, TAG_INSTANCE},
+    state::{KnownEni, Shared},
+};
 
 pub const LEAK_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 pub const LEAK_SWEEP_JITTER: Duration = Duration::from_secs(300);
@@ -24,7 +27,10 @@ fn sorted(v: &[String]) -> Vec<String> {
 /// What an ENI should carry: subnet (only checked for the trunk under custom networking) and
 /// groups.
 fn expected(shared: &Shared, eni: &KnownEni) -> Option<(Option<String>, Vec<String>)> {
-    if eni.primary || eni.unmanaged || !matches!(eni.interface_type.as_str(), "interface" | "trunk") {
+    if eni.primary
+        || eni.unmanaged
+        || !matches!(eni.interface_type, InterfaceType::Interface | InterfaceType::Trunk)
+    {
         return None;
     }
     let (subnet, groups) = shared.new_eni_placement()?;
@@ -77,7 +83,7 @@ pub async fn security_groups(shared: &Shared) {
 pub async fn refresh_security_groups(shared: &Shared) {
     let branches = shared.branch_groups();
     let ids: Vec<String> = shared.enis().keys().chain(branches.keys()).cloned().collect();
-    match shared.clients.ec2.describe_enis(&ids).await {
+    match shared.clients.cloud.describe_enis(&ids).await {
         Ok(described) => {
             for d in described {
                 if let Some(mut k) = shared.eni(&d.id) {
@@ -96,15 +102,16 @@ pub async fn refresh_security_groups(shared: &Shared) {
 /// One sweep: this instance's detached `aws-K8S-` ENIs older than 5 minutes are deleted; those
 /// without a creation time get one (and go on a later sweep).
 pub async fn sweep_leaked(shared: &Shared) {
-    let ec2 = &shared.clients.ec2;
+    let ec2 = shared.clients.cloud.as_ref();
     let id = &shared.id.instance_id;
+    let (tag_instance, tag_cluster) = (format!("tag:{TAG_INSTANCE}"), format!("tag:{TAG_CLUSTER}"));
     let mut filters = vec![
-        ("tag:node.k8s.amazonaws.com/instance_id", id.as_str()),
+        (tag_instance.as_str(), id.as_str()),
         ("status", "available"),
         ("vpc-id", shared.vpc_id.as_str()),
     ];
     if let Some(c) = &shared.cfg.cluster_name {
-        filters.push(("tag:cluster.k8s.amazonaws.com/name", c.as_str()));
+        filters.push((tag_cluster.as_str(), c.as_str()));
     }
     let found = match ec2.find_enis(&filters).await {
         Ok(f) => f,
@@ -114,7 +121,7 @@ pub async fn sweep_leaked(shared: &Shared) {
     for (eni, step) in sweep_plan(&found, now) {
         match step {
             Sweep::StampCreatedAt => {
-                let tag = [(CREATED_AT.to_owned(), now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())];
+                let tag = [(TAG_CREATED_AT.to_owned(), timestamp(now))];
                 if let Err(e) = ec2.create_tags(&eni, &tag.into_iter().collect()).await {
                     log::warn!("leaked-ENI sweep: tagging {eni}: {e}");
                 }
@@ -126,8 +133,6 @@ pub async fn sweep_leaked(shared: &Shared) {
         }
     }
 }
-
-const CREATED_AT: &str = "node.k8s.amazonaws.com/createdAt";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sweep {
@@ -146,7 +151,7 @@ pub fn sweep_plan(
     found
         .iter()
         .filter(|e| e.description.starts_with("aws-K8S-") && e.attachment.is_none())
-        .filter_map(|e| match e.tags.get(CREATED_AT).map(|t| t.parse::<k8s_openapi::jiff::Timestamp>()) {
+        .filter_map(|e| match e.tags.get(TAG_CREATED_AT).map(|t| t.parse::<k8s_openapi::jiff::Timestamp>()) {
             None | Some(Err(_)) => Some((e.id.clone(), Sweep::StampCreatedAt)),
             Some(Ok(t)) if now.as_second() - t.as_second() >= min_age => Some((e.id.clone(), Sweep::Delete)),
             Some(Ok(_)) => None,
@@ -165,10 +170,10 @@ mod tests {
             mac: String::new(),
             subnet_id: String::new(),
             security_groups: Vec::new(),
-            interface_type: "interface".into(),
+            interface_type: crate::cloud::ec2::InterfaceType::Interface,
             description: description.into(),
             status: "available".into(),
-            tags: created.map(|c| (CREATED_AT.to_owned(), c.to_owned())).into_iter().collect(),
+            tags: created.map(|c| (TAG_CREATED_AT.to_owned(), c.to_owned())).into_iter().collect(),
             attachment: None,
             primary_ip: None,
             cidrs: Vec::new(),

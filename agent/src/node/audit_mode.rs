@@ -15,7 +15,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
     },
     time::{Duration, SystemTime},
 };
@@ -39,11 +39,13 @@ use crate::{
         sgp::SecurityGroupPolicy,
     },
     net::{eni::HostNet, netlink::NetError},
+    sync::lock,
 };
 
 use super::{
+    enis::known_enis,
+    error::NodeError,
     pods::PodSink,
-    startup::{known_enis, StartError},
     state::{Board, KnownEni},
 };
 
@@ -80,10 +82,6 @@ pub struct Observed {
     lookups_due: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// From nothing to the guard judging aws-node's pods.
 pub async fn start(
     cfg: Config,
@@ -92,8 +90,8 @@ pub async fn start(
     net: HostNet,
     board: Arc<Board>,
     guard: Arc<LiveGuard>,
-) -> Result<Arc<Observed>, StartError> {
-    let node_name = cfg.node_name.clone().ok_or(StartError::NoNodeName)?;
+) -> Result<Arc<Observed>, NodeError> {
+    let node_name = cfg.node_name.clone().ok_or(NodeError::NoNodeName)?;
     board.step("IMDS identity");
     let imds = Imds::new(calls.clone());
     let id = imds.identity().await?;
@@ -144,7 +142,7 @@ pub async fn start(
 
 impl Observed {
     /// IMDS's ENIs joined with one DescribeNetworkInterfaces.
-    async fn refresh_enis(&self) -> Result<(), StartError> {
+    async fn refresh_enis(&self) -> Result<(), NodeError> {
         let seen = self.imds.enis().await?;
         let described: Vec<EniInfo> =
             self.ec2.describe_enis(&seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>()).await?;
@@ -162,7 +160,7 @@ impl Observed {
     }
 
     /// Re-reads aws-node's checkpoint if it changed; true when it did.
-    fn read_checkpoint(&self) -> Result<bool, StartError> {
+    fn read_checkpoint(&self) -> Result<bool, NodeError> {
         let path = self.cfg.backing_store.clone();
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if lock(&self.checkpoint).1 == modified && modified.is_some() {
@@ -170,7 +168,7 @@ impl Observed {
         }
         let read = Checkpoint::new(&path)
             .read()
-            .map_err(|source| StartError::Checkpoint { path: path.clone(), source })?;
+            .map_err(|source| NodeError::Checkpoint { path: path.clone(), source })?;
         let pods = read
             .map(|cp| {
                 cp.allocations
@@ -287,7 +285,7 @@ impl Observed {
     }
 
     /// Whether the ENIs IMDS lists (ids and addresses) differ from what was last described.
-    async fn imds_changed(&self) -> Result<bool, StartError> {
+    async fn imds_changed(&self) -> Result<bool, NodeError> {
         let seen = self.imds.enis().await?;
         let enis = lock(&self.enis);
         Ok(seen.len() != enis.len()

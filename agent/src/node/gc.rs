@@ -15,7 +15,6 @@ use std::{
 use crate::{
     cni::queue,
     ipam::model::{AllocKey, Allocation, UnixNanos},
-    net::pod,
 };
 
 use super::{owner::now, state::Shared};
@@ -104,7 +103,7 @@ async fn release(shared: &Shared, keys: Vec<(AllocKey, UnixNanos)>, why: &'stati
         .await;
     for a in &released {
         log::info!("{why}: released {} ({}/{})", a.ip, a.pod.namespace, a.pod.name);
-        if let Err(e) = pod::teardown(shared.clients.net.handle(), a.ip, None).await {
+        if let Err(e) = shared.clients.net.teardown_pod(a.ip).await {
             log::warn!("{why}: host rules of {}: {e}", a.ip);
         }
     }

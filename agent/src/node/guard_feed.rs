@@ -23,7 +23,7 @@ use crate::{
 };
 
 use super::{
-    startup::flags,
+    enis::flags,
     state::{KnownEni, Shared},
 };
 

@@ -8,6 +8,12 @@ pub mod audit;
 #[cfg(feature = "control-plane")]
 pub mod audit_mode;
 #[cfg(feature = "control-plane")]
+pub mod cni_api;
+#[cfg(feature = "control-plane")]
+pub mod enis;
+#[cfg(feature = "control-plane")]
+pub mod error;
+#[cfg(feature = "control-plane")]
 pub mod gc;
 #[cfg(feature = "control-plane")]
 pub mod guard_feed;

@@ -2,9 +2,11 @@
 //! pool (the checkpoint's fsync must not stall the async workers), and nothing inside it talks to
 //! EC2, Kubernetes or netlink: callers decide under the lock, act outside it, and come back.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
-use crate::ipam::{model::UnixNanos, Ipam};
+pub use crate::ipam::model::now;
+
+use crate::{ipam::Ipam, sync::lock};
 
 #[derive(Clone, Debug)]
 pub struct Owner {
@@ -23,8 +25,7 @@ impl Owner {
         F: FnOnce(&mut Ipam) -> T + Send + 'static,
     {
         let ipam = self.ipam.clone();
-        let task =
-            tokio::task::spawn_blocking(move || f(&mut ipam.lock().unwrap_or_else(PoisonError::into_inner)));
+        let task = tokio::task::spawn_blocking(move || f(&mut lock(&ipam)));
         match task.await {
             Ok(v) => v,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -36,13 +37,6 @@ impl Owner {
     /// Reads the datastore for a moment on the calling thread (introspection; never while
     /// awaiting).
     pub fn peek<T>(&self, f: impl FnOnce(&Ipam) -> T) -> T {
-        f(&self.ipam.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&lock(&self.ipam))
     }
-}
-
-/// Now, as the datastore's clock (Unix nanoseconds).
-pub fn now() -> UnixNanos {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -1,4 +1,4 @@
-//! The node's own pods, watched (see [`Kube::watch_pods`]) and handed to a [`PodSink`]: the
+//! The node's own pods, watched (see [`Cluster::watch_pods`]) and handed to a [`PodSink`]: the
 //! agent's shared state (the CNI path reads branch-ENI annotations from there, the guard derives
 //! from it, the introspection endpoint lists it) or audit mode's view of aws-node's node.
 
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt as _;
 use kube::runtime::watcher::Event;
 
-use crate::kube::client::{Kube, PodInfo};
+use crate::kube::{client::PodInfo, Cluster};
 
 use super::state::Shared;
 
@@ -22,7 +22,7 @@ pub trait PodSink {
 }
 
 /// Follows the pods on `node` into `sink` until the task is dropped.
-pub async fn follow(kube: &Kube, node: &str, sink: &impl PodSink) {
+pub async fn follow(kube: &dyn Cluster, node: &str, sink: &impl PodSink) {
     let mut stream = std::pin::pin!(kube.watch_pods(node));
     let mut fresh: BTreeMap<(String, String), PodInfo> = BTreeMap::new();
     while let Some(event) = stream.next().await {
@@ -43,7 +43,7 @@ pub async fn follow(kube: &Kube, node: &str, sink: &impl PodSink) {
 /// Follows the agent's node's pods until the task is dropped.
 pub async fn watch(shared: std::sync::Arc<Shared>) {
     let node = shared.node().name;
-    follow(&shared.clients.kube, &node, shared.as_ref()).await;
+    follow(shared.clients.kube.as_ref(), &node, shared.as_ref()).await;
 }
 
 impl PodSink for Shared {

@@ -4,23 +4,24 @@
 //! (`insufficientCidrErrorCooldown`); an unschedulable node gets no ENI changes unless
 //! AWS_MANAGE_ENIS_NON_SCHEDULABLE.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use crate::{
     cloud::ec2::{Ec2Error, NewEni, SUBNET_FULL},
+    error::Chain,
     ipam::{
         model::{Cidr, UnixNanos},
         policy::{self, Action, NodeState},
     },
+    sync::backoff,
 };
 
 use super::{
+    enis,
+    error::NodeError,
     journal::Pending,
     owner::now,
-    startup::{self, StartError},
+    signals,
     state::{KnownEni, Shared},
 };
 
@@ -35,16 +36,6 @@ const BAD_PLACEMENT: &[&str] = &[
     "InvalidGroupId.Malformed",
     "InvalidSecurityGroupID.NotFound",
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error(transparent)]
-    Ec2(#[from] Ec2Error),
-    #[error(transparent)]
-    Setup(#[from] StartError),
-    #[error("{0}")]
-    Other(String),
-}
 
 /// The loop's memory between ticks.
 #[derive(Debug, Default)]
@@ -62,7 +53,7 @@ pub async fn prescale(shared: &Shared) {
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
-                log::warn!("pre-scale: {e}");
+                log::warn!("pre-scale: {}", Chain(&e));
                 break;
             }
         }
@@ -75,12 +66,12 @@ fn max_pods(shared: &Shared) -> u32 {
 }
 
 /// One tick; true when it changed the pool (another tick may be due at once).
-pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, PoolError> {
+pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, NodeError> {
     if shared.paused() {
         return Ok(false);
     }
     if shared.signals_pending() {
-        startup::signal(shared).await?;
+        signals::signal(shared).await?;
     }
     let cfg = shared.pool();
     let limits = shared.limits;
@@ -104,11 +95,11 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, PoolEr
                     state.last_decrease = Some(now());
                 }
             }
-            Err(PoolError::Ec2(e)) if SUBNET_FULL.iter().any(|c| e.is(c)) => {
+            Err(NodeError::Ec2(e)) if SUBNET_FULL.iter().any(|c| e.is(c)) => {
                 subnet_full(shared, &e).await;
                 return Ok(changed);
             }
-            Err(PoolError::Ec2(e))
+            Err(NodeError::Ec2(e))
                 if e.action == "CreateNetworkInterface" && BAD_PLACEMENT.iter().any(|c| e.is(c)) =>
             {
                 bad_placement(shared, &e).await;
@@ -116,7 +107,7 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, PoolEr
             }
             Err(e) => {
                 shared.metrics.pool_errors.inc();
-                log::warn!("pool: {action:?}: {e}");
+                log::warn!("pool: {action:?}: {}", Chain(&e));
             }
         }
     }
@@ -134,7 +125,7 @@ async fn subnet_full(shared: &Shared, e: &Ec2Error) {
     log::warn!("{message}");
     shared.board.update(|s| s.problem = Some(message.clone()));
     if let Err(err) = shared.clients.kube.event(&shared.node(), true, "SubnetExhausted", &message).await {
-        log::warn!("{err}");
+        log::warn!("{}", Chain(&err));
     }
 }
 
@@ -153,7 +144,7 @@ async fn bad_placement(shared: &Shared, e: &Ec2Error) {
     if shared.board.get().problem.as_deref() != Some(message.as_str()) {
         shared.board.update(|s| s.problem = Some(message.clone()));
         if let Err(err) = shared.clients.kube.event(&shared.node(), true, reason, &message).await {
-            log::warn!("{err}");
+            log::warn!("{}", Chain(&err));
         }
     }
 }
@@ -196,8 +187,8 @@ pub async fn update_gauges(shared: &Shared) {
 }
 
 /// Carries out one action; true when something changed.
-async fn execute(shared: &Shared, action: &Action) -> Result<bool, PoolError> {
-    let ec2 = &shared.clients.ec2;
+async fn execute(shared: &Shared, action: &Action) -> Result<bool, NodeError> {
+    let ec2 = shared.clients.cloud.as_ref();
     let pd = shared.cfg.prefix_delegation;
     match action {
         Action::AssignToEni { eni, count } => {
@@ -233,12 +224,7 @@ async fn execute(shared: &Shared, action: &Action) -> Result<bool, PoolError> {
             }
             let known = shared.forget_eni(eni);
             if let Some(k) = &known {
-                shared
-                    .clients
-                    .net
-                    .remove_rule(k.primary_ip)
-                    .await
-                    .map_err(|e| PoolError::Other(e.to_string()))?;
+                shared.clients.net.remove_rule(k.primary_ip).await?;
             }
             ec2.detach_and_delete(eni, known.as_ref().and_then(|k| k.attachment_id.as_deref())).await?;
             log::info!("deleted ENI {eni}");
@@ -248,10 +234,10 @@ async fn execute(shared: &Shared, action: &Action) -> Result<bool, PoolError> {
 }
 
 fn list(cidrs: &[Cidr]) -> String {
-    cidrs.iter().map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect::<Vec<_>>().join(", ")
+    cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
-async fn add_cidrs(shared: &Shared, eni: &str, cidrs: Vec<Cidr>) -> Result<(), PoolError> {
+async fn add_cidrs(shared: &Shared, eni: &str, cidrs: Vec<Cidr>) -> Result<(), NodeError> {
     let id = eni.to_owned();
     let shown = list(&cidrs);
     let findings = shared
@@ -262,55 +248,39 @@ async fn add_cidrs(shared: &Shared, eni: &str, cidrs: Vec<Cidr>) -> Result<(), P
                 match ipam.datastore.add_cidr(&id, c) {
                     Ok(Some(f)) => findings.push(f),
                     Ok(None) => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(source) => return Err(NodeError::Datastore { eni: id, source }),
                 }
             }
             Ok(findings)
         })
-        .await
-        .map_err(PoolError::Other)?;
-    startup::report_findings(&shared.metrics, &findings);
+        .await?;
+    enis::report_findings(&shared.metrics, &findings);
     log::info!("{eni}: added {shown}");
     Ok(())
 }
 
 /// Creates an ENI where the configuration says, attaches it at the lowest free device index,
 /// sets DeleteOnTermination, sets up its link and adds it to the pool.
-async fn create_eni(shared: &Shared, count: u32) -> Result<(), PoolError> {
-    let ec2 = &shared.clients.ec2;
+async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
+    let ec2 = shared.clients.cloud.as_ref();
     if shared.cfg.custom_networking {
         // Upstream reads the ENIConfig for every new ENI: an edit applies to ENIs created later.
-        startup::refresh_eni_config(shared).await.map_err(|e| PoolError::Other(e.to_string()))?;
+        enis::refresh_eni_config(shared).await?;
     }
-    let Some((subnet_id, security_groups)) = shared.new_eni_placement() else {
-        return Err(PoolError::Other("custom networking without an ENIConfig: no ENI is created".into()));
-    };
+    let (subnet_id, security_groups) = shared.new_eni_placement().ok_or(NodeError::NoPlacement)?;
     let id = &shared.id.instance_id;
-    let mut tags = BTreeMap::from([
-        ("node.k8s.amazonaws.com/instance_id".to_owned(), id.clone()),
-        (
-            "node.k8s.amazonaws.com/createdAt".to_owned(),
-            k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        ),
-    ]);
-    if let Some(cluster) = &shared.cfg.cluster_name {
-        tags.insert("cluster.k8s.amazonaws.com/name".into(), cluster.clone());
-        tags.insert("eks:eni:owner".into(), "amazon-vpc-cni".into());
-    }
-    tags.extend(shared.cfg.additional_eni_tags.clone());
     let new = NewEni {
         subnet_id,
         security_groups,
-        description: format!("aws-K8S-{id}"),
-        tags,
+        description: enis::description(id),
+        tags: enis::new_eni_tags(&shared.cfg, id),
         count,
         prefixes: shared.cfg.prefix_delegation,
     };
     let journal = &shared.journal;
-    let noted = |r: Result<(), super::journal::JournalError>| r.map_err(|e| PoolError::Other(e.to_string()));
-    noted(journal.write(&Pending { eni: None }))?;
+    journal.write(&Pending { eni: None })?;
     let created = ec2.create_eni(&new).await?;
-    noted(journal.write(&Pending { eni: Some(created.id.clone()) }))?;
+    journal.write(&Pending { eni: Some(created.id.clone()) })?;
     let attached = async {
         let used = ec2.used_device_indexes(id).await?;
         let index = (1..).find(|i| !used.contains(i)).unwrap_or(1);
@@ -321,14 +291,14 @@ async fn create_eni(shared: &Shared, count: u32) -> Result<(), PoolError> {
         Err(e) => {
             // Not attached: nothing else would clean it up sooner than the leak sweep.
             match ec2.detach_and_delete(&created.id, None).await {
-                Ok(()) => noted(journal.clear())?,
+                Ok(()) => journal.clear()?,
                 Err(d) => log::warn!("deleting unattached {}: {d}", created.id),
             }
             return Err(e.into());
         }
     };
     ec2.delete_on_termination(&created.id, &attachment).await?;
-    noted(journal.clear())?;
+    journal.clear()?;
     log::info!(
         "created {} in {} with {:?} at device {index}",
         created.id,
@@ -338,30 +308,23 @@ async fn create_eni(shared: &Shared, count: u32) -> Result<(), PoolError> {
     let seen = wait_for_imds(shared, &created.mac).await?;
     let known = KnownEni {
         attachment_id: Some(attachment),
-        ..startup::known_eni(&shared.cfg, &shared.id, &seen, &created)
+        ..enis::known_eni(&shared.cfg, &shared.id, &seen, &created)
     };
-    startup::setup_link(&shared.clients.net, &known, shared.cfg.eni_mtu)
-        .await
-        .map_err(|e| PoolError::Other(e.to_string()))?;
-    let (k, cidrs) = (known.clone(), created.cidrs.clone());
-    let findings = shared.owner.with(move |ipam| startup::add_eni(&mut ipam.datastore, &k, &cidrs)).await?;
-    startup::report_findings(&shared.metrics, &findings);
-    shared.put_eni(known);
-    Ok(())
+    enis::setup_link(shared.clients.net.as_ref(), &known, shared.cfg.eni_mtu).await?;
+    enis::adopt(shared, known, created.cidrs).await
 }
 
 /// Waits for IMDS to show a new ENI (upstream: 100 ms doubling, 12 tries).
-async fn wait_for_imds(shared: &Shared, mac: &str) -> Result<crate::cloud::imds::ImdsEni, PoolError> {
-    let imds = &shared.clients.imds;
-    let mut wait = Duration::from_millis(100);
-    for _ in 0..12 {
-        if imds.macs().await.map_err(|e| PoolError::Other(e.to_string()))?.iter().any(|m| m == mac) {
-            if let Ok(eni) = imds.eni(mac).await {
-                return Ok(eni);
-            }
+async fn wait_for_imds(shared: &Shared, mac: &str) -> Result<crate::cloud::imds::ImdsEni, NodeError> {
+    let mut waits = backoff(Duration::from_millis(100), Duration::from_secs(60), Some(12));
+    loop {
+        match shared.clients.cloud.attached_eni(mac).await {
+            Ok(Some(eni)) => return Ok(eni),
+            Ok(None) => {}
+            // IMDS may list the MAC before it serves the ENI's fields.
+            Err(e) => log::debug!("IMDS, new ENI {mac}: {}", Chain(&e)),
         }
+        let Some(wait) = waits.next() else { return Err(NodeError::NotInImds(mac.to_owned())) };
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(60));
     }
-    Err(PoolError::Other(format!("IMDS never showed ENI {mac}")))
 }

@@ -11,34 +11,27 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
-use crate::{cloud::imds::ImdsEni, ipam::model::Cidr};
+use crate::{cloud::imds::ImdsEni, error::Chain, ipam::model::Cidr};
 
-use super::{
-    startup::{self, StartError},
-    state::Shared,
-};
+use super::{enis, error::NodeError, state::Shared};
 
 /// Upstream's `nodeIPPoolReconcileInterval`.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 
-pub async fn reconcile(shared: &Shared) -> Result<(), StartError> {
-    let seen = shared.clients.imds.enis().await?;
+pub async fn reconcile(shared: &Shared) -> Result<(), NodeError> {
+    let seen = shared.clients.cloud.attached_enis().await?;
     let known = shared.enis();
     let new: Vec<String> = seen.iter().filter(|s| !known.contains_key(&s.id)).map(|s| s.id.clone()).collect();
     if !new.is_empty() {
-        let described = shared.clients.ec2.describe_enis(&new).await?;
+        let described = shared.clients.cloud.describe_enis(&new).await?;
         for s in seen.iter().filter(|s| new.contains(&s.id)) {
             let Some(d) = described.iter().find(|d| d.id == s.id) else { continue };
-            let eni = startup::known_eni(&shared.cfg, &shared.id, s, d);
+            let eni = enis::known_eni(&shared.cfg, &shared.id, s, d);
             if !eni.unmanaged {
-                startup::setup_link(&shared.clients.net, &eni, shared.cfg.eni_mtu).await?;
+                enis::setup_link(shared.clients.net.as_ref(), &eni, shared.cfg.eni_mtu).await?;
             }
-            let (k, cidrs) = (eni.clone(), d.cidrs.clone());
-            let findings =
-                shared.owner.with(move |ipam| startup::add_eni(&mut ipam.datastore, &k, &cidrs)).await?;
-            startup::report_findings(&shared.metrics, &findings);
             log::info!("adopted {} ({}, device {})", eni.id, eni.interface_type, eni.device_number);
-            shared.put_eni(eni);
+            enis::adopt(shared, eni, d.cidrs.clone()).await?;
         }
         super::audit::security_groups(shared).await;
     }
@@ -58,13 +51,13 @@ pub async fn reconcile(shared: &Shared) -> Result<(), StartError> {
     let name = shared.node().name;
     match shared.clients.kube.node(&name).await {
         Ok(n) => shared.set_node(n),
-        Err(e) => log::warn!("{e}"),
+        Err(e) => log::warn!("{}", Chain(&e)),
     }
     Ok(())
 }
 
 /// Brings one ENI's addresses in the datastore in line with EC2, when IMDS shows a difference.
-async fn reconcile_cidrs(shared: &Shared, seen: &ImdsEni) -> Result<(), StartError> {
+async fn reconcile_cidrs(shared: &Shared, seen: &ImdsEni) -> Result<(), NodeError> {
     let imds: BTreeSet<Cidr> = seen.cidrs().into_iter().collect();
     let id = seen.id.clone();
     let held: BTreeSet<Cidr> =
@@ -73,7 +66,7 @@ async fn reconcile_cidrs(shared: &Shared, seen: &ImdsEni) -> Result<(), StartErr
         return Ok(());
     }
     let Some(ec2) =
-        shared.clients.ec2.describe_enis(std::slice::from_ref(&seen.id)).await?.into_iter().next()
+        shared.clients.cloud.describe_enis(std::slice::from_ref(&seen.id)).await?.into_iter().next()
     else {
         return Ok(());
     };
@@ -103,7 +96,7 @@ async fn reconcile_cidrs(shared: &Shared, seen: &ImdsEni) -> Result<(), StartErr
             })
             .await
     };
-    startup::report_findings(&shared.metrics, &added);
+    enis::report_findings(&shared.metrics, &added);
     if !add.is_empty() {
         log::info!("{}: EC2 shows {} address ranges this node did not know; added", seen.id, add.len());
     }
@@ -111,7 +104,7 @@ async fn reconcile_cidrs(shared: &Shared, seen: &ImdsEni) -> Result<(), StartErr
         log::warn!("{}: {} address ranges are gone from EC2; removed", seen.id, removed.len());
     }
     for c in kept {
-        log::warn!("{}: {}/{} is gone from EC2 but still assigned to a pod", seen.id, c.addr, c.prefix_len);
+        log::warn!("{}: {c} is gone from EC2 but still assigned to a pod", seen.id);
     }
     shared.set_verified(&seen.id, imds);
     Ok(())

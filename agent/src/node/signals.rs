@@ -94,6 +94,96 @@ pub fn next(node: &NodeFacts, recorded: &[Feature]) -> Step {
     Step::SignalSecurityGroupsForPods
 }
 
+/// Carries out [`next`] until it says stop: CustomNetworking, read back from the API server, and
+/// only then SecurityGroupsForPods.
+#[cfg(feature = "control-plane")]
+pub async fn signal(shared: &super::state::Shared) -> Result<(), super::error::NodeError> {
+    use crate::{
+        ipam::policy::PoolConfig,
+        kube::{client::KubeError, eniconfig},
+        observe::agent::TypeLabel,
+    };
+    use std::time::Duration;
+
+    let node = shared.node();
+    let mut missing_cninode = 0;
+    loop {
+        let facts = NodeFacts {
+            custom_networking: shared.cfg.custom_networking,
+            pod_eni: shared.cfg.pod_eni,
+            eni_config: shared.eni_config().map_or_else(|| eniconfig::DEFAULT_NAME.to_owned(), |c| c.name),
+            instance_type: shared.id.instance_type.clone(),
+            max_enis: shared.limits.max_enis,
+            attached_enis: u32::try_from(shared.enis().len()).unwrap_or(u32::MAX),
+            trunking_compatible: shared.limits.trunking_compatible,
+        };
+        if !facts.pod_eni {
+            return Ok(());
+        }
+        let recorded = match shared.clients.kube.features(&node.name).await {
+            Ok((f, _)) => f,
+            // The Resource Controller creates the CNINode when it sees the node.
+            Err(KubeError::NotFound { .. }) if missing_cninode < 60 => {
+                missing_cninode += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match next(&facts, &recorded) {
+            Step::SignalCustomNetworking(name) => {
+                log::info!("CNINode {}: CustomNetworking={name}", node.name);
+                shared
+                    .clients
+                    .kube
+                    .add_feature(&node.name, &Feature::new(CUSTOM_NETWORKING, Some(&name)))
+                    .await?;
+            }
+            Step::SignalSecurityGroupsForPods => {
+                log::info!(
+                    "CNINode {}: SecurityGroupsForPods (CustomNetworking confirmed first where on)",
+                    node.name
+                );
+                shared
+                    .clients
+                    .kube
+                    .add_feature(&node.name, &Feature::new(SECURITY_GROUPS_FOR_PODS, None))
+                    .await?;
+                shared.set_signals_pending(false);
+                return Ok(());
+            }
+            Step::WaitForSlot => {
+                log::info!("every ENI slot is taken: SecurityGroupsForPods waits for a free one");
+                shared.set_signals_pending(true);
+                return Ok(());
+            }
+            Step::Refuse(r) => {
+                let message = r.to_string();
+                log::warn!("{message}");
+                shared
+                    .metrics
+                    .sgp_refused
+                    .get_or_create(&TypeLabel { instance_type: r.instance_type.clone() })
+                    .set(1);
+                shared.board.update(|s| s.refused = Some(message.clone()));
+                if let Err(e) =
+                    shared.clients.kube.event(&node, true, "SecurityGroupsForPodsRefused", &message).await
+                {
+                    log::warn!("{}", crate::error::Chain(&e));
+                }
+                // No slot is held back for a trunk that will not come.
+                shared.set_pool(PoolConfig { pod_eni: false, ..shared.pool() });
+                shared.set_signals_pending(false);
+                return Ok(());
+            }
+            Step::Done => {
+                shared.set_signals_pending(false);
+                return Ok(());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,27 +4,31 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 use crate::{
-    cloud::{calls::Calls, ec2::Ec2, imds::Identity, imds::Imds},
+    cloud::{calls::Calls, ec2::InterfaceType, imds::Identity, Cloud},
     config::Config,
     ipam::{model::Cidr, policy::Limits, policy::PoolConfig},
-    kube::client::{EniConfig, Kube, NodeInfo, PodInfo},
-    net::eni::HostNet,
+    kube::{
+        client::{EniConfig, NodeInfo, PodInfo},
+        Cluster,
+    },
+    net::host::Host,
     observe::agent::Metrics,
+    sync::lock,
 };
 
 use super::owner::Owner;
 
-/// The clients, built once and shared.
+/// The clients, built once and shared: the node layer's seams (real clients in the agent,
+/// in-memory ones in its unit tests).
 #[derive(Clone)]
 pub struct Clients {
-    pub imds: Imds,
-    pub ec2: Ec2,
-    pub kube: Kube,
-    pub net: HostNet,
+    pub cloud: Arc<dyn Cloud>,
+    pub kube: Arc<dyn Cluster>,
+    pub net: Arc<dyn Host>,
     pub calls: Calls,
 }
 
@@ -40,7 +44,7 @@ pub struct KnownEni {
     pub attachment_id: Option<String>,
     /// The groups EC2 reports (never assumed).
     pub security_groups: Vec<String>,
-    pub interface_type: String,
+    pub interface_type: InterfaceType,
     pub primary: bool,
     /// Tagged node.k8s.amazonaws.com/no_manage=true, or untagged with MANAGE_UNTAGGED_ENI=false.
     pub unmanaged: bool,
@@ -48,7 +52,7 @@ pub struct KnownEni {
 
 impl KnownEni {
     pub fn trunk(&self) -> bool {
-        self.interface_type == "trunk"
+        self.interface_type == InterfaceType::Trunk
     }
 }
 
@@ -138,10 +142,6 @@ impl Board {
         log::info!("startup: {step}");
         self.update(|s| s.step = step.to_owned());
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {

@@ -2,7 +2,7 @@
 //! scrape time and summed. Per-pod series exist only for pods with a violation or a finding, so
 //! cardinality stays bounded on a busy node.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
@@ -45,7 +45,7 @@ impl Collector for GuardCollector {
             GuardSource::Live(l) => l.guard(),
         };
         let (stats, pods) = {
-            let guard = guard.lock().unwrap_or_else(PoisonError::into_inner);
+            let guard = crate::sync::lock(&guard);
             // A failed read leaves the guard series out of this scrape (the log says why).
             let Ok(stats) = guard.stats().inspect_err(|e| log::warn!("reading the guard's counters: {e}"))
             else {

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use eniguard::{
-    cloud::{calls::Calls, imds::Imds},
+    cloud::{calls::Calls, Aws},
     cni,
     config::{Config, GuardMode, HostPaths},
     guard::{datapath::Capacity, live::LiveGuard},
@@ -17,7 +17,7 @@ use eniguard::{
     kube::client::Kube,
     net::eni::HostNet,
     node::{
-        self,
+        self, enis,
         owner::now,
         startup::{self, Inputs},
         state::{Board, Shared},
@@ -41,10 +41,10 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     std::fs::create_dir_all(&paths.run_dir)
         .with_context(|| format!("--run-dir {}", paths.run_dir.display()))?;
     // The CNI plugin's socket answers from the start ("not ready" until the node is).
-    let ready_node: cni::server::ReadyNode = Arc::default();
-    let socket = cni::server::bind(&paths.run_dir)?;
+    let ready_node: node::cni_api::ReadyNode = Arc::default();
+    let socket = node::cni_api::bind(&paths.run_dir)?;
     log::info!("local API on {}", paths.run_dir.join(cni::api::SOCKET_NAME).display());
-    tokio::spawn(cni::server::serve(socket, ready_node.clone()));
+    tokio::spawn(node::cni_api::serve(socket, ready_node.clone()));
     let guard = load_guard(&cfg, &paths)?;
     if !cfg.disable_introspection {
         let listener = server::bind(&cfg.introspection_bind_address).await?;
@@ -65,9 +65,9 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     }
     let inputs = Inputs {
         run_dir: paths.run_dir.clone(),
-        imds: Imds::new(calls.clone()),
-        kube: Kube::new().await?,
-        net: HostNet::open()?,
+        cloud: Arc::new(Aws::new(calls.clone())),
+        kube: Arc::new(Kube::new().await?),
+        net: Arc::new(HostNet::open()?),
         calls,
         metrics: metrics.clone(),
         board: board.clone(),
@@ -245,11 +245,11 @@ fn enis(shared: &Shared) -> serde_json::Value {
         .values()
         .map(|e| json!({
             "id": e.id, "mac": e.mac, "deviceNumber": e.device_number, "primaryIp": e.primary_ip.to_string(),
-            "subnetId": e.subnet_id, "securityGroups": e.security_groups, "interfaceType": e.interface_type,
+            "subnetId": e.subnet_id, "securityGroups": e.security_groups, "interfaceType": e.interface_type.as_str(),
             "primary": e.primary, "unmanaged": e.unmanaged,
             "cidrs": shared.owner.peek(|ipam| ipam.datastore.cidrs_of(&e.id)).iter()
                 .map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect::<Vec<_>>(),
-            "excluded": exclusion(&startup::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
+            "excluded": exclusion(&enis::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
         }))
         .collect();
     json!({"instanceId": shared.id.instance_id, "instanceType": shared.id.instance_type, "enis": list})

@@ -1,4 +1,4 @@
-//! The agent's end of the local API (see [`super::api`]): hyper on a unix socket in the run
+//! The agent's end of the CNI plugin's local API (see [`crate::cni::api`]): hyper on a unix socket in the run
 //! directory, mode 0600. It answers from the first moment: "not ready" until the node is ready.
 
 use std::{
@@ -14,18 +14,17 @@ use hyper::{server::conn::http1, service::service_fn, Method, Request, Response,
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
-use super::api::{
+use crate::cni::api::{
     self, AddReply, AddRequest, ApiError, Branch, CheckRequest, DelReply, DelRequest, ErrorKind, GcReply,
     GcRequest, StatusReply, ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, STATUS_PATH,
 };
-use crate::{
-    ipam::{
-        datastore::DatastoreError,
-        model::{AllocKey, PodRef},
-        IpamError,
-    },
-    node::{owner::now, state::Shared},
+use crate::ipam::{
+    datastore::DatastoreError,
+    model::{now, AllocKey, PodRef},
+    IpamError,
 };
+
+use super::state::Shared;
 
 /// Requests are small; anything bigger is refused.
 const MAX_BODY: usize = 64 * 1024;
@@ -181,7 +180,7 @@ async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
             }
             e => ApiError::new(ErrorKind::Internal, e.to_string()),
         })?;
-    crate::node::pool::update_gauges(node).await;
+    super::pool::update_gauges(node).await;
     let (eni, device_number) =
         home.ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("{} has no ENI", allocation.ip)))?;
     // The pod's first packet is judged: its intent is in the kernel before the reply.
@@ -254,7 +253,7 @@ async fn guard_branch(node: &Shared, pod: crate::kube::client::PodInfo, eni: &st
         Err(e) => log::warn!("guard: {e}"),
     }
     if !node.branch_groups().contains_key(eni) {
-        match node.clients.ec2.describe_enis(&[eni.to_owned()]).await {
+        match node.clients.cloud.describe_enis(&[eni.to_owned()]).await {
             Ok(described) => {
                 for d in described {
                     node.set_branch_groups(&d.id, d.security_groups);
@@ -337,7 +336,7 @@ async fn gc(node: &Shared, r: GcRequest) -> Result<GcReply, ApiError> {
         })
         .await
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-    crate::node::pool::update_gauges(node).await;
+    super::pool::update_gauges(node).await;
     if let Err(e) = node.guard_sync().await {
         log::warn!("gc: {e}");
     }
@@ -352,7 +351,7 @@ async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
         .with(move |ipam| ipam.release(&key, now()))
         .await
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
-    crate::node::pool::update_gauges(node).await;
+    super::pool::update_gauges(node).await;
     // A released address is judged for its old pod no longer (the DEL's outcome does not wait
     // on the guard: a failure is logged and the next sync catches up).
     if let Err(e) = node.guard_sync().await {
