@@ -359,3 +359,107 @@ async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
     }
     Ok(DelReply { released: released.map(|a| a.ip.to_string()) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{super::fakes::*, *};
+    use crate::cni::{
+        api::{Attachment, VERSION},
+        client::{CallError, Client},
+    };
+
+    fn add_request(container: &str) -> AddRequest {
+        AddRequest {
+            client_version: VERSION.into(),
+            network_name: "aws-cni".into(),
+            container_id: container.into(),
+            if_name: "eth0".into(),
+            netns: "/var/run/netns/x".into(),
+            pod_namespace: "default".into(),
+            pod_name: format!("pod-{container}"),
+            pod_uid: None,
+        }
+    }
+
+    fn kind(r: Result<impl std::fmt::Debug, CallError>) -> (ErrorKind, String) {
+        match r {
+            Err(CallError::Api(e)) => (e.kind, e.message),
+            other => panic!("expected an API error, got {other:?}"),
+        }
+    }
+
+    /// The socket, served as the agent serves it: "not ready" until the node is; then ADD
+    /// (written to the checkpoint before the reply), CHECK, GC and DEL; bad requests are
+    /// refused naming the field, and nothing is allocated for them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_socket_serves_add_check_gc_and_del() {
+        let node = FakeNode::default();
+        let listener = bind(&node.dir).unwrap();
+        let ready: ReadyNode = Arc::default();
+        let server = tokio::spawn(serve(listener, ready.clone()));
+        let client = Client::new(node.dir.join(api::SOCKET_NAME));
+        use hyper::Method;
+        let add = |c: &str| {
+            let r = add_request(c);
+            let client = &client;
+            async move { client.call::<_, AddReply>(Method::POST, ADD_PATH, Some(&r)).await }
+        };
+
+        assert_eq!(kind(add("c1").await).0, ErrorKind::NotReady);
+        let shared = node.start(&[]).await.unwrap();
+        let _ = ready.set(shared.clone());
+        let status = client.status().await.unwrap();
+        assert!(status.ready && status.available > 0);
+
+        let a = add("c1").await.unwrap();
+        assert_eq!((a.eni.as_str(), a.device_number, a.route_table), (PRIMARY_ENI, 0, None));
+        let checkpoint = std::fs::read_to_string(&shared.cfg.backing_store).unwrap();
+        assert!(checkpoint.contains(&a.ipv4) && checkpoint.contains("c1"), "{checkpoint}");
+        assert_eq!(add("c1").await.unwrap().ipv4, a.ipv4, "a retried ADD gets the same address");
+
+        let check = CheckRequest {
+            client_version: VERSION.into(),
+            network_name: "aws-cni".into(),
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+        };
+        assert_eq!(client.call::<_, AddReply>(Method::POST, CHECK_PATH, Some(&check)).await.unwrap(), a);
+
+        let b = add("c2").await.unwrap();
+        let gc = GcRequest {
+            client_version: VERSION.into(),
+            network_name: "aws-cni".into(),
+            valid_attachments: vec![Attachment { container_id: "c1".into(), if_name: "eth0".into() }],
+        };
+        let collected: GcReply = client.call(Method::POST, GC_PATH, Some(&gc)).await.unwrap();
+        assert_eq!(collected.released, [b.ipv4]);
+
+        let del = DelRequest {
+            client_version: VERSION.into(),
+            network_name: "aws-cni".into(),
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+            pod_namespace: None,
+            pod_name: None,
+        };
+        let released: DelReply = client.call(Method::POST, DEL_PATH, Some(&del)).await.unwrap();
+        assert_eq!(released.released, Some(a.ipv4.clone()));
+        let again: DelReply = client.call(Method::POST, DEL_PATH, Some(&del)).await.unwrap();
+        assert_eq!(again.released, None, "DEL is idempotent");
+        let (k, _) = kind(client.call::<_, AddReply>(Method::POST, CHECK_PATH, Some(&check)).await);
+        assert_eq!(k, ErrorKind::UnknownContainer);
+
+        let (k, message) = kind(add("").await);
+        assert_eq!(k, ErrorKind::BadRequest);
+        assert!(message.contains("containerId"), "{message}");
+        let old = AddRequest { client_version: "0.0.1".into(), ..add_request("c3") };
+        let (k, _) = kind(client.call::<_, AddReply>(Method::POST, ADD_PATH, Some(&old)).await);
+        assert_eq!(k, ErrorKind::VersionMismatch);
+        let (k, message) = kind(client.call::<_, AddReply>(Method::POST, "/v1/nope", Some(&old)).await);
+        assert_eq!(k, ErrorKind::BadRequest);
+        assert!(message.contains("/v1/nope"));
+        let allocated = shared.owner.with(|ipam| ipam.datastore.allocations().len()).await;
+        assert_eq!(allocated, 0, "nothing is held for refused requests");
+        server.abort();
+    }
+}

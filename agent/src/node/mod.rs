@@ -13,6 +13,8 @@ pub mod cni_api;
 pub mod enis;
 #[cfg(feature = "control-plane")]
 pub mod error;
+#[cfg(all(test, feature = "control-plane"))]
+pub mod fakes;
 #[cfg(feature = "control-plane")]
 pub mod gc;
 #[cfg(feature = "control-plane")]

@@ -34,6 +34,13 @@ impl Owner {
 }
 
 impl Owner {
+    /// Whether someone holds the datastore now (the unit tests' check that no cloud or cluster
+    /// call is made under it).
+    #[cfg(test)]
+    pub fn is_held(&self) -> bool {
+        self.ipam.try_lock().is_err()
+    }
+
     /// Reads the datastore for a moment on the calling thread (introspection; never while
     /// awaiting).
     pub fn peek<T>(&self, f: impl FnOnce(&Ipam) -> T) -> T {

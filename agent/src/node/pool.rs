@@ -328,3 +328,81 @@ async fn wait_for_imds(shared: &Shared, mac: &str) -> Result<crate::cloud::imds:
         tokio::time::sleep(wait).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{super::fakes::*, *};
+    use crate::{cloud::Cloud as _, node::journal::Journal};
+
+    /// Raises MINIMUM_IP_TARGET on a started node so that the next tick needs a new ENI.
+    fn want(shared: &Shared, addresses: u32) {
+        shared.set_pool(policy::PoolConfig { minimum_ip_target: addresses, ..shared.pool() });
+    }
+
+    async fn total(shared: &Shared) -> u32 {
+        shared.owner.with(|ipam| ipam.datastore.stats(now()).total).await
+    }
+
+    /// A new ENI: created with upstream's description and tags, journalled, attached at the
+    /// lowest free device index, its link set up with table device + 1, adopted; no EC2 or
+    /// Kubernetes call is made while the datastore is held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_grows_with_a_new_eni_outside_the_datastore_lock() {
+        let node = FakeNode::default();
+        let shared = node.start(&[("CLUSTER_NAME", "prod")]).await.unwrap();
+        let before = total(&shared).await;
+        want(&shared, before + 5);
+        let mut state = PoolState::default();
+        while tick(&shared, &mut state).await.unwrap() {}
+        assert!(total(&shared).await >= before + 5);
+        let new: Vec<_> = node.cloud.attached().into_iter().filter(|e| e.id != PRIMARY_ENI).collect();
+        assert_eq!(new.len(), 1, "{new:?}");
+        let eni = &new[0];
+        assert_eq!(eni.description, format!("aws-K8S-{INSTANCE}"));
+        assert_eq!(eni.tags.get(enis::TAG_INSTANCE).map(String::as_str), Some(INSTANCE));
+        assert_eq!(eni.tags.get(enis::TAG_CLUSTER).map(String::as_str), Some("prod"));
+        assert!(eni.tags.contains_key(enis::TAG_CREATED_AT));
+        assert_eq!(eni.attachment.as_ref().map(|a| a.device_index), Some(1));
+        assert_eq!(node.host.enis.lock().unwrap().get(&eni.mac), Some(&2), "table = device + 1");
+        assert!(shared.eni(&eni.id).is_some());
+        assert_eq!(Journal::new(&node.dir).read(), None);
+        assert!(state.last_action.is_some());
+        assert_eq!(node.world.under_lock(), Vec::<String>::new());
+    }
+
+    /// EC2 says the subnet is out of addresses: the pool pauses, the node says why (status and a
+    /// Warning Event), and the next tick makes no call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_subnet_pauses_the_pool_and_says_so() {
+        let node = FakeNode::default();
+        let shared = node.start(&[]).await.unwrap();
+        node.cloud.fail("CreateNetworkInterface", "InsufficientFreeAddressesInSubnet");
+        want(&shared, total(&shared).await + 5);
+        let mut state = PoolState::default();
+        assert!(!tick(&shared, &mut state).await.unwrap());
+        assert!(shared.paused());
+        assert!(node.kube.events().iter().any(|(r, _)| r == "SubnetExhausted"));
+        assert!(shared.board.get().problem.is_some_and(|p| p.contains("InsufficientFreeAddressesInSubnet")));
+        let calls = node.world.calls().len();
+        assert!(!tick(&shared, &mut state).await.unwrap());
+        assert_eq!(node.world.calls().len(), calls, "paused: no call");
+    }
+
+    /// An ENI that cannot be attached is deleted at once and the journal cleared: nothing leaks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_eni_that_fails_to_attach_is_deleted() {
+        let node = FakeNode::default();
+        let shared = node.start(&[]).await.unwrap();
+        node.cloud.fail("AttachNetworkInterface", "AttachmentLimitExceeded");
+        want(&shared, total(&shared).await + 5);
+        let mut state = PoolState::default();
+        assert!(!tick(&shared, &mut state).await.unwrap());
+        let created = node.world.calls_to("ec2 CreateNetworkInterface").len();
+        let deleted = node.world.calls_to("ec2 DeleteNetworkInterface").len();
+        assert_eq!((created, deleted), (1, 1));
+        assert_eq!(node.cloud.attached().len(), 1, "only the primary ENI");
+        assert!(node.cloud.find_enis(&[("status", "available")]).await.unwrap().is_empty());
+        assert_eq!(Journal::new(&node.dir).read(), None);
+        assert_eq!(shared.metrics.pool_errors.get(), 1);
+    }
+}

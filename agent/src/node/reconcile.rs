@@ -109,3 +109,62 @@ async fn reconcile_cidrs(shared: &Shared, seen: &ImdsEni) -> Result<(), NodeErro
     shared.set_verified(&seen.id, imds);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{super::fakes::*, *};
+    use crate::cloud::ec2::InterfaceType;
+
+    /// The trunk the Resource Controller attaches after startup is adopted (link set up, known
+    /// as the trunk) and its addresses are never handed out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trunk_attached_later_is_adopted_and_never_handed_out() {
+        let node = FakeNode::default();
+        let shared = node.start(&[]).await.unwrap();
+        assert!(shared.trunk().is_none());
+        let trunk = node.cloud.attach_foreign(InterfaceType::Trunk, 2, 3, &[]);
+        let theirs: BTreeSet<_> = node.cloud.eni(&trunk).unwrap().cidrs.iter().map(|c| c.addr).collect();
+        reconcile(&shared).await.unwrap();
+        assert_eq!(shared.trunk().map(|t| t.id), Some(trunk.clone()));
+        let mac = node.cloud.eni(&trunk).unwrap().mac;
+        assert_eq!(node.host.enis.lock().unwrap().get(&mac), Some(&3));
+        let handed = take_all(&shared).await;
+        assert!(!handed.is_empty() && handed.is_disjoint(&theirs), "{handed:?} vs {theirs:?}");
+        assert_eq!(node.world.under_lock(), Vec::<String>::new());
+    }
+
+    /// IMDS shows addresses the datastore does not hold: EC2 is asked once and wins (added);
+    /// an ENI that is no longer attached leaves the datastore.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ec2_wins_when_imds_differs_and_detached_enis_go() {
+        let node = FakeNode::default();
+        let shared = node.start(&[]).await.unwrap();
+        let extra: BTreeSet<_> = node.cloud.assign_behind(PRIMARY_ENI, 2).iter().map(|c| c.addr).collect();
+        reconcile(&shared).await.unwrap();
+        let described = node.world.calls_to("ec2 DescribeNetworkInterfaces eni-primary").len();
+        reconcile(&shared).await.unwrap();
+        assert_eq!(
+            node.world.calls_to("ec2 DescribeNetworkInterfaces eni-primary").len(),
+            described,
+            "a settled difference is not asked about again"
+        );
+        let handed = take_all(&shared).await;
+        assert!(extra.is_subset(&handed), "{extra:?} not in {handed:?}");
+
+        let other = node.cloud.attach_foreign(
+            InterfaceType::Interface,
+            2,
+            0,
+            &[("node.k8s.amazonaws.com/instance_id", INSTANCE)],
+        );
+        reconcile(&shared).await.unwrap();
+        assert!(shared.eni(&other).is_some());
+        node.cloud.detach_behind(&other);
+        reconcile(&shared).await.unwrap();
+        assert!(shared.eni(&other).is_none());
+        let held = shared.owner.with(move |ipam| ipam.datastore.cidrs_of(&other)).await;
+        assert!(held.is_empty());
+    }
+}

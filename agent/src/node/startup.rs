@@ -273,3 +273,157 @@ async fn resolve_eni_config(shared: &Shared) -> Result<(), NodeError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, time::Duration};
+
+    use super::super::{
+        fakes::*,
+        journal::{Journal, Pending},
+    };
+    use crate::{
+        cloud::{
+            ec2::{InterfaceType, NewEni},
+            Cloud as _,
+        },
+        kube::client::EniConfig,
+    };
+
+    const CUSTOM_AND_SGP: &[(&str, &str)] =
+        &[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"), ("ENABLE_POD_ENI", "true")];
+
+    fn pod_subnet_config(node: &FakeNode) {
+        let mut k = node.kube.state.lock().unwrap();
+        k.node.labels.insert("k8s.amazonaws.com/eniConfig".into(), "pods".into());
+        let c = EniConfig {
+            name: "pods".into(),
+            subnet: POD_SUBNET.into(),
+            security_groups: vec!["sg-pods".into()],
+        };
+        k.eni_configs.insert("pods".into(), c);
+    }
+
+    fn position(calls: &[String], from: usize, what: impl Fn(&str) -> bool) -> Option<usize> {
+        calls.iter().skip(from).position(|c| what(c)).map(|p| p + from)
+    }
+
+    /// The #2792 order: CustomNetworking written, then read back from the API server, and only
+    /// then SecurityGroupsForPods; the pool grows (in the ENIConfig's subnet) only after both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn custom_networking_is_read_back_before_security_groups_for_pods() {
+        let node = FakeNode::default();
+        pod_subnet_config(&node);
+        let shared = node.start(CUSTOM_AND_SGP).await.unwrap();
+        let calls = node.world.calls();
+        let cn = position(&calls, 0, |c| c == "kube add_feature node-1 CustomNetworking").unwrap();
+        let read_back =
+            position(&calls, cn + 1, |c| c.starts_with("kube features") && c.contains("CustomNetworking"))
+                .unwrap();
+        let sgp = position(&calls, 0, |c| c == "kube add_feature node-1 SecurityGroupsForPods").unwrap();
+        assert!(cn < read_back && read_back < sgp, "{calls:#?}");
+        let created: Vec<_> = node.world.calls_to("ec2 CreateNetworkInterface");
+        assert!(!created.is_empty(), "the pool grew: {calls:#?}");
+        let first_create = position(&calls, 0, |c| c.starts_with("ec2 CreateNetworkInterface")).unwrap();
+        assert!(sgp < first_create, "{calls:#?}");
+        assert!(created.iter().all(|c| c.contains(POD_SUBNET) && c.contains("sg-pods")), "{created:?}");
+        assert!(shared.enis().values().filter(|e| !e.primary).all(|e| e.subnet_id == POD_SUBNET));
+    }
+
+    /// The Resource Controller creates the CNINode a little later: the agent waits for it and
+    /// still signals in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_cninode_is_waited_for() {
+        let node = FakeNode::default();
+        pod_subnet_config(&node);
+        node.kube.state.lock().unwrap().cninode = None;
+        let kube = node.kube.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            kube.state.lock().unwrap().cninode = Some(Vec::new());
+        });
+        node.start(CUSTOM_AND_SGP).await.unwrap();
+        let features = node.world.calls_to("kube add_feature");
+        assert_eq!(
+            features,
+            ["kube add_feature node-1 CustomNetworking", "kube add_feature node-1 SecurityGroupsForPods"]
+        );
+    }
+
+    /// Under custom networking without an ENIConfig nothing is created in EC2; the node gets a
+    /// Warning Event; once the ENIConfig exists, startup goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_eniconfig_is_waited_for_and_nothing_is_created() {
+        let node = FakeNode::default();
+        let vars = [("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")];
+        let started = node.start(&vars);
+        tokio::pin!(started);
+        let waited = tokio::time::timeout(Duration::from_millis(1500), &mut started).await;
+        assert!(waited.is_err(), "startup went on without an ENIConfig");
+        assert!(node.world.calls_to("ec2 CreateNetworkInterface").is_empty());
+        let events = node.kube.events();
+        assert!(
+            events.iter().any(|(reason, m)| reason == "MissingENIConfig" && m.contains("default")),
+            "{events:?}"
+        );
+        let c = EniConfig { name: "default".into(), subnet: POD_SUBNET.into(), security_groups: Vec::new() };
+        node.kube.state.lock().unwrap().eni_configs.insert("default".into(), c);
+        let shared = tokio::time::timeout(Duration::from_secs(10), started).await.unwrap().unwrap();
+        assert!(shared.enis().values().any(|e| e.subnet_id == POD_SUBNET));
+    }
+
+    /// Addresses on a trunk, an EFA ENI or an ENI tagged no_manage are imported as findings and
+    /// never handed out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trunk_efa_and_unmanaged_enis_are_never_handed_out() {
+        let no_manage: &[(&str, &str)] =
+            &[("node.k8s.amazonaws.com/instance_id", INSTANCE), ("node.k8s.amazonaws.com/no_manage", "true")];
+        for (ty, tags) in [
+            (InterfaceType::Trunk, &[][..]),
+            (InterfaceType::Efa, &[][..]),
+            (InterfaceType::Interface, no_manage),
+        ] {
+            let node = FakeNode::default();
+            let foreign = node.cloud.attach_foreign(ty.clone(), 1, 4, tags);
+            let theirs: BTreeSet<_> =
+                node.cloud.eni(&foreign).unwrap().cidrs.iter().map(|c| c.addr).collect();
+            let shared = node.start(&[]).await.unwrap();
+            let handed = take_all(&shared).await;
+            assert!(!handed.is_empty(), "{ty}: the pool has addresses");
+            assert!(handed.is_disjoint(&theirs), "{ty}: {handed:?} vs {theirs:?}");
+            assert!(
+                node.world.calls_to("ec2 AssignPrivateIpAddresses").iter().all(|c| !c.contains(&foreign)),
+                "{ty}: nothing is assigned to it"
+            );
+        }
+    }
+
+    /// A creation the previous run died in is finished or undone before anything else.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_creation_the_last_run_died_in_is_undone() {
+        let node = FakeNode::default();
+        let new = NewEni {
+            subnet_id: NODE_SUBNET.into(),
+            security_groups: vec!["sg-node".into()],
+            description: super::description(INSTANCE),
+            tags: Default::default(),
+            count: 1,
+            prefixes: false,
+        };
+        let orphan = node.cloud.create_eni(&new).await.unwrap();
+        let unknown = node.cloud.create_eni(&new).await.unwrap();
+        let journal = Journal::new(&node.dir);
+        journal.write(&Pending { eni: Some(orphan.id.clone()) }).unwrap();
+        node.start(&[]).await.unwrap();
+        assert!(node.cloud.eni(&orphan.id).is_none(), "the unattached ENI the journal names is deleted");
+        assert!(node.cloud.eni(&unknown.id).is_some(), "an id the journal does not name stays");
+        assert_eq!(journal.read(), None, "the journal is cleared");
+
+        // The id never came back: this instance's available aws-K8S- ENIs go.
+        let node2 = FakeNode::default();
+        let leftover = node2.cloud.create_eni(&new).await.unwrap();
+        Journal::new(&node2.dir).write(&Pending { eni: None }).unwrap();
+        node2.start(&[]).await.unwrap();
+        assert!(node2.cloud.eni(&leftover.id).is_none());
+    }
+}
