@@ -8,9 +8,12 @@
 //! back (a negative `WARM_ENI_TARGET`, `MAX_ENI` below 1), so does eniguard, and
 //! `eniguard agent --print-config` shows the value in effect.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use crate::ipam::checkpoint::DEFAULT_PATH as DEFAULT_BACKING_STORE;
+use crate::ipam::{
+    checkpoint::DEFAULT_PATH as DEFAULT_BACKING_STORE,
+    model::{Cidr, CidrError},
+};
 
 /// Upstream's default for ENI_CONFIG_LABEL_DEF and ENI_CONFIG_ANNOTATION_DEF.
 pub const DEFAULT_ENI_CONFIG_KEY: &str = "k8s.amazonaws.com/eniConfig";
@@ -38,8 +41,10 @@ pub enum RandomizeSnat {
     None,
 }
 
-/// POD_SECURITY_GROUP_ENFORCING_MODE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// POD_SECURITY_GROUP_ENFORCING_MODE (also on the agent-to-plugin wire, as `strict` or
+/// `standard`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EnforcingMode {
     /// Branch-ENI pods talk only through their branch ENI (upstream's default).
     Strict,
@@ -55,19 +60,6 @@ pub enum GuardMode {
     Monitor,
     /// Count, report and drop.
     Enforce,
-}
-
-/// An IPv4 CIDR of AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
 }
 
 /// Everything the agent reads from its environment.
@@ -106,7 +98,7 @@ pub struct Config {
     /// AWS_VPC_K8S_CNI_EXTERNALSNAT (false).
     pub external_snat: bool,
     /// AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS (comma-separated).
-    pub exclude_snat_cidrs: Vec<Ipv4Cidr>,
+    pub exclude_snat_cidrs: Vec<Cidr>,
     /// AWS_VPC_K8S_CNI_RANDOMIZESNAT (`prng`).
     pub randomize_snat: RandomizeSnat,
     /// POD_SECURITY_GROUP_ENFORCING_MODE (`strict`).
@@ -247,16 +239,14 @@ fn bad(var: &'static str, value: &str, expected: &str) -> ConfigError {
     ConfigError { var, value: value.to_owned(), expected: expected.to_owned() }
 }
 
-fn parse_cidr(var: &'static str, s: &str) -> Result<Ipv4Cidr, ConfigError> {
-    let expected = "comma-separated IPv4 CIDRs such as 10.0.0.0/16";
-    let (addr, len) = s.split_once('/').ok_or_else(|| bad(var, s, expected))?;
-    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad(var, s, expected))?;
-    let prefix_len: u8 = len.trim().parse().ok().filter(|l| *l <= 32).ok_or_else(|| bad(var, s, expected))?;
-    let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_len)) };
-    if u32::from(addr) & !mask != 0 {
-        return Err(bad(var, s, "a CIDR without host bits (the network address)"));
+fn parse_cidr(var: &'static str, s: &str) -> Result<Cidr, ConfigError> {
+    if !s.contains('/') {
+        return Err(bad(var, s, "comma-separated IPv4 CIDRs such as 10.0.0.0/16"));
     }
-    Ok(Ipv4Cidr { addr, prefix_len })
+    s.parse().map_err(|e: CidrError| match e {
+        CidrError::Syntax => bad(var, s, "comma-separated IPv4 CIDRs such as 10.0.0.0/16"),
+        CidrError::HostBits => bad(var, s, "a CIDR without host bits (the network address)"),
+    })
 }
 
 impl Config {

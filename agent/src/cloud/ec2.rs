@@ -336,9 +336,7 @@ impl Ec2 {
             req = req.set_private_ip_addresses(Some(ips.iter().map(|c| c.addr.to_string()).collect()));
         }
         if !pfx.is_empty() {
-            req = req.set_ipv4_prefixes(Some(
-                pfx.iter().map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect(),
-            ));
+            req = req.set_ipv4_prefixes(Some(pfx.iter().map(ToString::to_string).collect()));
         }
         self.call("UnassignPrivateIpAddresses", req.send()).await.map(|_| ())
     }

@@ -201,9 +201,7 @@ fn parse<T>(
 }
 
 pub fn parse_cidr(s: &str) -> Option<Cidr> {
-    let (addr, len) = s.split_once('/')?;
-    let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some(Cidr { addr: addr.parse().ok()?, prefix_len })
+    s.contains('/').then(|| s.parse().ok()).flatten()
 }
 
 fn parse_prefix28(s: &str) -> Option<Cidr> {

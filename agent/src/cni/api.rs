@@ -72,8 +72,8 @@ pub struct Branch {
     pub gateway: String,
     /// The trunk's link on the node.
     pub parent_if_index: u32,
-    /// POD_SECURITY_GROUP_ENFORCING_MODE: `strict` or `standard`.
-    pub enforcing_mode: String,
+    /// POD_SECURITY_GROUP_ENFORCING_MODE.
+    pub enforcing_mode: crate::config::EnforcingMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,7 +32,7 @@ use super::{
     spec::{code, CniError, Command, Env, NetConf},
 };
 use crate::net::{
-    names::host_veth_name,
+    names::{host_veth_name, host_veth_prefix},
     netlink::{self, NetError},
     pod::{self, BranchLink, PodNetError, PodNetwork},
 };
@@ -104,15 +104,12 @@ impl Plugin {
             .ipv4
             .parse()
             .map_err(|_| internal("the agent's reply", format!("ipv4 `{}` is not an address", reply.ipv4)))?;
-        let prefix = match &reply.branch {
-            // Upstream's names: strict-mode branch pods' host ends start with `vlan`.
-            Some(b) if b.enforcing_mode == "strict" => crate::net::names::STRICT_VETH_PREFIX.to_owned(),
-            _ => self.conf.veth_prefix.clone().unwrap_or_else(|| reply.veth_prefix.clone()),
-        };
+        let node_prefix = self.conf.veth_prefix.as_deref().unwrap_or(&reply.veth_prefix);
+        let prefix = host_veth_prefix(reply.branch.as_ref().map(|b| b.enforcing_mode), node_prefix);
         Ok(PodNetwork {
             netns: PathBuf::from(&self.env.netns),
             if_name: self.env.if_name.clone(),
-            host_veth: host_veth_name(&prefix, pod_ns, pod_name),
+            host_veth: host_veth_name(prefix, pod_ns, pod_name),
             ip,
             table: reply.route_table,
             mtu: self.conf.mtu.unwrap_or(reply.mtu),
@@ -161,7 +158,7 @@ impl Plugin {
                     .parse()
                     .map_err(|_| internal("the agent's reply", format!("gateway `{}`", b.gateway)))?,
                 parent_if_index: b.parent_if_index,
-                strict: b.enforcing_mode == "strict",
+                strict: b.enforcing_mode == crate::config::EnforcingMode::Strict,
             }),
             None => None,
         };

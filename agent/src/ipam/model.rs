@@ -15,7 +15,9 @@ pub fn now() -> UnixNanos {
 
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// An IPv4 CIDR: a /32 secondary address or a /28 delegated prefix.
+/// An IPv4 CIDR, /0 to /32, written as its network address (no host bits), the agent's one
+/// CIDR type: pod address ranges (a /32 secondary address or a /28 delegated prefix), subnets,
+/// VPC blocks and SNAT exclusions alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     pub addr: Ipv4Addr,
@@ -23,6 +25,20 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// `addr/prefix_len`, if `prefix_len` is at most 32 and `addr` has no host bits.
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
+        let c = Self { addr, prefix_len };
+        (prefix_len <= 32 && c.contains(addr) && u32::from(addr) & !c.mask() == 0).then_some(c)
+    }
+
+    fn mask(&self) -> u32 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len.min(32)))
+        }
+    }
+
     pub fn host(addr: Ipv4Addr) -> Self {
         Self { addr, prefix_len: 32 }
     }
@@ -41,8 +57,7 @@ impl Cidr {
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len)) };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
     }
 
     /// Every address of the CIDR, lowest first (all 16 of a /28 are usable: the whole prefix is
@@ -59,18 +74,23 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Why a string is not a [`Cidr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("expected an IPv4 CIDR such as 10.0.0.0/16")]
+    Syntax,
+    #[error("the address has host bits set: a CIDR starts at its network address")]
+    HostBits,
+}
+
+/// `a.b.c.d/len`, or a bare address as a /32.
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = CidrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("`{s}`: expected an IPv4 CIDR"))?;
-        match len {
-            "32" => Ok(Self::host(addr)),
-            "28" => {
-                Self::prefix28(addr).ok_or_else(|| format!("`{s}`: a /28 must start on a multiple of 16"))
-            }
-            _ => Err(format!("`{s}`: expected a /32 address or a /28 prefix")),
-        }
+        let (addr, len) = s.trim().split_once('/').unwrap_or((s.trim(), "32"));
+        let addr: Ipv4Addr = addr.trim().parse().map_err(|_| CidrError::Syntax)?;
+        let len: u8 = len.trim().parse().ok().filter(|l| *l <= 32).ok_or(CidrError::Syntax)?;
+        Self::new(addr, len).ok_or(CidrError::HostBits)
     }
 }
 
@@ -179,8 +199,10 @@ mod tests {
         assert!(p.is_prefix() && p.size() == 16);
         assert!(p.contains("10.0.1.31".parse().unwrap()) && !p.contains("10.0.1.32".parse().unwrap()));
         assert_eq!(p.addresses().count(), 16);
-        assert!("10.0.1.17/28".parse::<Cidr>().unwrap_err().contains("multiple of 16"));
-        assert!("10.0.1.0/24".parse::<Cidr>().is_err());
+        assert_eq!("10.0.1.17/28".parse::<Cidr>(), Err(CidrError::HostBits));
+        assert_eq!("10.0.1.0/33".parse::<Cidr>(), Err(CidrError::Syntax));
+        assert_eq!("10.0.1.0/24".parse::<Cidr>().map(|c| c.size()), Ok(256));
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().map(|c| c.contains("8.8.8.8".parse().unwrap())), Ok(true));
         assert_eq!("10.0.1.5".parse::<Cidr>().unwrap(), Cidr::host("10.0.1.5".parse().unwrap()));
     }
 

@@ -5,9 +5,21 @@
 
 use sha1::{Digest as _, Sha1};
 
+use crate::config::EnforcingMode;
+
 /// The host veth prefix of branch-ENI pods in strict mode (upstream's), whatever the node's
 /// AWS_VPC_K8S_CNI_VETHPREFIX; the plugin names the veth with it and the guard watches it.
 pub const STRICT_VETH_PREFIX: &str = "vlan";
+
+/// The prefix of a pod's host veth: upstream's `vlan` for a branch-ENI pod in strict mode, the
+/// node's AWS_VPC_K8S_CNI_VETHPREFIX for every other pod. The plugin names the veth with it and
+/// the guard looks for it: both call this.
+pub fn host_veth_prefix(branch: Option<EnforcingMode>, node_prefix: &str) -> &str {
+    match branch {
+        Some(EnforcingMode::Strict) => STRICT_VETH_PREFIX,
+        Some(EnforcingMode::Standard) | None => node_prefix,
+    }
+}
 
 /// The host end of a pod's veth.
 pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
@@ -34,6 +46,13 @@ mod tests {
         assert!(!is_host_veth_name("vlan.eth.5", "vlan"));
         assert!(!is_host_veth_name("eni68caf03a5f", "eni"));
         assert!(!is_host_veth_name("eni68caf03a5fZ", "eni"));
+    }
+
+    #[test]
+    fn strict_branch_pods_get_the_vlan_prefix_and_everyone_else_the_nodes() {
+        assert_eq!(host_veth_prefix(Some(EnforcingMode::Strict), "eni"), "vlan");
+        assert_eq!(host_veth_prefix(Some(EnforcingMode::Standard), "cali"), "cali");
+        assert_eq!(host_veth_prefix(None, "cali"), "cali");
     }
 
     #[test]

@@ -230,11 +230,7 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
         gateway,
         mac: eni.mac,
         parent_if_index,
-        enforcing_mode: match node.cfg.pod_sg_enforcing_mode {
-            crate::config::EnforcingMode::Strict => "strict",
-            crate::config::EnforcingMode::Standard => "standard",
-        }
-        .into(),
+        enforcing_mode: node.cfg.pod_sg_enforcing_mode,
     });
     Ok(Some(reply))
 }

@@ -17,7 +17,7 @@ use crate::{
     kube::{client::PodInfo, sgp::SecurityGroupPolicy},
     net::{
         links::{LinkEvent, LinkWatch},
-        names::{is_host_veth_name, STRICT_VETH_PREFIX},
+        names::{host_veth_prefix, is_host_veth_name, STRICT_VETH_PREFIX},
         netlink::NetError,
     },
 };
@@ -158,10 +158,7 @@ pub fn branch_pods(
 /// The name prefix of a branch pod's host interface: strict mode plumbs it as `vlan<hash>`,
 /// standard as an ordinary veth (upstream's POD_SECURITY_GROUP_ENFORCING_MODE).
 pub fn branch_veth_prefix(cfg: &crate::config::Config) -> String {
-    match cfg.pod_sg_enforcing_mode {
-        crate::config::EnforcingMode::Strict => STRICT_VETH_PREFIX.to_owned(),
-        crate::config::EnforcingMode::Standard => cfg.veth_prefix.clone(),
-    }
+    host_veth_prefix(Some(cfg.pod_sg_enforcing_mode), &cfg.veth_prefix).to_owned()
 }
 
 /// Truth's raw material: each ENI with the link that has its MAC (if any yet) and, for an ENI

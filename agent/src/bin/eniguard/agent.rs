@@ -248,7 +248,7 @@ fn enis(shared: &Shared) -> serde_json::Value {
             "subnetId": e.subnet_id, "securityGroups": e.security_groups, "interfaceType": e.interface_type.as_str(),
             "primary": e.primary, "unmanaged": e.unmanaged,
             "cidrs": shared.owner.peek(|ipam| ipam.datastore.cidrs_of(&e.id)).iter()
-                .map(|c| format!("{}/{}", c.addr, c.prefix_len)).collect::<Vec<_>>(),
+                .map(ToString::to_string).collect::<Vec<_>>(),
             "excluded": exclusion(&enis::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
         }))
         .collect();
