@@ -16,7 +16,6 @@
 pub mod cloud;
 pub mod cni;
 pub mod config;
-pub mod error;
 pub mod guard;
 pub mod ipam;
 pub mod kube;

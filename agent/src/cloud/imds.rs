@@ -14,8 +14,8 @@ use crate::ipam::model::Cidr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsFailure {
-    #[error("IMDS {path}: {message}")]
-    Call { path: String, message: String },
+    #[error("IMDS {path}: {}", error_chain(source))]
+    Call { path: String, source: Box<ImdsError> },
     #[error("IMDS {path}: `{value}` is not {expected}")]
     Parse { path: String, value: String, expected: &'static str },
     #[error("IMDS {0}: missing")]
@@ -94,7 +94,7 @@ impl Imds {
             }
             Err(e) => {
                 self.calls.record("imds", action, "error");
-                Err(ImdsFailure::Call { path: path.to_owned(), message: error_chain(&e) })
+                Err(ImdsFailure::Call { path: path.to_owned(), source: Box::new(e) })
             }
         }
     }

@@ -16,8 +16,8 @@ use super::api::{ApiError, StatusReply, STATUS_PATH};
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// No agent on the socket (not running, or still starting).
-    #[error("the eniguard agent is not answering on {path}: {message}")]
-    Unreachable { path: PathBuf, message: String },
+    #[error("the eniguard agent is not answering on {}: {source}", path.display())]
+    Unreachable { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     /// The agent answered with an error.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -38,8 +38,8 @@ impl Client {
         &self.socket
     }
 
-    fn unreachable(&self, e: impl std::fmt::Display) -> CallError {
-        CallError::Unreachable { path: self.socket.clone(), message: e.to_string() }
+    fn unreachable(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> CallError {
+        CallError::Unreachable { path: self.socket.clone(), source: e.into() }
     }
 
     /// One request; a JSON error body becomes [`CallError::Api`].

@@ -83,7 +83,7 @@ impl FromStr for Direction {
 
 /// The interface's index in the current network namespace, or an error naming it.
 pub fn ifindex(iface: &str) -> Result<u32, GuardError> {
-    let err = |reason: &str| GuardError::Attach { iface: iface.to_owned(), reason: reason.to_owned() };
+    let err = |problem: &str| GuardError::Interface { iface: iface.to_owned(), problem: problem.to_owned() };
     let name = std::ffi::CString::new(iface).map_err(|_| err("interface name contains NUL"))?;
     // SAFETY: a NUL-terminated string we own.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
@@ -107,12 +107,14 @@ pub fn attach(
         Direction::Ingress => TcAttachType::Ingress,
         Direction::Egress => TcAttachType::Egress,
     };
-    let err = |reason: String| GuardError::Attach { iface: iface.to_owned(), reason };
     let mode = mode.resolve();
     let options = match mode {
         AttachMode::Tcx => {
             if !kernel_has_tcx() {
-                return Err(err("TCX needs kernel >= 6.6; use --attach netlink".into()));
+                return Err(GuardError::Interface {
+                    iface: iface.to_owned(),
+                    problem: "TCX needs kernel >= 6.6; use --attach netlink".into(),
+                });
             }
             TcAttachOptions::TcxOrder(LinkOrder::default())
         }
@@ -121,9 +123,11 @@ pub fn attach(
             TcAttachOptions::Netlink(NlOptions { priority, ..NlOptions::default() })
         }
     };
-    program
-        .attach_with_options(iface, attach_type, options)
-        .map_err(|e| err(format!("{mode} attach: {e}")))?;
+    program.attach_with_options(iface, attach_type, options).map_err(|e| GuardError::Attach {
+        iface: iface.to_owned(),
+        step: if mode == AttachMode::Tcx { "TCX attach" } else { "netlink attach" },
+        source: Box::new(e),
+    })?;
     Ok(mode)
 }
 
@@ -133,8 +137,10 @@ pub fn ensure_clsact(iface: &str) -> Result<(), GuardError> {
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => Ok(()),
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => {
-            Err(GuardError::Attach { iface: iface.to_owned(), reason: format!("adding clsact qdisc: {e}") })
-        }
+        Err(e) => Err(GuardError::Attach {
+            iface: iface.to_owned(),
+            step: "adding clsact qdisc",
+            source: Box::new(e),
+        }),
     }
 }

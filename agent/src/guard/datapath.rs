@@ -163,9 +163,9 @@ fn resolve_with(spec: ValidSpec, strict: bool) -> Result<Resolved, GuardError> {
             }
             Err(_) if !strict => {}
             Err(_) => {
-                return Err(GuardError::Attach {
+                return Err(GuardError::Interface {
                     iface: name,
-                    reason: format!("{entry}: no such interface in this network namespace"),
+                    problem: format!("{entry}: no such interface in this network namespace"),
                 })
             }
         }
@@ -237,9 +237,9 @@ impl Guard {
     pub fn load(pins: PinDir, attach_mode: AttachMode, capacity: Capacity) -> Result<Self, GuardError> {
         let attach_mode = attach_mode.resolve();
         if attach_mode == AttachMode::Tcx && !kernel_has_tcx() {
-            return Err(GuardError::Attach {
+            return Err(GuardError::Interface {
                 iface: "*".into(),
-                reason: "TCX needs kernel >= 6.6; use --attach netlink".into(),
+                problem: "TCX needs kernel >= 6.6; use --attach netlink".into(),
             });
         }
         let adopted = pins.map(INTENT_MAP).exists();
@@ -526,7 +526,13 @@ impl Guard {
     /// Attaches `hook`'s program to `iface`, replacing in place what an earlier run left there
     /// in the same mode, and removing what it left in the other mode.
     fn attach(&mut self, iface: &str, hook: Hook, ifindex: u32) -> Result<Attachment, GuardError> {
-        let err = |reason: String| GuardError::Attach { iface: iface.to_owned(), reason };
+        let err = |step: &'static str| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| GuardError::Attach {
+                iface: iface.to_owned(),
+                step,
+                source: e,
+            }
+        };
         let pin = self.pins.link(iface, hook.label());
         let mode = self.attach_mode;
         let opts = hook.nl_options();
@@ -557,14 +563,14 @@ impl Guard {
                             hook.attach_type(),
                             TcAttachOptions::TcxOrder(LinkOrder::default()),
                         )
-                        .map_err(|e| err(format!("TCX attach: {e}")))?,
+                        .map_err(|e| err("TCX attach")(Box::new(e)))?,
                 };
-                let link = prog.take_link(id).map_err(|e| err(e.to_string()))?;
-                let link = FdLink::try_from(link).map_err(|e| err(e.to_string()))?;
+                let link = prog.take_link(id).map_err(|e| err("taking the TCX link")(Box::new(e)))?;
+                let link = FdLink::try_from(link).map_err(|e| err("taking the TCX link")(Box::new(e)))?;
                 let link = if pin.exists() {
                     link
                 } else {
-                    FdLink::from(link.pin(&pin).map_err(|e| err(format!("pinning {}: {e}", pin.display())))?)
+                    FdLink::from(link.pin(&pin).map_err(|e| err("pinning the TCX link")(Box::new(e)))?)
                 };
                 Ok(Attachment { ifindex, link: Link::Tcx { link, pin }, fresh })
             }
@@ -590,9 +596,9 @@ impl Guard {
                     Some(id) => id,
                     None => prog
                         .attach_with_options(iface, hook.attach_type(), TcAttachOptions::Netlink(opts))
-                        .map_err(|e| err(format!("netlink attach: {e}")))?,
+                        .map_err(|e| err("netlink attach")(Box::new(e)))?,
                 };
-                let link = prog.take_link(id).map_err(|e| err(e.to_string()))?;
+                let link = prog.take_link(id).map_err(|e| err("taking the netlink link")(Box::new(e)))?;
                 Ok(Attachment { ifindex, link: Link::Netlink(link), fresh })
             }
         }

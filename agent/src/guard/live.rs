@@ -44,7 +44,7 @@ pub type PodVerdicts = BTreeMap<&'static str, (u64, u64)>;
 #[derive(Clone, Debug, Default)]
 struct Applied {
     ticket: u64,
-    error: Option<String>,
+    error: Option<Arc<GuardError>>,
 }
 
 pub struct LiveGuard {
@@ -122,12 +122,12 @@ impl LiveGuard {
         let mut rx = self.done.subscribe();
         let applied = tokio::time::timeout(SYNC_TIMEOUT, rx.wait_for(|a| a.ticket >= ticket))
             .await
-            .map_err(|_| GuardError::Sync(format!("no apply within {} s", SYNC_TIMEOUT.as_secs())))?
-            .map_err(|_| GuardError::Sync("the guard feed stopped".into()))?
+            .map_err(|_| GuardError::SyncTimeout(SYNC_TIMEOUT.as_secs()))?
+            .map_err(|_| GuardError::FeedStopped)?
             .clone();
         match applied.error {
             None => Ok(()),
-            Some(e) => Err(GuardError::Sync(e)),
+            Some(e) => Err(GuardError::Apply(e)),
         }
     }
 
@@ -151,13 +151,13 @@ impl LiveGuard {
             guard.apply(&resolve_present(spec))
         })
         .await
-        .unwrap_or_else(|e| Err(GuardError::Sync(format!("apply task: {e}"))));
+        .unwrap_or_else(|e| Err(GuardError::Task(e)));
         if result.is_ok() {
             *lock(&self.applied_state) = Some(derived);
         }
-        let error = result.as_ref().err().map(ToString::to_string);
-        self.done.send_replace(Applied { ticket, error });
-        result
+        let result = result.map_err(Arc::new);
+        self.done.send_replace(Applied { ticket, error: result.as_ref().err().cloned() });
+        result.map_err(GuardError::Apply)
     }
 
     /// Whether the state last applied names interface `name` (an ENI's, the trunk's, a VLAN's or

@@ -38,14 +38,29 @@ pub enum GuardError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("attaching to interface {iface}: {reason}")]
-    Attach { iface: String, reason: String },
+    #[error("interface {iface}: {problem}")]
+    Interface { iface: String, problem: String },
+    #[error("attaching to interface {iface} ({step}): {source}")]
+    Attach {
+        iface: String,
+        step: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
-    #[error("bpffs: {path}: {reason}")]
-    Bpffs { path: PathBuf, reason: String },
+    #[error("bpffs: {}: {source}", path.display())]
+    Bpffs { path: PathBuf, source: std::io::Error },
+    #[error("bpffs: {}: not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`", .0.display())]
+    NotBpffs(PathBuf),
+    #[error("the guard could not take the node's intent: no apply within {0} s")]
+    SyncTimeout(u64),
+    #[error("the guard could not take the node's intent: the guard feed stopped")]
+    FeedStopped,
     #[error("the guard could not take the node's intent: {0}")]
-    Sync(String),
+    Apply(#[source] std::sync::Arc<GuardError>),
+    #[error("the guard's apply task: {0}")]
+    Task(#[source] tokio::task::JoinError),
     #[error("the intent has {pods} pods and {ifaces} interfaces; the guard's maps hold {max_pods} pods and {max_ifaces} interfaces (raise --max-pods)")]
     Capacity { pods: usize, ifaces: usize, max_pods: u32, max_ifaces: u32 },
 }

@@ -42,14 +42,10 @@ impl PinDir {
     pub fn create(&self) -> Result<(), GuardError> {
         let maps = self.root.join("maps");
         for dir in [&maps, &self.root.join("links")] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| GuardError::Bpffs { path: dir.clone(), reason: e.to_string() })?;
+            std::fs::create_dir_all(dir).map_err(|source| GuardError::Bpffs { path: dir.clone(), source })?;
         }
         if !is_bpffs(&maps) {
-            return Err(GuardError::Bpffs {
-                path: maps,
-                reason: "not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`".into(),
-            });
+            return Err(GuardError::NotBpffs(maps));
         }
         Ok(())
     }
@@ -59,7 +55,7 @@ impl PinDir {
         match std::fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(GuardError::Bpffs { path: self.root.clone(), reason: e.to_string() }),
+            Err(source) => Err(GuardError::Bpffs { path: self.root.clone(), source }),
         }
     }
 }

@@ -85,12 +85,12 @@ pub struct ValidSpec {
     pub pods: Vec<ValidPod>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("{path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("{path}: {reason}")]
-    Syntax { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Syntax { path: String, source: serde_yaml::Error },
     #[error("{entry}: {field}: {problem}")]
     Invalid { entry: String, field: &'static str, problem: String },
 }
@@ -98,11 +98,11 @@ pub enum SpecError {
 impl Spec {
     pub fn from_file(path: &Path) -> Result<ValidSpec, SpecError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+            .map_err(|source| SpecError::Read { path: path.display().to_string(), source })?;
         Self::parse(&text)
             .map_err(|e| match e {
-                SpecError::Syntax { reason, .. } => {
-                    SpecError::Syntax { path: path.display().to_string(), reason }
+                SpecError::Syntax { source, .. } => {
+                    SpecError::Syntax { path: path.display().to_string(), source }
                 }
                 other => other,
             })?
@@ -111,8 +111,7 @@ impl Spec {
 
     /// Parses YAML (JSON is accepted as YAML).
     pub fn parse(text: &str) -> Result<Self, SpecError> {
-        serde_yaml::from_str(text)
-            .map_err(|e| SpecError::Syntax { path: "<input>".into(), reason: e.to_string() })
+        serde_yaml::from_str(text).map_err(|source| SpecError::Syntax { path: "<input>".into(), source })
     }
 
     pub fn validate(self) -> Result<ValidSpec, SpecError> {

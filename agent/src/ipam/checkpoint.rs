@@ -78,20 +78,20 @@ struct Metadata {
     interfaces_count: Option<u32>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: cannot read: {reason}")]
-    Read { path: String, reason: String },
-    #[error("{path}: not a valid checkpoint: {reason}")]
-    Syntax { path: String, reason: String },
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: not a valid checkpoint: {source}")]
+    Syntax { path: String, source: serde_json::Error },
     #[error("{path}: version: `{found}`, expected `{VERSION}`")]
     Version { path: String, found: String },
     #[error("{path}: allocations[{index}].{field}: {problem}")]
     Invalid { path: String, index: usize, field: &'static str, problem: String },
     #[error("{path}: eniguardCooldown[{index}].{field}: {problem}")]
     InvalidCooling { path: String, index: usize, field: &'static str, problem: String },
-    #[error("{path}: cannot write: {reason}")]
-    Write { path: String, reason: String },
+    #[error("{path}: cannot write: {source}")]
+    Write { path: String, source: std::io::Error },
 }
 
 /// A checkpoint file.
@@ -115,7 +115,7 @@ impl Checkpoint {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CheckpointError::Read { path: p, reason: e.to_string() }),
+            Err(e) => return Err(CheckpointError::Read { path: p, source: e }),
         };
         parse(&p, &bytes).map(Some)
     }
@@ -137,10 +137,8 @@ impl Checkpoint {
         allocations: &[Allocation],
         cooling: &[(Ipv4Addr, UnixNanos)],
     ) -> Result<PathBuf, CheckpointError> {
-        let err = |e: std::io::Error| CheckpointError::Write {
-            path: self.path.display().to_string(),
-            reason: e.to_string(),
-        };
+        let err =
+            |source: std::io::Error| CheckpointError::Write { path: self.path.display().to_string(), source };
         let data = FileFormat {
             version: VERSION.to_owned(),
             allocations: allocations.iter().map(entry).collect(),
@@ -152,10 +150,7 @@ impl Checkpoint {
                 })
                 .collect(),
         };
-        let json = serde_json::to_vec(&data).map_err(|e| CheckpointError::Write {
-            path: self.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_vec(&data).map_err(|e| err(e.into()))?;
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = self.path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         let mut file = File::create(&tmp).map_err(err)?;
@@ -166,10 +161,8 @@ impl Checkpoint {
 
     /// Second half: rename over the checkpoint, then fsync the directory.
     pub fn commit(&self, tmp: &Path) -> Result<(), CheckpointError> {
-        let err = |e: std::io::Error| CheckpointError::Write {
-            path: self.path.display().to_string(),
-            reason: e.to_string(),
-        };
+        let err =
+            |source: std::io::Error| CheckpointError::Write { path: self.path.display().to_string(), source };
         fs::rename(tmp, &self.path).map_err(err)?;
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
@@ -196,7 +189,7 @@ fn entry(a: &Allocation) -> Entry {
 /// Parses and validates a checkpoint's bytes; `path` is only used in errors.
 pub fn parse(path: &str, bytes: &[u8]) -> Result<Contents, CheckpointError> {
     let data: FileFormat = serde_json::from_slice(bytes)
-        .map_err(|e| CheckpointError::Syntax { path: path.to_owned(), reason: e.to_string() })?;
+        .map_err(|source| CheckpointError::Syntax { path: path.to_owned(), source })?;
     if data.version != VERSION {
         return Err(CheckpointError::Version { path: path.to_owned(), found: data.version });
     }

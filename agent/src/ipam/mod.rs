@@ -14,7 +14,7 @@ use checkpoint::{Checkpoint, CheckpointError};
 use datastore::{Datastore, DatastoreError, Restored};
 use model::{AllocKey, Allocation, PodRef, UnixNanos};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error(transparent)]
     Datastore(#[from] DatastoreError),

@@ -186,13 +186,17 @@ fn restore_keeps_trunk_allocations_as_findings_never_hands_them_out() {
     let on_disk = Checkpoint::new(&path).read().unwrap().unwrap().allocations;
     assert!(on_disk.iter().any(|a| a.key == key("t") && a.ip == ip("10.0.2.5")), "{on_disk:?}");
     // Never handed out: not to its own key (an ADD retry), not to anyone else.
+    let refused = match ipam.assign(&key("t"), &pod("t"), 0) {
+        Err(IpamError::Datastore(e)) => e,
+        other => panic!("expected a datastore refusal, got {other:?}"),
+    };
     assert_eq!(
-        ipam.assign(&key("t"), &pod("t"), 0),
-        Err(IpamError::Datastore(DatastoreError::HeldOnExcludedEni {
+        refused,
+        DatastoreError::HeldOnExcludedEni {
             ip: ip("10.0.2.5"),
             eni: "eni-trunk".into(),
             why: Exclusion::Trunk
-        }))
+        }
     );
     for i in 0..20 {
         if let Ok(a) = ipam.assign(&key(&format!("x{i}")), &pod("x"), 0) {

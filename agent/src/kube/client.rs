@@ -13,13 +13,14 @@ use kube::{
 use serde_json::Value;
 
 use super::cninode::{self, Feature};
+use crate::cloud::imds::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("Kubernetes client configuration (in-cluster or KUBECONFIG): {0}")]
-    Config(String),
-    #[error("Kubernetes {what}: {message}")]
-    Api { what: String, message: String },
+    #[error("Kubernetes client configuration (in-cluster or KUBECONFIG): {}", error_chain(.0))]
+    Config(#[source] kube::Error),
+    #[error("Kubernetes {what}: {}", error_chain(source))]
+    Api { what: String, source: kube::Error },
     #[error("ENIConfig `{name}`: {field}: expected {expected}")]
     BadEniConfig { name: String, field: &'static str, expected: &'static str },
     #[error("Kubernetes {what}: not found")]
@@ -104,7 +105,7 @@ fn api_err(what: impl Into<String>, e: kube::Error) -> KubeError {
     let what = what.into();
     match &e {
         kube::Error::Api(s) if s.code == 404 => KubeError::NotFound { what },
-        _ => KubeError::Api { what, message: crate::cloud::imds::error_chain(&e) },
+        _ => KubeError::Api { what, source: e },
     }
 }
 
@@ -114,7 +115,7 @@ fn is_conflict(e: &kube::Error) -> bool {
 
 impl Kube {
     pub async fn new() -> Result<Self, KubeError> {
-        let client = Client::try_default().await.map_err(|e| KubeError::Config(e.to_string()))?;
+        let client = Client::try_default().await.map_err(KubeError::Config)?;
         Ok(Self { client })
     }
 

@@ -45,8 +45,14 @@ pub const MARK_RULE_PRIORITY: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnatError {
+    #[error(
+        "SNAT rules (nft -j -f): {hint}: {stderr}; install nftables or set AWS_VPC_K8S_CNI_EXTERNALSNAT=true"
+    )]
+    NftFailed { hint: String, stderr: String },
     #[error("SNAT rules (nft -j -f): {0}; install nftables or set AWS_VPC_K8S_CNI_EXTERNALSNAT=true")]
-    Nft(String),
+    Nft(#[source] NftablesError),
+    #[error("SNAT rules: the nft task: {0}")]
+    Task(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Net(#[from] NetError),
 }
@@ -203,10 +209,10 @@ async fn nft(ruleset: Nftables<'static>) -> Result<(), SnatError> {
     match tokio::task::spawn_blocking(move || apply_ruleset(&ruleset)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(NftablesError::NftFailed { stderr, hint, .. })) => {
-            Err(SnatError::Nft(format!("{hint}: {}", stderr.trim())))
+            Err(SnatError::NftFailed { hint, stderr: stderr.trim().to_owned() })
         }
-        Ok(Err(e)) => Err(SnatError::Nft(e.to_string())),
-        Err(e) => Err(SnatError::Nft(e.to_string())),
+        Ok(Err(e)) => Err(SnatError::Nft(e)),
+        Err(e) => Err(SnatError::Task(e)),
     }
 }
 

@@ -126,6 +126,12 @@ async fn handle(req: Request<hyper::body::Incoming>, node: ReadyNode) -> Respons
     result.unwrap_or_else(|e| error(&e))
 }
 
+/// A failure of the agent's own: the plugin gets its message, the log the whole of it.
+fn internal(what: &str, e: &dyn std::error::Error) -> ApiError {
+    log::error!("CNI {what}: {e}");
+    ApiError::new(ErrorKind::Internal, e.to_string())
+}
+
 fn not_ready() -> ApiError {
     ApiError::new(ErrorKind::NotReady, "network is not ready: the eniguard agent is still starting")
 }
@@ -178,13 +184,13 @@ async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
             IpamError::Datastore(e @ DatastoreError::HeldOnExcludedEni { .. }) => {
                 ApiError::new(ErrorKind::Refused, e.to_string())
             }
-            e => ApiError::new(ErrorKind::Internal, e.to_string()),
+            e => internal("add", &e),
         })?;
     super::pool::update_gauges(node).await;
     let (eni, device_number) =
         home.ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("{} has no ENI", allocation.ip)))?;
     // The pod's first packet is judged: its intent is in the kernel before the reply.
-    node.guard_sync().await.map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    node.guard_sync().await.map_err(|e| internal("add: guard", &e))?;
     Ok(add_reply(node, allocation.ip, eni, device_number))
 }
 
@@ -216,7 +222,7 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
         .net
         .link_by_mac(&trunk.mac)
         .await
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| internal("add: the trunk's link", &e))?
         .ok_or_else(|| {
             pending(format!("the trunk {} ({}) has no link on this node yet", trunk.id, trunk.mac))
         })?;
@@ -260,7 +266,7 @@ async fn guard_branch(node: &Shared, pod: crate::kube::client::PodInfo, eni: &st
         }
     }
     node.put_pod(pod);
-    node.guard_sync().await.map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))
+    node.guard_sync().await.map_err(|e| internal("add: guard", &e))
 }
 
 /// What the plugin needs to plumb `ip` of `eni`.
@@ -331,7 +337,7 @@ async fn gc(node: &Shared, r: GcRequest) -> Result<GcReply, ApiError> {
             Ok::<_, IpamError>(released)
         })
         .await
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        .map_err(|e| internal("gc", &e))?;
     super::pool::update_gauges(node).await;
     if let Err(e) = node.guard_sync().await {
         log::warn!("gc: {e}");
@@ -342,11 +348,8 @@ async fn gc(node: &Shared, r: GcRequest) -> Result<GcReply, ApiError> {
 async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
     api::check_version(&r.client_version)?;
     let key = key(&r.network_name, &r.container_id, &r.if_name)?;
-    let released = node
-        .owner
-        .with(move |ipam| ipam.release(&key, now()))
-        .await
-        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    let released =
+        node.owner.with(move |ipam| ipam.release(&key, now())).await.map_err(|e| internal("del", &e))?;
     super::pool::update_gauges(node).await;
     // A released address is judged for its old pod no longer (the DEL's outcome does not wait
     // on the guard: a failure is logged and the next sync catches up).

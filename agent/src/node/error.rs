@@ -1,5 +1,6 @@
 //! The node layer's one error type: what can stop the startup sequence or fail a step of a loop.
-//! Each variant keeps its cause as its source; the log prints the whole chain.
+//! As everywhere in the agent, a variant keeps its cause as its typed `source` and shows it at the
+//! end of its message, so that a logged error reads as the whole chain.
 
 use std::path::PathBuf;
 
@@ -30,7 +31,7 @@ pub enum NodeError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("ENI {eni}: datastore")]
+    #[error("ENI {eni}: {source}")]
     Datastore {
         eni: String,
         #[source]
@@ -45,7 +46,7 @@ pub enum NodeError {
     #[error("IMDS never showed the new ENI with MAC {0}")]
     NotInImds(String),
     /// Audit mode: aws-node's checkpoint is unreadable or invalid.
-    #[error("aws-node's checkpoint {path}")]
+    #[error("aws-node's checkpoint {}: {source}", path.display())]
     Checkpoint {
         path: PathBuf,
         #[source]

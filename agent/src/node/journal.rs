@@ -17,10 +17,10 @@ pub struct Pending {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("ENI journal {}: {source}", path.display())]
 pub struct JournalError {
-    pub path: String,
-    pub message: String,
+    pub path: PathBuf,
+    pub source: std::io::Error,
 }
 
 #[derive(Clone, Debug)]
@@ -33,8 +33,8 @@ impl Journal {
         Self { path: run_dir.join("pending-eni.json") }
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> JournalError {
-        JournalError { path: self.path.display().to_string(), message: e.to_string() }
+    fn err(&self, source: impl Into<std::io::Error>) -> JournalError {
+        JournalError { path: self.path.clone(), source: source.into() }
     }
 
     /// Notes `p` durably (temp file, fsync, rename, directory fsync).

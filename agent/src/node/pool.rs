@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::{
     cloud::ec2::{Ec2Error, NewEni, SUBNET_FULL},
-    error::Chain,
     ipam::{
         model::{Cidr, UnixNanos},
         policy::{self, Action, NodeState},
@@ -53,7 +52,7 @@ pub async fn prescale(shared: &Shared) {
             Ok(true) => continue,
             Ok(false) => break,
             Err(e) => {
-                log::warn!("pre-scale: {}", Chain(&e));
+                log::warn!("pre-scale: {e}");
                 break;
             }
         }
@@ -107,7 +106,7 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, NodeEr
             }
             Err(e) => {
                 shared.metrics.pool_errors.inc();
-                log::warn!("pool: {action:?}: {}", Chain(&e));
+                log::warn!("pool: {action:?}: {e}");
             }
         }
     }
@@ -125,7 +124,7 @@ async fn subnet_full(shared: &Shared, e: &Ec2Error) {
     log::warn!("{message}");
     shared.board.update(|s| s.problem = Some(message.clone()));
     if let Err(err) = shared.clients.kube.event(&shared.node(), true, "SubnetExhausted", &message).await {
-        log::warn!("{}", Chain(&err));
+        log::warn!("{err}");
     }
 }
 
@@ -144,7 +143,7 @@ async fn bad_placement(shared: &Shared, e: &Ec2Error) {
     if shared.board.get().problem.as_deref() != Some(message.as_str()) {
         shared.board.update(|s| s.problem = Some(message.clone()));
         if let Err(err) = shared.clients.kube.event(&shared.node(), true, reason, &message).await {
-            log::warn!("{}", Chain(&err));
+            log::warn!("{err}");
         }
     }
 }
@@ -322,7 +321,7 @@ async fn wait_for_imds(shared: &Shared, mac: &str) -> Result<crate::cloud::imds:
             Ok(Some(eni)) => return Ok(eni),
             Ok(None) => {}
             // IMDS may list the MAC before it serves the ENI's fields.
-            Err(e) => log::debug!("IMDS, new ENI {mac}: {}", Chain(&e)),
+            Err(e) => log::debug!("IMDS, new ENI {mac}: {e}"),
         }
         let Some(wait) = waits.next() else { return Err(NodeError::NotInImds(mac.to_owned())) };
         tokio::time::sleep(wait).await;

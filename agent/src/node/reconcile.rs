@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
-use crate::{cloud::imds::ImdsEni, error::Chain, ipam::model::Cidr};
+use crate::{cloud::imds::ImdsEni, ipam::model::Cidr};
 
 use super::{enis, error::NodeError, state::Shared};
 
@@ -51,7 +51,7 @@ pub async fn reconcile(shared: &Shared) -> Result<(), NodeError> {
     let name = shared.node().name;
     match shared.clients.kube.node(&name).await {
         Ok(n) => shared.set_node(n),
-        Err(e) => log::warn!("{}", Chain(&e)),
+        Err(e) => log::warn!("{e}"),
     }
     Ok(())
 }

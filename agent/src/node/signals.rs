@@ -169,7 +169,7 @@ pub async fn signal(shared: &super::state::Shared) -> Result<(), super::error::N
                 if let Err(e) =
                     shared.clients.kube.event(&node, true, "SecurityGroupsForPodsRefused", &message).await
                 {
-                    log::warn!("{}", crate::error::Chain(&e));
+                    log::warn!("{e}");
                 }
                 // No slot is held back for a trunk that will not come.
                 shared.set_pool(PoolConfig { pod_eni: false, ..shared.pool() });

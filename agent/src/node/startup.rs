@@ -11,7 +11,6 @@ use crate::{
         limits, Cloud,
     },
     config::{Config, EnforcingMode},
-    error::Chain,
     ipam::{
         checkpoint::Checkpoint,
         datastore::{Datastore, DatastoreConfig, Restored},
@@ -261,7 +260,7 @@ async fn resolve_eni_config(shared: &Shared) -> Result<(), NodeError> {
                     log::warn!("{message}");
                     if let Err(e) = shared.clients.kube.event(&node, true, "MissingENIConfig", &message).await
                     {
-                        log::warn!("{}", Chain(&e));
+                        log::warn!("{e}");
                     }
                     shared.board.update(|s| s.problem = Some(message.clone()));
                     warned = Some(message);
