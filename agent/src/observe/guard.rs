@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
+use super::views::{FindingView, GuardView, InterfaceView, JudgedPodView, VerdictCount};
 
 use eniguard_common::guard::{KIND_NAMES, REASONS, REASON_NAMES};
 use prometheus_client::{
@@ -212,37 +212,68 @@ fn family<'a, M: EncodeMetric>(
 }
 
 /// What the guard holds (truth, intent, findings as last applied) and each pod's verdicts.
-pub fn guard_state(guard: Option<&LiveGuard>) -> serde_json::Value {
+pub fn guard_state(guard: Option<&LiveGuard>) -> GuardView {
     let Some((live, applied)) = guard.and_then(|g| Some((g, g.applied()?))) else {
-        return json!({"enabled": guard.is_some(), "applied": false});
+        return GuardView { enabled: guard.is_some(), ..GuardView::default() };
     };
     let verdicts = live.pod_verdicts();
     let spec = &applied.spec;
     let mode = |m: crate::guard::spec::Mode| format!("{m:?}").to_lowercase();
-    json!({
-        "enabled": true,
-        "applied": true,
-        "mode": mode(spec.mode),
-        "basis": applied.basis,
-        "interfaces": spec.interfaces.iter().map(|i| json!({
-            "name": i.name, "eni": i.eni, "vlan": i.vlan, "securityGroups": i.security_groups,
-        })).collect::<Vec<_>>(),
-        "pods": spec.pods.iter().map(|p| {
-            let key = (p.pod.namespace.clone(), p.pod.name.clone());
-            let v: serde_json::Map<String, serde_json::Value> = verdicts
-                .get(&key)
-                .map(|m| m.iter().map(|(r, (n, d))| ((*r).to_owned(), json!({"packets": n, "dropped": d}))).collect())
-                .unwrap_or_default();
-            json!({
-                "namespace": p.pod.namespace, "name": p.pod.name, "ip": p.ip.to_string(),
-                "hostInterface": p.pod.host_interface, "expectEni": p.pod.expect.eni,
-                "expectVlan": p.pod.expect.vlan, "expectSecurityGroups": p.pod.expect.security_groups,
-                "mode": mode(p.pod.mode.unwrap_or(spec.mode)), "verdicts": v,
-                "basis": applied.branch_basis.get(&key).unwrap_or(&applied.basis),
+    GuardView {
+        enabled: true,
+        applied: true,
+        mode: Some(mode(spec.mode)),
+        basis: Some(applied.basis.clone()),
+        interfaces: spec
+            .interfaces
+            .iter()
+            .map(|i| InterfaceView {
+                name: i.name.clone(),
+                eni: i.eni.clone(),
+                vlan: i.vlan,
+                security_groups: i.security_groups.clone(),
             })
-        }).collect::<Vec<_>>(),
-        "findings": applied.findings,
-    })
+            .collect(),
+        pods: spec
+            .pods
+            .iter()
+            .map(|p| {
+                let key = (p.pod.namespace.clone(), p.pod.name.clone());
+                JudgedPodView {
+                    namespace: p.pod.namespace.clone(),
+                    name: p.pod.name.clone(),
+                    ip: p.ip.to_string(),
+                    host_interface: p.pod.host_interface.clone(),
+                    expect_eni: p.pod.expect.eni.clone(),
+                    expect_vlan: p.pod.expect.vlan,
+                    expect_security_groups: p.pod.expect.security_groups.clone(),
+                    mode: mode(p.pod.mode.unwrap_or(spec.mode)),
+                    verdicts: verdicts
+                        .get(&key)
+                        .map(|m| {
+                            m.iter()
+                                .map(|(r, (packets, dropped))| {
+                                    ((*r).to_owned(), VerdictCount { packets: *packets, dropped: *dropped })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    basis: applied.branch_basis.get(&key).unwrap_or(&applied.basis).clone(),
+                }
+            })
+            .collect(),
+        findings: applied
+            .findings
+            .iter()
+            .map(|f| FindingView {
+                namespace: f.namespace.clone(),
+                pod: f.pod.clone(),
+                ip: f.ip.to_string(),
+                eni: f.eni.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

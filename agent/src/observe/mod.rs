@@ -1,6 +1,7 @@
 //! What operators see: Prometheus metrics and the HTTP endpoints. The agent's metrics
 //! ([`agent`]), the guard's counters read at scrape time ([`guard`]), both on prometheus-client;
-//! the endpoints of agent and guard ([`server`], hyper).
+//! the endpoints of agent and guard ([`server`], hyper) and their answers as types ([`views`]),
+//! which the CLI reads back.
 
 #[cfg(feature = "control-plane")]
 pub mod agent;
@@ -8,3 +9,4 @@ pub mod agent;
 pub mod guard;
 #[cfg(feature = "control-plane")]
 pub mod server;
+pub mod views;

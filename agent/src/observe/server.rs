@@ -31,8 +31,11 @@ impl Reply {
     pub fn text(status: u16, body: impl Into<String>) -> Self {
         Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
     }
-    pub fn json(body: &serde_json::Value) -> Self {
-        Self { status: 200, content_type: "application/json", body: format!("{body:#}\n") }
+    pub fn json(body: &impl serde::Serialize) -> Self {
+        match serde_json::to_string_pretty(body) {
+            Ok(text) => Self { status: 200, content_type: "application/json", body: text + "\n" },
+            Err(e) => Self::text(500, format!("encoding the answer: {e}\n")),
+        }
     }
 }
 

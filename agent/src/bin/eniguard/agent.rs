@@ -26,6 +26,9 @@ use eniguard::{
         agent::Metrics,
         guard::{guard_state, GuardCollector, GuardSource},
         server::{self, Reply},
+        views::{
+            EniConfigView, EniConfigsView, EniView, EnisView, PodAddressView, PodView, PodsView, StatusView,
+        },
     },
 };
 use serde_json::json;
@@ -209,9 +212,13 @@ fn introspection(
                     status.problem.map(|p| format!(" ({p})")).unwrap_or_default()
                 ),
             ),
-            "/v1/status" => Reply::json(&json!({
-                "step": status.step, "ready": status.ready, "refused": status.refused, "problem": status.problem,
-            })),
+            "/v1/status" => Reply::json(&StatusView {
+                mode: None,
+                step: status.step,
+                ready: status.ready,
+                refused: status.refused,
+                problem: status.problem,
+            }),
             "/v1/enis" => match shared.get() {
                 Some(s) => Reply::json(&enis(s)),
                 None => Reply::text(503, format!("starting: {}\n", status.step)),
@@ -239,69 +246,87 @@ fn introspection(
     }
 }
 
-fn enis(shared: &Shared) -> serde_json::Value {
-    let list: Vec<serde_json::Value> = shared
+fn enis(shared: &Shared) -> EnisView {
+    let enis = shared
         .enis()
         .values()
-        .map(|e| json!({
-            "id": e.id, "mac": e.mac, "deviceNumber": e.device_number, "primaryIp": e.primary_ip.to_string(),
-            "subnetId": e.subnet_id, "securityGroups": e.security_groups, "interfaceType": e.interface_type.as_str(),
-            "primary": e.primary, "unmanaged": e.unmanaged,
-            "cidrs": shared.owner.peek(|ipam| ipam.datastore.cidrs_of(&e.id)).iter()
-                .map(ToString::to_string).collect::<Vec<_>>(),
-            "excluded": exclusion(&enis::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
-        }))
+        .map(|e| EniView {
+            id: e.id.clone(),
+            mac: e.mac.clone(),
+            device_number: e.device_number,
+            primary_ip: e.primary_ip.to_string(),
+            subnet_id: e.subnet_id.clone(),
+            security_groups: e.security_groups.clone(),
+            interface_type: e.interface_type.to_string(),
+            primary: e.primary,
+            unmanaged: e.unmanaged,
+            cidrs: shared
+                .owner
+                .peek(|ipam| ipam.datastore.cidrs_of(&e.id))
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            excluded: exclusion(&enis::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
+        })
         .collect();
-    json!({"instanceId": shared.id.instance_id, "instanceType": shared.id.instance_type, "enis": list})
+    EnisView {
+        instance_id: shared.id.instance_id.clone(),
+        instance_type: shared.id.instance_type.clone(),
+        enis,
+    }
 }
 
 /// The node's pods, each with what the guard holds for it: address, ENI, VLAN, expected and
 /// actual groups, verdict counts.
-fn pods(shared: &Shared, guard: Option<&LiveGuard>) -> serde_json::Value {
+fn pods(shared: &Shared, guard: Option<&LiveGuard>) -> PodsView {
     let judged = guard_state(guard);
-    let actual: BTreeMap<&str, &serde_json::Value> = judged["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| Some((i["eni"].as_str()?, &i["securityGroups"])))
-        .collect();
-    let list: Vec<serde_json::Value> = shared
+    let actual: BTreeMap<&str, &Vec<String>> =
+        judged.interfaces.iter().map(|i| (i.eni.as_str(), &i.security_groups)).collect();
+    let pods = shared
         .pods()
-        .values()
+        .into_values()
         .map(|p| {
-            let addresses: Vec<serde_json::Value> = judged["pods"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|g| g["namespace"] == p.namespace.as_str() && g["name"] == p.name.as_str())
-                .map(|g| {
-                    json!({
-                        "ip": g["ip"], "eni": g["expectEni"], "vlan": g["expectVlan"],
-                        "expectedSecurityGroups": g["expectSecurityGroups"],
-                        "actualSecurityGroups": g["expectEni"].as_str().and_then(|e| actual.get(e)),
-                        "mode": g["mode"], "verdicts": g["verdicts"],
-                    })
+            let guard = judged
+                .pods
+                .iter()
+                .filter(|g| g.namespace == p.namespace && g.name == p.name)
+                .map(|g| PodAddressView {
+                    ip: g.ip.clone(),
+                    eni: g.expect_eni.clone(),
+                    vlan: g.expect_vlan,
+                    expected_security_groups: g.expect_security_groups.clone(),
+                    actual_security_groups: actual.get(g.expect_eni.as_str()).map(|v| (*v).clone()),
+                    mode: g.mode.clone(),
+                    verdicts: g.verdicts.clone(),
                 })
                 .collect();
-            json!({
-                "namespace": p.namespace, "name": p.name, "uid": p.uid, "ip": p.ip,
-                "hostNetwork": p.host_network, "wantsBranchEni": p.wants_branch, "podEni": p.pod_eni,
-                "guardModeAnnotation": p.guard_mode, "guard": addresses,
-            })
+            PodView {
+                namespace: p.namespace,
+                name: p.name,
+                uid: p.uid,
+                ip: p.ip,
+                host_network: p.host_network,
+                wants_branch_eni: p.wants_branch,
+                pod_eni: p.pod_eni,
+                guard_mode_annotation: p.guard_mode,
+                guard,
+            }
         })
         .collect();
-    json!({"node": shared.node().name, "pods": list})
+    PodsView { node: shared.node().name, pods }
 }
 
 /// Upstream's `/v1/eni-configs`: the node's ENIConfig as the agent uses it.
-fn eni_configs(shared: &Shared) -> serde_json::Value {
+fn eni_configs(shared: &Shared) -> EniConfigsView {
     let name = shared.eni_config_name();
-    json!({
-        "customNetworking": shared.cfg.custom_networking,
-        "name": name.name,
-        "source": format!("{:?}", name.source),
-        "eniConfig": shared.eni_config().map(|c| json!({
-            "name": c.name, "subnet": c.subnet, "securityGroups": c.security_groups,
-        })),
-    })
+    EniConfigsView {
+        custom_networking: shared.cfg.custom_networking,
+        name: name.name,
+        source: format!("{:?}", name.source),
+        eni_config: shared.eni_config().map(|c| EniConfigView {
+            name: c.name,
+            subnet: c.subnet,
+            security_groups: c.security_groups,
+        }),
+    }
 }

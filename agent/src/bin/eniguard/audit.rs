@@ -75,9 +75,13 @@ pub async fn run(mut cfg: Config, pin_dir: PathBuf) -> Result<()> {
                 "/healthz" => Reply::text(200, "ok\n"),
                 "/readyz" if status.ready => Reply::text(200, "ready\n"),
                 "/readyz" => Reply::text(503, format!("not ready: {}\n", status.step)),
-                "/v1/status" => {
-                    Reply::json(&json!({"mode": "audit", "step": status.step, "ready": status.ready}))
-                }
+                "/v1/status" => Reply::json(&eniguard::observe::views::StatusView {
+                    mode: Some("audit".into()),
+                    step: status.step,
+                    ready: status.ready,
+                    refused: None,
+                    problem: None,
+                }),
                 "/v1/guard" => Reply::json(&guard_state(Some(&guard))),
                 "/v1/events" => Reply::json(&json!(guard.recent())),
                 "/" => Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/guard\n/v1/events\n"),
