@@ -362,21 +362,20 @@ impl Ec2 {
                 Err(e) => return Err(e),
             }
         }
-        let mut wait = Duration::from_millis(500);
-        let mut last = None;
-        for _ in 0..12 {
+        let mut waits = crate::sync::backoff(Duration::from_millis(500), Duration::from_secs(60), Some(11));
+        loop {
             let req = self.client.delete_network_interface().network_interface_id(eni);
             match self.call("DeleteNetworkInterface", req.send()).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is(NOT_FOUND) => return Ok(()),
                 // Still attached while the detach finishes.
-                Err(e) if e.is("InvalidNetworkInterface.InUse") || e.is("IncorrectState") => last = Some(e),
+                Err(e) if e.is("InvalidNetworkInterface.InUse") || e.is("IncorrectState") => {
+                    let Some(wait) = waits.next() else { return Err(e) };
+                    tokio::time::sleep(wait).await;
+                }
                 Err(e) => return Err(e),
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(60));
         }
-        Err(last.unwrap_or_else(|| Ec2Error::local("DeleteNetworkInterface", "gave up")))
     }
 }
 
