@@ -2,15 +2,25 @@
 //! job, in the corrected order) and proves per packet, with eBPF, that each pod leaves through the
 //! ENI and security groups its configuration says.
 //!
-//! One module per concern (the README's Development section has the crate map). Present so far:
-//! - [`cni`]: the local API the CNI plugin calls (shared types; the agent's socket server).
+//! One module per concern, each using only those listed below it (the README's Architecture
+//! section has the map and the path of a CNI ADD):
+//! - [`node`]: the node: the startup order, ENIs, the signals to the Resource Controller (the
+//!   #2792 fix), the loops, the CNI plugin's socket, audit mode.
+//! - [`cni`]: the CNI plugin: the local API's wire types and client, the CNI calling convention,
+//!   pod plumbing per command, the DEL queue, installation.
+//! - [`kube`]: Kubernetes (kube-rs): Node, ENIConfig, CNINode features, pods, SecurityGroupPolicies.
+//! - [`observe`]: Prometheus metrics, the HTTP endpoints and their answers as types.
+//! - [`guard`]: the eBPF egress guard (intent derivation, maps, attachment, events, counters).
+//! - [`net`]: Linux networking: netlink helpers, ENI links, pod plumbing, SNAT, names.
+//! - [`cloud`]: IMDS and EC2 (the AWS SDK), instance limits.
 //! - [`config`]: the environment variables (upstream's names and defaults), parsed and validated.
-//! - [`guard`]: the eBPF egress guard (intent spec, maps, attachment, events, counters).
-//! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule) and its checkpoint.
-//! - [`kube`]: ENIConfig name resolution and CNINode features (the client comes with issue 10).
-//! - [`node`]: the order of the signals to the Resource Controller (the #2792 fix), as a pure step.
-//! - [`net`]: netlink (link notifications so far).
-//! - [`observe`]: Prometheus metrics and the introspection HTTP endpoint.
+//! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule), the pool policy and
+//!   the checkpoint.
+//! - [`sync`]: one lock helper and one backoff.
+//!
+//! The node layer reaches the outside through three seams, [`cloud::Cloud`], [`kube::Cluster`]
+//! and [`net::host::Host`]: the agent passes the real clients, the node's unit tests in-memory
+//! ones.
 
 #[cfg(feature = "control-plane")]
 pub mod cloud;

@@ -2,7 +2,8 @@
 //! Endpoints, region and credentials come from the SDKs' standard sources
 //! (`AWS_ENDPOINT_URL_EC2`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`, `AWS_REGION`, the default
 //! credential chain), so the same code runs against AWS and against vpcsim. Every call is counted
-//! by service, action and result ([`calls`]).
+//! by service, action and result ([`calls`]). [`Cloud`] is the node layer's seam: [`Aws`] makes
+//! the calls, the node's unit tests answer them from memory.
 
 pub mod calls;
 pub mod ec2;

@@ -1,4 +1,8 @@
-//! The datapath: the embedded eBPF object, how its programs are attached, where its maps are pinned.
+//! The egress guard: what each pod must leave through, derived from the node's state
+//! ([`derive`], as a [`spec`]), the embedded eBPF object and its maps ([`datapath`]), how its
+//! programs are attached ([`attach`]), where its maps are pinned ([`pins`]), the guard as the agent
+//! runs it ([`live`]), violations read from the ring buffer ([`events`]), interned names
+//! ([`intern`]) and the pipeline-proof counter ([`counter`]).
 
 pub mod attach;
 pub mod counter;

@@ -1,5 +1,6 @@
 //! Kubernetes: what the agent reads from and writes to the API server — the client ([`client`],
-//! kube-rs), ENIConfig name resolution, CNINode features and branch-ENI pod annotations.
+//! kube-rs), ENIConfig name resolution, CNINode features, branch-ENI pod annotations and
+//! SecurityGroupPolicies. [`Cluster`] is the node layer's seam: [`client::Kube`] implements it.
 
 #[cfg(feature = "control-plane")]
 pub mod client;

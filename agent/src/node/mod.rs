@@ -1,7 +1,9 @@
-//! The node: the startup sequence ([`startup`], the one place where order lives), the signals to
-//! the Resource Controller ([`signals`]), the datastore's owner ([`owner`]), the shared state
-//! ([`state`]) and the loops ([`pool`], [`reconcile`], [`audit`], [`pods`], [`gc`]), started by
-//! [`run`].
+//! The node: the startup sequence ([`startup`], the one place where order lives), what it and the
+//! loops share about ENIs ([`enis`]), the signals to the Resource Controller ([`signals`]: the
+//! decision and carrying it out), the datastore's owner ([`owner`]), the shared state ([`state`]),
+//! the loops ([`pool`], [`reconcile`], [`audit`], [`pods`], [`gc`], [`guard_feed`]) started by
+//! [`run`], the CNI plugin's socket ([`cni_api`]), audit mode beside aws-node ([`audit_mode`]),
+//! the ENI-creation journal ([`journal`]) and the one error type ([`error`]).
 
 #[cfg(feature = "control-plane")]
 pub mod audit;
