@@ -4,6 +4,7 @@
 //! privileged tests, the demo) run through `sudo -E`; run as root (CI), no sudo is needed.
 
 mod cmd;
+mod counts;
 mod image;
 mod lint;
 mod setup;

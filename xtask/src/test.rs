@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     cmd::{privileged, run},
+    counts::{parse_summary, Counts},
     setup,
 };
 
@@ -18,21 +19,6 @@ use crate::{
 pub const EBPF_CRATE: &str = "eniguard-ebpf";
 /// Where simulators record their callers (tests/src/sim/scenario.rs, `CALLS_DIR_VAR`).
 const CALLS_DIR_VAR: &str = "ENIGUARD_CALLS_DIR";
-
-#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub passed: u64,
-    pub failed: u64,
-    pub skipped: u64,
-}
-
-impl Counts {
-    pub fn add(&mut self, other: Counts) {
-        self.passed += other.passed;
-        self.failed += other.failed;
-        self.skipped += other.skipped;
-    }
-}
 
 pub fn test(filter: Option<&str>) -> Result<()> {
     if !setup::is_complete() {
@@ -160,29 +146,6 @@ fn run_counted(cmd: &mut Command, name: &str) -> Result<Counts> {
     Ok(counts)
 }
 
-pub fn parse_summary(line: &str) -> Option<Counts> {
-    let body = if let Some(rest) = line.strip_prefix("test result: ") {
-        rest.split_once(". ")?.1
-    } else {
-        line.strip_prefix("privileged: ")?
-    };
-    let mut counts = Counts::default();
-    for part in body.split([';', ',']) {
-        let mut words = part.split_whitespace();
-        let (Some(n), Some(what)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let Ok(n) = n.parse::<u64>() else { continue };
-        match what {
-            "passed" => counts.passed = n,
-            "failed" => counts.failed = n,
-            "ignored" | "skipped" => counts.skipped = n,
-            _ => {}
-        }
-    }
-    Some(counts)
-}
-
 /// `cargo xtask vm-test`: builds, then runs only the kernel matrix.
 pub fn vm_test(filter: Option<&str>) -> Result<()> {
     if !setup::is_complete() {
@@ -231,26 +194,4 @@ pub fn run_cni_bench(bench: &str, release: bool, args: &[&str]) -> Result<()> {
     };
     let mut cmd = privileged(artifact(&bins, bench)?)?;
     run(cmd.env("ENIGUARD_BIN", agent).args(args))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{parse_summary, Counts};
-
-    #[test]
-    fn reads_libtest_and_harness_summaries() {
-        assert_eq!(
-            parse_summary("test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s"),
-            Some(Counts { passed: 3, failed: 0, skipped: 1 })
-        );
-        assert_eq!(
-            parse_summary("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"),
-            Some(Counts { passed: 1, failed: 2, skipped: 0 })
-        );
-        assert_eq!(
-            parse_summary("privileged: 2 passed, 0 failed, 1 skipped"),
-            Some(Counts { passed: 2, failed: 0, skipped: 1 })
-        );
-        assert_eq!(parse_summary("test foo ... ok"), None);
-    }
 }

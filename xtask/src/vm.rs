@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cmd::{output_of, run, which},
-    test::Counts,
+    counts::{parse_summary, Counts},
 };
 
 /// A kernel line: a preferred package (pinned ABI) and the pattern of its replacements.
@@ -446,7 +446,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, k: &Kernel) -> Result<Counts> {
         if inside && (line.starts_with("test ") || line.starts_with("    ")) {
             println!("vm {}: {line}", k.label);
         }
-        if let Some(c) = crate::test::parse_summary(line) {
+        if let Some(c) = parse_summary(line) {
             counts = Some(c);
         }
     }

@@ -164,7 +164,7 @@ fn log_restored(restored: &Restored) {
 
 /// Finishes or undoes an ENI creation a previous run died in (see [`Journal`]).
 async fn finish_pending(
-    ec2: &dyn Cloud,
+    cloud: &dyn Cloud,
     journal: &Journal,
     id: &Identity,
     described: &mut [EniInfo],
@@ -174,20 +174,20 @@ async fn finish_pending(
         Some(eni) => match described.iter_mut().find(|d| d.id == eni) {
             Some(d) => {
                 if let Some(att) = &d.attachment {
-                    ec2.delete_on_termination(&eni, &att.id).await?;
+                    cloud.delete_on_termination(&eni, &att.id).await?;
                     log::info!("a previous run attached {eni} and died: DeleteOnTermination set, adopted");
                 }
             }
             None => {
-                ec2.detach_and_delete(&eni, None).await?;
+                cloud.detach_and_delete(&eni, None).await?;
                 log::info!("a previous run created {eni} and died before attaching it: deleted");
             }
         },
         None => {
             let description = description(&id.instance_id);
             let filters = [("description", description.as_str()), ("status", "available")];
-            for leftover in ec2.find_enis(&filters).await? {
-                ec2.detach_and_delete(&leftover.id, None).await?;
+            for leftover in cloud.find_enis(&filters).await? {
+                cloud.detach_and_delete(&leftover.id, None).await?;
                 log::info!("a previous run died creating an ENI: unattached {} deleted", leftover.id);
             }
         }
@@ -196,14 +196,14 @@ async fn finish_pending(
 }
 
 async fn instance_limits(
-    ec2: &dyn Cloud,
+    cloud: &dyn Cloud,
     instance_type: &str,
     max_eni: Option<u32>,
 ) -> Result<Limits, NodeError> {
     if let Some(row) = limits::lookup(instance_type) {
         return Ok(limits::limits(row.max_enis, row.ipv4_per_eni, row.trunking, max_eni));
     }
-    let t = ec2.describe_instance_type(instance_type).await?;
+    let t = cloud.describe_instance_type(instance_type).await?;
     if t.max_enis == 0 || t.ipv4_per_eni == 0 {
         return Err(NodeError::NoLimits(instance_type.to_owned()));
     }
