@@ -22,6 +22,8 @@ pub const DEFAULT_INTROSPECTION_ADDRESS: &str = "127.0.0.1:61679";
 /// AWS_VPC_ENI_MTU's range for IPv4 and its default (jumbo frames inside a VPC).
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9001;
 pub const DEFAULT_MTU: u32 = 9001;
+/// Upstream's AWS_VPC_K8S_CNI_CONNMARK.
+pub const DEFAULT_CONNMARK: u32 = 0x80;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{var}=`{value}`: expected {expected}")]
@@ -101,6 +103,15 @@ pub struct Config {
     pub exclude_snat_cidrs: Vec<Cidr>,
     /// AWS_VPC_K8S_CNI_RANDOMIZESNAT (`prng`).
     pub randomize_snat: RandomizeSnat,
+    /// AWS_VPC_CNI_NODE_PORT_SUPPORT (true): connections that arrive on the primary ENI for a
+    /// local address are marked, so that pods' replies leave through the primary ENI.
+    pub node_port_support: bool,
+    /// AWS_VPC_K8S_CNI_CONNMARK (`0x80`): the connection mark (and packet mark) for those and for
+    /// SNATed connections.
+    pub connmark: u32,
+    /// AWS_EXTERNAL_SERVICE_CIDRS (comma-separated): destinations always routed through the main
+    /// table (services outside the VPC reached through the primary ENI).
+    pub external_service_cidrs: Vec<Cidr>,
     /// POD_SECURITY_GROUP_ENFORCING_MODE (`strict`).
     pub pod_sg_enforcing_mode: EnforcingMode,
     /// DISABLE_LEAKED_ENI_CLEANUP (false).
@@ -155,6 +166,9 @@ pub const VARIABLES: &[&str] = &[
     "AWS_VPC_K8S_CNI_EXTERNALSNAT",
     "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
     "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
+    "AWS_VPC_CNI_NODE_PORT_SUPPORT",
+    "AWS_VPC_K8S_CNI_CONNMARK",
+    "AWS_EXTERNAL_SERVICE_CIDRS",
     "POD_SECURITY_GROUP_ENFORCING_MODE",
     "DISABLE_LEAKED_ENI_CLEANUP",
     "MANAGE_UNTAGGED_ENI",
@@ -190,6 +204,30 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
             Some(other) => Err(bad(var, other, "true or false")),
         }
+    }
+
+    /// Comma-separated IPv4 CIDRs (unset: none).
+    fn cidrs(&self, var: &'static str) -> Result<Vec<Cidr>, ConfigError> {
+        let Some(v) = self.raw(var) else { return Ok(Vec::new()) };
+        v.split(',').map(str::trim).filter(|c| !c.is_empty()).map(|c| parse_cidr(var, c)).collect()
+    }
+
+    /// A mark as upstream reads it (Go's base-0 integers: `0x80`, `128`, `0o200`, `0b…`), 1 to
+    /// 2^32-1.
+    fn mark(&self, var: &'static str, default: u32) -> Result<u32, ConfigError> {
+        let Some(v) = self.raw(var) else { return Ok(default) };
+        let t = v.trim().to_owned();
+        let (digits, radix) = match t.get(..2).map(str::to_ascii_lowercase).as_deref() {
+            Some("0x") => (&t[2..], 16),
+            Some("0o") => (&t[2..], 8),
+            Some("0b") => (&t[2..], 2),
+            _ if t.len() > 1 && t.starts_with('0') => (&t[1..], 8),
+            _ => (t.as_str(), 10),
+        };
+        u32::from_str_radix(digits, radix)
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or_else(|| bad(var, &v, "a mark from 1 to 0xffffffff, such as 0x80"))
     }
 
     fn int(&self, var: &'static str) -> Result<Option<i64>, ConfigError> {
@@ -271,17 +309,7 @@ impl Config {
                 "1 to 4 letters or digits, other than eth, vlan or lo",
             ));
         }
-        let exclude_snat_cidrs = r
-            .raw("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .map(|c| parse_cidr("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", c))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let exclude_snat_cidrs = r.cidrs("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS")?;
         let additional_eni_tags = match r.raw("ADDITIONAL_ENI_TAGS") {
             None => BTreeMap::new(),
             Some(v) => {
@@ -330,6 +358,9 @@ impl Config {
                     ("none", RandomizeSnat::None),
                 ],
             )?,
+            node_port_support: r.bool("AWS_VPC_CNI_NODE_PORT_SUPPORT", true)?,
+            connmark: r.mark("AWS_VPC_K8S_CNI_CONNMARK", DEFAULT_CONNMARK)?,
+            external_service_cidrs: r.cidrs("AWS_EXTERNAL_SERVICE_CIDRS")?,
             pod_sg_enforcing_mode: r.choice(
                 "POD_SECURITY_GROUP_ENFORCING_MODE",
                 EnforcingMode::Strict,
@@ -392,6 +423,9 @@ impl Config {
                 RandomizeSnat::None => "none",
             }
             .to_owned(),
+            b(self.node_port_support),
+            format!("{:#x}", self.connmark),
+            self.external_service_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             match self.pod_sg_enforcing_mode {
                 EnforcingMode::Strict => "strict",
                 EnforcingMode::Standard => "standard",
@@ -469,6 +503,35 @@ mod tests {
 
     fn err(vars: &[(&str, &str)]) -> String {
         parse(vars).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn node_port_variables_as_upstream_reads_them() {
+        let c = parse(&[]).unwrap();
+        assert!(c.node_port_support);
+        assert_eq!(c.connmark, 0x80);
+        assert!(c.external_service_cidrs.is_empty());
+        for (text, mark) in
+            [("0x4000", 0x4000), ("128", 128), ("0200", 0o200), ("0b1", 1), ("0xffffffff", u32::MAX)]
+        {
+            assert_eq!(parse(&[("AWS_VPC_K8S_CNI_CONNMARK", text)]).unwrap().connmark, mark, "{text}");
+        }
+        for bad in ["0", "-1", "0x100000000", "mark", "0x"] {
+            let e = err(&[("AWS_VPC_K8S_CNI_CONNMARK", bad)]);
+            assert!(e.contains("AWS_VPC_K8S_CNI_CONNMARK") && e.contains("0x80"), "{bad}: {e}");
+        }
+        let c = parse(&[
+            ("AWS_VPC_CNI_NODE_PORT_SUPPORT", "false"),
+            ("AWS_EXTERNAL_SERVICE_CIDRS", "192.0.2.0/24, 198.51.100.7/32"),
+        ])
+        .unwrap();
+        assert!(!c.node_port_support);
+        assert_eq!(
+            c.external_service_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["192.0.2.0/24", "198.51.100.7/32"]
+        );
+        let e = err(&[("AWS_EXTERNAL_SERVICE_CIDRS", "192.0.2.1/24")]);
+        assert!(e.contains("AWS_EXTERNAL_SERVICE_CIDRS") && e.contains("host bits"), "{e}");
     }
 
     #[test]

@@ -26,8 +26,8 @@ pub trait Host: Send + Sync {
     async fn setup_eni(&self, eni: &EniLink, mtu: u32) -> Result<u32, NetError>;
     /// Removes `from <ip>` (an ENI going away).
     async fn remove_rule(&self, ip: Ipv4Addr) -> Result<(), NetError>;
-    /// The SNAT rules for traffic leaving the VPC (None: none, external SNAT).
-    async fn apply_snat(&self, plan: Option<&snat::Plan>) -> Result<(), SnatError>;
+    /// The node's nftables table and policy rules: SNAT, NodePort marks, external services.
+    async fn apply_snat(&self, plan: &snat::Plan) -> Result<(), SnatError>;
     /// The host side of a pod's address whose pod is gone (rules and route).
     async fn teardown_pod(&self, ip: Ipv4Addr) -> Result<(), NetError>;
 }
@@ -55,7 +55,7 @@ impl Host for HostNet {
     async fn remove_rule(&self, ip: Ipv4Addr) -> Result<(), NetError> {
         HostNet::remove_rule(self, ip).await
     }
-    async fn apply_snat(&self, plan: Option<&snat::Plan>) -> Result<(), SnatError> {
+    async fn apply_snat(&self, plan: &snat::Plan) -> Result<(), SnatError> {
         snat::apply(self.handle(), plan).await
     }
     async fn teardown_pod(&self, ip: Ipv4Addr) -> Result<(), NetError> {

@@ -13,6 +13,8 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
 };
 
+use crate::ipam::model::Cidr;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("netlink: {0}")]
@@ -103,17 +105,33 @@ pub struct Rule {
     pub dst: Option<Ipv4Addr>,
     pub iif: Option<String>,
     pub table: u32,
+    /// The destination, whatever its length.
+    pub dst_cidr: Option<Cidr>,
+    pub fwmark: Option<u32>,
 }
 
 impl Rule {
     fn of(m: &RuleMessage) -> Self {
-        let mut r =
-            Self { priority: None, src: None, dst: None, iif: None, table: u32::from(m.header.table) };
+        let mut r = Self {
+            priority: None,
+            src: None,
+            dst: None,
+            iif: None,
+            table: u32::from(m.header.table),
+            dst_cidr: None,
+            fwmark: None,
+        };
         for a in &m.attributes {
             match a {
                 RuleAttribute::Priority(p) => r.priority = Some(*p),
                 RuleAttribute::Source(IpAddr::V4(ip)) if m.header.src_len == 32 => r.src = Some(*ip),
-                RuleAttribute::Destination(IpAddr::V4(ip)) if m.header.dst_len == 32 => r.dst = Some(*ip),
+                RuleAttribute::Destination(IpAddr::V4(ip)) => {
+                    r.dst_cidr = Cidr::new(*ip, m.header.dst_len);
+                    if m.header.dst_len == 32 {
+                        r.dst = Some(*ip);
+                    }
+                }
+                RuleAttribute::FwMark(mark) => r.fwmark = Some(*mark),
                 RuleAttribute::Iifname(n) => r.iif = Some(n.clone()),
                 RuleAttribute::Table(t) => r.table = *t,
                 _ => {}

@@ -1,16 +1,26 @@
-//! SNAT of pod traffic that leaves the VPC, as upstream does it (pkg/networkutils/network.go),
-//! in an nftables table of eniguard's own (`ip eniguard`), replaced in one transaction:
+//! The node's nftables table (`ip eniguard`, replaced in one transaction) and the policy rules
+//! that go with it: SNAT of pod traffic that leaves the VPC and NodePort support, as upstream does
+//! them (pkg/networkutils/network.go):
 //!
-//! - `prerouting` (mangle priority): a new connection from a pod (`<veth prefix>*`) to outside
-//!   the VPC CIDRs and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS gets connmark 0x80, and every packet of
-//!   such a connection carries it as its mark;
-//! - rule 1024 `fwmark 0x80/0x80 lookup main`: those packets leave through the primary ENI
-//!   (whatever ENI the pod's address is on), so that
-//! - `postrouting` (srcnat priority): SNAT to the primary ENI's address (`fully-random` for
-//!   RANDOMIZESNAT=prng, `random` for hashrandom) for everything not to the VPC, not out of a
-//!   branch-ENI VLAN link and not to a local address — EC2 accepts it there.
+//! - `prerouting` (mangle priority):
+//!   - SNAT: a new connection from a pod (`<veth prefix>*`) to outside the VPC CIDRs and
+//!     AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS gets the connection mark (AWS_VPC_K8S_CNI_CONNMARK,
+//!     0x80);
+//!   - NodePort (AWS_VPC_CNI_NODE_PORT_SUPPORT): a connection that arrives on the primary ENI for
+//!     an address local to it gets the mark too (before kube-proxy's DNAT);
+//!   - every packet from a pod (and, with NodePort, from a branch pod's `vlan*` link) of a marked
+//!     connection carries the mark;
+//! - rule 1024 `fwmark <mark>/<mark> lookup main`: those packets leave through the primary ENI,
+//!   whatever ENI the pod's address is on (a NodePort reply leaves where its request came in, with
+//!   the node's address once the DNAT is reversed, which EC2's source check accepts);
+//! - `postrouting` (srcnat priority, SNAT only): SNAT to the primary ENI's address (`fully-random`
+//!   for RANDOMIZESNAT=prng, `random` for hashrandom) for everything not to the VPC, not out of a
+//!   branch-ENI VLAN link and not to a local address — EC2 accepts it there;
+//! - rules 1535 `to <cidr> lookup main` for AWS_EXTERNAL_SERVICE_CIDRS;
+//! - with NodePort, the primary interface's rp_filter is loose (2), as upstream's init sets it.
 //!
-//! With AWS_VPC_K8S_CNI_EXTERNALSNAT the table and the rule are removed: a NAT gateway does it.
+//! With AWS_VPC_K8S_CNI_EXTERNALSNAT and without NodePort support, the table and rule 1024 are
+//! removed.
 //!
 //! The ruleset is built with the `nftables` crate's typed JSON schema and applied by `nft -j -f`
 //! (its helper); the table is added, deleted and re-created in the same batch, so the kernel
@@ -34,14 +44,15 @@ use rtnetlink::{
     Handle,
 };
 
-use super::netlink::{call, delete_rules, is_exists, NetError};
-use crate::config::RandomizeSnat;
+use super::netlink::{call, delete_rules, is_exists, rules, NetError, Rule as IpRule};
+use crate::{config::RandomizeSnat, ipam::model::Cidr};
 
 pub const TABLE: &str = "eniguard";
-/// Upstream's AWS_VPC_K8S_CNI_CONNMARK default.
-pub const MARK: u32 = 0x80;
-/// `fwmark 0x80/0x80 lookup main` (upstream's priority).
+/// `fwmark <mark>/<mark> lookup main` (upstream's priority).
 pub const MARK_RULE_PRIORITY: u32 = 1024;
+/// `to <cidr> lookup main` for AWS_EXTERNAL_SERVICE_CIDRS (upstream's priority).
+pub const EXTERNAL_SERVICE_PRIORITY: u32 = 1535;
+const MAIN_TABLE: u32 = 254;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnatError {
@@ -57,14 +68,27 @@ pub enum SnatError {
     Net(#[from] NetError),
 }
 
-/// What the ruleset says.
+/// What the table and the rules say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    pub primary_ip: Ipv4Addr,
-    /// The VPC CIDRs and the exclusions, as (address, prefix length).
-    pub not_nated: Vec<(Ipv4Addr, u8)>,
-    pub random: RandomizeSnat,
+    /// SNAT to the primary ENI's address (None: AWS_VPC_K8S_CNI_EXTERNALSNAT).
+    pub snat: Option<Snat>,
+    /// NodePort support: the primary ENI's interface (None: AWS_VPC_CNI_NODE_PORT_SUPPORT=false).
+    pub node_port: Option<String>,
+    /// AWS_VPC_K8S_CNI_CONNMARK.
+    pub mark: u32,
     pub veth_prefix: String,
+    /// AWS_EXTERNAL_SERVICE_CIDRS.
+    pub external_service_cidrs: Vec<Cidr>,
+}
+
+/// SNAT of what leaves the VPC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snat {
+    pub primary_ip: Ipv4Addr,
+    /// The VPC CIDRs and the exclusions: not translated.
+    pub not_nated: Vec<Cidr>,
+    pub random: RandomizeSnat,
 }
 
 fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
@@ -86,27 +110,42 @@ fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) 
     Statement::Match(Match { left, right, op })
 }
 
-fn or_mark(e: Expression<'static>) -> Expression<'static> {
-    Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![e, Expression::Number(MARK)])))
+fn or_mark(e: Expression<'static>, mark: u32) -> Expression<'static> {
+    Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![e, Expression::Number(mark)])))
 }
 
-impl Plan {
+fn fib_type(flags: &[FibFlag]) -> Expression<'static> {
+    Expression::Named(NamedExpression::Fib(Fib {
+        result: FibResult::Type,
+        flags: flags.iter().cloned().collect(),
+    }))
+}
+
+impl Snat {
     fn not_nated_set(&self) -> Expression<'static> {
         Expression::Named(NamedExpression::Set(
             self.not_nated
                 .iter()
-                .map(|(addr, len)| {
+                .map(|c| {
                     SetItem::Element(Expression::Named(NamedExpression::Prefix(Prefix {
-                        addr: Box::new(Expression::String(addr.to_string().into())),
-                        len: u32::from(*len),
+                        addr: Box::new(Expression::String(c.addr.to_string().into())),
+                        len: u32::from(c.prefix_len),
                     })))
                 })
                 .collect(),
         ))
     }
+}
+
+impl Plan {
+    /// Whether the table and rule 1024 exist at all.
+    pub fn marks(&self) -> bool {
+        self.snat.is_some() || self.node_port.is_some()
+    }
 
     /// The batch that replaces the table (pure).
     pub fn ruleset(&self) -> Nftables<'static> {
+        let mark = self.mark;
         let mut batch = Batch::new();
         let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };
         batch.add(NfListObject::Table(table()));
@@ -123,7 +162,6 @@ impl Plan {
             ..Chain::default()
         };
         batch.add(NfListObject::Chain(chain("prerouting", NfChainType::Filter, NfHook::Prerouting, -150)));
-        batch.add(NfListObject::Chain(chain("postrouting", NfChainType::NAT, NfHook::Postrouting, 100)));
         let rule = |chain: &'static str, expr: Vec<Statement<'static>>| {
             NfListObject::Rule(Rule {
                 family: NfFamily::IP,
@@ -133,41 +171,65 @@ impl Plan {
                 ..Rule::default()
             })
         };
-        let from_pod = || {
-            matches(
-                meta(MetaKey::Iifname),
-                Operator::EQ,
-                Expression::String(format!("{}*", self.veth_prefix).into()),
-            )
+        let from = |prefix: &str| {
+            matches(meta(MetaKey::Iifname), Operator::EQ, Expression::String(format!("{prefix}*").into()))
         };
-        batch.add(rule(
-            "prerouting",
-            vec![
-                from_pod(),
-                matches(ct("state"), Operator::IN, Expression::String("new".into())),
-                matches(payload("ip", "daddr"), Operator::NEQ, self.not_nated_set()),
-                Statement::Mangle(Mangle { key: ct("mark"), value: or_mark(ct("mark")) }),
-            ],
-        ));
-        batch.add(rule(
-            "prerouting",
-            vec![
-                from_pod(),
-                matches(
-                    Expression::BinaryOperation(Box::new(BinaryOperation::AND(
-                        ct("mark"),
-                        Expression::Number(MARK),
-                    ))),
-                    Operator::EQ,
-                    Expression::Number(MARK),
-                ),
-                Statement::Mangle(Mangle { key: meta(MetaKey::Mark), value: or_mark(meta(MetaKey::Mark)) }),
-            ],
-        ));
+        let set_ct_mark = || Statement::Mangle(Mangle { key: ct("mark"), value: or_mark(ct("mark"), mark) });
+        if let Some(primary) = &self.node_port {
+            batch.add(rule(
+                "prerouting",
+                vec![
+                    matches(meta(MetaKey::Iifname), Operator::EQ, Expression::String(primary.clone().into())),
+                    matches(
+                        fib_type(&[FibFlag::Daddr, FibFlag::Iif]),
+                        Operator::EQ,
+                        Expression::String("local".into()),
+                    ),
+                    set_ct_mark(),
+                ],
+            ));
+        }
+        if let Some(snat) = &self.snat {
+            batch.add(rule(
+                "prerouting",
+                vec![
+                    from(&self.veth_prefix),
+                    matches(ct("state"), Operator::IN, Expression::String("new".into())),
+                    matches(payload("ip", "daddr"), Operator::NEQ, snat.not_nated_set()),
+                    set_ct_mark(),
+                ],
+            ));
+        }
+        let mut restore_from = vec![self.veth_prefix.as_str()];
+        if self.node_port.is_some() {
+            restore_from.push(super::names::STRICT_VETH_PREFIX);
+        }
+        for prefix in restore_from {
+            batch.add(rule(
+                "prerouting",
+                vec![
+                    from(prefix),
+                    matches(
+                        Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+                            ct("mark"),
+                            Expression::Number(mark),
+                        ))),
+                        Operator::EQ,
+                        Expression::Number(mark),
+                    ),
+                    Statement::Mangle(Mangle {
+                        key: meta(MetaKey::Mark),
+                        value: or_mark(meta(MetaKey::Mark), mark),
+                    }),
+                ],
+            ));
+        }
+        let Some(snat) = &self.snat else { return batch.to_nftables() };
+        batch.add(NfListObject::Chain(chain("postrouting", NfChainType::NAT, NfHook::Postrouting, 100)));
         batch.add(rule(
             "postrouting",
             vec![
-                matches(payload("ip", "daddr"), Operator::EQ, self.not_nated_set()),
+                matches(payload("ip", "daddr"), Operator::EQ, snat.not_nated_set()),
                 Statement::Return(None),
             ],
         ));
@@ -178,15 +240,14 @@ impl Plan {
                 Statement::Return(None),
             ],
         ));
-        let fib = Expression::Named(NamedExpression::Fib(Fib {
-            result: FibResult::Type,
-            flags: HashSet::from([FibFlag::Daddr]),
-        }));
         batch.add(rule(
             "postrouting",
-            vec![matches(fib, Operator::EQ, Expression::String("local".into())), Statement::Return(None)],
+            vec![
+                matches(fib_type(&[FibFlag::Daddr]), Operator::EQ, Expression::String("local".into())),
+                Statement::Return(None),
+            ],
         ));
-        let flags = match self.random {
+        let flags = match snat.random {
             RandomizeSnat::Prng => Some(HashSet::from([NATFlag::FullyRandom])),
             RandomizeSnat::HashRandom => Some(HashSet::from([NATFlag::Random])),
             RandomizeSnat::None => None,
@@ -194,7 +255,7 @@ impl Plan {
         batch.add(rule(
             "postrouting",
             vec![Statement::SNAT(Some(NAT {
-                addr: Some(Expression::String(self.primary_ip.to_string().into())),
+                addr: Some(Expression::String(snat.primary_ip.to_string().into())),
                 family: None,
                 port: None,
                 flags,
@@ -216,48 +277,87 @@ async fn nft(ruleset: Nftables<'static>) -> Result<(), SnatError> {
     }
 }
 
-/// Installs the plan (table and rule 1024), or removes both for external SNAT (`None`).
-pub async fn apply(host: &Handle, plan: Option<&Plan>) -> Result<(), SnatError> {
-    let mark_rule = |r: &super::netlink::Rule| r.priority == Some(MARK_RULE_PRIORITY);
-    let Some(plan) = plan else {
+/// Installs the plan: the table, rule 1024, the external-service rules and the primary
+/// interface's rp_filter; without SNAT and NodePort support, the table and rule 1024 go.
+pub async fn apply(host: &Handle, plan: &Plan) -> Result<(), SnatError> {
+    let mark = plan.mark;
+    let mark_rule = |r: &IpRule| r.priority == Some(MARK_RULE_PRIORITY);
+    if plan.marks() {
+        nft(plan.ruleset()).await?;
+        let mut add = host
+            .rule()
+            .add()
+            .v4()
+            .table_id(MAIN_TABLE)
+            .priority(MARK_RULE_PRIORITY)
+            .action(RuleAction::ToTable)
+            .fw_mark(mark);
+        add.message_mut().attributes.push(RuleAttribute::FwMask(mark));
+        match add.execute().await {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {}
+            Err(e) => return Err(call(format!("rule fwmark {mark:#x}/{mark:#x} lookup main"))(e).into()),
+        }
+        // A mark an earlier run used, now changed: its rule goes once the new one is in.
+        delete_rules(host, |r| mark_rule(r) && r.fwmark != Some(mark)).await?;
+    } else {
         let mut batch = Batch::new();
         let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };
         batch.add(NfListObject::Table(table()));
         batch.delete(NfListObject::Table(table()));
         nft(batch.to_nftables()).await?;
         delete_rules(host, mark_rule).await?;
-        return Ok(());
-    };
-    nft(plan.ruleset()).await?;
-    let mut add = host
-        .rule()
-        .add()
-        .v4()
-        .table_id(254)
-        .priority(MARK_RULE_PRIORITY)
-        .action(RuleAction::ToTable)
-        .fw_mark(MARK);
-    add.message_mut().attributes.push(RuleAttribute::FwMask(MARK));
-    match add.execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if is_exists(&e) => Ok(()),
-        Err(e) => Err(call(format!("rule fwmark {MARK:#x}/{MARK:#x} lookup main"))(e).into()),
     }
+    external_service_rules(host, &plan.external_service_cidrs).await?;
+    if let Some(primary) = &plan.node_port {
+        let path = format!("/proc/sys/net/ipv4/conf/{primary}/rp_filter");
+        std::fs::write(&path, "2").map_err(|source| NetError::Sysctl { path, source })?;
+    }
+    Ok(())
+}
+
+/// Rules 1535 `to <cidr> lookup main`, exactly one per CIDR.
+async fn external_service_rules(host: &Handle, cidrs: &[Cidr]) -> Result<(), SnatError> {
+    let ours = |r: &IpRule| r.priority == Some(EXTERNAL_SERVICE_PRIORITY) && r.table == MAIN_TABLE;
+    let present: Vec<Cidr> =
+        rules(host).await?.iter().filter(|r| ours(r)).filter_map(|r| r.dst_cidr).collect();
+    delete_rules(host, |r| ours(r) && r.dst_cidr.is_none_or(|c| !cidrs.contains(&c))).await?;
+    for c in cidrs.iter().filter(|c| !present.contains(c)) {
+        host.rule()
+            .add()
+            .v4()
+            .destination_prefix(c.addr, c.prefix_len)
+            .table_id(MAIN_TABLE)
+            .priority(EXTERNAL_SERVICE_PRIORITY)
+            .action(RuleAction::ToTable)
+            .execute()
+            .await
+            .map_err(call(format!("rule to {c} lookup main")))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn plan(snat: bool, node_port: bool) -> Plan {
+        Plan {
+            snat: snat.then(|| Snat {
+                primary_ip: "10.0.0.4".parse().unwrap(),
+                not_nated: vec!["10.0.0.0/16".parse().unwrap(), "100.64.0.0/16".parse().unwrap()],
+                random: RandomizeSnat::Prng,
+            }),
+            node_port: node_port.then(|| "eth0".to_owned()),
+            mark: 0x4000,
+            veth_prefix: "eni".into(),
+            external_service_cidrs: Vec::new(),
+        }
+    }
+
     #[test]
     fn the_ruleset_replaces_the_table_and_snats_what_leaves_the_vpc() {
-        let plan = Plan {
-            primary_ip: "10.0.0.4".parse().unwrap(),
-            not_nated: vec![("10.0.0.0".parse().unwrap(), 16), ("100.64.0.0".parse().unwrap(), 16)],
-            random: RandomizeSnat::Prng,
-            veth_prefix: "eni".into(),
-        };
-        let json = serde_json::to_value(plan.ruleset()).unwrap();
+        let json = serde_json::to_value(plan(true, false).ruleset()).unwrap();
         let objects = json["nftables"].as_array().unwrap();
         // add, delete, add the table first: one transaction that never leaves no table.
         assert!(
@@ -268,5 +368,22 @@ mod tests {
         assert!(text.contains(r#""snat":{"addr":"10.0.0.4","flags":["fully-random"]}"#), "{text}");
         assert!(text.contains(r#""right":"eni*""#), "{text}");
         assert!(text.contains(r#""prefix":{"addr":"100.64.0.0","len":16}"#), "{text}");
+        assert!(
+            text.contains("16384") && !text.contains(r#""right":"eth0""#),
+            "the configured mark, no NodePort: {text}"
+        );
+        assert!(!text.contains(r#""right":"vlan*"}},{"match""#), "{text}");
+    }
+
+    /// NodePort support marks what arrives on the primary interface for a local address and
+    /// restores the mark from pods and branch pods; without SNAT there is no NAT chain.
+    #[test]
+    fn node_port_marks_the_primary_interfaces_connections() {
+        let text = serde_json::to_value(plan(false, true).ruleset()).unwrap().to_string();
+        assert!(text.contains(r#""right":"eth0""#), "{text}");
+        assert!(text.contains(r#""fib":{"flags":["#) && text.contains(r#""iif""#), "{text}");
+        assert!(text.contains(r#""right":"eni*""#) && text.contains(r#""right":"vlan*""#), "{text}");
+        assert!(!text.contains("postrouting") && !text.contains("snat"), "{text}");
+        assert!(plan(false, true).marks() && plan(true, false).marks() && !plan(false, false).marks());
     }
 }

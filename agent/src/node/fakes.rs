@@ -496,7 +496,7 @@ pub struct FakeHost {
     links: Mutex<BTreeMap<String, u32>>,
     /// The ENIs set up, by MAC, with their route table.
     pub enis: Mutex<BTreeMap<String, u32>>,
-    pub snat: Mutex<Option<Option<snat::Plan>>>,
+    pub snat: Mutex<Option<snat::Plan>>,
 }
 
 impl FakeHost {
@@ -539,9 +539,9 @@ impl Host for FakeHost {
         self.world.note(format!("host remove_rule {ip}"));
         Ok(())
     }
-    async fn apply_snat(&self, plan: Option<&snat::Plan>) -> Result<(), snat::SnatError> {
+    async fn apply_snat(&self, plan: &snat::Plan) -> Result<(), snat::SnatError> {
         self.world.note("host apply_snat".into());
-        *lock(&self.snat) = Some(plan.cloned());
+        *lock(&self.snat) = Some(plan.clone());
         Ok(())
     }
     async fn teardown_pod(&self, ip: Ipv4Addr) -> Result<(), NetError> {

@@ -18,7 +18,7 @@ use crate::{
         Ipam,
     },
     kube::{client::KubeError, Cluster},
-    net::{host::Host, snat},
+    net::{host::Host, netlink::NetError, snat},
     observe::agent::Metrics,
     sync::backoff,
 };
@@ -47,16 +47,21 @@ pub struct Inputs {
     pub guard: Option<Arc<crate::guard::live::LiveGuard>>,
 }
 
-/// SNAT to the primary ENI's address for all but the VPC and the exclusions (None: external SNAT).
-fn snat_plan(cfg: &Config, primary: &ImdsEni) -> Option<snat::Plan> {
-    let mut not_nated: Vec<_> = primary.vpc_cidrs.iter().map(|c| (c.addr, c.prefix_len)).collect();
-    not_nated.extend(cfg.exclude_snat_cidrs.iter().map(|c| (c.addr, c.prefix_len)));
-    (!cfg.external_snat).then(|| snat::Plan {
-        primary_ip: primary.primary_ip,
-        not_nated,
-        random: cfg.randomize_snat,
+/// The node's table and rules: SNAT to the primary ENI's address for all but the VPC and the
+/// exclusions (unless external SNAT), NodePort marks on the primary interface `primary_if`.
+fn snat_plan(cfg: &Config, primary: &ImdsEni, primary_if: &str) -> snat::Plan {
+    let not_nated = primary.vpc_cidrs.iter().chain(&cfg.exclude_snat_cidrs).copied().collect();
+    snat::Plan {
+        snat: (!cfg.external_snat).then(|| snat::Snat {
+            primary_ip: primary.primary_ip,
+            not_nated,
+            random: cfg.randomize_snat,
+        }),
+        node_port: cfg.node_port_support.then(|| primary_if.to_owned()),
+        mark: cfg.connmark,
         veth_prefix: cfg.veth_prefix.clone(),
-    })
+        external_service_cidrs: cfg.external_service_cidrs.clone(),
+    }
 }
 
 /// Where `lookup local` goes in strict mode (upstream's), behind the VLAN rules at 10.
@@ -92,8 +97,10 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     for eni in enis.values().filter(|e| !e.primary && !e.unmanaged) {
         enis::setup_link(i.net.as_ref(), eni, i.cfg.eni_mtu).await?;
     }
-    board.step("SNAT for traffic leaving the VPC");
-    i.net.apply_snat(snat_plan(&i.cfg, &primary).as_ref()).await?;
+    board.step("SNAT and NodePort rules");
+    let (_, primary_if) =
+        i.net.link_by_mac(&id.mac).await?.ok_or_else(|| NetError::NoLink(id.mac.clone()))?;
+    i.net.apply_snat(&snat_plan(&i.cfg, &primary, &primary_if)).await?;
     board.step("restore the checkpoint");
     log_restored(&ipam.restore(now())?);
     board.step("security groups");
@@ -287,6 +294,7 @@ mod tests {
             Cloud as _,
         },
         kube::client::EniConfig,
+        net::host::Host as _,
     };
 
     const CUSTOM_AND_SGP: &[(&str, &str)] =
@@ -395,6 +403,26 @@ mod tests {
                 "{ty}: nothing is assigned to it"
             );
         }
+    }
+
+    /// The node's table: SNAT and NodePort marks on the primary interface by default (upstream's
+    /// defaults); neither with external SNAT and NodePort support off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snat_and_node_port_follow_the_configuration() {
+        let node = FakeNode::default();
+        node.start(&[("AWS_EXTERNAL_SERVICE_CIDRS", "192.0.2.0/24")]).await.unwrap();
+        let plan = node.host.snat.lock().unwrap().clone().unwrap();
+        let primary_if = node.host.links_by_mac().await.unwrap().get(PRIMARY_MAC).cloned();
+        assert_eq!(plan.node_port, primary_if);
+        assert_eq!((plan.mark, plan.external_service_cidrs.len()), (0x80, 1));
+        let snat = plan.snat.unwrap();
+        assert_eq!(snat.primary_ip, "10.0.0.10".parse::<std::net::Ipv4Addr>().unwrap());
+        assert!(snat.not_nated.iter().any(|c| c.to_string() == "10.0.0.0/16"));
+
+        let node = FakeNode::default();
+        let off = [("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"), ("AWS_VPC_CNI_NODE_PORT_SUPPORT", "false")];
+        node.start(&off).await.unwrap();
+        assert!(!node.host.snat.lock().unwrap().clone().unwrap().marks());
     }
 
     /// A creation the previous run died in is finished or undone before anything else.

@@ -449,10 +449,9 @@ pub fn external_snat(ctx: &mut Ctx) -> Result<()> {
     let mut env = ENV.to_vec();
     env.push(("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"));
     let node = Node::start(ctx, "cniext", &env)?;
-    ensure!(
-        node.ns.run("nft", &["list", "table", "ip", "eniguard"]).is_err(),
-        "a SNAT table with external SNAT"
-    );
+    // The table stays for NodePort support (its marks), without SNAT.
+    let table = node.ns.run("nft", &["list", "table", "ip", "eniguard"])?;
+    ensure!(!table.contains("snat") && !table.contains("postrouting"), "SNAT with external SNAT: {table}");
     let pod_ns = NetNs::create(&format!("{}-podext", node.prefix))?;
     let sandbox = node.sandbox("sandboxext", "ext", &pod_ns)?;
     let add = node.call("ADD", &sandbox, &node.conf("1.0.0", None))?;
@@ -1107,4 +1106,102 @@ pub fn debian_libcni(ctx: &mut Ctx) -> Result<()> {
     list["cniVersion"] = Value::from("1.0.0");
     std::fs::write(other.join("10-eniguard.conflist"), list.to_string())?;
     round(&other, "lc1", "1.0.0", false)
+}
+
+/// A TCP server in a pod: it answers every connection with `hello <client address>`.
+const SERVER: &str = r"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 8080))
+s.listen(8)
+print('listening', flush=True)
+while True:
+    c, a = s.accept()
+    c.sendall(('hello %s\n' % a[0]).encode())
+    c.close()
+";
+
+/// A client: connects (3 s), prints the first line it gets.
+const CLIENT: &str = r"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print(s.makefile().readline().strip())
+";
+
+/// NodePort with externalTrafficPolicy=Local, as kube-proxy does it: DNAT on the node to a pod
+/// on a secondary ENI, no masquerade. A client on the VPC side gets the pod's answer through the
+/// primary ENI with AWS_VPC_CNI_NODE_PORT_SUPPORT (the default); with it off, the reply leaves
+/// through the pod's ENI with the node's address, and the fabric drops it as EC2 would.
+pub fn node_port_local(ctx: &mut Ctx) -> Result<()> {
+    for support in [true, false] {
+        let mut env = ENV.to_vec();
+        if support {
+            env.push(("AWS_EXTERNAL_SERVICE_CIDRS", "192.0.2.0/24,198.51.100.0/24"));
+        } else {
+            env.push(("AWS_VPC_CNI_NODE_PORT_SUPPORT", "false"));
+        }
+        let tag = if support { "np" } else { "npoff" };
+        let node = Node::start(ctx, tag, &env)?;
+        let rules = node.ns.ip(&["rule", "show"])?;
+        ensure!(rules.contains("fwmark 0x80/0x80 lookup main"), "rule 1024: {rules}");
+        let external = rules.lines().filter(|l| l.starts_with("1535:") && l.contains("lookup main")).count();
+        ensure!(external == if support { 2 } else { 0 }, "AWS_EXTERNAL_SERVICE_CIDRS rules: {rules}");
+        let table = node.ns.run("nft", &["list", "table", "ip", "eniguard"])?;
+        ensure!(table.contains("iifname \"eth0\"") == support, "NodePort marking {support}: {table}");
+        let loose = node.ns.run("cat", &["/proc/sys/net/ipv4/conf/eth0/rp_filter"])?;
+        ensure!(!support || loose.trim() == "2", "rp_filter on eth0: {loose}");
+
+        let pod_ns = NetNs::create(&format!("{}-pod{tag}", node.prefix))?;
+        let sandbox = node.sandbox(&format!("sandbox{tag}"), tag, &pod_ns)?;
+        let add = node.call("ADD", &sandbox, &node.conf("1.0.0", None))?;
+        ensure!(add.success, "ADD: {}", add.stdout);
+        let pod = pod_ip(&add.json())?;
+        let eni = node.eni_holding(pod)?;
+        let primary = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
+        let primary = primary.values().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
+        let node_ip =
+            primary.and_then(|p| p.private_ip_address()).context("the primary ENI's address")?.to_owned();
+        ensure!(
+            eni.network_interface_id() != primary.and_then(|p| p.network_interface_id()),
+            "the pod's address is on a secondary ENI"
+        );
+        let mut server = eniguard_tests::process::Daemon::spawn(pod_ns.cmd("python3").args(["-c", SERVER]))?;
+        server.wait_for_line("listening", Duration::from_secs(5))?;
+        // kube-proxy's DNAT for a Local service: no masquerade, the client's address is kept.
+        let kube_proxy = format!(
+            "table ip kubeproxy {{\n chain prerouting {{\n  type nat hook prerouting priority -100;\n  \
+             tcp dport 30080 dnat to {pod}:8080\n }}\n}}\n"
+        );
+        let rules_file = node.dir.join("kube-proxy.nft");
+        std::fs::write(&rules_file, kube_proxy)?;
+        sh(node.ns.cmd("nft").arg("-f").arg(&rules_file))?;
+        let fabric = node.fabric()?;
+        fabric.clear();
+        let answer = fabric.vpc().run("python3", &["-c", CLIENT, &node_ip, "30080"]);
+        let replies: Vec<_> = fabric
+            .frames()
+            .into_iter()
+            .filter(|f| f.src.to_string() == node_ip && f.dst != INTERNET)
+            .collect();
+        if support {
+            let answer = answer.context("the NodePort answer")?;
+            ensure!(answer.starts_with("hello "), "{answer}");
+            ensure!(!answer.contains(&node_ip), "the client's own address reached the pod: {answer}");
+            ensure!(
+                replies.iter().all(|f| f.verdict == Verdict::Delivered
+                    && f.eni_id != eni.network_interface_id().unwrap_or_default()),
+                "replies left through the primary ENI: {replies:?}"
+            );
+        } else {
+            ensure!(answer.is_err(), "an answer without NodePort support: {answer:?}");
+            ensure!(
+                replies.iter().any(|f| f.verdict == Verdict::SourceDestCheck
+                    && Some(f.eni_id.as_str()) == eni.network_interface_id()),
+                "the reply should leave through the pod's ENI and be dropped: {replies:?}"
+            );
+        }
+        drop(server);
+    }
+    Ok(())
 }
