@@ -1,7 +1,11 @@
-//! Builds the eBPF object (ebpf/programs) with aya-build; the agent embeds it from OUT_DIR.
+//! Builds the eBPF object (ebpf/programs) with aya-build, which the agent embeds from OUT_DIR, and
+//! the network-policy agent's gRPC interface (proto/rpc.proto) with tonic-prost-build.
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/rpc.proto"], &["proto"])
+        .context("compiling proto/rpc.proto (needs protoc: `cargo xtask setup`)")?;
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let root = std::path::Path::new(&manifest_dir)
         .parent()

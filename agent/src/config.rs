@@ -54,6 +54,25 @@ pub enum EnforcingMode {
     Standard,
 }
 
+/// NETWORK_POLICY_ENFORCING_MODE: what the network-policy agent is told for each pod (upstream's
+/// values; the plugin passes the name on as it is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkPolicyMode {
+    Standard,
+    Strict,
+    None,
+}
+
+impl NetworkPolicyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Strict => "strict",
+            Self::None => "none",
+        }
+    }
+}
+
 /// ENIGUARD_GUARD_MODE: what the egress guard does with a violation on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardMode {
@@ -112,6 +131,8 @@ pub struct Config {
     /// AWS_EXTERNAL_SERVICE_CIDRS (comma-separated): destinations always routed through the main
     /// table (services outside the VPC reached through the primary ENI).
     pub external_service_cidrs: Vec<Cidr>,
+    /// NETWORK_POLICY_ENFORCING_MODE (unset: the network-policy agent is never called).
+    pub network_policy_mode: Option<NetworkPolicyMode>,
     /// POD_SECURITY_GROUP_ENFORCING_MODE (`strict`).
     pub pod_sg_enforcing_mode: EnforcingMode,
     /// DISABLE_LEAKED_ENI_CLEANUP (false).
@@ -169,6 +190,7 @@ pub const VARIABLES: &[&str] = &[
     "AWS_VPC_CNI_NODE_PORT_SUPPORT",
     "AWS_VPC_K8S_CNI_CONNMARK",
     "AWS_EXTERNAL_SERVICE_CIDRS",
+    "NETWORK_POLICY_ENFORCING_MODE",
     "POD_SECURITY_GROUP_ENFORCING_MODE",
     "DISABLE_LEAKED_ENI_CLEANUP",
     "MANAGE_UNTAGGED_ENI",
@@ -361,6 +383,20 @@ impl Config {
             node_port_support: r.bool("AWS_VPC_CNI_NODE_PORT_SUPPORT", true)?,
             connmark: r.mark("AWS_VPC_K8S_CNI_CONNMARK", DEFAULT_CONNMARK)?,
             external_service_cidrs: r.cidrs("AWS_EXTERNAL_SERVICE_CIDRS")?,
+            network_policy_mode: r
+                .raw("NETWORK_POLICY_ENFORCING_MODE")
+                .map(|_| {
+                    r.choice(
+                        "NETWORK_POLICY_ENFORCING_MODE",
+                        NetworkPolicyMode::Standard,
+                        &[
+                            ("standard", NetworkPolicyMode::Standard),
+                            ("strict", NetworkPolicyMode::Strict),
+                            ("none", NetworkPolicyMode::None),
+                        ],
+                    )
+                })
+                .transpose()?,
             pod_sg_enforcing_mode: r.choice(
                 "POD_SECURITY_GROUP_ENFORCING_MODE",
                 EnforcingMode::Strict,
@@ -426,6 +462,7 @@ impl Config {
             b(self.node_port_support),
             format!("{:#x}", self.connmark),
             self.external_service_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            self.network_policy_mode.map(NetworkPolicyMode::as_str).unwrap_or_default().to_owned(),
             match self.pod_sg_enforcing_mode {
                 EnforcingMode::Strict => "strict",
                 EnforcingMode::Standard => "standard",
@@ -475,6 +512,10 @@ pub struct HostPaths {
     /// eniguard's directory under bpffs.
     #[arg(long, default_value = crate::guard::pins::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// aws-node's run directory, shared with the network-policy agent: this agent serves
+    /// `ipamd.sock` there and the plugin dials `npa.sock` there.
+    #[arg(long, default_value = crate::netpol::DEFAULT_RUN_DIR)]
+    pub aws_node_run_dir: PathBuf,
 }
 
 impl HostPaths {
@@ -485,6 +526,7 @@ impl HostPaths {
             ("--cni-bin-dir", &self.cni_bin_dir),
             ("--run-dir", &self.run_dir),
             ("--pin-dir", &self.pin_dir),
+            ("--aws-node-run-dir", &self.aws_node_run_dir),
         ]
         .into_iter()
         .map(|(flag, p)| (flag, p.display().to_string()))
@@ -530,6 +572,13 @@ mod tests {
             c.external_service_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             ["192.0.2.0/24", "198.51.100.7/32"]
         );
+        assert_eq!(parse(&[]).unwrap().network_policy_mode, None);
+        assert_eq!(
+            parse(&[("NETWORK_POLICY_ENFORCING_MODE", "Strict")]).unwrap().network_policy_mode,
+            Some(NetworkPolicyMode::Strict)
+        );
+        let e = err(&[("NETWORK_POLICY_ENFORCING_MODE", "enforce")]);
+        assert!(e.contains("NETWORK_POLICY_ENFORCING_MODE") && e.contains("standard, strict, none"), "{e}");
         let e = err(&[("AWS_EXTERNAL_SERVICE_CIDRS", "192.0.2.1/24")]);
         assert!(e.contains("AWS_EXTERNAL_SERVICE_CIDRS") && e.contains("host bits"), "{e}");
     }

@@ -12,6 +12,7 @@
 //! - [`observe`]: Prometheus metrics, the HTTP endpoints and their answers as types.
 //! - [`guard`]: the eBPF egress guard (intent derivation, maps, attachment, events, counters).
 //! - [`net`]: Linux networking: netlink helpers, ENI links, pod plumbing, SNAT, names.
+//! - [`netpol`]: the contract with EKS's network-policy agent (gRPC on aws-node's sockets).
 //! - [`cloud`]: IMDS and EC2 (the AWS SDK), instance limits.
 //! - [`config`]: the environment variables (upstream's names and defaults), parsed and validated.
 //! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule), the pool policy and
@@ -30,6 +31,7 @@ pub mod guard;
 pub mod ipam;
 pub mod kube;
 pub mod net;
+pub mod netpol;
 pub mod node;
 pub mod observe;
 pub mod sync;

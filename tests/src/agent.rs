@@ -17,6 +17,11 @@ use crate::{
 pub const METRICS_PORT: u16 = 61678;
 pub const INTROSPECTION_PORT: u16 = 61679;
 
+/// The agent's aws-node run directory (ipamd.sock, and the network-policy agent's npa.sock).
+pub fn aws_node_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("aws-node")
+}
+
 /// One agent on one simulated node.
 pub struct Agent {
     pub daemon: Daemon,
@@ -34,7 +39,9 @@ pub fn command(sim: &Sim, prefix: &str, index: usize, dir: &Path, env: &[(&str, 
         .arg("--cni-bin-dir")
         .arg(dir.join("bin"))
         .arg("--pin-dir")
-        .arg(pin_dir(prefix, index));
+        .arg(pin_dir(prefix, index))
+        .arg("--aws-node-run-dir")
+        .arg(aws_node_dir(dir));
     cmd.envs(env.iter().copied());
     Ok(cmd)
 }

@@ -9,6 +9,7 @@ pub mod cri;
 pub mod frames;
 pub mod http;
 pub mod netns;
+pub mod npa;
 pub mod process;
 pub mod sim;
 pub mod topology;

@@ -134,6 +134,12 @@ fn container_env(c: &Value) -> (Vec<(String, String)>, Vec<String>) {
     (literal, other)
 }
 
+/// Variables the agent's DaemonSets set away from the agent's default, and why.
+const NOT_DEFAULT: &[(&str, &str)] = &[(
+    "NETWORK_POLICY_ENFORCING_MODE",
+    "the network-policy agent runs beside it, as in upstream's manifest",
+)];
+
 #[test]
 fn daemonset_env_is_what_the_agent_reads_with_its_defaults() {
     let known: Vec<&str> = eniguard::config::VARIABLES.to_vec();
@@ -149,6 +155,15 @@ fn daemonset_env_is_what_the_agent_reads_with_its_defaults() {
             assert!(known.contains(&name.as_str()), "{}: {name} is not read by the agent", file.display());
             assert!(seen.insert(name.clone()), "{}: {name} twice", file.display());
             let with = print_config(&[(name.clone(), value.clone())], &[]);
+            if let Some((_, why)) = NOT_DEFAULT.iter().find(|(n, _)| n == name) {
+                assert_ne!(
+                    with.get(name),
+                    defaults.get(name),
+                    "{}: {name}: set on purpose ({why})",
+                    file.display()
+                );
+                continue;
+            }
             assert_eq!(
                 with.get(name),
                 defaults.get(name),

@@ -55,6 +55,9 @@ pub struct AddReply {
     pub mtu: u32,
     /// AWS_VPC_K8S_CNI_VETHPREFIX.
     pub veth_prefix: String,
+    /// NETWORK_POLICY_ENFORCING_MODE: with it, the plugin calls the network-policy agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy_mode: Option<String>,
     /// A branch-ENI pod (security groups for pods): its address is the branch ENI's, reached
     /// through a VLAN on the trunk, in table `vlan id + 100`; no pool address is used.
     #[serde(default)]
@@ -94,6 +97,9 @@ pub struct DelRequest {
 pub struct DelReply {
     /// The address released, if the key had one.
     pub released: Option<String>,
+    /// NETWORK_POLICY_ENFORCING_MODE: with it, the plugin tells the network-policy agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy_mode: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

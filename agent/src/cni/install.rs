@@ -100,7 +100,7 @@ pub fn plugin_versions(binary: &Path) -> Vec<String> {
 }
 
 /// The conflist (pure): `portmap_versions` empty means portmap is not installed.
-pub fn conflist(cfg: &Config, agent_socket: &Path, portmap_versions: &[String]) -> Value {
+pub fn conflist(cfg: &Config, sockets: &Sockets, portmap_versions: &[String]) -> Value {
     let versions: Vec<&str> = SUPPORTED_VERSIONS
         .iter()
         .copied()
@@ -123,7 +123,8 @@ pub fn conflist(cfg: &Config, agent_socket: &Path, portmap_versions: &[String]) 
         },
         "pluginLogFile": cfg.plugin_log_file,
         "pluginLogLevel": cfg.plugin_log_level,
-        "agentSocket": agent_socket.display().to_string(),
+        "agentSocket": sockets.agent.display().to_string(),
+        "awsNodeRunDir": sockets.aws_node_run_dir.display().to_string(),
         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
     })];
     if !portmap_versions.is_empty() {
@@ -137,12 +138,20 @@ pub fn conflist(cfg: &Config, agent_socket: &Path, portmap_versions: &[String]) 
     })
 }
 
+/// Where the plugin finds the agent and the network-policy agent.
+pub struct Sockets {
+    /// The agent's local API socket.
+    pub agent: PathBuf,
+    /// aws-node's run directory (`npa.sock`).
+    pub aws_node_run_dir: PathBuf,
+}
+
 /// Installs the plugin (from beside the running agent) and the conflist; see the module doc.
 pub fn install(
     cfg: &Config,
     bin_dir: &Path,
     conf_dir: &Path,
-    agent_socket: &Path,
+    sockets: &Sockets,
 ) -> Result<Installed, InstallError> {
     let source = std::env::current_exe()
         .map(|e| e.with_file_name(PLUGIN_NAME))
@@ -166,7 +175,7 @@ pub fn install(
         write_atomic(&plugin, &bytes, 0o755)?;
     }
     let portmap = plugin_versions(&bin_dir.join("portmap"));
-    let list = conflist(cfg, agent_socket, &portmap);
+    let list = conflist(cfg, sockets, &portmap);
     let conflist_path = conf_dir.join(CONFLIST_NAME);
     let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
     if std::fs::read(&conflist_path).ok().as_deref() != Some(text.as_slice()) {
@@ -200,9 +209,12 @@ mod tests {
     #[test]
     fn the_conflist_has_upstreams_fields_and_versions_every_runtime_accepts() {
         let cfg = Config::from_lookup(|_| None).unwrap();
-        let sock = Path::new("/run/eniguard/eniguard.sock");
+        let sockets = Sockets {
+            agent: PathBuf::from("/run/eniguard/eniguard.sock"),
+            aws_node_run_dir: PathBuf::from("/var/run/aws-node"),
+        };
         let old_portmap = vec!["0.3.1".to_owned(), "0.4.0".to_owned(), "1.0.0".to_owned()];
-        let c = conflist(&cfg, sock, &old_portmap);
+        let c = conflist(&cfg, &sockets, &old_portmap);
         assert_eq!((c["cniVersion"].as_str(), c["name"].as_str()), (Some("0.4.0"), Some("aws-cni")));
         assert_eq!(c["cniVersions"], json!(["0.4.0", "1.0.0"]));
         let p = &c["plugins"][0];
@@ -212,14 +224,15 @@ mod tests {
         );
         assert_eq!(p["podSGEnforcingMode"], "strict");
         assert_eq!(p["pluginLogFile"], "/var/log/aws-routed-eni/plugin.log");
+        assert_eq!(p["awsNodeRunDir"], "/var/run/aws-node");
         assert_eq!(c["plugins"][1]["type"], "portmap");
         let new_portmap = vec!["0.4.0".to_owned(), "1.0.0".to_owned(), "1.1.0".to_owned()];
-        let c = conflist(&cfg, sock, &new_portmap);
+        let c = conflist(&cfg, &sockets, &new_portmap);
         assert_eq!(
             (c["cniVersion"].as_str(), c["cniVersions"].clone()),
             (Some("0.4.0"), json!(SUPPORTED_VERSIONS))
         );
-        let alone = conflist(&cfg, sock, &[]);
+        let alone = conflist(&cfg, &sockets, &[]);
         assert_eq!(
             (alone["cniVersion"].as_str(), alone["plugins"].as_array().map(Vec::len)),
             (Some("0.4.0"), Some(1))
@@ -228,7 +241,7 @@ mod tests {
         // cniVersion is always one of cniVersions.
         assert!(alone["cniVersions"].as_array().unwrap().contains(&json!(CONFLIST_VERSION)));
         let future_portmap = vec!["1.0.0".to_owned(), "1.1.0".to_owned(), "2.0.0".to_owned()];
-        let c = conflist(&cfg, sock, &future_portmap);
+        let c = conflist(&cfg, &sockets, &future_portmap);
         assert_eq!(
             (c["cniVersion"].as_str(), c["cniVersions"].clone()),
             (Some("1.0.0"), json!(["1.0.0", "1.1.0"]))

@@ -36,6 +36,7 @@ use crate::net::{
     netlink::{self, NetError},
     pod::{self, BranchLink, PodNetError, PodNetwork},
 };
+use crate::netpol;
 
 /// One invocation: the runtime's parameters, the configuration, the agent, the host netlink.
 pub struct Plugin {
@@ -174,6 +175,19 @@ impl Plugin {
                     agent_took.as_secs_f64() * 1000.0,
                     (started.elapsed() - agent_took).as_secs_f64() * 1000.0
                 );
+                // Upstream's order: the network-policy agent hears of the pod once it is
+                // plumbed; a failure fails the ADD, and the runtime's DEL cleans up.
+                if let Some(mode) = &reply.network_policy_mode {
+                    netpol::enforce(&self.aws_node_run_dir(), &pod_ns, &pod_name, mode, 1).await.map_err(
+                        |e| {
+                            log::warn!("ADD {pod_ns}/{pod_name}: {e}");
+                            CniError::new(
+                                code::INTERNAL,
+                                format!("add: failed to set up network policy: {e}"),
+                            )
+                        },
+                    )?;
+                }
                 Ok(add_result(
                     &self.conf.cni_version,
                     &Added {
@@ -210,6 +224,27 @@ impl Plugin {
                     _ => code::INTERNAL,
                 };
                 Err(CniError::new(code, format!("add: failed to set up the pod network: {e}")))
+            }
+        }
+    }
+
+    fn aws_node_run_dir(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(self.conf.aws_node_run_dir.as_deref().unwrap_or(netpol::DEFAULT_RUN_DIR))
+    }
+
+    /// Tells the network-policy agent the pod is gone, as upstream: a failed dial fails the DEL
+    /// (the runtime retries it), an error or a refusal of the agent's is only logged.
+    async fn delete_policy(&self) -> Result<(), CniError> {
+        let (pod_ns, pod_name) = self.env.pod();
+        match netpol::delete(&self.aws_node_run_dir(), &pod_ns, &pod_name).await {
+            Ok(()) => Ok(()),
+            Err(e @ netpol::NetpolError::Dial { .. }) => Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("del: failed to reach the network-policy agent: {e}"),
+            )),
+            Err(e) => {
+                log::warn!("DEL {pod_ns}/{pod_name}: {e}");
+                Ok(())
             }
         }
     }
@@ -275,13 +310,16 @@ impl Plugin {
         };
         let ((released, agent_took), torn) = tokio::join!(release, teardown_known);
         let mut late = None;
+        let mut policy_mode = None;
         match released {
-            Ok(DelReply { released: Some(ip) }) => {
+            Ok(DelReply { released: Some(ip), network_policy_mode }) => {
                 log::info!("DEL {}: released {ip}", self.env.container_id);
                 late = ip.parse::<std::net::Ipv4Addr>().ok().filter(|ip| !known.contains(ip));
+                policy_mode = network_policy_mode;
             }
-            Ok(DelReply { released: None }) => {
-                log::info!("DEL {}: the agent held nothing", self.env.container_id)
+            Ok(DelReply { released: None, network_policy_mode }) => {
+                log::info!("DEL {}: the agent held nothing", self.env.container_id);
+                policy_mode = network_policy_mode;
             }
             // The agent will release it when it is back (the queue).
             Err(
@@ -306,6 +344,9 @@ impl Plugin {
             pod::teardown(&self.host, ip, host_veth.as_deref())
                 .await
                 .map_err(|e| net_error("del: teardown", e))?;
+        }
+        if policy_mode.is_some() {
+            self.delete_policy().await?;
         }
         log::debug!(
             "DEL {}: agent {:.1} ms, teardown of {:?} {:.1} ms, total {:.1} ms",

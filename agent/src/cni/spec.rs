@@ -176,6 +176,10 @@ pub struct NetConf {
     /// The agent's local API socket (eniguard's own key; default [`DEFAULT_AGENT_SOCKET`]).
     #[serde(default)]
     pub agent_socket: Option<String>,
+    /// aws-node's run directory, where the network-policy agent's `npa.sock` is (eniguard's own
+    /// key; default `/var/run/aws-node`).
+    #[serde(default)]
+    pub aws_node_run_dir: Option<String>,
     #[serde(default)]
     pub prev_result: Option<Value>,
     #[serde(default)]

@@ -269,6 +269,10 @@ async fn guard_branch(node: &Shared, pod: crate::kube::client::PodInfo, eni: &st
     node.guard_sync().await.map_err(|e| internal("add: guard", &e))
 }
 
+fn policy_mode(node: &Shared) -> Option<String> {
+    node.cfg.network_policy_mode.map(|m| m.as_str().to_owned())
+}
+
 /// What the plugin needs to plumb `ip` of `eni`.
 fn add_reply(node: &Shared, ip: std::net::Ipv4Addr, eni: String, device_number: u32) -> AddReply {
     let cfg = &node.cfg;
@@ -283,6 +287,7 @@ fn add_reply(node: &Shared, ip: std::net::Ipv4Addr, eni: String, device_number: 
         external_snat: cfg.external_snat,
         mtu: cfg.pod_mtu,
         veth_prefix: cfg.veth_prefix.clone(),
+        network_policy_mode: policy_mode(node),
         branch: None,
     }
 }
@@ -356,7 +361,7 @@ async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
     if let Err(e) = node.guard_sync().await {
         log::warn!("del: {e}");
     }
-    Ok(DelReply { released: released.map(|a| a.ip.to_string()) })
+    Ok(DelReply { released: released.map(|a| a.ip.to_string()), network_policy_mode: policy_mode(node) })
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub struct Inputs {
 fn snat_plan(cfg: &Config, primary: &ImdsEni, primary_if: &str) -> snat::Plan {
     let not_nated = primary.vpc_cidrs.iter().chain(&cfg.exclude_snat_cidrs).copied().collect();
     snat::Plan {
-        snat: (!cfg.external_snat).then(|| snat::Snat {
+        snat: (!cfg.external_snat).then_some(snat::Snat {
             primary_ip: primary.primary_ip,
             not_nated,
             random: cfg.randomize_snat,

@@ -1205,3 +1205,91 @@ pub fn node_port_local(ctx: &mut Ctx) -> Result<()> {
     }
     Ok(())
 }
+
+/// The network-policy agent's contract (NETWORK_POLICY_ENFORCING_MODE): the agent answers
+/// GetNetworkPolicyConfigs on ipamd.sock; the plugin calls EnforceNpToPod after plumbing and
+/// DeletePodNp on DEL with the pod's name, namespace and the mode; a refusal or an absent agent
+/// fails the ADD and the runtime's DEL leaves nothing; without a mode, no call.
+pub fn network_policy_agent(ctx: &mut Ctx) -> Result<()> {
+    let mut env = ENV.to_vec();
+    env.push(("NETWORK_POLICY_ENFORCING_MODE", "standard"));
+    let node = Node::start(ctx, "npa", &env)?;
+    let dir = agent::aws_node_dir(&node.dir);
+    let facts = node.rt.block_on(eniguard_tests::npa::policy_configs(&dir))?;
+    let primary = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
+    let node_ip = primary
+        .values()
+        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+        .and_then(|n| n.private_ip_address())
+        .context("the primary ENI's address")?
+        .to_owned();
+    ensure!(
+        facts.network_policy_mode == "standard"
+            && facts.node_i_pv4 == node_ip
+            && facts.instance_id == node.sim.nodes[0].instance_id
+            && !facts.region.is_empty()
+            && !facts.multi_nic_enabled,
+        "GetNetworkPolicyConfigs: {facts:?}"
+    );
+    let pod = |tag: &str| -> Result<(NetNs, Sandbox)> {
+        let ns = NetNs::create(&format!("{}-pod{tag}", node.prefix))?;
+        let sandbox = node.sandbox(&format!("sandbox{tag}"), tag, &ns)?;
+        Ok((ns, sandbox))
+    };
+    let conf = node.conf("1.0.0", None);
+
+    // No network-policy agent yet: the ADD fails; the DEL waits for it, as upstream's.
+    let (_ns1, absent) = pod("npabsent")?;
+    let add = node.call("ADD", &absent, &conf)?;
+    ensure!(!add.success && add.stdout.contains("network policy"), "ADD without the agent: {}", add.stdout);
+    let _guard = node.rt.enter();
+    let stand_in = eniguard_tests::npa::StandIn::start(&dir)?;
+    let del = node.call("DEL", &absent, &conf)?;
+    ensure!(del.success, "DEL once the agent is there: {}", del.stdout);
+
+    // Enforced and deleted, with the pod's identity and the mode.
+    let (_ns2, ok) = pod("npok")?;
+    let add = node.call("ADD", &ok, &conf)?;
+    ensure!(add.success, "ADD: {}", add.stdout);
+    let ip = pod_ip(&add.json())?;
+    ensure!(node.call("DEL", &ok, &conf)?.success, "DEL");
+    // A refusal fails the ADD; the DEL that follows leaves nothing.
+    stand_in.refuse(true);
+    let (_ns3, refused) = pod("npno")?;
+    let add = node.call("ADD", &refused, &conf)?;
+    ensure!(!add.success && add.stdout.contains("network policy"), "ADD refused: {}", add.stdout);
+    let del = node.call("DEL", &refused, &conf)?;
+    ensure!(del.success, "DEL after a refusal: {}", del.stdout);
+    stand_in.refuse(false);
+    let enforce = |name: &str| eniguard_tests::npa::NpCall::Enforce {
+        namespace: "default".into(),
+        name: name.into(),
+        mode: "standard".into(),
+        interfaces: 1,
+    };
+    let delete =
+        |name: &str| eniguard_tests::npa::NpCall::Delete { namespace: "default".into(), name: name.into() };
+    let calls = stand_in.calls();
+    ensure!(
+        calls == [delete("npabsent"), enforce("npok"), delete("npok"), enforce("npno"), delete("npno")],
+        "calls: {calls:?}"
+    );
+    // Every pod is gone: nothing is held, no rule stays.
+    let kept = eniguard::ipam::checkpoint::Checkpoint::new(node.dir.join("ipam.json"))
+        .read()?
+        .context("checkpoint")?;
+    ensure!(kept.allocations.is_empty(), "held after DEL: {:?}", kept.allocations);
+    ensure!(node.rules_for(ip)?.is_empty(), "rules for {ip} after DEL");
+    drop(stand_in);
+
+    // Without a mode the plugin never calls it.
+    let quiet = Node::start(ctx, "npaoff", ENV)?;
+    let _guard = quiet.rt.enter();
+    let stand_in = eniguard_tests::npa::StandIn::start(&agent::aws_node_dir(&quiet.dir))?;
+    let ns = NetNs::create(&format!("{}-podquiet", quiet.prefix))?;
+    let sandbox = quiet.sandbox("sandboxquiet", "quiet", &ns)?;
+    let conf = quiet.conf("1.0.0", None);
+    ensure!(quiet.call("ADD", &sandbox, &conf)?.success && quiet.call("DEL", &sandbox, &conf)?.success);
+    ensure!(stand_in.calls().is_empty(), "calls without a mode: {:?}", stand_in.calls());
+    Ok(())
+}

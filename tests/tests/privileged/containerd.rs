@@ -224,9 +224,15 @@ pub fn pods_on_the_right_eni(ctx: &mut Ctx) -> Result<()> {
 
 /// containerd's DEL sequence for one pod (StopPodSandbox with the netns, StopPodSandbox again
 /// and RemovePodSandbox without one) succeeds at each step and leaves nothing: the checkpoint
-/// forgets the sandbox at the first, no veth, rule or route stays, the address cools down.
+/// forgets the sandbox at the first, no veth, rule or route stays, the address cools down. With
+/// NETWORK_POLICY_ENFORCING_MODE, a stand-in network-policy agent hears of the pod and each DEL.
 pub fn del_sequence_is_idempotent(ctx: &mut Ctx) -> Result<()> {
-    let k = Kubelet::start(ctx, "ctddel", ENV)?;
+    let mut env = ENV.to_vec();
+    env.push(("NETWORK_POLICY_ENFORCING_MODE", "standard"));
+    let k = Kubelet::start(ctx, "ctddel", &env)?;
+    let _rt = k.node.rt.enter();
+    let policy_agent =
+        eniguard_tests::npa::StandIn::start(&eniguard_tests::agent::aws_node_dir(&k.node.dir))?;
     let (pod, sandbox) = k.run_pod("web")?;
     let ip = k.pod_ip(&sandbox)?;
     k.start_busybox(&pod, &sandbox)?;
@@ -248,6 +254,20 @@ pub fn del_sequence_is_idempotent(ctx: &mut Ctx) -> Result<()> {
         "the plugin was called for {dels} DELs of {sandbox}, containerd 1.6 sends three\n{log}"
     );
     println!("  containerd called DEL {dels} times for one pod; each succeeded");
+    // The network-policy agent heard of the pod once plumbed, and of each DEL (as upstream's).
+    use eniguard_tests::npa::NpCall;
+    let calls = policy_agent.calls();
+    let enforce = NpCall::Enforce {
+        namespace: "default".into(),
+        name: "web".into(),
+        mode: "standard".into(),
+        interfaces: 1,
+    };
+    let delete = NpCall::Delete { namespace: "default".into(), name: "web".into() };
+    ensure!(
+        calls.first() == Some(&enforce) && calls.len() == 1 + dels && calls[1..].iter().all(|c| *c == delete),
+        "the network-policy agent's calls: {calls:?}"
+    );
     ensure!(k.block_on(k.cri().list_pods())?.is_empty(), "containerd still lists a sandbox");
     k.stop()
 }

@@ -16,6 +16,7 @@ use eniguard::{
     ipam::model::exclusion,
     kube::client::Kube,
     net::eni::HostNet,
+    netpol,
     node::{
         self, enis,
         owner::now,
@@ -85,7 +86,9 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     };
     metrics.startup_seconds.set(began.elapsed().as_secs_f64());
     let _ = shared.set(started.clone());
-    let tasks = node::run(started.clone());
+    let mut tasks = node::run(started.clone());
+    // The network-policy agent asks for the node's facts on aws-node's socket.
+    tasks.push(tokio::spawn(netpol::serve_config(&paths.aws_node_run_dir, policy_facts(&started))?));
     // Ready once the pool holds an address (a node without one cannot start a pod).
     let ready = async {
         loop {
@@ -133,6 +136,16 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     stopped("")
 }
 
+/// What GetNetworkPolicyConfigs answers on ipamd.sock.
+fn policy_facts(node: &Shared) -> netpol::NodeFacts {
+    netpol::NodeFacts {
+        mode: node.cfg.network_policy_mode.map(|m| m.as_str().to_owned()).unwrap_or_default(),
+        node_ipv4: node.id.local_ipv4.to_string(),
+        instance_id: node.id.instance_id.clone(),
+        region: node.id.region.clone(),
+    }
+}
+
 /// The guard's datapath, loaded with its maps pinned under --pin-dir (a predecessor's reused),
 /// or, with ENIGUARD_GUARD_MODE=off, a predecessor's removed.
 fn load_guard(cfg: &Config, paths: &HostPaths) -> Result<Option<Arc<LiveGuard>>> {
@@ -159,9 +172,12 @@ fn load_guard(cfg: &Config, paths: &HostPaths) -> Result<Option<Arc<LiveGuard>>>
 /// stops). A failure leaves the node not Ready, which the log and /readyz say.
 async fn install_plugin(node: &Arc<Shared>, paths: &HostPaths) {
     let (cfg, paths) = (node.cfg.clone(), paths.clone());
-    let socket = paths.run_dir.join(cni::api::SOCKET_NAME);
+    let sockets = cni::install::Sockets {
+        agent: paths.run_dir.join(cni::api::SOCKET_NAME),
+        aws_node_run_dir: paths.aws_node_run_dir.clone(),
+    };
     let done = tokio::task::spawn_blocking(move || {
-        cni::install::install(&cfg, &paths.cni_bin_dir, &paths.cni_conf_dir, &socket)
+        cni::install::install(&cfg, &paths.cni_bin_dir, &paths.cni_conf_dir, &sockets)
     })
     .await;
     match done {
