@@ -131,6 +131,9 @@ pub struct Config {
     /// AWS_EXTERNAL_SERVICE_CIDRS (comma-separated): destinations always routed through the main
     /// table (services outside the VPC reached through the primary ENI).
     pub external_service_cidrs: Vec<Cidr>,
+    /// ENABLE_SUBNET_DISCOVERY (true): without custom networking, new ENIs go to the opted-in
+    /// subnet of the node's VPC and AZ with the most free addresses (the node's own included).
+    pub subnet_discovery: bool,
     /// NETWORK_POLICY_ENFORCING_MODE (unset: the network-policy agent is never called).
     pub network_policy_mode: Option<NetworkPolicyMode>,
     /// POD_SECURITY_GROUP_ENFORCING_MODE (`strict`).
@@ -191,6 +194,7 @@ pub const VARIABLES: &[&str] = &[
     "AWS_VPC_K8S_CNI_CONNMARK",
     "AWS_EXTERNAL_SERVICE_CIDRS",
     "NETWORK_POLICY_ENFORCING_MODE",
+    "ENABLE_SUBNET_DISCOVERY",
     "POD_SECURITY_GROUP_ENFORCING_MODE",
     "DISABLE_LEAKED_ENI_CLEANUP",
     "MANAGE_UNTAGGED_ENI",
@@ -383,6 +387,7 @@ impl Config {
             node_port_support: r.bool("AWS_VPC_CNI_NODE_PORT_SUPPORT", true)?,
             connmark: r.mark("AWS_VPC_K8S_CNI_CONNMARK", DEFAULT_CONNMARK)?,
             external_service_cidrs: r.cidrs("AWS_EXTERNAL_SERVICE_CIDRS")?,
+            subnet_discovery: r.bool("ENABLE_SUBNET_DISCOVERY", true)?,
             network_policy_mode: r
                 .raw("NETWORK_POLICY_ENFORCING_MODE")
                 .map(|_| {
@@ -463,6 +468,7 @@ impl Config {
             format!("{:#x}", self.connmark),
             self.external_service_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             self.network_policy_mode.map(NetworkPolicyMode::as_str).unwrap_or_default().to_owned(),
+            b(self.subnet_discovery),
             match self.pod_sg_enforcing_mode {
                 EnforcingMode::Strict => "strict",
                 EnforcingMode::Standard => "standard",

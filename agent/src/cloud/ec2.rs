@@ -112,6 +112,15 @@ pub struct Attachment {
     pub status: String,
 }
 
+/// A subnet as DescribeSubnets shows it (what subnet discovery looks at).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub id: String,
+    /// AvailableIpAddressCount.
+    pub available: u32,
+    pub tags: BTreeMap<String, String>,
+}
+
 /// What DescribeInstanceTypes says about a type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TypeInfo {
@@ -224,6 +233,42 @@ impl Ec2 {
                 .set_next_token(token.take());
             let page = self.call("DescribeNetworkInterfaces", req.send()).await?;
             out.extend(page.network_interfaces().iter().map(eni_info));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The subnets of `vpc_id` in `az` (subnet discovery), every page.
+    pub async fn describe_subnets(&self, vpc_id: &str, az: &str) -> Result<Vec<SubnetInfo>, Ec2Error> {
+        let filters = vec![
+            Filter::builder().name("vpc-id").values(vpc_id).build(),
+            Filter::builder().name("availability-zone").values(az).build(),
+        ];
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = self
+                .client
+                .describe_subnets()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(token.take());
+            let page = self.call("DescribeSubnets", req.send()).await?;
+            out.extend(page.subnets().iter().map(|s| {
+                SubnetInfo {
+                    id: s.subnet_id().unwrap_or_default().to_owned(),
+                    available: s
+                        .available_ip_address_count()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .unwrap_or(0),
+                    tags: s
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+                        .collect(),
+                }
+            }));
             match page.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
                 _ => return Ok(out),

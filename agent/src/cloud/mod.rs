@@ -22,7 +22,7 @@ pub fn http_client() -> SharedHttpClient {
     Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
-use ec2::{Ec2, Ec2Error, EniInfo, NewEni, TypeInfo};
+use ec2::{Ec2, Ec2Error, EniInfo, NewEni, SubnetInfo, TypeInfo};
 use imds::{Identity, Imds, ImdsEni, ImdsFailure};
 
 use crate::ipam::model::Cidr;
@@ -42,6 +42,8 @@ pub trait Cloud: Send + Sync {
     async fn describe_enis(&self, ids: &[String]) -> Result<Vec<EniInfo>, Ec2Error>;
     async fn find_enis(&self, filters: &[(&str, &str)]) -> Result<Vec<EniInfo>, Ec2Error>;
     async fn describe_instance_type(&self, name: &str) -> Result<TypeInfo, Ec2Error>;
+    /// The subnets of the VPC in the availability zone (subnet discovery).
+    async fn describe_subnets(&self, vpc_id: &str, az: &str) -> Result<Vec<SubnetInfo>, Ec2Error>;
     async fn used_device_indexes(&self, instance_id: &str) -> Result<Vec<u32>, Ec2Error>;
     async fn create_eni(&self, new: &NewEni) -> Result<EniInfo, Ec2Error>;
     /// Returns the attachment's id.
@@ -107,6 +109,9 @@ impl Cloud for Aws {
     }
     async fn describe_instance_type(&self, name: &str) -> Result<TypeInfo, Ec2Error> {
         self.ec2()?.describe_instance_type(name).await
+    }
+    async fn describe_subnets(&self, vpc_id: &str, az: &str) -> Result<Vec<SubnetInfo>, Ec2Error> {
+        self.ec2()?.describe_subnets(vpc_id, az).await
     }
     async fn used_device_indexes(&self, instance_id: &str) -> Result<Vec<u32>, Ec2Error> {
         self.ec2()?.used_device_indexes(instance_id).await

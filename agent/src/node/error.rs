@@ -43,6 +43,10 @@ pub enum NodeError {
     NoLimits(String),
     #[error("custom networking without an ENIConfig: no ENI is created")]
     NoPlacement,
+    #[error(
+        "subnet discovery: no subnet of {vpc} in {az} may take an ENI (kubernetes.io/role/cni, cluster tags)"
+    )]
+    NoValidSubnet { vpc: String, az: String },
     #[error("IMDS never showed the new ENI with MAC {0}")]
     NotInImds(String),
     /// Audit mode: aws-node's checkpoint is unreadable or invalid.

@@ -19,7 +19,7 @@ use kube::runtime::watcher;
 use crate::{
     cloud::{
         calls::Calls,
-        ec2::{Attachment, Ec2Error, EniInfo, InterfaceType, NewEni, TypeInfo},
+        ec2::{Attachment, Ec2Error, EniInfo, InterfaceType, NewEni, SubnetInfo, TypeInfo},
         imds::{Identity, ImdsEni, ImdsFailure},
         Cloud,
     },
@@ -93,6 +93,7 @@ pub struct FakeEni {
 struct Ec2State {
     enis: BTreeMap<String, FakeEni>,
     subnets: BTreeMap<String, Cidr>,
+    subnet_tags: BTreeMap<String, BTreeMap<String, String>>,
     /// The next free host offset per subnet.
     next_host: BTreeMap<String, u32>,
     serial: u32,
@@ -127,6 +128,21 @@ impl FakeCloud {
         }
         drop(s);
         cloud
+    }
+
+    /// Another subnet of the VPC in the node's AZ, with tags.
+    pub fn add_subnet(&self, id: &str, cidr_text: &str, tags: &[(&str, &str)]) {
+        let mut s = lock(&self.state);
+        s.subnets.insert(id.into(), cidr(cidr_text));
+        self.tag_subnet_locked(&mut s, id, tags);
+    }
+    pub fn tag_subnet(&self, id: &str, tags: &[(&str, &str)]) {
+        let mut s = lock(&self.state);
+        self.tag_subnet_locked(&mut s, id, tags);
+    }
+    fn tag_subnet_locked(&self, s: &mut Ec2State, id: &str, tags: &[(&str, &str)]) {
+        let t = s.subnet_tags.entry(id.into()).or_default();
+        t.extend(tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     }
 
     /// Answers `action` with EC2's error `code` until [`Self::heal`].
@@ -241,12 +257,14 @@ fn not_found(action: &'static str, id: &str) -> Ec2Error {
 
 /// The next free /32 or 16-aligned /28 in `subnet`.
 fn next_cidr(s: &mut Ec2State, subnet: &str, prefix_len: u8) -> Option<Cidr> {
-    let base = s.subnets.get(subnet)?.addr;
+    let subnet_cidr = *s.subnets.get(subnet)?;
+    let base = subnet_cidr.addr;
     let next = s.next_host.entry(subnet.to_owned()).or_insert(10);
     let size = if prefix_len == 28 { 16 } else { 1 };
     let offset = next.div_ceil(size) * size;
     *next = offset + size;
-    (offset + size <= 255).then(|| Cidr { addr: Ipv4Addr::from(u32::from(base) + offset), prefix_len })
+    (offset + size < subnet_cidr.size())
+        .then(|| Cidr { addr: Ipv4Addr::from(u32::from(base) + offset), prefix_len })
 }
 
 fn imds_view(e: &FakeEni) -> Option<ImdsEni> {
@@ -315,6 +333,18 @@ impl Cloud for FakeCloud {
     async fn describe_instance_type(&self, name: &str) -> Result<TypeInfo, Ec2Error> {
         self.call("DescribeInstanceTypes", name.into())?;
         Err(Ec2Error { action: "DescribeInstanceTypes", code: None, message: format!("{name}: unknown") })
+    }
+    async fn describe_subnets(&self, vpc_id: &str, az: &str) -> Result<Vec<SubnetInfo>, Ec2Error> {
+        self.call("DescribeSubnets", format!("{vpc_id} {az}"))?;
+        let s = lock(&self.state);
+        Ok(s.subnets
+            .iter()
+            .map(|(id, c)| SubnetInfo {
+                id: id.clone(),
+                available: c.size().saturating_sub(s.next_host.get(id).copied().unwrap_or(10)),
+                tags: s.subnet_tags.get(id).cloned().unwrap_or_default(),
+            })
+            .collect())
     }
     async fn used_device_indexes(&self, _instance_id: &str) -> Result<Vec<u32>, Ec2Error> {
         self.call("DescribeInstances", String::new())?;

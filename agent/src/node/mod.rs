@@ -36,6 +36,8 @@ pub mod signals;
 pub mod startup;
 #[cfg(feature = "control-plane")]
 pub mod state;
+#[cfg(feature = "control-plane")]
+pub mod subnets;
 
 #[cfg(feature = "control-plane")]
 mod loops;

@@ -22,6 +22,7 @@ use super::{
     owner::now,
     signals,
     state::{KnownEni, Shared},
+    subnets,
 };
 
 pub const POOL_INTERVAL: Duration = Duration::from_secs(5);
@@ -101,6 +102,11 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, NodeEr
             Err(NodeError::Ec2(e))
                 if e.action == "CreateNetworkInterface" && BAD_PLACEMENT.iter().any(|c| e.is(c)) =>
             {
+                bad_placement(shared, &NodeError::Ec2(e)).await;
+                return Ok(changed);
+            }
+            Err(e @ NodeError::NoValidSubnet { .. }) => {
+                shared.metrics.no_valid_subnet.inc();
                 bad_placement(shared, &e).await;
                 return Ok(changed);
             }
@@ -128,14 +134,17 @@ async fn subnet_full(shared: &Shared, e: &Ec2Error) {
     }
 }
 
-async fn bad_placement(shared: &Shared, e: &Ec2Error) {
+/// No ENI can be created where the configuration says: the pool pauses, the node says why
+/// (status and a Warning Event: `InvalidENIConfig`, `NoValidSubnet` or `ENICreationFailed`).
+async fn bad_placement(shared: &Shared, e: &NodeError) {
     shared.pause_until(Instant::now() + SUBNET_PAUSE);
     let (reason, source) = match shared.eni_config() {
         Some(c) if shared.cfg.custom_networking => (
             "InvalidENIConfig",
             format!("ENIConfig `{}` (subnet {}, securityGroups {:?})", c.name, c.subnet, c.security_groups),
         ),
-        _ => ("ENICreationFailed", "the primary ENI's subnet and groups".to_owned()),
+        _ if matches!(e, NodeError::NoValidSubnet { .. }) => ("NoValidSubnet", "subnet discovery".to_owned()),
+        _ => ("ENICreationFailed", "the node's subnets and the primary ENI's groups".to_owned()),
     };
     let message =
         format!("no ENI can be created from {source}: {e}; retrying in {} s", SUBNET_PAUSE.as_secs());
@@ -258,27 +267,54 @@ async fn add_cidrs(shared: &Shared, eni: &str, cidrs: Vec<Cidr>) -> Result<(), N
     Ok(())
 }
 
-/// Creates an ENI where the configuration says, attaches it at the lowest free device index,
-/// sets DeleteOnTermination, sets up its link and adds it to the pool.
-async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
-    let ec2 = shared.clients.cloud.as_ref();
+/// Where new ENIs go, in the order to try them, and their groups: the ENIConfig's subnet under
+/// custom networking (read again: an edit applies to ENIs created later, as upstream), else the
+/// subnets discovery finds (the node's own without it), with the primary ENI's groups.
+async fn placement(shared: &Shared) -> Result<(Vec<String>, Vec<String>), NodeError> {
     if shared.cfg.custom_networking {
-        // Upstream reads the ENIConfig for every new ENI: an edit applies to ENIs created later.
         enis::refresh_eni_config(shared).await?;
     }
-    let (subnet_id, security_groups) = shared.new_eni_placement().ok_or(NodeError::NoPlacement)?;
+    let (subnet, groups) = shared.new_eni_placement().ok_or(NodeError::NoPlacement)?;
+    if shared.cfg.custom_networking || !shared.cfg.subnet_discovery {
+        return Ok((vec![subnet], groups));
+    }
+    Ok((subnets::discover(shared).await?, groups))
+}
+
+/// Creates an ENI where the configuration says (the next subnet when EC2 says one is full),
+/// attaches it at the lowest free device index, sets DeleteOnTermination, sets up its link and
+/// adds it to the pool.
+async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
+    let ec2 = shared.clients.cloud.as_ref();
+    let (subnets, security_groups) = placement(shared).await?;
     let id = &shared.id.instance_id;
-    let new = NewEni {
-        subnet_id,
-        security_groups,
-        description: enis::description(id),
-        tags: enis::new_eni_tags(&shared.cfg, id),
-        count,
-        prefixes: shared.cfg.prefix_delegation,
-    };
     let journal = &shared.journal;
     journal.write(&Pending { eni: None })?;
-    let created = ec2.create_eni(&new).await?;
+    let mut full = None;
+    let mut made = None;
+    for subnet_id in subnets {
+        let new = NewEni {
+            subnet_id,
+            security_groups: security_groups.clone(),
+            description: enis::description(id),
+            tags: enis::new_eni_tags(&shared.cfg, id),
+            count,
+            prefixes: shared.cfg.prefix_delegation,
+        };
+        match ec2.create_eni(&new).await {
+            Ok(created) => {
+                made = Some((created, new));
+                break;
+            }
+            Err(e) if SUBNET_FULL.iter().any(|c| e.is(c)) => {
+                log::info!("{}: {e}; trying the next subnet", new.subnet_id);
+                shared.changing.subnets.forget();
+                full = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some((created, new)) = made else { return Err(full.map_or(NodeError::NoPlacement, NodeError::Ec2)) };
     journal.write(&Pending { eni: Some(created.id.clone()) })?;
     let attached = async {
         let used = ec2.used_device_indexes(id).await?;
@@ -385,6 +421,47 @@ mod tests {
         let calls = node.world.calls().len();
         assert!(!tick(&shared, &mut state).await.unwrap());
         assert_eq!(node.world.calls().len(), calls, "paused: no call");
+    }
+
+    /// Subnet discovery: the new ENI goes to the opted-in subnet with the most free addresses,
+    /// with the primary ENI's groups; an opted-out subnet is never used; the subnets are described
+    /// once for several ENIs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_enis_go_to_the_discovered_subnet_with_the_most_free_addresses() {
+        let node = FakeNode::default();
+        node.cloud.add_subnet("subnet-big", "10.1.0.0/22", &[(subnets::TAG_CNI_ROLE, "1")]);
+        node.cloud.add_subnet("subnet-bigger-but-out", "10.2.0.0/21", &[(subnets::TAG_CNI_ROLE, "0")]);
+        node.cloud.add_subnet("subnet-untagged", "10.3.0.0/21", &[]);
+        let shared = node.start(&[("MINIMUM_IP_TARGET", "25")]).await.unwrap();
+        let new: Vec<_> = node.cloud.attached().into_iter().filter(|e| e.id != PRIMARY_ENI).collect();
+        assert_eq!(new.len(), 2, "{new:?}");
+        assert!(
+            new.iter().all(|e| e.subnet_id == "subnet-big" && e.security_groups == ["sg-node"]),
+            "{new:?}"
+        );
+        assert!(total(&shared).await >= 25);
+        assert_eq!(node.world.calls_to("ec2 DescribeSubnets").len(), 1);
+    }
+
+    /// No subnet may take an ENI (the node's own opted out): the pool pauses, the node says so
+    /// (NoValidSubnet Event, metric), and nothing is created.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_valid_subnet_pauses_the_pool_and_says_so() {
+        let node = FakeNode::default();
+        node.cloud.tag_subnet(NODE_SUBNET, &[(subnets::TAG_CNI_ROLE, "0")]);
+        let shared = node.start(&[("WARM_ENI_TARGET", "0"), ("WARM_IP_TARGET", "1")]).await.unwrap();
+        want(&shared, total(&shared).await + 10);
+        let mut state = PoolState::default();
+        // The primary ENI may still fill up; a new ENI has nowhere to go.
+        while !shared.paused() && tick(&shared, &mut state).await.unwrap() {}
+        assert!(shared.paused());
+        assert_eq!(shared.metrics.no_valid_subnet.get(), 1);
+        let events = node.kube.events();
+        assert!(
+            events.iter().any(|(r, m)| r == "NoValidSubnet" && m.contains("kubernetes.io/role/cni")),
+            "{events:?}"
+        );
+        assert!(node.world.calls_to("ec2 CreateNetworkInterface").is_empty());
     }
 
     /// An ENI that cannot be attached is deleted at once and the journal cleared: nothing leaks.

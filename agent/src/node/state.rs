@@ -114,6 +114,8 @@ pub struct Changing {
     branch_groups: Mutex<BTreeMap<String, Vec<String>>>,
     /// SecurityGroupPolicies by namespace, as last read (the guard's intent for branch pods).
     policies: Mutex<BTreeMap<String, Vec<crate::kube::sgp::SecurityGroupPolicy>>>,
+    /// Subnet discovery's last DescribeSubnets.
+    pub subnets: super::subnets::SubnetCache,
 }
 
 impl Changing {

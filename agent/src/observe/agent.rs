@@ -61,6 +61,8 @@ pub struct Metrics {
     pub excluded_addresses: Family<FindingLabels, Gauge>,
     pub sgp_refused: Family<TypeLabel, Gauge>,
     pub subnet_exhausted: Counter,
+    /// Subnet discovery found no subnet it may create an ENI in.
+    pub no_valid_subnet: Counter,
     pub sg_drift: Family<EniLabel, Gauge>,
     pub trunk_sg_drift: Gauge,
     pub ready: Gauge,
@@ -118,6 +120,11 @@ impl Metrics {
             "subnet_exhausted",
             "Times EC2 said the subnet has no free addresses (the pool then pauses for 120 s)",
             self.subnet_exhausted.clone(),
+        );
+        r.register(
+            "subnet_discovery_no_valid_subnet",
+            "Times subnet discovery found no subnet of the node's VPC and availability zone to create an ENI in",
+            self.no_valid_subnet.clone(),
         );
         r.register(
             "eni_security_groups_drift",

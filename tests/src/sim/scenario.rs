@@ -78,6 +78,9 @@ pub struct SubnetSpec {
     pub name: String,
     pub az: String,
     pub cidr: String,
+    /// The subnet's tags (`kubernetes.io/role/cni: "1"` opts it in to subnet discovery).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -276,7 +279,12 @@ impl Sim {
         let mut subnets = BTreeMap::new();
         for (i, s) in scenario.subnets.iter().enumerate() {
             let cidr = parse_cidr(&format!("subnets[{i}].cidr"), &s.cidr)?;
-            subnets.insert(s.name.clone(), ec2.add_subnet(&vpc_id, &s.az, cidr));
+            let id = ec2.add_subnet(&vpc_id, &s.az, cidr);
+            if !s.tags.is_empty() {
+                ec2.create_tags(&id, &s.tags)
+                    .map_err(|e| anyhow::anyhow!("subnets[{i}].tags: {}", e.message))?;
+            }
+            subnets.insert(s.name.clone(), id);
         }
         let mut security_groups = BTreeMap::new();
         for name in &scenario.security_groups {

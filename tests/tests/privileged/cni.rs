@@ -1293,3 +1293,89 @@ pub fn network_policy_agent(ctx: &mut Ctx) -> Result<()> {
     ensure!(stand_in.calls().is_empty(), "calls without a mode: {:?}", stand_in.calls());
     Ok(())
 }
+
+/// Subnet discovery (ENABLE_SUBNET_DISCOVERY, on by default) on vpcsim, without custom
+/// networking: new ENIs go to the opted-in subnet of the node's VPC and AZ with the most free
+/// addresses, never to an opted-out, untagged or other-AZ one, with the primary ENI's groups; a
+/// pod on such an ENI reaches the VPC through it and the guard judges it against the node's
+/// groups (no violation). The subnets are described once.
+pub fn subnet_discovery(ctx: &mut Ctx) -> Result<()> {
+    use eniguard_tests::sim::scenario::SubnetSpec;
+    const ROLE: &str = "kubernetes.io/role/cni";
+    let subnet = |name: &str, az: &str, cidr: &str, role: Option<&str>| SubnetSpec {
+        name: name.into(),
+        az: az.into(),
+        cidr: cidr.into(),
+        tags: role.map(|r| (ROLE.to_owned(), r.to_owned())).into_iter().collect(),
+    };
+    let node = Node::start_with(ctx, "disc", &[("MINIMUM_IP_TARGET", "15")], |s| {
+        s.subnets.push(subnet("plain-a", "us-west-2a", "10.0.32.0/19", None));
+        s.subnets.push(subnet("disc-a", "us-west-2a", "10.0.64.0/18", Some("1")));
+        s.subnets.push(subnet("out-a", "us-west-2a", "10.0.128.0/17", Some("0")));
+        s.subnets.push(subnet("disc-b", "us-west-2b", "100.64.128.0/17", Some("1")));
+    })?;
+    // The agent's calls from start to ready (before this test's own).
+    let calls = agent::sim_calls(&node.sim)?;
+    println!("  EC2 calls from start to ready, subnet discovery on: {calls:?}");
+    ensure!(calls.get("DescribeSubnets") == Some(&1), "DescribeSubnets once: {calls:?}");
+    let found = node.rt.block_on(
+        node.ec2
+            .describe_subnets()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder().name("availability-zone").values("us-west-2a").build(),
+            )
+            .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{ROLE}")).values("1").build())
+            .send(),
+    )?;
+    let disc = found.subnets().first().and_then(|s| s.subnet_id()).context("disc-a")?.to_owned();
+    let enis = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
+    let primary = enis.get(&0).context("the primary ENI")?;
+    let node_groups: Vec<&str> = primary.groups().iter().filter_map(|g| g.group_id()).collect();
+    let created: Vec<_> = enis.iter().filter(|(d, _)| **d > 0).map(|(_, n)| n).collect();
+    ensure!(!created.is_empty(), "the warm ENI");
+    for eni in &created {
+        let groups: Vec<&str> = eni.groups().iter().filter_map(|g| g.group_id()).collect();
+        ensure!(
+            eni.subnet_id() == Some(disc.as_str()) && groups == node_groups,
+            "{:?} in {:?} with {groups:?}: expected {disc} with {node_groups:?}",
+            eni.network_interface_id(),
+            eni.subnet_id()
+        );
+    }
+
+    // Pods until one is given an address of the discovered ENI (the primary ENI's come first).
+    let disc_eni = created[0].network_interface_id().context("id")?.to_owned();
+    let mut on_disc = None;
+    let mut namespaces = Vec::new();
+    for i in 0..24 {
+        let pod_ns = NetNs::create(&format!("{}-d{i}", node.prefix))?;
+        let sandbox = node.sandbox(&format!("sandboxd{i}"), &format!("d{i}"), &pod_ns)?;
+        let add = node.call("ADD", &sandbox, &node.conf("1.0.0", None))?;
+        ensure!(add.success, "ADD d{i}: {}", add.stdout);
+        let ip = pod_ip(&add.json())?;
+        if node.eni_holding(ip)?.network_interface_id() == Some(disc_eni.as_str()) {
+            on_disc = Some((format!("d{i}"), ip, pod_ns));
+            break;
+        }
+        namespaces.push(pod_ns);
+    }
+    let (name, ip, pod_ns) = on_disc.context("no pod was given an address of the discovered ENI")?;
+    node.fabric()?.clear();
+    pod_ns.run("ping", &["-c", "2", "-W", "2", "-i", "0.2", "10.0.0.1"]).context("the pod pings the VPC")?;
+    let out: Vec<_> = node.fabric()?.frames().into_iter().filter(|f| f.src == ip).collect();
+    ensure!(
+        !out.is_empty() && out.iter().all(|f| f.eni_id == disc_eni && f.verdict == Verdict::Delivered),
+        "{ip} should leave through {disc_eni}: {out:?}"
+    );
+    let guard = node.agent().get(61679, "/v1/guard")?;
+    let guard: eniguard::observe::views::GuardView =
+        serde_json::from_str(eniguard_tests::http::body(&guard)).context("/v1/guard")?;
+    let judged = guard.pods.iter().find(|p| p.name == name).context("the pod in /v1/guard")?;
+    ensure!(
+        judged.expect_eni == disc_eni
+            && judged.expect_security_groups.iter().map(String::as_str).eq(node_groups.iter().copied())
+            && judged.verdicts.is_empty(),
+        "the guard's intent for {name}: {judged:?}"
+    );
+    Ok(())
+}

@@ -84,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "cni_external_snat", run: cni::external_snat },
         Test { name: "cni_node_port_local", run: cni::node_port_local },
         Test { name: "cni_network_policy_agent", run: cni::network_policy_agent },
+        Test { name: "cni_subnet_discovery", run: cni::subnet_discovery },
         Test { name: "cni_gc_of_gone_pods", run: cni::gc_of_gone_pods },
         Test { name: "cni_churn_with_kill_9", run: cni::churn_with_kill_9 },
         Test { name: "cni_branch_pods_strict_and_standard", run: cni::branch_pods_strict_and_standard },
