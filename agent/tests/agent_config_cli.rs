@@ -28,7 +28,8 @@ fn prints_every_variable_with_the_value_in_effect() {
     let (code, out, err) = agent(&[("WARM_IP_TARGET", "5"), ("ENABLE_PREFIX_DELEGATION", "true")]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), eniguard::config::VARIABLES.len() + 4, "{out}");
+    // Every variable, then the five host paths.
+    assert_eq!(lines.len(), eniguard::config::VARIABLES.len() + 5, "{out}");
     for want in [
         "WARM_IP_TARGET=5",
         "ENABLE_PREFIX_DELEGATION=true",
@@ -57,6 +58,7 @@ fn host_paths_have_upstream_like_defaults_and_flags_override_them() {
         "--cni-bin-dir=/opt/cni/bin",
         "--run-dir=/run/eniguard",
         "--pin-dir=/sys/fs/bpf/eniguard",
+        "--aws-node-run-dir=/var/run/aws-node",
     ] {
         assert!(out.lines().any(|l| l == want), "missing {want}:\n{out}");
     }
