@@ -8,7 +8,12 @@ use std::{
 };
 
 use crate::{
-    cloud::{calls::Calls, ec2::InterfaceType, imds::Identity, Cloud},
+    cloud::{
+        calls::Calls,
+        ec2::{InterfaceType, SubnetInfo},
+        imds::Identity,
+        Cloud,
+    },
     config::Config,
     ipam::{model::Cidr, policy::Limits, policy::PoolConfig},
     kube::{
@@ -115,12 +120,32 @@ pub struct Changing {
     /// SecurityGroupPolicies by namespace, as last read (the guard's intent for branch pods).
     policies: Mutex<BTreeMap<String, Vec<crate::kube::sgp::SecurityGroupPolicy>>>,
     /// Subnet discovery's last DescribeSubnets.
-    pub subnets: super::subnets::SubnetCache,
+    pub subnets: SubnetCache,
 }
 
 impl Changing {
     pub fn new(pool: PoolConfig, enis: BTreeMap<String, KnownEni>) -> Self {
         Self { pool: Mutex::new(pool), enis: Mutex::new(enis), ..Default::default() }
+    }
+}
+
+/// How long subnet discovery uses a DescribeSubnets answer.
+pub const SUBNETS_CACHED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The last DescribeSubnets answer, and when it came.
+#[derive(Debug, Default)]
+pub struct SubnetCache(Mutex<Option<(std::time::Instant, Vec<SubnetInfo>)>>);
+
+impl SubnetCache {
+    pub fn fresh(&self) -> Option<Vec<SubnetInfo>> {
+        lock(&self.0).as_ref().filter(|(at, _)| at.elapsed() < SUBNETS_CACHED_FOR).map(|(_, s)| s.clone())
+    }
+    pub fn put(&self, subnets: Vec<SubnetInfo>) {
+        *lock(&self.0) = Some((std::time::Instant::now(), subnets));
+    }
+    /// A subnet turned out full: the next ENI asks EC2 again.
+    pub fn forget(&self) {
+        *lock(&self.0) = None;
     }
 }
 

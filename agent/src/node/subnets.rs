@@ -10,15 +10,10 @@
 //!
 //! ENIs in a discovered subnet get the primary ENI's security groups, so the pods on them are
 //! judged against the node's groups, as everywhere without custom networking. Upstream describes
-//! the subnets for every new ENI; here the answer is kept for [`CACHE_FOR`] (and dropped when a
+//! the subnets for every new ENI; here the answer is kept for `state::SUBNETS_CACHED_FOR` (and dropped when a
 //! subnet turns out to be full), so a node that adds several ENIs at start asks once.
 
-use std::{
-    sync::Mutex,
-    time::{Duration, Instant},
-};
-
-use crate::{cloud::ec2::SubnetInfo, sync::lock};
+use crate::cloud::ec2::SubnetInfo;
 
 use super::{error::NodeError, state::Shared};
 
@@ -26,8 +21,6 @@ use super::{error::NodeError, state::Shared};
 pub const TAG_CNI_ROLE: &str = "kubernetes.io/role/cni";
 /// `<prefix><cluster name>`: the subnet is for that cluster only.
 pub const TAG_CLUSTER_PREFIX: &str = "cni.networking.k8s.aws/cluster/";
-/// How long a DescribeSubnets answer is used.
-pub const CACHE_FOR: Duration = Duration::from_secs(300);
 
 /// Whether an ENI may be created in `s` (the rules in the module doc).
 pub fn valid(s: &SubnetInfo, node_subnet: &str, cluster: Option<&str>) -> bool {
@@ -52,23 +45,6 @@ pub fn candidates(subnets: &[SubnetInfo], node_subnet: &str, cluster: Option<&st
         subnets.iter().filter(|s| valid(s, node_subnet, cluster)).cloned().collect();
     valid.sort_by(|a, b| b.available.cmp(&a.available).then_with(|| a.id.cmp(&b.id)));
     valid
-}
-
-/// The last DescribeSubnets answer, and when it came.
-#[derive(Debug, Default)]
-pub struct SubnetCache(Mutex<Option<(Instant, Vec<SubnetInfo>)>>);
-
-impl SubnetCache {
-    fn fresh(&self) -> Option<Vec<SubnetInfo>> {
-        lock(&self.0).as_ref().filter(|(at, _)| at.elapsed() < CACHE_FOR).map(|(_, s)| s.clone())
-    }
-    fn put(&self, subnets: Vec<SubnetInfo>) {
-        *lock(&self.0) = Some((Instant::now(), subnets));
-    }
-    /// A subnet turned out full: the next ENI asks EC2 again.
-    pub fn forget(&self) {
-        *lock(&self.0) = None;
-    }
 }
 
 /// Where the next ENI may go, in order (subnet discovery on, no custom networking).
