@@ -212,6 +212,90 @@ pub const VARIABLES: &[&str] = &[
     "ENIGUARD_SG_AUDIT_INTERVAL",
 ];
 
+/// What an upstream variable that eniguard does not act on yet may be set to without changing
+/// anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Harmless {
+    /// This boolean (upstream's default), in any of upstream's spellings.
+    Bool(bool),
+    /// This value (upstream's default).
+    Value(&'static str),
+    /// Nothing: any value would change behaviour.
+    Unset,
+}
+
+/// An upstream variable eniguard does not act on yet: refused at start, by name, when set to
+/// anything but a harmless value, so that a copied aws-node environment never changes less than
+/// it says.
+#[derive(Clone, Copy, Debug)]
+pub struct NotYet {
+    pub var: &'static str,
+    pub harmless: Harmless,
+    /// What eniguard would have to do.
+    pub needs: &'static str,
+}
+
+/// Upstream's variables that eniguard refuses unless harmless.
+pub const NOT_YET: &[NotYet] = &[
+    NotYet { var: "ENABLE_IPv6", harmless: Harmless::Bool(false), needs: "run IPv6 clusters" },
+    NotYet { var: "ENABLE_IPv4", harmless: Harmless::Bool(true), needs: "run clusters without IPv4" },
+    NotYet { var: "DISABLE_POD_V6", harmless: Harmless::Bool(false), needs: "run IPv6 clusters" },
+    NotYet { var: "ENABLE_V6_EGRESS", harmless: Harmless::Bool(false), needs: "give IPv4 pods IPv6 egress" },
+    NotYet {
+        var: "ENABLE_MULTI_NIC",
+        harmless: Harmless::Bool(false),
+        needs: "use more than one network card",
+    },
+    NotYet {
+        var: "ENABLE_IMDS_ONLY_MODE",
+        harmless: Harmless::Bool(false),
+        needs: "build its pool from IMDS alone",
+    },
+    NotYet {
+        var: "DISABLE_NETWORK_RESOURCE_PROVISIONING",
+        harmless: Harmless::Bool(false),
+        needs: "leave ENIs and addresses to someone else",
+    },
+    NotYet {
+        var: "ANNOTATE_POD_IP",
+        harmless: Harmless::Bool(false),
+        needs: "annotate pods with vpc.amazonaws.com/pod-ips",
+    },
+    NotYet {
+        var: "ENABLE_BANDWIDTH_PLUGIN",
+        harmless: Harmless::Bool(false),
+        needs: "chain the bandwidth plugin",
+    },
+    NotYet {
+        var: "DISABLE_TCP_EARLY_DEMUX",
+        harmless: Harmless::Bool(false),
+        needs: "set net.ipv4.tcp_early_demux=0",
+    },
+    NotYet {
+        var: "HOST_CNI_BIN_PATH",
+        harmless: Harmless::Value("/host/opt/cni/bin"),
+        needs: "read it; set --cni-bin-dir",
+    },
+    NotYet {
+        var: "HOST_CNI_CONFDIR_PATH",
+        harmless: Harmless::Value("/host/etc/cni/net.d"),
+        needs: "read it; set --cni-conf-dir",
+    },
+    NotYet {
+        var: "AWS_EC2_ENDPOINT",
+        harmless: Harmless::Unset,
+        needs: "read it; set the SDK's AWS_ENDPOINT_URL_EC2",
+    },
+    NotYet {
+        var: "CLUSTER_ENDPOINT",
+        harmless: Harmless::Unset,
+        needs: "read it; it uses the in-cluster configuration or KUBECONFIG",
+    },
+];
+
+/// Deprecated upstream and without effect there too: one log line when set.
+pub const DEPRECATED: &[&str] = &["AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "ENABLE_NFTABLES"];
+
 /// Reads variables through `get` (the process environment, or a map in tests).
 struct Reader<F> {
     get: F,
@@ -230,6 +314,25 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
             Some(other) => Err(bad(var, other, "true or false")),
         }
+    }
+
+    /// See [`NOT_YET`] and [`DEPRECATED`].
+    fn refuse_what_is_not_done_yet(&self) -> Result<(), ConfigError> {
+        for n in NOT_YET {
+            let Some(v) = self.raw(n.var) else { continue };
+            let (fine, harmless) = match n.harmless {
+                Harmless::Bool(b) => (self.bool(n.var, b)? == b, b.to_string()),
+                Harmless::Value(h) => (v.trim() == h, format!("`{h}`")),
+                Harmless::Unset => (false, "unset".to_owned()),
+            };
+            if !fine {
+                return Err(bad(n.var, &v, &format!("{harmless}: eniguard does not {} yet", n.needs)));
+            }
+        }
+        for var in DEPRECATED.iter().filter(|v| self.raw(v).is_some()) {
+            log::info!("{var} is deprecated upstream and has no effect");
+        }
+        Ok(())
     }
 
     /// Comma-separated IPv4 CIDRs (unset: none).
@@ -322,6 +425,7 @@ impl Config {
     /// From any lookup of variable → value.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let r = Reader { get };
+        r.refuse_what_is_not_done_yet()?;
         let eni_mtu = r.mtu("AWS_VPC_ENI_MTU", DEFAULT_MTU)?;
         let veth_prefix = r.string("AWS_VPC_K8S_CNI_VETHPREFIX", "eni");
         // Upstream's rule: at most 4 characters, and not a prefix the node's own links use.
@@ -551,6 +655,38 @@ mod tests {
 
     fn err(vars: &[(&str, &str)]) -> String {
         parse(vars).unwrap_err().to_string()
+    }
+
+    /// Upstream variables eniguard does not act on yet: refused by name unless harmless.
+    #[test]
+    fn what_is_not_done_yet_is_refused_by_name() {
+        let e = err(&[("ENABLE_IPv6", "true")]);
+        assert!(
+            e.contains("ENABLE_IPv6=`true`") && e.contains("false: eniguard does not run IPv6 clusters yet"),
+            "{e}"
+        );
+        let e = err(&[("ENABLE_MULTI_NIC", "TRUE")]);
+        assert!(e.contains("ENABLE_MULTI_NIC") && e.contains("more than one network card"), "{e}");
+        let e = err(&[("HOST_CNI_BIN_PATH", "/opt/cni/bin")]);
+        assert!(e.contains("HOST_CNI_BIN_PATH") && e.contains("--cni-bin-dir"), "{e}");
+        let e = err(&[("CLUSTER_ENDPOINT", "https://x.eks.amazonaws.com")]);
+        assert!(e.contains("CLUSTER_ENDPOINT") && e.contains("unset"), "{e}");
+        let e = err(&[("ANNOTATE_POD_IP", "yes")]);
+        assert!(e.contains("ANNOTATE_POD_IP=`yes`: expected true or false"), "{e}");
+        // Upstream's defaults, in its spellings, change nothing and are accepted.
+        let harmless = [
+            ("ENABLE_IPv6", "false"),
+            ("ENABLE_IPv4", "True"),
+            ("ENABLE_MULTI_NIC", "0"),
+            ("ANNOTATE_POD_IP", "false"),
+            ("HOST_CNI_BIN_PATH", "/host/opt/cni/bin"),
+            ("AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "false"),
+            ("ENABLE_NFTABLES", "true"),
+        ];
+        assert!(parse(&harmless).is_ok());
+        for n in NOT_YET {
+            assert!(!VARIABLES.contains(&n.var), "{} is both read and refused", n.var);
+        }
     }
 
     #[test]
