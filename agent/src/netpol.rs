@@ -150,16 +150,8 @@ mod wire {
             network_policy_mode: mode.to_owned(),
             interface_count: interfaces,
         };
-        let reply = client.enforce_np_to_pod(request).await.map_err(|source| NetpolError::Call {
-            path: path.clone(),
-            call,
-            source,
-        })?;
-        if reply.into_inner().success {
-            Ok(())
-        } else {
-            Err(NetpolError::Refused { path, call })
-        }
+        let reply = client.enforce_np_to_pod(request).await.map(|r| r.into_inner().success);
+        settled(path, call, reply)
     }
 
     /// `DeletePodNp` for a pod going away.
@@ -168,15 +160,20 @@ mod wire {
         let call = "DeletePodNp";
         let request =
             DeleteNpRequest { k8s_pod_name: name.to_owned(), k8s_pod_namespace: namespace.to_owned() };
-        let reply = client.delete_pod_np(request).await.map_err(|source| NetpolError::Call {
-            path: path.clone(),
-            call,
-            source,
-        })?;
-        if reply.into_inner().success {
-            Ok(())
-        } else {
-            Err(NetpolError::Refused { path, call })
+        let reply = client.delete_pod_np(request).await.map(|r| r.into_inner().success);
+        settled(path, call, reply)
+    }
+
+    /// A call's outcome: an RPC error, or the agent's `Success`.
+    fn settled(
+        path: PathBuf,
+        call: &'static str,
+        reply: Result<bool, tonic::Status>,
+    ) -> Result<(), NetpolError> {
+        match reply {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NetpolError::Refused { path, call }),
+            Err(source) => Err(NetpolError::Call { path, call, source }),
         }
     }
 }

@@ -11,7 +11,7 @@ use k8s_cri::v1::{
     PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// A pod as the kubelet describes it to the runtime.
 #[derive(Clone, Debug)]
@@ -72,18 +72,7 @@ pub struct Cri {
 impl Cri {
     /// Connects to `socket` (lazily: the first call dials).
     pub fn connect(socket: &Path) -> Result<Self> {
-        let path = socket.to_owned();
-        // The URI is not used: every connection is the unix socket.
-        let channel = Endpoint::try_from("http://cri.invalid")?.connect_with_connector_lazy(
-            tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }),
-        );
-        Ok(Self { client: RuntimeServiceClient::new(channel) })
+        Ok(Self { client: RuntimeServiceClient::new(crate::grpc::unix_channel(socket)?) })
     }
 
     /// The runtime's name and version (a readiness probe).

@@ -7,6 +7,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod frames;
+pub mod grpc;
 pub mod http;
 pub mod netns;
 pub mod npa;

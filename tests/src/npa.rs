@@ -19,7 +19,7 @@ use eniguard::netpol::{
     },
     IPAMD_SOCKET, NPA_SOCKET,
 };
-use tonic::transport::{Endpoint, Server, Uri};
+use tonic::transport::Server;
 
 /// One call the plugin made.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,15 +110,6 @@ impl Drop for StandIn {
 
 /// `GetNetworkPolicyConfigs` on `<dir>/ipamd.sock`, as the network-policy agent asks it.
 pub async fn policy_configs(dir: &Path) -> Result<NetworkPolicyAgentConfigReply> {
-    let path = dir.join(IPAMD_SOCKET);
-    let channel = Endpoint::from_static("http://ipamd.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await?;
+    let channel = crate::grpc::unix_channel(&dir.join(IPAMD_SOCKET))?;
     Ok(ConfigServerBackendClient::new(channel).get_network_policy_configs(()).await?.into_inner())
 }

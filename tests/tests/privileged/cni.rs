@@ -170,6 +170,12 @@ impl Node {
             .with_context(|| format!("no ENI holds {ip}"))
     }
 
+    /// The node's primary ENI (device 0), as EC2 describes it.
+    pub fn primary_eni(&self) -> Result<NetworkInterface> {
+        let mut enis = self.rt.block_on(attached(&self.ec2, &self.sim.nodes[0].instance_id))?;
+        enis.remove(&0).context("the primary ENI")
+    }
+
     /// The host's rules that mention `ip` (`ip rule` lines).
     pub fn rules_for(&self, ip: Ipv4Addr) -> Result<Vec<String>> {
         let out = self.ns.ip(&["rule", "show"])?;
@@ -1158,12 +1164,10 @@ pub fn node_port_local(ctx: &mut Ctx) -> Result<()> {
         ensure!(add.success, "ADD: {}", add.stdout);
         let pod = pod_ip(&add.json())?;
         let eni = node.eni_holding(pod)?;
-        let primary = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
-        let primary = primary.values().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
-        let node_ip =
-            primary.and_then(|p| p.private_ip_address()).context("the primary ENI's address")?.to_owned();
+        let primary = node.primary_eni()?;
+        let node_ip = primary.private_ip_address().context("the primary ENI's address")?.to_owned();
         ensure!(
-            eni.network_interface_id() != primary.and_then(|p| p.network_interface_id()),
+            eni.network_interface_id() != primary.network_interface_id(),
             "the pod's address is on a secondary ENI"
         );
         let mut server = eniguard_tests::process::Daemon::spawn(pod_ns.cmd("python3").args(["-c", SERVER]))?;
@@ -1216,13 +1220,7 @@ pub fn network_policy_agent(ctx: &mut Ctx) -> Result<()> {
     let node = Node::start(ctx, "npa", &env)?;
     let dir = agent::aws_node_dir(&node.dir);
     let facts = node.rt.block_on(eniguard_tests::npa::policy_configs(&dir))?;
-    let primary = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
-    let node_ip = primary
-        .values()
-        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
-        .and_then(|n| n.private_ip_address())
-        .context("the primary ENI's address")?
-        .to_owned();
+    let node_ip = node.primary_eni()?.private_ip_address().context("the primary ENI's address")?.to_owned();
     ensure!(
         facts.network_policy_mode == "standard"
             && facts.node_i_pv4 == node_ip
