@@ -69,4 +69,16 @@ fn host_paths_have_upstream_like_defaults_and_flags_override_them() {
         out.lines().any(|l| l == "--run-dir=/tmp/node1/run") && out.contains("--pin-dir=/sys/fs/bpf/node1"),
         "{out}"
     );
+    // Upstream's HOST_CNI_BIN_PATH and HOST_CNI_CONFDIR_PATH when the flags are not given; the
+    // flags win when both are.
+    let upstream =
+        [("HOST_CNI_BIN_PATH", "/host/opt/cni/bin"), ("HOST_CNI_CONFDIR_PATH", "/host/etc/cni/net.d")];
+    let (code, out, err) = agent(&upstream);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "--cni-bin-dir=/host/opt/cni/bin"), "{out}");
+    assert!(out.lines().any(|l| l == "--cni-conf-dir=/host/etc/cni/net.d"), "{out}");
+    let (code, out, err) = agent_with(&upstream, &["--cni-bin-dir", "/opt/cni/bin"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "--cni-bin-dir=/opt/cni/bin"), "{out}");
+    assert!(out.lines().any(|l| l == "--cni-conf-dir=/host/etc/cni/net.d"), "{out}");
 }

@@ -95,6 +95,7 @@ impl Containerd {
             name: name.into(),
             uid: uid.into(),
             cgroup_parent: self.cgroup_parent.clone(),
+            annotations: Default::default(),
         }
     }
 

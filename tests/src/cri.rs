@@ -21,6 +21,8 @@ pub struct PodSpec {
     pub uid: String,
     /// cgroupfs parent of the pod's cgroups (the harness removes it when containerd stops).
     pub cgroup_parent: String,
+    /// The pod's annotations, as the kubelet passes them (e.g. `kubernetes.io/ingress-bandwidth`).
+    pub annotations: HashMap<String, String>,
 }
 
 impl PodSpec {
@@ -39,6 +41,7 @@ impl PodSpec {
             }),
             hostname: self.name.clone(),
             labels,
+            annotations: self.annotations.clone(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
                 ..Default::default()

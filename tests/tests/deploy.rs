@@ -142,7 +142,7 @@ const NOT_DEFAULT: &[(&str, &str)] = &[(
 
 #[test]
 fn daemonset_env_is_what_the_agent_reads_with_its_defaults() {
-    let known: Vec<&str> = eniguard::config::VARIABLES.to_vec();
+    let known: Vec<&str> = eniguard::config::VARIABLES.iter().map(|v| v.name).collect();
     let defaults = print_config(&[], &[]);
     let sets = daemonsets();
     assert_eq!(sets.len(), 3, "agent, agent without privileges, audit");

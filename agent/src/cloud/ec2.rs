@@ -142,6 +142,21 @@ pub struct NewEni {
     pub prefixes: bool,
 }
 
+/// Upstream's AWS_EC2_ENDPOINT and HTTP_TIMEOUT.
+#[derive(Clone, Debug)]
+pub struct Ec2Options {
+    /// The EC2 endpoint (None: the SDK's resolution, `AWS_ENDPOINT_URL_EC2` included).
+    pub endpoint: Option<String>,
+    /// Per request attempt.
+    pub attempt_timeout: Duration,
+}
+
+impl Ec2Options {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self { endpoint: cfg.ec2_endpoint.clone(), attempt_timeout: cfg.http_timeout }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Ec2 {
     client: Client,
@@ -150,17 +165,21 @@ pub struct Ec2 {
 
 impl Ec2 {
     /// The client from the standard configuration chain (`AWS_ENDPOINT_URL_EC2`, credentials),
-    /// in `region` (from IMDS unless `AWS_REGION` says otherwise, as upstream).
-    pub async fn new(region: &str, calls: Calls) -> Self {
+    /// in `region` (from IMDS unless `AWS_REGION` says otherwise, as upstream), with `options`.
+    pub async fn new(region: &str, calls: Calls, options: &Ec2Options) -> Self {
         let region =
             std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()).unwrap_or_else(|| region.to_owned());
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
+        let mut sdk = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(url) = &options.endpoint {
+            sdk = sdk.endpoint_url(url);
+        }
+        let sdk = sdk
             .region(Region::new(region))
             .http_client(super::http_client())
             .retry_config(RetryConfig::standard().with_max_attempts(10))
             .timeout_config(
                 TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(options.attempt_timeout)
                     .connect_timeout(Duration::from_secs(3))
                     .build(),
             )

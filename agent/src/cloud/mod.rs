@@ -22,7 +22,7 @@ pub fn http_client() -> SharedHttpClient {
     Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
-use ec2::{Ec2, Ec2Error, EniInfo, NewEni, SubnetInfo, TypeInfo};
+use ec2::{Ec2, Ec2Error, Ec2Options, EniInfo, NewEni, SubnetInfo, TypeInfo};
 use imds::{Identity, Imds, ImdsEni, ImdsFailure};
 
 use crate::ipam::model::Cidr;
@@ -65,12 +65,13 @@ pub trait Cloud: Send + Sync {
 pub struct Aws {
     imds: Imds,
     calls: calls::Calls,
+    options: Ec2Options,
     ec2: tokio::sync::OnceCell<Ec2>,
 }
 
 impl Aws {
-    pub fn new(calls: calls::Calls) -> Self {
-        Self { imds: Imds::new(calls.clone()), calls, ec2: tokio::sync::OnceCell::new() }
+    pub fn new(calls: calls::Calls, options: Ec2Options) -> Self {
+        Self { imds: Imds::new(calls.clone()), calls, options, ec2: tokio::sync::OnceCell::new() }
     }
 
     fn ec2(&self) -> Result<&Ec2, Ec2Error> {
@@ -86,7 +87,7 @@ impl Aws {
 impl Cloud for Aws {
     async fn identity(&self) -> Result<Identity, ImdsFailure> {
         let id = self.imds.identity().await?;
-        self.ec2.get_or_init(|| Ec2::new(&id.region, self.calls.clone())).await;
+        self.ec2.get_or_init(|| Ec2::new(&id.region, self.calls.clone(), &self.options)).await;
         Ok(id)
     }
     async fn attached_enis(&self) -> Result<Vec<ImdsEni>, ImdsFailure> {

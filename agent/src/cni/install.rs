@@ -53,6 +53,8 @@ pub struct Installed {
     pub cni_version: String,
     /// Whether portmap was found and chained.
     pub portmap: bool,
+    /// Whether bandwidth was chained (ENABLE_BANDWIDTH_PLUGIN).
+    pub bandwidth: bool,
     /// aws-node's conflist, renamed aside.
     pub shelved: Option<PathBuf>,
 }
@@ -99,12 +101,22 @@ pub fn plugin_versions(binary: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The conflist (pure): `portmap_versions` empty means portmap is not installed.
-pub fn conflist(cfg: &Config, sockets: &Sockets, portmap_versions: &[String]) -> Value {
+/// The plugins chained after eniguard-cni, each with the versions it answered VERSION with.
+#[derive(Clone, Debug, Default)]
+pub struct Chained {
+    /// Empty: portmap is not installed (and not chained).
+    pub portmap: Vec<String>,
+    /// With ENABLE_BANDWIDTH_PLUGIN only (it must be installed then).
+    pub bandwidth: Option<Vec<String>>,
+}
+
+/// The conflist (pure).
+pub fn conflist(cfg: &Config, sockets: &Sockets, chained: &Chained) -> Value {
+    let speaks = |plugin: &[String], v: &str| plugin.is_empty() || plugin.iter().any(|p| p == v);
     let versions: Vec<&str> = SUPPORTED_VERSIONS
         .iter()
         .copied()
-        .filter(|v| portmap_versions.is_empty() || portmap_versions.iter().any(|p| p == v))
+        .filter(|v| speaks(&chained.portmap, v) && chained.bandwidth.as_deref().is_none_or(|b| speaks(b, v)))
         .collect();
     // 0.4.0 unless a future portmap dropped it; then the oldest version both speak.
     let version = if versions.contains(&CONFLIST_VERSION) {
@@ -127,8 +139,11 @@ pub fn conflist(cfg: &Config, sockets: &Sockets, portmap_versions: &[String]) ->
         "awsNodeRunDir": sockets.aws_node_run_dir.display().to_string(),
         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
     })];
-    if !portmap_versions.is_empty() {
+    if !chained.portmap.is_empty() {
         plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
+    }
+    if chained.bandwidth.is_some() {
+        plugins.push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
     }
     json!({
         "cniVersion": version,
@@ -174,8 +189,21 @@ pub fn install(
     if std::fs::read(&plugin).ok().as_deref() != Some(bytes.as_slice()) {
         write_atomic(&plugin, &bytes, 0o755)?;
     }
-    let portmap = plugin_versions(&bin_dir.join("portmap"));
-    let list = conflist(cfg, sockets, &portmap);
+    let bandwidth = match cfg.bandwidth_plugin {
+        false => None,
+        true => match plugin_versions(&bin_dir.join("bandwidth")) {
+            v if v.is_empty() => {
+                return Err(InstallError {
+                    what: "ENABLE_BANDWIDTH_PLUGIN=true: no working `bandwidth` plugin at",
+                    path: bin_dir.join("bandwidth"),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })
+            }
+            v => Some(v),
+        },
+    };
+    let chained = Chained { portmap: plugin_versions(&bin_dir.join("portmap")), bandwidth };
+    let list = conflist(cfg, sockets, &chained);
     let conflist_path = conf_dir.join(CONFLIST_NAME);
     let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
     if std::fs::read(&conflist_path).ok().as_deref() != Some(text.as_slice()) {
@@ -197,7 +225,8 @@ pub fn install(
         plugin,
         conflist: conflist_path,
         cni_version: list["cniVersion"].as_str().unwrap_or_default().to_owned(),
-        portmap: !portmap.is_empty(),
+        portmap: !chained.portmap.is_empty(),
+        bandwidth: chained.bandwidth.is_some(),
         shelved,
     })
 }
@@ -213,8 +242,11 @@ mod tests {
             agent: PathBuf::from("/run/eniguard/eniguard.sock"),
             aws_node_run_dir: PathBuf::from("/var/run/aws-node"),
         };
-        let old_portmap = vec!["0.3.1".to_owned(), "0.4.0".to_owned(), "1.0.0".to_owned()];
-        let c = conflist(&cfg, &sockets, &old_portmap);
+        let with = |portmap: &[&str]| Chained {
+            portmap: portmap.iter().map(|v| (*v).to_owned()).collect(),
+            bandwidth: None,
+        };
+        let c = conflist(&cfg, &sockets, &with(&["0.3.1", "0.4.0", "1.0.0"]));
         assert_eq!((c["cniVersion"].as_str(), c["name"].as_str()), (Some("0.4.0"), Some("aws-cni")));
         assert_eq!(c["cniVersions"], json!(["0.4.0", "1.0.0"]));
         let p = &c["plugins"][0];
@@ -226,13 +258,12 @@ mod tests {
         assert_eq!(p["pluginLogFile"], "/var/log/aws-routed-eni/plugin.log");
         assert_eq!(p["awsNodeRunDir"], "/var/run/aws-node");
         assert_eq!(c["plugins"][1]["type"], "portmap");
-        let new_portmap = vec!["0.4.0".to_owned(), "1.0.0".to_owned(), "1.1.0".to_owned()];
-        let c = conflist(&cfg, &sockets, &new_portmap);
+        let c = conflist(&cfg, &sockets, &with(&["0.4.0", "1.0.0", "1.1.0"]));
         assert_eq!(
             (c["cniVersion"].as_str(), c["cniVersions"].clone()),
             (Some("0.4.0"), json!(SUPPORTED_VERSIONS))
         );
-        let alone = conflist(&cfg, &sockets, &[]);
+        let alone = conflist(&cfg, &sockets, &with(&[]));
         assert_eq!(
             (alone["cniVersion"].as_str(), alone["plugins"].as_array().map(Vec::len)),
             (Some("0.4.0"), Some(1))
@@ -240,11 +271,18 @@ mod tests {
         assert_eq!(alone["cniVersions"], json!(SUPPORTED_VERSIONS));
         // cniVersion is always one of cniVersions.
         assert!(alone["cniVersions"].as_array().unwrap().contains(&json!(CONFLIST_VERSION)));
-        let future_portmap = vec!["1.0.0".to_owned(), "1.1.0".to_owned(), "2.0.0".to_owned()];
-        let c = conflist(&cfg, &sockets, &future_portmap);
+        let c = conflist(&cfg, &sockets, &with(&["1.0.0", "1.1.0", "2.0.0"]));
         assert_eq!(
             (c["cniVersion"].as_str(), c["cniVersions"].clone()),
             (Some("1.0.0"), json!(["1.0.0", "1.1.0"]))
         );
+        // ENABLE_BANDWIDTH_PLUGIN: bandwidth last, and the versions all three speak.
+        let chained = Chained {
+            bandwidth: Some(vec!["0.4.0".into(), "1.0.0".into()]),
+            ..with(&["0.4.0", "1.0.0", "1.1.0"])
+        };
+        let c = conflist(&cfg, &sockets, &chained);
+        assert_eq!(c["plugins"][2], json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+        assert_eq!(c["cniVersions"], json!(["0.4.0", "1.0.0"]));
     }
 }

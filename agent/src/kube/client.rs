@@ -19,6 +19,8 @@ use crate::cloud::imds::error_chain;
 pub enum KubeError {
     #[error("Kubernetes client configuration (in-cluster or KUBECONFIG): {}", error_chain(.0))]
     Config(#[source] kube::Error),
+    #[error("CLUSTER_ENDPOINT=`{0}`: expected a URL such as https://ABC.gr7.us-west-2.eks.amazonaws.com")]
+    Endpoint(String),
     #[error("Kubernetes {what}: {}", error_chain(source))]
     Api { what: String, source: kube::Error },
     #[error("ENIConfig `{name}`: {field}: expected {expected}")]
@@ -43,7 +45,7 @@ pub struct NodeInfo {
 }
 
 /// What the agent keeps of each pod on its node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
@@ -56,6 +58,8 @@ pub struct PodInfo {
     pub pod_eni: Option<String>,
     /// `eniguard.io/guard-mode` (off, monitor, enforce), as written.
     pub guard_mode: Option<String>,
+    /// Upstream's `vpc.amazonaws.com/pod-ips` (ANNOTATE_POD_IP), as written.
+    pub pod_ips: Option<String>,
     /// The pod's labels (SecurityGroupPolicy pod selectors match them).
     pub labels: BTreeMap<String, String>,
 }
@@ -78,10 +82,14 @@ impl PodInfo {
             wants_branch,
             pod_eni: annotation("vpc.amazonaws.com/pod-eni"),
             guard_mode: annotation(crate::guard::derive::POD_MODE_ANNOTATION),
+            pod_ips: annotation(POD_IPS_ANNOTATION),
             labels: p.metadata.labels.clone().unwrap_or_default(),
         }
     }
 }
+
+/// Upstream's annotation with the pod's address (ANNOTATE_POD_IP).
+pub const POD_IPS_ANNOTATION: &str = "vpc.amazonaws.com/pod-ips";
 
 /// An ENIConfig's spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,8 +122,15 @@ fn is_conflict(e: &kube::Error) -> bool {
 }
 
 impl Kube {
-    pub async fn new() -> Result<Self, KubeError> {
-        let client = Client::try_default().await.map_err(KubeError::Config)?;
+    /// In-cluster configuration or KUBECONFIG (kube-rs's inference), with the API server at
+    /// `endpoint` when given (upstream's CLUSTER_ENDPOINT: no detour through kube-proxy).
+    pub async fn new(endpoint: Option<&str>) -> Result<Self, KubeError> {
+        let mut config =
+            kube::Config::infer().await.map_err(|e| KubeError::Config(kube::Error::InferConfig(e)))?;
+        if let Some(url) = endpoint {
+            config.cluster_url = url.parse().map_err(|_| KubeError::Endpoint(url.to_owned()))?;
+        }
+        let client = Client::try_from(config).map_err(KubeError::Config)?;
         Ok(Self { client })
     }
 
@@ -214,6 +229,29 @@ impl Kube {
             .await
             .map_err(|e| api_err(format!("pod {namespace}/{name}"), e))?;
         Ok(PodInfo::from_pod(&pod))
+    }
+
+    /// Sets upstream's `vpc.amazonaws.com/pod-ips` annotation (ANNOTATE_POD_IP) to `ip` (one merge
+    /// patch).
+    pub async fn annotate_pod_ip(&self, namespace: &str, name: &str, ip: &str) -> Result<(), KubeError> {
+        let patch = serde_json::json!({"metadata": {"annotations": {POD_IPS_ANNOTATION: ip}}});
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| api_err(format!("pod {namespace}/{name}: annotating {POD_IPS_ANNOTATION}"), e))?;
+        Ok(())
+    }
+
+    /// Blanks the annotation if it still says `released` (as upstream on DEL); a pod gone or
+    /// annotated otherwise is left alone. Returns whether it was blanked.
+    pub async fn clear_pod_ip(&self, namespace: &str, name: &str, released: &str) -> Result<bool, KubeError> {
+        let pod = self.pod(namespace, name).await;
+        match pod {
+            Err(KubeError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+            Ok(p) if p.pod_ips.as_deref() != Some(released) => Ok(false),
+            Ok(_) => self.annotate_pod_ip(namespace, name, "").await.map(|()| true),
+        }
     }
 
     /// The pods on `node` only (a `spec.nodeName` field selector, never a cluster-wide list):

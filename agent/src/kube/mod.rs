@@ -39,6 +39,10 @@ mod seam {
             namespace: &str,
         ) -> Result<Vec<SecurityGroupPolicy>, KubeError>;
         async fn pod(&self, namespace: &str, name: &str) -> Result<PodInfo, KubeError>;
+        /// `vpc.amazonaws.com/pod-ips` = `ip` (ANNOTATE_POD_IP, on ADD).
+        async fn annotate_pod_ip(&self, namespace: &str, name: &str, ip: &str) -> Result<(), KubeError>;
+        /// The annotation blanked if it still says `released` (on DEL); whether it was.
+        async fn clear_pod_ip(&self, namespace: &str, name: &str, released: &str) -> Result<bool, KubeError>;
         /// A core/v1 Event on the Node.
         async fn event(
             &self,
@@ -73,6 +77,12 @@ mod seam {
         }
         async fn pod(&self, namespace: &str, name: &str) -> Result<PodInfo, KubeError> {
             Kube::pod(self, namespace, name).await
+        }
+        async fn annotate_pod_ip(&self, namespace: &str, name: &str, ip: &str) -> Result<(), KubeError> {
+            Kube::annotate_pod_ip(self, namespace, name, ip).await
+        }
+        async fn clear_pod_ip(&self, namespace: &str, name: &str, released: &str) -> Result<bool, KubeError> {
+            Kube::clear_pod_ip(self, namespace, name, released).await
         }
         async fn event(
             &self,

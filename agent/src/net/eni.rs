@@ -114,13 +114,13 @@ impl HostNet {
 
     /// Turns on IPv4 forwarding (pods' traffic is routed through the host); true if it was off.
     pub fn enable_ipv4_forwarding(&self) -> Result<bool, NetError> {
-        let path = "/proc/sys/net/ipv4/ip_forward";
-        let err = |source| NetError::Sysctl { path: path.to_owned(), source };
-        if std::fs::read_to_string(path).map_err(err)?.trim() == "1" {
-            return Ok(false);
-        }
-        std::fs::write(path, "1").map_err(err)?;
-        Ok(true)
+        set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    }
+
+    /// net.ipv4.tcp_early_demux=0 (upstream's DISABLE_TCP_EARLY_DEMUX: the kubelet's probes
+    /// reach branch pods, whose replies come back on another interface); true if it was on.
+    pub fn disable_tcp_early_demux(&self) -> Result<bool, NetError> {
+        set_sysctl("/proc/sys/net/ipv4/tcp_early_demux", "0")
     }
 
     /// Moves `lookup local` from priority 0 to `to` (upstream does it for security groups for
@@ -296,6 +296,16 @@ impl HostNet {
         }
         Ok(())
     }
+}
+
+/// Writes `value` to the sysctl at `path` unless it holds it already; true if it changed.
+fn set_sysctl(path: &str, value: &str) -> Result<bool, NetError> {
+    let err = |source| NetError::Sysctl { path: path.to_owned(), source };
+    if std::fs::read_to_string(path).map_err(err)?.trim() == value {
+        return Ok(false);
+    }
+    std::fs::write(path, value).map_err(err)?;
+    Ok(true)
 }
 
 #[cfg(test)]

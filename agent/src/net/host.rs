@@ -17,6 +17,8 @@ pub trait Host: Send + Sync {
     /// Turns on net.ipv4.ip_forward; true when it was off.
     fn enable_ipv4_forwarding(&self) -> Result<bool, NetError>;
     /// Moves `lookup local` to priority `to`.
+    /// net.ipv4.tcp_early_demux=0; true if it was on.
+    fn disable_tcp_early_demux(&self) -> Result<bool, NetError>;
     async fn move_local_rule(&self, to: u32) -> Result<(), NetError>;
     /// The index and name of the link with this MAC.
     async fn link_by_mac(&self, mac: &str) -> Result<Option<(u32, String)>, NetError>;
@@ -39,6 +41,9 @@ impl Host for HostNet {
     }
     fn enable_ipv4_forwarding(&self) -> Result<bool, NetError> {
         HostNet::enable_ipv4_forwarding(self)
+    }
+    fn disable_tcp_early_demux(&self) -> Result<bool, NetError> {
+        HostNet::disable_tcp_early_demux(self)
     }
     async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
         HostNet::move_local_rule(self, to).await

@@ -95,7 +95,7 @@ pub async fn start(
     board.step("IMDS identity");
     let imds = Imds::new(calls.clone());
     let id = imds.identity().await?;
-    let ec2 = Ec2::new(&id.region, calls).await;
+    let ec2 = Ec2::new(&id.region, calls, &crate::cloud::ec2::Ec2Options::from_config(&cfg)).await;
     board.step("security groups");
     let primary_security_groups = imds.primary_security_groups(&id.mac).await?;
     let observed = Arc::new(Observed {

@@ -158,8 +158,22 @@ fn key(network_name: &str, container_id: &str, if_name: &str) -> Result<AllocKey
     })
 }
 
-/// Assigns (or returns the existing) address; the reply goes out only after the checkpoint write.
+/// ADD: the pod's address (see [`allocate`]), annotated on the pod before the reply with
+/// ANNOTATE_POD_IP (a failure fails the ADD, as upstream; the runtime's DEL releases it).
 async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
+    let (namespace, name) = (r.pod_namespace.clone(), r.pod_name.clone());
+    let reply = allocate(node, r).await?;
+    if node.cfg.annotate_pod_ip {
+        node.clients.kube.annotate_pod_ip(&namespace, &name, &reply.ipv4).await.map_err(|e| {
+            log::error!("CNI add: ANNOTATE_POD_IP: {e}");
+            ApiError::new(ErrorKind::Internal, format!("ANNOTATE_POD_IP is set and {e}"))
+        })?;
+    }
+    Ok(reply)
+}
+
+/// Assigns (or returns the existing) address; the reply goes out only after the checkpoint write.
+async fn allocate(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
     api::check_version(&r.client_version)?;
     let key = key(&r.network_name, &r.container_id, &r.if_name)?;
     if node.cfg.pod_eni {
@@ -355,6 +369,13 @@ async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
     let key = key(&r.network_name, &r.container_id, &r.if_name)?;
     let released =
         node.owner.with(move |ipam| ipam.release(&key, now())).await.map_err(|e| internal("del", &e))?;
+    if let (true, Some(a)) = (node.cfg.annotate_pod_ip, &released) {
+        // Logged, not failed: the address is released already and a retried DEL finds nothing.
+        let ip = a.ip.to_string();
+        if let Err(e) = node.clients.kube.clear_pod_ip(&a.pod.namespace, &a.pod.name, &ip).await {
+            log::warn!("del: ANNOTATE_POD_IP: {e}");
+        }
+    }
     super::pool::update_gauges(node).await;
     // A released address is judged for its old pod no longer (the DEL's outcome does not wait
     // on the guard: a failure is logged and the next sync catches up).
@@ -371,6 +392,7 @@ mod tests {
         api::{Attachment, VERSION},
         client::{CallError, Client},
     };
+    use crate::sync::lock;
 
     fn add_request(container: &str) -> AddRequest {
         AddRequest {
@@ -465,5 +487,35 @@ mod tests {
         let allocated = shared.owner.with(|ipam| ipam.datastore.allocations().len()).await;
         assert_eq!(allocated, 0, "nothing is held for refused requests");
         server.abort();
+    }
+
+    /// ANNOTATE_POD_IP: the pod's address in `vpc.amazonaws.com/pod-ips` before ADD's reply, and
+    /// blanked on DEL; a pod the API server does not know fails the ADD.
+    #[tokio::test]
+    async fn annotate_pod_ip_on_add_and_del() {
+        let node = FakeNode::default();
+        let pod = crate::kube::client::PodInfo {
+            namespace: "default".into(),
+            name: "pod-c1".into(),
+            ..Default::default()
+        };
+        lock(&node.kube.state).pods.insert(("default".into(), "pod-c1".into()), pod);
+        let shared = node.start(&[("ANNOTATE_POD_IP", "true")]).await.unwrap();
+        let a = add(&shared, add_request("c1")).await.unwrap();
+        let key = ("default".to_owned(), "pod-c1".to_owned());
+        let annotation = || lock(&node.kube.state).pods[&key].pod_ips.clone();
+        assert_eq!(annotation(), Some(a.ipv4.clone()));
+        let e = add(&shared, add_request("c2")).await.unwrap_err();
+        assert!(e.message.contains("ANNOTATE_POD_IP") && e.message.contains("pod-c2"), "{}", e.message);
+        let del_request = DelRequest {
+            client_version: VERSION.into(),
+            network_name: "aws-cni".into(),
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+            pod_namespace: None,
+            pod_name: None,
+        };
+        del(&shared, del_request).await.unwrap();
+        assert_eq!(annotation(), Some(String::new()));
     }
 }

@@ -504,6 +504,26 @@ impl Cluster for FakeCluster {
         let key = (namespace.to_owned(), name.to_owned());
         lock(&self.state).pods.get(&key).cloned().ok_or_else(|| missing(format!("pod {namespace}/{name}")))
     }
+    async fn annotate_pod_ip(&self, namespace: &str, name: &str, ip: &str) -> Result<(), KubeError> {
+        self.world.note(format!("kube annotate_pod_ip {namespace}/{name} {ip}"));
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut state = lock(&self.state);
+        let pod = state.pods.get_mut(&key).ok_or_else(|| missing(format!("pod {namespace}/{name}")))?;
+        pod.pod_ips = Some(ip.to_owned());
+        Ok(())
+    }
+    async fn clear_pod_ip(&self, namespace: &str, name: &str, released: &str) -> Result<bool, KubeError> {
+        self.world.note(format!("kube clear_pod_ip {namespace}/{name} {released}"));
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut state = lock(&self.state);
+        match state.pods.get_mut(&key) {
+            Some(p) if p.pod_ips.as_deref() == Some(released) => {
+                p.pod_ips = Some(String::new());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
     async fn event(
         &self,
         _node: &NodeInfo,
@@ -548,6 +568,10 @@ impl Host for FakeHost {
     }
     fn enable_ipv4_forwarding(&self) -> Result<bool, NetError> {
         Ok(false)
+    }
+    fn disable_tcp_early_demux(&self) -> Result<bool, NetError> {
+        self.world.note("host disable_tcp_early_demux".into());
+        Ok(true)
     }
     async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
         self.world.note(format!("host move_local_rule {to}"));

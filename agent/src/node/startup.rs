@@ -80,6 +80,9 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     if i.net.enable_ipv4_forwarding()? {
         log::info!("turned on net.ipv4.ip_forward: pods' traffic is routed through the host");
     }
+    if i.cfg.disable_tcp_early_demux && i.net.disable_tcp_early_demux()? {
+        log::info!("DISABLE_TCP_EARLY_DEMUX: set net.ipv4.tcp_early_demux=0");
+    }
     if i.cfg.pod_eni && i.cfg.pod_sg_enforcing_mode == EnforcingMode::Strict {
         i.net.move_local_rule(LOCAL_RULE_PRIORITY_STRICT).await?;
     }

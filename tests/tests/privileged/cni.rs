@@ -81,11 +81,14 @@ impl Node {
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
-        // Debian's portmap (containernetworking-plugins), as a node's bin dir holds it.
-        let portmap = std::path::Path::new("/usr/lib/cni/portmap");
-        if portmap.exists() {
-            std::fs::create_dir_all(dir.join("bin"))?;
-            std::fs::copy(portmap, dir.join("bin/portmap"))?;
+        // Debian's portmap and bandwidth (containernetworking-plugins), as a node's bin dir holds
+        // them.
+        for plugin in ["portmap", "bandwidth"] {
+            let debian = std::path::Path::new("/usr/lib/cni").join(plugin);
+            if debian.exists() {
+                std::fs::create_dir_all(dir.join("bin"))?;
+                std::fs::copy(&debian, dir.join("bin").join(plugin))?;
+            }
         }
         let log = dir.join("plugin.log").display().to_string();
         let mut env: Vec<(String, String)> =

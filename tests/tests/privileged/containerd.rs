@@ -10,7 +10,7 @@ use eniguard::net::names::host_veth_name;
 use eniguard_tests::{
     containerd::{Containerd, BUSYBOX_IMAGE},
     cri::{Cri, Exec, PodSpec},
-    sim::fabric::Verdict,
+    sim::{fabric::Verdict, kube_api},
 };
 
 use crate::{
@@ -50,10 +50,15 @@ impl Kubelet {
         self.run_pod_with(name, serde_json::json!({}))
     }
 
-    /// [`Kubelet::run_pod`] for a pod with more metadata (`labels`, `annotations`).
+    /// [`Kubelet::run_pod`] for a pod with more metadata (`labels`, `annotations`); the
+    /// annotations also go to the runtime, as the kubelet passes them.
     pub fn run_pod_with(&self, name: &str, metadata: serde_json::Value) -> Result<(PodSpec, String)> {
+        let mut pod = self.runtime.pod("default", name, &format!("uid-{name}"));
+        if let Some(a) = metadata["annotations"].as_object() {
+            pod.annotations =
+                a.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect();
+        }
         self.node.create_pod_with(name, metadata)?;
-        let pod = self.runtime.pod("default", name, &format!("uid-{name}"));
         let id = self.block_on(self.cri().run_pod(&pod)).with_context(|| {
             format!("RunPodSandbox {name}\ncontainerd's log:\n{}", tail(&self.runtime.log()))
         })?;
@@ -606,4 +611,43 @@ pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
         "aws-cni DEL left rules: {rules}"
     );
     runtime.stop()
+}
+
+/// ANNOTATE_POD_IP and ENABLE_BANDWIDTH_PLUGIN under containerd: the conflist chains Debian's
+/// `bandwidth`; a pod with `kubernetes.io/ingress-bandwidth` gets a tbf qdisc on its host veth
+/// (containerd passes the annotation as the `bandwidth` capability); its API object carries
+/// `vpc.amazonaws.com/pod-ips` with its address once RunPodSandbox returns, blanked after the
+/// kubelet's teardown.
+pub fn annotation_and_bandwidth(ctx: &mut Ctx) -> Result<()> {
+    if !std::path::Path::new("/usr/lib/cni/bandwidth").exists() {
+        return Err(crate::harness::skip("no /usr/lib/cni/bandwidth (containernetworking-plugins)"));
+    }
+    let env = [("ANNOTATE_POD_IP", "true"), ("ENABLE_BANDWIDTH_PLUGIN", "true")];
+    let k = Kubelet::start(ctx, "ctdbw", &env)?;
+    let plugins: Vec<&str> = k.node.conflist["plugins"]
+        .as_array()
+        .context("plugins")?
+        .iter()
+        .filter_map(|p| p["type"].as_str())
+        .collect();
+    ensure!(plugins.last() == Some(&"bandwidth"), "bandwidth not chained: {plugins:?}");
+    let limits = serde_json::json!({"annotations": {"kubernetes.io/ingress-bandwidth": "10M"}});
+    let (_, sandbox) = k.run_pod_with("limited", limits)?;
+    let ip = k.pod_ip(&sandbox)?;
+    let pod_ips = || -> Result<Option<String>> {
+        let pod = k
+            .node
+            .sim
+            .kube
+            .read(|s| s.get(&kube_api::PODS.key(Some("default"), "limited")))
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(pod["metadata"]["annotations"]["vpc.amazonaws.com/pod-ips"].as_str().map(str::to_owned))
+    };
+    ensure!(pod_ips()? == Some(ip.to_string()), "annotation {:?}, address {ip}", pod_ips()?);
+    let veth = host_veth_name("eni", "default", "limited");
+    let qdisc = k.node.ns.run("tc", &["qdisc", "show", "dev", &veth])?;
+    ensure!(qdisc.contains("tbf") && qdisc.contains("rate 10Mbit"), "{veth}: {qdisc}");
+    k.block_on(k.cri().stop_and_remove(&sandbox))?;
+    ensure!(pod_ips()?.as_deref() == Some(""), "after the teardown: {:?}", pod_ips()?);
+    k.stop()
 }

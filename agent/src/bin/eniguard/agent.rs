@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use eniguard::{
-    cloud::{calls::Calls, Aws},
+    cloud::{calls::Calls, ec2::Ec2Options, Aws},
     cni,
     config::{Config, GuardMode, HostPaths},
     guard::{datapath::Capacity, live::LiveGuard},
@@ -69,8 +69,8 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     }
     let inputs = Inputs {
         run_dir: paths.run_dir.clone(),
-        cloud: Arc::new(Aws::new(calls.clone())),
-        kube: Arc::new(Kube::new().await?),
+        cloud: Arc::new(Aws::new(calls.clone(), Ec2Options::from_config(&cfg))),
+        kube: Arc::new(Kube::new(cfg.cluster_endpoint.as_deref()).await?),
         net: Arc::new(HostNet::open()?),
         calls,
         metrics: metrics.clone(),
@@ -183,11 +183,12 @@ async fn install_plugin(node: &Arc<Shared>, paths: &HostPaths) {
     match done {
         Ok(Ok(i)) => {
             log::info!(
-                "CNI plugin installed: {} and {} (cniVersion {}{})",
+                "CNI plugin installed: {} and {} (cniVersion {}{}{})",
                 i.plugin.display(),
                 i.conflist.display(),
                 i.cni_version,
-                if i.portmap { ", chained with portmap" } else { "; no portmap in the bin dir, not chained" }
+                if i.portmap { ", chained with portmap" } else { "; no portmap in the bin dir, not chained" },
+                if i.bandwidth { ", chained with bandwidth" } else { "" }
             );
             if let Some(aside) = i.shelved {
                 log::warn!("aws-node's conflist would shadow eniguard's: renamed to {}", aside.display());

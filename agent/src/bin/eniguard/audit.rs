@@ -89,8 +89,8 @@ pub async fn run(mut cfg: Config, pin_dir: PathBuf) -> Result<()> {
             }
         }));
     }
-    let start =
-        audit_mode::start(cfg, calls, Kube::new().await?, HostNet::open()?, board.clone(), guard.clone());
+    let kube = Kube::new(cfg.cluster_endpoint.as_deref()).await?;
+    let start = audit_mode::start(cfg, calls, kube, HostNet::open()?, board.clone(), guard.clone());
     let observed = tokio::select! {
         o = start => o?,
         _ = term.recv() => return stop(&guard),

@@ -155,11 +155,16 @@ fn limit_malloc_arenas() {
 }
 
 fn main() -> Result<()> {
-    init_logging()?;
-    match Cli::parse().command {
-        Command::Agent { print_config, paths } => {
-            // A bad variable stops the agent here, before any EC2 or Kubernetes call.
-            let config = eniguard::config::Config::from_env()?;
+    let command = Cli::parse().command;
+    // The daemons' configuration: a bad variable stops them here, before any EC2 or Kubernetes
+    // call; it also says where they log.
+    let daemon = match command {
+        Command::Agent { .. } | Command::Audit { .. } => Some(eniguard::config::Config::from_env()?),
+        _ => None,
+    };
+    init_logging(daemon.as_ref())?;
+    match (command, daemon) {
+        (Command::Agent { print_config, paths }, Some(config)) => {
             if print_config {
                 for (var, value) in config.entries().into_iter().chain(paths.entries()) {
                     println!("{var}={value}");
@@ -173,8 +178,7 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(agent::run(config, paths))
         }
-        Command::Audit { pin_dir } => {
-            let config = eniguard::config::Config::from_env()?;
+        (Command::Audit { pin_dir }, Some(config)) => {
             limit_malloc_arenas();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -182,23 +186,24 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(audit::run(config, pin_dir))
         }
-        Command::Status { addr } => {
+        (Command::Agent { .. } | Command::Audit { .. }, None) => anyhow::bail!("no configuration"),
+        (Command::Status { addr }, _) => {
             cli_runtime()?.block_on(cli::status(&addr.unwrap_or_else(cli::default_addr)))
         }
-        Command::Explain { pod, addr } => {
+        (Command::Explain { pod, addr }, _) => {
             cli_runtime()?.block_on(cli::explain(&addr.unwrap_or_else(cli::default_addr), &pod))
         }
-        Command::Events { follow, addr } => {
+        (Command::Events { follow, addr }, _) => {
             cli_runtime()?.block_on(cli::events(&addr.unwrap_or_else(cli::default_addr), follow))
         }
-        Command::Checkpoint { command: CheckpointCommand::Check { file } } => {
+        (Command::Checkpoint { command: CheckpointCommand::Check { file } }, _) => {
             std::process::exit(checkpoint::check(&file))
         }
-        Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath, max_pods } => {
+        (Command::Guard { intent, metrics_addr, attach, pin_dir, keep_datapath, max_pods }, _) => {
             let args = guard::Args { intent, metrics_addr, attach, pin_dir, keep_datapath, max_pods };
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(guard::run(args))
         }
-        Command::Counter { command } => match command {
+        (Command::Counter { command }, _) => match command {
             CounterCommand::Run { iface, direction, attach, pin_dir, keep_pins, priority } => {
                 run_counter(&iface, direction, attach, priority, &PinDir::new(pin_dir), keep_pins)
             }
@@ -211,17 +216,41 @@ fn main() -> Result<()> {
     }
 }
 
-/// Logs on stderr through tracing: one JSON object per line (ENIGUARD_LOG_FORMAT=json, the
-/// default, for a cluster's log pipeline) or text (`text`, for people); `log` records (the code's
-/// and its libraries') are bridged; RUST_LOG filters (default `info`).
-fn init_logging() -> Result<()> {
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+/// Logs through tracing: one JSON object per line (ENIGUARD_LOG_FORMAT=json, the default, for a
+/// cluster's log pipeline) or text (`text`, for people); `log` records (the code's and its
+/// libraries') are bridged. The daemons log where AWS_VPC_K8S_CNI_LOG_FILE says, at
+/// AWS_VPC_K8S_CNI_LOGLEVEL; the CLI on stderr at info. RUST_LOG, when set, wins.
+fn init_logging(daemon: Option<&eniguard::config::Config>) -> Result<()> {
+    use eniguard::config::LogFile;
+    use tracing_subscriber::{fmt, fmt::writer::BoxMakeWriter, EnvFilter};
+    let level = daemon.map_or("info", |c| c.log_level.filter());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let writer = match daemon.map(|c| &c.log_file) {
+        None | Some(LogFile::Stderr) => BoxMakeWriter::new(std::io::stderr),
+        Some(LogFile::Stdout) => BoxMakeWriter::new(std::io::stdout),
+        Some(LogFile::Path(p)) => {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("AWS_VPC_K8S_CNI_LOG_FILE: creating {}", dir.display()))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("AWS_VPC_K8S_CNI_LOG_FILE: opening {}", p.display()))?;
+            BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+    };
+    let logs = fmt().with_env_filter(filter).with_writer(writer);
     match std::env::var("ENIGUARD_LOG_FORMAT").as_deref() {
         Ok("json") | Err(_) => logs.json().flatten_event(true).init(),
         Ok("text") => logs.init(),
         Ok(other) => anyhow::bail!("ENIGUARD_LOG_FORMAT=`{other}`: expected json or text"),
+    }
+    if let Some(c) = daemon {
+        for var in &c.deprecated_set {
+            log::info!("{var} is deprecated upstream and has no effect");
+        }
     }
     Ok(())
 }

@@ -163,138 +163,86 @@ pub struct Config {
     pub plugin_log_file: String,
     /// AWS_VPC_K8S_PLUGIN_LOG_LEVEL (`Debug`).
     pub plugin_log_level: String,
+    /// AWS_VPC_K8S_CNI_LOGLEVEL (`DEBUG`).
+    pub log_level: LogLevel,
+    /// AWS_VPC_K8S_CNI_LOG_FILE (unset: stderr).
+    pub log_file: LogFile,
+    /// AWS_EC2_ENDPOINT: the EC2 endpoint (unset: the SDK's own resolution).
+    pub ec2_endpoint: Option<String>,
+    /// HTTP_TIMEOUT in seconds (10; below 10 means 10, as upstream): per EC2 request attempt.
+    pub http_timeout: Duration,
+    /// CLUSTER_ENDPOINT: the API server's URL (unset: in-cluster or KUBECONFIG).
+    pub cluster_endpoint: Option<String>,
+    /// ANNOTATE_POD_IP (false): `vpc.amazonaws.com/pod-ips` on each pod.
+    pub annotate_pod_ip: bool,
+    /// ENABLE_BANDWIDTH_PLUGIN (false): chain `bandwidth` in the conflist.
+    pub bandwidth_plugin: bool,
+    /// DISABLE_TCP_EARLY_DEMUX (false): set net.ipv4.tcp_early_demux=0 at start.
+    pub disable_tcp_early_demux: bool,
     /// ENIGUARD_GUARD_MODE (`monitor`).
     pub guard_mode: GuardMode,
     /// ENIGUARD_SG_AUDIT_INTERVAL (seconds, `3600`): how often every ENI's security groups are
     /// read from EC2 for drift (one DescribeNetworkInterfaces each time).
     pub sg_audit_interval: Duration,
+    /// Variables deprecated upstream that are set (logged once at start).
+    pub deprecated_set: Vec<&'static str>,
 }
 
-/// Every variable the agent reads, in the order `--print-config` prints them.
-pub const VARIABLES: &[&str] = &[
-    "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
-    "ENI_CONFIG_LABEL_DEF",
-    "ENI_CONFIG_ANNOTATION_DEF",
-    "ENABLE_POD_ENI",
-    "ENABLE_PREFIX_DELEGATION",
-    "WARM_ENI_TARGET",
-    "WARM_IP_TARGET",
-    "MINIMUM_IP_TARGET",
-    "WARM_PREFIX_TARGET",
-    "MAX_ENI",
-    "IP_COOLDOWN_PERIOD",
-    "AWS_VPC_K8S_CNI_BACKING_STORE",
-    "AWS_VPC_ENI_MTU",
-    "POD_MTU",
-    "AWS_VPC_K8S_CNI_VETHPREFIX",
-    "AWS_VPC_K8S_CNI_EXTERNALSNAT",
-    "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
-    "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
-    "AWS_VPC_CNI_NODE_PORT_SUPPORT",
-    "AWS_VPC_K8S_CNI_CONNMARK",
-    "AWS_EXTERNAL_SERVICE_CIDRS",
-    "NETWORK_POLICY_ENFORCING_MODE",
-    "ENABLE_SUBNET_DISCOVERY",
-    "POD_SECURITY_GROUP_ENFORCING_MODE",
-    "DISABLE_LEAKED_ENI_CLEANUP",
-    "MANAGE_UNTAGGED_ENI",
-    "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
-    "CLUSTER_NAME",
-    "ADDITIONAL_ENI_TAGS",
-    "MY_NODE_NAME",
-    "DISABLE_METRICS",
-    "METRICS_BIND_ADDRESS",
-    "DISABLE_INTROSPECTION",
-    "INTROSPECTION_BIND_ADDRESS",
-    "AWS_VPC_K8S_PLUGIN_LOG_FILE",
-    "AWS_VPC_K8S_PLUGIN_LOG_LEVEL",
-    "ENIGUARD_GUARD_MODE",
-    "ENIGUARD_SG_AUDIT_INTERVAL",
-];
-
-/// What an upstream variable that eniguard does not act on yet may be set to without changing
-/// anything.
+/// AWS_VPC_K8S_CNI_LOGLEVEL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Harmless {
-    /// This boolean (upstream's default), in any of upstream's spellings.
-    Bool(bool),
-    /// This value (upstream's default).
-    Value(&'static str),
-    /// Nothing: any value would change behaviour.
-    Unset,
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
 }
 
-/// An upstream variable eniguard does not act on yet: refused at start, by name, when set to
-/// anything but a harmless value, so that a copied aws-node environment never changes less than
-/// it says.
-#[derive(Clone, Copy, Debug)]
-pub struct NotYet {
-    pub var: &'static str,
-    pub harmless: Harmless,
-    /// What eniguard would have to do.
-    pub needs: &'static str,
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "DEBUG",
+            Self::Info => "INFO",
+            Self::Warn => "WARN",
+            Self::Error => "ERROR",
+            Self::Fatal => "FATAL",
+        }
+    }
+
+    /// The tracing filter: eniguard's own records at this level; its libraries' at most at
+    /// info (their debug records are not ipamd's).
+    pub fn filter(self) -> &'static str {
+        match self {
+            Self::Debug => "info,eniguard=debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error | Self::Fatal => "error",
+        }
+    }
 }
 
-/// Upstream's variables that eniguard refuses unless harmless.
-pub const NOT_YET: &[NotYet] = &[
-    NotYet { var: "ENABLE_IPv6", harmless: Harmless::Bool(false), needs: "run IPv6 clusters" },
-    NotYet { var: "ENABLE_IPv4", harmless: Harmless::Bool(true), needs: "run clusters without IPv4" },
-    NotYet { var: "DISABLE_POD_V6", harmless: Harmless::Bool(false), needs: "run IPv6 clusters" },
-    NotYet { var: "ENABLE_V6_EGRESS", harmless: Harmless::Bool(false), needs: "give IPv4 pods IPv6 egress" },
-    NotYet {
-        var: "ENABLE_MULTI_NIC",
-        harmless: Harmless::Bool(false),
-        needs: "use more than one network card",
-    },
-    NotYet {
-        var: "ENABLE_IMDS_ONLY_MODE",
-        harmless: Harmless::Bool(false),
-        needs: "build its pool from IMDS alone",
-    },
-    NotYet {
-        var: "DISABLE_NETWORK_RESOURCE_PROVISIONING",
-        harmless: Harmless::Bool(false),
-        needs: "leave ENIs and addresses to someone else",
-    },
-    NotYet {
-        var: "ANNOTATE_POD_IP",
-        harmless: Harmless::Bool(false),
-        needs: "annotate pods with vpc.amazonaws.com/pod-ips",
-    },
-    NotYet {
-        var: "ENABLE_BANDWIDTH_PLUGIN",
-        harmless: Harmless::Bool(false),
-        needs: "chain the bandwidth plugin",
-    },
-    NotYet {
-        var: "DISABLE_TCP_EARLY_DEMUX",
-        harmless: Harmless::Bool(false),
-        needs: "set net.ipv4.tcp_early_demux=0",
-    },
-    NotYet {
-        var: "HOST_CNI_BIN_PATH",
-        harmless: Harmless::Value("/host/opt/cni/bin"),
-        needs: "read it; set --cni-bin-dir",
-    },
-    NotYet {
-        var: "HOST_CNI_CONFDIR_PATH",
-        harmless: Harmless::Value("/host/etc/cni/net.d"),
-        needs: "read it; set --cni-conf-dir",
-    },
-    NotYet {
-        var: "AWS_EC2_ENDPOINT",
-        harmless: Harmless::Unset,
-        needs: "read it; set the SDK's AWS_ENDPOINT_URL_EC2",
-    },
-    NotYet {
-        var: "CLUSTER_ENDPOINT",
-        harmless: Harmless::Unset,
-        needs: "read it; it uses the in-cluster configuration or KUBECONFIG",
-    },
-];
+/// AWS_VPC_K8S_CNI_LOG_FILE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFile {
+    Stdout,
+    Stderr,
+    /// Appended to (the directory is created).
+    Path(PathBuf),
+}
 
-/// Deprecated upstream and without effect there too: one log line when set.
-pub const DEPRECATED: &[&str] = &["AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "ENABLE_NFTABLES"];
+impl std::fmt::Display for LogFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stdout => f.write_str("stdout"),
+            Self::Stderr => f.write_str("stderr"),
+            Self::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+pub mod variables;
+
+pub use variables::{Harmless, NotYet, DEPRECATED, NOT_YET, VARIABLES};
 
 /// Reads variables through `get` (the process environment, or a map in tests).
 struct Reader<F> {
@@ -320,19 +268,30 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     fn refuse_what_is_not_done_yet(&self) -> Result<(), ConfigError> {
         for n in NOT_YET {
             let Some(v) = self.raw(n.var) else { continue };
-            let (fine, harmless) = match n.harmless {
-                Harmless::Bool(b) => (self.bool(n.var, b)? == b, b.to_string()),
-                Harmless::Value(h) => (v.trim() == h, format!("`{h}`")),
-                Harmless::Unset => (false, "unset".to_owned()),
-            };
-            if !fine {
+            let Harmless::Bool(harmless) = n.harmless;
+            if self.bool(n.var, harmless)? != harmless {
                 return Err(bad(n.var, &v, &format!("{harmless}: eniguard does not {} yet", n.needs)));
             }
         }
-        for var in DEPRECATED.iter().filter(|v| self.raw(v).is_some()) {
-            log::info!("{var} is deprecated upstream and has no effect");
-        }
         Ok(())
+    }
+
+    /// An http(s) URL (unset: None).
+    fn url(&self, var: &'static str) -> Result<Option<String>, ConfigError> {
+        let Some(v) = self.raw(var) else { return Ok(None) };
+        let t = v.trim();
+        let host = t.strip_prefix("https://").or_else(|| t.strip_prefix("http://"));
+        let ok = host
+            .is_some_and(|h| !h.is_empty() && !h.starts_with(['/', ':']) && !h.contains(char::is_whitespace));
+        if ok {
+            Ok(Some(t.to_owned()))
+        } else {
+            Err(bad(
+                var,
+                &v,
+                "an http:// or https:// URL with a host, such as https://ec2.us-west-2.amazonaws.com",
+            ))
+        }
     }
 
     /// Comma-separated IPv4 CIDRs (unset: none).
@@ -529,6 +488,31 @@ impl Config {
                     &[("Debug", "Debug"), ("Info", "Info"), ("Warn", "Warn"), ("Error", "Error")],
                 )?
                 .to_owned(),
+            log_level: r.choice(
+                "AWS_VPC_K8S_CNI_LOGLEVEL",
+                LogLevel::Debug,
+                &[
+                    ("DEBUG", LogLevel::Debug),
+                    ("INFO", LogLevel::Info),
+                    ("WARN", LogLevel::Warn),
+                    ("ERROR", LogLevel::Error),
+                    ("FATAL", LogLevel::Fatal),
+                ],
+            )?,
+            log_file: match r.raw("AWS_VPC_K8S_CNI_LOG_FILE").as_deref().map(str::trim) {
+                None | Some("stderr") => LogFile::Stderr,
+                Some("stdout") => LogFile::Stdout,
+                Some(p) if p.starts_with('/') => LogFile::Path(PathBuf::from(p)),
+                Some(p) => {
+                    return Err(bad("AWS_VPC_K8S_CNI_LOG_FILE", p, "stdout, stderr or an absolute path"))
+                }
+            },
+            ec2_endpoint: r.url("AWS_EC2_ENDPOINT")?,
+            http_timeout: Duration::from_secs(u64::from(r.count("HTTP_TIMEOUT", 10, 10)?.max(10))),
+            cluster_endpoint: r.url("CLUSTER_ENDPOINT")?,
+            annotate_pod_ip: r.bool("ANNOTATE_POD_IP", false)?,
+            bandwidth_plugin: r.bool("ENABLE_BANDWIDTH_PLUGIN", false)?,
+            disable_tcp_early_demux: r.bool("DISABLE_TCP_EARLY_DEMUX", false)?,
             guard_mode: r.choice(
                 "ENIGUARD_GUARD_MODE",
                 GuardMode::Monitor,
@@ -538,6 +522,7 @@ impl Config {
                 n if n >= 10 => Duration::from_secs(u64::from(n)),
                 n => return Err(bad("ENIGUARD_SG_AUDIT_INTERVAL", &n.to_string(), "seconds, at least 10")),
             },
+            deprecated_set: DEPRECATED.iter().copied().filter(|v| r.raw(v).is_some()).collect(),
         })
     }
 
@@ -594,6 +579,14 @@ impl Config {
             self.introspection_bind_address.clone(),
             self.plugin_log_file.clone(),
             self.plugin_log_level.clone(),
+            self.log_level.as_str().to_owned(),
+            self.log_file.to_string(),
+            self.ec2_endpoint.clone().unwrap_or_default(),
+            self.http_timeout.as_secs().to_string(),
+            self.cluster_endpoint.clone().unwrap_or_default(),
+            b(self.annotate_pod_ip),
+            b(self.bandwidth_plugin),
+            b(self.disable_tcp_early_demux),
             match self.guard_mode {
                 GuardMode::Off => "off",
                 GuardMode::Monitor => "monitor",
@@ -602,19 +595,21 @@ impl Config {
             .to_owned(),
             self.sg_audit_interval.as_secs().to_string(),
         ];
-        VARIABLES.iter().copied().zip(values).collect()
+        VARIABLES.iter().map(|v| v.name).zip(values).collect()
     }
 }
 
-/// Where the agent keeps things on the host. Flags rather than variables (as upstream's
-/// DaemonSet mounts fixed paths), so that several simulated nodes can run side by side.
+/// Where the agent keeps things on the host. Flags (so that several simulated nodes can run side
+/// by side); the CNI directories also read upstream's variables.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct HostPaths {
-    /// Where the conflist is written (`10-eniguard.conflist`).
-    #[arg(long, default_value = "/etc/cni/net.d")]
+    /// Where the conflist is written (`10-eniguard.conflist`); upstream's HOST_CNI_CONFDIR_PATH
+    /// when the flag is not given.
+    #[arg(long, env = "HOST_CNI_CONFDIR_PATH", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    /// Where the `eniguard-cni` plugin is installed.
-    #[arg(long, default_value = "/opt/cni/bin")]
+    /// Where the `eniguard-cni` plugin is installed; upstream's HOST_CNI_BIN_PATH when the flag
+    /// is not given.
+    #[arg(long, env = "HOST_CNI_BIN_PATH", default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
     /// The agent's socket and state.
     #[arg(long, default_value = "/run/eniguard")]
@@ -667,25 +662,59 @@ mod tests {
         );
         let e = err(&[("ENABLE_MULTI_NIC", "TRUE")]);
         assert!(e.contains("ENABLE_MULTI_NIC") && e.contains("more than one network card"), "{e}");
-        let e = err(&[("HOST_CNI_BIN_PATH", "/opt/cni/bin")]);
-        assert!(e.contains("HOST_CNI_BIN_PATH") && e.contains("--cni-bin-dir"), "{e}");
-        let e = err(&[("CLUSTER_ENDPOINT", "https://x.eks.amazonaws.com")]);
-        assert!(e.contains("CLUSTER_ENDPOINT") && e.contains("unset"), "{e}");
-        let e = err(&[("ANNOTATE_POD_IP", "yes")]);
-        assert!(e.contains("ANNOTATE_POD_IP=`yes`: expected true or false"), "{e}");
+        let e = err(&[("ENABLE_IMDS_ONLY_MODE", "1")]);
+        assert!(e.contains("ENABLE_IMDS_ONLY_MODE=`1`") && e.contains("from IMDS alone"), "{e}");
+        let e = err(&[("ENABLE_V4_EGRESS", "yes")]);
+        assert!(e.contains("ENABLE_V4_EGRESS=`yes`: expected true or false"), "{e}");
         // Upstream's defaults, in its spellings, change nothing and are accepted.
         let harmless = [
             ("ENABLE_IPv6", "false"),
             ("ENABLE_IPv4", "True"),
             ("ENABLE_MULTI_NIC", "0"),
-            ("ANNOTATE_POD_IP", "false"),
-            ("HOST_CNI_BIN_PATH", "/host/opt/cni/bin"),
+            ("ENABLE_V4_EGRESS", "true"),
             ("AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "false"),
             ("ENABLE_NFTABLES", "true"),
         ];
-        assert!(parse(&harmless).is_ok());
-        for n in NOT_YET {
-            assert!(!VARIABLES.contains(&n.var), "{} is both read and refused", n.var);
+        let c = parse(&harmless).unwrap();
+        assert_eq!(c.deprecated_set, ["AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "ENABLE_NFTABLES"]);
+    }
+
+    #[test]
+    fn logging_endpoints_and_node_variables_as_upstream_reads_them() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.log_level, &c.log_file), (LogLevel::Debug, &LogFile::Stderr));
+        assert_eq!((c.ec2_endpoint.as_deref(), c.cluster_endpoint.as_deref()), (None, None));
+        assert_eq!(c.http_timeout, Duration::from_secs(10));
+        assert!(!c.annotate_pod_ip && !c.bandwidth_plugin && !c.disable_tcp_early_demux);
+        let c = parse(&[
+            ("AWS_VPC_K8S_CNI_LOGLEVEL", "warn"),
+            ("AWS_VPC_K8S_CNI_LOG_FILE", "/host/var/log/aws-routed-eni/ipamd.log"),
+            ("AWS_EC2_ENDPOINT", "http://127.0.0.1:8080"),
+            ("HTTP_TIMEOUT", "30"),
+            ("CLUSTER_ENDPOINT", "https://ABC.gr7.us-west-2.eks.amazonaws.com"),
+            ("ANNOTATE_POD_IP", "true"),
+            ("ENABLE_BANDWIDTH_PLUGIN", "true"),
+            ("DISABLE_TCP_EARLY_DEMUX", "True"),
+        ])
+        .unwrap();
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(c.log_file, LogFile::Path("/host/var/log/aws-routed-eni/ipamd.log".into()));
+        assert_eq!(c.ec2_endpoint.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(c.http_timeout, Duration::from_secs(30));
+        assert!(c.cluster_endpoint.is_some() && c.annotate_pod_ip && c.bandwidth_plugin);
+        assert!(c.disable_tcp_early_demux);
+        assert_eq!(parse(&[("AWS_VPC_K8S_CNI_LOG_FILE", "stdout")]).unwrap().log_file, LogFile::Stdout);
+        // Upstream falls back to 10 s below 10.
+        assert_eq!(parse(&[("HTTP_TIMEOUT", "3")]).unwrap().http_timeout, Duration::from_secs(10));
+        for (var, value, says) in [
+            ("AWS_VPC_K8S_CNI_LOGLEVEL", "trace", "one of DEBUG, INFO, WARN, ERROR, FATAL"),
+            ("AWS_VPC_K8S_CNI_LOG_FILE", "ipamd.log", "stdout, stderr or an absolute path"),
+            ("AWS_EC2_ENDPOINT", "ec2.internal", "an http:// or https:// URL"),
+            ("CLUSTER_ENDPOINT", "https://", "an http:// or https:// URL"),
+            ("HTTP_TIMEOUT", "ten", "an integer"),
+        ] {
+            let e = err(&[(var, value)]);
+            assert!(e.starts_with(&format!("{var}=`{value}`: expected")) && e.contains(says), "{e}");
         }
     }
 
