@@ -17,7 +17,7 @@
 //! - [`config`]: the environment variables (upstream's names and defaults), parsed and validated.
 //! - [`ipam`]: the datastore (ENIs, addresses, allocations, exclusion rule), the pool policy and
 //!   the checkpoint.
-//! - [`sync`]: one lock helper and one backoff.
+//! - [`sync`]: one lock helper and one backoff; [`prom`]: a counter named as upstream's.
 //!
 //! The node layer reaches the outside through three seams, [`cloud::Cloud`], [`kube::Cluster`]
 //! and [`net::host::Host`]: the agent passes the real clients, the node's unit tests in-memory
@@ -34,4 +34,6 @@ pub mod net;
 pub mod netpol;
 pub mod node;
 pub mod observe;
+#[cfg(feature = "control-plane")]
+pub mod prom;
 pub mod sync;

@@ -12,11 +12,31 @@ use crate::netns::{in_netns, NetNs};
 
 /// The whole response (status line, headers, body) to `METHOD path` at `addr`, in this namespace.
 pub fn request(method: &str, addr: &str, path: &str) -> Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    request_with(method, addr, path, "")
+}
+
+/// [`request`] with more header lines (each ending in `\r\n`); `addr` is `host:port` or
+/// `unix:PATH`.
+pub fn request_with(method: &str, addr: &str, path: &str, headers: &str) -> Result<String> {
+    let host = if addr.starts_with("unix:") { "localhost" } else { addr };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     let mut response = String::new();
-    s.read_to_string(&mut response)?;
+    match addr.strip_prefix("unix:") {
+        Some(socket) => {
+            let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(head.as_bytes())?;
+            s.read_to_string(&mut response)?;
+        }
+        None => {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(head.as_bytes())?;
+            s.read_to_string(&mut response)?;
+        }
+    }
     Ok(response)
 }
 
@@ -27,8 +47,13 @@ pub fn body(response: &str) -> &str {
 
 /// The whole response to `GET path` from `addr` inside `ns`.
 pub fn get_in(ns: &NetNs, addr: &str, path: &str) -> Result<String> {
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    in_netns(ns, move || request("GET", &addr, &path))
+    get_in_with(ns, addr, path, "")
+}
+
+/// [`get_in`] with more header lines.
+pub fn get_in_with(ns: &NetNs, addr: &str, path: &str, headers: &str) -> Result<String> {
+    let (addr, path, headers) = (addr.to_owned(), path.to_owned(), headers.to_owned());
+    in_netns(ns, move || request_with("GET", &addr, &path, &headers))
 }
 
 /// The body of the response to `GET path` from `addr` inside `ns`.

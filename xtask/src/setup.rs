@@ -27,6 +27,10 @@ const OS_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft: the simulated VPC drops what EC2's source/destination check would"),
     ("containernetworking-plugins", "portmap to chain; ptp + host-local, the CNI benchmark's peer"),
     ("prometheus", "promtool check metrics: the agent's and audit mode's /metrics (no server is started)"),
+    (
+        "python3-prometheus-client",
+        "the Prometheus project's OpenMetrics parser: an OpenMetrics scrape of the agent parses",
+    ),
     ("qemu-system-x86", "boots other kernels for the kernel matrix"),
     ("busybox-static", "initramfs userland for the kernel matrix; the busybox image containerd runs"),
     ("containerd", "the container runtime that starts the tests' pods over CRI, as the kubelet does"),

@@ -196,14 +196,17 @@ impl Ec2 {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        match fut.await {
+        let started = std::time::Instant::now();
+        let result = fut.await;
+        let took = started.elapsed();
+        match result {
             Ok(v) => {
-                self.calls.record("ec2", action, "ok");
+                self.calls.record("ec2", action, "ok", took);
                 Ok(v)
             }
             Err(e) => {
                 let code = e.code().map(str::to_owned);
-                self.calls.record("ec2", action, code.as_deref().unwrap_or("error"));
+                self.calls.record("ec2", action, code.as_deref().unwrap_or("error"), took);
                 let message = match e.message() {
                     Some(m) => m.to_owned(),
                     None => DisplayErrorContext(&e).to_string(),

@@ -81,19 +81,21 @@ impl Imds {
     /// The value at `path` under meta-data, or None for a 404 (e.g. `ipv4-prefix` of an ENI
     /// without prefixes).
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsFailure> {
+        let started = std::time::Instant::now();
         let result = self.client.get(format!("{BASE}{path}")).await;
+        let took = started.elapsed();
         let action = metric_action(path);
         match result {
             Ok(v) => {
-                self.calls.record("imds", action, "ok");
+                self.calls.record("imds", action, "ok", took);
                 Ok(Some(String::from(v)))
             }
             Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => {
-                self.calls.record("imds", action, "404");
+                self.calls.record("imds", action, "404", took);
                 Ok(None)
             }
             Err(e) => {
-                self.calls.record("imds", action, "error");
+                self.calls.record("imds", action, "error", took);
                 Err(ImdsFailure::Call { path: path.to_owned(), source: Box::new(e) })
             }
         }

@@ -549,6 +549,35 @@ impl Datastore {
         v
     }
 
+    /// Every CIDR of every ENI (excluded ENIs included) with the addresses assigned in it and
+    /// those cooling at `now`, by device number (upstream's per-CIDR metric and `/v1/enis`).
+    pub fn cidr_views(&self, now: UnixNanos) -> Vec<CidrView> {
+        let mut enis: Vec<&EniState> = self.enis.values().collect();
+        enis.sort_by_key(|e| e.spec.device_number);
+        let by_ip: HashMap<Ipv4Addr, &Allocation> = self.allocations.values().map(|a| (a.ip, a)).collect();
+        let mut out = Vec::new();
+        for e in enis {
+            for (cidr, assigned) in &e.cidrs {
+                let cooling = e
+                    .cooling
+                    .iter()
+                    .filter(|(ip, at)| {
+                        cidr.contains(*ip) && now.saturating_sub(*at) < self.cfg.cooldown_nanos
+                    })
+                    .copied()
+                    .collect();
+                out.push(CidrView {
+                    eni: e.spec.id.clone(),
+                    cidr: *cidr,
+                    excluded: e.excluded.is_some(),
+                    assigned: assigned.iter().filter_map(|ip| by_ip.get(ip).map(|a| (*a).clone())).collect(),
+                    cooling,
+                });
+            }
+        }
+        out
+    }
+
     /// Every CIDR on `eni` (excluded ENIs included), for reconciling with IMDS and EC2.
     pub fn cidrs_of(&self, eni: &str) -> Vec<Cidr> {
         self.enis.get(eni).map(|e| e.cidrs.keys().copied().collect()).unwrap_or_default()
@@ -570,6 +599,17 @@ impl Datastore {
         v.sort_by_key(|c| (c.is_prefix() == pd, *c));
         v
     }
+}
+
+/// One CIDR as [`Datastore::cidr_views`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CidrView {
+    pub eni: String,
+    pub cidr: Cidr,
+    pub excluded: bool,
+    pub assigned: Vec<Allocation>,
+    /// Released addresses still cooling, with when they were released.
+    pub cooling: Vec<(Ipv4Addr, UnixNanos)>,
 }
 
 /// An ENI as the warm-pool policy sees it.

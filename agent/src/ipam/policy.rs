@@ -76,6 +76,18 @@ pub enum Action {
     DeleteEni { eni: String },
 }
 
+impl Action {
+    /// The action's kind, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::AssignToEni { .. } => "AssignToEni",
+            Self::CreateEni { .. } => "CreateEni",
+            Self::ReleaseCidrs { .. } => "ReleaseCidrs",
+            Self::DeleteEni { .. } => "DeleteEni",
+        }
+    }
+}
+
 pub const MIN_ENI_LIFETIME: u64 = 60 * NANOS_PER_SEC;
 pub const DECREASE_INTERVAL: u64 = 30 * NANOS_PER_SEC;
 const PREFIX_SIZE: u32 = 16;

@@ -161,6 +161,7 @@ fn key(network_name: &str, container_id: &str, if_name: &str) -> Result<AllocKey
 /// ADD: the pod's address (see [`allocate`]), annotated on the pod before the reply with
 /// ANNOTATE_POD_IP (a failure fails the ADD, as upstream; the runtime's DEL releases it).
 async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
+    node.metrics.upstream.add_requests.inc();
     let (namespace, name) = (r.pod_namespace.clone(), r.pod_name.clone());
     let reply = allocate(node, r).await?;
     if node.cfg.annotate_pod_ip {
@@ -191,10 +192,13 @@ async fn allocate(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
         })
         .await
         .map_err(|e| match e {
-            IpamError::Datastore(DatastoreError::NoAvailableAddress) => ApiError::new(
-                ErrorKind::NoAddress,
-                "no free address on this node right now; the pool is growing, retry",
-            ),
+            IpamError::Datastore(DatastoreError::NoAvailableAddress) => {
+                node.metrics.upstream.no_address.inc();
+                ApiError::new(
+                    ErrorKind::NoAddress,
+                    "no free address on this node right now; the pool is growing, retry",
+                )
+            }
             IpamError::Datastore(e @ DatastoreError::HeldOnExcludedEni { .. }) => {
                 ApiError::new(ErrorKind::Refused, e.to_string())
             }
@@ -366,6 +370,8 @@ async fn gc(node: &Shared, r: GcRequest) -> Result<GcReply, ApiError> {
 
 async fn del(node: &Shared, r: DelRequest) -> Result<DelReply, ApiError> {
     api::check_version(&r.client_version)?;
+    let reason = crate::observe::awscni::ReasonLabel { reason: crate::observe::awscni::DEL_REASON.into() };
+    node.metrics.upstream.del_requests.get_or_create(&reason).inc();
     let key = key(&r.network_name, &r.container_id, &r.if_name)?;
     let released =
         node.owner.with(move |ipam| ipam.release(&key, now())).await.map_err(|e| internal("del", &e))?;

@@ -49,7 +49,12 @@ async fn pool_and_reconcile(shared: Arc<Shared>) {
         let quiet = state.last_action.is_none_or(|t| t.elapsed() >= reconcile::RECONCILE_INTERVAL);
         if awaiting_trunk || (quiet && last_reconcile.elapsed() >= reconcile::RECONCILE_INTERVAL) {
             last_reconcile = Instant::now();
-            let result = reconcile::reconcile(&shared).await;
+            let result = {
+                let _busy = shared.metrics.upstream.in_progress(RECONCILE_FN);
+                reconcile::reconcile(&shared).await
+            };
+            let reconciles = &shared.metrics.upstream.reconciles;
+            reconciles.get_or_create(&crate::cloud::calls::FnLabel { r#fn: RECONCILE_FN.into() }).inc();
             let label = crate::observe::agent::ResultLabel {
                 result: if result.is_ok() { "ok" } else { "error" }.into(),
             };
@@ -82,3 +87,6 @@ fn jitter(max: Duration) -> Duration {
     let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
     Duration::from_millis(r % u64::try_from(max.as_millis()).unwrap_or(1).max(1))
 }
+
+/// Upstream's name for the reconcile pass (awscni_reconcile_count, awscni_ipamd_action_inprogress).
+const RECONCILE_FN: &str = "nodeIPPoolReconcile";

@@ -7,11 +7,15 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    cloud::ec2::{Ec2Error, NewEni, SUBNET_FULL},
+    cloud::{
+        calls::FnLabel,
+        ec2::{Ec2Error, NewEni, SUBNET_FULL},
+    },
     ipam::{
         model::{Cidr, UnixNanos},
         policy::{self, Action, NodeState},
     },
+    observe::awscni::{CidrLabel, EniLabel},
     sync::backoff,
 };
 
@@ -88,7 +92,12 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, NodeEr
     let mut changed = false;
     for action in actions {
         let shrinking = matches!(action, Action::ReleaseCidrs { .. } | Action::DeleteEni { .. });
-        match execute(shared, &action).await {
+        let upstream = &shared.metrics.upstream;
+        let busy =
+            upstream.in_progress(if shrinking { "decreaseDatastorePool" } else { "increaseDatastorePool" });
+        let done = execute(shared, &action).await;
+        drop(busy);
+        match done {
             Ok(did) => {
                 changed |= did;
                 if did && shrinking {
@@ -112,6 +121,7 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, NodeEr
             }
             Err(e) => {
                 shared.metrics.pool_errors.inc();
+                upstream.ipamd_errors.get_or_create(&FnLabel { r#fn: action.name().into() }).inc();
                 log::warn!("pool: {action:?}: {e}");
             }
         }
@@ -158,11 +168,11 @@ async fn bad_placement(shared: &Shared, e: &NodeError) {
 }
 
 pub async fn update_gauges(shared: &Shared) {
-    let (stats, enis) = shared
+    let (stats, enis, cidrs) = shared
         .owner
         .with(|ipam| {
             let at = now();
-            (ipam.datastore.stats(at), ipam.datastore.enis(at))
+            (ipam.datastore.stats(at), ipam.datastore.enis(at), ipam.datastore.cidr_views(at))
         })
         .await;
     let m = &shared.metrics;
@@ -187,6 +197,19 @@ pub async fn update_gauges(shared: &Shared) {
         m.addresses
             .get_or_create(&crate::observe::agent::StateLabel { state: state.into() })
             .set(i64::from(n));
+    }
+    let u = &m.upstream;
+    u.total_ips.set(i64::from(stats.total));
+    u.assigned_ips.set(i64::from(stats.assigned));
+    u.prefixes.set(if shared.cfg.prefix_delegation { i64::from(stats.cidrs) } else { 0 });
+    u.assigned_per_cidr.clear();
+    u.assigned_per_eni.clear();
+    for c in cidrs.iter().filter(|c| !c.excluded) {
+        let cidr = CidrLabel { cidr: c.cidr.to_string() };
+        u.assigned_per_cidr.get_or_create(&cidr).set(c.assigned.len() as i64);
+    }
+    for e in enis.iter().filter(|e| e.excluded.is_none()) {
+        u.assigned_per_eni.get_or_create(&EniLabel { eni: e.id.clone() }).set(i64::from(e.assigned));
     }
     let l = &shared.limits;
     m.eni_max.set(i64::from(l.max_enis));

@@ -6,6 +6,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use prometheus_client::collector::Collector;
+
+use super::awscni::{BuildLabels, Upstream, COUNTERS, SUMMARIES};
 use crate::cloud::calls::Calls;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,12 +72,20 @@ pub struct Metrics {
     pub pool_errors: Counter,
     pub pod_gc_released: Counter,
     pub build_info: Family<VersionLabel, Gauge>,
+    /// What only upstream's `awscni_*` names need.
+    pub upstream: Upstream,
 }
 
 impl Metrics {
-    /// The registry with every metric, the API call counter included.
-    pub fn registry(&self, calls: &Calls) -> Registry {
-        let mut r = Registry::with_prefix("eniguard");
+    /// The registry with every metric, the API call counter included: eniguard's own (`eniguard_`,
+    /// with `collector`, the guard's counters) and upstream's (`awscni_`).
+    pub fn registry(&self, calls: &Calls, collector: Option<Box<dyn Collector>>) -> Registry {
+        let mut root = Registry::default();
+        self.register_upstream(&mut root, calls);
+        let r = root.sub_registry_with_prefix("eniguard");
+        if let Some(c) = collector {
+            r.register_collector(c);
+        }
         r.register("build_info", "eniguard's version", self.build_info.clone());
         self.build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register(
@@ -143,7 +154,118 @@ impl Metrics {
             "Addresses released because their pod was gone from the node without a CNI DEL",
             self.pod_gc_released.clone(),
         );
-        r
+        root
+    }
+
+    /// Upstream's families (see [`super::awscni`]), with upstream's help texts.
+    fn register_upstream(&self, r: &mut Registry, calls: &Calls) {
+        let u = &self.upstream;
+        let c = &calls.upstream;
+        u.build_info
+            .get_or_create(&BuildLabels {
+                version: format!("eniguard-{}", env!("CARGO_PKG_VERSION")),
+                goversion: env!("ENIGUARD_RUSTC_VERSION").into(),
+            })
+            .set(1);
+        r.register(
+            "awscni_build_info",
+            "A metric with a constant '1' value labeled by version, revision, and goversion from which amazon-vpc-cni-k8s was built.",
+            u.build_info.clone(),
+        );
+        r.register(
+            "awscni_ipamd_error_count",
+            "The number of errors encountered in ipamd",
+            u.ipamd_errors.clone(),
+        );
+        r.register(
+            "awscni_ipamd_action_inprogress",
+            "The number of ipamd actions in progress",
+            u.in_progress.clone(),
+        );
+        r.register(
+            "awscni_eni_max",
+            "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs",
+            self.eni_max.clone(),
+        );
+        r.register(
+            "awscni_ip_max",
+            "The maximum number of IP addresses that can be allocated to the instance",
+            self.ip_max.clone(),
+        );
+        r.register(
+            "awscni_reconcile_count",
+            "The number of times ipamd reconciles on ENIs and IP/Prefix addresses",
+            u.reconciles.clone(),
+        );
+        r.register(
+            "awscni_add_ip_req_count",
+            "The number of add IP address requests",
+            u.add_requests.clone(),
+        );
+        r.register(
+            "awscni_del_ip_req_count",
+            "The number of delete IP address requests",
+            u.del_requests.clone(),
+        );
+        r.register("awscni_aws_api_latency_ms", "AWS API call latency in ms", c.latency_ms.clone());
+        r.register(
+            "awscni_aws_api_error_count",
+            "The number of times AWS API returns an error",
+            c.api_errors.clone(),
+        );
+        r.register(
+            "awscni_ec2api_req_count",
+            "The number of requests made to EC2 APIs by CNI",
+            c.ec2_requests.clone(),
+        );
+        r.register(
+            "awscni_ec2api_error_count",
+            "The number of failed EC2 APIs requests",
+            c.ec2_errors.clone(),
+        );
+        r.register("awscni_eni_allocated", "The number of ENIs allocated", self.enis.clone());
+        r.register("awscni_total_ip_addresses", "The total number of IP addresses", u.total_ips.clone());
+        r.register(
+            "awscni_assigned_ip_addresses",
+            "The number of IP addresses assigned to pods",
+            u.assigned_ips.clone(),
+        );
+        r.register(
+            "awscni_force_removed_enis",
+            "The number of ENIs force removed while they had assigned pods",
+            u.force_removed_enis.clone(),
+        );
+        r.register(
+            "awscni_force_removed_ips",
+            "The number of IPs force removed while they had assigned pods",
+            u.force_removed_ips.clone(),
+        );
+        r.register("awscni_total_ipv4_prefixes", "The total number of IPv4 prefixes", u.prefixes.clone());
+        r.register(
+            "awscni_assigned_ip_per_cidr",
+            "The total number of IP addresses assigned per cidr",
+            u.assigned_per_cidr.clone(),
+        );
+        r.register(
+            "awscni_no_available_ip_addresses",
+            "The number of pod IP assignments that fail due to no available IP addresses",
+            u.no_address.clone(),
+        );
+        r.register(
+            "awscni_assigned_ip_per_eni",
+            "The number of allocated ips partitioned by eni",
+            u.assigned_per_eni.clone(),
+        );
+        r.register(
+            "awscni_ipamd_startup_duration_seconds",
+            "The duration of IPAMD startup from process start to ready to serve CNI requests",
+            u.startup_seconds.clone(),
+        );
+        r.register(
+            "awscni_ipamd_node_initialization_duration_seconds",
+            "The duration of node initialization during IPAMD startup",
+            u.node_init_seconds.clone(),
+        );
     }
 }
 
@@ -158,7 +280,9 @@ pub fn render(registry: &Registry) -> String {
 /// The classic Prometheus text format (0.0.4) of `registry`, for scrapers that do not ask for
 /// OpenMetrics. prometheus-client writes OpenMetrics only; the two differ in what this rewrites:
 /// a counter family `x` has samples `x_total`, which 0.0.4 names in HELP and TYPE too; 0.0.4 has
-/// no UNIT lines, no `info` type (its `x_info` samples become a gauge) and no `# EOF`.
+/// no UNIT lines, no `info` type (its `x_info` samples become a gauge), no `unknown` type
+/// (upstream's counters, see [`crate::prom::Count`], become `counter`, anything else `untyped`)
+/// and no `# EOF`; upstream's summaries without quantiles lose their one `+Inf` bucket.
 pub fn render_classic(registry: &Registry) -> String {
     openmetrics_to_classic(&render(registry))
 }
@@ -181,14 +305,22 @@ fn openmetrics_to_classic(text: &str) -> String {
         }
     }
     let renamed = |name: &str| renames.iter().find(|(from, _)| from == name).map(|(_, to)| to.as_str());
+    let summary_bucket =
+        |line: &str| SUMMARIES.iter().any(|s| line.strip_prefix(s).is_some_and(|r| r.starts_with("_bucket")));
     for line in text.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
+        if line == "# EOF" || line.starts_with("# UNIT ") || summary_bucket(line) {
             continue;
         }
         for (prefix, is_type) in [("# HELP ", false), ("# TYPE ", true)] {
             if let Some(rest) = line.strip_prefix(prefix) {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let tail = if is_type && tail == "info" { "gauge" } else { tail };
+                let tail = match (is_type, tail) {
+                    (true, "info") => "gauge",
+                    (true, "unknown") if COUNTERS.contains(&name) => "counter",
+                    (true, "unknown") => "untyped",
+                    (true, "histogram") if SUMMARIES.contains(&name) => "summary",
+                    _ => tail,
+                };
                 out.push_str(&format!("{prefix}{} {tail}\n", renamed(name).unwrap_or(name)));
             }
         }

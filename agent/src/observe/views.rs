@@ -6,7 +6,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// `GET /v1/status`.
+/// Where each answer is served (upstream's own paths are in [`super::upstream_views`]).
+pub mod path {
+    pub const STATUS: &str = "/v1/eniguard/status";
+    pub const ENIS: &str = "/v1/eniguard/enis";
+    pub const PODS: &str = "/v1/eniguard/pods";
+    pub const ENI_CONFIGS: &str = "/v1/eniguard/eni-configs";
+    pub const ENV_SETTINGS: &str = "/v1/eniguard/env-settings";
+    pub const GUARD: &str = "/v1/eniguard/guard";
+    pub const EVENTS: &str = "/v1/eniguard/events";
+    /// The agent's, in the order `/` lists them (audit mode serves STATUS, GUARD and EVENTS).
+    pub const AGENT: [&str; 7] = [STATUS, ENIS, PODS, ENI_CONFIGS, ENV_SETTINGS, GUARD, EVENTS];
+}
+
+/// `GET /v1/eniguard/status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusView {
@@ -23,7 +36,7 @@ pub struct StatusView {
     pub problem: Option<String>,
 }
 
-/// `GET /v1/enis`.
+/// `GET /v1/eniguard/enis`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnisView {
@@ -58,7 +71,7 @@ pub struct VerdictCount {
     pub dropped: u64,
 }
 
-/// `GET /v1/guard`: what the guard holds (truth, intent, findings as last applied) and each
+/// `GET /v1/eniguard/guard`: what the guard holds (truth, intent, findings as last applied) and each
 /// pod's verdicts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -118,7 +131,7 @@ pub struct FindingView {
     pub reason: String,
 }
 
-/// `GET /v1/events`: one violation, with names.
+/// `GET /v1/eniguard/events`: one violation, with names.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventView {
     pub timestamp_ns: u64,
@@ -137,7 +150,7 @@ pub struct EventView {
     pub actual_security_groups: Vec<String>,
 }
 
-/// `GET /v1/pods`: the node's pods, each with what the guard holds for it.
+/// `GET /v1/eniguard/pods`: the node's pods, each with what the guard holds for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodsView {
@@ -172,7 +185,7 @@ pub struct PodAddressView {
     pub verdicts: BTreeMap<String, VerdictCount>,
 }
 
-/// `GET /v1/eni-configs` (upstream's path): the node's ENIConfig as the agent uses it.
+/// `GET /v1/eniguard/eni-configs`: the node's ENIConfig as the agent uses it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EniConfigsView {

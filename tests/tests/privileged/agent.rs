@@ -710,8 +710,9 @@ pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
         sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let listed = eventually("the pod watch", Duration::from_secs(20), || {
-        let body: Value =
-            serde_json::from_str(eniguard_tests::http::body(&agent.get(INTROSPECTION_PORT, "/v1/pods")?))?;
+        let body: Value = serde_json::from_str(eniguard_tests::http::body(
+            &agent.get(INTROSPECTION_PORT, "/v1/eniguard/pods")?,
+        ))?;
         let names: Vec<String> = body["pods"]
             .as_array()
             .into_iter()
@@ -753,8 +754,9 @@ pub fn follows_ec2_and_its_pods(ctx: &mut Ctx) -> Result<()> {
         Ok(v)
     };
     let agent_view = || -> Result<Vec<String>> {
-        let body: Value =
-            serde_json::from_str(eniguard_tests::http::body(&agent.get(INTROSPECTION_PORT, "/v1/enis")?))?;
+        let body: Value = serde_json::from_str(eniguard_tests::http::body(
+            &agent.get(INTROSPECTION_PORT, "/v1/eniguard/enis")?,
+        ))?;
         let eni = body["enis"]
             .as_array()
             .into_iter()

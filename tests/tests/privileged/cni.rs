@@ -147,7 +147,7 @@ impl Node {
     }
 
     /// A sandbox for pod `name` (see [`Node::create_pod`]).
-    fn sandbox(&self, container_id: &str, name: &str, netns: &NetNs) -> Result<Sandbox> {
+    pub fn sandbox(&self, container_id: &str, name: &str, netns: &NetNs) -> Result<Sandbox> {
         self.create_pod(name)?;
         Ok(Sandbox::new(container_id, "default", name, netns))
     }
@@ -989,7 +989,7 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
     // The guard took its intent before the reply: its branch ENI, VLAN and the policy's groups,
     // and the truth for that VLAN on the trunk from EC2; `eniguard explain` says so.
     let guard: Value = serde_json::from_str(eniguard_tests::http::body(
-        &node.agent().get(agent::INTROSPECTION_PORT, "/v1/guard")?,
+        &node.agent().get(agent::INTROSPECTION_PORT, "/v1/eniguard/guard")?,
     ))?;
     let pods_sg = node.sim.security_groups["eks-pods"].clone();
     let entry = guard["pods"]
@@ -1368,9 +1368,9 @@ pub fn subnet_discovery(ctx: &mut Ctx) -> Result<()> {
         !out.is_empty() && out.iter().all(|f| f.eni_id == disc_eni && f.verdict == Verdict::Delivered),
         "{ip} should leave through {disc_eni}: {out:?}"
     );
-    let guard = node.agent().get(61679, "/v1/guard")?;
+    let guard = node.agent().get(61679, "/v1/eniguard/guard")?;
     let guard: eniguard::observe::views::GuardView =
-        serde_json::from_str(eniguard_tests::http::body(&guard)).context("/v1/guard")?;
+        serde_json::from_str(eniguard_tests::http::body(&guard)).context("/v1/eniguard/guard")?;
     let judged = guard.pods.iter().find(|p| p.name == name).context("the pod in /v1/guard")?;
     ensure!(
         judged.expect_eni == disc_eni

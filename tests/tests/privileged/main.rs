@@ -14,6 +14,7 @@ mod harness;
 mod live_guard;
 mod sim_fabric;
 mod tc_counter;
+mod upstream;
 
 use harness::Test;
 
@@ -86,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "cni_node_port_local", run: cni::node_port_local },
         Test { name: "cni_network_policy_agent", run: cni::network_policy_agent },
         Test { name: "cni_subnet_discovery", run: cni::subnet_discovery },
+        Test { name: "cni_upstream_metrics_and_introspection", run: upstream::metrics_and_introspection },
         Test { name: "cni_gc_of_gone_pods", run: cni::gc_of_gone_pods },
         Test { name: "cni_churn_with_kill_9", run: cni::churn_with_kill_9 },
         Test { name: "cni_branch_pods_strict_and_standard", run: cni::branch_pods_strict_and_standard },

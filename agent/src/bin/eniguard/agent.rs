@@ -2,40 +2,34 @@
 //! first moment, runs the startup sequence, then the loops until SIGTERM (which leaves every ENI
 //! and address in place for the next agent to adopt).
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, OnceLock},
-};
+use std::sync::{Arc, OnceLock};
 
+use super::introspect;
 use anyhow::{Context as _, Result};
 use eniguard::{
     cloud::{calls::Calls, ec2::Ec2Options, Aws},
     cni,
     config::{Config, GuardMode, HostPaths},
     guard::{datapath::Capacity, live::LiveGuard},
-    ipam::model::exclusion,
     kube::client::Kube,
     net::eni::HostNet,
     netpol,
     node::{
-        self, enis,
+        self,
         owner::now,
         startup::{self, Inputs},
         state::{Board, Shared},
     },
     observe::{
         agent::Metrics,
-        guard::{guard_state, GuardCollector, GuardSource},
+        guard::{GuardCollector, GuardSource},
         server::{self, Reply},
-        views::{
-            EniConfigView, EniConfigsView, EniView, EnisView, PodAddressView, PodView, PodsView, StatusView,
-        },
     },
 };
-use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
 pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
+    let process_began = std::time::Instant::now();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let calls = Calls::default();
@@ -52,19 +46,20 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     let guard = load_guard(&cfg, &paths)?;
     if !cfg.disable_introspection {
         let listener = server::bind(&cfg.introspection_bind_address).await?;
-        log::info!("health and introspection on {}", listener.local_addr()?);
+        log::info!("health and introspection on {listener}");
         tokio::spawn(server::serve(
             listener,
-            introspection(board.clone(), shared.clone(), guard.clone(), cfg.entries()),
+            introspect::handler(board.clone(), shared.clone(), guard.clone(), cfg.clone()),
         ));
     }
     if !cfg.disable_metrics {
-        let mut registry = metrics.registry(&calls);
-        if let Some(live) = &guard {
-            registry.register_collector(Box::new(GuardCollector(GuardSource::Live(live.clone()))));
-        }
+        let collector = guard.as_ref().map(|live| {
+            Box::new(GuardCollector(GuardSource::Live(live.clone())))
+                as Box<dyn prometheus_client::collector::Collector>
+        });
+        let registry = metrics.registry(&calls, collector);
         let listener = server::bind(&cfg.metrics_bind_address).await?;
-        log::info!("metrics on {}", listener.local_addr()?);
+        log::info!("metrics on {listener}");
         tokio::spawn(server::serve_metrics(listener, registry, |_| Reply::text(404, "not found\n")));
     }
     let inputs = Inputs {
@@ -79,12 +74,15 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
         cfg,
     };
     let began = std::time::Instant::now();
+    let node_init = metrics.upstream.in_progress("nodeInit");
     let started = tokio::select! {
         s = startup::start(inputs) => s?,
         _ = term.recv() => return stopped("during startup"),
         _ = int.recv() => return stopped("during startup"),
     };
-    metrics.startup_seconds.set(began.elapsed().as_secs_f64());
+    drop(node_init);
+    let node_init_took = began.elapsed();
+    metrics.startup_seconds.set(node_init_took.as_secs_f64());
     let _ = shared.set(started.clone());
     let mut tasks = node::run(started.clone());
     // The network-policy agent asks for the node's facts on aws-node's socket.
@@ -107,6 +105,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
                 s.ready = true;
             });
             metrics.ready.set(1);
+            metrics.upstream.started(process_began.elapsed(), node_init_took);
             node::gc::drain_queue(&started).await;
             let _ = ready_node.set(started.clone());
             install_plugin(&started, &paths).await;
@@ -208,142 +207,4 @@ fn stopped(when: &str) -> Result<()> {
         if when.is_empty() { "" } else { " " }
     );
     Ok(())
-}
-
-fn introspection(
-    board: Arc<Board>,
-    shared: Arc<OnceLock<Arc<Shared>>>,
-    guard: Option<Arc<LiveGuard>>,
-    env_settings: Vec<(&'static str, String)>,
-) -> impl Fn(&str) -> Reply + Send + Sync + 'static {
-    move |path| {
-        let status = board.get();
-        match path {
-            "/healthz" => Reply::text(200, "ok\n"),
-            "/readyz" if status.ready => Reply::text(200, "ready\n"),
-            "/readyz" => Reply::text(
-                503,
-                format!(
-                    "not ready: {}{}\n",
-                    status.step,
-                    status.problem.map(|p| format!(" ({p})")).unwrap_or_default()
-                ),
-            ),
-            "/v1/status" => Reply::json(&StatusView {
-                mode: None,
-                step: status.step,
-                ready: status.ready,
-                refused: status.refused,
-                problem: status.problem,
-            }),
-            "/v1/enis" => match shared.get() {
-                Some(s) => Reply::json(&enis(s)),
-                None => Reply::text(503, format!("starting: {}\n", status.step)),
-            },
-            "/v1/pods" => match shared.get() {
-                Some(s) => Reply::json(&pods(s, guard.as_deref())),
-                None => Reply::text(503, format!("starting: {}\n", status.step)),
-            },
-            "/v1/eni-configs" => match shared.get() {
-                Some(s) => Reply::json(&eni_configs(s)),
-                None => Reply::text(503, format!("starting: {}\n", status.step)),
-            },
-            // Upstream's: every variable with the value in effect.
-            "/v1/ipamd-env-settings" => Reply::json(&json!(env_settings
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), json!(v)))
-                .collect::<serde_json::Map<_, _>>())),
-            "/v1/events" => Reply::json(&json!(guard.as_ref().map(|g| g.recent()).unwrap_or_default())),
-            "/v1/guard" => Reply::json(&guard_state(guard.as_deref())),
-            "/" => {
-                Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/enis\n/v1/eni-configs\n/v1/ipamd-env-settings\n/v1/pods\n/v1/guard\n/v1/events\n")
-            }
-            _ => Reply::text(404, "not found\n"),
-        }
-    }
-}
-
-fn enis(shared: &Shared) -> EnisView {
-    let enis = shared
-        .enis()
-        .values()
-        .map(|e| EniView {
-            id: e.id.clone(),
-            mac: e.mac.clone(),
-            device_number: e.device_number,
-            primary_ip: e.primary_ip.to_string(),
-            subnet_id: e.subnet_id.clone(),
-            security_groups: e.security_groups.clone(),
-            interface_type: e.interface_type.to_string(),
-            primary: e.primary,
-            unmanaged: e.unmanaged,
-            cidrs: shared
-                .owner
-                .peek(|ipam| ipam.datastore.cidrs_of(&e.id))
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            excluded: exclusion(&enis::flags(e), shared.cfg.custom_networking).map(|x| x.to_string()),
-        })
-        .collect();
-    EnisView {
-        instance_id: shared.id.instance_id.clone(),
-        instance_type: shared.id.instance_type.clone(),
-        enis,
-    }
-}
-
-/// The node's pods, each with what the guard holds for it: address, ENI, VLAN, expected and
-/// actual groups, verdict counts.
-fn pods(shared: &Shared, guard: Option<&LiveGuard>) -> PodsView {
-    let judged = guard_state(guard);
-    let actual: BTreeMap<&str, &Vec<String>> =
-        judged.interfaces.iter().map(|i| (i.eni.as_str(), &i.security_groups)).collect();
-    let pods = shared
-        .pods()
-        .into_values()
-        .map(|p| {
-            let guard = judged
-                .pods
-                .iter()
-                .filter(|g| g.namespace == p.namespace && g.name == p.name)
-                .map(|g| PodAddressView {
-                    ip: g.ip.clone(),
-                    eni: g.expect_eni.clone(),
-                    vlan: g.expect_vlan,
-                    expected_security_groups: g.expect_security_groups.clone(),
-                    actual_security_groups: actual.get(g.expect_eni.as_str()).map(|v| (*v).clone()),
-                    mode: g.mode.clone(),
-                    verdicts: g.verdicts.clone(),
-                })
-                .collect();
-            PodView {
-                namespace: p.namespace,
-                name: p.name,
-                uid: p.uid,
-                ip: p.ip,
-                host_network: p.host_network,
-                wants_branch_eni: p.wants_branch,
-                pod_eni: p.pod_eni,
-                guard_mode_annotation: p.guard_mode,
-                guard,
-            }
-        })
-        .collect();
-    PodsView { node: shared.node().name, pods }
-}
-
-/// Upstream's `/v1/eni-configs`: the node's ENIConfig as the agent uses it.
-fn eni_configs(shared: &Shared) -> EniConfigsView {
-    let name = shared.eni_config_name();
-    EniConfigsView {
-        custom_networking: shared.cfg.custom_networking,
-        name: name.name,
-        source: format!("{:?}", name.source),
-        eni_config: shared.eni_config().map(|c| EniConfigView {
-            name: c.name,
-            subnet: c.subnet,
-            security_groups: c.security_groups,
-        }),
-    }
 }

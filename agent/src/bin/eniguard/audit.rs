@@ -12,6 +12,7 @@ use eniguard::{
     kube::client::Kube,
     net::eni::HostNet,
     node::{audit_mode, state::Board},
+    observe::views::path,
     observe::{
         agent::VersionLabel,
         guard::{guard_state, GuardCollector, GuardSource},
@@ -62,12 +63,12 @@ pub async fn run(mut cfg: Config, pin_dir: PathBuf) -> Result<()> {
         );
         registry.register_collector(Box::new(GuardCollector(GuardSource::Live(guard.clone()))));
         let listener = server::bind(&cfg.metrics_bind_address).await?;
-        log::info!("metrics on {}", listener.local_addr()?);
+        log::info!("metrics on {listener}");
         tokio::spawn(server::serve_metrics(listener, registry, |_| Reply::text(404, "not found\n")));
     }
     if !cfg.disable_introspection {
         let listener = server::bind(&cfg.introspection_bind_address).await?;
-        log::info!("health and introspection on {}", listener.local_addr()?);
+        log::info!("health and introspection on {listener}");
         let (board, guard) = (board.clone(), guard.clone());
         tokio::spawn(server::serve(listener, move |path| {
             let status = board.get();
@@ -75,16 +76,19 @@ pub async fn run(mut cfg: Config, pin_dir: PathBuf) -> Result<()> {
                 "/healthz" => Reply::text(200, "ok\n"),
                 "/readyz" if status.ready => Reply::text(200, "ready\n"),
                 "/readyz" => Reply::text(503, format!("not ready: {}\n", status.step)),
-                "/v1/status" => Reply::json(&eniguard::observe::views::StatusView {
+                path::STATUS => Reply::json(&eniguard::observe::views::StatusView {
                     mode: Some("audit".into()),
                     step: status.step,
                     ready: status.ready,
                     refused: None,
                     problem: None,
                 }),
-                "/v1/guard" => Reply::json(&guard_state(Some(&guard))),
-                "/v1/events" => Reply::json(&json!(guard.recent())),
-                "/" => Reply::text(200, "/healthz\n/readyz\n/v1/status\n/v1/guard\n/v1/events\n"),
+                path::GUARD => Reply::json(&guard_state(Some(&guard))),
+                path::EVENTS => Reply::json(&json!(guard.recent())),
+                "/" => Reply::text(
+                    200,
+                    format!("/healthz\n/readyz\n{}\n{}\n{}\n", path::STATUS, path::GUARD, path::EVENTS),
+                ),
                 _ => Reply::text(404, "not found\n"),
             }
         }));

@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
-use eniguard::observe::views::{EnisView, EventView, GuardView, JudgedPodView, StatusView, VerdictCount};
+use eniguard::observe::views::{
+    path, EnisView, EventView, GuardView, JudgedPodView, StatusView, VerdictCount,
+};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::{client::conn::http1, Request};
 use hyper_util::rt::TokioIo;
@@ -16,23 +18,40 @@ pub fn default_addr() -> String {
     std::env::var("INTROSPECTION_BIND_ADDRESS").unwrap_or_else(|_| "127.0.0.1:61679".into())
 }
 
-/// One GET; the body as `T` (or an error naming the address and what came back).
+/// One GET; the body as `T` (or an error naming the address and what came back). `addr` is
+/// `host:port` or `unix:PATH`, as INTROSPECTION_BIND_ADDRESS.
 async fn get<T: DeserializeOwned>(addr: &str, path: &str) -> Result<T> {
-    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
+    let unreachable = || {
         format!(
             "no eniguard agent answers on {addr} (INTROSPECTION_BIND_ADDRESS; audit mode: 127.0.0.1:61681)"
         )
-    })?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = Request::get(path).header("host", addr).body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
+    };
+    let (status, body) = match addr.strip_prefix("unix:") {
+        Some(socket) => {
+            let stream = tokio::net::UnixStream::connect(socket).await.with_context(unreachable)?;
+            send(stream, "localhost", path).await?
+        }
+        None => {
+            let stream = tokio::net::TcpStream::connect(addr).await.with_context(unreachable)?;
+            send(stream, addr, path).await?
+        }
+    };
     if !status.is_success() {
         bail!("{addr}{path}: {status}: {}", String::from_utf8_lossy(&body).trim());
     }
     serde_json::from_slice(&body).with_context(|| format!("{addr}{path}: not the answer this CLI reads"))
+}
+
+async fn send<S>(stream: S, host: &str, path: &str) -> Result<(hyper::StatusCode, Bytes)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path).header("host", host).body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
 }
 
 fn groups(v: &[String]) -> String {
@@ -41,7 +60,7 @@ fn groups(v: &[String]) -> String {
 
 /// Readiness, the pool as a table, the guard, findings and drift.
 pub async fn status(addr: &str) -> Result<()> {
-    let s: StatusView = get(addr, "/v1/status").await?;
+    let s: StatusView = get(addr, path::STATUS).await?;
     let state = if s.ready { "ready".to_owned() } else { format!("not ready ({})", s.step) };
     println!("{}{state}", if s.mode.as_deref() == Some("audit") { "audit mode: " } else { "" });
     if let Some(p) = &s.problem {
@@ -50,7 +69,7 @@ pub async fn status(addr: &str) -> Result<()> {
     if let Some(r) = &s.refused {
         println!("security groups for pods refused: {r}");
     }
-    if let Ok(enis) = get::<EnisView>(addr, "/v1/enis").await {
+    if let Ok(enis) = get::<EnisView>(addr, path::ENIS).await {
         println!(
             "\nnode {} ({})\n{:<24} {:>3}  {:<9} {:<28} {:<32} addresses",
             enis.instance_id, enis.instance_type, "ENI", "dev", "type", "security groups", "excluded"
@@ -67,7 +86,7 @@ pub async fn status(addr: &str) -> Result<()> {
             );
         }
     }
-    let g: GuardView = get(addr, "/v1/guard").await?;
+    let g: GuardView = get(addr, path::GUARD).await?;
     if !g.applied {
         println!("\nguard: {}", if g.enabled { "starting" } else { "off" });
         return Ok(());
@@ -104,7 +123,7 @@ fn verdicts(v: &BTreeMap<String, VerdictCount>) -> String {
 pub async fn explain(addr: &str, who: &str) -> Result<()> {
     let (namespace, name) =
         who.split_once('/').with_context(|| format!("`{who}`: expected <namespace>/<pod>"))?;
-    let g: GuardView = get(addr, "/v1/guard").await?;
+    let g: GuardView = get(addr, path::GUARD).await?;
     if !g.applied {
         bail!("the guard is {} on this node", if g.enabled { "still starting" } else { "off" });
     }
@@ -147,7 +166,7 @@ pub async fn explain(addr: &str, who: &str) -> Result<()> {
         let v = verdicts(&p.verdicts);
         println!("  verdicts: {}", if v.is_empty() { "no violation".into() } else { v });
     }
-    let events: Vec<EventView> = get(addr, "/v1/events").await?;
+    let events: Vec<EventView> = get(addr, path::EVENTS).await?;
     let mine: Vec<&EventView> = events.iter().filter(|e| e.namespace == namespace && e.pod == name).collect();
     for e in mine.iter().rev().take(3).rev() {
         println!("  event: {}", event_line(e));
@@ -175,7 +194,7 @@ fn event_line(e: &EventView) -> String {
 pub async fn events(addr: &str, follow: bool) -> Result<()> {
     let mut seen: Option<u64> = None;
     loop {
-        let events: Vec<EventView> = get(addr, "/v1/events").await?;
+        let events: Vec<EventView> = get(addr, path::EVENTS).await?;
         for e in &events {
             if seen.is_none_or(|s| e.timestamp_ns > s) {
                 println!("{}", event_line(e));

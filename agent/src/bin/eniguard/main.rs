@@ -5,6 +5,7 @@ mod audit;
 mod checkpoint;
 mod cli;
 mod guard;
+mod introspect;
 
 use std::path::PathBuf;
 
