@@ -32,7 +32,7 @@ impl Ec2Error {
     pub fn is(&self, code: &str) -> bool {
         self.code.as_deref() == Some(code)
     }
-    fn local(action: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn local(action: &'static str, message: impl Into<String>) -> Self {
         Self { action, code: None, message: message.into() }
     }
 }

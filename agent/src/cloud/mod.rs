@@ -8,6 +8,7 @@
 pub mod calls;
 pub mod ec2;
 pub mod imds;
+pub mod imds_only;
 pub mod limits;
 
 use aws_sdk_ec2::config::SharedHttpClient;

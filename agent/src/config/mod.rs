@@ -179,6 +179,11 @@ pub struct Config {
     pub bandwidth_plugin: bool,
     /// DISABLE_TCP_EARLY_DEMUX (false): set net.ipv4.tcp_early_demux=0 at start.
     pub disable_tcp_early_demux: bool,
+    /// DISABLE_NETWORK_RESOURCE_PROVISIONING (false; true with IMDS-only mode): nothing is
+    /// created, assigned, released or tagged in EC2.
+    pub disable_provisioning: bool,
+    /// ENABLE_IMDS_ONLY_MODE (false): no EC2 call at all.
+    pub imds_only: bool,
     /// ENIGUARD_GUARD_MODE (`monitor`).
     pub guard_mode: GuardMode,
     /// ENIGUARD_SG_AUDIT_INTERVAL (seconds, `3600`): how often every ENI's security groups are
@@ -414,6 +419,14 @@ impl Config {
                 tags
             }
         };
+        let imds_only = r.bool("ENABLE_IMDS_ONLY_MODE", false)?;
+        if imds_only && r.bool("ENABLE_POD_ENI", false)? {
+            return Err(bad(
+                "ENABLE_IMDS_ONLY_MODE",
+                "true",
+                "false with ENABLE_POD_ENI=true (IMDS cannot tell the trunk ENI from the others)",
+            ));
+        }
         let max_eni = match r.int("MAX_ENI")? {
             Some(n) if n >= 1 => {
                 Some(u32::try_from(n).map_err(|_| bad("MAX_ENI", &n.to_string(), "a count below 2^32"))?)
@@ -470,7 +483,8 @@ impl Config {
                 EnforcingMode::Strict,
                 &[("strict", EnforcingMode::Strict), ("standard", EnforcingMode::Standard)],
             )?,
-            disable_leaked_eni_cleanup: r.bool("DISABLE_LEAKED_ENI_CLEANUP", false)?,
+            // As upstream: IMDS-only mode implies both.
+            disable_leaked_eni_cleanup: r.bool("DISABLE_LEAKED_ENI_CLEANUP", false)? || imds_only,
             manage_untagged_eni: r.bool("MANAGE_UNTAGGED_ENI", true)?,
             manage_enis_non_schedulable: r.bool("AWS_MANAGE_ENIS_NON_SCHEDULABLE", false)?,
             cluster_name: r.raw("CLUSTER_NAME"),
@@ -513,6 +527,8 @@ impl Config {
             annotate_pod_ip: r.bool("ANNOTATE_POD_IP", false)?,
             bandwidth_plugin: r.bool("ENABLE_BANDWIDTH_PLUGIN", false)?,
             disable_tcp_early_demux: r.bool("DISABLE_TCP_EARLY_DEMUX", false)?,
+            disable_provisioning: r.bool("DISABLE_NETWORK_RESOURCE_PROVISIONING", false)? || imds_only,
+            imds_only,
             guard_mode: r.choice(
                 "ENIGUARD_GUARD_MODE",
                 GuardMode::Monitor,
@@ -587,6 +603,8 @@ impl Config {
             b(self.annotate_pod_ip),
             b(self.bandwidth_plugin),
             b(self.disable_tcp_early_demux),
+            b(self.disable_provisioning),
+            b(self.imds_only),
             match self.guard_mode {
                 GuardMode::Off => "off",
                 GuardMode::Monitor => "monitor",
@@ -662,8 +680,15 @@ mod tests {
         );
         let e = err(&[("ENABLE_MULTI_NIC", "TRUE")]);
         assert!(e.contains("ENABLE_MULTI_NIC") && e.contains("more than one network card"), "{e}");
-        let e = err(&[("ENABLE_IMDS_ONLY_MODE", "1")]);
-        assert!(e.contains("ENABLE_IMDS_ONLY_MODE=`1`") && e.contains("from IMDS alone"), "{e}");
+        let e = err(&[("ENABLE_IMDS_ONLY_MODE", "1"), ("ENABLE_POD_ENI", "true")]);
+        assert!(e.contains("ENABLE_IMDS_ONLY_MODE=`true`") && e.contains("trunk"), "{e}");
+        let c = parse(&[("ENABLE_IMDS_ONLY_MODE", "1")]).unwrap();
+        assert!(
+            c.imds_only && c.disable_provisioning && c.disable_leaked_eni_cleanup,
+            "implied, as upstream"
+        );
+        let c = parse(&[("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true")]).unwrap();
+        assert!(c.disable_provisioning && !c.imds_only && !c.disable_leaked_eni_cleanup);
         let e = err(&[("ENABLE_V4_EGRESS", "yes")]);
         assert!(e.contains("ENABLE_V4_EGRESS=`yes`: expected true or false"), "{e}");
         // Upstream's defaults, in its spellings, change nothing and are accepted.

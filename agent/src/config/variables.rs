@@ -72,6 +72,8 @@ pub const VARIABLES: &[Var] = &[
     var("ANNOTATE_POD_IP", "false", "`vpc.amazonaws.com/pod-ips` set on ADD before the reply, blanked on DEL", "containerd_annotation_and_bandwidth"),
     var("ENABLE_BANDWIDTH_PLUGIN", "false", "`bandwidth` chained in the conflist (it must be in the CNI bin dir)", "containerd_annotation_and_bandwidth"),
     var("DISABLE_TCP_EARLY_DEMUX", "false", "net.ipv4.tcp_early_demux=0 at start when true", "agent_upstream_variables"),
+    var("DISABLE_NETWORK_RESOURCE_PROVISIONING", "false", "no ENI or address is created, assigned, released or tagged: the pool is what is attached (EC2 is still read)", "agent_without_provisioning"),
+    var("ENABLE_IMDS_ONLY_MODE", "false", "no EC2 call at all: ENIs and addresses as IMDS shows them; implies the two above and DISABLE_LEAKED_ENI_CLEANUP; refused with ENABLE_POD_ENI (IMDS cannot tell a trunk)", "agent_without_provisioning"),
     var("ENIGUARD_GUARD_MODE", "-", "eniguard's: the egress guard (off, monitor, enforce; default monitor)", "live_pre_fix_pod_caught_and_enforce_survives_restarts"),
     var("ENIGUARD_SG_AUDIT_INTERVAL", "-", "eniguard's: seconds between security-group audits (default 3600)", "live_drift_is_caught"),
 ];
@@ -115,8 +117,6 @@ pub const NOT_YET: &[NotYet] = &[
     not_yet("ENABLE_V6_EGRESS", false, "give IPv4 pods IPv6 egress"),
     not_yet("ENABLE_V4_EGRESS", true, "run IPv6 clusters (IPv4 egress is theirs)"),
     not_yet("ENABLE_MULTI_NIC", false, "use more than one network card"),
-    not_yet("ENABLE_IMDS_ONLY_MODE", false, "build its pool from IMDS alone"),
-    not_yet("DISABLE_NETWORK_RESOURCE_PROVISIONING", false, "leave ENIs and addresses to someone else"),
 ];
 
 /// The tests that show [`NOT_YET`]'s refusals.

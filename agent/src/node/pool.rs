@@ -77,6 +77,11 @@ pub async fn tick(shared: &Shared, state: &mut PoolState) -> Result<bool, NodeEr
     if shared.signals_pending() {
         signals::signal(shared).await?;
     }
+    // DISABLE_NETWORK_RESOURCE_PROVISIONING: the pool is what is attached; reconcile follows it.
+    if shared.cfg.disable_provisioning {
+        update_gauges(shared).await;
+        return Ok(false);
+    }
     let cfg = shared.pool();
     let limits = shared.limits;
     let node = NodeState {

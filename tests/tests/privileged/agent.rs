@@ -865,6 +865,68 @@ pub fn upstream_variables(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// DISABLE_NETWORK_RESOURCE_PROVISIONING and ENABLE_IMDS_ONLY_MODE on a node whose primary ENI
+/// someone gave 4 secondary addresses: in IMDS-only mode the agent makes no EC2 call at all,
+/// from start through a pod's ADD and several pool ticks, although WARM_IP_TARGET=10 asks for
+/// more; its pool is those 4 and the pod gets one of them. With provisioning off alone it reads
+/// EC2 (DescribeNetworkInterfaces) and still changes nothing there.
+pub fn without_provisioning(ctx: &mut Ctx) -> Result<()> {
+    let w = World::new(ctx, "noprov", &Scenario::default_scenario())?;
+    let World { sim, rt, ec2, node, dir, prefix } = &w;
+    let primary = rt.block_on(attached(ec2, &node.instance_id))?.remove(&0).context("the primary ENI")?;
+    let primary_id = primary.network_interface_id().context("id")?.to_owned();
+    let given = rt.block_on(
+        ec2.assign_private_ip_addresses()
+            .network_interface_id(&primary_id)
+            .secondary_private_ip_address_count(4)
+            .send(),
+    )?;
+    let given: Vec<String> = given
+        .assigned_private_ip_addresses()
+        .iter()
+        .filter_map(|a| a.private_ip_address().map(str::to_owned))
+        .collect();
+    ensure!(given.len() == 4, "{given:?}");
+    let before = sim_calls(sim)?;
+    let env = [("ENABLE_IMDS_ONLY_MODE", "true"), ("WARM_IP_TARGET", "10")];
+    let agent = agent::start(sim, prefix, 0, dir, &env)?;
+    let socket = dir.join("run/eniguard.sock");
+    let add = serde_json::json!({"clientVersion": env!("CARGO_PKG_VERSION"), "networkName": "aws-cni",
+        "containerId": "c0ffee", "ifName": "eth0", "netns": "/var/run/netns/cni-1",
+        "podNamespace": "default", "podName": "web"});
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(&socket)
+        .args(["-X", "POST", "-H", "content-type: application/json", "--data-binary", &add.to_string()])
+        .arg("http://agent/v1/cni/add")
+        .output()?;
+    let reply: Value = serde_json::from_slice(&out.stdout).context("ADD reply")?;
+    let ip = reply["ipv4"].as_str().context("ipv4")?;
+    ensure!(given.iter().any(|g| g == ip), "{ip} is not one of the given {given:?}");
+    std::thread::sleep(Duration::from_secs(6));
+    ensure!(agent.metric("awscni_total_ip_addresses")? == 4.0, "the pool is what IMDS shows");
+    ensure!(sim_calls(sim)? == before, "IMDS-only mode called EC2: {before:?} → {:?}", sim_calls(sim)?);
+    agent.daemon.terminate()?;
+
+    let env = [("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true"), ("WARM_IP_TARGET", "10")];
+    let agent = agent::start(sim, prefix, 0, dir, &env)?;
+    std::thread::sleep(Duration::from_secs(6));
+    let after = sim_calls(sim)?;
+    let changed: BTreeMap<&String, u64> = after
+        .iter()
+        .filter(|(action, n)| before.get(*action) != Some(*n))
+        .map(|(action, n)| (action, n - before.get(action).copied().unwrap_or(0)))
+        .collect();
+    ensure!(
+        changed.keys().all(|a| a.starts_with("Describe"))
+            && changed.contains_key(&"DescribeNetworkInterfaces".to_owned()),
+        "provisioning off: EC2 read only, got {changed:?}"
+    );
+    ensure!(rt.block_on(attached(ec2, &node.instance_id))?.len() == 1, "an ENI was created");
+    drop(agent);
+    Ok(())
+}
+
 /// An instance type the built-in table lacks (m8g.large: limits from DescribeInstanceTypes), and
 /// the pool shrinking when the operator lowers the warm targets: after a restart with
 /// MINIMUM_IP_TARGET 25 → WARM_IP_TARGET 1, the ENIs no pod needs are detached and deleted once

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use super::introspect;
 use anyhow::{Context as _, Result};
 use eniguard::{
-    cloud::{calls::Calls, ec2::Ec2Options, Aws},
+    cloud::{calls::Calls, ec2::Ec2Options, imds_only::ImdsOnly, Aws},
     cni,
     config::{Config, GuardMode, HostPaths},
     guard::{datapath::Capacity, live::LiveGuard},
@@ -64,7 +64,11 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     }
     let inputs = Inputs {
         run_dir: paths.run_dir.clone(),
-        cloud: Arc::new(Aws::new(calls.clone(), Ec2Options::from_config(&cfg))),
+        cloud: if cfg.imds_only {
+            Arc::new(ImdsOnly::new(calls.clone()))
+        } else {
+            Arc::new(Aws::new(calls.clone(), Ec2Options::from_config(&cfg)))
+        },
         kube: Arc::new(Kube::new(cfg.cluster_endpoint.as_deref()).await?),
         net: Arc::new(HostNet::open()?),
         calls,
