@@ -204,6 +204,12 @@ pub fn sim_calls(sim: &Sim) -> Result<BTreeMap<String, u64>> {
     Ok(serde_json::from_str(http::body(&response))?)
 }
 
+/// The simulator's `RequestLimitExceeded` answers by action (its buckets and faults).
+pub fn sim_throttled(sim: &Sim) -> Result<BTreeMap<String, u64>> {
+    let response = http::request("GET", sim_addr(sim)?, "/_sim/throttled")?;
+    Ok(serde_json::from_str(http::body(&response))?)
+}
+
 /// A fault or setting on the simulator's control endpoint (`throttle?...`, `latency?ms=N`, ...).
 pub fn sim_control(sim: &Sim, query: &str) -> Result<()> {
     let response = http::request("POST", sim_addr(sim)?, &format!("/_sim/{query}"))?;

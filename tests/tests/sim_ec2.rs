@@ -71,7 +71,7 @@ impl World {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let addr = self.endpoint.trim_start_matches("http://");
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let method = if path.contains("calls") { "GET" } else { "POST" };
+        let method = if path.contains("calls") || path.contains("throttled") { "GET" } else { "POST" };
         s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: sim\r\n\r\n").as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
@@ -244,6 +244,89 @@ async fn pagination_and_throttling_retried_by_the_sdk_and_counted() {
     assert!(calls.contains("\"CreateNetworkInterface\":10"), "7 + 3 attempts expected: {calls}");
     let throttled_left = w.sim.lock().unwrap().faults.throttle.get("CreateNetworkInterface").copied();
     assert_eq!(throttled_left, Some(0));
+}
+
+/// The account's buckets at scale 0.1 (EC2's documented sizes and refill rates, each ×0.1),
+/// through aws-sdk-ec2 without retries: CreateTags (100 / 10 → 10 / 1 per s) answers 10 calls,
+/// then RequestLimitExceeded with HTTP 503, then one more per second; DescribeNetworkInterfaces
+/// without a filter draws on its own smaller bucket (50 / 10 → 5 / 1 per s), with a filter on
+/// the non-mutating one (100 / 20 → 10); the simulator counts calls and throttled calls.
+#[tokio::test]
+async fn account_buckets_drain_and_refill_at_ec2s_rates() {
+    let w = world().await;
+    w.sim.lock().unwrap().buckets = Some(eniguard_tests::sim::buckets::Buckets::new(0.1));
+    let client = ec2_client(&w.endpoint, RetryConfig::disabled());
+    let eni = w.create(None, &w.node_sg).await;
+    let tag = || {
+        client
+            .create_tags()
+            .resources(&eni)
+            .tags(aws_sdk_ec2::types::Tag::builder().key("k").value("v").build())
+            .send()
+    };
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        codes.push(tag().await.err().map(|e| {
+            (e.code().unwrap_or_default().to_owned(), e.raw_response().map(|r| r.status().as_u16()))
+        }));
+    }
+    assert!(codes[..10].iter().all(Option::is_none), "{codes:?}");
+    assert_eq!(codes[10], Some(("RequestLimitExceeded".to_owned(), Some(503))), "{codes:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(tag().await.is_ok(), "refilled one token in a second");
+    assert!(tag().await.is_err(), "and only one");
+
+    let unfiltered = || client.describe_network_interfaces().send();
+    let ok =
+        futures::future::join_all((0..7).map(|_| unfiltered())).await.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 5, "unfiltered DescribeNetworkInterfaces: 5 tokens");
+    let filtered = || {
+        client
+            .describe_network_interfaces()
+            .filters(Filter::builder().name("subnet-id").values(&w.subnet).build())
+            .send()
+    };
+    let ok =
+        futures::future::join_all((0..12).map(|_| filtered())).await.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 10, "filtered: the non-mutating bucket's 10");
+
+    let throttled: serde_json::Value = serde_json::from_str(&w.post("/_sim/throttled").await).unwrap();
+    assert_eq!(throttled["CreateTags"], 3);
+    assert_eq!(throttled["DescribeNetworkInterfaces"], 4);
+    let calls: serde_json::Value = serde_json::from_str(&w.post("/_sim/calls").await).unwrap();
+    assert_eq!(calls["CreateTags"], 14);
+}
+
+/// describeLagMs: a new ENI is not in DescribeNetworkInterfaces (by id: NotFound, as EC2 under
+/// eventual consistency; by filter: absent) until the lag has passed; a new attachment shows
+/// only after it too.
+#[tokio::test]
+async fn describe_lags_behind_create_and_attach() {
+    let w = world().await;
+    w.sim.lock().unwrap().ec2.timing.describe_lag = Duration::from_millis(400);
+    let client = ec2_client(&w.endpoint, RetryConfig::disabled());
+    let eni = w.create(None, &w.node_sg).await;
+    let by_id = || client.describe_network_interfaces().network_interface_ids(&eni).send();
+    let e = by_id().await.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidNetworkInterfaceID.NotFound"));
+    let all = client.describe_network_interfaces().send().await.unwrap();
+    assert!(all.network_interfaces().iter().all(|n| n.network_interface_id() != Some(eni.as_str())));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let seen = by_id().await.unwrap();
+    assert_eq!(seen.network_interfaces()[0].status().map(|s| s.as_str()), Some("available"));
+    client
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&w.instance)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let now = by_id().await.unwrap();
+    assert!(now.network_interfaces()[0].attachment().is_none(), "the attachment lags too");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let later = by_id().await.unwrap();
+    assert_eq!(later.network_interfaces()[0].attachment().and_then(|a| a.device_index()), Some(1));
 }
 
 #[tokio::test]

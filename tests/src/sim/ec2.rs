@@ -253,6 +253,9 @@ impl AttachState {
 pub struct Timing {
     pub attach: Duration,
     pub detach: Duration,
+    /// EC2's eventual consistency: a new ENI, and a new attachment, stay out of
+    /// DescribeNetworkInterfaces for this long after the call that made them returned.
+    pub describe_lag: Duration,
 }
 
 /// A branch ENI's association with a trunk ENI (AssociateTrunkInterface).
@@ -283,9 +286,29 @@ pub struct Eni {
     /// When each secondary address and prefix was assigned (IMDS shows them only after the
     /// propagation delay, as on EC2).
     pub assigned_at: BTreeMap<Ipv4Addr, Instant>,
+    /// When CreateNetworkInterface made it (DescribeNetworkInterfaces lags behind it).
+    pub created_at: Instant,
+    /// An instance's primary ENI: it exists, attached, before anyone can call EC2 about it.
+    pub launched_with_instance: bool,
 }
 
 impl Eni {
+    /// The ENI as DescribeNetworkInterfaces shows it at `now` under a describe lag of `lag`:
+    /// None while it is newer than that, without its attachment while the attachment is.
+    pub fn as_described(&self, now: Instant, lag: Duration) -> Option<Eni> {
+        if self.launched_with_instance || lag.is_zero() {
+            return Some(self.clone());
+        }
+        if now.saturating_duration_since(self.created_at) < lag {
+            return None;
+        }
+        let mut e = self.clone();
+        if e.attachment.as_ref().is_some_and(|a| now.saturating_duration_since(a.attached_at) < lag) {
+            e.attachment = None;
+        }
+        Some(e)
+    }
+
     pub fn status(&self) -> &'static str {
         if self.attachment.is_some() {
             "in-use"
@@ -420,8 +443,9 @@ impl Ec2 {
         })?;
         self.attach(&eni, &id, 0)?;
         if let Some(e) = self.enis.get_mut(&eni) {
+            // An instance starts with its primary ENI in place, described from the start.
+            e.launched_with_instance = true;
             if let Some(a) = e.attachment.as_mut() {
-                // An instance starts with its primary ENI in place.
                 a.delete_on_termination = true;
                 a.state = AttachState::Attached;
             }
@@ -526,6 +550,8 @@ impl Ec2 {
             trunk_association: None,
             tags: req.tags,
             assigned_at,
+            created_at: Instant::now(),
+            launched_with_instance: false,
         };
         self.enis.insert(id.clone(), eni);
         Ok(id)
@@ -999,7 +1025,11 @@ mod tests {
     #[test]
     fn attach_and_detach_take_time() {
         let (mut ec2, subnet, sg, i) = region(24);
-        ec2.timing = Timing { attach: Duration::from_millis(100), detach: Duration::from_millis(200) };
+        ec2.timing = Timing {
+            attach: Duration::from_millis(100),
+            detach: Duration::from_millis(200),
+            ..Default::default()
+        };
         let a = new_eni(&mut ec2, &subnet, &sg);
         let t0 = Instant::now();
         let attachment = ec2.attach(&a, &i, 1).unwrap();

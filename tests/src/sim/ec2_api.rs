@@ -9,7 +9,9 @@
 //! - `POST /_sim/throttle?rate=0.5&seconds=30` — for that long, each call (of `action`, or any)
 //!   is throttled with that probability, as a shared account's bucket runs dry;
 //! - `POST /_sim/latency?ms=N` — every call is delayed by N ms;
-//! - `GET /_sim/calls` — `{"ActionName": count, ...}` of every call received (faulted ones too).
+//! - `GET /_sim/calls` — `{"ActionName": count, ...}` of every call received (faulted ones too);
+//! - `GET /_sim/throttled` — `{"ActionName": count, ...}` of the calls answered
+//!   `RequestLimitExceeded` (by the account's buckets, see [`super::buckets`], or a fault).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -40,6 +42,8 @@ pub struct Faults {
     pub throttle_rate: HashMap<String, (f64, std::time::Instant)>,
     /// xorshift state for the rate.
     pub rng: u64,
+    /// Action → calls answered `RequestLimitExceeded`.
+    pub throttled: BTreeMap<String, u64>,
 }
 
 /// Called after every change to ENIs or attachments (the fabric follows them).
@@ -50,6 +54,8 @@ pub type ChangeHook = Box<dyn FnMut(&Ec2) + Send>;
 pub struct Ec2Sim {
     pub ec2: Ec2,
     pub faults: Faults,
+    /// The account's request-token buckets, when the scenario turns them on.
+    pub buckets: Option<super::buckets::Buckets>,
     pub on_change: Option<ChangeHook>,
 }
 
@@ -98,6 +104,14 @@ async fn handle(req: Req, sim: Shared) -> Resp {
         tokio::time::sleep(latency).await;
     }
     let mut s = lock(&sim);
+    let unfiltered =
+        !params.keys().any(|k| k.starts_with("Filter.") || k == "MaxResults" || k == "NextToken");
+    let emptied = s.buckets.as_mut().is_some_and(|b| !b.take(&action, unfiltered, std::time::Instant::now()));
+    if emptied || throttled(&mut s.faults, &action) {
+        *s.faults.throttled.entry(action.clone()).or_default() += 1;
+        let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, &e);
+    }
     if let Some(r) = injected_fault(&mut s.faults, &action) {
         return r;
     }
@@ -158,11 +172,13 @@ fn rate_throttled(f: &mut Faults, action: &str) -> bool {
     ((f.rng >> 11) as f64 / (1u64 << 53) as f64) < rate
 }
 
+/// Whether a throttling fault answers this call.
+fn throttled(f: &mut Faults, action: &str) -> bool {
+    take(&mut f.throttle, action) || rate_throttled(f, action)
+}
+
+/// A server-error fault for this call, if one is set.
 fn injected_fault(f: &mut Faults, action: &str) -> Option<Resp> {
-    if take(&mut f.throttle, action) || rate_throttled(f, action) {
-        let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
-        return Some(error_response(StatusCode::SERVICE_UNAVAILABLE, &e));
-    }
     for k in [action, "*"] {
         if let Some((status, n)) = f.fail.get_mut(k) {
             if *n > 0 {
@@ -198,13 +214,17 @@ fn control_request(path: &str, q: &HashMap<String, String>, sim: &Shared) -> Res
         "latency" => {
             s.faults.latency = Duration::from_millis(q.get("ms").and_then(|m| m.parse().ok()).unwrap_or(0))
         }
-        "calls" => {
-            let body: Vec<String> = s.faults.calls.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-            return reply(StatusCode::OK, "application/json", format!("{{{}}}", body.join(",")));
-        }
+        "calls" => return counts(&s.faults.calls),
+        "throttled" => return counts(&s.faults.throttled),
         _ => return reply(StatusCode::NOT_FOUND, "text/plain", "unknown control\n"),
     }
     reply(StatusCode::OK, "text/plain", "ok\n")
+}
+
+/// `{"ActionName": count, ...}`.
+fn counts(map: &BTreeMap<String, u64>) -> Resp {
+    let body = serde_json::to_string(map).unwrap_or_else(|_| "{}".into());
+    reply(StatusCode::OK, "application/json", body)
 }
 
 /// The access key id a SigV4-signed request names (`Credential=AKID/date/...`), or "".
@@ -558,12 +578,22 @@ fn describe_network_interfaces(ec2: &Ec2, p: &HashMap<String, String>) -> Result
             )));
         }
     }
+    // EC2's eventual consistency: what was just created or attached is not described yet.
+    let now = std::time::Instant::now();
+    let described: Vec<Eni> =
+        ec2.enis.values().filter_map(|e| e.as_described(now, ec2.timing.describe_lag)).collect();
     for id in &ids {
-        ec2.eni(id)?;
+        if !described.iter().any(|e| &e.id == id) {
+            ec2.eni(id)?;
+            return Err(ApiError {
+                code: "InvalidNetworkInterfaceID.NotFound",
+                message: format!("The networkInterface ID '{id}' does not exist"),
+            });
+        }
     }
     let filters = filters(p);
     let mut selected = Vec::new();
-    for e in ec2.enis.values() {
+    for e in &described {
         if !ids.is_empty() && !ids.contains(&e.id) {
             continue;
         }
@@ -742,8 +772,11 @@ mod tests {
         let subnet = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 0, 0), 26));
         let sg = ec2.add_security_group("node");
         ec2.run_instance("m5.large", &subnet, &[sg]).unwrap();
-        ec2.timing =
-            super::super::ec2::Timing { attach: Duration::from_millis(1), detach: Duration::from_millis(1) };
+        ec2.timing = super::super::ec2::Timing {
+            attach: Duration::from_millis(1),
+            detach: Duration::from_millis(1),
+            ..Default::default()
+        };
         ec2
     }
 

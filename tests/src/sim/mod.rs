@@ -4,8 +4,9 @@
 //!
 //! - [`ec2`]: the EC2 state and rules (instance limits, error codes, subnets running out, /28
 //!   prefixes, attachments and device indexes, DeleteOnTermination, trunk associations);
-//! - [`ec2_api`]: the Query API over HTTP, with throttling/5xx/latency faults and a per-action call
-//!   counter under `/_sim/`;
+//! - [`ec2_api`]: the Query API over HTTP, with throttling/5xx/latency faults and per-action call
+//!   and throttle counters under `/_sim/`;
+//! - [`buckets`]: EC2's account-wide request-token buckets (scenario `ec2Buckets`);
 //! - [`imds`]: IMDSv2 per node, read live from the EC2 state, with a propagation delay after attach;
 //! - [`kube_store`] and [`kube_api`]: the Kubernetes API subset (Node, Pod, Event, ENIConfig,
 //!   CNINode, SecurityGroupPolicy; get/list/watch/create/replace/patch/delete) and a kubeconfig;
@@ -18,6 +19,7 @@
 //!
 //! The `vpcsim` binary (tests/src/bin/vpcsim.rs) runs a scenario for the demo and manual use.
 
+pub mod buckets;
 pub mod ec2;
 pub mod ec2_api;
 pub mod fabric;

@@ -49,6 +49,42 @@ pub struct Scenario {
     /// How long EC2 takes to detach (the ENI stays in use, not deletable, until then).
     #[serde(default = "default_detach_delay")]
     pub detach_delay_ms: u64,
+    /// EC2's account-wide request-token buckets (`default`, or `{scale: F}` to multiply every
+    /// bucket's size and refill), shared by every node; off when absent.
+    #[serde(default)]
+    pub ec2_buckets: Option<BucketsSpec>,
+    /// How long a new ENI, and a new attachment, stay out of DescribeNetworkInterfaces after
+    /// the call that made them returned (EC2's eventual consistency).
+    #[serde(default)]
+    pub describe_lag_ms: u64,
+}
+
+/// `ec2Buckets`: `default`, or `{scale: F}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BucketsSpec {
+    Named(String),
+    Scaled(ScaledBuckets),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaledBuckets {
+    pub scale: f64,
+}
+
+impl BucketsSpec {
+    /// The scale, or an error naming the field.
+    pub fn scale(&self) -> Result<f64> {
+        match self {
+            Self::Named(n) if n == "default" => Ok(1.0),
+            Self::Named(n) => bail!("ec2Buckets: `{n}` is neither `default` nor {{scale: F}}"),
+            Self::Scaled(ScaledBuckets { scale }) if *scale > 0.0 && scale.is_finite() => Ok(*scale),
+            Self::Scaled(ScaledBuckets { scale }) => {
+                bail!("ec2Buckets.scale: {scale} is not a positive number")
+            }
+        }
+    }
 }
 
 fn default_attach_delay() -> u64 {
@@ -98,6 +134,25 @@ pub struct NodeSpec {
     /// delegation on an m5.large).
     #[serde(default)]
     pub max_pods: Option<u32>,
+    /// N nodes like this one, named `<name>-0` … `<name>-<N-1>` (a fleet).
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+impl NodeSpec {
+    /// The nodes this entry stands for: itself, or `count` copies with numbered names.
+    fn expand(&self) -> Vec<NodeSpec> {
+        match self.count {
+            None => vec![self.clone()],
+            Some(n) => (0..n)
+                .map(|k| NodeSpec {
+                    name: self.name.as_ref().map(|name| format!("{name}-{k}")),
+                    count: None,
+                    ..self.clone()
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -301,7 +356,13 @@ impl Sim {
         };
         let kube = Kube::new();
         let mut instances = Vec::new();
-        for (i, n) in scenario.nodes.iter().enumerate() {
+        let nodes: Vec<(usize, NodeSpec)> = scenario
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.expand().into_iter().map(move |n| (i, n)))
+            .collect();
+        for (i, n) in &nodes {
             let subnet = lookup(&format!("nodes[{i}].subnet"), &subnets, &n.subnet, "subnet")?;
             let sgs = groups(&format!("nodes[{i}].securityGroups"), &n.security_groups)?;
             let id = ec2
@@ -352,8 +413,11 @@ impl Sim {
         ec2.timing = Timing {
             attach: Duration::from_millis(scenario.attach_delay_ms),
             detach: Duration::from_millis(scenario.detach_delay_ms),
+            describe_lag: Duration::from_millis(scenario.describe_lag_ms),
         };
-        let mut sim = Ec2Sim { ec2, ..Default::default() };
+        let buckets = scenario.ec2_buckets.as_ref().map(BucketsSpec::scale).transpose()?;
+        let mut sim =
+            Ec2Sim { ec2, buckets: buckets.map(super::buckets::Buckets::new), ..Default::default() };
         let fabric = match fabric_prefix {
             Some(prefix) => {
                 let ids: Vec<String> = instances.iter().map(|(_, id)| id.clone()).collect();
@@ -466,5 +530,34 @@ mod tests {
         s.eni_configs[0].security_groups = vec!["ghost".into()];
         let err = Sim::start(&s).await.err().unwrap();
         assert!(err.to_string().starts_with("eniConfigs[0].securityGroups[0]: no security group"), "{err}");
+    }
+
+    /// `count` makes a fleet of numbered nodes; `ec2Buckets` and `describeLagMs` reach the model.
+    #[tokio::test]
+    async fn fleets_buckets_and_lag() {
+        let mut s = Scenario::default_scenario();
+        s.nodes[0].name = Some("fleet".into());
+        s.nodes[0].count = Some(3);
+        s.ec2_buckets = Some(BucketsSpec::Scaled(ScaledBuckets { scale: 0.5 }));
+        s.describe_lag_ms = 700;
+        let sim = Sim::start(&s).await.unwrap();
+        let names: Vec<&str> = sim.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["fleet-0", "fleet-1", "fleet-2"]);
+        sim.with_ec2(|e| {
+            assert!(e.buckets.is_some());
+            assert_eq!(e.ec2.timing.describe_lag, Duration::from_millis(700));
+        });
+        for (yaml, says) in
+            [("ec2Buckets: lots", "ec2Buckets: `lots`"), ("ec2Buckets: {scale: 0}", "ec2Buckets.scale: 0")]
+        {
+            let mut bad = Scenario::default_scenario();
+            bad.ec2_buckets = Scenario::parse(&format!(
+                "vpc: {{cidrs: []}}\nsubnets: []\nsecurityGroups: []\nnodes: []\n{yaml}\n"
+            ))
+            .unwrap()
+            .ec2_buckets;
+            let err = Sim::start(&bad).await.err().unwrap();
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 }

@@ -927,6 +927,46 @@ pub fn without_provisioning(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// EC2 as a fleet sees it, at a small scale: the account's buckets at 0.02 of EC2's sizes and
+/// rates (so a few calls empty them) and DescribeNetworkInterfaces 1.5 s behind every create and
+/// attach. The agent (WARM_IP_TARGET=12: one ENI more than the primary) still gets its ENI, creates exactly one ENI (no duplicate
+/// for one it could not describe yet), and leaves none unattached; then it restarts into the same
+/// state without creating another.
+pub fn under_buckets_and_describe_lag(ctx: &mut Ctx) -> Result<()> {
+    let mut scenario = Scenario::default_scenario();
+    scenario.ec2_buckets = Some(eniguard_tests::sim::scenario::BucketsSpec::Scaled(
+        eniguard_tests::sim::scenario::ScaledBuckets { scale: 0.02 },
+    ));
+    scenario.describe_lag_ms = 1500;
+    let w = World::new(ctx, "lag", &scenario)?;
+    let World { sim, node, dir, prefix, .. } = &w;
+    // 9 addresses fit on the primary ENI: 12 need a second ENI.
+    let env = [("WARM_IP_TARGET", "12")];
+    let agent = agent::start(sim, prefix, 0, dir, &env)?;
+    // Read from the model, not through the API: the test's own calls would spend the account's
+    // tokens too.
+    let enis = || -> (usize, usize) {
+        sim.with_ec2(|s| {
+            let attached = s.ec2.attached_to(&node.instance_id).len();
+            (attached, s.ec2.enis.values().filter(|e| e.attachment.is_none()).count())
+        })
+    };
+    eventually("the warm ENI", Duration::from_secs(30), || Ok((enis().0 == 2).then_some(())))?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(enis() == (2, 0), "one ENI created, none left unattached: {:?}", enis());
+    let created = sim_calls(sim)?.get("CreateNetworkInterface").copied().unwrap_or(0);
+    ensure!(created == 1, "CreateNetworkInterface called {created} times");
+    agent.daemon.terminate()?;
+    let again = agent::start(sim, prefix, 0, dir, &env)?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(enis() == (2, 0), "after a restart: {:?}", enis());
+    let throttled = agent::sim_throttled(sim)?;
+    println!("  throttled by the buckets: {throttled:?}");
+    ensure!(!throttled.is_empty(), "the buckets never ran dry: the test shows nothing");
+    drop(again);
+    Ok(())
+}
+
 /// An instance type the built-in table lacks (m8g.large: limits from DescribeInstanceTypes), and
 /// the pool shrinking when the operator lowers the warm targets: after a restart with
 /// MINIMUM_IP_TARGET 25 → WARM_IP_TARGET 1, the ENIs no pod needs are detached and deleted once
