@@ -64,6 +64,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A fleet joining at once under EC2's account-wide buckets: time to all ready against the
+    /// bucket-limited minimum, calls and throttled calls, RSS (needs root; `--release` as for
+    /// cni-bench).
+    FleetBench {
+        /// Passed to eniguard-fleet-bench (`--nodes N`), after `--release` if given.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Pods through containerd: RunPodSandbox/StopPodSandbox p50/p99 and a concurrent burst,
     /// eniguard against ptp + host-local, then the agent's RSS (needs root; `--release` as for
     /// cni-bench).
@@ -101,14 +109,15 @@ fn main() -> Result<()> {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             test::run_privileged_bin("eniguard-agent-bench", &args)
         }
-        Task::CniBench { args } => plugin_bench("eniguard-cni-bench", &args),
-        Task::PodBench { args } => plugin_bench("eniguard-pod-bench", &args),
+        Task::CniBench { args } => agents_bench("eniguard-cni-bench", &args),
+        Task::PodBench { args } => agents_bench("eniguard-pod-bench", &args),
+        Task::FleetBench { args } => agents_bench("eniguard-fleet-bench", &args),
     }
 }
 
-/// A benchmark of the plugin (by hand, or through containerd), against the debug agent or,
-/// after `--release`, optimised ones.
-fn plugin_bench(bench: &str, args: &[String]) -> Result<()> {
+/// A benchmark that runs agents (the plugin by hand or through containerd, a fleet), against the
+/// debug agent or, after `--release`, optimised ones.
+fn agents_bench(bench: &str, args: &[String]) -> Result<()> {
     if !setup::is_complete() {
         setup::setup()?;
     }

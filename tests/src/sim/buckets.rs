@@ -53,6 +53,26 @@ struct Bucket {
     refill: f64,
     tokens: f64,
     at: Instant,
+    /// Requests it served.
+    served: u64,
+}
+
+/// One bucket as [`Buckets::report`] shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketReport {
+    /// The action, `(unfiltered)` for the unfiltered category's bucket.
+    pub key: String,
+    pub max: f64,
+    pub refill: f64,
+    pub served: u64,
+}
+
+impl BucketReport {
+    /// The least time in which a full bucket serves `served` requests: the first `max` at once,
+    /// the rest at the refill rate.
+    pub fn minimum_seconds(&self) -> f64 {
+        ((self.served as f64 - self.max).max(0.0)) / self.refill
+    }
 }
 
 /// The account's buckets, created full on first use.
@@ -84,16 +104,31 @@ impl Buckets {
             refill: refill * scale,
             tokens: max * scale,
             at: now,
+            served: 0,
         });
         b.tokens = (b.tokens + b.refill * now.saturating_duration_since(b.at).as_secs_f64()).min(b.max);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
+            b.served += 1;
             true
         } else {
             *self.throttled.entry(action.to_owned()).or_default() += 1;
             false
         }
+    }
+}
+
+impl Buckets {
+    /// Every bucket used so far, by key.
+    pub fn report(&self) -> Vec<BucketReport> {
+        let mut v: Vec<BucketReport> = self
+            .buckets
+            .iter()
+            .map(|(key, b)| BucketReport { key: key.clone(), max: b.max, refill: b.refill, served: b.served })
+            .collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
     }
 }
 
@@ -116,6 +151,9 @@ mod tests {
         assert_eq!((0..10).filter(|_| b.take("DescribeNetworkInterfaces", true, t0)).count(), 5);
         assert_eq!((0..12).filter(|_| b.take("DescribeNetworkInterfaces", false, t0)).count(), 10);
         assert_eq!(size("AttachNetworkInterface", false), (50.0, 5.0));
+        let create = b.report().into_iter().find(|r| r.key == "CreateNetworkInterface").unwrap();
+        assert_eq!(create.served, 11);
+        assert!((create.minimum_seconds() - 2.0).abs() < 1e-9, "10 at once, the 11th after 2 s");
         assert_eq!(size("CreateTags", false), (100.0, 10.0));
     }
 }
