@@ -180,6 +180,14 @@ impl Imds {
     }
 
     /// The primary ENI's security groups (upstream's `RefreshSGIDs`).
+    /// The attached ENI with this MAC, once IMDS lists it (None before).
+    pub async fn attached_eni(&self, mac: &str) -> Result<Option<ImdsEni>, ImdsFailure> {
+        if !self.macs().await?.iter().any(|m| m == mac) {
+            return Ok(None);
+        }
+        self.eni(mac).await.map(Some)
+    }
+
     pub async fn primary_security_groups(&self, mac: &str) -> Result<Vec<String>, ImdsFailure> {
         self.lines(&format!("network/interfaces/macs/{mac}/security-group-ids")).await
     }

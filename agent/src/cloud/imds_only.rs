@@ -5,8 +5,8 @@
 //!
 //! What IMDS cannot say: an ENI's type and tags. Every ENI is taken as an ordinary one (as
 //! upstream does in this mode); the configuration refuses security groups for pods with it, so no
-//! trunk is expected, and a trunk or EFA ENI attached by someone else is told apart only by having
-//! no secondary addresses to hand out.
+//! trunk is expected. A trunk or EFA ENI attached by someone else is not told apart: its
+//! secondary addresses, if it has any, would join the pool.
 
 use std::collections::BTreeMap;
 
@@ -63,10 +63,7 @@ impl Cloud for ImdsOnly {
         self.imds.enis().await
     }
     async fn attached_eni(&self, mac: &str) -> Result<Option<ImdsEni>, ImdsFailure> {
-        if !self.imds.macs().await?.iter().any(|m| m == mac) {
-            return Ok(None);
-        }
-        self.imds.eni(mac).await.map(Some)
+        self.imds.attached_eni(mac).await
     }
     async fn primary_security_groups(&self, mac: &str) -> Result<Vec<String>, ImdsFailure> {
         self.imds.primary_security_groups(mac).await

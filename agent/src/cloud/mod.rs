@@ -95,10 +95,7 @@ impl Cloud for Aws {
         self.imds.enis().await
     }
     async fn attached_eni(&self, mac: &str) -> Result<Option<ImdsEni>, ImdsFailure> {
-        if !self.imds.macs().await?.iter().any(|m| m == mac) {
-            return Ok(None);
-        }
-        self.imds.eni(mac).await.map(Some)
+        self.imds.attached_eni(mac).await
     }
     async fn primary_security_groups(&self, mac: &str) -> Result<Vec<String>, ImdsFailure> {
         self.imds.primary_security_groups(mac).await

@@ -247,7 +247,7 @@ impl std::fmt::Display for LogFile {
 
 pub mod variables;
 
-pub use variables::{Harmless, NotYet, DEPRECATED, NOT_YET, VARIABLES};
+pub use variables::{NotYet, DEPRECATED, NOT_YET, VARIABLES};
 
 /// Reads variables through `get` (the process environment, or a map in tests).
 struct Reader<F> {
@@ -273,7 +273,7 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     fn refuse_what_is_not_done_yet(&self) -> Result<(), ConfigError> {
         for n in NOT_YET {
             let Some(v) = self.raw(n.var) else { continue };
-            let Harmless::Bool(harmless) = n.harmless;
+            let harmless = n.harmless;
             if self.bool(n.var, harmless)? != harmless {
                 return Err(bad(n.var, &v, &format!("{harmless}: eniguard does not {} yet", n.needs)));
             }

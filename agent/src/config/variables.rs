@@ -86,27 +86,21 @@ pub const ELSEWHERE: &[Var] = &[
     var("KUBECONFIG", "-", "read by kube-rs when not in a cluster", "agent_incident_order"),
 ];
 
-/// What an upstream variable that eniguard does not act on yet may be set to without changing
-/// anything.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Harmless {
-    /// This boolean (upstream's default), in any of upstream's spellings.
-    Bool(bool),
-}
-
 /// An upstream variable eniguard does not act on yet: refused at start, by name, when set to
 /// anything but a harmless value, so that a copied aws-node environment never changes less than
 /// it says.
 #[derive(Clone, Copy, Debug)]
 pub struct NotYet {
     pub var: &'static str,
-    pub harmless: Harmless,
+    /// The boolean (upstream's default, in any of upstream's spellings) it may be set to
+    /// without changing anything.
+    pub harmless: bool,
     /// What eniguard would have to do.
     pub needs: &'static str,
 }
 
 const fn not_yet(var: &'static str, harmless: bool, needs: &'static str) -> NotYet {
-    NotYet { var, harmless: Harmless::Bool(harmless), needs }
+    NotYet { var, harmless, needs }
 }
 
 /// Upstream's variables that eniguard refuses unless harmless.
@@ -196,8 +190,7 @@ pub fn markdown() -> String {
         rows.push((v.name.to_owned(), code(v.upstream_default), v.eniguard.to_owned(), tests(v.shown_by)));
     }
     for n in NOT_YET {
-        let Harmless::Bool(b) = n.harmless;
-        let harmless = b.to_string();
+        let harmless = n.harmless.to_string();
         rows.push((
             n.var.to_owned(),
             code(&harmless),

@@ -413,6 +413,17 @@ mod tests {
         }
     }
 
+    fn del_request(container: &str) -> DelRequest {
+        DelRequest {
+            client_version: VERSION.into(),
+            network_name: "aws-cni".into(),
+            container_id: container.into(),
+            if_name: "eth0".into(),
+            pod_namespace: None,
+            pod_name: None,
+        }
+    }
+
     fn kind(r: Result<impl std::fmt::Debug, CallError>) -> (ErrorKind, String) {
         match r {
             Err(CallError::Api(e)) => (e.kind, e.message),
@@ -466,14 +477,7 @@ mod tests {
         let collected: GcReply = client.call(Method::POST, GC_PATH, Some(&gc)).await.unwrap();
         assert_eq!(collected.released, [b.ipv4]);
 
-        let del = DelRequest {
-            client_version: VERSION.into(),
-            network_name: "aws-cni".into(),
-            container_id: "c1".into(),
-            if_name: "eth0".into(),
-            pod_namespace: None,
-            pod_name: None,
-        };
+        let del = del_request("c1");
         let released: DelReply = client.call(Method::POST, DEL_PATH, Some(&del)).await.unwrap();
         assert_eq!(released.released, Some(a.ipv4.clone()));
         let again: DelReply = client.call(Method::POST, DEL_PATH, Some(&del)).await.unwrap();
@@ -513,15 +517,7 @@ mod tests {
         assert_eq!(annotation(), Some(a.ipv4.clone()));
         let e = add(&shared, add_request("c2")).await.unwrap_err();
         assert!(e.message.contains("ANNOTATE_POD_IP") && e.message.contains("pod-c2"), "{}", e.message);
-        let del_request = DelRequest {
-            client_version: VERSION.into(),
-            network_name: "aws-cni".into(),
-            container_id: "c1".into(),
-            if_name: "eth0".into(),
-            pod_namespace: None,
-            pod_name: None,
-        };
-        del(&shared, del_request).await.unwrap();
+        del(&shared, del_request("c1")).await.unwrap();
         assert_eq!(annotation(), Some(String::new()));
     }
 }

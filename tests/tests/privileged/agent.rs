@@ -443,7 +443,7 @@ pub fn bad_input(ctx: &mut Ctx) -> Result<()> {
     let not_yet: Vec<(&str, &str, String)> = eniguard::config::NOT_YET
         .iter()
         .map(|n| {
-            let eniguard::config::Harmless::Bool(harmless) = n.harmless;
+            let harmless = n.harmless;
             let value = if harmless { "false" } else { "true" };
             (n.var, value, format!("{}=`{value}`: expected {harmless}: eniguard does not", n.var))
         })
