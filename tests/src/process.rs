@@ -59,16 +59,18 @@ impl Daemon {
         self.child.id()
     }
 
-    /// Waits up to `timeout` for the process to exit by itself.
+    /// Waits up to `timeout` for the process to exit by itself (looks once with a zero timeout).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
+        loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(Some(status));
             }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(None)
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -83,6 +83,18 @@ pub enum GuardMode {
     Enforce,
 }
 
+/// ENIGUARD_EC2_PACING: how EC2 calls are retried when the account's request buckets run dry
+/// (`RequestLimitExceeded`) or EC2 answers 5xx (README, "A fleet under EC2's shared buckets").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ec2Pacing {
+    /// Full-jitter backoff from 200 ms, capped at 2 s, up to 30 attempts (the default).
+    Paced,
+    /// The SDK's adaptive mode (client-side rate limiting after the first throttle), 10 attempts.
+    Adaptive,
+    /// The SDK's standard mode as upstream's client has it: 3 attempts, 1 s doubling to 20 s.
+    Standard,
+}
+
 /// Everything the agent reads from its environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -186,6 +198,8 @@ pub struct Config {
     pub imds_only: bool,
     /// ENIGUARD_GUARD_MODE (`monitor`).
     pub guard_mode: GuardMode,
+    /// ENIGUARD_EC2_PACING (`paced`).
+    pub ec2_pacing: Ec2Pacing,
     /// ENIGUARD_SG_AUDIT_INTERVAL (seconds, `3600`): how often every ENI's security groups are
     /// read from EC2 for drift (one DescribeNetworkInterfaces each time).
     pub sg_audit_interval: Duration,
@@ -534,6 +548,15 @@ impl Config {
                 GuardMode::Monitor,
                 &[("off", GuardMode::Off), ("monitor", GuardMode::Monitor), ("enforce", GuardMode::Enforce)],
             )?,
+            ec2_pacing: r.choice(
+                "ENIGUARD_EC2_PACING",
+                Ec2Pacing::Paced,
+                &[
+                    ("paced", Ec2Pacing::Paced),
+                    ("adaptive", Ec2Pacing::Adaptive),
+                    ("standard", Ec2Pacing::Standard),
+                ],
+            )?,
             sg_audit_interval: match r.count("ENIGUARD_SG_AUDIT_INTERVAL", 3600, 0)? {
                 n if n >= 10 => Duration::from_secs(u64::from(n)),
                 n => return Err(bad("ENIGUARD_SG_AUDIT_INTERVAL", &n.to_string(), "seconds, at least 10")),
@@ -612,6 +635,12 @@ impl Config {
             }
             .to_owned(),
             self.sg_audit_interval.as_secs().to_string(),
+            match self.ec2_pacing {
+                Ec2Pacing::Paced => "paced",
+                Ec2Pacing::Adaptive => "adaptive",
+                Ec2Pacing::Standard => "standard",
+            }
+            .to_owned(),
         ];
         VARIABLES.iter().map(|v| v.name).zip(values).collect()
     }
@@ -803,6 +832,7 @@ mod tests {
             ("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679"),
             ("ENIGUARD_GUARD_MODE", "monitor"),
             ("ENIGUARD_SG_AUDIT_INTERVAL", "3600"),
+            ("ENIGUARD_EC2_PACING", "paced"),
         ] {
             assert_eq!(e[var], want, "{var}");
         }

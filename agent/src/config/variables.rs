@@ -76,6 +76,7 @@ pub const VARIABLES: &[Var] = &[
     var("ENABLE_IMDS_ONLY_MODE", "false", "no EC2 call at all: ENIs and addresses as IMDS shows them; implies the two above and DISABLE_LEAKED_ENI_CLEANUP; refused with ENABLE_POD_ENI (IMDS cannot tell a trunk)", "agent_without_provisioning"),
     var("ENIGUARD_GUARD_MODE", "-", "eniguard's: the egress guard (off, monitor, enforce; default monitor)", "live_pre_fix_pod_caught_and_enforce_survives_restarts"),
     var("ENIGUARD_SG_AUDIT_INTERVAL", "-", "eniguard's: seconds between security-group audits (default 3600)", "live_drift_is_caught"),
+    var("ENIGUARD_EC2_PACING", "-", "eniguard's: EC2 retries under throttling (paced, adaptive, standard; default paced)", "agent_under_buckets_and_describe_lag"),
 ];
 
 /// Upstream variables read where eniguard's flag or library reads its own.

@@ -99,6 +99,8 @@ struct Ec2State {
     serial: u32,
     /// EC2 error codes to answer, by action, until cleared.
     failing: BTreeMap<String, String>,
+    /// ENIs IMDS does not show yet (it lags behind EC2).
+    imds_lags: std::collections::BTreeSet<String>,
 }
 
 /// EC2 and IMDS for one m5.large instance (3 ENIs, 10 addresses each, trunking) in a VPC with a
@@ -151,6 +153,13 @@ impl FakeCloud {
     }
     pub fn heal(&self, action: &str) {
         lock(&self.state).failing.remove(action);
+    }
+    /// IMDS does not show `eni` (attached) until [`FakeCloud::imds_catches_up`].
+    pub fn imds_lags_behind(&self, eni: &str) {
+        lock(&self.state).imds_lags.insert(eni.into());
+    }
+    pub fn imds_catches_up(&self) {
+        lock(&self.state).imds_lags.clear();
     }
 
     /// An ENI someone else attached (the Resource Controller's trunk, an EFA ENI, an ENI another
@@ -300,7 +309,8 @@ impl Cloud for FakeCloud {
     async fn attached_enis(&self) -> Result<Vec<ImdsEni>, ImdsFailure> {
         self.imds()?;
         let s = lock(&self.state);
-        let mut seen: Vec<ImdsEni> = s.enis.values().filter_map(imds_view).collect();
+        let mut seen: Vec<ImdsEni> =
+            s.enis.values().filter(|e| !s.imds_lags.contains(&e.info.id)).filter_map(imds_view).collect();
         seen.sort_by_key(|e| e.device_number);
         Ok(seen)
     }
@@ -375,6 +385,18 @@ impl Cloud for FakeCloud {
     async fn attach(&self, eni: &str, instance_id: &str, device_index: u32) -> Result<String, Ec2Error> {
         self.call("AttachNetworkInterface", format!("{eni} {device_index}"))?;
         let mut s = lock(&self.state);
+        let taken = s
+            .enis
+            .values()
+            .filter_map(|e| e.info.attachment.as_ref())
+            .any(|a| a.device_index == device_index);
+        if taken {
+            return Err(Ec2Error {
+                action: "AttachNetworkInterface",
+                code: Some("InvalidParameterValue".into()),
+                message: format!("Instance '{instance_id}' already has an interface attached at device index '{device_index}'."),
+            });
+        }
         let e = s.enis.get_mut(eni).ok_or_else(|| not_found("AttachNetworkInterface", eni))?;
         let id = format!("attach-{eni}");
         e.info.attachment = Some(Attachment {

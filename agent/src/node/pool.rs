@@ -310,7 +310,7 @@ async fn placement(shared: &Shared) -> Result<(Vec<String>, Vec<String>), NodeEr
 }
 
 /// Creates an ENI where the configuration says (the next subnet when EC2 says one is full),
-/// attaches it at the lowest free device index, sets DeleteOnTermination, sets up its link and
+/// attaches it at the lowest free device index (as IMDS shows them), sets DeleteOnTermination, sets up its link and
 /// adds it to the pool.
 async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
     let ec2 = shared.clients.cloud.as_ref();
@@ -345,9 +345,24 @@ async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
     let Some((created, new)) = made else { return Err(full.map_or(NodeError::NoPlacement, NodeError::Ec2)) };
     journal.write(&Pending { eni: Some(created.id.clone()) })?;
     let attached = async {
-        let used = ec2.used_device_indexes(id).await?;
-        let index = (1..).find(|i| !used.contains(i)).unwrap_or(1);
-        ec2.attach(&created.id, id, index).await.map(|a| (a, index))
+        // IMDS knows the device indexes in use; EC2 (DescribeInstances) is asked only when IMDS
+        // does not answer, or lags behind an attach or detach and EC2 says the index is taken.
+        let seen: Vec<u32> = match ec2.attached_enis().await {
+            Ok(enis) => enis.iter().map(|e| e.device_number).collect(),
+            Err(e) => {
+                log::info!("{e}; asking EC2 which device indexes are taken");
+                ec2.used_device_indexes(id).await?
+            }
+        };
+        let index = lowest_free(&seen);
+        match ec2.attach(&created.id, id, index).await {
+            Err(e) if e.is("InvalidParameterValue") && e.message.contains("device index") => {
+                log::info!("{e}; asking EC2 which device indexes are taken");
+                let index = lowest_free(&ec2.used_device_indexes(id).await?);
+                Ok::<_, NodeError>((ec2.attach(&created.id, id, index).await?, index))
+            }
+            attached => Ok((attached?, index)),
+        }
     };
     let (attachment, index) = match attached.await {
         Ok(a) => a,
@@ -357,7 +372,7 @@ async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
                 Ok(()) => journal.clear()?,
                 Err(d) => log::warn!("deleting unattached {}: {d}", created.id),
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     ec2.delete_on_termination(&created.id, &attachment).await?;
@@ -375,6 +390,11 @@ async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
     };
     enis::setup_link(shared.clients.net.as_ref(), &known, shared.cfg.eni_mtu).await?;
     enis::adopt(shared, known, created.cidrs).await
+}
+
+/// The lowest device index above the primary's (0) not in `used`.
+fn lowest_free(used: &[u32]) -> u32 {
+    (1..).find(|i| !used.contains(i)).unwrap_or(1)
 }
 
 /// Waits for IMDS to show a new ENI (upstream: 100 ms doubling, 12 tries).
@@ -426,11 +446,34 @@ mod tests {
         assert_eq!(eni.tags.get(enis::TAG_CLUSTER).map(String::as_str), Some("prod"));
         assert!(eni.tags.contains_key(enis::TAG_CREATED_AT));
         assert_eq!(eni.attachment.as_ref().map(|a| a.device_index), Some(1));
+        assert_eq!(
+            node.world.calls_to("ec2 DescribeInstances"),
+            Vec::<String>::new(),
+            "IMDS knew the indexes"
+        );
         assert_eq!(node.host.enis.lock().unwrap().get(&eni.mac), Some(&2), "table = device + 1");
         assert!(shared.eni(&eni.id).is_some());
         assert_eq!(Journal::new(&node.dir).read(), None);
         assert!(state.last_action.is_some());
         assert_eq!(node.world.under_lock(), Vec::<String>::new());
+    }
+
+    /// The device index comes from IMDS (no DescribeInstances); when IMDS has not caught up with
+    /// an ENI someone else attached and EC2 says the index is taken, EC2 is asked once and the
+    /// attach goes to the next free index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn device_indexes_come_from_imds_and_ec2_only_when_imds_lags() {
+        let node = FakeNode::default();
+        let shared = node.start(&[]).await.unwrap();
+        let trunk = node.cloud.attach_foreign(crate::cloud::ec2::InterfaceType::Trunk, 1, 0, &[]);
+        node.cloud.imds_lags_behind(&trunk);
+        want(&shared, total(&shared).await + 5);
+        let mut state = PoolState::default();
+        while tick(&shared, &mut state).await.unwrap() {}
+        assert_eq!(node.world.calls_to("ec2 DescribeInstances").len(), 1);
+        let attached = node.cloud.attached();
+        let new = attached.iter().find(|e| e.id != PRIMARY_ENI && e.id != trunk).expect("a new ENI");
+        assert_eq!(new.attachment.as_ref().map(|a| a.device_index), Some(2));
     }
 
     /// EC2 says the subnet is out of addresses: the pool pauses, the node says why (status and a
