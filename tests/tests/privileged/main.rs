@@ -75,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_upstream_variables", run: agent::upstream_variables },
         Test { name: "agent_without_provisioning", run: agent::without_provisioning },
         Test { name: "agent_under_buckets_and_describe_lag", run: agent::under_buckets_and_describe_lag },
+        Test { name: "agent_attach_past_a_lagging_imds", run: agent::attach_past_a_lagging_imds },
         Test { name: "agent_converges_under_faults", run: agent::converges_under_faults },
         Test { name: "agent_subnet_exhaustion", run: agent::subnet_exhaustion },
         Test { name: "agent_survives_kill_9", run: agent::survives_kill_9 },
