@@ -154,12 +154,9 @@ impl FakeCloud {
     pub fn heal(&self, action: &str) {
         lock(&self.state).failing.remove(action);
     }
-    /// IMDS does not show `eni` (attached) until [`FakeCloud::imds_catches_up`].
+    /// IMDS does not show `eni` (attached): it lags behind EC2.
     pub fn imds_lags_behind(&self, eni: &str) {
         lock(&self.state).imds_lags.insert(eni.into());
-    }
-    pub fn imds_catches_up(&self) {
-        lock(&self.state).imds_lags.clear();
     }
 
     /// An ENI someone else attached (the Resource Controller's trunk, an EFA ENI, an ENI another

@@ -310,8 +310,8 @@ async fn placement(shared: &Shared) -> Result<(Vec<String>, Vec<String>), NodeEr
 }
 
 /// Creates an ENI where the configuration says (the next subnet when EC2 says one is full),
-/// attaches it at the lowest free device index (as IMDS shows them), sets DeleteOnTermination, sets up its link and
-/// adds it to the pool.
+/// attaches it at the lowest free device index (as IMDS shows them), sets DeleteOnTermination,
+/// sets up its link and adds it to the pool.
 async fn create_eni(shared: &Shared, count: u32) -> Result<(), NodeError> {
     let ec2 = shared.clients.cloud.as_ref();
     let (subnets, security_groups) = placement(shared).await?;
