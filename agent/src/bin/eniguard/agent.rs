@@ -89,6 +89,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     metrics.startup_seconds.set(node_init_took.as_secs_f64());
     let _ = shared.set(started.clone());
     let mut tasks = node::run(started.clone());
+    tasks.push(tokio::spawn(give_back_memory(started.clone())));
     // The network-policy agent asks for the node's facts on aws-node's socket.
     tasks.push(tokio::spawn(netpol::serve_config(&paths.aws_node_run_dir, policy_facts(&started))?));
     // Ready once the pool holds an address (a node without one cannot start a pod).
@@ -137,6 +138,24 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
         live.keep()?;
     }
     stopped("")
+}
+
+/// Returns the heap pages that pods' state held to the kernel once the pods are gone: glibc keeps
+/// freed pages in its arenas, about 11 MiB after `cargo xtask cni-bench`'s churn (README,
+/// performance). Looks every second; trims when fewer addresses are assigned than at the last
+/// look (and once at start, after the guard's load).
+async fn give_back_memory(node: Arc<Shared>) {
+    let mut last = u32::MAX;
+    loop {
+        let assigned = node.owner.with(|ipam| ipam.datastore.stats(now()).assigned).await;
+        if assigned < last {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+        last = assigned;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// What GetNetworkPolicyConfigs answers on ipamd.sock.
