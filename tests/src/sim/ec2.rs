@@ -354,7 +354,7 @@ pub enum AssignRequest {
 }
 
 /// The simulated region: VPCs, subnets, security groups, instances, ENIs.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Ec2 {
     pub subnets: BTreeMap<String, Subnet>,
     pub security_groups: BTreeMap<String, String>,

@@ -24,6 +24,7 @@ use std::{
 use hyper::StatusCode;
 
 use super::ec2::{invalid, ApiError, AssignRequest, CreateEni, Ec2, Eni};
+use super::follower::{Change, Follower};
 use super::http::{self, reply, Req, Resp};
 
 /// Faults and accounting, shared by every request.
@@ -46,9 +47,6 @@ pub struct Faults {
     pub throttled: BTreeMap<String, u64>,
 }
 
-/// Called after every change to ENIs or attachments (the fabric follows them).
-pub type ChangeHook = Box<dyn FnMut(&Ec2) + Send>;
-
 /// The simulator's EC2 side: the model, the faults, and who follows its changes.
 #[derive(Default)]
 pub struct Ec2Sim {
@@ -56,7 +54,10 @@ pub struct Ec2Sim {
     pub faults: Faults,
     /// The account's request-token buckets, when the scenario turns them on.
     pub buckets: Option<super::buckets::Buckets>,
-    pub on_change: Option<ChangeHook>,
+    /// The fabric's follower, with a fabric (see [`follower`](super::follower)).
+    pub follower: Option<Arc<Follower>>,
+    /// Changes to ENIs or attachments so far: the generation the follower is asked for.
+    pub changes: u64,
 }
 
 impl std::fmt::Debug for Ec2Sim {
@@ -66,11 +67,11 @@ impl std::fmt::Debug for Ec2Sim {
 }
 
 impl Ec2Sim {
-    /// Tells the follower (if any) that ENIs or attachments may have changed.
-    pub fn changed(&mut self) {
-        if let Some(hook) = self.on_change.as_mut() {
-            hook(&self.ec2);
-        }
+    /// Tells the follower (if any) that ENIs or attachments may have changed; the answer waits
+    /// until the fabric shows it.
+    pub fn changed(&mut self) -> Option<Change> {
+        self.changes += 1;
+        Some(self.follower.as_ref()?.request(self.changes))
     }
 }
 
@@ -103,33 +104,50 @@ async fn handle(req: Req, sim: Shared) -> Resp {
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let mut s = lock(&sim);
-    let unfiltered =
-        !params.keys().any(|k| k.starts_with("Filter.") || k == "MaxResults" || k == "NextToken");
-    let emptied = s.buckets.as_mut().is_some_and(|b| !b.take(&action, unfiltered, std::time::Instant::now()));
-    if emptied || throttled(&mut s.faults, &action) {
-        *s.faults.throttled.entry(action.clone()).or_default() += 1;
-        let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, &e);
-    }
-    if let Some(r) = injected_fault(&mut s.faults, &action) {
-        return r;
-    }
-    let changed_before = s.ec2.settle(std::time::Instant::now());
-    // A bug in the model answers 500 for this request only; it never takes the simulator down.
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&mut s.ec2, &action, &params)))
-            .unwrap_or_else(|_| {
-                Err(ApiError { code: "InternalError", message: format!("the simulator failed on {action}") })
-            });
-    if changed_before || (result.is_ok() && !action.starts_with("Describe")) {
-        s.changed();
+    let (result, change) = match model_call(&sim, &action, &params) {
+        Ok(done) => done,
+        Err(refused) => return refused,
+    };
+    if let Some(change) = change {
+        change.applied().await;
     }
     match result {
         Ok(xml) => reply(StatusCode::OK, "text/xml;charset=UTF-8", xml),
         Err(e) if e.code == "InternalError" => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e),
         Err(e) => error_response(StatusCode::BAD_REQUEST, &e),
     }
+}
+
+/// The call against the model, under the lock: refused when a bucket is empty or a fault says
+/// so, else dispatched; with the change the fabric must show before the answer goes out.
+fn model_call(
+    sim: &Shared,
+    action: &str,
+    params: &HashMap<String, String>,
+) -> Result<(Result<String, ApiError>, Option<Change>), Resp> {
+    let mut s = lock(sim);
+    let unfiltered =
+        !params.keys().any(|k| k.starts_with("Filter.") || k == "MaxResults" || k == "NextToken");
+    let emptied = s.buckets.as_mut().is_some_and(|b| !b.take(action, unfiltered, std::time::Instant::now()));
+    if emptied || throttled(&mut s.faults, action) {
+        *s.faults.throttled.entry(action.to_owned()).or_default() += 1;
+        let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
+        return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, &e));
+    }
+    if let Some(r) = injected_fault(&mut s.faults, action) {
+        return Err(r);
+    }
+    let changed_before = s.ec2.settle(std::time::Instant::now());
+    // A bug in the model answers 500 for this request only; it never takes the simulator down.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&mut s.ec2, action, params)))
+            .unwrap_or_else(|_| {
+                Err(ApiError { code: "InternalError", message: format!("the simulator failed on {action}") })
+            });
+    let change = (changed_before || (result.is_ok() && !action.starts_with("Describe")))
+        .then(|| s.changed())
+        .flatten();
+    Ok((result, change))
 }
 
 fn error_response(status: StatusCode, e: &ApiError) -> Resp {

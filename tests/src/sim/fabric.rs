@@ -12,8 +12,9 @@
 //! hundred nodes costs no more per change than one node. The recorder's packet socket sees frames before that
 //! hook, so dropped frames are still recorded (with [`Verdict::SourceDestCheck`]).
 //!
-//! The fabric follows the EC2 model through [`Fabric::sync`], which the EC2 API and the Resource
-//! Controller call after every change. Needs root.
+//! The fabric follows the EC2 model through [`Fabric::sync`], which the
+//! [`follower`](super::follower) calls with a copy of the model after every change, outside the
+//! simulator's lock. Needs root.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -211,12 +212,9 @@ impl Fabric {
             self.lock().wires.remove(&ifindex);
         }
         let plugged: Vec<String> = self.lock().wires.values().map(|w| w.eni_id.clone()).collect();
-        let mut new_nics = Vec::new();
-        for (eni_id, (instance, eni, index)) in &desired {
-            if !plugged.contains(eni_id) {
-                new_nics.push((*instance, self.plug(ec2, instance, eni, *index)?));
-            }
-        }
+        let wanted: Vec<(&str, &Eni, u32)> =
+            desired.iter().filter(|(id, _)| !plugged.contains(id)).map(|(_, w)| *w).collect();
+        let new_nics = self.plug(ec2, &wanted)?;
         let mut state = self.lock();
         let state = &mut *state;
         for wire in state.wires.values_mut() {
@@ -265,20 +263,32 @@ impl Fabric {
             }
             wire.routed = want;
         }
-        if !batch.is_empty() {
-            let file = std::env::temp_dir().join(format!("{}.routes", self.vpc.name()));
-            std::fs::write(&file, &batch).context("writing the VPC's routes")?;
-            let applied = sh(Command::new("ip").args(["-n", self.vpc.name(), "-force", "-batch"]).arg(&file));
-            let _ = std::fs::remove_file(&file);
-            applied.context("the VPC's routes to pod addresses")?;
-        }
+        self.vpc_batch(&batch, true).context("the VPC's routes to pod addresses")?;
         // Recorded and checked: now the NICs carry their ENIs' MACs.
-        for (instance, (node_if, mac)) in new_nics {
+        for (instance, node_if, mac) in new_nics {
             if let Some(node) = self.nodes.get(instance) {
                 node.ip(&["link", "set", &node_if, "address", &mac])?;
             }
         }
         Ok(())
+    }
+
+    /// Runs `commands` (lines of `ip` commands) in the VPC namespace with one `ip -batch`
+    /// (carrying on past failed lines with `force`); nothing when empty.
+    fn vpc_batch(&self, commands: &str, force: bool) -> Result<()> {
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let file = std::env::temp_dir().join(format!("{}.ip", self.vpc.name()));
+        std::fs::write(&file, commands).context("writing the VPC's ip batch")?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", self.vpc.name()]);
+        if force {
+            cmd.arg("-force");
+        }
+        let applied = sh(cmd.arg("-batch").arg(&file));
+        let _ = std::fs::remove_file(&file);
+        applied.map(|_| ())
     }
 
     /// Applies `rules` (commands on the VPC namespace's `netdev vpc` table) atomically, in one
@@ -294,58 +304,76 @@ impl Fabric {
         applied.context("the VPC's source/destination check (nft)").map(|_| ())
     }
 
-    /// Creates the wire; returns the node-side NIC, which takes the ENI's MAC only once the wire
-    /// is recorded and checked (see [`Fabric::sync`]): a NIC with the ENI's MAC is a NIC whose
-    /// frames the VPC sees.
-    fn plug(&self, ec2: &Ec2, instance: &str, eni: &Eni, index: u32) -> Result<(String, String)> {
-        let node = self.nodes.get(instance).context("instance without a namespace")?;
-        let subnet = ec2.subnet(&eni.subnet_id).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let counter = {
-            let mut s = self.lock();
-            s.counter += 1;
-            s.counter
-        };
-        let (vpc_if, node_if) = (format!("w{counter}"), format!("eth{index}"));
-        sh(Command::new("ip").args([
-            "-n",
-            self.vpc.name(),
-            "link",
-            "add",
-            &vpc_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &node_if,
-            "netns",
-            node.name(),
-        ]))?;
-        let gateway = Ipv4Addr::from(u32::from(subnet.cidr.0) + 1);
-        let len = subnet.cidr.1.to_string();
-        self.vpc.ip(&["addr", "add", &format!("{gateway}/{len}"), "dev", &vpc_if, "noprefixroute"])?;
-        self.vpc.ip(&["link", "set", &vpc_if, "up"])?;
-        // Answers (ping, TCP resets) reach the ENI's primary address.
-        self.vpc.ip(&["route", "replace", &format!("{}/32", eni.primary_ip), "dev", &vpc_if])?;
-        if index == 0 {
-            // The primary NIC comes up configured, as DHCP leaves it on an instance.
-            node.ip(&["addr", "add", &format!("{}/{len}", eni.primary_ip), "dev", &node_if])?;
-            node.ip(&["link", "set", &node_if, "up"])?;
-            node.ip(&["route", "replace", "default", "via", &gateway.to_string(), "dev", &node_if])?;
+    /// Creates the wires (one `ip -batch` in the VPC namespace for all of them); returns each
+    /// node-side NIC with its ENI's MAC, which the NIC takes only once the wire is recorded and
+    /// checked (see [`Fabric::sync`]): a NIC with the ENI's MAC is a NIC whose frames the VPC sees.
+    fn plug<'a>(&self, ec2: &Ec2, wanted: &[(&'a str, &Eni, u32)]) -> Result<Vec<(&'a str, String, String)>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
         }
-        let ifindex = self.vpc.ifindex(&vpc_if)?;
-        self.lock().wires.insert(
-            ifindex,
-            Wire {
-                instance_id: instance.to_owned(),
-                eni_id: eni.id.clone(),
-                device_index: index,
-                vpc_if,
-                owned: Owned::of(eni),
-                branches: BTreeMap::new(),
-                routed: Vec::new(),
-            },
-        );
-        Ok((node_if, eni.mac.clone()))
+        let mut batch = String::new();
+        let mut names = Vec::new();
+        for &(instance, eni, index) in wanted {
+            let node = self.nodes.get(instance).context("instance without a namespace")?;
+            let subnet = ec2.subnet(&eni.subnet_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let counter = {
+                let mut s = self.lock();
+                s.counter += 1;
+                s.counter
+            };
+            let (vpc_if, node_if) = (format!("w{counter}"), format!("eth{index}"));
+            let gateway = Ipv4Addr::from(u32::from(subnet.cidr.0) + 1);
+            let len = subnet.cidr.1;
+            // Answers (ping, TCP resets) reach the ENI's primary address by the last route.
+            batch.push_str(&format!(
+                "link add {vpc_if} type veth peer name {node_if} netns {}\n\
+                 addr add {gateway}/{len} dev {vpc_if} noprefixroute\n\
+                 link set {vpc_if} up\n\
+                 route replace {}/32 dev {vpc_if}\n",
+                node.name(),
+                eni.primary_ip,
+            ));
+            if index == 0 {
+                // The primary NIC comes up configured, as DHCP leaves it on an instance (at the
+                // start only, so one command at a time).
+                let primary = format!("{}/{len}", eni.primary_ip);
+                let gateway = gateway.to_string();
+                names.push((vpc_if, Some((node, primary, gateway, node_if.clone()))));
+            } else {
+                names.push((vpc_if, None));
+            }
+        }
+        self.vpc_batch(&batch, false).context("plugging wires")?;
+        let links: serde_json::Value = serde_json::from_str(&self.vpc.ip(&["-j", "link", "show"])?)?;
+        let mut nics = Vec::new();
+        for (&(instance, eni, index), (vpc_if, primary)) in wanted.iter().zip(names) {
+            if let Some((node, address, gateway, nic)) = primary {
+                node.ip(&["addr", "add", &address, "dev", &nic])?;
+                node.ip(&["link", "set", &nic, "up"])?;
+                node.ip(&["route", "replace", "default", "via", &gateway, "dev", &nic])?;
+            }
+            let ifindex = links
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["ifname"] == vpc_if.as_str())
+                .and_then(|l| l["ifindex"].as_u64())
+                .context("a new wire missing from `ip -j link`")?;
+            self.lock().wires.insert(
+                u32::try_from(ifindex)?,
+                Wire {
+                    instance_id: instance.to_owned(),
+                    eni_id: eni.id.clone(),
+                    device_index: index,
+                    vpc_if,
+                    owned: Owned::of(eni),
+                    branches: BTreeMap::new(),
+                    routed: Vec::new(),
+                },
+            );
+            nics.push((instance, format!("eth{index}"), eni.mac.clone()));
+        }
+        Ok(nics)
     }
 
     /// Every IPv4 frame recorded so far: what the node sent before this call is in (the

@@ -286,10 +286,17 @@ pub async fn start(kube: Arc<Kube>) -> std::io::Result<(String, SocketAddr)> {
     Ok((format!("http://{addr}"), addr))
 }
 
+/// The cluster's CA, as every real kubeconfig and the in-cluster config carry one (base64 of a
+/// self-signed P-256 certificate, `CN=vpcsim cluster CA`, made once with `openssl req -x509`).
+/// The API server speaks plain HTTP, so no connection checks it; it is there because a client
+/// given no CA trusts the platform's roots instead, and reads all of /etc/ssl/certs at start,
+/// which no agent on a real node does.
+const CLUSTER_CA: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJqekNDQVRXZ0F3SUJBZ0lVRGw5eDVnSmtHNnRITUlseGJtSlQ3aWVRRW9jd0NnWUlLb1pJemowRUF3SXcKSERFYU1CZ0dBMVVFQXd3UmRuQmpjMmx0SUdOc2RYTjBaWElnUTBFd0lCY05Nall4TWpBMk1UYzBNVEF5V2hnUApNakV5TmpFeE1USXhOelF4TURKYU1Cd3hHakFZQmdOVkJBTU1FWFp3WTNOcGJTQmpiSFZ6ZEdWeUlFTkJNRmt3CkV3WUhLb1pJemowQ0FRWUlLb1pJemowREFRY0RRZ0FFRzkrVkFZSmlTMlBBUlMrRXY2NVg1M01FQmN3dXhoaUwKL1ZkWkNVM3UySkVSTFRscjVzQy9FSUF0MkQ2bTljK00zUXM4NDVUd0lRVGxiUE1FYmd5aDNxTlRNRkV3SFFZRApWUjBPQkJZRUZFTWFXVTREK2VRSmUyVDQ1cTdaWEhSMmZSWElNQjhHQTFVZEl3UVlNQmFBRkVNYVdVNEQrZVFKCmUyVDQ1cTdaWEhSMmZSWElNQThHQTFVZEV3RUIvd1FGTUFNQkFmOHdDZ1lJS29aSXpqMEVBd0lEU0FBd1JRSWgKQUoxZ3BBQ292RmdJZG4zaFQvcTVNNWVBMXFzTEJVVXRsRlJlTzdXQWpYWjJBaUIyWk1aMU1KT1JLL2hmbEFrcgppTHZTbGVFSi85Y0VmTE9SekZpSHlCc2x4UT09Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K";
+
 /// A kubeconfig that points kubectl or kube-rs at `server` (no authentication on loopback).
 pub fn kubeconfig(server: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: vpcsim\n  cluster:\n    server: {server}\ncontexts:\n- name: vpcsim\n  context:\n    cluster: vpcsim\n    user: vpcsim\ncurrent-context: vpcsim\nusers:\n- name: vpcsim\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: vpcsim\n  cluster:\n    server: {server}\n    certificate-authority-data: {CLUSTER_CA}\ncontexts:\n- name: vpcsim\n  context:\n    cluster: vpcsim\n    user: vpcsim\ncurrent-context: vpcsim\nusers:\n- name: vpcsim\n  user: {{}}\n"
     )
 }
 

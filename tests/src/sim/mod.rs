@@ -14,6 +14,7 @@
 //!   SecurityGroupsForPods signal, branch ENIs and the `vpc.amazonaws.com/pod-eni` annotation);
 //! - [`fabric`]: nodes as network namespaces whose NICs follow the attachments, and a VPC
 //!   namespace that records frames and applies EC2's source/destination check (root);
+//! - [`follower`]: the thread that applies the model's changes to the fabric, off the lock;
 //! - [`scenario`]: declarative scenarios (tests/scenarios/*.yaml) and the running [`scenario::Sim`];
 //! - [`http`]: the HTTP plumbing they share.
 //!
@@ -23,6 +24,7 @@ pub mod buckets;
 pub mod ec2;
 pub mod ec2_api;
 pub mod fabric;
+pub mod follower;
 pub mod http;
 pub mod imds;
 pub mod kube_api;

@@ -225,7 +225,8 @@ impl ResourceController {
         let eni = ec2.create_network_interface(req).map_err(|e| e.to_string())?;
         ec2.attach(&eni, instance, index).map_err(|e| e.to_string())?;
         ec2.set_delete_on_termination(&eni, true).map_err(|e| e.to_string())?;
-        sim.changed();
+        // The agent waits for the trunk's NIC itself.
+        let _ = sim.changed();
         Ok(())
     }
 
@@ -239,7 +240,7 @@ impl ResourceController {
         let instance =
             state.node.as_ref().and_then(instance_id).ok_or(format!("node {node_name} has no providerID"))?;
         let groups = self.kube.read(|s| policy_groups(s, pod));
-        let details = {
+        let (details, change) = {
             let mut sim = ec2_api::lock(&self.ec2);
             let ec2 = &mut sim.ec2;
             let trunk = trunk_of(ec2, &instance).ok_or(format!("no trunk on {instance} yet"))?;
@@ -275,9 +276,12 @@ impl ResourceController {
                 "vlanId": vlan, "subnetCidr": format!("{}/{}", subnet.cidr.0, subnet.cidr.1),
                 "associationID": association,
             }]);
-            sim.changed();
-            details
+            (details, sim.changed())
         };
+        // The branch's VLAN passes the VPC's source check before the pod can know its ENI.
+        if let Some(change) = change {
+            change.wait();
+        }
         let patch = json!({"metadata": {"annotations": {POD_ENI_ANNOTATION: details.to_string()}}});
         self.kube.write(|s| s.merge_patch(key, &patch)).map(drop).map_err(|e| e.message)
     }
@@ -293,7 +297,7 @@ impl ResourceController {
                 sim.ec2.delete_network_interface(id).map_err(|e| e.to_string())?;
             }
         }
-        sim.changed();
+        let _ = sim.changed();
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ use super::{
     ec2::{Ec2, Timing},
     ec2_api::{self, Ec2Sim, Shared},
     fabric::Fabric,
+    follower::{Follower, Snapshot},
     imds,
     kube_api::{self, Kube, ENICONFIGS, NODES, SECURITY_GROUP_POLICIES},
     rc,
@@ -304,6 +305,9 @@ impl Drop for Sim {
         for r in &self.relays {
             r.abort();
         }
+        if let Some(follower) = ec2_api::lock(&self.ec2).follower.take() {
+            follower.stop();
+        }
         if let Some(f) = &self.fabric {
             f.teardown();
         }
@@ -416,24 +420,26 @@ impl Sim {
             describe_lag: Duration::from_millis(scenario.describe_lag_ms),
         };
         let buckets = scenario.ec2_buckets.as_ref().map(BucketsSpec::scale).transpose()?;
-        let mut sim =
-            Ec2Sim { ec2, buckets: buckets.map(super::buckets::Buckets::new), ..Default::default() };
+        let sim = Ec2Sim { ec2, buckets: buckets.map(super::buckets::Buckets::new), ..Default::default() };
         let fabric = match fabric_prefix {
             Some(prefix) => {
                 let ids: Vec<String> = instances.iter().map(|(_, id)| id.clone()).collect();
                 let fabric = Arc::new(Fabric::create(prefix, &ids)?);
                 fabric.sync(&sim.ec2)?;
-                let follower = fabric.clone();
-                sim.on_change = Some(Box::new(move |ec2| {
-                    if let Err(e) = follower.sync(ec2) {
-                        eprintln!("vpcsim fabric: {e:#}");
-                    }
-                }));
                 Some(fabric)
             }
             None => None,
         };
         let ec2: Shared = Arc::new(Mutex::new(sim));
+        if let Some(fabric) = &fabric {
+            let model = Arc::downgrade(&ec2);
+            let snapshot: Snapshot = Box::new(move || {
+                let sim = model.upgrade()?;
+                let s = ec2_api::lock(&sim);
+                Some((s.changes, s.ec2.clone()))
+            });
+            ec2_api::lock(&ec2).follower = Some(Follower::start(fabric.clone(), snapshot, 0)?);
+        }
         let (ec2_url, _) = ec2_api::start(ec2.clone()).await?;
         let (kube_url, _) = kube_api::start(kube.clone()).await?;
         let delay = Duration::from_millis(scenario.imds_propagation_delay_ms);
@@ -466,7 +472,8 @@ impl Sim {
                     tokio::time::sleep(SETTLE_INTERVAL).await;
                     let mut s = ec2_api::lock(&ec2);
                     if s.ec2.settle(std::time::Instant::now()) {
-                        s.changed();
+                        // IMDS shows the attachment now; the agent waits for its NIC.
+                        let _ = s.changed();
                     }
                 }
             })
