@@ -69,7 +69,7 @@ impl Imds {
     /// The client; its endpoint comes from `AWS_EC2_METADATA_SERVICE_ENDPOINT` (and the other
     /// standard IMDS settings) or the instance default. Upstream: 10 attempts, 10 s timeout.
     pub fn new(calls: Calls) -> Self {
-        let provider = ProviderConfig::without_region().with_http_client(super::http_client());
+        let provider = ProviderConfig::without_region().with_http_client(super::imds_http_client());
         let client = imds::Client::builder()
             .configure(&provider)
             .max_attempts(10)
@@ -116,14 +116,23 @@ impl Imds {
             .collect())
     }
 
+    /// The instance's identity. The fields are asked for at once, as are an ENI's below: each
+    /// is a round trip, and IMDS under load (or a node's start) makes them add up.
     pub async fn identity(&self) -> Result<Identity, ImdsFailure> {
-        let local = self.required("local-ipv4").await?;
+        let (local, region, availability_zone, instance_id, instance_type, mac) = tokio::try_join!(
+            self.required("local-ipv4"),
+            self.required("placement/region"),
+            self.required("placement/availability-zone"),
+            self.required("instance-id"),
+            self.required("instance-type"),
+            self.required("mac"),
+        )?;
         Ok(Identity {
-            region: self.required("placement/region").await?,
-            availability_zone: self.required("placement/availability-zone").await?,
-            instance_id: self.required("instance-id").await?,
-            instance_type: self.required("instance-type").await?,
-            mac: self.required("mac").await?,
+            region,
+            availability_zone,
+            instance_id,
+            instance_type,
+            mac,
             local_ipv4: parse("local-ipv4", &local, "an IPv4 address", |s| s.parse().ok())?,
         })
     }
@@ -133,53 +142,69 @@ impl Imds {
         self.lines("network/interfaces/macs").await
     }
 
-    /// Every attached ENI that IMDS shows.
+    /// Every attached ENI that IMDS shows (in IMDS order).
     pub async fn enis(&self) -> Result<Vec<ImdsEni>, ImdsFailure> {
-        let mut out = Vec::new();
-        for mac in self.macs().await? {
-            out.push(self.eni(&mac).await?);
-        }
-        Ok(out)
+        let macs = self.macs().await?;
+        futures::future::try_join_all(macs.iter().map(|mac| self.eni(mac))).await
     }
 
     pub async fn eni(&self, mac: &str) -> Result<ImdsEni, ImdsFailure> {
         let p = |field: &str| format!("network/interfaces/macs/{mac}/{field}");
-        let device = self.required(&p("device-number")).await?;
-        let subnet_cidr = self.required(&p("subnet-ipv4-cidr-block")).await?;
-        let mut ips = Vec::new();
-        for (i, line) in self.lines(&p("local-ipv4s")).await?.iter().enumerate() {
-            ips.push(parse(&format!("{}[{i}]", p("local-ipv4s")), line, "an IPv4 address", |s| {
-                s.parse().ok()
-            })?);
-        }
+        let paths = [
+            "device-number",
+            "subnet-ipv4-cidr-block",
+            "local-ipv4s",
+            "ipv4-prefix",
+            "vpc-ipv4-cidr-blocks",
+            "interface-id",
+            "subnet-id",
+            "vpc-id",
+            "security-group-ids",
+        ]
+        .map(p);
+        let (device, subnet_cidr, ips, prefixes, vpc_cidrs, id, subnet_id, vpc_id, security_groups) = tokio::try_join!(
+            self.required(&paths[0]),
+            self.required(&paths[1]),
+            self.lines(&paths[2]),
+            self.lines(&paths[3]),
+            self.lines(&paths[4]),
+            self.required(&paths[5]),
+            self.required(&paths[6]),
+            self.required(&paths[7]),
+            self.lines(&paths[8]),
+        )?;
+        let mut ips = ips
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                parse(&format!("{}[{i}]", paths[2]), line, "an IPv4 address", |s| s.parse().ok())
+            })
+            .collect::<Result<Vec<std::net::Ipv4Addr>, _>>()?;
         if ips.is_empty() {
-            return Err(ImdsFailure::Missing(p("local-ipv4s")));
+            return Err(ImdsFailure::Missing(paths[2].clone()));
         }
         let primary_ip = ips.remove(0);
-        let mut prefixes = Vec::new();
-        for line in self.lines(&p("ipv4-prefix")).await? {
-            prefixes.push(parse(&p("ipv4-prefix"), &line, "a /28 prefix", parse_prefix28)?);
-        }
-        let mut vpc_cidrs = Vec::new();
-        for line in self.lines(&p("vpc-ipv4-cidr-blocks")).await? {
-            vpc_cidrs.push(parse(&p("vpc-ipv4-cidr-blocks"), &line, "an IPv4 CIDR", parse_cidr)?);
-        }
         Ok(ImdsEni {
             mac: mac.to_owned(),
-            id: self.required(&p("interface-id")).await?,
-            device_number: parse(&p("device-number"), &device, "a device number", |s| s.parse().ok())?,
-            subnet_id: self.required(&p("subnet-id")).await?,
-            subnet_cidr: parse(&p("subnet-ipv4-cidr-block"), &subnet_cidr, "an IPv4 CIDR", parse_cidr)?,
-            vpc_id: self.required(&p("vpc-id")).await?,
-            vpc_cidrs,
+            id,
+            device_number: parse(&paths[0], &device, "a device number", |s| s.parse().ok())?,
+            subnet_id,
+            subnet_cidr: parse(&paths[1], &subnet_cidr, "an IPv4 CIDR", parse_cidr)?,
+            vpc_id,
+            vpc_cidrs: vpc_cidrs
+                .iter()
+                .map(|l| parse(&paths[4], l, "an IPv4 CIDR", parse_cidr))
+                .collect::<Result<_, _>>()?,
             primary_ip,
             secondary_ips: ips,
-            prefixes,
-            security_groups: self.lines(&p("security-group-ids")).await?,
+            prefixes: prefixes
+                .iter()
+                .map(|l| parse(&paths[3], l, "a /28 prefix", parse_prefix28))
+                .collect::<Result<_, _>>()?,
+            security_groups,
         })
     }
 
-    /// The primary ENI's security groups (upstream's `RefreshSGIDs`).
     /// The attached ENI with this MAC, once IMDS lists it (None before).
     pub async fn attached_eni(&self, mac: &str) -> Result<Option<ImdsEni>, ImdsFailure> {
         if !self.macs().await?.iter().any(|m| m == mac) {
@@ -188,6 +213,7 @@ impl Imds {
         self.eni(mac).await.map(Some)
     }
 
+    /// The primary ENI's security groups (upstream's `RefreshSGIDs`).
     pub async fn primary_security_groups(&self, mac: &str) -> Result<Vec<String>, ImdsFailure> {
         self.lines(&format!("network/interfaces/macs/{mac}/security-group-ids")).await
     }

@@ -59,13 +59,18 @@ pub struct Installed {
     pub shelved: Option<PathBuf>,
 }
 
+/// The temporary name beside `path` that a write goes to before its rename.
+fn temporary(path: &Path) -> PathBuf {
+    path.with_file_name(format!(
+        ".{}.eniguard-tmp",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ))
+}
+
 /// Writes `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_file_name(format!(
-        ".{}.eniguard-tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-    ));
+    let tmp = temporary(path);
     let err = |what| move |source| InstallError { what, path: path.to_owned(), source };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -76,6 +81,33 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError
         .map_err(err("writing"))?;
     f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err("writing"))?;
     std::fs::rename(&tmp, path).map_err(err("renaming into"))
+}
+
+/// Copies `source` to `path` atomically, as [`write_atomic`] does, in the kernel
+/// (`copy_file_range`): the plugin is megabytes, and a node's agent should not read it through
+/// its own memory at every start.
+fn copy_atomic(source: &Path, path: &Path, mode: u32) -> Result<(), InstallError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = temporary(path);
+    let err = |what, at: &Path| {
+        let at = at.to_owned();
+        move |source| InstallError { what, path: at, source }
+    };
+    std::fs::copy(source, &tmp).map_err(err("reading", source))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err("writing", path))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err("writing", path))?;
+    std::fs::rename(&tmp, path).map_err(err("renaming into", path))
+}
+
+/// Whether both files exist with the same bytes (the sizes first: a fresh node reads nothing).
+fn same_content(a: &Path, b: &Path) -> bool {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    match (size(a), size(b)) {
+        (Some(x), Some(y)) if x == y => {
+            matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
+        }
+        _ => false,
+    }
 }
 
 /// The spec versions a plugin binary answers VERSION with (empty if it cannot be run).
@@ -181,13 +213,8 @@ pub fn install(
     };
     mkdir(bin_dir)?;
     mkdir(conf_dir)?;
-    let bytes = std::fs::read(&source).map_err(|source_err| InstallError {
-        what: "reading",
-        path: source.clone(),
-        source: source_err,
-    })?;
-    if std::fs::read(&plugin).ok().as_deref() != Some(bytes.as_slice()) {
-        write_atomic(&plugin, &bytes, 0o755)?;
+    if !same_content(&source, &plugin) {
+        copy_atomic(&source, &plugin, 0o755)?;
     }
     let bandwidth = match cfg.bandwidth_plugin {
         false => None,

@@ -158,6 +158,11 @@ impl Datastore {
         &self.cfg
     }
 
+    /// How many addresses are allocated to pods (no walk: the agent asks every second).
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
     /// Adds an ENI (import at start, or one the control plane attached).
     pub fn add_eni(&mut self, spec: EniSpec, now: UnixNanos) -> Result<(), DatastoreError> {
         if self.enis.contains_key(&spec.id) {

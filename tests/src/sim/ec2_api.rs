@@ -105,8 +105,8 @@ async fn handle(req: Req, sim: Shared) -> Resp {
         tokio::time::sleep(latency).await;
     }
     let (result, change) = match model_call(&sim, &action, &params) {
-        Ok(done) => done,
-        Err(refused) => return refused,
+        Outcome::Dispatched(result, change) => (result, change),
+        Outcome::Refused(answer) => return answer,
     };
     if let Some(change) = change {
         change.applied().await;
@@ -118,13 +118,16 @@ async fn handle(req: Req, sim: Shared) -> Resp {
     }
 }
 
-/// The call against the model, under the lock: refused when a bucket is empty or a fault says
-/// so, else dispatched; with the change the fabric must show before the answer goes out.
-fn model_call(
-    sim: &Shared,
-    action: &str,
-    params: &HashMap<String, String>,
-) -> Result<(Result<String, ApiError>, Option<Change>), Resp> {
+/// What the model made of a call.
+enum Outcome {
+    /// Refused before the model saw it: an empty bucket, an injected fault.
+    Refused(Resp),
+    /// Dispatched, with the change the fabric must show before the answer goes out.
+    Dispatched(Result<String, ApiError>, Option<Change>),
+}
+
+/// The call against the model, under the lock.
+fn model_call(sim: &Shared, action: &str, params: &HashMap<String, String>) -> Outcome {
     let mut s = lock(sim);
     let unfiltered =
         !params.keys().any(|k| k.starts_with("Filter.") || k == "MaxResults" || k == "NextToken");
@@ -132,10 +135,10 @@ fn model_call(
     if emptied || throttled(&mut s.faults, action) {
         *s.faults.throttled.entry(action.to_owned()).or_default() += 1;
         let e = ApiError { code: "RequestLimitExceeded", message: "Request limit exceeded.".into() };
-        return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, &e));
+        return Outcome::Refused(error_response(StatusCode::SERVICE_UNAVAILABLE, &e));
     }
     if let Some(r) = injected_fault(&mut s.faults, action) {
-        return Err(r);
+        return Outcome::Refused(r);
     }
     let changed_before = s.ec2.settle(std::time::Instant::now());
     // A bug in the model answers 500 for this request only; it never takes the simulator down.
@@ -147,7 +150,7 @@ fn model_call(
     let change = (changed_before || (result.is_ok() && !action.starts_with("Describe")))
         .then(|| s.changed())
         .flatten();
-    Ok((result, change))
+    Outcome::Dispatched(result, change)
 }
 
 fn error_response(status: StatusCode, e: &ApiError) -> Resp {

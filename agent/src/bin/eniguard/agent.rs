@@ -142,12 +142,12 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
 
 /// Returns the heap pages that pods' state held to the kernel once the pods are gone: glibc keeps
 /// freed pages in its arenas, about 11 MiB after `cargo xtask cni-bench`'s churn (README,
-/// performance). Looks every second; trims when fewer addresses are assigned than at the last
+/// performance). Looks every second; trims when fewer addresses are allocated than at the last
 /// look (and once at start, after the guard's load).
 async fn give_back_memory(node: Arc<Shared>) {
-    let mut last = u32::MAX;
+    let mut last = usize::MAX;
     loop {
-        let assigned = node.owner.with(|ipam| ipam.datastore.stats(now()).assigned).await;
+        let assigned = node.owner.with(|ipam| ipam.datastore.allocation_count()).await;
         if assigned < last {
             #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
