@@ -305,7 +305,9 @@ impl Drop for Sim {
         for r in &self.relays {
             r.abort();
         }
-        if let Some(follower) = ec2_api::lock(&self.ec2).follower.take() {
+        // Taken in its own statement: the follower may be waiting for the lock to copy the model.
+        let follower = ec2_api::lock(&self.ec2).follower.take();
+        if let Some(follower) = follower {
             follower.stop();
         }
         if let Some(f) = &self.fabric {
