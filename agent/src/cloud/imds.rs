@@ -69,7 +69,7 @@ impl Imds {
     /// The client; its endpoint comes from `AWS_EC2_METADATA_SERVICE_ENDPOINT` (and the other
     /// standard IMDS settings) or the instance default. Upstream: 10 attempts, 10 s timeout.
     pub fn new(calls: Calls) -> Self {
-        let provider = ProviderConfig::without_region().with_http_client(super::imds_http_client());
+        let provider = ProviderConfig::without_region().with_http_client(super::http_client());
         let client = imds::Client::builder()
             .configure(&provider)
             .max_attempts(10)

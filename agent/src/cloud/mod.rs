@@ -17,22 +17,11 @@ use aws_smithy_http_client::{
     Builder,
 };
 
-/// The EC2 client's HTTP client: rustls with ring and the platform's trusted roots for AWS,
-/// plain HTTP where the endpoint says `http://` (a simulator on loopback).
+/// The HTTP client both SDK clients use: rustls with ring for AWS, plain HTTP where the endpoint
+/// says `http://` (a simulator on loopback). The platform's roots are read once per process (the
+/// SDK keeps them in a static), whichever client comes first.
 pub fn http_client() -> SharedHttpClient {
     Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https()
-}
-
-/// The IMDS client's: IMDS answers plain HTTP on a link-local address and never TLS, so this
-/// client trusts no certificate and does not read the platform's roots (every file under
-/// /etc/ssl/certs: about an eighth of the agent's CPU at start, perf in the fleet bench); the
-/// EC2 client reads them once.
-pub fn imds_http_client() -> SharedHttpClient {
-    let builder = Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
-    match tls::TlsContext::builder().with_trust_store(tls::TrustStore::empty()).build() {
-        Ok(context) => builder.tls_context(context).build_https(),
-        Err(_) => builder.build_https(),
-    }
 }
 
 use ec2::{Ec2, Ec2Error, Ec2Options, EniInfo, NewEni, SubnetInfo, TypeInfo};

@@ -89,6 +89,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     metrics.startup_seconds.set(node_init_took.as_secs_f64());
     let _ = shared.set(started.clone());
     let mut tasks = node::run(started.clone());
+    #[cfg(target_env = "gnu")]
     tasks.push(tokio::spawn(give_back_memory(started.clone())));
     // The network-policy agent asks for the node's facts on aws-node's socket.
     tasks.push(tokio::spawn(netpol::serve_config(&paths.aws_node_run_dir, policy_facts(&started))?));
@@ -143,13 +144,14 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
 /// Returns the heap pages that pods' state held to the kernel once the pods are gone: glibc keeps
 /// freed pages in its arenas, about 11 MiB after `cargo xtask cni-bench`'s churn (README,
 /// performance). Looks every second; trims when fewer addresses are allocated than at the last
-/// look (and once at start, after the guard's load).
+/// look (and once at start, after the guard's load). glibc only: musl (the image's build) has no
+/// malloc_trim, and its allocator returns freed pages by itself.
+#[cfg(target_env = "gnu")]
 async fn give_back_memory(node: Arc<Shared>) {
     let mut last = usize::MAX;
     loop {
         let assigned = node.owner.with(|ipam| ipam.datastore.allocation_count()).await;
         if assigned < last {
-            #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
             let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
         }
