@@ -65,8 +65,8 @@ enum Task {
         args: Vec<String>,
     },
     /// A fleet joining at once under EC2's account-wide buckets: time to all ready against the
-    /// bucket-limited minimum, calls and throttled calls, RSS (needs root; `--release` as for
-    /// cni-bench).
+    /// bucket-limited minimum, calls and throttled calls, RSS (needs root; `--release` builds
+    /// the agents and the bench's simulator optimised).
     FleetBench {
         /// Passed to eniguard-fleet-bench (`--nodes N`), after `--release` if given.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -111,7 +111,7 @@ fn main() -> Result<()> {
         }
         Task::CniBench { args } => agents_bench("eniguard-cni-bench", &args),
         Task::PodBench { args } => agents_bench("eniguard-pod-bench", &args),
-        Task::FleetBench { args } => agents_bench("eniguard-fleet-bench", &args),
+        Task::FleetBench { args } => agents_bench(test::FLEET_BENCH, &args),
     }
 }
 

@@ -69,6 +69,8 @@ struct Outcome {
     rss_kib: Vec<u64>,
     /// CPU seconds (user + system) each agent had used when the fleet was ready.
     cpu: Vec<f64>,
+    /// When the agents were started (the buckets' first calls are counted from it).
+    started: Instant,
 }
 
 impl Outcome {
@@ -77,11 +79,27 @@ impl Outcome {
     }
     /// The bucket that needs the longest for what it served, and how long.
     fn minimum(&self) -> (String, f64) {
-        self.buckets
-            .iter()
-            .map(|b| (b.key.clone(), b.minimum_seconds()))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap_or_default()
+        self.limiting().map(|b| (b.key.clone(), b.minimum_seconds())).unwrap_or_default()
+    }
+
+    fn limiting(&self) -> Option<&BucketReport> {
+        self.buckets.iter().max_by(|a, b| a.minimum_seconds().total_cmp(&b.minimum_seconds()))
+    }
+
+    /// Seconds from the start to the limiting bucket's first call: the minimum counts from
+    /// there, and what came before it is the fleet's own start on this machine.
+    fn limiting_first(&self) -> f64 {
+        self.limiting().map_or(0.0, |b| b.first.saturating_duration_since(self.started).as_secs_f64())
+    }
+
+    /// The last node's time from the limiting bucket's first call, over the minimum.
+    fn ratio_from_first(&self) -> String {
+        let (_, minimum) = self.minimum();
+        if minimum > 0.0 {
+            format!("{:.2}", (self.max() - self.limiting_first()) / minimum)
+        } else {
+            "n/a".into()
+        }
     }
 }
 
@@ -132,17 +150,18 @@ fn main() -> Result<()> {
     }
     println!(
         "\nminimum: the bucket-limited minimum; floor: that plus one node alone ({alone:.1} s), since the \
-         last call a bucket serves still has a node's own path around it"
+         last call a bucket serves still has a node's own path around it; first call: when the \
+         limiting bucket served its first call, and the ratio of the last node's time from there"
     );
-    println!("\n| ENIGUARD_EC2_PACING | nodes | ready p50 | p99 | max | minimum | ratio | floor | ratio | calls/node | throttled | failed | RSS mean |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| ENIGUARD_EC2_PACING | nodes | ready p50 | p99 | max | minimum | ratio | floor | ratio | first call | ratio | calls/node | throttled | failed | RSS mean |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for o in &outcomes {
         let (_, minimum) = o.minimum();
         let floor = minimum + alone;
         let calls: u64 = o.calls.values().sum();
         let rss = o.rss_kib.iter().sum::<u64>() as f64 / o.rss_kib.len().max(1) as f64 / 1024.0;
         println!(
-            "| {} | {} | {:.1} s | {:.1} s | {:.1} s | {minimum:.1} s | {} | {floor:.1} s | {:.2} | {:.1} | {} | {} | {rss:.1} MiB |",
+            "| {} | {} | {:.1} s | {:.1} s | {:.1} s | {minimum:.1} s | {} | {floor:.1} s | {:.2} | {:.1} s | {} | {:.1} | {} | {} | {rss:.1} MiB |",
             o.pacing,
             args.nodes,
             percentile(&o.times, 0.5),
@@ -150,6 +169,8 @@ fn main() -> Result<()> {
             o.max(),
             if minimum > 0.0 { format!("{:.2}", o.max() / minimum) } else { "n/a".into() },
             o.max() / floor,
+            o.limiting_first(),
+            o.ratio_from_first(),
             calls as f64 / f64::from(args.nodes),
             o.throttled.values().sum::<u64>(),
             o.failed,
@@ -234,6 +255,7 @@ fn fleet(
         buckets: sim.with_ec2(|s| s.buckets.as_ref().map(|b| b.report()).unwrap_or_default()),
         rss_kib: agents.iter().filter_map(|(a, _)| a.rss_kib().ok()).collect(),
         cpu: agents.iter().filter_map(|(a, _)| cpu_seconds(a.daemon.pid())).collect(),
+        started,
     };
     for (a, dir) in agents {
         drop(a);
@@ -272,6 +294,12 @@ fn print_outcome(o: &Outcome, nodes: u32) {
     println!("bucket-limited minimum: {minimum:.1} s ({limiting})");
     if minimum > 0.0 {
         println!("ratio to the minimum: {:.2}", o.max() / minimum);
+        println!(
+            "{limiting} served its first call {:.1} s after the start; from there to the last node ready, \
+             over the minimum: {}",
+            o.limiting_first(),
+            o.ratio_from_first()
+        );
     } else {
         println!("ratio to the minimum: n/a (no bucket ran out of its initial tokens)");
     }

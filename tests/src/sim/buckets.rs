@@ -55,6 +55,8 @@ struct Bucket {
     at: Instant,
     /// Requests it served.
     served: u64,
+    /// Its first request (it was created full then).
+    first: Instant,
 }
 
 /// One bucket as [`Buckets::report`] shows it.
@@ -65,6 +67,8 @@ pub struct BucketReport {
     pub max: f64,
     pub refill: f64,
     pub served: u64,
+    /// When it got its first request: [`Self::minimum_seconds`] counts from then.
+    pub first: Instant,
 }
 
 impl BucketReport {
@@ -105,6 +109,7 @@ impl Buckets {
             tokens: max * scale,
             at: now,
             served: 0,
+            first: now,
         });
         b.tokens = (b.tokens + b.refill * now.saturating_duration_since(b.at).as_secs_f64()).min(b.max);
         b.at = now;
@@ -125,7 +130,13 @@ impl Buckets {
         let mut v: Vec<BucketReport> = self
             .buckets
             .iter()
-            .map(|(key, b)| BucketReport { key: key.clone(), max: b.max, refill: b.refill, served: b.served })
+            .map(|(key, b)| BucketReport {
+                key: key.clone(),
+                max: b.max,
+                refill: b.refill,
+                served: b.served,
+                first: b.first,
+            })
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
