@@ -444,3 +444,123 @@ fn the_agents_limits_table_matches_the_simulator() {
         );
     }
 }
+
+/// An IPv6 VPC: the node's primary ENI has an IPv6 address from its subnet's /64 at launch, takes
+/// one /80 with `Ipv6PrefixCount=1` as ipamd asks for it, and shows both in
+/// DescribeNetworkInterfaces (and its `ipv6-addresses.ipv6-address` filter), DescribeSubnets and
+/// IMDS; limits, unassignment and a subnet without IPv6 answer as EC2 does.
+#[tokio::test]
+async fn ipv6_prefixes_and_addresses_through_the_sdk_and_imds() {
+    use eniguard_tests::sim::scenario::{Scenario, Sim};
+    let scenario = Scenario::parse(
+        r#"
+vpc: {cidrs: [10.0.0.0/16], ipv6Cidrs: ["2600:1f14:abc:de00::/56"]}
+subnets:
+  - {name: dual, az: us-west-2a, cidr: 10.0.0.0/20, ipv6Cidr: "2600:1f14:abc:de01::/64"}
+  - {name: v4only, az: us-west-2a, cidr: 10.0.16.0/20}
+securityGroups: [node]
+nodes:
+  - {name: six, instanceType: m5.large, subnet: dual, securityGroups: [node]}
+"#,
+    )
+    .unwrap();
+    let sim = Sim::start(&scenario).await.unwrap();
+    let client = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let instance = sim.nodes[0].instance_id.clone();
+    let by_instance = Filter::builder().name("attachment.instance-id").values(&instance).build();
+    let described = client.describe_network_interfaces().filters(by_instance.clone()).send().await.unwrap();
+    let primary = &described.network_interfaces()[0];
+    let eni = primary.network_interface_id.clone().unwrap();
+    let node_ipv6: Vec<String> =
+        primary.ipv6_addresses().iter().filter_map(|a| a.ipv6_address.clone()).collect();
+    assert_eq!(node_ipv6.len(), 1, "the primary ENI's IPv6 address from launch");
+    assert!(node_ipv6[0].starts_with("2600:1f14:abc:de01:"), "{node_ipv6:?}");
+    assert!(primary.ipv6_prefixes().is_empty());
+
+    let out =
+        client.assign_ipv6_addresses().network_interface_id(&eni).ipv6_prefix_count(1).send().await.unwrap();
+    let prefix = out.assigned_ipv6_prefixes()[0].clone();
+    assert!(prefix.starts_with("2600:1f14:abc:de01:") && prefix.ends_with("/80"), "{prefix}");
+    assert!(out.assigned_ipv6_addresses().is_empty(), "only what was added");
+    let described = client.describe_network_interfaces().filters(by_instance).send().await.unwrap();
+    let shown: Vec<String> = described.network_interfaces()[0]
+        .ipv6_prefixes()
+        .iter()
+        .filter_map(|p| p.ipv6_prefix.clone())
+        .collect();
+    assert_eq!(shown, [prefix.clone()]);
+    let by_address = Filter::builder().name("ipv6-addresses.ipv6-address").values(&node_ipv6[0]).build();
+    let found = client.describe_network_interfaces().filters(by_address).send().await.unwrap();
+    assert_eq!(found.network_interfaces().len(), 1);
+    assert_eq!(found.network_interfaces()[0].network_interface_id(), Some(eni.as_str()));
+
+    // IMDS, as ipamd reads it in IPv6 mode.
+    let imds = clients::imds_client(&sim.nodes[0].imds_url);
+    let get = |path: String| {
+        let imds = imds.clone();
+        async move { imds.get(path).await.map(|v| v.as_ref().to_owned()) }
+    };
+    assert_eq!(get("/latest/meta-data/ipv6".into()).await.unwrap(), node_ipv6[0]);
+    let mac = get("/latest/meta-data/mac".into()).await.unwrap();
+    let field = |f: &str| get(format!("/latest/meta-data/network/interfaces/macs/{mac}/{f}"));
+    assert_eq!(field("ipv6s").await.unwrap(), node_ipv6[0]);
+    assert_eq!(field("ipv6-prefix").await.unwrap(), prefix);
+    assert_eq!(field("subnet-ipv6-cidr-blocks").await.unwrap(), "2600:1f14:abc:de01::/64");
+    assert_eq!(field("vpc-ipv6-cidr-blocks").await.unwrap(), "2600:1f14:abc:de00::/56");
+
+    // 1 address + 1 prefix + 2 addresses of 10; 7 more would be 11.
+    let out =
+        client.assign_ipv6_addresses().network_interface_id(&eni).ipv6_address_count(2).send().await.unwrap();
+    assert_eq!(out.assigned_ipv6_addresses().len(), 2);
+    let e = client
+        .assign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_address_count(7)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("PrivateIpAddressLimitExceeded"));
+    let out = client
+        .unassign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_prefixes(&prefix)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.unassigned_ipv6_prefixes(), [prefix.clone()]);
+    let e = client
+        .unassign_ipv6_addresses()
+        .network_interface_id(&eni)
+        .ipv6_prefixes(&prefix)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"), "no longer on the ENI");
+
+    let subnets = client.describe_subnets().subnet_ids(&sim.subnets["dual"]).send().await.unwrap();
+    let blocks: Vec<String> = subnets.subnets()[0]
+        .ipv6_cidr_block_association_set()
+        .iter()
+        .filter_map(|a| a.ipv6_cidr_block.clone())
+        .collect();
+    assert_eq!(blocks, ["2600:1f14:abc:de01::/64"]);
+    let v4only = client
+        .create_network_interface()
+        .subnet_id(&sim.subnets["v4only"])
+        .send()
+        .await
+        .unwrap()
+        .network_interface
+        .unwrap()
+        .network_interface_id
+        .unwrap();
+    let e = client
+        .assign_ipv6_addresses()
+        .network_interface_id(&v4only)
+        .ipv6_prefix_count(1)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidParameterValue"));
+    assert!(e.message().unwrap_or_default().contains("no IPv6 CIDR"), "{e:?}");
+}

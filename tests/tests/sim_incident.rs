@@ -193,6 +193,9 @@ async fn pods_matching_a_policy_get_branch_enis_and_the_pod_eni_annotation() {
     add_feature(&e.kube, &e.node, "SecurityGroupsForPods", None).await;
     let trunk = trunk(&e.ec2, &e.instance).await;
     let payments_sg = e.sim.with_ec2(|s| s.ec2.add_security_group("payments"));
+    // The pod subnet is dual-stack: branches get an IPv6 address too, which the annotation names.
+    let pods_v6: std::net::Ipv6Addr = "2600:1f14:abc:de10::".parse().unwrap();
+    e.sim.with_ec2(|s| s.ec2.set_subnet_ipv6(&e.sim.subnets["pods-a"], pods_v6)).unwrap();
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("vpcresources.k8s.aws", "v1beta1", "SecurityGroupPolicy"),
         "securitygrouppolicies",
@@ -227,6 +230,7 @@ async fn pods_matching_a_policy_get_branch_enis_and_the_pod_eni_annotation() {
     }
     assert_eq!((entry["vlanId"].as_u64(), second[0]["vlanId"].as_u64()), (Some(1), Some(2)));
     assert_eq!(entry["subnetCidr"], "100.64.0.0/19", "branches use the ENIConfig subnet");
+    assert_eq!(entry["subnetV6Cidr"], "2600:1f14:abc:de10::/64");
     assert!(annotation("web").await.is_none());
 
     let eni_id = entry["eniId"].as_str().unwrap().to_owned();
@@ -236,6 +240,8 @@ async fn pods_matching_a_policy_get_branch_enis_and_the_pod_eni_annotation() {
     assert_eq!(groups(branch), [payments_sg]);
     assert_eq!(branch.mac_address(), entry["ifAddress"].as_str());
     assert_eq!(branch.private_ip_address(), entry["privateIp"].as_str());
+    let branch_v6: Vec<&str> = branch.ipv6_addresses().iter().filter_map(|a| a.ipv6_address()).collect();
+    assert_eq!(branch_v6, [entry["ipv6Addr"].as_str().unwrap()], "{entry}");
     let trunk_tag = branch.tag_set().iter().find(|t| t.key() == Some("vpcresources.k8s.aws/trunk-eni-id"));
     assert_eq!(trunk_tag.and_then(|t| t.value()), trunk.network_interface_id());
 

@@ -10,9 +10,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
+
+pub use super::ec2_v6::{Assign6Request, Subnet6};
 
 /// Limits of an instance type (VPC Resource Controller's pkg/aws/vpc/limits.go values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +161,8 @@ pub struct Subnet {
     pub tags: BTreeMap<String, String>,
     /// Addresses in use (primary, secondary, and every address of a delegated prefix).
     used: BTreeSet<Ipv4Addr>,
+    /// The subnet's IPv6 /64, when it has one.
+    pub ipv6: Option<Subnet6>,
 }
 
 impl Subnet {
@@ -280,12 +284,15 @@ pub struct Eni {
     pub secondary_ips: Vec<Ipv4Addr>,
     /// Network addresses of delegated /28 prefixes.
     pub prefixes: Vec<Ipv4Addr>,
+    pub ipv6_addresses: Vec<Ipv6Addr>,
+    /// Network addresses of delegated IPv6 /80 prefixes.
+    pub ipv6_prefixes: Vec<Ipv6Addr>,
     pub attachment: Option<Attachment>,
     pub trunk_association: Option<TrunkAssociation>,
     pub tags: BTreeMap<String, String>,
-    /// When each secondary address and prefix was assigned (IMDS shows them only after the
-    /// propagation delay, as on EC2).
-    pub assigned_at: BTreeMap<Ipv4Addr, Instant>,
+    /// When each secondary address and prefix, of either family, was assigned (IMDS shows them
+    /// only after the propagation delay, as on EC2).
+    pub assigned_at: BTreeMap<IpAddr, Instant>,
     /// When CreateNetworkInterface made it (DescribeNetworkInterfaces lags behind it).
     pub created_at: Instant,
     /// An instance's primary ENI: it exists, attached, before anyone can call EC2 about it.
@@ -341,6 +348,8 @@ pub struct CreateEni {
     pub description: String,
     pub secondary_count: u32,
     pub prefix_count: u32,
+    /// `Ipv6AddressCount`: IPv6 addresses from the subnet's /64.
+    pub ipv6_count: u32,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -362,6 +371,8 @@ pub struct Ec2 {
     pub enis: BTreeMap<String, Eni>,
     /// VPC id → its IPv4 CIDR blocks, newline-separated as IMDS prints them.
     pub vpc_cidrs: BTreeMap<String, String>,
+    /// VPC id → its IPv6 CIDR blocks, the same way.
+    pub vpc_ipv6_cidrs: BTreeMap<String, String>,
     pub timing: Timing,
     counter: u64,
 }
@@ -403,6 +414,7 @@ impl Ec2 {
             cidr,
             tags: BTreeMap::new(),
             used: BTreeSet::new(),
+            ipv6: None,
         };
         self.subnets.insert(id.clone(), subnet);
         id
@@ -414,7 +426,9 @@ impl Ec2 {
         id
     }
 
-    /// Launches an instance with its primary ENI at device index 0 (DeleteOnTermination true).
+    /// Launches an instance with its primary ENI at device index 0 (DeleteOnTermination true). In
+    /// a subnet with an IPv6 /64 the primary ENI gets one IPv6 address too, as the subnets of an
+    /// EKS IPv6 cluster must auto-assign one.
     pub fn run_instance(
         &mut self,
         type_name: &str,
@@ -439,6 +453,7 @@ impl Ec2 {
             subnet_id: subnet_id.into(),
             groups: groups.to_vec(),
             description: "Primary network interface".into(),
+            ipv6_count: u32::from(subnet.ipv6.is_some()),
             ..Default::default()
         })?;
         self.attach(&eni, &id, 0)?;
@@ -500,6 +515,16 @@ impl Ec2 {
         if u64::from(subnet.available_addresses()) < needed {
             return Err(insufficient(&req.subnet_id));
         }
+        if req.ipv6_count > 0 && subnet.ipv6.is_none() {
+            return Err(super::ec2_v6::no_ipv6(&req.subnet_id));
+        }
+        let largest = INSTANCE_TYPES.iter().map(|t| t.ipv4_per_eni).max().unwrap_or(50);
+        if req.ipv6_count > largest {
+            return Err(err(
+                "PrivateIpAddressLimitExceeded",
+                format!("Number of IPv6 addresses will exceed limit. (limit: {largest})"),
+            ));
+        }
         let id = self.next_id("eni");
         let subnet = self.subnets.get_mut(&req.subnet_id).ok_or_else(|| insufficient(&req.subnet_id))?;
         let primary_ip = subnet.take_address().ok_or_else(|| insufficient(&req.subnet_id))?;
@@ -523,8 +548,16 @@ impl Ec2 {
                 }
             }
         }
+        let ipv6_addresses =
+            subnet.ipv6.as_mut().map(|v6| v6.take_addresses(req.ipv6_count)).unwrap_or_default();
         let now = Instant::now();
-        let assigned_at = secondary_ips.iter().chain(&prefixes).map(|ip| (*ip, now)).collect();
+        let assigned_at = secondary_ips
+            .iter()
+            .chain(&prefixes)
+            .map(|ip| IpAddr::from(*ip))
+            .chain(ipv6_addresses.iter().map(|ip| IpAddr::from(*ip)))
+            .map(|ip| (ip, now))
+            .collect();
         let n = self.counter;
         let mac = format!(
             "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -546,6 +579,8 @@ impl Ec2 {
             primary_ip,
             secondary_ips,
             prefixes,
+            ipv6_addresses,
+            ipv6_prefixes: Vec::new(),
             attachment: None,
             trunk_association: None,
             tags: req.tags,
@@ -723,8 +758,21 @@ impl Ec2 {
                 for p in e.prefixes {
                     s.release_prefix(p);
                 }
+                if let Some(v6) = s.ipv6.as_mut() {
+                    v6.release(&e.ipv6_addresses, &e.ipv6_prefixes);
+                }
             }
         }
+    }
+
+    /// Addresses (and prefixes, each one) `eni` may hold per family: its instance type's limit.
+    /// EC2's IPv6 limit per interface equals the IPv4 one for the types the simulator knows.
+    pub(super) fn address_limit(&self, eni: &Eni) -> Result<u32, ApiError> {
+        Ok(match &eni.attachment {
+            Some(a) => self.instance(&a.instance_id)?.instance_type.ipv4_per_eni,
+            // An unattached ENI is limited by the largest type the simulator knows.
+            None => INSTANCE_TYPES.iter().map(|t| t.ipv4_per_eni).max().unwrap_or(50),
+        })
     }
 
     /// AssignPrivateIpAddresses: returns only the addresses (or prefixes) it added.
@@ -734,11 +782,7 @@ impl Ec2 {
         req: AssignRequest,
     ) -> Result<Vec<Ipv4Addr>, ApiError> {
         let eni = self.eni(eni_id)?.clone();
-        let limit = match &eni.attachment {
-            Some(a) => self.instance(&a.instance_id)?.instance_type.ipv4_per_eni,
-            // An unattached ENI is limited by the largest type the simulator knows.
-            None => INSTANCE_TYPES.iter().map(|t| t.ipv4_per_eni).max().unwrap_or(50),
-        };
+        let limit = self.address_limit(&eni)?;
         let adding = match &req {
             AssignRequest::Count(n) | AssignRequest::PrefixCount(n) => *n,
             AssignRequest::Addresses(v) | AssignRequest::Prefixes(v) => v.len() as u32,
@@ -824,7 +868,7 @@ impl Ec2 {
         }
         if let Some(e) = self.enis.get_mut(eni_id) {
             let now = Instant::now();
-            e.assigned_at.extend(added.iter().map(|ip| (*ip, now)));
+            e.assigned_at.extend(added.iter().map(|ip| (IpAddr::from(*ip), now)));
             match req {
                 AssignRequest::Count(_) | AssignRequest::Addresses(_) => e.secondary_ips.extend(&added),
                 AssignRequest::PrefixCount(_) | AssignRequest::Prefixes(_) => e.prefixes.extend(&added),
@@ -867,7 +911,10 @@ impl Ec2 {
         if let Some(e) = self.enis.get_mut(eni_id) {
             e.secondary_ips.retain(|ip| !ips.contains(ip));
             e.prefixes.retain(|p| !prefixes.contains(p));
-            e.assigned_at.retain(|ip, _| !ips.contains(ip) && !prefixes.contains(ip));
+            e.assigned_at.retain(|ip, _| match ip {
+                IpAddr::V4(ip) => !ips.contains(ip) && !prefixes.contains(ip),
+                IpAddr::V6(_) => true,
+            });
         }
         Ok(())
     }

@@ -16,14 +16,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use hyper::StatusCode;
 
-use super::ec2::{invalid, ApiError, AssignRequest, CreateEni, Ec2, Eni};
+use super::ec2::{invalid, ApiError, Assign6Request, AssignRequest, CreateEni, Ec2, Eni};
 use super::follower::{Change, Follower};
 use super::http::{self, reply, Req, Resp};
 
@@ -291,7 +291,8 @@ fn number(p: &HashMap<String, String>, name: &str) -> Result<Option<u32>, ApiErr
     }
 }
 
-fn addresses(values: Vec<String>, name: &str) -> Result<Vec<Ipv4Addr>, ApiError> {
+/// Addresses (or prefixes: the part before `/`) of either family.
+fn addresses<T: std::str::FromStr>(values: Vec<String>, name: &str) -> Result<Vec<T>, ApiError> {
     values.iter().map(|v| v.split('/').next().unwrap_or("").parse().map_err(|_| bad_value(v, name))).collect()
 }
 
@@ -322,6 +323,7 @@ fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<
                 description: p.get("Description").cloned().unwrap_or_default(),
                 secondary_count: number(p, "SecondaryPrivateIpAddressCount")?.unwrap_or(0),
                 prefix_count: number(p, "Ipv4PrefixCount")?.unwrap_or(0),
+                ipv6_count: number(p, "Ipv6AddressCount")?.unwrap_or(0),
                 tags,
             })?;
             let eni = ec2.eni(&id)?;
@@ -376,6 +378,24 @@ fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<
                 inner.push_str("</assignedPrivateIpAddressesSet>");
             }
             Ok(envelope(action, &format!("{inner}<return>true</return>")))
+        }
+        "AssignIpv6Addresses" => assign_ipv6(ec2, p),
+        "UnassignIpv6Addresses" => {
+            let eni = required(p, "NetworkInterfaceId")?;
+            let ips: Vec<std::net::Ipv6Addr> = addresses(list(p, "Ipv6Addresses"), "Ipv6Addresses")?;
+            let prefixes: Vec<std::net::Ipv6Addr> = addresses(list(p, "Ipv6Prefix"), "Ipv6Prefix")?;
+            ec2.unassign_ipv6(eni, &ips, &prefixes)?;
+            let mut inner =
+                format!("<networkInterfaceId>{eni}</networkInterfaceId><unassignedIpv6Addresses>");
+            for a in ips {
+                let _ = write!(inner, "<item>{a}</item>");
+            }
+            inner.push_str("</unassignedIpv6Addresses><unassignedIpv6PrefixSet>");
+            for a in prefixes {
+                let _ = write!(inner, "<item>{a}/80</item>");
+            }
+            inner.push_str("</unassignedIpv6PrefixSet>");
+            Ok(envelope(action, &inner))
         }
         "UnassignPrivateIpAddresses" => {
             let ips = addresses(list(p, "PrivateIpAddress"), "PrivateIpAddress")?;
@@ -449,6 +469,42 @@ fn dispatch(ec2: &mut Ec2, action: &str, p: &HashMap<String, String>) -> Result<
             message: format!("The action {other} is not valid for this web service."),
         }),
     }
+}
+
+/// AssignIpv6Addresses: `Ipv6Addresses.N`, `Ipv6Prefix.N`, `Ipv6PrefixCount` or
+/// `Ipv6AddressCount`; the answer lists only what it added.
+fn assign_ipv6(ec2: &mut Ec2, p: &HashMap<String, String>) -> Result<String, ApiError> {
+    let eni = required(p, "NetworkInterfaceId")?;
+    let ips = list(p, "Ipv6Addresses");
+    let prefixes = list(p, "Ipv6Prefix");
+    let req = if !ips.is_empty() {
+        Assign6Request::Addresses(addresses(ips, "Ipv6Addresses")?)
+    } else if !prefixes.is_empty() {
+        Assign6Request::Prefixes(addresses(prefixes, "Ipv6Prefix")?)
+    } else if let Some(n) = number(p, "Ipv6PrefixCount")? {
+        Assign6Request::PrefixCount(n)
+    } else if let Some(n) = number(p, "Ipv6AddressCount")? {
+        Assign6Request::Count(n)
+    } else {
+        return Err(ApiError {
+            code: "MissingParameter",
+            message:
+                "The request must contain Ipv6AddressCount, Ipv6Addresses, Ipv6PrefixCount or Ipv6Prefixes"
+                    .into(),
+        });
+    };
+    let is_prefix = matches!(req, Assign6Request::PrefixCount(_) | Assign6Request::Prefixes(_));
+    let added = ec2.assign_ipv6(eni, req)?;
+    let mut inner = format!("<networkInterfaceId>{eni}</networkInterfaceId><assignedIpv6Addresses>");
+    for a in added.iter().filter(|_| !is_prefix) {
+        let _ = write!(inner, "<item>{a}</item>");
+    }
+    inner.push_str("</assignedIpv6Addresses><assignedIpv6PrefixSet>");
+    for a in added.iter().filter(|_| is_prefix) {
+        let _ = write!(inner, "<item>{a}/80</item>");
+    }
+    inner.push_str("</assignedIpv6PrefixSet>");
+    Ok(envelope("AssignIpv6Addresses", &inner))
 }
 
 /// `Filter.N.Name` with its `Filter.N.Value.M` values.
@@ -552,9 +608,17 @@ fn describe_subnets(ec2: &Ec2, p: &HashMap<String, String>) -> Result<String, Ap
         }
         let _ = write!(
             inner,
-            "<item><subnetId>{}</subnetId><state>available</state><vpcId>{}</vpcId><cidrBlock>{}/{}</cidrBlock><availableIpAddressCount>{}</availableIpAddressCount><availabilityZone>{}</availabilityZone><tagSet>",
+            "<item><subnetId>{}</subnetId><state>available</state><vpcId>{}</vpcId><cidrBlock>{}/{}</cidrBlock><availableIpAddressCount>{}</availableIpAddressCount><availabilityZone>{}</availabilityZone>",
             s.id, s.vpc_id, s.cidr.0, s.cidr.1, s.available_addresses(), s.az
         );
+        if let Some(v6) = &s.ipv6 {
+            let _ = write!(
+                inner,
+                "<ipv6CidrBlockAssociationSet><item><associationId>subnet-cidr-assoc-{}</associationId><ipv6CidrBlock>{}/64</ipv6CidrBlock><ipv6CidrBlockState><state>associated</state></ipv6CidrBlockState></item></ipv6CidrBlockAssociationSet><assignIpv6AddressOnCreation>true</assignIpv6AddressOnCreation>",
+                s.id.trim_start_matches("subnet-"), v6.cidr
+            );
+        }
+        inner.push_str("<tagSet>");
         for (k, v) in &s.tags {
             let _ = write!(inner, "<item><key>{}</key><value>{}</value></item>", esc(k), esc(v));
         }
@@ -576,6 +640,7 @@ fn matches_filter(e: &Eni, name: &str, values: &[String]) -> Result<bool, ApiErr
         "subnet-id" => any(&e.subnet_id),
         "network-interface-id" => any(&e.id),
         "description" => any(&e.description),
+        "ipv6-addresses.ipv6-address" => e.ipv6_addresses.iter().any(|a| any(&a.to_string())),
         "tag-key" => e.tags.keys().any(|k| any(k)),
         n if n.starts_with("tag:") => e.tags.get(&n[4..]).is_some_and(|v| any(v)),
         other => return Err(invalid(format!("The filter '{other}' is invalid"))),
@@ -687,12 +752,22 @@ fn eni_xml(ec2: &Ec2, e: &Eni) -> String {
     for p in &e.prefixes {
         let _ = write!(x, "<item><ipv4Prefix>{p}/28</ipv4Prefix></item>");
     }
-    x.push_str("</ipv4PrefixSet>");
+    x.push_str("</ipv4PrefixSet><ipv6AddressesSet>");
+    for a in &e.ipv6_addresses {
+        let _ = write!(x, "<item><ipv6Address>{a}</ipv6Address><isPrimaryIpv6>false</isPrimaryIpv6></item>");
+    }
+    x.push_str("</ipv6AddressesSet><ipv6PrefixSet>");
+    for p in &e.ipv6_prefixes {
+        let _ = write!(x, "<item><ipv6Prefix>{p}/80</ipv6Prefix></item>");
+    }
+    x.push_str("</ipv6PrefixSet>");
     x
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -705,6 +780,8 @@ mod tests {
         "DeleteNetworkInterface",
         "AssignPrivateIpAddresses",
         "UnassignPrivateIpAddresses",
+        "AssignIpv6Addresses",
+        "UnassignIpv6Addresses",
         "DescribeNetworkInterfaces",
         "ModifyNetworkInterfaceAttribute",
         "CreateTags",
@@ -731,6 +808,10 @@ mod tests {
         "AttachmentId",
         "PrivateIpAddress.1",
         "Ipv4Prefix.1",
+        "Ipv6AddressCount",
+        "Ipv6PrefixCount",
+        "Ipv6Addresses.1",
+        "Ipv6Prefix.1",
         "MaxResults",
         "NextToken",
         "Filter.1.Name",
@@ -773,6 +854,13 @@ mod tests {
             "tag:x",
             "interface-type",
             "m5.large",
+            "2600:1f14:abc:de01::",
+            "2600:1f14:abc:de01::4",
+            "2600:1f14:abc:de01:1::/80",
+            "2600:1f14:abc:de01:ffff:ffff:ffff:ffff",
+            "2600:1f14:abc:de02::/80",
+            "::",
+            "ipv6-addresses.ipv6-address",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -783,6 +871,7 @@ mod tests {
         for e in ec2.enis.values() {
             v.push(e.id.clone());
             v.push(e.primary_ip.to_string());
+            v.extend(e.ipv6_addresses.iter().chain(&e.ipv6_prefixes).map(ToString::to_string));
             v.extend(e.attachment.as_ref().map(|a| a.id.clone()));
         }
         v
@@ -791,6 +880,9 @@ mod tests {
     fn world() -> Ec2 {
         let mut ec2 = Ec2::default();
         let subnet = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 0, 0), 26));
+        ec2.set_subnet_ipv6(&subnet, "2600:1f14:abc:de01::".parse().unwrap()).unwrap();
+        let v4_only = ec2.add_subnet("vpc-1", "us-west-2a", (Ipv4Addr::new(10, 0, 1, 0), 26));
+        ec2.create_network_interface(CreateEni { subnet_id: v4_only, ..Default::default() }).unwrap();
         let sg = ec2.add_security_group("node");
         ec2.run_instance("m5.large", &subnet, &[sg]).unwrap();
         ec2.timing = super::super::ec2::Timing {

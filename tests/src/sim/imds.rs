@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -117,6 +117,7 @@ fn lookup(ec2: &Ec2, instance_id: &str, delay: Duration, path: &str) -> Option<S
             Some(instance.az.trim_end_matches(|c: char| c.is_ascii_alphabetic()).to_owned())
         }
         "local-ipv4" => Some(primary.primary_ip.to_string()),
+        "ipv6" => primary.ipv6_addresses.first().map(ToString::to_string),
         "mac" => Some(primary.mac.clone()),
         "security-group-ids" => Some(primary.groups.join("\n")),
         "network/interfaces/macs" => {
@@ -133,7 +134,10 @@ fn lookup(ec2: &Ec2, instance_id: &str, delay: Duration, path: &str) -> Option<S
 
 fn eni_field(ec2: &Ec2, eni: &Eni, delay: Duration, field: &str) -> Option<String> {
     // Addresses and prefixes assigned less than the propagation delay ago are not shown yet.
-    let shown = |ip: &&Ipv4Addr| eni.assigned_at.get(ip).is_none_or(|at| at.elapsed() >= delay);
+    let shown_at = |ip: IpAddr| eni.assigned_at.get(&ip).is_none_or(|at| at.elapsed() >= delay);
+    let shown = |ip: &&std::net::Ipv4Addr| shown_at(IpAddr::V4(**ip));
+    let shown6 = |ip: &&std::net::Ipv6Addr| shown_at(IpAddr::V6(**ip));
+    let lines = |v: Vec<String>| (!v.is_empty()).then(|| v.join("\n"));
     let subnet = ec2.subnets.get(&eni.subnet_id)?;
     let subnet_cidr = format!("{}/{}", subnet.cidr.0, subnet.cidr.1);
     match field {
@@ -150,11 +154,13 @@ fn eni_field(ec2: &Ec2, eni: &Eni, delay: Duration, field: &str) -> Option<Strin
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
-        "ipv4-prefix" if eni.prefixes.iter().any(|p| shown(&p)) => {
-            Some(eni.prefixes.iter().filter(shown).map(|p| format!("{p}/28")).collect::<Vec<_>>().join("\n"))
-        }
+        "ipv4-prefix" => lines(eni.prefixes.iter().filter(shown).map(|p| format!("{p}/28")).collect()),
         "security-group-ids" => Some(eni.groups.join("\n")),
         "mac" => Some(eni.mac.clone()),
+        "ipv6s" => lines(eni.ipv6_addresses.iter().filter(shown6).map(ToString::to_string).collect()),
+        "ipv6-prefix" => lines(eni.ipv6_prefixes.iter().filter(shown6).map(|p| format!("{p}/80")).collect()),
+        "subnet-ipv6-cidr-blocks" => subnet.ipv6.as_ref().map(|v6| format!("{}/64", v6.cidr)),
+        "vpc-ipv6-cidr-blocks" => ec2.vpc_ipv6_cidrs.get(&eni.vpc_id).cloned(),
         _ => None,
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`ec2`]: the EC2 state and rules (instance limits, error codes, subnets running out, /28
 //!   prefixes, attachments and device indexes, DeleteOnTermination, trunk associations);
+//! - [`ec2_v6`]: IPv6 in the EC2 state (a subnet's /64, addresses and /80 prefixes on ENIs);
 //! - [`ec2_api`]: the Query API over HTTP, with throttling/5xx/latency faults and per-action call
 //!   and throttle counters under `/_sim/`;
 //! - [`buckets`]: EC2's account-wide request-token buckets (scenario `ec2Buckets`);
@@ -23,6 +24,7 @@
 pub mod buckets;
 pub mod ec2;
 pub mod ec2_api;
+pub mod ec2_v6;
 pub mod fabric;
 pub mod follower;
 pub mod http;

@@ -17,7 +17,8 @@
 //!   `aws-k8s-branch-eni`, the policy's groups, the current custom-networking subnet or the
 //!   instance's) associated with the trunk at the lowest free VLAN id in 1..=120, and the
 //!   annotation `vpc.amazonaws.com/pod-eni` (a JSON array of `eniId`, `ifAddress`, `privateIp`,
-//!   `vlanId`, `subnetCidr`, `associationID`); its branch is deleted when the pod is.
+//!   `vlanId`, `subnetCidr`, `associationID`, and in a subnet with an IPv6 /64 the branch's one
+//!   IPv6 address as `ipv6Addr` with `subnetV6Cidr`); its branch is deleted when the pod is.
 //!
 //! Events are handled one at a time in resourceVersion order, each with the objects as they were
 //! at that event, so that the order in which ipamd signals decides the outcome as it does upstream.
@@ -253,12 +254,14 @@ impl ResourceController {
                 ("vpcresources.k8s.aws/trunk-eni-id".to_owned(), trunk.clone()),
                 ("node.k8s.amazonaws.com/instance_id".to_owned(), instance.clone()),
             ]);
+            let ipv6 = ec2.subnet(&subnet_id).map_err(|e| e.to_string())?.ipv6.is_some();
             let req = CreateEni {
                 subnet_id: subnet_id.clone(),
                 groups,
                 interface_type: Some("branch".into()),
                 description: BRANCH_DESCRIPTION.into(),
                 tags,
+                ipv6_count: u32::from(ipv6),
                 ..Default::default()
             };
             let branch = ec2.create_network_interface(req).map_err(|e| e.to_string())?;
@@ -271,11 +274,15 @@ impl ResourceController {
             };
             let eni = ec2.eni(&branch).map_err(|e| e.to_string())?;
             let subnet = ec2.subnet(&subnet_id).map_err(|e| e.to_string())?;
-            let details = json!([{
+            let mut details = json!([{
                 "eniId": eni.id, "ifAddress": eni.mac, "privateIp": eni.primary_ip.to_string(),
                 "vlanId": vlan, "subnetCidr": format!("{}/{}", subnet.cidr.0, subnet.cidr.1),
                 "associationID": association,
             }]);
+            if let (Some(ip), Some(v6)) = (eni.ipv6_addresses.first(), &subnet.ipv6) {
+                details[0]["ipv6Addr"] = json!(ip.to_string());
+                details[0]["subnetV6Cidr"] = json!(format!("{}/64", v6.cidr));
+            }
             (details, sim.changed())
         };
         // The branch's VLAN passes the VPC's source check before the pod can know its ENI.

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -104,17 +104,24 @@ fn default_region() -> String {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VpcSpec {
     pub cidrs: Vec<String>,
+    /// The VPC's IPv6 blocks (`2600:1f14:abc:de00::/56`, as Amazon gives them).
+    #[serde(default)]
+    pub ipv6_cidrs: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SubnetSpec {
     pub name: String,
     pub az: String,
     pub cidr: String,
+    /// The subnet's IPv6 /64, inside one of the VPC's `ipv6Cidrs`. Its instances get an IPv6
+    /// address at launch, as an EKS IPv6 cluster's subnets must give them.
+    #[serde(default)]
+    pub ipv6_cidr: Option<String>,
     /// The subnet's tags (`kubernetes.io/role/cni: "1"` opts it in to subnet discovery).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -216,6 +223,47 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<(Ipv4Addr, u8)> {
         bail!("{field}: `{s}` has host bits set");
     }
     Ok((ip, len))
+}
+
+/// An IPv6 CIDR as (network, prefix length) with its length in `lengths`, the field named in
+/// the error.
+pub fn parse_cidr6(field: &str, s: &str, lengths: std::ops::RangeInclusive<u8>) -> Result<(Ipv6Addr, u8)> {
+    let (ip, len) =
+        s.split_once('/').with_context(|| format!("{field}: `{s}` is not an IPv6 CIDR (address/length)"))?;
+    let ip: Ipv6Addr = ip.parse().with_context(|| format!("{field}: `{ip}` is not an IPv6 address"))?;
+    let len: u8 = len.parse().ok().filter(|l| lengths.contains(l)).with_context(|| {
+        format!("{field}: prefix length `/{len}` is outside /{}../{}", lengths.start(), lengths.end())
+    })?;
+    if u128::from(ip) & !(u128::MAX >> len) != u128::from(ip) {
+        bail!("{field}: `{s}` has host bits set");
+    }
+    Ok((ip, len))
+}
+
+/// The VPC's IPv6 blocks, and each subnet's /64 checked to lie inside one of them.
+fn ipv6_plan(scenario: &Scenario) -> Result<(Vec<(Ipv6Addr, u8)>, Vec<Option<Ipv6Addr>>)> {
+    let vpc = scenario
+        .vpc
+        .ipv6_cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| parse_cidr6(&format!("vpc.ipv6Cidrs[{i}]"), c, 44..=56))
+        .collect::<Result<Vec<_>>>()?;
+    let mut subnets = Vec::new();
+    for (i, s) in scenario.subnets.iter().enumerate() {
+        let Some(c) = &s.ipv6_cidr else {
+            subnets.push(None);
+            continue;
+        };
+        let field = format!("subnets[{i}].ipv6Cidr");
+        let (ip, _) = parse_cidr6(&field, c, 64..=64)?;
+        let inside = |(net, len): &(Ipv6Addr, u8)| u128::from(ip) & !(u128::MAX >> len) == u128::from(*net);
+        if !vpc.iter().any(inside) {
+            bail!("{field}: `{c}` is not inside any of vpc.ipv6Cidrs");
+        }
+        subnets.push(Some(ip));
+    }
+    Ok((vpc, subnets))
 }
 
 fn lookup<'a>(
@@ -337,10 +385,18 @@ impl Sim {
             cidrs.push(format!("{ip}/{len}"));
         }
         ec2.vpc_cidrs.insert(vpc_id.clone(), cidrs.join("\n"));
+        let (vpc6, subnets6) = ipv6_plan(scenario)?;
+        if !vpc6.is_empty() {
+            let blocks: Vec<String> = vpc6.iter().map(|(ip, len)| format!("{ip}/{len}")).collect();
+            ec2.vpc_ipv6_cidrs.insert(vpc_id.clone(), blocks.join("\n"));
+        }
         let mut subnets = BTreeMap::new();
         for (i, s) in scenario.subnets.iter().enumerate() {
             let cidr = parse_cidr(&format!("subnets[{i}].cidr"), &s.cidr)?;
             let id = ec2.add_subnet(&vpc_id, &s.az, cidr);
+            if let Some(v6) = subnets6[i] {
+                ec2.set_subnet_ipv6(&id, v6).map_err(|e| anyhow::anyhow!("subnets[{i}].ipv6Cidr: {e}"))?;
+            }
             if !s.tags.is_empty() {
                 ec2.create_tags(&id, &s.tags)
                     .map_err(|e| anyhow::anyhow!("subnets[{i}].tags: {}", e.message))?;
@@ -527,6 +583,34 @@ mod tests {
         assert!(format!("{err:#}").contains("unknown field `extra`"), "{err:#}");
         assert!(parse_cidr("subnets[0].cidr", "10.0.0.1/24").unwrap_err().to_string().contains("host bits"));
         assert!(parse_cidr("subnets[0].cidr", "10.0.0.0/8").unwrap_err().to_string().contains("/16../28"));
+    }
+
+    #[tokio::test]
+    async fn ipv6_cidrs_are_checked_by_field() {
+        for (vpc, subnet, says) in [
+            (
+                "2600:1f14:abc:de00::/56",
+                "2600:1f14:abc:ee01::/64",
+                "subnets[0].ipv6Cidr: `2600:1f14:abc:ee01::/64` is not inside",
+            ),
+            (
+                "2600:1f14:abc:de00::/56",
+                "2600:1f14:abc:de00::/60",
+                "subnets[0].ipv6Cidr: prefix length `/60` is outside /64../64",
+            ),
+            (
+                "2600:1f14:abc:de00::1/56",
+                "2600:1f14:abc:de01::/64",
+                "vpc.ipv6Cidrs[0]: `2600:1f14:abc:de00::1/56` has host bits set",
+            ),
+            ("10.0.0.0/16", "2600:1f14:abc:de01::/64", "vpc.ipv6Cidrs[0]: `10.0.0.0` is not an IPv6 address"),
+        ] {
+            let mut s = Scenario::default_scenario();
+            s.vpc.ipv6_cidrs = vec![vpc.into()];
+            s.subnets[0].ipv6_cidr = Some(subnet.into());
+            let err = Sim::start(&s).await.err().unwrap();
+            assert!(err.to_string().starts_with(says), "{err}");
+        }
     }
 
     #[tokio::test]

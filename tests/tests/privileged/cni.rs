@@ -1308,6 +1308,7 @@ pub fn subnet_discovery(ctx: &mut Ctx) -> Result<()> {
         az: az.into(),
         cidr: cidr.into(),
         tags: role.map(|r| (ROLE.to_owned(), r.to_owned())).into_iter().collect(),
+        ipv6_cidr: None,
     };
     let node = Node::start_with(ctx, "disc", &[("MINIMUM_IP_TARGET", "15")], |s| {
         s.subnets.push(subnet("plain-a", "us-west-2a", "10.0.32.0/19", None));
