@@ -12,13 +12,19 @@
 //! hundred nodes costs no more per change than one node. The recorder's packet socket sees frames before that
 //! hook, so dropped frames are still recorded (with [`Verdict::SourceDestCheck`]).
 //!
+//! In a scenario with IPv6 the wires carry it too: the VPC side answers at each subnet's `::1`
+//! and at `fe80:ec2::1` (EC2's router, the gateway upstream's plugin gives branch pods), routes
+//! each ENI's IPv6 addresses to its wire and its /80 prefixes via its first IPv6 address, and the
+//! same chains check IPv6 sources (link-local and unspecified sources pass: neighbour discovery).
+//! The recorder keeps IPv6 frames from routable sources apart ([`Fabric::frames6`]).
+//!
 //! The fabric follows the EC2 model through [`Fabric::sync`], which the
 //! [`follower`](super::follower) calls with a copy of the model after every change, outside the
 //! simulator's lock. Needs root.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::Command,
     sync::{
@@ -45,9 +51,12 @@ pub enum Verdict {
     SourceDestCheck,
 }
 
-/// One IPv4 frame that left a node.
+/// The VPC router's link-local address on every wire (EC2's `fe80:ec2::1`).
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0xec2, 0, 0, 0, 0, 0, 1);
+
+/// One frame that left a node, IPv4 unless `A` says otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
+pub struct Frame<A = Ipv4Addr> {
     pub instance_id: String,
     /// The ENI whose wire it left on.
     pub eni_id: String,
@@ -56,9 +65,26 @@ pub struct Frame {
     pub vlan: Option<u16>,
     pub src_mac: String,
     pub dst_mac: String,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: A,
+    pub dst: A,
     pub verdict: Verdict,
+}
+
+impl Frame<IpAddr> {
+    /// The frame with its addresses as one family, if both are of it.
+    fn narrow<A>(&self, family: impl Fn(IpAddr) -> Option<A>) -> Option<Frame<A>> {
+        Some(Frame {
+            instance_id: self.instance_id.clone(),
+            eni_id: self.eni_id.clone(),
+            branch_eni_id: self.branch_eni_id.clone(),
+            vlan: self.vlan,
+            src_mac: self.src_mac.clone(),
+            dst_mac: self.dst_mac.clone(),
+            src: family(self.src)?,
+            dst: family(self.dst)?,
+            verdict: self.verdict,
+        })
+    }
 }
 
 /// A plugged ENI, as the recorder needs it.
@@ -81,17 +107,34 @@ struct Wire {
 struct Owned {
     addresses: Vec<Ipv4Addr>,
     prefixes: Vec<Ipv4Addr>,
+    addresses6: Vec<Ipv6Addr>,
+    /// /80s.
+    prefixes6: Vec<Ipv6Addr>,
 }
 
 impl Owned {
     fn of(eni: &Eni) -> Self {
         let mut addresses = vec![eni.primary_ip];
         addresses.extend(&eni.secondary_ips);
-        Self { addresses, prefixes: eni.prefixes.clone() }
+        Self {
+            addresses,
+            prefixes: eni.prefixes.clone(),
+            addresses6: eni.ipv6_addresses.clone(),
+            prefixes6: eni.ipv6_prefixes.clone(),
+        }
     }
 
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.addresses.contains(&ip) || self.prefixes.iter().any(|p| u32::from(ip) & !0xf == u32::from(*p))
+    fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => {
+                self.addresses.contains(&ip)
+                    || self.prefixes.iter().any(|p| u32::from(ip) & !0xf == u32::from(*p))
+            }
+            IpAddr::V6(ip) => {
+                let prefix = u128::from(ip) & !((1u128 << 48) - 1);
+                self.addresses6.contains(&ip) || self.prefixes6.iter().any(|p| u128::from(*p) == prefix)
+            }
+        }
     }
 }
 
@@ -99,7 +142,7 @@ impl Owned {
 struct State {
     /// VPC-side ifindex → wire.
     wires: HashMap<u32, Wire>,
-    frames: Vec<Frame>,
+    frames: Vec<Frame<IpAddr>>,
     counter: u64,
     /// VPC-side interface → the rules of its chain last applied (a sync that changes no
     /// address applies nothing).
@@ -138,18 +181,26 @@ pub fn remove_leftovers(prefix: &str) -> Result<usize> {
 
 impl Fabric {
     /// Creates `<prefix>-vpc` and one `<prefix>-node<i>` per instance (replacing leftovers of a
-    /// killed run) and starts the recorder.
-    pub fn create(prefix: &str, instance_ids: &[String]) -> Result<Self> {
+    /// killed run) and starts the recorder. Without `ipv6` the wires carry no IPv6 at all.
+    pub fn create(prefix: &str, instance_ids: &[String], ipv6: bool) -> Result<Self> {
         remove_leftovers(prefix)?;
         let vpc = NetNs::create(&format!("{prefix}-vpc"))?;
+        // NICs plugged later inherit these: no IPv6 chatter on an IPv4 VPC's wires, and in an
+        // IPv6 one addresses usable at once (no duplicate address detection on a private wire).
+        let family = |ns: &NetNs| {
+            if ipv6 {
+                ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
+            } else {
+                ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+            }
+        };
         let mut nodes = BTreeMap::new();
         for (i, id) in instance_ids.iter().enumerate() {
             let ns = NetNs::create(&format!("{prefix}-node{i}"))?;
-            // NICs plugged later inherit this: no IPv6 chatter on the wires.
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            family(&ns)?;
             nodes.insert(id.clone(), ns);
         }
-        vpc.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        family(&vpc)?;
         vpc.ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"])?;
         vpc.run("nft", &["add", "table", "netdev", "vpc"]).context("the VPC's nftables table")?;
         let state = Arc::new(Mutex::new(State::default()));
@@ -252,14 +303,13 @@ impl Fabric {
             let eni = ec2.eni(&w.eni_id).ok()?;
             Some((w, eni))
         }) {
-            let mut want: Vec<String> = eni.secondary_ips.iter().map(|ip| format!("{ip}/32")).collect();
-            want.extend(eni.prefixes.iter().map(|p| format!("{p}/28")));
-            want.sort();
+            let want = routes(eni);
             for gone in wire.routed.iter().filter(|r| !want.contains(r)) {
-                batch.push_str(&format!("route del {gone} dev {}\n", wire.vpc_if));
+                let destination = gone.split_whitespace().next().unwrap_or_default();
+                batch.push_str(&format!("route del {destination} dev {}\n", wire.vpc_if));
             }
             for new in want.iter().filter(|r| !wire.routed.contains(r)) {
-                batch.push_str(&format!("route replace {new} via {} dev {}\n", eni.primary_ip, wire.vpc_if));
+                batch.push_str(&format!("route replace {new} dev {}\n", wire.vpc_if));
             }
             wire.routed = want;
         }
@@ -333,12 +383,19 @@ impl Fabric {
                 node.name(),
                 eni.primary_ip,
             ));
+            if let Some(v6) = &subnet.ipv6 {
+                let router = Ipv6Addr::from(u128::from(v6.cidr) + 1);
+                batch.push_str(&format!(
+                    "addr add {router}/64 dev {vpc_if} noprefixroute\naddr add {ROUTER6}/64 dev {vpc_if}\n"
+                ));
+            }
             if index == 0 {
-                // The primary NIC comes up configured, as DHCP leaves it on an instance (at the
-                // start only, so one command at a time).
+                // The primary NIC comes up configured, as DHCP (and DHCPv6) leave it on an
+                // instance (at the start only, so one command at a time).
                 let primary = format!("{}/{len}", eni.primary_ip);
                 let gateway = gateway.to_string();
-                names.push((vpc_if, Some((node, primary, gateway, node_if.clone()))));
+                let ipv6 = eni.ipv6_addresses.first().copied();
+                names.push((vpc_if, Some((node, primary, gateway, ipv6, node_if.clone()))));
             } else {
                 names.push((vpc_if, None));
             }
@@ -347,10 +404,23 @@ impl Fabric {
         let links: serde_json::Value = serde_json::from_str(&self.vpc.ip(&["-j", "link", "show"])?)?;
         let mut nics = Vec::new();
         for (&(instance, eni, index), (vpc_if, primary)) in wanted.iter().zip(names) {
-            if let Some((node, address, gateway, nic)) = primary {
+            if let Some((node, address, gateway, ipv6, nic)) = primary {
                 node.ip(&["addr", "add", &address, "dev", &nic])?;
                 node.ip(&["link", "set", &nic, "up"])?;
                 node.ip(&["route", "replace", "default", "via", &gateway, "dev", &nic])?;
+                if let Some(ipv6) = ipv6 {
+                    node.ip(&["addr", "add", &format!("{ipv6}/128"), "dev", &nic])?;
+                    node.ip(&[
+                        "-6",
+                        "route",
+                        "replace",
+                        "default",
+                        "via",
+                        &ROUTER6.to_string(),
+                        "dev",
+                        &nic,
+                    ])?;
+                }
             }
             let ifindex = links
                 .as_array()
@@ -380,7 +450,21 @@ impl Fabric {
     /// recorder's socket is drained first; a reply can reach a pod before the recorder thread ran).
     pub fn frames(&self) -> Vec<Frame> {
         self.settle();
-        self.lock().frames.clone()
+        self.lock()
+            .frames
+            .iter()
+            .filter_map(|f| f.narrow(|a| if let IpAddr::V4(a) = a { Some(a) } else { None }))
+            .collect()
+    }
+
+    /// Every IPv6 frame from a routable source recorded so far (as [`Fabric::frames`]).
+    pub fn frames6(&self) -> Vec<Frame<Ipv6Addr>> {
+        self.settle();
+        self.lock()
+            .frames
+            .iter()
+            .filter_map(|f| f.narrow(|a| if let IpAddr::V6(a) = a { Some(a) } else { None }))
+            .collect()
     }
 
     /// Waits (at most 1 s) until the recorder's socket has been empty for 10 ms.
@@ -440,21 +524,48 @@ impl Drop for Fabric {
     }
 }
 
-/// The rules of one wire's ingress chain: every IPv4 frame (untagged, or tagged per VLAN)
-/// whose source the wire's ENI (or the VLAN's branch ENI) does not own is dropped.
+/// The VPC's routes to what an ENI owns beyond its primary address (relative to its wire): each
+/// secondary address and /28 via the primary address, each IPv6 address on the wire, each /80
+/// via the ENI's first IPv6 address.
+fn routes(eni: &Eni) -> Vec<String> {
+    let mut want: Vec<String> =
+        eni.secondary_ips.iter().map(|ip| format!("{ip}/32 via {}", eni.primary_ip)).collect();
+    want.extend(eni.prefixes.iter().map(|p| format!("{p}/28 via {}", eni.primary_ip)));
+    want.extend(eni.ipv6_addresses.iter().map(|ip| format!("{ip}/128")));
+    // After the /128s: a /80's next hop must already be routed when its route goes in.
+    if let Some(first) = eni.ipv6_addresses.first() {
+        want.extend(eni.ipv6_prefixes.iter().map(|p| format!("{p}/80 via {first}")));
+    }
+    want
+}
+
+/// The rules of one wire's ingress chain: every IPv4 or IPv6 frame (untagged, or tagged per
+/// VLAN) whose source the wire's ENI (or the VLAN's branch ENI) does not own is dropped; IPv6
+/// from link-local and unspecified sources (neighbour discovery) passes.
 fn source_dest_rules(wire: &Wire) -> Vec<String> {
     let set = |o: &Owned| {
         let mut items: Vec<String> = o.addresses.iter().map(ToString::to_string).collect();
         items.extend(o.prefixes.iter().map(|p| format!("{p}/28")));
         format!("{{ {} }}", items.join(", "))
     };
-    let owned = set(&wire.owned);
-    let mut rules =
-        vec![format!("ether type ip ip saddr {owned} accept"), format!("vlan id 0 ip saddr {owned} accept")];
+    let set6 = |o: &Owned| {
+        let mut items = vec!["fe80::/10".to_owned(), "::".to_owned()];
+        items.extend(o.addresses6.iter().map(ToString::to_string));
+        items.extend(o.prefixes6.iter().map(|p| format!("{p}/80")));
+        format!("{{ {} }}", items.join(", "))
+    };
+    let (owned, owned6) = (set(&wire.owned), set6(&wire.owned));
+    let mut rules = vec![
+        format!("ether type ip ip saddr {owned} accept"),
+        format!("vlan id 0 ip saddr {owned} accept"),
+        format!("ether type ip6 ip6 saddr {owned6} accept"),
+        format!("vlan id 0 ip6 saddr {owned6} accept"),
+    ];
     for (vlan, (_, o)) in &wire.branches {
         rules.push(format!("vlan id {vlan} ip saddr {} accept", set(o)));
+        rules.push(format!("vlan id {vlan} ip6 saddr {} accept", set6(o)));
     }
-    rules.push("ether type ip drop".into());
+    rules.push("ether type { ip, ip6 } drop".into());
     rules.push("ether type { 8021q, 8021ad } drop".into());
     rules
 }
@@ -541,8 +652,9 @@ fn mac(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// An IPv4 frame (tag from metadata or in-band 802.1Q/802.1ad) judged against `wire`.
-fn parse(f: &[u8], aux_vlan: Option<u16>, wire: &Wire) -> Option<Frame> {
+/// An IPv4 frame, or an IPv6 one from a routable source (tag from metadata or in-band
+/// 802.1Q/802.1ad), judged against `wire`.
+fn parse(f: &[u8], aux_vlan: Option<u16>, wire: &Wire) -> Option<Frame<IpAddr>> {
     let mut vlan = aux_vlan;
     let mut off = 12;
     let mut ethertype = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
@@ -552,12 +664,22 @@ fn parse(f: &[u8], aux_vlan: Option<u16>, wire: &Wire) -> Option<Frame> {
         off += 4;
         ethertype = u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]);
     }
-    if ethertype != 0x0800 {
-        return None;
-    }
-    let ip = f.get(off + 2..off + 22)?;
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let (src, dst) = match ethertype {
+        0x0800 => {
+            let ip = f.get(off + 2..off + 22)?;
+            (IpAddr::from([ip[12], ip[13], ip[14], ip[15]]), IpAddr::from([ip[16], ip[17], ip[18], ip[19]]))
+        }
+        0x86dd => {
+            let ip = f.get(off + 2..off + 42)?;
+            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?);
+            let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?);
+            if src.is_unspecified() || src.is_unicast_link_local() {
+                return None; // neighbour discovery and the like
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst))
+        }
+        _ => return None,
+    };
     let (branch_eni_id, ok) = match vlan.filter(|v| *v != 0) {
         Some(v) => match wire.branches.get(&v) {
             Some((id, owned)) => (Some(id.clone()), owned.contains(src)),

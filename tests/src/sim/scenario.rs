@@ -482,7 +482,7 @@ impl Sim {
         let fabric = match fabric_prefix {
             Some(prefix) => {
                 let ids: Vec<String> = instances.iter().map(|(_, id)| id.clone()).collect();
-                let fabric = Arc::new(Fabric::create(prefix, &ids)?);
+                let fabric = Arc::new(Fabric::create(prefix, &ids, !vpc6.is_empty())?);
                 fabric.sync(&sim.ec2)?;
                 Some(fabric)
             }

@@ -67,6 +67,10 @@ fn main() -> std::process::ExitCode {
             name: "sim_fabric_follows_attachments_and_checks_sources",
             run: sim_fabric::follows_attachments_and_checks_sources,
         },
+        Test {
+            name: "sim_fabric_carries_ipv6_and_checks_its_sources",
+            run: sim_fabric::carries_ipv6_and_checks_its_sources,
+        },
         Test { name: "sim_vpcsim_recovers_from_sigkill", run: sim_fabric::vpcsim_recovers_from_sigkill },
         Test { name: "agent_warm_pool_rows", run: agent::warm_pool_rows },
         Test { name: "agent_incident_order", run: agent::incident_order },

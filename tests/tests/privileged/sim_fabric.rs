@@ -2,7 +2,11 @@
 //! aws-sdk-ec2 and the Resource Controller, the VPC namespace records what leaves the node and
 //! drops what EC2's source/destination check would, and leftovers of a killed run are removed.
 
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use aws_sdk_ec2::config::retry::RetryConfig;
@@ -190,6 +194,67 @@ pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
     })?;
     wait_for("eth1 unplugged after the detach", || node.mac("eth1").is_err().then_some(()))?;
 
+    drop(sim);
+    ensure!(namespaces(&prefix)?.is_empty(), "namespaces left: {:?}", namespaces(&prefix)?);
+    Ok(())
+}
+
+/// An IPv6 VPC on the real kernel: the node's primary NIC comes up with its IPv6 address and a
+/// default route via `fe80:ec2::1`, reaches the VPC's router at the subnet's `::1`, and a /80
+/// assigned through aws-sdk-ec2 is routed back to the node; a source the ENI does not own is
+/// dropped by the same per-wire chain as in IPv4.
+pub fn carries_ipv6_and_checks_its_sources(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-six", ctx.prefix());
+    let rt = runtime()?;
+    let mut scenario = Scenario::default_scenario();
+    scenario.vpc.ipv6_cidrs = vec!["2600:1f14:abc:de00::/56".into()];
+    scenario.subnets[0].ipv6_cidr = Some("2600:1f14:abc:de01::/64".into());
+    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
+    let fabric = sim.fabric.clone().context("fabric")?;
+    let instance = sim.nodes[0].instance_id.clone();
+    let node = NetNs::existing(&format!("{prefix}-node0"));
+    let (eni_id, node_ip) = sim.with_ec2(|s| {
+        let e = s.ec2.attached_to(&instance)[0];
+        (e.id.clone(), e.ipv6_addresses.first().copied())
+    });
+    let node_ip = node_ip.context("the primary ENI's IPv6 address")?;
+    let router: Ipv6Addr = "2600:1f14:abc:de01::1".parse()?;
+    let ping = |from: Ipv6Addr| {
+        node.run("ping", &["-6", "-c", "1", "-W", "2", "-I", &from.to_string(), &router.to_string()])
+    };
+    let recorded = |from: Ipv6Addr| {
+        wait_for("the echo request in the VPC's record", || {
+            fabric.frames6().into_iter().find(|f| f.src == from && f.dst == router)
+        })
+    };
+    ping(node_ip).context("the VPC's router answers the node's own IPv6 address")?;
+    let seen = recorded(node_ip)?;
+    ensure!(seen.verdict == Verdict::Delivered && seen.eni_id == eni_id && seen.vlan.is_none(), "{seen:?}");
+
+    // A /80 on the ENI, as ipamd asks for it: an address from it (a pod's, here on the node's
+    // loopback) reaches the router and its answer is routed back through the ENI.
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let assigned =
+        rt.block_on(ec2.assign_ipv6_addresses().network_interface_id(&eni_id).ipv6_prefix_count(1).send())?;
+    let prefix80: Ipv6Addr = assigned
+        .assigned_ipv6_prefixes()
+        .first()
+        .and_then(|p| p.split('/').next())
+        .context("a /80")?
+        .parse()?;
+    let pod = Ipv6Addr::from(u128::from(prefix80) + 5);
+    node.ip(&["addr", "add", &format!("{pod}/128"), "dev", "lo"])?;
+    ping(pod).context("a /80 address is answered through the ENI")?;
+    ensure!(recorded(pod)?.verdict == Verdict::Delivered);
+
+    // An address the ENI was not given: the VPC drops it before its kernel sees it.
+    let spoofed: Ipv6Addr = "2600:1f14:abc:de01:ffff::9".parse()?;
+    node.ip(&["addr", "add", &format!("{spoofed}/128"), "dev", "lo"])?;
+    ensure!(ping(spoofed).is_err(), "a spoofed IPv6 source is not answered");
+    let dropped = recorded(spoofed)?;
+    ensure!(dropped.verdict == Verdict::SourceDestCheck, "{dropped:?}");
+    ensure!(fabric.dropped().get(&eni_id).is_some_and(|n| *n >= 1), "{:?}", fabric.dropped());
+    ensure!(fabric.frames().iter().all(|f| f.src != Ipv4Addr::UNSPECIFIED), "IPv4 frames stay apart");
     drop(sim);
     ensure!(namespaces(&prefix)?.is_empty(), "namespaces left: {:?}", namespaces(&prefix)?);
     Ok(())
