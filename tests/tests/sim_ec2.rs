@@ -488,7 +488,7 @@ nodes:
         .iter()
         .filter_map(|p| p.ipv6_prefix.clone())
         .collect();
-    assert_eq!(shown, [prefix.clone()]);
+    assert_eq!(shown, std::slice::from_ref(&prefix));
     let by_address = Filter::builder().name("ipv6-addresses.ipv6-address").values(&node_ipv6[0]).build();
     let found = client.describe_network_interfaces().filters(by_address).send().await.unwrap();
     assert_eq!(found.network_interfaces().len(), 1);
@@ -527,7 +527,7 @@ nodes:
         .send()
         .await
         .unwrap();
-    assert_eq!(out.unassigned_ipv6_prefixes(), [prefix.clone()]);
+    assert_eq!(out.unassigned_ipv6_prefixes(), std::slice::from_ref(&prefix));
     let e = client
         .unassign_ipv6_addresses()
         .network_interface_id(&eni)

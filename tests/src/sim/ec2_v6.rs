@@ -82,7 +82,7 @@ impl Subnet6 {
 
     fn prefix_free(&self, p: u128) -> bool {
         let (lo, hi) = self.range();
-        p % PREFIX_SIZE == 0
+        p.is_multiple_of(PREFIX_SIZE)
             && p > lo
             && p + PREFIX_SIZE - 1 < hi
             && !self.prefixes.contains(&p)

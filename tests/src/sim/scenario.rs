@@ -227,7 +227,7 @@ pub fn parse_cidr(field: &str, s: &str) -> Result<(Ipv4Addr, u8)> {
 
 /// An IPv6 CIDR as (network, prefix length) with its length in `lengths`, the field named in
 /// the error.
-pub fn parse_cidr6(field: &str, s: &str, lengths: std::ops::RangeInclusive<u8>) -> Result<(Ipv6Addr, u8)> {
+pub fn parse_cidr6(field: &str, s: &str, lengths: std::ops::RangeInclusive<u8>) -> Result<Cidr6> {
     let (ip, len) =
         s.split_once('/').with_context(|| format!("{field}: `{s}` is not an IPv6 CIDR (address/length)"))?;
     let ip: Ipv6Addr = ip.parse().with_context(|| format!("{field}: `{ip}` is not an IPv6 address"))?;
@@ -240,8 +240,11 @@ pub fn parse_cidr6(field: &str, s: &str, lengths: std::ops::RangeInclusive<u8>) 
     Ok((ip, len))
 }
 
+/// An IPv6 CIDR: network and prefix length.
+pub type Cidr6 = (Ipv6Addr, u8);
+
 /// The VPC's IPv6 blocks, and each subnet's /64 checked to lie inside one of them.
-fn ipv6_plan(scenario: &Scenario) -> Result<(Vec<(Ipv6Addr, u8)>, Vec<Option<Ipv6Addr>>)> {
+fn ipv6_plan(scenario: &Scenario) -> Result<(Vec<Cidr6>, Vec<Option<Ipv6Addr>>)> {
     let vpc = scenario
         .vpc
         .ipv6_cidrs
@@ -257,7 +260,7 @@ fn ipv6_plan(scenario: &Scenario) -> Result<(Vec<(Ipv6Addr, u8)>, Vec<Option<Ipv
         };
         let field = format!("subnets[{i}].ipv6Cidr");
         let (ip, _) = parse_cidr6(&field, c, 64..=64)?;
-        let inside = |(net, len): &(Ipv6Addr, u8)| u128::from(ip) & !(u128::MAX >> len) == u128::from(*net);
+        let inside = |(net, len): &Cidr6| u128::from(ip) & !(u128::MAX >> len) == u128::from(*net);
         if !vpc.iter().any(inside) {
             bail!("{field}: `{c}` is not inside any of vpc.ipv6Cidrs");
         }
