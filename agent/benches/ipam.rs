@@ -11,7 +11,7 @@ use std::{hint::black_box, net::Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use eniguard::ipam::{
-    checkpoint::Checkpoint,
+    checkpoint::{Checkpoint, Contents},
     datastore::{Datastore, DatastoreConfig},
     model::{AllocKey, Cidr, EniFlags, EniSpec, PodRef, NANOS_PER_SEC},
 };
@@ -78,7 +78,8 @@ fn checkpoint_write(c: &mut Criterion) {
         let all = pool(assigned).allocations();
         let ckpt = Checkpoint::new(dir.join("ipam.json"));
         g.bench_function(BenchmarkId::from_parameter(assigned), |b| {
-            b.iter(|| ckpt.write(&all, &[]).expect("write"))
+            let contents = Contents { allocations: all.clone(), ..Contents::default() };
+            b.iter(|| ckpt.write(&contents).expect("write"))
         });
     }
     g.finish();

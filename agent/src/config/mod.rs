@@ -389,7 +389,9 @@ fn parse_cidr(var: &'static str, s: &str) -> Result<Cidr, ConfigError> {
         return Err(bad(var, s, "comma-separated IPv4 CIDRs such as 10.0.0.0/16"));
     }
     s.parse().map_err(|e: CidrError| match e {
-        CidrError::Syntax => bad(var, s, "comma-separated IPv4 CIDRs such as 10.0.0.0/16"),
+        CidrError::Syntax | CidrError::Syntax6 => {
+            bad(var, s, "comma-separated IPv4 CIDRs such as 10.0.0.0/16")
+        }
         CidrError::HostBits => bad(var, s, "a CIDR without host bits (the network address)"),
     })
 }

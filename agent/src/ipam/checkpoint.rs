@@ -6,10 +6,12 @@
 //!   "ifName":"eth0","ipv4":"10.0.1.5","allocationTimestamp":1700000000000000000,
 //!   "metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}}]}
 //! ```
+//! An IPv6 node's allocations carry `"ipv6":"2600:…"` instead of `ipv4` (upstream's IPv6 mode).
 //! Beside upstream's fields, eniguard keeps the addresses still cooling down (`eniguardCooldown`:
-//! `[{"ipv4":"10.0.1.7","releasedAt":1700000000000000000}]`, omitted when empty), so that an
-//! address released just before a restart is not handed out again at once. aws-node and the
-//! network-policy agent ignore the field (Go's encoding/json skips unknown fields).
+//! `[{"ipv4":"10.0.1.7","releasedAt":1700000000000000000}]`, `ipv6` for IPv6 ones, omitted when
+//! empty), so that an address released just before a restart is not handed out again at once.
+//! aws-node and the network-policy agent ignore the field (Go's encoding/json skips unknown
+//! fields).
 //!
 //! Written atomically: a temporary file in the same directory, fsync, rename, fsync of the
 //! directory. Read strictly: every problem names the allocation and field, and nothing is changed.
@@ -18,7 +20,7 @@ use std::{
     collections::HashMap,
     fs::{self, File},
     io::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -40,16 +42,22 @@ struct FileFormat {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CoolingEntry {
-    ipv4: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv6: Option<String>,
     released_at: i64,
 }
 
-/// What a checkpoint holds.
+/// What a checkpoint holds: an IPv4 node's allocations, or an IPv6 node's (upstream never
+/// writes both kinds in one file).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Contents {
     pub allocations: Vec<Allocation>,
     /// Released addresses still cooling down, with when they were released.
     pub cooling: Vec<(Ipv4Addr, UnixNanos)>,
+    pub allocations6: Vec<Allocation<Ipv6Addr>>,
+    pub cooling6: Vec<(Ipv6Addr, UnixNanos)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -120,34 +128,35 @@ impl Checkpoint {
         parse(&p, &bytes).map(Some)
     }
 
-    /// Replaces the file with `allocations` and `cooling`, atomically and durably.
-    pub fn write(
-        &self,
-        allocations: &[Allocation],
-        cooling: &[(Ipv4Addr, UnixNanos)],
-    ) -> Result<(), CheckpointError> {
-        let tmp = self.prepare(allocations, cooling)?;
+    /// Replaces the file with `contents`, atomically and durably.
+    pub fn write(&self, contents: &Contents) -> Result<(), CheckpointError> {
+        let tmp = self.prepare(contents)?;
         self.commit(&tmp)
     }
 
     /// First half of [`Checkpoint::write`]: the new content, fsynced, in a temporary file next to
     /// the checkpoint. Until [`Checkpoint::commit`], the checkpoint itself is unchanged.
-    pub fn prepare(
-        &self,
-        allocations: &[Allocation],
-        cooling: &[(Ipv4Addr, UnixNanos)],
-    ) -> Result<PathBuf, CheckpointError> {
+    pub fn prepare(&self, contents: &Contents) -> Result<PathBuf, CheckpointError> {
         let err =
             |source: std::io::Error| CheckpointError::Write { path: self.path.display().to_string(), source };
+        let cooling_entry = |ip: IpAddr, at: UnixNanos| CoolingEntry {
+            ipv4: ip.is_ipv4().then(|| ip.to_string()),
+            ipv6: ip.is_ipv6().then(|| ip.to_string()),
+            released_at: i64::try_from(at).unwrap_or(i64::MAX),
+        };
         let data = FileFormat {
             version: VERSION.to_owned(),
-            allocations: allocations.iter().map(entry).collect(),
-            cooldown: cooling
+            allocations: contents
+                .allocations
                 .iter()
-                .map(|(ip, at)| CoolingEntry {
-                    ipv4: ip.to_string(),
-                    released_at: i64::try_from(*at).unwrap_or(i64::MAX),
-                })
+                .map(entry)
+                .chain(contents.allocations6.iter().map(entry))
+                .collect(),
+            cooldown: contents
+                .cooling
+                .iter()
+                .map(|(ip, at)| cooling_entry(IpAddr::V4(*ip), *at))
+                .chain(contents.cooling6.iter().map(|(ip, at)| cooling_entry(IpAddr::V6(*ip), *at)))
                 .collect(),
         };
         let json = serde_json::to_vec(&data).map_err(|e| err(e.into()))?;
@@ -170,13 +179,14 @@ impl Checkpoint {
     }
 }
 
-fn entry(a: &Allocation) -> Entry {
+fn entry<A: Copy + Into<IpAddr>>(a: &Allocation<A>) -> Entry {
+    let ip: IpAddr = a.ip.into();
     Entry {
         network_name: a.key.network_name.clone(),
         container_id: a.key.container_id.clone(),
         if_name: a.key.if_name.clone(),
-        ipv4: Some(a.ip.to_string()),
-        ipv6: None,
+        ipv4: ip.is_ipv4().then(|| ip.to_string()),
+        ipv6: ip.is_ipv6().then(|| ip.to_string()),
         allocation_timestamp: i64::try_from(a.allocated_at).unwrap_or(i64::MAX),
         metadata: Metadata {
             namespace: a.pod.namespace.clone(),
@@ -199,9 +209,9 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Contents, CheckpointError> {
         field,
         problem,
     };
-    let mut by_ip: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut by_ip: HashMap<IpAddr, usize> = HashMap::new();
     let mut by_key: HashMap<AllocKey, usize> = HashMap::new();
-    let mut out = Vec::with_capacity(data.allocations.len());
+    let mut out = Contents::default();
     for (i, e) in data.allocations.into_iter().enumerate() {
         for (field, value) in
             [("networkName", &e.network_name), ("containerID", &e.container_id), ("ifName", &e.if_name)]
@@ -210,12 +220,25 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Contents, CheckpointError> {
                 return Err(invalid(i, field, "must not be empty".into()));
             }
         }
-        let ip = match (&e.ipv4, &e.ipv6) {
-            (Some(v4), _) => v4
-                .parse::<Ipv4Addr>()
-                .map_err(|_| invalid(i, "ipv4", format!("`{v4}` is not an IPv4 address")))?,
-            (None, Some(_)) => {
-                return Err(invalid(i, "ipv6", "IPv6 allocations are not supported by this version".into()))
+        let (ip, field) = match (&e.ipv4, &e.ipv6) {
+            (Some(v4), None) => (
+                IpAddr::V4(
+                    v4.parse().map_err(|_| invalid(i, "ipv4", format!("`{v4}` is not an IPv4 address")))?,
+                ),
+                "ipv4",
+            ),
+            (None, Some(v6)) => (
+                IpAddr::V6(
+                    v6.parse().map_err(|_| invalid(i, "ipv6", format!("`{v6}` is not an IPv6 address")))?,
+                ),
+                "ipv6",
+            ),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    i,
+                    "ipv6",
+                    "an allocation has one address, ipv4 or ipv6, not both".into(),
+                ))
             }
             (None, None) => return Err(invalid(i, "ipv4", "missing: an allocation needs an address".into())),
         };
@@ -228,7 +251,7 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Contents, CheckpointError> {
         })?;
         let key = AllocKey { network_name: e.network_name, container_id: e.container_id, if_name: e.if_name };
         if let Some(j) = by_ip.insert(ip, i) {
-            return Err(invalid(i, "ipv4", format!("{ip} is already allocated to allocations[{j}]")));
+            return Err(invalid(i, field, format!("{ip} is already allocated to allocations[{j}]")));
         }
         if let Some(j) = by_key.insert(key.clone(), i) {
             return Err(invalid(
@@ -237,27 +260,38 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Contents, CheckpointError> {
                 format!("same (networkName, containerID, ifName) as allocations[{j}]"),
             ));
         }
-        out.push(Allocation {
-            key,
-            ip,
-            pod: PodRef { namespace: e.metadata.namespace, name: e.metadata.name },
-            allocated_at,
-        });
+        let pod = PodRef { namespace: e.metadata.namespace, name: e.metadata.name };
+        match ip {
+            IpAddr::V4(ip) => out.allocations.push(Allocation { key, ip, pod, allocated_at }),
+            IpAddr::V6(ip) => out.allocations6.push(Allocation { key, ip, pod, allocated_at }),
+        }
     }
-    let mut cooling = Vec::with_capacity(data.cooldown.len());
+    if !out.allocations.is_empty() && !out.allocations6.is_empty() {
+        return Err(invalid(
+            out.allocations.len(),
+            "ipv6",
+            "IPv4 and IPv6 allocations in one file: a node runs one family".into(),
+        ));
+    }
     for (index, c) in data.cooldown.into_iter().enumerate() {
         let invalid =
             |field, problem| CheckpointError::InvalidCooling { path: path.to_owned(), index, field, problem };
-        let ip = c
-            .ipv4
-            .parse::<Ipv4Addr>()
-            .map_err(|_| invalid("ipv4", format!("`{}` is not an IPv4 address", c.ipv4)))?;
         let at = u64::try_from(c.released_at).map_err(|_| {
             invalid("releasedAt", format!("{}: expected Unix nanoseconds >= 0", c.released_at))
         })?;
-        cooling.push((ip, at));
+        match (&c.ipv4, &c.ipv6) {
+            (Some(v4), None) => out.cooling.push((
+                v4.parse().map_err(|_| invalid("ipv4", format!("`{v4}` is not an IPv4 address")))?,
+                at,
+            )),
+            (None, Some(v6)) => out.cooling6.push((
+                v6.parse().map_err(|_| invalid("ipv6", format!("`{v6}` is not an IPv6 address")))?,
+                at,
+            )),
+            _ => return Err(invalid("ipv4", "expected one address, ipv4 or ipv6".into())),
+        }
     }
-    Ok(Contents { allocations: out, cooling })
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -287,20 +321,65 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("eg-ckpt-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let c = Checkpoint::new(dir.join("ipam.json"));
-        c.write(&a, &[]).unwrap();
+        let v4 =
+            |allocations: Vec<Allocation>, cooling| Contents { allocations, cooling, ..Default::default() };
+        c.write(&v4(a.clone(), vec![])).unwrap();
         let text = fs::read_to_string(c.path()).unwrap();
         assert!(text.starts_with(r#"{"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"3f1e0c0b7a2d","ifName":"eth0","ipv4":"10.0.1.5","allocationTimestamp":1732600000123456789,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}}"#), "{text}");
         assert!(!text.contains("eniguardCooldown"), "an empty cooldown list is omitted: {text}");
-        assert_eq!(c.read().unwrap().unwrap(), Contents { allocations: a.clone(), cooling: vec![] });
+        assert_eq!(c.read().unwrap().unwrap(), v4(a.clone(), vec![]));
         let cooling = vec![(Ipv4Addr::new(10, 0, 1, 9), 1_732_600_002_000_000_000)];
-        c.write(&a, &cooling).unwrap();
+        c.write(&v4(a.clone(), cooling.clone())).unwrap();
         let text = fs::read_to_string(c.path()).unwrap();
         assert!(
             text.ends_with(r#"],"eniguardCooldown":[{"ipv4":"10.0.1.9","releasedAt":1732600002000000000}]}"#),
             "{text}"
         );
-        assert_eq!(c.read().unwrap().unwrap(), Contents { allocations: a, cooling });
+        assert_eq!(c.read().unwrap().unwrap(), v4(a, cooling));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An IPv6 node's file, as upstream's IPv6 mode writes it.
+    const UPSTREAM6: &str = r#"{"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"5b7e2f","ifName":"eth0","ipv6":"2600:1f14:abc:de01:1::2","allocationTimestamp":1732600000123456789,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-6"}}]}"#;
+
+    #[test]
+    fn ipv6_allocations_read_write_and_round_trip() {
+        let read = parse("ipam.json", UPSTREAM6.as_bytes()).unwrap();
+        assert!(read.allocations.is_empty());
+        assert_eq!(read.allocations6.len(), 1);
+        assert_eq!(read.allocations6[0].ip, "2600:1f14:abc:de01:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(read.allocations6[0].pod.name, "web-6");
+        let dir = std::env::temp_dir().join(format!("eg-ckpt6-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let c = Checkpoint::new(dir.join("ipam.json"));
+        let contents = Contents {
+            cooling6: vec![("2600:1f14:abc:de01:1::1".parse().unwrap(), 1_732_600_002_000_000_000)],
+            ..read
+        };
+        c.write(&contents).unwrap();
+        let text = fs::read_to_string(c.path()).unwrap();
+        assert!(text.starts_with(&UPSTREAM6[..UPSTREAM6.len() - 2]), "upstream's bytes: {text}");
+        assert!(
+            text.ends_with(
+                r#""eniguardCooldown":[{"ipv6":"2600:1f14:abc:de01:1::1","releasedAt":1732600002000000000}]}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(c.read().unwrap().unwrap(), contents);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            err(&UPSTREAM6.replace("de01:1::2", "de01:1::zz")),
+            "ipam.json: allocations[0].ipv6: `2600:1f14:abc:de01:1::zz` is not an IPv6 address"
+        );
+        assert_eq!(
+            err(&UPSTREAM6.replace(r#""ipv6""#, r#""ipv4":"10.0.1.5","ipv6""#)),
+            "ipam.json: allocations[0].ipv6: an allocation has one address, ipv4 or ipv6, not both"
+        );
+        let mixed = UPSTREAM.replacen("]}", &format!(",{}]}}", &UPSTREAM6[43..UPSTREAM6.len() - 2]), 1);
+        assert_eq!(
+            err(&mixed),
+            "ipam.json: allocations[2].ipv6: IPv4 and IPv6 allocations in one file: a node runs one family"
+        );
     }
 
     #[test]

@@ -7,10 +7,11 @@ pub mod model;
 pub mod policy;
 #[cfg(test)]
 mod policy_tests;
+pub mod pool6;
 #[cfg(test)]
 mod tests;
 
-use checkpoint::{Checkpoint, CheckpointError};
+use checkpoint::{Checkpoint, CheckpointError, Contents};
 use datastore::{Datastore, DatastoreError, Restored};
 use model::{AllocKey, Allocation, PodRef, UnixNanos};
 
@@ -22,6 +23,10 @@ pub enum IpamError {
     /// directory's fsync failed after the rename (then it may already hold the new one).
     #[error("checkpoint not written, change rolled back: {0}")]
     Checkpoint(#[from] CheckpointError),
+    #[error(
+        "the checkpoint holds {0} IPv6 allocations (an IPv6 node's): this agent runs IPv4 pods only, nothing restored"
+    )]
+    Ipv6Checkpoint(usize),
 }
 
 /// The datastore with every change written to the checkpoint before it is acknowledged.
@@ -42,6 +47,9 @@ impl Ipam {
     /// one, or one with duplicates, is an error and nothing is changed.
     pub fn restore(&mut self, now: UnixNanos) -> Result<Restored, IpamError> {
         let Some(contents) = self.checkpoint.read()? else { return Ok(Restored::default()) };
+        if !contents.allocations6.is_empty() {
+            return Err(IpamError::Ipv6Checkpoint(contents.allocations6.len()));
+        }
         let restored = self.datastore.restore(contents.allocations)?;
         self.datastore.restore_cooling(&contents.cooling);
         if !restored.dropped.is_empty() {
@@ -51,7 +59,11 @@ impl Ipam {
     }
 
     fn write(&self, now: UnixNanos) -> Result<(), CheckpointError> {
-        self.checkpoint.write(&self.datastore.allocations(), &self.datastore.cooling(now))
+        self.checkpoint.write(&Contents {
+            allocations: self.datastore.allocations(),
+            cooling: self.datastore.cooling(now),
+            ..Contents::default()
+        })
     }
 
     /// Assigns an address and persists it; on a failed write the assignment is undone.

@@ -1,7 +1,11 @@
 //! What the datastore holds: ENIs, their CIDRs (secondary /32s and /28 prefixes), addresses and
 //! the allocations keyed like upstream's (network name, container id, interface name).
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 /// Nanoseconds since the Unix epoch: the checkpoint's timestamp unit, and the datastore's clock.
 pub type UnixNanos = u64;
@@ -79,6 +83,8 @@ impl fmt::Display for Cidr {
 pub enum CidrError {
     #[error("expected an IPv4 CIDR such as 10.0.0.0/16")]
     Syntax,
+    #[error("expected an IPv6 CIDR such as 2600:1f14:abc:de01::/64")]
+    Syntax6,
     #[error("the address has host bits set: a CIDR starts at its network address")]
     HostBits,
 }
@@ -90,6 +96,56 @@ impl FromStr for Cidr {
         let (addr, len) = s.trim().split_once('/').unwrap_or((s.trim(), "32"));
         let addr: Ipv4Addr = addr.trim().parse().map_err(|_| CidrError::Syntax)?;
         let len: u8 = len.trim().parse().ok().filter(|l| *l <= 32).ok_or(CidrError::Syntax)?;
+        Self::new(addr, len).ok_or(CidrError::HostBits)
+    }
+}
+
+/// An IPv6 CIDR, /0 to /128, written as its network address: IPv6 mode's /80 on the primary
+/// ENI, a subnet's /64, the VPC's IPv6 blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr6 {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl Cidr6 {
+    /// `addr/prefix_len`, if `prefix_len` is at most 128 and `addr` has no host bits.
+    pub fn new(addr: Ipv6Addr, prefix_len: u8) -> Option<Self> {
+        let c = Self { addr, prefix_len };
+        (prefix_len <= 128 && u128::from(addr) & !c.mask() == 0).then_some(c)
+    }
+
+    fn mask(&self) -> u128 {
+        match self.prefix_len {
+            0 => 0,
+            len => u128::MAX << (128 - u32::from(len.min(128))),
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr)
+    }
+
+    /// The address `offset` places above the network address, if it is inside the CIDR.
+    pub fn nth(&self, offset: u128) -> Option<Ipv6Addr> {
+        let ip = Ipv6Addr::from(u128::from(self.addr).checked_add(offset)?);
+        self.contains(ip).then_some(ip)
+    }
+}
+
+impl fmt::Display for Cidr6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// `addr/len`, or a bare address as a /128.
+impl FromStr for Cidr6 {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.trim().split_once('/').unwrap_or((s.trim(), "128"));
+        let addr: Ipv6Addr = addr.trim().parse().map_err(|_| CidrError::Syntax6)?;
+        let len: u8 = len.trim().parse().ok().filter(|l| *l <= 128).ok_or(CidrError::Syntax6)?;
         Self::new(addr, len).ok_or(CidrError::HostBits)
     }
 }
@@ -180,11 +236,11 @@ pub struct EniSpec {
     pub flags: EniFlags,
 }
 
-/// One allocation, as held and checkpointed.
+/// One allocation, as held and checkpointed: an IPv4 address, or in IPv6 mode an IPv6 one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Allocation {
+pub struct Allocation<A = Ipv4Addr> {
     pub key: AllocKey,
-    pub ip: Ipv4Addr,
+    pub ip: A,
     pub pod: PodRef,
     pub allocated_at: UnixNanos,
 }
@@ -204,6 +260,21 @@ mod tests {
         assert_eq!("10.0.1.0/24".parse::<Cidr>().map(|c| c.size()), Ok(256));
         assert_eq!("0.0.0.0/0".parse::<Cidr>().map(|c| c.contains("8.8.8.8".parse().unwrap())), Ok(true));
         assert_eq!("10.0.1.5".parse::<Cidr>().unwrap(), Cidr::host("10.0.1.5".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_cidrs_parse_and_contain() {
+        let p: Cidr6 = "2600:1f14:abc:de01:5::/80".parse().unwrap();
+        assert!(p.contains("2600:1f14:abc:de01:5:0:ffff:1".parse().unwrap()));
+        assert!(!p.contains("2600:1f14:abc:de01:6::".parse().unwrap()));
+        assert_eq!(p.nth(1), Some("2600:1f14:abc:de01:5::1".parse().unwrap()));
+        assert_eq!(p.nth(1 << 48), None, "past the /80");
+        assert_eq!(p.to_string(), "2600:1f14:abc:de01:5::/80");
+        assert_eq!("2600:1f14:abc:de01:5::1/80".parse::<Cidr6>(), Err(CidrError::HostBits));
+        assert_eq!("2600::/129".parse::<Cidr6>(), Err(CidrError::Syntax6));
+        assert_eq!("10.0.0.0/16".parse::<Cidr6>(), Err(CidrError::Syntax6));
+        assert_eq!("::/0".parse::<Cidr6>().map(|c| c.contains("2001:db8::1".parse().unwrap())), Ok(true));
+        assert_eq!("2001:db8::1".parse::<Cidr6>().map(|c| c.prefix_len), Ok(128));
     }
 
     #[test]

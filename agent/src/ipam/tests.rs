@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
 use proptest::prelude::*;
 
 use super::{
-    checkpoint::Checkpoint,
+    checkpoint::{Checkpoint, Contents},
     datastore::Finding,
     datastore::{Datastore, DatastoreConfig, DatastoreError},
     model::{AllocKey, Allocation, Cidr, EniFlags, EniSpec, Exclusion, PodRef, NANOS_PER_SEC},
@@ -171,7 +171,8 @@ fn restore_keeps_trunk_allocations_as_findings_never_hands_them_out() {
     // A node left by aws-node v1.16.0-3: pod `t` holds a trunk address.
     let dir = temp_dir("trunk-restore");
     let path = dir.join("ipam.json");
-    Checkpoint::new(&path).write(&[alloc("a", "10.0.1.6"), alloc("t", "10.0.2.5")], &[]).unwrap();
+    let allocations = vec![alloc("a", "10.0.1.6"), alloc("t", "10.0.2.5")];
+    Checkpoint::new(&path).write(&Contents { allocations, ..Contents::default() }).unwrap();
     let mut ipam = Ipam::new(node(false, false), Checkpoint::new(&path));
     let restored = ipam.restore(0).unwrap();
     assert!(restored.dropped.is_empty(), "{:?}", restored.dropped);
@@ -369,7 +370,8 @@ proptest! {
                 Op::CrashBeforeRename(c) => {
                     // Assign in memory and write only the temporary file, then "crash".
                     if ipam.datastore.assign(&key(&format!("crash{c}")), &pod("p"), now).is_ok() {
-                        let _tmp = Checkpoint::new(&path).prepare(&ipam.datastore.allocations(), &[]).unwrap();
+                        let contents = Contents { allocations: ipam.datastore.allocations(), ..Contents::default() };
+                        let _tmp = Checkpoint::new(&path).prepare(&contents).unwrap();
                     }
                     ipam = Ipam::new(fresh(), Checkpoint::new(&path));
                     ipam.restore(now).unwrap();
@@ -386,4 +388,24 @@ proptest! {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+#[test]
+fn an_ipv6_nodes_checkpoint_is_refused_and_left_alone() {
+    let dir = temp_dir("v6-refused");
+    let path = dir.join("ipam.json");
+    let v6 = Allocation {
+        key: key("six"),
+        ip: "2600:1f14:abc:de01:1::2".parse::<std::net::Ipv6Addr>().unwrap(),
+        pod: pod("six"),
+        allocated_at: 1,
+    };
+    Checkpoint::new(&path).write(&Contents { allocations6: vec![v6], ..Contents::default() }).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let mut ipam = Ipam::new(node(false, false), Checkpoint::new(&path));
+    let e = ipam.restore(0).unwrap_err();
+    assert!(matches!(e, IpamError::Ipv6Checkpoint(1)), "{e}");
+    assert!(e.to_string().contains("1 IPv6 allocations"), "{e}");
+    assert!(ipam.datastore.allocations().is_empty());
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is left as it was");
 }

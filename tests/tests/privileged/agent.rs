@@ -370,7 +370,7 @@ pub(crate) struct PreFix {
 
 pub(crate) fn pre_fix_layout(w: &World) -> Result<PreFix> {
     use eniguard::ipam::{
-        checkpoint::Checkpoint,
+        checkpoint::{Checkpoint, Contents},
         model::{AllocKey, Allocation, PodRef},
     };
     let World { sim, rt, ec2, node, dir, .. } = w;
@@ -410,7 +410,8 @@ pub(crate) fn pre_fix_layout(w: &World) -> Result<PreFix> {
         AllocKey { network_name: "aws-cni".into(), container_id: "c0ffee".into(), if_name: "eth0".into() };
     let pod = PodRef { namespace: "shop".into(), name: "payments-0".into() };
     let allocation = Allocation { key, ip: victim, pod, allocated_at: 1 };
-    Checkpoint::new(dir.join("ipam.json")).write(std::slice::from_ref(&allocation), &[])?;
+    Checkpoint::new(dir.join("ipam.json"))
+        .write(&Contents { allocations: vec![allocation.clone()], ..Contents::default() })?;
 
     let trunk_device = trunk.attachment().and_then(|a| a.device_index()).context("trunk device index")?;
     Ok(PreFix { trunk_id, trunk_device, victim, allocation })

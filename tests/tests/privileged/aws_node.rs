@@ -13,7 +13,7 @@ use anyhow::{ensure, Context as _, Result};
 use aws_sdk_ec2::types::Tag;
 use eniguard::{
     ipam::{
-        checkpoint::Checkpoint,
+        checkpoint::{Checkpoint, Contents},
         model::{AllocKey, Allocation, PodRef},
     },
     net::names::host_veth_name,
@@ -65,7 +65,8 @@ pub(crate) fn set_up(w: &World) -> Result<AwsNode116> {
         allocated_at: 2,
     };
     let checkpoint = w.dir.join("ipam.json");
-    Checkpoint::new(&checkpoint).write(&[l.victim, web_alloc], &[])?;
+    Checkpoint::new(&checkpoint)
+        .write(&Contents { allocations: vec![l.victim, web_alloc], ..Contents::default() })?;
     Ok(AwsNode116 { trunk_id: l.trunk_id, pods_eni_id: l.pods_eni_id, victim: victim_pod, web, checkpoint })
 }
 

@@ -516,7 +516,7 @@ pub fn branch_pod(ctx: &mut Ctx) -> Result<()> {
 /// with its identity and counts nothing against default/web.
 pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
     use eniguard::ipam::{
-        checkpoint::Checkpoint,
+        checkpoint::{Checkpoint, Contents},
         model::{AllocKey, Allocation, PodRef},
     };
     let scenario =
@@ -568,7 +568,7 @@ pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
         });
     }
     // aws-node's checkpoint, keyed by the sandboxes containerd made.
-    Checkpoint::new(w.dir.join("ipam.json")).write(&allocations, &[])?;
+    Checkpoint::new(w.dir.join("ipam.json")).write(&Contents { allocations, ..Contents::default() })?;
     let mut audit = eniguard_tests::process::Daemon::spawn(&mut eniguard_tests::agent::audit_command(
         &w.sim,
         &w.prefix,
