@@ -15,7 +15,10 @@ use aws_sdk_ec2::{
 };
 
 use super::calls::Calls;
-use crate::{config::Ec2Pacing, ipam::model::Cidr};
+use crate::{
+    config::Ec2Pacing,
+    ipam::model::{Cidr, Cidr6},
+};
 
 /// A failed EC2 call.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,6 +57,8 @@ pub struct EniInfo {
     pub attachment: Option<Attachment>,
     pub primary_ip: Option<Ipv4Addr>,
     pub cidrs: Vec<Cidr>,
+    /// Delegated IPv6 prefixes (IPv6 mode's /80 on the primary ENI).
+    pub ipv6_prefixes: Vec<Cidr6>,
 }
 
 /// EC2's `InterfaceType` of an ENI, read once here; the rest of the agent matches on it.
@@ -405,6 +410,17 @@ impl Ec2 {
         Ok(ips.chain(pfx).collect())
     }
 
+    /// Assigns one IPv6 /80 prefix (`Ipv6PrefixCount=1`, upstream's IPv6 mode) and returns it.
+    pub async fn assign_ipv6_prefix(&self, eni: &str) -> Result<Cidr6, Ec2Error> {
+        let req = self.client.assign_ipv6_addresses().network_interface_id(eni).ipv6_prefix_count(1);
+        let out = self.call("AssignIpv6Addresses", req.send()).await?;
+        out.assigned_ipv6_prefixes().iter().find_map(|p| p.parse().ok()).ok_or_else(|| Ec2Error {
+            action: "AssignIpv6Addresses",
+            code: None,
+            message: format!("no IPv6 prefix in the answer for {eni}: {:?}", out.assigned_ipv6_prefixes()),
+        })
+    }
+
     pub async fn unassign(&self, eni: &str, cidrs: &[Cidr]) -> Result<(), Ec2Error> {
         let (pfx, ips): (Vec<Cidr>, Vec<Cidr>) = cidrs.iter().partition(|c| c.is_prefix());
         let mut req = self.client.unassign_private_ip_addresses().network_interface_id(eni);
@@ -493,5 +509,6 @@ fn eni_info(n: &NetworkInterface) -> EniInfo {
         }),
         primary_ip,
         cidrs: secondaries.chain(prefixes).collect(),
+        ipv6_prefixes: n.ipv6_prefixes().iter().filter_map(|p| p.ipv6_prefix()?.parse().ok()).collect(),
     }
 }

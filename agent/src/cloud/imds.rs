@@ -2,7 +2,10 @@
 //! and the ENIs attached to it as the instance sees them. IMDS is the agent's first source of
 //! truth (upstream reads it every reconcile tick and asks EC2 only on a mismatch).
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use aws_config::{
     imds::{self, client::error::ImdsError},
@@ -10,7 +13,7 @@ use aws_config::{
 };
 
 use super::calls::Calls;
-use crate::ipam::model::Cidr;
+use crate::ipam::model::{Cidr, Cidr6};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsFailure {
@@ -48,6 +51,19 @@ pub struct ImdsEni {
     pub secondary_ips: Vec<Ipv4Addr>,
     pub prefixes: Vec<Cidr>,
     pub security_groups: Vec<String>,
+}
+
+/// What IMDS says about IPv6 for the instance and one ENI (IPv6 mode reads it for the primary).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ipv6View {
+    /// The instance's IPv6 address (`ipv6`), if it has one.
+    pub node_ip: Option<Ipv6Addr>,
+    /// The ENI's delegated prefixes (`ipv6-prefix`).
+    pub prefixes: Vec<Cidr6>,
+    /// The ENI's subnet's IPv6 block (`subnet-ipv6-cidr-blocks`), if any.
+    pub subnet: Option<Cidr6>,
+    /// The VPC's IPv6 blocks (`vpc-ipv6-cidr-blocks`).
+    pub vpc: Vec<Cidr6>,
 }
 
 impl ImdsEni {
@@ -211,6 +227,34 @@ impl Imds {
             return Ok(None);
         }
         self.eni(mac).await.map(Some)
+    }
+
+    /// IPv6 as IMDS shows it for the instance and the ENI `mac` (each path asked at once; a
+    /// 404 is "none").
+    pub async fn ipv6(&self, mac: &str) -> Result<Ipv6View, ImdsFailure> {
+        let p = |field: &str| format!("network/interfaces/macs/{mac}/{field}");
+        let paths = [p("ipv6-prefix"), p("subnet-ipv6-cidr-blocks"), p("vpc-ipv6-cidr-blocks")];
+        let (node_ip, prefixes, subnet, vpc) = tokio::try_join!(
+            self.lines("ipv6"),
+            self.lines(&paths[0]),
+            self.lines(&paths[1]),
+            self.lines(&paths[2])
+        )?;
+        let cidrs = |path: &str, lines: &[String]| {
+            lines
+                .iter()
+                .map(|l| parse(path, l, "an IPv6 CIDR", |s| s.parse::<Cidr6>().ok()))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Ipv6View {
+            node_ip: node_ip
+                .first()
+                .map(|l| parse("ipv6", l, "an IPv6 address", |s| s.parse().ok()))
+                .transpose()?,
+            prefixes: cidrs(&paths[0], &prefixes)?,
+            subnet: cidrs(&paths[1], &subnet)?.into_iter().next(),
+            vpc: cidrs(&paths[2], &vpc)?,
+        })
     }
 
     /// The primary ENI's security groups (upstream's `RefreshSGIDs`).

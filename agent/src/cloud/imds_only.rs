@@ -36,6 +36,7 @@ fn no_ec2<T>(action: &'static str) -> Result<T, Ec2Error> {
 fn described(e: ImdsEni) -> EniInfo {
     EniInfo {
         cidrs: e.cidrs(),
+        ipv6_prefixes: Vec::new(),
         id: e.id,
         mac: e.mac,
         subnet_id: e.subnet_id,
@@ -67,6 +68,9 @@ impl Cloud for ImdsOnly {
     }
     async fn primary_security_groups(&self, mac: &str) -> Result<Vec<String>, ImdsFailure> {
         self.imds.primary_security_groups(mac).await
+    }
+    async fn ipv6(&self, mac: &str) -> Result<super::imds::Ipv6View, ImdsFailure> {
+        self.imds.ipv6(mac).await
     }
     /// The attached ENIs among `ids`, from IMDS (an ENI not attached here is not found).
     async fn describe_enis(&self, ids: &[String]) -> Result<Vec<EniInfo>, Ec2Error> {
@@ -103,6 +107,9 @@ impl Cloud for ImdsOnly {
     }
     async fn unassign(&self, _eni: &str, _cidrs: &[Cidr]) -> Result<(), Ec2Error> {
         no_ec2("UnassignPrivateIpAddresses")
+    }
+    async fn assign_ipv6_prefix(&self, _eni: &str) -> Result<crate::ipam::model::Cidr6, Ec2Error> {
+        no_ec2("AssignIpv6Addresses")
     }
     async fn create_tags(&self, _eni: &str, _tags: &BTreeMap<String, String>) -> Result<(), Ec2Error> {
         no_ec2("CreateTags")

@@ -25,9 +25,9 @@ pub fn http_client() -> SharedHttpClient {
 }
 
 use ec2::{Ec2, Ec2Error, Ec2Options, EniInfo, NewEni, SubnetInfo, TypeInfo};
-use imds::{Identity, Imds, ImdsEni, ImdsFailure};
+use imds::{Identity, Imds, ImdsEni, ImdsFailure, Ipv6View};
 
-use crate::ipam::model::Cidr;
+use crate::ipam::model::{Cidr, Cidr6};
 
 /// The IMDS and EC2 calls the node layer makes. [`Aws`] makes them against AWS (or vpcsim); the
 /// node layer's unit tests answer them from memory.
@@ -40,6 +40,8 @@ pub trait Cloud: Send + Sync {
     /// The attached ENI with this MAC, once IMDS lists it (None before).
     async fn attached_eni(&self, mac: &str) -> Result<Option<ImdsEni>, ImdsFailure>;
     async fn primary_security_groups(&self, mac: &str) -> Result<Vec<String>, ImdsFailure>;
+    /// IPv6 for the instance and the ENI `mac` (IMDS).
+    async fn ipv6(&self, mac: &str) -> Result<Ipv6View, ImdsFailure>;
 
     async fn describe_enis(&self, ids: &[String]) -> Result<Vec<EniInfo>, Ec2Error>;
     async fn find_enis(&self, filters: &[(&str, &str)]) -> Result<Vec<EniInfo>, Ec2Error>;
@@ -54,6 +56,8 @@ pub trait Cloud: Send + Sync {
     /// `count` secondary addresses, or /28 prefixes with `prefixes`.
     async fn assign(&self, eni: &str, count: u32, prefixes: bool) -> Result<Vec<Cidr>, Ec2Error>;
     async fn unassign(&self, eni: &str, cidrs: &[Cidr]) -> Result<(), Ec2Error>;
+    /// One IPv6 /80 prefix on `eni` (AssignIpv6Addresses with `Ipv6PrefixCount=1`).
+    async fn assign_ipv6_prefix(&self, eni: &str) -> Result<Cidr6, Ec2Error>;
     async fn create_tags(
         &self,
         eni: &str,
@@ -101,6 +105,9 @@ impl Cloud for Aws {
     async fn primary_security_groups(&self, mac: &str) -> Result<Vec<String>, ImdsFailure> {
         self.imds.primary_security_groups(mac).await
     }
+    async fn ipv6(&self, mac: &str) -> Result<Ipv6View, ImdsFailure> {
+        self.imds.ipv6(mac).await
+    }
     async fn describe_enis(&self, ids: &[String]) -> Result<Vec<EniInfo>, Ec2Error> {
         self.ec2()?.describe_enis(ids).await
     }
@@ -130,6 +137,9 @@ impl Cloud for Aws {
     }
     async fn unassign(&self, eni: &str, cidrs: &[Cidr]) -> Result<(), Ec2Error> {
         self.ec2()?.unassign(eni, cidrs).await
+    }
+    async fn assign_ipv6_prefix(&self, eni: &str) -> Result<Cidr6, Ec2Error> {
+        self.ec2()?.assign_ipv6_prefix(eni).await
     }
     async fn create_tags(
         &self,

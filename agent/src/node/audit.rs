@@ -177,6 +177,7 @@ mod tests {
             attachment: None,
             primary_ip: None,
             cidrs: Vec::new(),
+            ipv6_prefixes: Vec::new(),
         }
     }
 

@@ -20,11 +20,11 @@ use crate::{
     cloud::{
         calls::Calls,
         ec2::{Attachment, Ec2Error, EniInfo, InterfaceType, NewEni, SubnetInfo, TypeInfo},
-        imds::{Identity, ImdsEni, ImdsFailure},
+        imds::{Identity, ImdsEni, ImdsFailure, Ipv6View},
         Cloud,
     },
     config::Config,
-    ipam::model::Cidr,
+    ipam::model::{Cidr, Cidr6},
     kube::{
         client::{EniConfig, KubeError, NodeInfo, PodInfo},
         cninode::Feature,
@@ -101,6 +101,8 @@ struct Ec2State {
     failing: BTreeMap<String, String>,
     /// ENIs IMDS does not show yet (it lags behind EC2).
     imds_lags: std::collections::BTreeSet<String>,
+    /// IMDS does not show IPv6 prefixes yet (it lags behind AssignIpv6Addresses).
+    ipv6_imds_lags: bool,
 }
 
 /// EC2 and IMDS for one m5.large instance (3 ENIs, 10 addresses each, trunking) in a VPC with a
@@ -155,6 +157,11 @@ impl FakeCloud {
         lock(&self.state).failing.remove(action);
     }
     /// IMDS does not show `eni` (attached): it lags behind EC2.
+    /// IMDS shows no IPv6 prefix until told otherwise, as after an assignment moments ago.
+    pub fn ipv6_imds_lags(&self) {
+        lock(&self.state).ipv6_imds_lags = true;
+    }
+
     pub fn imds_lags_behind(&self, eni: &str) {
         lock(&self.state).imds_lags.insert(eni.into());
     }
@@ -231,6 +238,7 @@ impl FakeCloud {
             }),
             primary_ip,
             cidrs: Vec::new(),
+            ipv6_prefixes: Vec::new(),
         };
         let subnet_cidr = s.subnets.get(subnet).copied().unwrap_or(cidr("0.0.0.0/0"));
         s.enis.insert(id.clone(), FakeEni { info, subnet_cidr });
@@ -318,6 +326,18 @@ impl Cloud for FakeCloud {
     async fn primary_security_groups(&self, _mac: &str) -> Result<Vec<String>, ImdsFailure> {
         self.imds()?;
         Ok(vec!["sg-node".into()])
+    }
+    async fn ipv6(&self, mac: &str) -> Result<Ipv6View, ImdsFailure> {
+        self.imds()?;
+        let s = lock(&self.state);
+        let prefixes = s
+            .enis
+            .values()
+            .find(|e| e.info.mac == mac)
+            .filter(|_| !s.ipv6_imds_lags)
+            .map(|e| e.info.ipv6_prefixes.clone())
+            .unwrap_or_default();
+        Ok(Ipv6View { prefixes, ..Ipv6View::default() })
     }
 
     async fn describe_enis(&self, ids: &[String]) -> Result<Vec<EniInfo>, Ec2Error> {
@@ -407,6 +427,19 @@ impl Cloud for FakeCloud {
     }
     async fn delete_on_termination(&self, eni: &str, _attachment_id: &str) -> Result<(), Ec2Error> {
         self.call("ModifyNetworkInterfaceAttribute", eni.into())
+    }
+    async fn assign_ipv6_prefix(&self, eni: &str) -> Result<Cidr6, Ec2Error> {
+        self.call("AssignIpv6Addresses", format!("{eni} /80"))?;
+        let mut s = lock(&self.state);
+        s.serial += 1;
+        let n = s.serial;
+        let e = s.enis.get_mut(eni).ok_or_else(|| not_found("AssignIpv6Addresses", eni))?;
+        let prefix = Cidr6 {
+            addr: std::net::Ipv6Addr::new(0x2600, 0x1f14, 0xabc, 0xde01, n as u16, 0, 0, 0),
+            prefix_len: 80,
+        };
+        e.info.ipv6_prefixes.push(prefix);
+        Ok(prefix)
     }
     async fn assign(&self, eni: &str, count: u32, prefixes: bool) -> Result<Vec<Cidr>, Ec2Error> {
         self.call(

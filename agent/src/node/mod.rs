@@ -3,7 +3,8 @@
 //! decision and carrying it out), the datastore's owner ([`owner`]), the shared state ([`state`]),
 //! the loops ([`pool`], [`reconcile`], [`audit`], [`pods`], [`gc`], [`guard_feed`]) started by
 //! [`run`], the CNI plugin's socket ([`cni_api`]), audit mode beside aws-node ([`audit_mode`]),
-//! the ENI-creation journal ([`journal`]) and the one error type ([`error`]).
+//! the ENI-creation journal ([`journal`]), IPv6 mode's prefix ([`ipv6`], not yet started) and
+//! the one error type ([`error`]).
 
 #[cfg(feature = "control-plane")]
 pub mod audit;
@@ -21,6 +22,8 @@ pub mod fakes;
 pub mod gc;
 #[cfg(feature = "control-plane")]
 pub mod guard_feed;
+#[cfg(feature = "control-plane")]
+pub mod ipv6;
 #[cfg(feature = "control-plane")]
 pub mod journal;
 #[cfg(feature = "control-plane")]
