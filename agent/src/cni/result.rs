@@ -4,11 +4,11 @@
 //! id, sandbox = device number)]`), so that a pod started under aws-node can be deleted after an
 //! in-place switch.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{json, Value};
 
-use crate::net::pod::POD_GATEWAY;
+use crate::net::pod::gateway;
 
 /// What ADD created for one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct Added {
     pub if_name: String,
     pub pod_mac: String,
     pub netns: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mtu: u32,
     /// A branch-ENI pod's VLAN: recorded as upstream does (a `dummy<hash>` interface whose MAC
     /// field is the VLAN id), so that DEL — ours, or upstream's after a switch back — can tear
@@ -34,10 +34,11 @@ pub fn add_result(cni_version: &str, a: &Added) -> Value {
         host["mtu"] = json!(a.mtu);
         pod["mtu"] = json!(a.mtu);
     }
-    let mut ip =
-        json!({"address": format!("{}/32", a.ip), "gateway": POD_GATEWAY.to_string(), "interface": 1});
+    let (len, version, default) = if a.ip.is_ipv4() { (32, "4", "0.0.0.0/0") } else { (128, "6", "::/0") };
+    let gw = gateway(a.ip).to_string();
+    let mut ip = json!({"address": format!("{}/{len}", a.ip), "gateway": gw, "interface": 1});
     if cni_version.starts_with("0.") {
-        ip["version"] = json!("4");
+        ip["version"] = json!(version);
     }
     let mut interfaces = vec![host, pod];
     if let Some(vlan) = a.vlan {
@@ -49,7 +50,7 @@ pub fn add_result(cni_version: &str, a: &Added) -> Value {
         "cniVersion": cni_version,
         "interfaces": interfaces,
         "ips": [ip],
-        "routes": [{"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}],
+        "routes": [{"dst": default, "gw": gw}],
         "dns": {},
     })
 }
@@ -103,6 +104,18 @@ mod tests {
             mtu: 9001,
             vlan: None,
         }
+    }
+
+    #[test]
+    fn an_ipv6_pods_result_names_its_128_and_gateway() {
+        let six = Added { ip: "2600:1f14:abc:de01:1::1".parse().unwrap(), ..added() };
+        let r04 = add_result("0.4.0", &six);
+        assert_eq!(
+            r04["ips"][0],
+            json!({"address": "2600:1f14:abc:de01:1::1/128", "gateway": "fe80::1", "interface": 1, "version": "6"})
+        );
+        assert_eq!(r04["routes"], json!([{"dst": "::/0", "gw": "fe80::1"}]));
+        assert!(add_result("1.1.0", &six)["ips"][0].get("version").is_none());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rtnetlink::{
 };
 
 use super::netlink::{
-    call, delete_rules, gateway_routes, is_exists, is_missing, mac_bytes, rules, NetError, Rule,
+    call, delete_rules, gateway_routes, is_exists, is_missing, mac_bytes, rules, set_sysctl, NetError, Rule,
 };
 use crate::ipam::model::Cidr;
 
@@ -296,16 +296,6 @@ impl HostNet {
         }
         Ok(())
     }
-}
-
-/// Writes `value` to the sysctl at `path` unless it holds it already; true if it changed.
-fn set_sysctl(path: &str, value: &str) -> Result<bool, NetError> {
-    let err = |source| NetError::Sysctl { path: path.to_owned(), source };
-    if std::fs::read_to_string(path).map_err(err)?.trim() == value {
-        return Ok(false);
-    }
-    std::fs::write(path, value).map_err(err)?;
-    Ok(true)
 }
 
 #[cfg(test)]

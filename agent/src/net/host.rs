@@ -64,6 +64,6 @@ impl Host for HostNet {
         snat::apply(self.handle(), plan).await
     }
     async fn teardown_pod(&self, ip: Ipv4Addr) -> Result<(), NetError> {
-        pod::teardown(self.handle(), ip, None).await
+        pod::teardown(self.handle(), ip.into(), None).await
     }
 }

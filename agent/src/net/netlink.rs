@@ -25,6 +25,19 @@ pub enum NetError {
     NoLink(String),
     #[error("{path}: {source}")]
     Sysctl { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Writes `value` to the sysctl at `path` unless it holds it already; true if it changed.
+/// `/proc/sys/net` is the calling thread's network namespace.
+pub fn set_sysctl(path: &str, value: &str) -> Result<bool, NetError> {
+    let err = |source| NetError::Sysctl { path: path.to_owned(), source };
+    if std::fs::read_to_string(path).map_err(err)?.trim() == value {
+        return Ok(false);
+    }
+    std::fs::write(path, value).map_err(err)?;
+    Ok(true)
 }
 
 pub fn call(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {

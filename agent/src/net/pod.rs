@@ -9,6 +9,13 @@
 //! - on the host: the route to the pod in main, rule 512 `to <pod> lookup main` and, for an
 //!   address of a secondary ENI, rule 1536 `from <pod> lookup <ENI table>`.
 //!
+//! An IPv6 pod (IPv6 mode, not yet started by the agent) gets the same shape as upstream's: its
+//! /128 (without duplicate address detection: the address is the pod's alone), `fe80::1` as
+//! gateway with a permanent neighbour entry, IPv6 on in the pod (`disable_ipv6=0` on its
+//! interface and loopback); on the host the route to the /128, and the host end hardened as
+//! upstream's (`accept_ra=0`, `accept_redirects=1`, `forwarding=0` on that interface). Rules and
+//! branch ENIs are IPv4 only so far.
+//!
 //! Netlink inside the pod's namespace goes through a socket opened there by a short-lived thread
 //! that did `setns` (a socket stays in the namespace it was created in; setns acts per thread).
 //! Everything tolerates what is already there (ADD is retried) and what is already gone (DEL is
@@ -16,7 +23,7 @@
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
@@ -32,12 +39,43 @@ use rtnetlink::{
 };
 
 use super::netlink::{
-    call, delete_link, delete_rules, gateway_routes, is_exists, is_missing, link_by_name, rules, NetError,
-    Rule,
+    call, delete_link, delete_rules, gateway_routes, is_exists, is_missing, link_by_name, rules, set_sysctl,
+    NetError, Rule,
 };
 
 /// The pod's gateway: a link-local address that only ever resolves to the host end.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// An IPv6 pod's gateway, the same way.
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The gateway of a pod with address `ip`.
+pub fn gateway(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(POD_GATEWAY),
+        IpAddr::V6(_) => IpAddr::V6(POD_GATEWAY6),
+    }
+}
+
+/// The prefix length of one address of `ip`'s family.
+fn host_len(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// A route to `ip`/`len` (and via `gateway`) in either family.
+fn route(ip: IpAddr, len: u8, gateway: Option<IpAddr>) -> Result<RouteMessageBuilder<IpAddr>, NetError> {
+    let bad = |e: String| NetError::Invalid(format!("route to {ip}/{len}: {e}"));
+    let r = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(ip, len)
+        .map_err(|e| bad(format!("{e:?}")))?;
+    match gateway {
+        Some(g) => r.gateway(g).map_err(|e| bad(format!("{e:?}"))),
+        None => Ok(r),
+    }
+}
 /// `to <pod> lookup main` (upstream's ToContainerRulePriority).
 pub const TO_POD_PRIORITY: u32 = 512;
 /// `from <pod> lookup <ENI table>` (upstream's FromPodRulePriority).
@@ -66,7 +104,7 @@ pub struct PodNetwork {
     pub if_name: String,
     /// The host end (`net::names::host_veth_name`).
     pub host_veth: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The ENI's route table; None for the primary ENI (main).
     pub table: Option<u32>,
     pub mtu: u32,
@@ -183,6 +221,9 @@ pub const VLAN_RULE_PRIORITY: u32 = 10;
 /// with the gateway's link route and the default route, the veth as for any pod, then strict
 /// mode's `iif` rules and the pod's route in that table, or standard mode's address rules.
 pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Result<Plumbed, PodNetError> {
+    let IpAddr::V4(ip) = net.ip else {
+        return Err(NetError::Invalid(format!("{}: branch ENIs carry IPv4 pods only so far", net.ip)).into());
+    };
     let name = b.link_name();
     let table = b.table();
     delete_link(host, &name).await?;
@@ -205,7 +246,7 @@ pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Re
         let pod_route = RouteMessageBuilder::<Ipv4Addr>::new()
             .table_id(table)
             .output_interface(index)
-            .destination_prefix(net.ip, 32)
+            .destination_prefix(ip, 32)
             .scope(RouteScope::Link)
             .build();
         host.route()
@@ -242,7 +283,19 @@ async fn pod_side(
     host_link: &LinkMessage,
 ) -> Result<(), NetError> {
     let ifn = &net.if_name;
-    match pod.address().add(index, IpAddr::V4(net.ip), 32).execute().await {
+    let (len, gw) = (host_len(net.ip), gateway(net.ip));
+    if net.ip.is_ipv6() {
+        let conf = |i: &str, key: &str| format!("/proc/sys/net/ipv6/conf/{i}/{key}");
+        in_netns(
+            &net.netns,
+            &[
+                (conf(ifn, "disable_ipv6"), "0"),
+                (conf("lo", "disable_ipv6"), "0"),
+                (conf(ifn, "accept_dad"), "0"),
+            ],
+        )?;
+    }
+    match pod.address().add(index, net.ip, len).execute().await {
         Ok(()) => {}
         Err(e) if is_exists(&e) => {}
         Err(e) => return Err(call(format!("address {} on {ifn}", net.ip))(e)),
@@ -252,13 +305,11 @@ async fn pod_side(
         .execute()
         .await
         .map_err(call(format!("bringing up {ifn}")))?;
-    let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .output_interface(index)
-        .destination_prefix(POD_GATEWAY, 32)
-        .scope(RouteScope::Link)
-        .build();
-    pod.route().add(link_route).replace().execute().await.map_err(call(format!("route to {POD_GATEWAY}")))?;
-    let default = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(index).gateway(POD_GATEWAY).build();
+    let link_route = route(gw, len, None)?.output_interface(index).scope(RouteScope::Link).build();
+    pod.route().add(link_route).replace().execute().await.map_err(call(format!("route to {gw}")))?;
+    let any =
+        if net.ip.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    let default = route(any, 0, Some(gw))?.output_interface(index).build();
     pod.route().add(default).replace().execute().await.map_err(call("the pod's default route"))?;
     let mac: Vec<u8> = host_link
         .attributes
@@ -266,22 +317,48 @@ async fn pod_side(
         .find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None })
         .unwrap_or_default();
     pod.neighbours()
-        .add(index, IpAddr::V4(POD_GATEWAY))
+        .add(index, gw)
         .link_layer_address(&mac)
         .replace()
         .execute()
         .await
-        .map_err(call(format!("neighbour {POD_GATEWAY}")))
+        .map_err(call(format!("neighbour {gw}")))
+}
+
+/// Writes sysctls inside the namespace at `netns`, from a short-lived thread that entered it
+/// (`/proc/sys/net` is the writing thread's namespace).
+fn in_netns(netns: &Path, settings: &[(String, &str)]) -> Result<(), NetError> {
+    let file =
+        File::open(netns).map_err(|source| NetError::Sysctl { path: netns.display().to_string(), source })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with an fd we hold open.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let source = std::io::Error::last_os_error();
+                return Err(NetError::Sysctl { path: netns.display().to_string(), source });
+            }
+            settings.iter().try_for_each(|(path, value)| set_sysctl(path, value).map(drop))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(NetError::Invalid("the sysctl thread panicked".into())))
+    })
 }
 
 async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), NetError> {
-    let ip = net.ip;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .output_interface(index)
-        .destination_prefix(ip, 32)
-        .scope(RouteScope::Link)
-        .build();
-    host.route().add(route).replace().execute().await.map_err(call(format!("host route to {ip}")))?;
+    let to_pod =
+        route(net.ip, host_len(net.ip), None)?.output_interface(index).scope(RouteScope::Link).build();
+    host.route().add(to_pod).replace().execute().await.map_err(call(format!("host route to {}", net.ip)))?;
+    let ip = match net.ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => {
+            // Upstream's hardening of the host end; one ENI in IPv6 mode, so no rules.
+            let conf = |key: &str| format!("/proc/sys/net/ipv6/conf/{}/{key}", net.host_veth);
+            for (key, value) in [("accept_ra", "0"), ("accept_redirects", "1"), ("forwarding", "0")] {
+                set_sysctl(&conf(key), value)?;
+            }
+            return Ok(());
+        }
+    };
     // A leaked pod's rules for this address may name another table: start clean.
     delete_rules(host, |r| r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip)).await?;
     let to = host
@@ -315,7 +392,7 @@ async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), Ne
 /// DEL's host-side teardown for one address: rules 512 and 1536 (whatever table), the host
 /// route, and the host end of the veth unless it routes another address (a host end of the same
 /// name that serves a newer sandbox of the pod stays). Anything already gone is fine.
-pub async fn teardown(host: &Handle, ip: Ipv4Addr, host_veth: Option<&str>) -> Result<(), NetError> {
+pub async fn teardown(host: &Handle, ip: IpAddr, host_veth: Option<&str>) -> Result<(), NetError> {
     let mut ours = None;
     if let Some(name) = host_veth {
         if let Some(link) = link_by_name(host, name).await? {
@@ -324,14 +401,15 @@ pub async fn teardown(host: &Handle, ip: Ipv4Addr, host_veth: Option<&str>) -> R
             }
         }
     }
-    delete_rules(host, |r| {
-        (r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(ip))
-            || (r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip))
-    })
-    .await?;
-    let route =
-        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).scope(RouteScope::Link).build();
-    match host.route().del(route).execute().await {
+    if let IpAddr::V4(ip) = ip {
+        delete_rules(host, |r| {
+            (r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(ip))
+                || (r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip))
+        })
+        .await?;
+    }
+    let to_pod = route(ip, host_len(ip), None)?.scope(RouteScope::Link).build();
+    match host.route().del(to_pod).execute().await {
         Ok(()) => {}
         Err(e) if is_missing(&e) => {}
         Err(e) => return Err(call(format!("host route to {ip}"))(e)),
@@ -363,6 +441,11 @@ pub async fn teardown_branch(host: &Handle, vlan: u16, host_veth: Option<&str>) 
 /// CHECK: everything ADD set up is still there; the first thing missing is named.
 pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
     let drift = |what: String| Err(PodNetError::Drifted(what));
+    let IpAddr::V4(ip) = net.ip else {
+        return Err(
+            NetError::Invalid(format!("CHECK of an IPv6 pod ({}) is not supported yet", net.ip)).into()
+        );
+    };
     let pod = open_netns(&net.netns)?;
     let Some(pod_link) = link_by_name(&pod, &net.if_name).await? else {
         return drift(format!("interface {} is missing in the pod", net.if_name));
@@ -375,7 +458,7 @@ pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
         .execute()
         .try_filter(|a| {
             futures::future::ready(a.attributes.iter().any(
-                |x| matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) if *ip == net.ip),
+                |x| matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) if *a == ip),
             ))
         })
         .try_next()
@@ -383,7 +466,7 @@ pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
         .map_err(call("pod addresses"))?
         .is_some();
     if !has_ip {
-        return drift(format!("{} has lost its address {}", net.if_name, net.ip));
+        return drift(format!("{} has lost its address {}", net.if_name, ip));
     }
     if !has_route(&pod, None, Some(POD_GATEWAY), index).await? {
         return drift(format!("the pod's default route via {POD_GATEWAY} is missing"));
@@ -391,37 +474,46 @@ pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
     let Some(host_link) = link_by_name(host, &net.host_veth).await? else {
         return drift(format!("host interface {} is missing", net.host_veth));
     };
-    if !has_route(host, Some(net.ip), None, host_link.header.index).await? {
-        return drift(format!("the host route to {} via {} is missing", net.ip, net.host_veth));
+    if !has_route(host, Some(ip), None, host_link.header.index).await? {
+        return drift(format!("the host route to {} via {} is missing", ip, net.host_veth));
     }
     let rules = rules(host).await?;
-    if !rules.iter().any(|r| r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(net.ip)) {
-        return drift(format!("rule {TO_POD_PRIORITY} `to {}` is missing", net.ip));
+    if !rules.iter().any(|r| r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(ip)) {
+        return drift(format!("rule {TO_POD_PRIORITY} `to {}` is missing", ip));
     }
     if let Some(table) = net.table {
-        let from =
-            |r: &Rule| r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(net.ip) && r.table == table;
+        let from = |r: &Rule| r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip) && r.table == table;
         if !rules.iter().any(from) {
-            return drift(format!("rule {FROM_POD_PRIORITY} `from {} lookup {table}` is missing", net.ip));
+            return drift(format!("rule {FROM_POD_PRIORITY} `from {} lookup {table}` is missing", ip));
         }
     }
     Ok(())
 }
 
-/// The /32 destinations that main routes through link `index`.
-async fn routed_via(handle: &Handle, index: u32) -> Result<Vec<Ipv4Addr>, NetError> {
+/// The single-address destinations (/32, /128) that main routes through link `index`.
+async fn routed_via(handle: &Handle, index: u32) -> Result<Vec<IpAddr>, NetError> {
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-    let filter = RouteMessageBuilder::<Ipv4Addr>::new().table_id(MAIN_TABLE).build();
-    let mut routes = handle.route().get(filter).execute();
     let mut out = Vec::new();
-    while let Some(r) = routes.try_next().await.map_err(call("listing routes"))? {
-        let oif = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-        let dst = r.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
-            _ => None,
-        });
-        if let (true, 32, Some(d)) = (oif, r.header.destination_prefix_length, dst) {
-            out.push(d);
+    let filters = [
+        RouteMessageBuilder::<Ipv4Addr>::new().table_id(MAIN_TABLE).build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().table_id(MAIN_TABLE).build(),
+    ];
+    for filter in filters {
+        let mut routes = handle.route().get(filter).execute();
+        while let Some(r) = routes.try_next().await.map_err(call("listing routes"))? {
+            let oif = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            let dst = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
+                _ => None,
+            });
+            // A dump may hold other tables: IPv6's `local` one has the host end's own address.
+            let main = r.header.table == MAIN_TABLE as u8;
+            if let (true, true, Some(d)) = (oif, main, dst) {
+                if r.header.destination_prefix_length == host_len(d) {
+                    out.push(d);
+                }
+            }
         }
     }
     Ok(out)

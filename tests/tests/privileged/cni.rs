@@ -760,7 +760,7 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
             netns: pod_ns.path(),
             if_name: "eth0".into(),
             host_veth: host_veth.clone(),
-            ip,
+            ip: ip.into(),
             table: None,
             mtu: 1500,
         };

@@ -71,6 +71,10 @@ fn main() -> std::process::ExitCode {
             name: "sim_fabric_carries_ipv6_and_checks_its_sources",
             run: sim_fabric::carries_ipv6_and_checks_its_sources,
         },
+        Test {
+            name: "cni_ipv6_pod_reaches_the_vpc_router",
+            run: sim_fabric::ipv6_pod_reaches_the_vpc_router,
+        },
         Test { name: "sim_vpcsim_recovers_from_sigkill", run: sim_fabric::vpcsim_recovers_from_sigkill },
         Test { name: "agent_warm_pool_rows", run: agent::warm_pool_rows },
         Test { name: "agent_incident_order", run: agent::incident_order },

@@ -203,13 +203,31 @@ pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
 /// default route via `fe80:ec2::1`, reaches the VPC's router at the subnet's `::1`, and a /80
 /// assigned through aws-sdk-ec2 is routed back to the node; a source the ENI does not own is
 /// dropped by the same per-wire chain as in IPv4.
-pub fn carries_ipv6_and_checks_its_sources(ctx: &mut Ctx) -> Result<()> {
-    let prefix = format!("{}-six", ctx.prefix());
-    let rt = runtime()?;
+/// The default scenario with IPv6: the VPC's /56 and node-a's /64.
+fn ipv6_sim(rt: &tokio::runtime::Runtime, prefix: &str) -> Result<Sim> {
     let mut scenario = Scenario::default_scenario();
     scenario.vpc.ipv6_cidrs = vec!["2600:1f14:abc:de00::/56".into()];
     scenario.subnets[0].ipv6_cidr = Some("2600:1f14:abc:de01::/64".into());
-    let sim = rt.block_on(Sim::start_with_fabric(&scenario, &prefix))?;
+    rt.block_on(Sim::start_with_fabric(&scenario, prefix))
+}
+
+/// One /80 on `eni_id` through aws-sdk-ec2, as ipamd asks for it; its network address.
+fn assign_prefix80(rt: &tokio::runtime::Runtime, sim: &Sim, eni_id: &str) -> Result<Ipv6Addr> {
+    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
+    let assigned =
+        rt.block_on(ec2.assign_ipv6_addresses().network_interface_id(eni_id).ipv6_prefix_count(1).send())?;
+    Ok(assigned
+        .assigned_ipv6_prefixes()
+        .first()
+        .and_then(|p| p.split('/').next())
+        .context("a /80")?
+        .parse()?)
+}
+
+pub fn carries_ipv6_and_checks_its_sources(ctx: &mut Ctx) -> Result<()> {
+    let prefix = format!("{}-six", ctx.prefix());
+    let rt = runtime()?;
+    let sim = ipv6_sim(&rt, &prefix)?;
     let fabric = sim.fabric.clone().context("fabric")?;
     let instance = sim.nodes[0].instance_id.clone();
     let node = NetNs::existing(&format!("{prefix}-node0"));
@@ -233,15 +251,7 @@ pub fn carries_ipv6_and_checks_its_sources(ctx: &mut Ctx) -> Result<()> {
 
     // A /80 on the ENI, as ipamd asks for it: an address from it (a pod's, here on the node's
     // loopback) reaches the router and its answer is routed back through the ENI.
-    let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
-    let assigned =
-        rt.block_on(ec2.assign_ipv6_addresses().network_interface_id(&eni_id).ipv6_prefix_count(1).send())?;
-    let prefix80: Ipv6Addr = assigned
-        .assigned_ipv6_prefixes()
-        .first()
-        .and_then(|p| p.split('/').next())
-        .context("a /80")?
-        .parse()?;
+    let prefix80 = assign_prefix80(&rt, &sim, &eni_id)?;
     let pod = Ipv6Addr::from(u128::from(prefix80) + 5);
     node.ip(&["addr", "add", &format!("{pod}/128"), "dev", "lo"])?;
     ping(pod).context("a /80 address is answered through the ENI")?;
@@ -257,6 +267,68 @@ pub fn carries_ipv6_and_checks_its_sources(ctx: &mut Ctx) -> Result<()> {
     ensure!(fabric.frames().iter().all(|f| f.src != Ipv4Addr::UNSPECIFIED), "IPv4 frames stay apart");
     drop(sim);
     ensure!(namespaces(&prefix)?.is_empty(), "namespaces left: {:?}", namespaces(&prefix)?);
+    Ok(())
+}
+
+/// An IPv6 pod's plumbing (`net::pod`, as the plugin will do it in IPv6 mode) on a node of an
+/// IPv6 VPC: the pod gets a /128 of the primary ENI's /80, its default route via `fe80::1`, and
+/// reaches the VPC's router through the node with its own address; teardown removes the host
+/// route and the host end.
+pub fn ipv6_pod_reaches_the_vpc_router(ctx: &mut Ctx) -> Result<()> {
+    use eniguard::net::pod::{self, PodNetwork};
+    let prefix = format!("{}-p6", ctx.prefix());
+    let rt = runtime()?;
+    let sim = ipv6_sim(&rt, &prefix)?;
+    let fabric = sim.fabric.clone().context("fabric")?;
+    let instance = sim.nodes[0].instance_id.clone();
+    let node = NetNs::existing(&format!("{prefix}-node0"));
+    let eni_id = sim.with_ec2(|s| s.ec2.attached_to(&instance)[0].id.clone());
+    let prefix80 = assign_prefix80(&rt, &sim, &eni_id)?;
+    // What the agent does at start in IPv6 mode.
+    node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    let pod_ns = NetNs::create(&format!("{}-pod6", ctx.prefix()))?;
+    let ip = Ipv6Addr::from(u128::from(prefix80) + 1);
+    let net = PodNetwork {
+        netns: pod_ns.path(),
+        if_name: "eth0".into(),
+        host_veth: "eni6a1b2c3d4e5".into(),
+        ip: ip.into(),
+        table: None,
+        mtu: 1500,
+    };
+    let on_node = |teardown: bool| {
+        let net = net.clone();
+        in_netns(&node, move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let (conn, handle, _) = rtnetlink::new_connection()?;
+                tokio::spawn(conn);
+                if teardown {
+                    pod::teardown(&handle, net.ip, Some(&net.host_veth)).await?;
+                } else {
+                    pod::setup(&handle, &net).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+    };
+    on_node(false)?;
+    let routes = pod_ns.ip(&["-6", "route", "show"])?;
+    ensure!(routes.contains("default via fe80::1 dev eth0"), "the pod's routes: {routes}");
+    let addresses = pod_ns.ip(&["-6", "addr", "show", "dev", "eth0"])?;
+    ensure!(addresses.contains(&format!("{ip}/128")), "the pod's address: {addresses}");
+    let router = "2600:1f14:abc:de01::1";
+    pod_ns.run("ping", &["-6", "-c", "1", "-W", "2", router]).context("the pod reaches the VPC's router")?;
+    let seen = wait_for("the pod's echo request in the VPC's record", || {
+        fabric.frames6().into_iter().find(|f| f.src == ip && f.dst.to_string() == router)
+    })?;
+    ensure!(seen.verdict == Verdict::Delivered && seen.eni_id == eni_id, "{seen:?}");
+    ensure!(node.ip(&["-6", "route", "show"])?.contains(&format!("{ip} dev eni6a1b2c3d4e5")));
+    on_node(true)?;
+    let after = node.ip(&["-6", "route", "show"])?;
+    ensure!(!after.contains(&ip.to_string()), "the host route is gone: {after}");
+    ensure!(node.ip(&["link", "show", "eni6a1b2c3d4e5"]).is_err(), "the host end is gone");
+    drop(sim);
     Ok(())
 }
 
