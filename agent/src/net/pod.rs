@@ -76,6 +76,7 @@ fn route(ip: IpAddr, len: u8, gateway: Option<IpAddr>) -> Result<RouteMessageBui
         None => Ok(r),
     }
 }
+
 /// `to <pod> lookup main` (upstream's ToContainerRulePriority).
 pub const TO_POD_PRIORITY: u32 = 512;
 /// `from <pod> lookup <ENI table>` (upstream's FromPodRulePriority).
