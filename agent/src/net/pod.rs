@@ -287,7 +287,7 @@ async fn pod_side(
     let (len, gw) = (host_len(net.ip), gateway(net.ip));
     if net.ip.is_ipv6() {
         let conf = |i: &str, key: &str| format!("/proc/sys/net/ipv6/conf/{i}/{key}");
-        in_netns(
+        sysctls_in_netns(
             &net.netns,
             &[
                 (conf(ifn, "disable_ipv6"), "0"),
@@ -328,7 +328,7 @@ async fn pod_side(
 
 /// Writes sysctls inside the namespace at `netns`, from a short-lived thread that entered it
 /// (`/proc/sys/net` is the writing thread's namespace).
-fn in_netns(netns: &Path, settings: &[(String, &str)]) -> Result<(), NetError> {
+fn sysctls_in_netns(netns: &Path, settings: &[(String, &str)]) -> Result<(), NetError> {
     let file =
         File::open(netns).map_err(|source| NetError::Sysctl { path: netns.display().to_string(), source })?;
     std::thread::scope(|s| {

@@ -493,7 +493,7 @@ fn assign_ipv6(ec2: &mut Ec2, p: &HashMap<String, String>) -> Result<String, Api
                     .into(),
         });
     };
-    let is_prefix = matches!(req, Assign6Request::PrefixCount(_) | Assign6Request::Prefixes(_));
+    let is_prefix = req.is_prefix();
     let added = ec2.assign_ipv6(eni, req)?;
     let mut inner = format!("<networkInterfaceId>{eni}</networkInterfaceId><assignedIpv6Addresses>");
     for a in added.iter().filter(|_| !is_prefix) {

@@ -37,7 +37,7 @@ pub enum Assign6Request {
 }
 
 impl Assign6Request {
-    fn is_prefix(&self) -> bool {
+    pub fn is_prefix(&self) -> bool {
         matches!(self, Self::PrefixCount(_) | Self::Prefixes(_))
     }
 
@@ -147,29 +147,36 @@ impl Subnet6 {
                 Ok(taken)
             }
             Assign6Request::Addresses(ips) => {
-                let distinct: BTreeSet<u128> = ips.iter().map(|ip| u128::from(*ip)).collect();
-                if let Some(ip) = ips.iter().find(|ip| !self.address_free(u128::from(**ip))) {
-                    return Err(invalid(format!("Address {ip} is not available in subnet {subnet_id}")));
-                }
-                if distinct.len() != ips.len() {
-                    return Err(invalid("The same IPv6 address is given twice"));
-                }
-                self.addresses.extend(distinct);
+                let taken = listed(ips, |a| self.address_free(a), "Address", "", subnet_id)?;
+                self.addresses.extend(taken);
                 Ok(ips.clone())
             }
             Assign6Request::Prefixes(ps) => {
-                let distinct: BTreeSet<u128> = ps.iter().map(|p| u128::from(*p)).collect();
-                if let Some(p) = ps.iter().find(|p| !self.prefix_free(u128::from(**p))) {
-                    return Err(invalid(format!("Prefix {p}/80 is not available in subnet {subnet_id}")));
-                }
-                if distinct.len() != ps.len() {
-                    return Err(invalid("The same IPv6 prefix is given twice"));
-                }
-                self.prefixes.extend(distinct);
+                let taken = listed(ps, |p| self.prefix_free(p), "Prefix", "/80", subnet_id)?;
+                self.prefixes.extend(taken);
                 Ok(ps.clone())
             }
         }
     }
+}
+
+/// The distinct values of `items` (addresses or prefixes named in the request), if each is
+/// `free` and none is named twice.
+fn listed(
+    items: &[Ipv6Addr],
+    free: impl Fn(u128) -> bool,
+    what: &str,
+    suffix: &str,
+    subnet_id: &str,
+) -> Result<BTreeSet<u128>, ApiError> {
+    if let Some(item) = items.iter().find(|i| !free(u128::from(**i))) {
+        return Err(invalid(format!("{what} {item}{suffix} is not available in subnet {subnet_id}")));
+    }
+    let distinct: BTreeSet<u128> = items.iter().map(|i| u128::from(*i)).collect();
+    if distinct.len() != items.len() {
+        return Err(invalid(format!("The same IPv6 {} is given twice", what.to_lowercase())));
+    }
+    Ok(distinct)
 }
 
 /// EC2's refusal of IPv6 in a subnet without an IPv6 CIDR (its exact code for this case is not

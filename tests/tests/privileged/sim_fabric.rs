@@ -199,10 +199,6 @@ pub fn follows_attachments_and_checks_sources(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// An IPv6 VPC on the real kernel: the node's primary NIC comes up with its IPv6 address and a
-/// default route via `fe80:ec2::1`, reaches the VPC's router at the subnet's `::1`, and a /80
-/// assigned through aws-sdk-ec2 is routed back to the node; a source the ENI does not own is
-/// dropped by the same per-wire chain as in IPv4.
 /// The default scenario with IPv6: the VPC's /56 and node-a's /64.
 fn ipv6_sim(rt: &tokio::runtime::Runtime, prefix: &str) -> Result<Sim> {
     let mut scenario = Scenario::default_scenario();
@@ -224,6 +220,10 @@ fn assign_prefix80(rt: &tokio::runtime::Runtime, sim: &Sim, eni_id: &str) -> Res
         .parse()?)
 }
 
+/// An IPv6 VPC on the real kernel: the node's primary NIC comes up with its IPv6 address and a
+/// default route via `fe80:ec2::1`, reaches the VPC's router at the subnet's `::1`, and a /80
+/// assigned through aws-sdk-ec2 is routed back to the node; a source the ENI does not own is
+/// dropped by the same per-wire chain as in IPv4.
 pub fn carries_ipv6_and_checks_its_sources(ctx: &mut Ctx) -> Result<()> {
     let prefix = format!("{}-six", ctx.prefix());
     let rt = runtime()?;
