@@ -67,6 +67,8 @@ mod wire {
         /// NETWORK_POLICY_ENFORCING_MODE, or empty when unset.
         pub mode: String,
         pub node_ipv4: String,
+        /// IPv6 mode: the instance's IPv6 address; empty otherwise.
+        pub node_ipv6: String,
         pub instance_id: String,
         pub region: String,
     }
@@ -84,7 +86,7 @@ mod wire {
                 network_policy_mode: f.mode.clone(),
                 multi_nic_enabled: false,
                 node_i_pv4: f.node_ipv4.clone(),
-                node_i_pv6: String::new(),
+                node_i_pv6: f.node_ipv6.clone(),
                 instance_id: f.instance_id.clone(),
                 region: f.region.clone(),
             }))

@@ -41,8 +41,8 @@ pub struct AddRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AddReply {
-    /// The pod's address (a /32 on the pod side).
-    pub ipv4: String,
+    /// The pod's address: IPv4 (a /32 on the pod side) or, in IPv6 mode, IPv6 (a /128).
+    pub ip: String,
     /// The ENI that owns it and its device number; its route table is `device number + 1`
     /// (the primary ENI's is `main`).
     pub eni: String,

@@ -101,17 +101,17 @@ impl Plugin {
     }
 
     fn network(&self, reply: &AddReply, pod_ns: &str, pod_name: &str) -> Result<PodNetwork, CniError> {
-        let ip: std::net::Ipv4Addr = reply
-            .ipv4
+        let ip: std::net::IpAddr = reply
+            .ip
             .parse()
-            .map_err(|_| internal("the agent's reply", format!("ipv4 `{}` is not an address", reply.ipv4)))?;
+            .map_err(|_| internal("the agent's reply", format!("ip `{}` is not an address", reply.ip)))?;
         let node_prefix = self.conf.veth_prefix.as_deref().unwrap_or(&reply.veth_prefix);
         let prefix = host_veth_prefix(reply.branch.as_ref().map(|b| b.enforcing_mode), node_prefix);
         Ok(PodNetwork {
             netns: PathBuf::from(&self.env.netns),
             if_name: self.env.if_name.clone(),
             host_veth: host_veth_name(prefix, pod_ns, pod_name),
-            ip: ip.into(),
+            ip,
             table: reply.route_table,
             mtu: self.conf.mtu.unwrap_or(reply.mtu),
         })
@@ -300,7 +300,7 @@ impl Plugin {
         let started = std::time::Instant::now();
         let teardown_known = async {
             for ip in &known {
-                pod::teardown(&self.host, (*ip).into(), host_veth.as_deref()).await?;
+                pod::teardown(&self.host, *ip, host_veth.as_deref()).await?;
             }
             Ok::<_, NetError>(started.elapsed())
         };
@@ -314,7 +314,7 @@ impl Plugin {
         match released {
             Ok(DelReply { released: Some(ip), network_policy_mode }) => {
                 log::info!("DEL {}: released {ip}", self.env.container_id);
-                late = ip.parse::<std::net::Ipv4Addr>().ok().filter(|ip| !known.contains(ip));
+                late = ip.parse::<std::net::IpAddr>().ok().filter(|ip| !known.contains(ip));
                 policy_mode = network_policy_mode;
             }
             Ok(DelReply { released: None, network_policy_mode }) => {
@@ -341,7 +341,7 @@ impl Plugin {
         let torn = torn.map_err(|e| net_error("del: teardown", e))?;
         // An address that prevResult did not name (no prevResult: the runtime's later DELs).
         if let Some(ip) = late {
-            pod::teardown(&self.host, ip.into(), host_veth.as_deref())
+            pod::teardown(&self.host, ip, host_veth.as_deref())
                 .await
                 .map_err(|e| net_error("del: teardown", e))?;
         }
@@ -371,7 +371,7 @@ impl Plugin {
             self.client.call(Method::POST, CHECK_PATH, Some(&request)).await.map_err(agent_error)?;
         let net = self.network(&reply, &pod_ns, &pod_name)?;
         if let Some(prev) = self.conf.prev_result.as_ref().map(previous) {
-            if !prev.ips.is_empty() && !prev.ips.iter().any(|p| std::net::IpAddr::V4(*p) == net.ip) {
+            if !prev.ips.is_empty() && !prev.ips.contains(&net.ip) {
                 return Err(internal(
                     "check",
                     format!(
@@ -410,8 +410,8 @@ impl Plugin {
             self.client.call(Method::POST, GC_PATH, Some(&request)).await.map_err(agent_error)?;
         let mut failed = Vec::new();
         for ip in &reply.released {
-            let Ok(ip) = ip.parse::<std::net::Ipv4Addr>() else { continue };
-            if let Err(e) = pod::teardown(&self.host, ip.into(), None).await {
+            let Ok(ip) = ip.parse::<std::net::IpAddr>() else { continue };
+            if let Err(e) = pod::teardown(&self.host, ip, None).await {
                 failed.push(format!("{ip}: {e}"));
             }
         }

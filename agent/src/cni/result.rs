@@ -4,7 +4,7 @@
 //! id, sandbox = device number)]`), so that a pod started under aws-node can be deleted after an
 //! in-place switch.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
@@ -58,8 +58,8 @@ pub fn add_result(cni_version: &str, a: &Added) -> Value {
 /// What a `prevResult` says about the pod, for a DEL the agent cannot answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Previous {
-    /// The pod's IPv4 addresses.
-    pub ips: Vec<Ipv4Addr>,
+    /// The pod's addresses (either family).
+    pub ips: Vec<IpAddr>,
     /// The host end of its veth (the first interface without a sandbox).
     pub host_veth: Option<String>,
     /// A branch-ENI pod's VLAN (upstream's dummy interface), when not 0.
@@ -82,8 +82,8 @@ pub fn previous(prev: &Value) -> Previous {
     }
     for ip in prev.get("ips").and_then(Value::as_array).into_iter().flatten() {
         let addr = ip.get("address").and_then(Value::as_str).unwrap_or_default();
-        if let Some(Ok(v4)) = addr.split('/').next().map(str::parse::<Ipv4Addr>) {
-            out.ips.push(v4);
+        if let Some(Ok(ip)) = addr.split('/').next().map(str::parse::<IpAddr>) {
+            out.ips.push(ip);
         }
     }
     out

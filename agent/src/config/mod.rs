@@ -108,6 +108,12 @@ pub struct Config {
     pub pod_eni: bool,
     /// ENABLE_PREFIX_DELEGATION (false).
     pub prefix_delegation: bool,
+    /// ENABLE_IPv4 (true) and ENABLE_IPv6 (false): the pods' address family, exactly one of the
+    /// two (upstream's `isConfigValid`, see [`Config::check_family`]).
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// ENABLE_V4_EGRESS (true): IPv4 egress for IPv6 pods (only read in IPv6 mode).
+    pub v4_egress: bool,
     /// WARM_ENI_TARGET (1; negative means 1, as upstream).
     pub warm_eni_target: u32,
     /// WARM_IP_TARGET (unset = 0).
@@ -449,12 +455,15 @@ impl Config {
             }
             _ => None,
         };
-        Ok(Self {
+        let config = Self {
             custom_networking: r.bool("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", false)?,
             eni_config_label: r.string("ENI_CONFIG_LABEL_DEF", DEFAULT_ENI_CONFIG_KEY),
             eni_config_annotation: r.string("ENI_CONFIG_ANNOTATION_DEF", DEFAULT_ENI_CONFIG_KEY),
             pod_eni: r.bool("ENABLE_POD_ENI", false)?,
             prefix_delegation: r.bool("ENABLE_PREFIX_DELEGATION", false)?,
+            ipv4: r.bool("ENABLE_IPv4", true)?,
+            ipv6: r.bool("ENABLE_IPv6", false)?,
+            v4_egress: r.bool("ENABLE_V4_EGRESS", true)?,
             warm_eni_target: r.count("WARM_ENI_TARGET", 1, 1)?,
             warm_ip_target: r.count("WARM_IP_TARGET", 0, 0)?,
             minimum_ip_target: r.count("MINIMUM_IP_TARGET", 0, 0)?,
@@ -564,7 +573,51 @@ impl Config {
                 n => return Err(bad("ENIGUARD_SG_AUDIT_INTERVAL", &n.to_string(), "seconds, at least 10")),
             },
             deprecated_set: DEPRECATED.iter().copied().filter(|v| r.raw(v).is_some()).collect(),
-        })
+        };
+        config.check_family()?;
+        Ok(config)
+    }
+
+    /// Upstream's `isConfigValid` for the address family (exactly one of IPv4 and IPv6; IPv6 with
+    /// prefix delegation and without custom networking), and what eniguard's IPv6 mode does not
+    /// do yet, each refused by name.
+    fn check_family(&self) -> Result<(), ConfigError> {
+        let with_v6 = "with ENABLE_IPv6=true";
+        match (self.ipv4, self.ipv6) {
+            (true, false) => Ok(()),
+            (true, true) => Err(bad(
+                "ENABLE_IPv4",
+                "true",
+                &format!("false {with_v6} (a node runs one address family, as upstream; dual stack is not supported)"),
+            )),
+            (false, false) => Err(bad("ENABLE_IPv4", "false", "true, or ENABLE_IPv6=true (a node runs one address family)")),
+            (false, true) if !self.prefix_delegation => Err(bad(
+                "ENABLE_PREFIX_DELEGATION",
+                "false",
+                &format!("true {with_v6} (IPv6 pods get /128s from a /80 prefix, as upstream)"),
+            )),
+            (false, true) if self.custom_networking => Err(bad(
+                "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
+                "true",
+                &format!("false {with_v6} (custom networking has no IPv6 mode, as upstream)"),
+            )),
+            (false, true) if self.pod_eni => Err(bad(
+                "ENABLE_POD_ENI",
+                "true",
+                &format!("false {with_v6}: eniguard does not give IPv6 pods branch ENIs yet"),
+            )),
+            (false, true) if self.v4_egress => Err(bad(
+                "ENABLE_V4_EGRESS",
+                "true",
+                &format!("false {with_v6}: eniguard does not give IPv6 pods IPv4 egress yet"),
+            )),
+            (false, true) if self.guard_mode != GuardMode::Off => Err(bad(
+                "ENIGUARD_GUARD_MODE",
+                if self.guard_mode == GuardMode::Monitor { "monitor" } else { "enforce" },
+                &format!("off {with_v6}: the guard does not judge IPv6 pods yet"),
+            )),
+            (false, true) => Ok(()),
+        }
     }
 
     /// Every variable with the value in effect, in [`VARIABLES`] order (`--print-config`).
@@ -576,6 +629,9 @@ impl Config {
             self.eni_config_annotation.clone(),
             b(self.pod_eni),
             b(self.prefix_delegation),
+            b(self.ipv4),
+            b(self.ipv6),
+            b(self.v4_egress),
             self.warm_eni_target.to_string(),
             self.warm_ip_target.to_string(),
             self.minimum_ip_target.to_string(),
@@ -704,11 +760,8 @@ mod tests {
     /// Upstream variables eniguard does not act on yet: refused by name unless harmless.
     #[test]
     fn what_is_not_done_yet_is_refused_by_name() {
-        let e = err(&[("ENABLE_IPv6", "true")]);
-        assert!(
-            e.contains("ENABLE_IPv6=`true`") && e.contains("false: eniguard does not run IPv6 clusters yet"),
-            "{e}"
-        );
+        let e = err(&[("DISABLE_POD_V6", "true")]);
+        assert!(e.contains("DISABLE_POD_V6=`true`") && e.contains("turn IPv6 off in IPv4 pods yet"), "{e}");
         let e = err(&[("ENABLE_MULTI_NIC", "TRUE")]);
         assert!(e.contains("ENABLE_MULTI_NIC") && e.contains("more than one network card"), "{e}");
         let e = err(&[("ENABLE_IMDS_ONLY_MODE", "1"), ("ENABLE_POD_ENI", "true")]);
@@ -733,6 +786,45 @@ mod tests {
         ];
         let c = parse(&harmless).unwrap();
         assert_eq!(c.deprecated_set, ["AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER", "ENABLE_NFTABLES"]);
+    }
+
+    /// Upstream's `isConfigValid`: one family; IPv6 with prefix delegation and without custom
+    /// networking. What IPv6 mode does not do yet is refused by name too.
+    #[test]
+    fn ipv6_mode_is_checked_as_upstream_checks_it() {
+        let c = parse(&[]).unwrap();
+        assert!(c.ipv4 && !c.ipv6 && c.v4_egress, "upstream's defaults");
+        let v6 = [
+            ("ENABLE_IPv6", "true"),
+            ("ENABLE_IPv4", "false"),
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("ENABLE_V4_EGRESS", "false"),
+            ("ENIGUARD_GUARD_MODE", "off"),
+        ];
+        let c = parse(&v6).unwrap();
+        assert!(c.ipv6 && !c.ipv4 && c.prefix_delegation);
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars: BTreeMap<&str, &str> = v6.into_iter().collect();
+            vars.extend(extra.iter().copied());
+            err(&vars.into_iter().collect::<Vec<_>>())
+        };
+        for (extra, expected) in [
+            (&[("ENABLE_IPv4", "true")][..], "ENABLE_IPv4=`true`: expected false with ENABLE_IPv6=true"),
+            (&[("ENABLE_IPv6", "false")][..], "ENABLE_IPv4=`false`: expected true, or ENABLE_IPv6=true"),
+            (&[("ENABLE_PREFIX_DELEGATION", "false")][..], "ENABLE_PREFIX_DELEGATION=`false`: expected true with ENABLE_IPv6=true"),
+            (&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")][..], "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=`true`: expected false"),
+            (&[("ENABLE_POD_ENI", "true")][..], "ENABLE_POD_ENI=`true`: expected false with ENABLE_IPv6=true: eniguard does not give IPv6 pods branch ENIs yet"),
+            (&[("ENABLE_V4_EGRESS", "true")][..], "ENABLE_V4_EGRESS=`true`: expected false with ENABLE_IPv6=true: eniguard does not give IPv6 pods IPv4 egress yet"),
+            (&[("ENIGUARD_GUARD_MODE", "monitor")][..], "ENIGUARD_GUARD_MODE=`monitor`: expected off with ENABLE_IPv6=true"),
+            (&[("ENIGUARD_GUARD_MODE", "enforce")][..], "ENIGUARD_GUARD_MODE=`enforce`"),
+        ] {
+            let e = with(extra);
+            assert!(e.contains(expected), "{extra:?}: {e}");
+        }
+        let e = err(&[("ENABLE_IPv6", "true")]);
+        assert!(e.contains("ENABLE_IPv4=`true`: expected false with ENABLE_IPv6=true"), "{e}");
+        // In IPv4 mode ENABLE_V4_EGRESS is not read (upstream's default is true).
+        assert!(parse(&[("ENABLE_V4_EGRESS", "false")]).is_ok());
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub const VARIABLES: &[Var] = &[
     var("ENI_CONFIG_ANNOTATION_DEF", "k8s.amazonaws.com/eniConfig", "the node annotation naming its ENIConfig (wins over the label)", "first_match_wins_in_upstreams_order"),
     var("ENABLE_POD_ENI", "false", "security groups for pods: the CNINode feature (after custom networking), branch pods through the trunk", "agent_incident_order cni_branch_pods_strict_and_standard"),
     var("ENABLE_PREFIX_DELEGATION", "false", "/28 prefixes instead of secondary addresses", "agent_warm_pool_rows"),
+    var("ENABLE_IPv4", "true", "IPv4 pods; false only with ENABLE_IPv6=true (one family per node, as upstream)", "ipv6_mode_is_checked_as_upstream_checks_it"),
+    var("ENABLE_IPv6", "false", "IPv6 pods: /128s from one /80 on the primary ENI, no warm pool; needs ENABLE_IPv4=false and ENABLE_PREFIX_DELEGATION=true, refused with custom networking (as upstream) and, not yet done, with ENABLE_POD_ENI, ENABLE_V4_EGRESS or the guard", "agent_ipv6_node"),
+    var("ENABLE_V4_EGRESS", "true", "read in IPv6 mode only, where it must be false for now (IPv4 egress for IPv6 pods is not done yet)", "ipv6_mode_is_checked_as_upstream_checks_it"),
     var("WARM_ENI_TARGET", "1", "as upstream (negative means 1)", "agent_warm_pool_rows"),
     var("WARM_IP_TARGET", "-", "as upstream", "agent_warm_pool_rows"),
     var("MINIMUM_IP_TARGET", "-", "as upstream", "agent_warm_pool_rows"),
@@ -106,11 +109,8 @@ const fn not_yet(var: &'static str, harmless: bool, needs: &'static str) -> NotY
 
 /// Upstream's variables that eniguard refuses unless harmless.
 pub const NOT_YET: &[NotYet] = &[
-    not_yet("ENABLE_IPv6", false, "run IPv6 clusters"),
-    not_yet("ENABLE_IPv4", true, "run clusters without IPv4"),
-    not_yet("DISABLE_POD_V6", false, "run IPv6 clusters"),
+    not_yet("DISABLE_POD_V6", false, "turn IPv6 off in IPv4 pods"),
     not_yet("ENABLE_V6_EGRESS", false, "give IPv4 pods IPv6 egress"),
-    not_yet("ENABLE_V4_EGRESS", true, "run IPv6 clusters (IPv4 egress is theirs)"),
     not_yet("ENABLE_MULTI_NIC", false, "use more than one network card"),
 ];
 

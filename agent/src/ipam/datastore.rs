@@ -60,6 +60,8 @@ pub struct Restored {
     /// kept, so that the checkpoint keeps the evidence and the pod can still be deleted, but
     /// never handed out again. Each comes with the finding that names the ENI and why.
     pub on_excluded: Vec<(Allocation, Finding)>,
+    /// IPv6 mode: their address is outside the node's /80 (an earlier prefix): dropped.
+    pub dropped6: Vec<super::pool6::Allocation6>,
 }
 
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -243,6 +243,13 @@ pub struct Allocation<A = Ipv4Addr> {
     pub ip: A,
     pub pod: PodRef,
     pub allocated_at: UnixNanos,
+}
+
+impl<A: Into<IpAddr>> Allocation<A> {
+    /// The same allocation with its address as either family.
+    pub fn widen(self) -> Allocation<IpAddr> {
+        Allocation { key: self.key, ip: self.ip.into(), pod: self.pod, allocated_at: self.allocated_at }
+    }
 }
 
 #[cfg(test)]

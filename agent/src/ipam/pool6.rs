@@ -177,6 +177,19 @@ impl Pool6 {
     pub fn allocations(&self) -> Vec<Allocation6> {
         self.allocations.values().cloned().collect()
     }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Addresses free at `now`: the /80's host addresses (offset 0 is never handed out) less the
+    /// assigned and cooling ones, counted up to `u32::MAX`.
+    pub fn available(&self, now: UnixNanos) -> u32 {
+        let size = 1u128.checked_shl(128 - u32::from(self.prefix.prefix_len)).unwrap_or(u128::MAX);
+        let busy = self.allocations.len() + self.cooling(now).len();
+        let free = (size - 1).saturating_sub(busy as u128);
+        u32::try_from(free).unwrap_or(u32::MAX)
+    }
 }
 
 #[cfg(test)]

@@ -205,7 +205,7 @@ fn restore_keeps_trunk_allocations_as_findings_never_hands_them_out() {
         }
     }
     // Its DEL still works, and frees nothing into the pool.
-    assert_eq!(ipam.release(&key("t"), 0).unwrap().map(|a| a.ip), Some(ip("10.0.2.5")));
+    assert_eq!(ipam.release(&key("t"), 0).unwrap().map(|a| a.ip), Some(ip("10.0.2.5").into()));
     assert_eq!(ipam.datastore.stats(0).total, 6);
     std::fs::remove_dir_all(&dir).unwrap();
 }

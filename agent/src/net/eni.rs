@@ -117,6 +117,17 @@ impl HostNet {
         set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
     }
 
+    /// IPv6 mode, as upstream sets the host up: IPv6 on, forwarding on, and the primary
+    /// interface `primary_if` still taking router advertisements (`accept_ra=2`: forwarding
+    /// would otherwise make the kernel ignore them, and the node's default route comes from
+    /// them). accept_ra first, so that no advertisement is missed in between.
+    pub fn enable_ipv6(&self, primary_if: &str) -> Result<(), NetError> {
+        set_sysctl(&format!("/proc/sys/net/ipv6/conf/{primary_if}/accept_ra"), "2")?;
+        set_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "0")?;
+        set_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+        Ok(())
+    }
+
     /// net.ipv4.tcp_early_demux=0 (upstream's DISABLE_TCP_EARLY_DEMUX: the kubelet's probes
     /// reach branch pods, whose replies come back on another interface); true if it was on.
     pub fn disable_tcp_early_demux(&self) -> Result<bool, NetError> {

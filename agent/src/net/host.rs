@@ -16,7 +16,9 @@ pub trait Host: Send + Sync {
     async fn set_mtu(&self, mac: &str, mtu: u32) -> Result<u32, NetError>;
     /// Turns on net.ipv4.ip_forward; true when it was off.
     fn enable_ipv4_forwarding(&self) -> Result<bool, NetError>;
-    /// Moves `lookup local` to priority `to`.
+    /// IPv6 mode's host settings on the primary interface `primary_if` (see
+    /// [`HostNet::enable_ipv6`]).
+    fn enable_ipv6(&self, primary_if: &str) -> Result<(), NetError>;
     /// net.ipv4.tcp_early_demux=0; true if it was on.
     fn disable_tcp_early_demux(&self) -> Result<bool, NetError>;
     async fn move_local_rule(&self, to: u32) -> Result<(), NetError>;
@@ -31,7 +33,7 @@ pub trait Host: Send + Sync {
     /// The node's nftables table and policy rules: SNAT, NodePort marks, external services.
     async fn apply_snat(&self, plan: &snat::Plan) -> Result<(), SnatError>;
     /// The host side of a pod's address whose pod is gone (rules and route).
-    async fn teardown_pod(&self, ip: Ipv4Addr) -> Result<(), NetError>;
+    async fn teardown_pod(&self, ip: std::net::IpAddr) -> Result<(), NetError>;
 }
 
 #[async_trait::async_trait]
@@ -41,6 +43,9 @@ impl Host for HostNet {
     }
     fn enable_ipv4_forwarding(&self) -> Result<bool, NetError> {
         HostNet::enable_ipv4_forwarding(self)
+    }
+    fn enable_ipv6(&self, primary_if: &str) -> Result<(), NetError> {
+        HostNet::enable_ipv6(self, primary_if)
     }
     fn disable_tcp_early_demux(&self) -> Result<bool, NetError> {
         HostNet::disable_tcp_early_demux(self)
@@ -63,7 +68,7 @@ impl Host for HostNet {
     async fn apply_snat(&self, plan: &snat::Plan) -> Result<(), SnatError> {
         snat::apply(self.handle(), plan).await
     }
-    async fn teardown_pod(&self, ip: Ipv4Addr) -> Result<(), NetError> {
-        pod::teardown(self.handle(), ip.into(), None).await
+    async fn teardown_pod(&self, ip: std::net::IpAddr) -> Result<(), NetError> {
+        pod::teardown(self.handle(), ip, None).await
     }
 }

@@ -442,11 +442,7 @@ pub async fn teardown_branch(host: &Handle, vlan: u16, host_veth: Option<&str>) 
 /// CHECK: everything ADD set up is still there; the first thing missing is named.
 pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
     let drift = |what: String| Err(PodNetError::Drifted(what));
-    let IpAddr::V4(ip) = net.ip else {
-        return Err(
-            NetError::Invalid(format!("CHECK of an IPv6 pod ({}) is not supported yet", net.ip)).into()
-        );
-    };
+    let ip = net.ip;
     let pod = open_netns(&net.netns)?;
     let Some(pod_link) = link_by_name(&pod, &net.if_name).await? else {
         return drift(format!("interface {} is missing in the pod", net.if_name));
@@ -459,7 +455,7 @@ pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
         .execute()
         .try_filter(|a| {
             futures::future::ready(a.attributes.iter().any(
-                |x| matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) if *a == ip),
+                |x| matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(a) if *a == ip),
             ))
         })
         .try_next()
@@ -469,15 +465,18 @@ pub async fn check(host: &Handle, net: &PodNetwork) -> Result<(), PodNetError> {
     if !has_ip {
         return drift(format!("{} has lost its address {}", net.if_name, ip));
     }
-    if !has_route(&pod, None, Some(POD_GATEWAY), index).await? {
-        return drift(format!("the pod's default route via {POD_GATEWAY} is missing"));
+    let gateway = gateway(ip);
+    if !has_route(&pod, Route::Default { via: gateway }, index).await? {
+        return drift(format!("the pod's default route via {gateway} is missing"));
     }
     let Some(host_link) = link_by_name(host, &net.host_veth).await? else {
         return drift(format!("host interface {} is missing", net.host_veth));
     };
-    if !has_route(host, Some(ip), None, host_link.header.index).await? {
+    if !has_route(host, Route::To(ip), host_link.header.index).await? {
         return drift(format!("the host route to {} via {} is missing", ip, net.host_veth));
     }
+    // An IPv6 pod (IPv6 mode: one ENI, table main) has no rules.
+    let IpAddr::V4(ip) = ip else { return Ok(()) };
     let rules = rules(host).await?;
     if !rules.iter().any(|r| r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(ip)) {
         return drift(format!("rule {TO_POD_PRIORITY} `to {}` is missing", ip));
@@ -520,31 +519,42 @@ async fn routed_via(handle: &Handle, index: u32) -> Result<Vec<IpAddr>, NetError
     Ok(out)
 }
 
-/// Whether main has a route to `dst` (None: the default route) through `index` (and `gateway`).
-async fn has_route(
-    handle: &Handle,
-    dst: Option<Ipv4Addr>,
-    gateway: Option<Ipv4Addr>,
-    index: u32,
-) -> Result<bool, NetError> {
+/// A route [`has_route`] looks for in main.
+#[derive(Clone, Copy)]
+enum Route {
+    /// The host route to this address.
+    To(IpAddr),
+    /// The default route of this gateway's family, via it.
+    Default { via: IpAddr },
+}
+
+/// Whether main has `route` through link `index`.
+async fn has_route(handle: &Handle, route: Route, index: u32) -> Result<bool, NetError> {
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-    let filter = RouteMessageBuilder::<Ipv4Addr>::new().table_id(MAIN_TABLE).build();
+    let filter = match route {
+        Route::To(IpAddr::V4(_)) | Route::Default { via: IpAddr::V4(_) } => {
+            RouteMessageBuilder::<Ipv4Addr>::new().table_id(MAIN_TABLE).build()
+        }
+        _ => RouteMessageBuilder::<Ipv6Addr>::new().table_id(MAIN_TABLE).build(),
+    };
     let mut routes = handle.route().get(filter).execute();
     while let Some(r) = routes.try_next().await.map_err(call("listing routes"))? {
         let attr_ip = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
             r.attributes.iter().find_map(want).and_then(|a| match a {
-                RouteAddress::Inet(ip) => Some(*ip),
+                RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+                RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
                 _ => None,
             })
         };
         let oif = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        let main = r.header.table == MAIN_TABLE as u8;
         let r_dst = attr_ip(|a| if let RouteAttribute::Destination(d) = a { Some(d) } else { None });
         let r_gw = attr_ip(|a| if let RouteAttribute::Gateway(g) = a { Some(g) } else { None });
-        let dst_ok = match dst {
-            Some(d) => r.header.destination_prefix_length == 32 && r_dst == Some(d),
-            None => r.header.destination_prefix_length == 0,
+        let found = match route {
+            Route::To(d) => r.header.destination_prefix_length == host_len(d) && r_dst == Some(d),
+            Route::Default { via } => r.header.destination_prefix_length == 0 && r_gw == Some(via),
         };
-        if oif && dst_ok && (gateway.is_none() || r_gw == gateway) {
+        if oif && main && found {
             return Ok(true);
         }
     }

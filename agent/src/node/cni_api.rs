@@ -21,8 +21,10 @@ use crate::cni::api::{
 use crate::ipam::{
     datastore::DatastoreError,
     model::{now, AllocKey, PodRef},
+    pool6::Pool6Error,
     IpamError,
 };
+use std::net::IpAddr;
 
 use super::state::Shared;
 
@@ -138,7 +140,7 @@ fn not_ready() -> ApiError {
 
 async fn status(node: Option<&Shared>) -> Response<Full<Bytes>> {
     let Some(node) = node else { return error(&not_ready()) };
-    let available = node.owner.with(|ipam| ipam.datastore.stats(now()).available()).await;
+    let available = node.owner.with(|ipam| ipam.available(now())).await;
     reply(200, &StatusReply { ready: true, available })
 }
 
@@ -165,7 +167,7 @@ async fn add(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
     let (namespace, name) = (r.pod_namespace.clone(), r.pod_name.clone());
     let reply = allocate(node, r).await?;
     if node.cfg.annotate_pod_ip {
-        node.clients.kube.annotate_pod_ip(&namespace, &name, &reply.ipv4).await.map_err(|e| {
+        node.clients.kube.annotate_pod_ip(&namespace, &name, &reply.ip).await.map_err(|e| {
             log::error!("CNI add: ANNOTATE_POD_IP: {e}");
             ApiError::new(ErrorKind::Internal, format!("ANNOTATE_POD_IP is set and {e}"))
         })?;
@@ -183,6 +185,17 @@ async fn allocate(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
         }
     }
     let pod = PodRef { namespace: r.pod_namespace.clone(), name: r.pod_name.clone() };
+    if let Some(v6) = &node.ipv6 {
+        let allocation =
+            node.owner.with(move |ipam| ipam.assign6(&key, &pod, now())).await.map_err(|e| match e {
+                IpamError::Pool6(e @ Pool6Error::Full(_)) => {
+                    node.metrics.upstream.no_address.inc();
+                    ApiError::new(ErrorKind::NoAddress, e.to_string())
+                }
+                e => internal("add", &e),
+            })?;
+        return Ok(add_reply(node, allocation.ip.into(), v6.primary_eni.clone(), 0));
+    }
     let (allocation, home) = node
         .owner
         .with(move |ipam| {
@@ -209,7 +222,7 @@ async fn allocate(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
         home.ok_or_else(|| ApiError::new(ErrorKind::Internal, format!("{} has no ENI", allocation.ip)))?;
     // The pod's first packet is judged: its intent is in the kernel before the reply.
     node.guard_sync().await.map_err(|e| internal("add: guard", &e))?;
-    Ok(add_reply(node, allocation.ip, eni, device_number))
+    Ok(add_reply(node, allocation.ip.into(), eni, device_number))
 }
 
 /// With security groups for pods on: a pod that asks for `vpc.amazonaws.com/pod-eni` (read from
@@ -245,7 +258,7 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
             pending(format!("the trunk {} ({}) has no link on this node yet", trunk.id, trunk.mac))
         })?;
     guard_branch(node, pod, &eni.eni_id).await?;
-    let mut reply = add_reply(node, eni.ip, eni.eni_id.clone(), 0);
+    let mut reply = add_reply(node, eni.ip.into(), eni.eni_id.clone(), 0);
     reply.route_table = Some(u32::from(eni.vlan_id) + 100);
     let gateway = eni.gateway().to_string();
     reply.branch = Some(Branch {
@@ -292,12 +305,12 @@ fn policy_mode(node: &Shared) -> Option<String> {
 }
 
 /// What the plugin needs to plumb `ip` of `eni`.
-fn add_reply(node: &Shared, ip: std::net::Ipv4Addr, eni: String, device_number: u32) -> AddReply {
+fn add_reply(node: &Shared, ip: IpAddr, eni: String, device_number: u32) -> AddReply {
     let cfg = &node.cfg;
     let mut vpc_cidrs = node.vpc_cidrs.clone();
     vpc_cidrs.extend(cfg.exclude_snat_cidrs.iter().map(ToString::to_string));
     AddReply {
-        ipv4: ip.to_string(),
+        ip: ip.to_string(),
         eni,
         device_number,
         route_table: (device_number > 0).then_some(device_number + 1),
@@ -317,11 +330,14 @@ async fn check(node: &Shared, r: CheckRequest) -> Result<AddReply, ApiError> {
     let found = node
         .owner
         .with(move |ipam| {
+            if let Some(a) = ipam.pool6.as_ref().and_then(|p| p.allocation(&key)) {
+                return Some((IpAddr::V6(a.ip), None));
+            }
             let ip = ipam.datastore.allocation(&key).map(|a| a.ip)?;
-            ipam.datastore.eni_of(ip).map(|home| (ip, home))
+            ipam.datastore.eni_of(ip).map(|home| (IpAddr::V4(ip), Some(home)))
         })
         .await;
-    let (ip, (eni, device_number)) = found.ok_or_else(|| {
+    let (ip, home) = found.ok_or_else(|| {
         ApiError::new(
             ErrorKind::UnknownContainer,
             format!(
@@ -330,6 +346,11 @@ async fn check(node: &Shared, r: CheckRequest) -> Result<AddReply, ApiError> {
             ),
         )
     })?;
+    let (eni, device_number) = match (home, &node.ipv6) {
+        (Some(home), _) => home,
+        (None, Some(v6)) => (v6.primary_eni.clone(), 0),
+        (None, None) => return Err(ApiError::new(ErrorKind::Internal, format!("{ip} has no ENI"))),
+    };
     Ok(add_reply(node, ip, eni, device_number))
 }
 
@@ -343,7 +364,6 @@ async fn gc(node: &Shared, r: GcRequest) -> Result<GcReply, ApiError> {
         .owner
         .with(move |ipam| {
             let stale: Vec<AllocKey> = ipam
-                .datastore
                 .allocations()
                 .into_iter()
                 .map(|a| a.key)
@@ -457,8 +477,8 @@ mod tests {
         let a = add("c1").await.unwrap();
         assert_eq!((a.eni.as_str(), a.device_number, a.route_table), (PRIMARY_ENI, 0, None));
         let checkpoint = std::fs::read_to_string(&shared.cfg.backing_store).unwrap();
-        assert!(checkpoint.contains(&a.ipv4) && checkpoint.contains("c1"), "{checkpoint}");
-        assert_eq!(add("c1").await.unwrap().ipv4, a.ipv4, "a retried ADD gets the same address");
+        assert!(checkpoint.contains(&a.ip) && checkpoint.contains("c1"), "{checkpoint}");
+        assert_eq!(add("c1").await.unwrap().ip, a.ip, "a retried ADD gets the same address");
 
         let check = CheckRequest {
             client_version: VERSION.into(),
@@ -475,11 +495,11 @@ mod tests {
             valid_attachments: vec![Attachment { container_id: "c1".into(), if_name: "eth0".into() }],
         };
         let collected: GcReply = client.call(Method::POST, GC_PATH, Some(&gc)).await.unwrap();
-        assert_eq!(collected.released, [b.ipv4]);
+        assert_eq!(collected.released, [b.ip]);
 
         let del = del_request("c1");
         let released: DelReply = client.call(Method::POST, DEL_PATH, Some(&del)).await.unwrap();
-        assert_eq!(released.released, Some(a.ipv4.clone()));
+        assert_eq!(released.released, Some(a.ip.clone()));
         let again: DelReply = client.call(Method::POST, DEL_PATH, Some(&del)).await.unwrap();
         assert_eq!(again.released, None, "DEL is idempotent");
         let (k, _) = kind(client.call::<_, AddReply>(Method::POST, CHECK_PATH, Some(&check)).await);
@@ -514,7 +534,7 @@ mod tests {
         let a = add(&shared, add_request("c1")).await.unwrap();
         let key = ("default".to_owned(), "pod-c1".to_owned());
         let annotation = || lock(&node.kube.state).pods[&key].pod_ips.clone();
-        assert_eq!(annotation(), Some(a.ipv4.clone()));
+        assert_eq!(annotation(), Some(a.ip.clone()));
         let e = add(&shared, add_request("c2")).await.unwrap_err();
         assert!(e.message.contains("ANNOTATE_POD_IP") && e.message.contains("pod-c2"), "{}", e.message);
         del(&shared, del_request("c1")).await.unwrap();

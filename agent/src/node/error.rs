@@ -47,6 +47,10 @@ pub enum NodeError {
         "subnet discovery: no subnet of {vpc} in {az} may take an ENI (kubernetes.io/role/cni, cluster tags)"
     )]
     NoValidSubnet { vpc: String, az: String },
+    #[error(
+        "IPv6 mode: the primary ENI {0} has no /80 prefix and DISABLE_NETWORK_RESOURCE_PROVISIONING forbids assigning one"
+    )]
+    NoIpv6Prefix(String),
     #[error("IMDS never showed the new ENI with MAC {0}")]
     NotInImds(String),
     /// Audit mode: aws-node's checkpoint is unreadable or invalid.

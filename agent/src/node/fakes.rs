@@ -621,6 +621,10 @@ impl Host for FakeHost {
     fn enable_ipv4_forwarding(&self) -> Result<bool, NetError> {
         Ok(false)
     }
+    fn enable_ipv6(&self, primary_if: &str) -> Result<(), NetError> {
+        self.world.note(format!("host enable_ipv6 {primary_if}"));
+        Ok(())
+    }
     fn disable_tcp_early_demux(&self) -> Result<bool, NetError> {
         self.world.note("host disable_tcp_early_demux".into());
         Ok(true)
@@ -650,7 +654,7 @@ impl Host for FakeHost {
         *lock(&self.snat) = Some(plan.clone());
         Ok(())
     }
-    async fn teardown_pod(&self, ip: Ipv4Addr) -> Result<(), NetError> {
+    async fn teardown_pod(&self, ip: std::net::IpAddr) -> Result<(), NetError> {
         self.world.note(format!("host teardown_pod {ip}"));
         Ok(())
     }

@@ -8,6 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     sync::Arc,
     time::Duration,
 };
@@ -24,8 +25,8 @@ pub const POD_GC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Which allocations to release now (pure). `absent_since` is the scan state: when each key was
 /// first seen without its pod; it is updated in place.
-pub fn collect(
-    allocations: &[Allocation],
+pub fn collect<A>(
+    allocations: &[Allocation<A>],
     pods: &BTreeSet<(String, String)>,
     absent_since: &mut BTreeMap<AllocKey, UnixNanos>,
     now: UnixNanos,
@@ -83,13 +84,17 @@ pub async fn drain_queue(shared: &Shared) {
 
 /// Releases each key whose allocation was made no later than its bound, in one datastore section
 /// (each checkpointed), then removes their host rules outside it; returns what was released.
-async fn release(shared: &Shared, keys: Vec<(AllocKey, UnixNanos)>, why: &'static str) -> Vec<Allocation> {
+async fn release(
+    shared: &Shared,
+    keys: Vec<(AllocKey, UnixNanos)>,
+    why: &'static str,
+) -> Vec<Allocation<IpAddr>> {
     let released = shared
         .owner
         .with(move |ipam| {
             let mut out = Vec::new();
             for (key, bound) in &keys {
-                if ipam.datastore.allocation(key).is_none_or(|a| a.allocated_at > *bound) {
+                if ipam.allocation(key).is_none_or(|a| a.allocated_at > *bound) {
                     continue;
                 }
                 match ipam.release(key, now()) {
@@ -121,7 +126,7 @@ pub async fn run(shared: Arc<Shared>) {
         drain_queue(&shared).await;
         let Some(pods) = shared.synced_pods() else { continue };
         let pods: BTreeSet<(String, String)> = pods.into_keys().collect();
-        let allocations = shared.owner.peek(|ipam| ipam.datastore.allocations());
+        let allocations = shared.owner.peek(|ipam| ipam.allocations());
         let due = collect(&allocations, &pods, &mut absent_since, now(), shared.cfg.ip_cooldown);
         if due.is_empty() {
             continue;

@@ -1,24 +1,103 @@
-//! IPv6 mode's one prefix (upstream's ipamd in IPv6 mode: a /80 on the primary ENI, looked up at
-//! start and assigned once if there is none; extra prefixes are ignored). Not yet part of the
-//! startup sequence: the agent still runs IPv4 pods only.
+//! IPv6 mode (ENABLE_IPv6, always with prefix delegation, as upstream's ipamd): one /80 on the
+//! primary ENI, looked up at start and assigned once if there is none (extra prefixes are
+//! ignored), from which every pod gets a /128. Upstream's `nodeInit` returns early in IPv6 mode,
+//! and so does [`start`]: no other ENI, no warm pool, no IPv4 SNAT.
 
-use super::error::NodeError;
-use crate::{cloud::Cloud, ipam::model::Cidr6};
+use std::{net::Ipv6Addr, sync::Arc};
 
-/// The primary ENI's /80: the first one IMDS shows; else the first one EC2 describes (IMDS may
-/// lag behind an assignment a previous run made moments ago, and a second /80 would be a leak);
-/// else one assigned now. At most one DescribeNetworkInterfaces and one AssignIpv6Addresses.
+use super::{
+    error::NodeError,
+    journal::Journal,
+    owner::now,
+    startup::{assemble, Found, Inputs},
+    state::Shared,
+};
+use crate::{
+    cloud::{
+        imds::{Identity, Ipv6View},
+        Cloud,
+    },
+    ipam::policy::Limits,
+    ipam::{checkpoint::Checkpoint, model::Cidr6, pool6::Pool6, Ipam},
+    net::netlink::NetError,
+};
+
+/// What IPv6 mode's pods are given, found at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Node {
+    /// The primary ENI, which holds the /80.
+    pub primary_eni: String,
+    pub prefix: Cidr6,
+    /// The instance's own IPv6 address (IMDS), the network-policy agent's NodeIPv6.
+    pub node_ip: Option<Ipv6Addr>,
+}
+
+/// IPv6 mode's startup, after the identity, the limits and the MTU: the host's IPv6 settings,
+/// the /80, the checkpoint into a [`Pool6`], the Node.
+pub async fn start(
+    i: Inputs,
+    id: Identity,
+    limits: Limits,
+    node_name: &str,
+) -> Result<Arc<Shared>, NodeError> {
+    let board = i.board.clone();
+    board.step("IPv6 host network");
+    let (_, primary_if) =
+        i.net.link_by_mac(&id.mac).await?.ok_or_else(|| NetError::NoLink(id.mac.clone()))?;
+    i.net.enable_ipv6(&primary_if)?;
+    board.step("the primary ENI's /80 (IMDS, else one describe, else one assignment)");
+    let seen = i.cloud.attached_enis().await?;
+    let primary =
+        seen.iter().find(|e| e.mac == id.mac).cloned().ok_or(NodeError::NoPrimary(id.mac.clone()))?;
+    let view = i.cloud.ipv6(&id.mac).await?;
+    let prefix = ensure_prefix(i.cloud.as_ref(), &view, &primary.id, !i.cfg.disable_provisioning).await?;
+    log::info!("IPv6 mode: pods get /128s from {prefix} on {}", primary.id);
+    board.step("restore the checkpoint");
+    let cooldown = u64::try_from(i.cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX);
+    let datastore = super::startup::new_datastore(&i.cfg);
+    let mut ipam = Ipam::new6(datastore, Pool6::new(prefix, cooldown), Checkpoint::new(&i.cfg.backing_store));
+    for a in ipam.restore(now())?.dropped6 {
+        log::info!("checkpoint: {} ({}/{}) is outside {prefix}, dropped", a.ip, a.pod.namespace, a.pod.name);
+    }
+    board.step("security groups");
+    let primary_security_groups = i.cloud.primary_security_groups(&id.mac).await?;
+    let journal = Journal::new(&i.run_dir);
+    let found = Found {
+        vpc_cidrs: view.vpc.iter().map(ToString::to_string).collect(),
+        ipv6: Some(Ipv6Node { primary_eni: primary.id.clone(), prefix, node_ip: view.node_ip }),
+        enis: Default::default(),
+        primary,
+        id,
+        limits,
+        ipam,
+        primary_security_groups,
+        journal,
+    };
+    let shared = assemble(i, found);
+    board.step("Node");
+    shared.set_node(shared.clients.kube.node(node_name).await?);
+    Ok(shared)
+}
+
+/// The primary ENI's /80: the first one IMDS shows (`view`); else the first one EC2 describes
+/// (IMDS may lag behind an assignment a previous run made moments ago, and a second /80 would be
+/// a leak); else, when `provisioning`, one assigned now. At most one DescribeNetworkInterfaces
+/// and one AssignIpv6Addresses.
 pub async fn ensure_prefix(
     cloud: &dyn Cloud,
+    view: &Ipv6View,
     primary_eni: &str,
-    primary_mac: &str,
+    provisioning: bool,
 ) -> Result<Cidr6, NodeError> {
-    if let Some(p) = cloud.ipv6(primary_mac).await?.prefixes.first() {
+    if let Some(p) = view.prefixes.first() {
         return Ok(*p);
     }
     let described = cloud.describe_enis(&[primary_eni.to_owned()]).await?;
     if let Some(p) = described.iter().find(|e| e.id == primary_eni).and_then(|e| e.ipv6_prefixes.first()) {
         return Ok(*p);
+    }
+    if !provisioning {
+        return Err(NodeError::NoIpv6Prefix(primary_eni.to_owned()));
     }
     Ok(cloud.assign_ipv6_prefix(primary_eni).await?)
 }
@@ -34,11 +113,79 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().build().map(|rt| rt.block_on(f)).unwrap()
     }
 
+    fn ensure(cloud: &FakeCloud, provisioning: bool) -> Result<Cidr6, NodeError> {
+        run(async {
+            let view = cloud.ipv6(PRIMARY_MAC).await?;
+            ensure_prefix(cloud, &view, PRIMARY_ENI, provisioning).await
+        })
+    }
+
+    const IPV6_VARS: &[(&str, &str)] = &[
+        ("ENABLE_IPv6", "true"),
+        ("ENABLE_IPv4", "false"),
+        ("ENABLE_PREFIX_DELEGATION", "true"),
+        ("ENABLE_V4_EGRESS", "false"),
+        ("ENIGUARD_GUARD_MODE", "off"),
+    ];
+
+    /// IPv6 mode's start: the host's IPv6 settings, one /80 on the primary ENI and nothing else
+    /// in EC2; pods get /128s from it, checkpointed in upstream's `ipv6` entries; a restart
+    /// restores them and assigns no second /80.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ipv6_node_starts_with_one_prefix_and_hands_out_its_addresses() {
+        use crate::{
+            ipam::model::{AllocKey, PodRef},
+            node::fakes::FakeNode,
+        };
+        let node = FakeNode::default();
+        let shared = node.start(IPV6_VARS).await.unwrap();
+        let v6 = shared.ipv6.clone().unwrap();
+        assert_eq!((v6.primary_eni.as_str(), v6.prefix.prefix_len), (PRIMARY_ENI, 80));
+        let ec2 = node.world.calls_to("ec2");
+        assert_eq!(ec2.iter().filter(|c| c.starts_with("ec2 AssignIpv6Addresses")).count(), 1, "{ec2:?}");
+        assert!(
+            !ec2.iter().any(|c| c.contains("CreateNetworkInterface") || c.contains("AssignPrivateIp")),
+            "no IPv4 pool work: {ec2:?}"
+        );
+        assert!(node.world.calls_to("host enable_ipv6").len() == 1);
+        assert!(node.host.snat.lock().unwrap().is_none(), "no IPv4 SNAT in IPv6 mode");
+
+        let key = |c: &str| AllocKey {
+            network_name: "aws-cni".into(),
+            container_id: c.into(),
+            if_name: "eth0".into(),
+        };
+        let pod = PodRef { namespace: "default".into(), name: "p".into() };
+        let (k1, p1) = (key("c1"), pod.clone());
+        let a = shared.owner.with(move |ipam| ipam.assign6(&k1, &p1, 1)).await.unwrap();
+        assert!(v6.prefix.contains(a.ip), "{} in {}", a.ip, v6.prefix);
+        let checkpoint = std::fs::read_to_string(&shared.cfg.backing_store).unwrap();
+        assert!(checkpoint.contains(&format!("\"ipv6\":\"{}\"", a.ip)), "{checkpoint}");
+        assert!(!checkpoint.contains("\"ipv4\""), "{checkpoint}");
+
+        // A restart: the same /80 from IMDS, the pod's address restored.
+        let again = node.start(IPV6_VARS).await.unwrap();
+        assert_eq!(again.ipv6.as_ref().map(|v| v.prefix), Some(v6.prefix));
+        assert_eq!(node.world.calls_to("ec2 AssignIpv6Addresses").len(), 1);
+        let k1 = key("c1");
+        let restored = again.owner.with(move |ipam| ipam.allocation(&k1)).await.map(|a| a.ip);
+        assert_eq!(restored, Some(a.ip.into()));
+        // An IPv4 checkpoint is not an IPv6 node's: refused by name, the file left alone.
+        let v4 = FakeNode::default();
+        let shared4 = v4.start(&[]).await.unwrap();
+        let (k2, p2) = (key("c2"), pod);
+        shared4.owner.with(move |ipam| ipam.assign(&k2, &p2, 1)).await.unwrap();
+        let before = std::fs::read_to_string(&shared4.cfg.backing_store).unwrap();
+        let e = v4.start(IPV6_VARS).await.err().unwrap().to_string();
+        assert!(e.contains("1 IPv4 allocations") && e.contains("ENABLE_IPv6=true"), "{e}");
+        assert_eq!(std::fs::read_to_string(&shared4.cfg.backing_store).unwrap(), before);
+    }
+
     #[test]
     fn the_prefix_is_assigned_once_and_found_again_from_imds_or_ec2() {
         let world = Arc::new(World::default());
         let cloud = FakeCloud::new(world.clone());
-        let first = run(ensure_prefix(&cloud, PRIMARY_ENI, PRIMARY_MAC)).unwrap();
+        let first = ensure(&cloud, true).unwrap();
         assert_eq!(first.prefix_len, 80);
         assert_eq!(
             world.calls_to("ec2"),
@@ -48,12 +195,17 @@ mod tests {
             ]
         );
         // A restart: IMDS shows it, no EC2 call.
-        assert_eq!(run(ensure_prefix(&cloud, PRIMARY_ENI, PRIMARY_MAC)).unwrap(), first);
+        assert_eq!(ensure(&cloud, true).unwrap(), first);
         assert_eq!(world.calls_to("ec2").len(), 2);
         // A restart while IMDS lags behind the assignment: EC2's answer, and no second /80.
         cloud.ipv6_imds_lags();
-        assert_eq!(run(ensure_prefix(&cloud, PRIMARY_ENI, PRIMARY_MAC)).unwrap(), first);
+        assert_eq!(ensure(&cloud, true).unwrap(), first);
         assert_eq!(world.calls_to("ec2 AssignIpv6Addresses").len(), 1);
         assert_eq!(world.calls_to("ec2 DescribeNetworkInterfaces").len(), 2);
+        // DISABLE_NETWORK_RESOURCE_PROVISIONING on a node without a /80: refused, nothing assigned.
+        let bare_world = Arc::new(World::default());
+        let bare = FakeCloud::new(bare_world.clone());
+        assert!(matches!(ensure(&bare, false), Err(NodeError::NoIpv6Prefix(_))));
+        assert!(bare_world.calls_to("ec2 AssignIpv6Addresses").is_empty());
     }
 }

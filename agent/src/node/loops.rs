@@ -11,15 +11,19 @@ use super::{audit, gc, pods, pool, reconcile, state::Shared};
 /// Stopping them leaves every ENI and address in place; the next agent adopts them.
 pub fn run(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![
-        tokio::spawn(pool_and_reconcile(shared.clone())),
         tokio::spawn(security_group_audit(shared.clone())),
         tokio::spawn(pods::watch(shared.clone())),
         tokio::spawn(gc::run(shared.clone())),
     ];
+    // IPv6 mode has one /80 and no pool to keep, and (as upstream) no leaked-ENI sweep.
+    let ipv6 = shared.ipv6.is_some();
+    if !ipv6 {
+        tasks.push(tokio::spawn(pool_and_reconcile(shared.clone())));
+    }
     if let Some(live) = shared.guard.clone() {
         tasks.push(tokio::spawn(super::guard_feed::run(shared.clone(), live)));
     }
-    if !shared.cfg.disable_leaked_eni_cleanup {
+    if !shared.cfg.disable_leaked_eni_cleanup && !ipv6 {
         tasks.push(tokio::spawn(leak_sweep(shared)));
     }
     tasks

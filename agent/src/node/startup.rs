@@ -1,7 +1,7 @@
 //! The startup sequence, in the corrected order (upstream's `nodeInit` in pkg/ipamd/ipamd.go, with
 //! the #2792 fix): read it top to bottom in [`start`]. Everything it needs is passed in.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
     cloud::{
@@ -29,7 +29,7 @@ use super::{
     journal::Journal,
     owner::{now, Owner},
     pool, signals,
-    state::{Board, Changing, Clients, Shared},
+    state::{Board, Changing, Clients, KnownEni, Shared},
 };
 
 /// What the sequence is given.
@@ -77,6 +77,10 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     let limits = instance_limits(i.cloud.as_ref(), &id.instance_type, i.cfg.max_eni).await?;
     board.step("host network");
     i.net.set_mtu(&id.mac, i.cfg.eni_mtu).await?;
+    if i.cfg.ipv6 {
+        // Upstream's nodeInit returns here in IPv6 mode: one /80, no other ENI, no pool.
+        return super::ipv6::start(i, id, limits, &node_name).await;
+    }
     if i.net.enable_ipv4_forwarding()? {
         log::info!("turned on net.ipv4.ip_forward: pods' traffic is routed through the host");
     }
@@ -110,24 +114,18 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     log_restored(&ipam.restore(now())?);
     board.step("security groups");
     let primary_security_groups = i.cloud.primary_security_groups(&id.mac).await?;
-    let clients = Clients { cloud: i.cloud, kube: i.kube, net: i.net, calls: i.calls };
-    let shared = Arc::new(Shared {
-        changing: Changing::new(pool_config(&i.cfg), enis),
-        cfg: i.cfg,
-        limits,
-        clients,
-        owner: Owner::new(ipam),
-        metrics: i.metrics,
-        primary_security_groups,
-        primary_subnet: primary.subnet_id.clone(),
-        vpc_id: primary.vpc_id.clone(),
+    let found = Found {
         vpc_cidrs: primary.vpc_cidrs.iter().map(ToString::to_string).collect(),
-        journal,
-        run_dir: i.run_dir.clone(),
-        board: board.clone(),
-        guard: i.guard,
+        ipv6: None,
         id,
-    });
+        limits,
+        ipam,
+        enis,
+        primary,
+        primary_security_groups,
+        journal,
+    };
+    let shared = assemble(i, found);
     board.step("Node");
     shared.set_node(shared.clients.kube.node(&node_name).await?);
     board.step("ENIConfig");
@@ -144,13 +142,53 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     Ok(shared)
 }
 
-fn new_ipam(cfg: &Config) -> Ipam {
-    let datastore = Datastore::new(DatastoreConfig {
+/// What either family's sequence found, for [`assemble`].
+pub(super) struct Found {
+    pub id: Identity,
+    pub limits: Limits,
+    pub ipam: Ipam,
+    pub enis: BTreeMap<String, KnownEni>,
+    pub primary: ImdsEni,
+    pub primary_security_groups: Vec<String>,
+    pub journal: Journal,
+    /// The VPC's CIDRs of the pods' family.
+    pub vpc_cidrs: Vec<String>,
+    pub ipv6: Option<super::ipv6::Ipv6Node>,
+}
+
+/// The state the loops share, from the inputs and what the sequence found.
+pub(super) fn assemble(i: Inputs, f: Found) -> Arc<Shared> {
+    let clients = Clients { cloud: i.cloud, kube: i.kube, net: i.net, calls: i.calls };
+    Arc::new(Shared {
+        changing: Changing::new(pool_config(&i.cfg), f.enis),
+        cfg: i.cfg,
+        limits: f.limits,
+        clients,
+        owner: Owner::new(f.ipam),
+        metrics: i.metrics,
+        primary_security_groups: f.primary_security_groups,
+        primary_subnet: f.primary.subnet_id.clone(),
+        vpc_id: f.primary.vpc_id.clone(),
+        vpc_cidrs: f.vpc_cidrs,
+        journal: f.journal,
+        run_dir: i.run_dir,
+        board: i.board,
+        guard: i.guard,
+        ipv6: f.ipv6,
+        id: f.id,
+    })
+}
+
+pub(super) fn new_datastore(cfg: &Config) -> Datastore {
+    Datastore::new(DatastoreConfig {
         prefix_delegation: cfg.prefix_delegation,
         custom_networking: cfg.custom_networking,
         cooldown_nanos: u64::try_from(cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX),
-    });
-    Ipam::new(datastore, Checkpoint::new(&cfg.backing_store))
+    })
+}
+
+fn new_ipam(cfg: &Config) -> Ipam {
+    Ipam::new(new_datastore(cfg), Checkpoint::new(&cfg.backing_store))
 }
 
 fn log_restored(restored: &Restored) {

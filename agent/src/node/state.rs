@@ -85,7 +85,7 @@ pub struct Shared {
     pub primary_security_groups: Vec<String>,
     pub primary_subnet: String,
     pub vpc_id: String,
-    /// The VPC's IPv4 CIDRs (IMDS), not SNATed.
+    /// The VPC's CIDRs of the pods' family (IMDS): IPv4's are not SNATed.
     pub vpc_cidrs: Vec<String>,
     pub journal: super::journal::Journal,
     /// --run-dir: the socket, the journal, the CNI plugin's DEL queue.
@@ -94,6 +94,8 @@ pub struct Shared {
     pub changing: Changing,
     /// The egress guard, fed from this state (None: ENIGUARD_GUARD_MODE=off).
     pub guard: Option<Arc<crate::guard::live::LiveGuard>>,
+    /// IPv6 mode's /80 and node address (ENABLE_IPv6); None in IPv4 mode.
+    pub ipv6: Option<super::ipv6::Ipv6Node>,
 }
 
 /// The parts of [`Shared`] that change while the node runs.

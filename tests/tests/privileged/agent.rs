@@ -904,7 +904,7 @@ pub fn without_provisioning(ctx: &mut Ctx) -> Result<()> {
         .arg("http://agent/v1/cni/add")
         .output()?;
     let reply: Value = serde_json::from_slice(&out.stdout).context("ADD reply")?;
-    let ip = reply["ipv4"].as_str().context("ipv4")?;
+    let ip = reply["ip"].as_str().context("ip")?;
     ensure!(given.iter().any(|g| g == ip), "{ip} is not one of the given {given:?}");
     std::thread::sleep(Duration::from_secs(6));
     ensure!(agent.metric("awscni_total_ip_addresses")? == 4.0, "the pool is what IMDS shows");
@@ -1048,7 +1048,7 @@ pub fn local_api(ctx: &mut Ctx) -> Result<()> {
         "ifName": "eth0", "netns": "/var/run/netns/cni-1", "podNamespace": "default", "podName": "web"});
     let (code, reply) = curl("POST", "/v1/cni/add", &add.to_string())?;
     ensure!(code == 200, "add: {code} {reply}");
-    let ip = reply["ipv4"].as_str().context("ipv4")?.to_owned();
+    let ip = reply["ip"].as_str().context("ip")?.to_owned();
     ensure!(reply["deviceNumber"] == 0 && reply["routeTable"].is_null() && reply["mtu"] == 9001, "{reply}");
     ensure!(reply["vpcCidrs"].as_array().is_some_and(|c| c.iter().any(|c| c == "10.0.0.0/16")), "{reply}");
     let kept =
@@ -1058,7 +1058,7 @@ pub fn local_api(ctx: &mut Ctx) -> Result<()> {
         "not checkpointed: {kept:?}"
     );
     let (code, again) = curl("POST", "/v1/cni/add", &add.to_string())?;
-    ensure!(code == 200 && again["ipv4"] == ip.as_str(), "ADD is not idempotent: {again}");
+    ensure!(code == 200 && again["ip"] == ip.as_str(), "ADD is not idempotent: {again}");
     let assigned = agent.metric("eniguard_ipam_addresses{state=\"assigned\"}");
     ensure!(
         matches!(assigned, Ok(1.0)),

@@ -970,7 +970,7 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
     ensure!(
         branch["vlanId"] == want["vlanId"]
             && branch["mac"] == want["ifAddress"]
-            && reply["ipv4"] == want["privateIp"],
+            && reply["ip"] == want["privateIp"],
         "reply {reply} for annotation {want}"
     );
     ensure!(

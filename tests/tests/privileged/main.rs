@@ -11,6 +11,7 @@ mod demo;
 mod deploy;
 mod guard;
 mod harness;
+mod ipv6;
 mod live_guard;
 mod sim_fabric;
 mod tc_counter;
@@ -77,6 +78,7 @@ fn main() -> std::process::ExitCode {
         },
         Test { name: "sim_vpcsim_recovers_from_sigkill", run: sim_fabric::vpcsim_recovers_from_sigkill },
         Test { name: "agent_warm_pool_rows", run: agent::warm_pool_rows },
+        Test { name: "agent_ipv6_node", run: ipv6::ipv6_node },
         Test { name: "agent_incident_order", run: agent::incident_order },
         Test { name: "agent_pre_fix_node", run: agent::pre_fix_node },
         Test { name: "agent_bad_input", run: agent::bad_input },
@@ -110,6 +112,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "containerd_burst_with_kill_9", run: containerd::burst_with_kill_9 },
         Test { name: "containerd_judged_by_the_live_guard", run: containerd::guard_judges_containers },
         Test { name: "containerd_branch_pod", run: containerd::branch_pod },
+        Test { name: "containerd_ipv6_pod", run: ipv6::containerd_ipv6_pod },
         Test { name: "containerd_audit_beside_aws_node", run: containerd::audit_beside_aws_node },
         // Named without `guard_`: the kernel matrix runs every test whose name contains it, and these
         // need the simulated VPC.

@@ -38,7 +38,7 @@ fn namespaces(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+pub(crate) fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     for _ in 0..100 {
         if let Some(v) = f() {
             return Ok(v);

@@ -93,11 +93,12 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
     tasks.push(tokio::spawn(give_back_memory(started.clone())));
     // The network-policy agent asks for the node's facts on aws-node's socket.
     tasks.push(tokio::spawn(netpol::serve_config(&paths.aws_node_run_dir, policy_facts(&started))?));
-    // Ready once the pool holds an address (a node without one cannot start a pod).
+    // Ready once the pool holds an address (a node without one cannot start a pod); in IPv6
+    // mode once the /80 is there.
     let ready = async {
         loop {
             let stats = started.owner.with(|ipam| ipam.datastore.stats(now())).await;
-            if stats.total > 0 {
+            if stats.total > 0 || started.ipv6.is_some() {
                 return stats;
             }
             board.update(|s| s.step = "waiting for the first pod address".into());
@@ -116,10 +117,11 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
             let _ = ready_node.set(started.clone());
             install_plugin(&started, &paths).await;
             // The readiness line scripts and tests wait for.
-            println!(
-                "ready: node {} ({}), {} ENIs, {} addresses ({} assigned)",
-                started.node().name, started.id.instance_type, stats.enis, stats.total, stats.assigned
-            );
+            let pool = match &started.ipv6 {
+                Some(v6) => format!("IPv6 pods from {} on {}", v6.prefix, v6.primary_eni),
+                None => format!("{} ENIs, {} addresses ({} assigned)", stats.enis, stats.total, stats.assigned),
+            };
+            println!("ready: node {} ({}), {pool}", started.node().name, started.id.instance_type);
             false
         }
         _ = term.recv() => true,
@@ -150,7 +152,7 @@ pub async fn run(cfg: Config, paths: HostPaths) -> Result<()> {
 async fn give_back_memory(node: Arc<Shared>) {
     let mut last = usize::MAX;
     loop {
-        let assigned = node.owner.with(|ipam| ipam.datastore.allocation_count()).await;
+        let assigned = node.owner.with(|ipam| ipam.allocation_count()).await;
         if assigned < last {
             // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
             let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
@@ -165,6 +167,7 @@ fn policy_facts(node: &Shared) -> netpol::NodeFacts {
     netpol::NodeFacts {
         mode: node.cfg.network_policy_mode.map(|m| m.as_str().to_owned()).unwrap_or_default(),
         node_ipv4: node.id.local_ipv4.to_string(),
+        node_ipv6: node.ipv6.as_ref().and_then(|v6| v6.node_ip).map(|ip| ip.to_string()).unwrap_or_default(),
         instance_id: node.id.instance_id.clone(),
         region: node.id.region.clone(),
     }

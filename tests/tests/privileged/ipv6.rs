@@ -1,0 +1,159 @@
+//! IPv6 mode end to end (ENABLE_IPv6): `eniguard agent` on a node of an IPv6 VPC in vpcsim,
+//! the real plugin called as containerd calls it, pods as network namespaces. What a pod got is
+//! read back from EC2 (aws-sdk-ec2), the kernel and the VPC's record of its packets.
+
+use std::net::Ipv6Addr;
+
+use anyhow::{ensure, Context as _, Result};
+use eniguard_tests::{
+    agent,
+    netns::NetNs,
+    sim::{fabric::Verdict, scenario::Scenario},
+};
+use serde_json::Value;
+
+use crate::{cni::Node, harness::Ctx};
+
+/// Upstream's IPv6 settings; the guard (which does not judge IPv6 yet) and V4 egress (not done
+/// yet) off, as the agent requires.
+const IPV6_ENV: &[(&str, &str)] = &[
+    ("ENABLE_IPv6", "true"),
+    ("ENABLE_IPv4", "false"),
+    ("ENABLE_PREFIX_DELEGATION", "true"),
+    ("ENABLE_V4_EGRESS", "false"),
+    ("ENIGUARD_GUARD_MODE", "off"),
+    ("IP_COOLDOWN_PERIOD", "3"),
+];
+
+/// The VPC's router in the node's subnet (EC2 reserves `::1`, as `.1` in IPv4).
+const ROUTER: &str = "2600:1f14:abc:de01::1";
+
+/// The incident scenario with an IPv6 VPC: the node subnet `node-a` gets a /64.
+fn ipv6_vpc(s: &mut Scenario) {
+    s.vpc.ipv6_cidrs = vec!["2600:1f14:abc:de00::/56".into()];
+    s.subnets[0].ipv6_cidr = Some("2600:1f14:abc:de01::/64".into());
+}
+
+fn pod_ip6(result: &Value) -> Result<(Ipv6Addr, String)> {
+    let ip = &result["ips"][0];
+    let addr = ip["address"].as_str().context("ips[0].address")?;
+    let (a, len) = addr.split_once('/').context("address/len")?;
+    ensure!(len == "128", "an IPv6 pod's address is a /128: {result}");
+    Ok((a.parse()?, ip["gateway"].as_str().unwrap_or_default().to_owned()))
+}
+
+/// The `ipv6` of every allocation in the agent's checkpoint.
+fn checkpoint_ipv6(node: &Node) -> Result<Vec<String>> {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(node.dir.join("ipam.json"))?)?;
+    let allocations = file["allocations"].as_array().context("allocations")?;
+    Ok(allocations.iter().filter_map(|a| a["ipv6"].as_str().map(str::to_owned)).collect())
+}
+
+/// An IPv6 node through the agent and the plugin: the agent starts with one /80 on the primary
+/// ENI (as EC2 shows it) and no other ENI; each pod gets a /128 from it, reaches the VPC's
+/// router through the primary ENI, passes CHECK (which then notices a removed route), and DEL
+/// removes its host route; the checkpoint holds upstream's `ipv6` entries; the network-policy
+/// agent hears the node's IPv6 address; a restart keeps the /80 and assigns no second one.
+pub fn ipv6_node(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start_with(ctx, "v6", IPV6_ENV, ipv6_vpc)?;
+    let primary = node.primary_eni()?;
+    let prefixes: Vec<&str> = primary.ipv6_prefixes().iter().filter_map(|p| p.ipv6_prefix()).collect();
+    ensure!(prefixes.len() == 1 && prefixes[0].ends_with("/80"), "one /80 on the primary ENI: {prefixes:?}");
+    let prefix80: eniguard::ipam::model::Cidr6 = prefixes[0].parse()?;
+    let attached = node.rt.block_on(crate::agent::attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
+    ensure!(attached.len() == 1, "no other ENI in IPv6 mode: {:?}", attached.keys());
+    let forwarding = node.ns.run("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])?;
+    ensure!(forwarding.trim() == "1", "net.ipv6.conf.all.forwarding={forwarding}");
+
+    let fabric = node.fabric()?;
+    let eni_id = primary.network_interface_id().context("the primary ENI's id")?;
+    let mut pods = Vec::new();
+    for tag in ["a", "b"] {
+        let ns = NetNs::create(&format!("{}-pod6{tag}", node.prefix))?;
+        let sandbox = node.sandbox(&format!("sandbox6{tag}"), &format!("six{tag}"), &ns)?;
+        let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
+        ensure!(add.success, "ADD: {} {}", add.stdout, add.stderr);
+        let (ip, gateway) = pod_ip6(&add.json())?;
+        ensure!(prefix80.contains(ip), "{ip} is not in {prefix80}");
+        ensure!(gateway == "fe80::1", "the pod's gateway: {gateway}");
+        ns.run("ping", &["-6", "-c", "1", "-W", "2", ROUTER]).context("the pod reaches the VPC's router")?;
+        let seen = crate::sim_fabric::wait_for("the pod's echo request in the VPC's record", || {
+            fabric.frames6().into_iter().find(|f| f.src == ip && f.dst.to_string() == ROUTER)
+        })?;
+        ensure!(seen.verdict == Verdict::Delivered && seen.eni_id == eni_id, "{seen:?}");
+        pods.push((ns, sandbox, add.json(), ip));
+    }
+    ensure!(pods[0].3 != pods[1].3, "two pods, two addresses");
+
+    let held = checkpoint_ipv6(&node)?;
+    for (_, _, _, ip) in &pods {
+        ensure!(held.contains(&ip.to_string()), "the checkpoint: {held:?}");
+    }
+    let facts = node.rt.block_on(eniguard_tests::npa::policy_configs(&agent::aws_node_dir(&node.dir)))?;
+    let node_ip6 = primary.ipv6_addresses().first().and_then(|a| a.ipv6_address()).unwrap_or_default();
+    ensure!(!node_ip6.is_empty() && facts.node_i_pv6 == node_ip6, "NodeIPv6: {facts:?} vs {node_ip6}");
+
+    // CHECK passes, then notices the pod's default route gone.
+    let (ns, sandbox, result, ip) = &pods[0];
+    let check = node.call("CHECK", sandbox, &node.conf("1.1.0", Some(result)))?;
+    ensure!(check.success, "CHECK: {} {}", check.stdout, check.stderr);
+    ns.ip(&["-6", "route", "del", "default"])?;
+    let check = node.call("CHECK", sandbox, &node.conf("1.1.0", Some(result)))?;
+    ensure!(!check.success && check.stdout.contains("fe80::1"), "CHECK after drift: {}", check.stdout);
+
+    // DEL: the host route goes, the address is released (and comes back after the cooldown).
+    let del = node.call("DEL", sandbox, &node.conf("1.1.0", Some(result)))?;
+    ensure!(del.success, "DEL: {} {}", del.stdout, del.stderr);
+    let routes = node.ns.ip(&["-6", "route", "show"])?;
+    ensure!(!routes.contains(&ip.to_string()), "the host route is gone: {routes}");
+    let held = checkpoint_ipv6(&node)?;
+    ensure!(!held.contains(&ip.to_string()), "released: {held:?}");
+
+    // A restart (SIGKILL): the /80 again from IMDS, the other pod's address kept, no second /80.
+    node.kill_and_restart()?;
+    node.agent().daemon.wait_for_line("ready:", std::time::Duration::from_secs(60))?;
+    let after = node.primary_eni()?;
+    ensure!(after.ipv6_prefixes().len() == 1, "no second /80: {:?}", after.ipv6_prefixes());
+    let (_, sandbox_b, result_b, ip_b) = &pods[1];
+    let check = node.call("CHECK", sandbox_b, &node.conf("1.1.0", Some(result_b)))?;
+    ensure!(check.success, "CHECK of {ip_b} after the restart: {} {}", check.stdout, check.stderr);
+    let del = node.call("DEL", sandbox_b, &node.conf("1.1.0", Some(result_b)))?;
+    ensure!(del.success, "DEL: {} {}", del.stdout, del.stderr);
+    Ok(())
+}
+
+/// An IPv6 node whose pods containerd starts (CRI, the conflist as the agent wrote it): the pod's
+/// address, as containerd reports it, is a /128 of the primary ENI's /80; its busybox container
+/// pings the VPC's router and the VPC saw it leave through the primary ENI; the kubelet's
+/// teardown releases it and leaves no host route.
+pub fn containerd_ipv6_pod(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start_with(ctx, "ctd6", IPV6_ENV, ipv6_vpc)?;
+    let primary = node.primary_eni()?;
+    let prefix80: eniguard::ipam::model::Cidr6 =
+        primary.ipv6_prefixes().first().and_then(|p| p.ipv6_prefix()).context("the /80")?.parse()?;
+    let eni_id = primary.network_interface_id().context("the primary ENI's id")?.to_owned();
+    let k = crate::containerd::Kubelet::on(node)?;
+    let (pod, sandbox) = k.run_pod("web6")?;
+    let status = k.block_on(k.cri().status(&sandbox))?;
+    let ip: Ipv6Addr = status.ip.parse().with_context(|| format!("containerd's pod ip `{}`", status.ip))?;
+    ensure!(status.ready && prefix80.contains(ip), "{ip} (ready: {}) is not in {prefix80}", status.ready);
+    let container = k.start_busybox(&pod, &sandbox)?;
+    let ping = k.block_on(k.cri().exec(
+        &container,
+        &["ping", "-c", "2", "-W", "2", ROUTER],
+        std::time::Duration::from_secs(10),
+    ))?;
+    ensure!(ping.exit_code == 0, "ping from the container: {} {}", ping.stdout, ping.stderr);
+    let fabric = k.node.fabric()?;
+    let frames: Vec<_> = fabric.frames6().into_iter().filter(|f| f.src == ip).collect();
+    ensure!(
+        !frames.is_empty() && frames.iter().all(|f| f.eni_id == eni_id && f.verdict == Verdict::Delivered),
+        "{ip} should leave through {eni_id}: {frames:?}"
+    );
+    ensure!(checkpoint_ipv6(&k.node)? == [ip.to_string()], "the checkpoint holds the pod");
+    k.block_on(k.cri().stop_and_remove(&sandbox))?;
+    ensure!(checkpoint_ipv6(&k.node)?.is_empty(), "released on the kubelet's teardown");
+    let routes = k.node.ns.ip(&["-6", "route", "show"])?;
+    ensure!(!routes.contains(&ip.to_string()), "the host route is gone: {routes}");
+    k.stop()
+}
