@@ -27,6 +27,8 @@ pub struct Sandbox {
     pub name: String,
     pub netns: PathBuf,
     pub if_name: String,
+    /// CNI_PATH (containerd's default `/opt/cni/bin`).
+    pub cni_path: String,
 }
 
 impl Sandbox {
@@ -37,6 +39,7 @@ impl Sandbox {
             name: name.into(),
             netns: netns.path(),
             if_name: "eth0".into(),
+            cni_path: "/opt/cni/bin".into(),
         }
     }
 }
@@ -88,7 +91,7 @@ pub fn env_for(command: &str, sandbox: &Sandbox) -> Vec<(&'static str, String)> 
         ("CNI_CONTAINERID", sandbox.container_id.clone()),
         ("CNI_NETNS", sandbox.netns.display().to_string()),
         ("CNI_IFNAME", sandbox.if_name.clone()),
-        ("CNI_PATH", "/opt/cni/bin".to_owned()),
+        ("CNI_PATH", sandbox.cni_path.clone()),
         (
             "CNI_ARGS",
             format!(

@@ -58,6 +58,10 @@ pub struct AddReply {
     /// NETWORK_POLICY_ENFORCING_MODE: with it, the plugin calls the network-policy agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy_mode: Option<String>,
+    /// IPv6 mode with ENABLE_V4_EGRESS: the pod also gets IPv4 egress (see
+    /// [`crate::cni::egress`]).
+    #[serde(default)]
+    pub v4_egress: bool,
     /// A branch-ENI pod (security groups for pods): its address is the branch ENI's, reached
     /// through a VLAN on the trunk, in table `vlan id + 100`; no pool address is used.
     #[serde(default)]

@@ -8,6 +8,8 @@ pub mod api;
 #[cfg(feature = "control-plane")]
 pub mod client;
 #[cfg(feature = "control-plane")]
+pub mod egress;
+#[cfg(feature = "control-plane")]
 pub mod install;
 #[cfg(feature = "control-plane")]
 pub mod plugin;

@@ -27,7 +27,7 @@ use super::{
         GcRequest, ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, VERSION,
     },
     client::{CallError, Client},
-    queue,
+    egress, queue,
     result::{add_result, previous, Added},
     spec::{code, CniError, Command, Env, NetConf},
 };
@@ -169,6 +169,16 @@ impl Plugin {
         };
         match plumbed {
             Ok(plumbed) => {
+                if reply.v4_egress {
+                    let egress_veth = egress::host_veth(&pod_ns, &pod_name);
+                    if let Err(e) =
+                        egress::add(&self.host, &self.env, &self.conf.name, egress_veth, net.mtu).await
+                    {
+                        log::warn!("ADD {pod_ns}/{pod_name}: IPv4 egress failed, releasing {}: {e}", net.ip);
+                        self.undo_add(&net, branch.as_ref(), &pod_ns, &pod_name).await;
+                        return Err(e);
+                    }
+                }
                 log::debug!(
                     "ADD {}: agent {:.1} ms, plumbing {:.1} ms",
                     self.env.container_id,
@@ -204,27 +214,37 @@ impl Plugin {
             }
             Err(e) => {
                 log::warn!("ADD {pod_ns}/{pod_name}: plumbing failed, releasing {}: {e}", net.ip);
-                if let Some(b) = &branch {
-                    if let Err(t) = pod::teardown_branch(&self.host, b.vlan_id, Some(&net.host_veth)).await {
-                        log::warn!("ADD {pod_ns}/{pod_name}: branch teardown: {t}");
-                    }
-                }
-                let undone = match pod::teardown(&self.host, net.ip, None).await {
-                    Ok(()) => netlink::delete_link(&self.host, &net.host_veth).await.map(|_| ()),
-                    Err(t) => Err(t),
-                };
-                if let Err(t) = undone {
-                    log::warn!("ADD {pod_ns}/{pod_name}: teardown: {t}");
-                }
-                if let Err(r) = self.release().await {
-                    log::warn!("ADD {pod_ns}/{pod_name}: release: {r}");
-                }
+                self.undo_add(&net, branch.as_ref(), &pod_ns, &pod_name).await;
                 let code = match e {
                     PodNetError::Netns { .. } => code::INVALID_ENVIRONMENT,
                     _ => code::INTERNAL,
                 };
                 Err(CniError::new(code, format!("add: failed to set up the pod network: {e}")))
             }
+        }
+    }
+
+    /// A failed ADD's cleanup: the branch's VLAN, the host side, the veth, the IPv4 egress and the
+    /// agent's allocation (each failure logged; the runtime's DEL comes after it).
+    async fn undo_add(&self, net: &PodNetwork, branch: Option<&BranchLink>, pod_ns: &str, pod_name: &str) {
+        if let Some(b) = branch {
+            if let Err(t) = pod::teardown_branch(&self.host, b.vlan_id, Some(&net.host_veth)).await {
+                log::warn!("ADD {pod_ns}/{pod_name}: branch teardown: {t}");
+            }
+        }
+        let undone = match pod::teardown(&self.host, net.ip, None).await {
+            Ok(()) => netlink::delete_link(&self.host, &net.host_veth).await.map(|_| ()),
+            Err(t) => Err(t),
+        };
+        if let Err(t) = undone {
+            log::warn!("ADD {pod_ns}/{pod_name}: teardown: {t}");
+        }
+        let egress_veth = egress::host_veth(pod_ns, pod_name);
+        if let Err(t) = egress::del(&self.host, &self.env, &self.conf.name, Some(&egress_veth)).await {
+            log::warn!("ADD {pod_ns}/{pod_name}: IPv4 egress teardown: {t}");
+        }
+        if let Err(r) = self.release().await {
+            log::warn!("ADD {pod_ns}/{pod_name}: release: {r}");
         }
     }
 
@@ -339,6 +359,11 @@ impl Plugin {
             Err(e) => log::warn!("DEL {}: {e}; tearing down from prevResult", self.env.container_id),
         }
         let torn = torn.map_err(|e| net_error("del: teardown", e))?;
+        // IPv6 mode's IPv4 egress: host-local's address back (its veth goes with the namespace).
+        let (pod_ns, pod_name) = self.env.pod();
+        let egress_veth =
+            (!netns_alive && !pod_name.is_empty()).then(|| egress::host_veth(&pod_ns, &pod_name));
+        egress::del(&self.host, &self.env, &self.conf.name, egress_veth.as_deref()).await?;
         // An address that prevResult did not name (no prevResult: the runtime's later DELs).
         if let Some(ip) = late {
             pod::teardown(&self.host, ip, host_veth.as_deref())

@@ -606,11 +606,6 @@ impl Config {
                 "true",
                 &format!("false {with_v6}: eniguard does not give IPv6 pods branch ENIs yet"),
             )),
-            (false, true) if self.v4_egress => Err(bad(
-                "ENABLE_V4_EGRESS",
-                "true",
-                &format!("false {with_v6}: eniguard does not give IPv6 pods IPv4 egress yet"),
-            )),
             (false, true) if self.guard_mode != GuardMode::Off => Err(bad(
                 "ENIGUARD_GUARD_MODE",
                 if self.guard_mode == GuardMode::Monitor { "monitor" } else { "enforce" },
@@ -798,11 +793,10 @@ mod tests {
             ("ENABLE_IPv6", "true"),
             ("ENABLE_IPv4", "false"),
             ("ENABLE_PREFIX_DELEGATION", "true"),
-            ("ENABLE_V4_EGRESS", "false"),
             ("ENIGUARD_GUARD_MODE", "off"),
         ];
         let c = parse(&v6).unwrap();
-        assert!(c.ipv6 && !c.ipv4 && c.prefix_delegation);
+        assert!(c.ipv6 && !c.ipv4 && c.prefix_delegation && c.v4_egress);
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut vars: BTreeMap<&str, &str> = v6.into_iter().collect();
             vars.extend(extra.iter().copied());
@@ -814,7 +808,6 @@ mod tests {
             (&[("ENABLE_PREFIX_DELEGATION", "false")][..], "ENABLE_PREFIX_DELEGATION=`false`: expected true with ENABLE_IPv6=true"),
             (&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")][..], "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=`true`: expected false"),
             (&[("ENABLE_POD_ENI", "true")][..], "ENABLE_POD_ENI=`true`: expected false with ENABLE_IPv6=true: eniguard does not give IPv6 pods branch ENIs yet"),
-            (&[("ENABLE_V4_EGRESS", "true")][..], "ENABLE_V4_EGRESS=`true`: expected false with ENABLE_IPv6=true: eniguard does not give IPv6 pods IPv4 egress yet"),
             (&[("ENIGUARD_GUARD_MODE", "monitor")][..], "ENIGUARD_GUARD_MODE=`monitor`: expected off with ENABLE_IPv6=true"),
             (&[("ENIGUARD_GUARD_MODE", "enforce")][..], "ENIGUARD_GUARD_MODE=`enforce`"),
         ] {
@@ -825,6 +818,9 @@ mod tests {
         assert!(e.contains("ENABLE_IPv4=`true`: expected false with ENABLE_IPv6=true"), "{e}");
         // In IPv4 mode ENABLE_V4_EGRESS is not read (upstream's default is true).
         assert!(parse(&[("ENABLE_V4_EGRESS", "false")]).is_ok());
+        let mut without_egress = v6.to_vec();
+        without_egress.push(("ENABLE_V4_EGRESS", "false"));
+        assert!(!parse(&without_egress).unwrap().v4_egress);
     }
 
     #[test]

@@ -157,6 +157,14 @@ pub async fn setup(host: &Handle, net: &PodNetwork) -> Result<Plumbed, PodNetErr
     Ok(plumbed)
 }
 
+/// An IPv6 pod's IPv4 egress interface (`crate::cni::egress`): the veth and the pod's side as
+/// for any IPv4 pod, and on the host only the route back (IPv6 mode has one table, no rules).
+pub async fn setup_egress(host: &Handle, net: &PodNetwork) -> Result<Plumbed, PodNetError> {
+    let (index, plumbed) = veth(host, net).await?;
+    host_route(host, net, index).await?;
+    Ok(plumbed)
+}
+
 /// The veth, the pod's side of it, and the host end up; returns the host end's index.
 async fn veth(host: &Handle, net: &PodNetwork) -> Result<(u32, Plumbed), PodNetError> {
     let pod = open_netns(&net.netns)?;
@@ -345,10 +353,14 @@ fn sysctls_in_netns(netns: &Path, settings: &[(String, &str)]) -> Result<(), Net
     })
 }
 
-async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), NetError> {
+async fn host_route(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), NetError> {
     let to_pod =
         route(net.ip, host_len(net.ip), None)?.output_interface(index).scope(RouteScope::Link).build();
-    host.route().add(to_pod).replace().execute().await.map_err(call(format!("host route to {}", net.ip)))?;
+    host.route().add(to_pod).replace().execute().await.map_err(call(format!("host route to {}", net.ip)))
+}
+
+async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), NetError> {
+    host_route(host, net, index).await?;
     let ip = match net.ip {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(_) => {

@@ -17,6 +17,9 @@
 //!   for RANDOMIZESNAT=prng, `random` for hashrandom) for everything not to the VPC, not out of a
 //!   branch-ENI VLAN link and not to a local address — EC2 accepts it there;
 //! - rules 1535 `to <cidr> lookup main` for AWS_EXTERNAL_SERVICE_CIDRS;
+//! - IPv6 mode with ENABLE_V4_EGRESS (upstream's egress-cni, [`crate::cni::egress`]): in
+//!   `postrouting`, SNAT of the pods' 169.254.172.0/22 to the node's IPv4 (not multicast), and a
+//!   `forward` chain that rejects new connections into that range, as upstream's FORWARD rule;
 //! - with NodePort, the primary interface's rp_filter is loose (2), as upstream's init sets it.
 //!
 //! With AWS_VPC_K8S_CNI_EXTERNALSNAT and without NodePort support, the table and rule 1024 are
@@ -80,6 +83,40 @@ pub struct Plan {
     pub veth_prefix: String,
     /// AWS_EXTERNAL_SERVICE_CIDRS.
     pub external_service_cidrs: Vec<Cidr>,
+    /// IPv6 mode's IPv4 egress (None: IPv4 mode, or ENABLE_V4_EGRESS=false).
+    pub v4_egress: Option<V4Egress>,
+}
+
+/// IPv4 egress for IPv6 pods: their range SNATed to the node's IPv4.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct V4Egress {
+    pub node_ip: Ipv4Addr,
+    pub random: RandomizeSnat,
+}
+
+/// The range IPv6 pods' IPv4 egress addresses come from (upstream's).
+pub const V4_EGRESS_RANGE: Cidr = Cidr { addr: Ipv4Addr::new(169, 254, 172, 0), prefix_len: 22 };
+const MULTICAST: Cidr = Cidr { addr: Ipv4Addr::new(224, 0, 0, 0), prefix_len: 4 };
+
+fn prefix(c: Cidr) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(c.addr.to_string().into())),
+        len: u32::from(c.prefix_len),
+    }))
+}
+
+fn snat_to(ip: Ipv4Addr, random: RandomizeSnat) -> Statement<'static> {
+    let flags = match random {
+        RandomizeSnat::Prng => Some(HashSet::from([NATFlag::FullyRandom])),
+        RandomizeSnat::HashRandom => Some(HashSet::from([NATFlag::Random])),
+        RandomizeSnat::None => None,
+    };
+    Statement::SNAT(Some(NAT {
+        addr: Some(Expression::String(ip.to_string().into())),
+        family: None,
+        port: None,
+        flags,
+    }))
 }
 
 /// SNAT of what leaves the VPC.
@@ -124,23 +161,20 @@ fn fib_type(flags: &[FibFlag]) -> Expression<'static> {
 impl Snat {
     fn not_nated_set(&self) -> Expression<'static> {
         Expression::Named(NamedExpression::Set(
-            self.not_nated
-                .iter()
-                .map(|c| {
-                    SetItem::Element(Expression::Named(NamedExpression::Prefix(Prefix {
-                        addr: Box::new(Expression::String(c.addr.to_string().into())),
-                        len: u32::from(c.prefix_len),
-                    })))
-                })
-                .collect(),
+            self.not_nated.iter().map(|c| SetItem::Element(prefix(*c))).collect(),
         ))
     }
 }
 
 impl Plan {
-    /// Whether the table and rule 1024 exist at all.
+    /// Whether rule 1024 exists (and marks are set in the table).
     pub fn marks(&self) -> bool {
         self.snat.is_some() || self.node_port.is_some()
+    }
+
+    /// Whether the table exists at all.
+    pub fn table(&self) -> bool {
+        self.marks() || self.v4_egress.is_some()
     }
 
     /// The batch that replaces the table (pure).
@@ -224,8 +258,30 @@ impl Plan {
                 ],
             ));
         }
+        if self.snat.is_some() || self.v4_egress.is_some() {
+            batch.add(NfListObject::Chain(chain("postrouting", NfChainType::NAT, NfHook::Postrouting, 100)));
+        }
+        if let Some(egress) = &self.v4_egress {
+            let range = || prefix(V4_EGRESS_RANGE);
+            batch.add(rule(
+                "postrouting",
+                vec![
+                    matches(payload("ip", "saddr"), Operator::EQ, range()),
+                    matches(payload("ip", "daddr"), Operator::NEQ, prefix(MULTICAST)),
+                    snat_to(egress.node_ip, egress.random),
+                ],
+            ));
+            batch.add(NfListObject::Chain(chain("forward", NfChainType::Filter, NfHook::Forward, 0)));
+            batch.add(rule(
+                "forward",
+                vec![
+                    matches(payload("ip", "daddr"), Operator::EQ, range()),
+                    matches(ct("state"), Operator::IN, Expression::String("new".into())),
+                    Statement::Reject(None),
+                ],
+            ));
+        }
         let Some(snat) = &self.snat else { return batch.to_nftables() };
-        batch.add(NfListObject::Chain(chain("postrouting", NfChainType::NAT, NfHook::Postrouting, 100)));
         batch.add(rule(
             "postrouting",
             vec![
@@ -247,20 +303,7 @@ impl Plan {
                 Statement::Return(None),
             ],
         ));
-        let flags = match snat.random {
-            RandomizeSnat::Prng => Some(HashSet::from([NATFlag::FullyRandom])),
-            RandomizeSnat::HashRandom => Some(HashSet::from([NATFlag::Random])),
-            RandomizeSnat::None => None,
-        };
-        batch.add(rule(
-            "postrouting",
-            vec![Statement::SNAT(Some(NAT {
-                addr: Some(Expression::String(snat.primary_ip.to_string().into())),
-                family: None,
-                port: None,
-                flags,
-            }))],
-        ));
+        batch.add(rule("postrouting", vec![snat_to(snat.primary_ip, snat.random)]));
         batch.to_nftables()
     }
 }
@@ -282,8 +325,10 @@ async fn nft(ruleset: Nftables<'static>) -> Result<(), SnatError> {
 pub async fn apply(host: &Handle, plan: &Plan) -> Result<(), SnatError> {
     let mark = plan.mark;
     let mark_rule = |r: &IpRule| r.priority == Some(MARK_RULE_PRIORITY);
-    if plan.marks() {
+    if plan.table() {
         nft(plan.ruleset()).await?;
+    }
+    if plan.marks() {
         let mut add = host
             .rule()
             .add()
@@ -301,11 +346,13 @@ pub async fn apply(host: &Handle, plan: &Plan) -> Result<(), SnatError> {
         // A mark an earlier run used, now changed: its rule goes once the new one is in.
         delete_rules(host, |r| mark_rule(r) && r.fwmark != Some(mark)).await?;
     } else {
-        let mut batch = Batch::new();
-        let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };
-        batch.add(NfListObject::Table(table()));
-        batch.delete(NfListObject::Table(table()));
-        nft(batch.to_nftables()).await?;
+        if !plan.table() {
+            let mut batch = Batch::new();
+            let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };
+            batch.add(NfListObject::Table(table()));
+            batch.delete(NfListObject::Table(table()));
+            nft(batch.to_nftables()).await?;
+        }
         delete_rules(host, mark_rule).await?;
     }
     external_service_rules(host, &plan.external_service_cidrs).await?;
@@ -352,7 +399,25 @@ mod tests {
             mark: 0x4000,
             veth_prefix: "eni".into(),
             external_service_cidrs: Vec::new(),
+            v4_egress: None,
         }
+    }
+
+    /// IPv6 mode's IPv4 egress: the pods' range SNATed to the node's IPv4 (not multicast), new
+    /// connections into it rejected; no marks.
+    #[test]
+    fn v4_egress_snats_the_pods_range_and_rejects_connections_into_it() {
+        let egress = Plan {
+            v4_egress: Some(V4Egress { node_ip: "10.0.0.4".parse().unwrap(), random: RandomizeSnat::Prng }),
+            ..plan(false, false)
+        };
+        assert!(egress.table() && !egress.marks());
+        let text = serde_json::to_value(egress.ruleset()).unwrap().to_string();
+        assert!(text.contains(r#""prefix":{"addr":"169.254.172.0","len":22}"#), "{text}");
+        assert!(text.contains(r#""op":"!=","right":{"prefix":{"addr":"224.0.0.0","len":4}}"#), "{text}");
+        assert!(text.contains(r#""snat":{"addr":"10.0.0.4","flags":["fully-random"]}"#), "{text}");
+        assert!(text.contains(r#""hook":"forward""#) && text.contains(r#""reject":null"#), "{text}");
+        assert!(!plan(true, true).ruleset().objects.iter().any(|o| format!("{o:?}").contains("forward")));
     }
 
     #[test]

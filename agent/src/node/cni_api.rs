@@ -319,6 +319,7 @@ fn add_reply(node: &Shared, ip: IpAddr, eni: String, device_number: u32) -> AddR
         mtu: cfg.pod_mtu,
         veth_prefix: cfg.veth_prefix.clone(),
         network_policy_mode: policy_mode(node),
+        v4_egress: node.ipv6.is_some() && cfg.v4_egress,
         branch: None,
     }
 }

@@ -1,7 +1,8 @@
 //! IPv6 mode (ENABLE_IPv6, always with prefix delegation, as upstream's ipamd): one /80 on the
 //! primary ENI, looked up at start and assigned once if there is none (extra prefixes are
 //! ignored), from which every pod gets a /128. Upstream's `nodeInit` returns early in IPv6 mode,
-//! and so does [`start`]: no other ENI, no warm pool, no IPv4 SNAT.
+//! and so does [`start`]: no other ENI, no warm pool, no IPv4 SNAT but the pods' IPv4 egress
+//! (ENABLE_V4_EGRESS).
 
 use std::{net::Ipv6Addr, sync::Arc};
 
@@ -19,7 +20,7 @@ use crate::{
     },
     ipam::policy::Limits,
     ipam::{checkpoint::Checkpoint, model::Cidr6, pool6::Pool6, Ipam},
-    net::netlink::NetError,
+    net::{netlink::NetError, snat},
 };
 
 /// What IPv6 mode's pods are given, found at start.
@@ -45,6 +46,22 @@ pub async fn start(
     let (_, primary_if) =
         i.net.link_by_mac(&id.mac).await?.ok_or_else(|| NetError::NoLink(id.mac.clone()))?;
     i.net.enable_ipv6(&primary_if)?;
+    // IPv4 egress (ENABLE_V4_EGRESS): the pods' 169.254.172.0/22 forwarded and SNATed to the
+    // node's IPv4 in eniguard's table; otherwise the table goes.
+    let egress =
+        i.cfg.v4_egress.then_some(snat::V4Egress { node_ip: id.local_ipv4, random: i.cfg.randomize_snat });
+    if egress.is_some() && i.net.enable_ipv4_forwarding()? {
+        log::info!("turned on net.ipv4.ip_forward for the pods' IPv4 egress");
+    }
+    let plan = snat::Plan {
+        snat: None,
+        node_port: None,
+        mark: i.cfg.connmark,
+        veth_prefix: i.cfg.veth_prefix.clone(),
+        external_service_cidrs: Vec::new(),
+        v4_egress: egress,
+    };
+    i.net.apply_snat(&plan).await?;
     board.step("the primary ENI's /80 (IMDS, else one describe, else one assignment)");
     let seen = i.cloud.attached_enis().await?;
     let primary =
@@ -124,7 +141,6 @@ mod tests {
         ("ENABLE_IPv6", "true"),
         ("ENABLE_IPv4", "false"),
         ("ENABLE_PREFIX_DELEGATION", "true"),
-        ("ENABLE_V4_EGRESS", "false"),
         ("ENIGUARD_GUARD_MODE", "off"),
     ];
 
@@ -148,7 +164,9 @@ mod tests {
             "no IPv4 pool work: {ec2:?}"
         );
         assert!(node.world.calls_to("host enable_ipv6").len() == 1);
-        assert!(node.host.snat.lock().unwrap().is_none(), "no IPv4 SNAT in IPv6 mode");
+        let plan = node.host.snat.lock().unwrap().clone().unwrap();
+        assert!(plan.snat.is_none() && plan.node_port.is_none(), "no IPv4 SNAT or NodePort marks: {plan:?}");
+        assert_eq!(plan.v4_egress.map(|e| e.node_ip.to_string()), Some("10.0.0.10".into()), "V4 egress");
 
         let key = |c: &str| AllocKey {
             network_name: "aws-cni".into(),

@@ -61,6 +61,7 @@ fn snat_plan(cfg: &Config, primary: &ImdsEni, primary_if: &str) -> snat::Plan {
         mark: cfg.connmark,
         veth_prefix: cfg.veth_prefix.clone(),
         external_service_cidrs: cfg.external_service_cidrs.clone(),
+        v4_egress: None,
     }
 }
 

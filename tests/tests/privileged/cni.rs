@@ -81,9 +81,9 @@ impl Node {
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
-        // Debian's portmap and bandwidth (containernetworking-plugins), as a node's bin dir holds
-        // them.
-        for plugin in ["portmap", "bandwidth"] {
+        // Debian's portmap, bandwidth and host-local (containernetworking-plugins), as a node's
+        // bin dir holds them.
+        for plugin in ["portmap", "bandwidth", "host-local"] {
             let debian = std::path::Path::new("/usr/lib/cni").join(plugin);
             if debian.exists() {
                 std::fs::create_dir_all(dir.join("bin"))?;
@@ -146,10 +146,12 @@ impl Node {
         Ok(())
     }
 
-    /// A sandbox for pod `name` (see [`Node::create_pod`]).
+    /// A sandbox for pod `name` (see [`Node::create_pod`]), the node's bin dir as CNI_PATH.
     pub fn sandbox(&self, container_id: &str, name: &str, netns: &NetNs) -> Result<Sandbox> {
         self.create_pod(name)?;
-        Ok(Sandbox::new(container_id, "default", name, netns))
+        let mut sandbox = Sandbox::new(container_id, "default", name, netns);
+        sandbox.cni_path = self.dir.join("bin").display().to_string();
+        Ok(sandbox)
     }
 
     pub fn call(&self, command: &str, sandbox: &Sandbox, conf: &Value) -> Result<cni::Outcome> {

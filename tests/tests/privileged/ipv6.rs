@@ -2,25 +2,27 @@
 //! the real plugin called as containerd calls it, pods as network namespaces. What a pod got is
 //! read back from EC2 (aws-sdk-ec2), the kernel and the VPC's record of its packets.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{ensure, Context as _, Result};
 use eniguard_tests::{
     agent,
     netns::NetNs,
-    sim::{fabric::Verdict, scenario::Scenario},
+    sim::{
+        fabric::{Verdict, INTERNET},
+        scenario::Scenario,
+    },
 };
 use serde_json::Value;
 
 use crate::{cni::Node, harness::Ctx};
 
-/// Upstream's IPv6 settings; the guard (which does not judge IPv6 yet) and V4 egress (not done
-/// yet) off, as the agent requires.
+/// Upstream's IPv6 settings (ENABLE_V4_EGRESS is true by default); the guard, which does not
+/// judge IPv6 yet, off, as the agent requires.
 const IPV6_ENV: &[(&str, &str)] = &[
     ("ENABLE_IPv6", "true"),
     ("ENABLE_IPv4", "false"),
     ("ENABLE_PREFIX_DELEGATION", "true"),
-    ("ENABLE_V4_EGRESS", "false"),
     ("ENIGUARD_GUARD_MODE", "off"),
     ("IP_COOLDOWN_PERIOD", "3"),
 ];
@@ -47,6 +49,27 @@ fn checkpoint_ipv6(node: &Node) -> Result<Vec<String>> {
     let file: Value = serde_json::from_str(&std::fs::read_to_string(node.dir.join("ipam.json"))?)?;
     let allocations = file["allocations"].as_array().context("allocations")?;
     Ok(allocations.iter().filter_map(|a| a["ipv6"].as_str().map(str::to_owned)).collect())
+}
+
+/// IPv4 egress (ENABLE_V4_EGRESS): the pod has `v4if0` with an address of 169.254.172.0/22 (not
+/// in the CNI result), pings an IPv4 address outside the VPC, and the VPC saw it come from the
+/// node's own IPv4 address through the primary ENI.
+fn v4_egress(node: &Node, pod: &NetNs, eni_id: &str) -> Result<()> {
+    let addresses = pod.ip(&["-4", "addr", "show", "dev", eniguard::cni::egress::IF_NAME])?;
+    ensure!(addresses.contains("inet 169.254.17"), "v4if0: {addresses}");
+    let fabric = node.fabric()?;
+    fabric.clear();
+    pod.run("ping", &["-4", "-c", "1", "-W", "2", &INTERNET.to_string()]).context("IPv4 egress")?;
+    let node_ip: Ipv4Addr = node.primary_eni()?.private_ip_address().context("the node's IPv4")?.parse()?;
+    let out: Vec<_> = fabric.frames().into_iter().filter(|f| f.dst == INTERNET).collect();
+    ensure!(
+        !out.is_empty()
+            && out.iter().all(|f| f.src == node_ip && f.eni_id == eni_id && f.verdict == Verdict::Delivered),
+        "IPv4 egress should leave as {node_ip} through {eni_id}: {out:?}"
+    );
+    let table = node.ns.run("nft", &["list", "table", "ip", "eniguard"])?;
+    ensure!(table.contains("169.254.172.0/22") && table.contains("snat"), "the egress SNAT: {table}");
+    Ok(())
 }
 
 /// An IPv6 node through the agent and the plugin: the agent starts with one /80 on the primary
@@ -81,6 +104,7 @@ pub fn ipv6_node(ctx: &mut Ctx) -> Result<()> {
             fabric.frames6().into_iter().find(|f| f.src == ip && f.dst.to_string() == ROUTER)
         })?;
         ensure!(seen.verdict == Verdict::Delivered && seen.eni_id == eni_id, "{seen:?}");
+        v4_egress(&node, &ns, eni_id)?;
         pods.push((ns, sandbox, add.json(), ip));
     }
     ensure!(pods[0].3 != pods[1].3, "two pods, two addresses");
@@ -114,7 +138,15 @@ pub fn ipv6_node(ctx: &mut Ctx) -> Result<()> {
     node.agent().daemon.wait_for_line("ready:", std::time::Duration::from_secs(60))?;
     let after = node.primary_eni()?;
     ensure!(after.ipv6_prefixes().len() == 1, "no second /80: {:?}", after.ipv6_prefixes());
+    let egress_store = std::path::Path::new(eniguard::cni::egress::DATA_DIR).join("aws-cni");
+    let held_by = |sandbox: &str| -> Result<bool> {
+        Ok(std::fs::read_dir(&egress_store)?
+            .flatten()
+            .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|c| c.starts_with(sandbox))))
+    };
+    ensure!(!held_by(&sandbox.container_id)?, "host-local's IPv4 egress address released on DEL");
     let (_, sandbox_b, result_b, ip_b) = &pods[1];
+    ensure!(held_by(&sandbox_b.container_id)?, "the other pod's IPv4 egress address is kept");
     let check = node.call("CHECK", sandbox_b, &node.conf("1.1.0", Some(result_b)))?;
     ensure!(check.success, "CHECK of {ip_b} after the restart: {} {}", check.stdout, check.stderr);
     let del = node.call("DEL", sandbox_b, &node.conf("1.1.0", Some(result_b)))?;
@@ -137,6 +169,7 @@ pub fn containerd_ipv6_pod(ctx: &mut Ctx) -> Result<()> {
     let status = k.block_on(k.cri().status(&sandbox))?;
     let ip: Ipv6Addr = status.ip.parse().with_context(|| format!("containerd's pod ip `{}`", status.ip))?;
     ensure!(status.ready && prefix80.contains(ip), "{ip} (ready: {}) is not in {prefix80}", status.ready);
+    ensure!(!status.ip.starts_with("169.254"), "the pod's IP stays its IPv6 one");
     let container = k.start_busybox(&pod, &sandbox)?;
     let ping = k.block_on(k.cri().exec(
         &container,
