@@ -34,20 +34,38 @@ impl PoolNode {
         Self::start_with(prefix, addresses, &[])
     }
 
+    /// An IPv6 node (ENABLE_IPv6, upstream's settings: V4 egress on, the guard in its default
+    /// monitor mode): pods get /128s of the primary ENI's /80, no pool to wait for.
+    pub fn start_ipv6(prefix: &str) -> Result<Self> {
+        let mut scenario = Scenario::default_scenario();
+        scenario.vpc.ipv6_cidrs = vec!["2600:1f14:abc:de00::/56".into()];
+        scenario.subnets[0].ipv6_cidr = Some("2600:1f14:abc:de01::/64".into());
+        let env = [("ENABLE_IPv6", "true"), ("ENABLE_IPv4", "false"), ("ENABLE_PREFIX_DELEGATION", "true")];
+        Self::start_in(scenario, prefix, 0, &env)
+    }
+
     /// [`PoolNode::start`] with more of the agent's environment.
     pub fn start_with(prefix: &str, addresses: u32, extra_env: &[(&str, &str)]) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let mut scenario = Scenario::default_scenario();
         scenario.nodes[0].max_pods = Some(addresses);
+        let minimum = addresses.to_string();
+        let mut env = vec![("ENABLE_PREFIX_DELEGATION", "true"), ("MINIMUM_IP_TARGET", minimum.as_str())];
+        env.extend_from_slice(extra_env);
+        Self::start_in(scenario, prefix, addresses, &env)
+    }
+
+    /// The agent on `scenario`'s first node, ready with `addresses` in its pool.
+    fn start_in(
+        scenario: Scenario,
+        prefix: &str,
+        addresses: u32,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let sim = rt.block_on(Sim::start_with_fabric(&scenario, prefix))?;
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
-        let minimum = addresses.to_string();
-        let mut env = vec![
-            ("ENABLE_PREFIX_DELEGATION", "true"),
-            ("MINIMUM_IP_TARGET", minimum.as_str()),
-            ("IP_COOLDOWN_PERIOD", "1"),
-        ];
+        let mut env = vec![("IP_COOLDOWN_PERIOD", "1")];
         env.extend_from_slice(extra_env);
         let pins = PinsCleanup(agent::pin_dir(prefix, 0));
         let agent = agent::start(&sim, prefix, 0, &dir, &env)?;

@@ -606,11 +606,6 @@ impl Config {
                 "true",
                 &format!("false {with_v6}: eniguard does not give IPv6 pods branch ENIs yet"),
             )),
-            (false, true) if self.guard_mode != GuardMode::Off => Err(bad(
-                "ENIGUARD_GUARD_MODE",
-                if self.guard_mode == GuardMode::Monitor { "monitor" } else { "enforce" },
-                &format!("off {with_v6}: the guard does not judge IPv6 pods yet"),
-            )),
             (false, true) => Ok(()),
         }
     }
@@ -789,12 +784,7 @@ mod tests {
     fn ipv6_mode_is_checked_as_upstream_checks_it() {
         let c = parse(&[]).unwrap();
         assert!(c.ipv4 && !c.ipv6 && c.v4_egress, "upstream's defaults");
-        let v6 = [
-            ("ENABLE_IPv6", "true"),
-            ("ENABLE_IPv4", "false"),
-            ("ENABLE_PREFIX_DELEGATION", "true"),
-            ("ENIGUARD_GUARD_MODE", "off"),
-        ];
+        let v6 = [("ENABLE_IPv6", "true"), ("ENABLE_IPv4", "false"), ("ENABLE_PREFIX_DELEGATION", "true")];
         let c = parse(&v6).unwrap();
         assert!(c.ipv6 && !c.ipv4 && c.prefix_delegation && c.v4_egress);
         let with = |extra: &[(&'static str, &'static str)]| {
@@ -808,8 +798,6 @@ mod tests {
             (&[("ENABLE_PREFIX_DELEGATION", "false")][..], "ENABLE_PREFIX_DELEGATION=`false`: expected true with ENABLE_IPv6=true"),
             (&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")][..], "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=`true`: expected false"),
             (&[("ENABLE_POD_ENI", "true")][..], "ENABLE_POD_ENI=`true`: expected false with ENABLE_IPv6=true: eniguard does not give IPv6 pods branch ENIs yet"),
-            (&[("ENIGUARD_GUARD_MODE", "monitor")][..], "ENIGUARD_GUARD_MODE=`monitor`: expected off with ENABLE_IPv6=true"),
-            (&[("ENIGUARD_GUARD_MODE", "enforce")][..], "ENIGUARD_GUARD_MODE=`enforce`"),
         ] {
             let e = with(extra);
             assert!(e.contains(expected), "{extra:?}: {e}");

@@ -21,7 +21,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     hash::Hash,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -72,6 +72,7 @@ struct Programmed {
     config: GuardConfig,
     truth: StdHashMap<IfaceKey, IfaceTruth>,
     intent: StdHashMap<[u8; 4], PodIntent>,
+    intent6: StdHashMap<[u8; 16], PodIntent>,
     veths: StdHashMap<u32, VethPod>,
 }
 
@@ -242,11 +243,13 @@ impl Guard {
                 problem: "TCX needs kernel >= 6.6; use --attach netlink".into(),
             });
         }
+        // A predecessor's maps; one from before IPv6 intent has no INTENT6_MAP yet, and gets it.
         let adopted = pins.map(INTENT_MAP).exists();
         pins.create()?;
         let pinned: Vec<_> = GUARD_MAPS.iter().map(|name| (*name, pins.map(name))).collect();
         let sizes = [
             (INTENT_MAP, capacity.pods),
+            (INTENT6_MAP, capacity.pods),
             (VETH_MAP, capacity.pods),
             (POD_COUNTERS_MAP, capacity.pods),
             (RATE_MAP, capacity.pods),
@@ -259,7 +262,7 @@ impl Guard {
                 .map_err(|source| GuardError::Program { name: hook.program(), source })?;
         }
         let capacity = Capacity {
-            pods: [INTENT_MAP, VETH_MAP, POD_COUNTERS_MAP, RATE_MAP]
+            pods: [INTENT_MAP, INTENT6_MAP, VETH_MAP, POD_COUNTERS_MAP, RATE_MAP]
                 .iter()
                 .map(|m| max_entries(&ebpf, m))
                 .try_fold(capacity.pods, |acc, n| n.map(|n| acc.min(n)))?,
@@ -274,6 +277,7 @@ impl Guard {
             config,
             truth: read_map(&ebpf, TRUTH_MAP)?,
             intent: read_map(&ebpf, INTENT_MAP)?,
+            intent6: read_map(&ebpf, INTENT6_MAP)?,
             veths: read_map(&ebpf, VETH_MAP)?,
         };
         Ok(Self {
@@ -378,7 +382,7 @@ impl Guard {
             };
             truth.insert(IfaceKey { ifindex, vlan: key_vlan }, value);
         }
-        let mut intent = StdHashMap::new();
+        let (mut intent, mut intent6) = (StdHashMap::new(), StdHashMap::new());
         let mut veths = StdHashMap::new();
         for p in &spec.pods {
             let pod_id = self.names.pods.id(&(p.pod.namespace.clone(), p.pod.name.clone()));
@@ -392,9 +396,12 @@ impl Guard {
                 allowed: Default::default(),
             };
             value.allowed = allowed_exits(&value, &truth);
-            intent.insert(p.ip.octets(), value);
+            match p.ip {
+                IpAddr::V4(ip) => intent.insert(ip.octets(), value),
+                IpAddr::V6(ip) => intent6.insert(ip.octets(), value),
+            };
             if let Some(&ifindex) = resolved.ifindex.get(&p.pod.host_interface) {
-                veths.insert(ifindex, VethPod { pod_id, mode, addr: ipv4_key(p.ip) });
+                veths.insert(ifindex, VethPod { pod_id, mode, addr: addr_key(p.ip) });
             }
         }
         let config = GuardConfig {
@@ -403,7 +410,7 @@ impl Guard {
             generation: 0, // set when written
             flow_cache: u32::from(self.flow_cache),
         };
-        Programmed { config, truth, intent, veths }
+        Programmed { config, truth, intent, intent6, veths }
     }
 
     /// Moves the maps from `from` to `to` in the order that never passes what the full check
@@ -412,9 +419,12 @@ impl Guard {
     fn write_maps(&mut self, from: &Programmed, to: &Programmed) -> Result<(), GuardError> {
         self.write_config(from.config)?;
         let interim = interim_intents(&from.intent, &to.intent);
+        let interim6 = interim_intents(&from.intent6, &to.intent6);
         self.write_map(INTENT_MAP, &from.intent, &interim)?;
+        self.write_map(INTENT6_MAP, &from.intent6, &interim6)?;
         self.write_map(TRUTH_MAP, &from.truth, &to.truth)?;
         self.write_map(INTENT_MAP, &interim, &to.intent)?;
+        self.write_map(INTENT6_MAP, &interim6, &to.intent6)?;
         self.write_map(VETH_MAP, &from.veths, &to.veths)?;
         self.write_config(to.config)
     }
@@ -743,10 +753,10 @@ fn detach(link: Link) {
 /// The intents written before truth changes: the new intents, each with only the fast-path exits
 /// valid both before and after the update (a packet that takes the fast path in between is one
 /// that both the old and the new full check pass).
-pub fn interim_intents(
-    from: &StdHashMap<[u8; 4], PodIntent>,
-    to: &StdHashMap<[u8; 4], PodIntent>,
-) -> StdHashMap<[u8; 4], PodIntent> {
+pub fn interim_intents<K: Copy + Eq + Hash>(
+    from: &StdHashMap<K, PodIntent>,
+    to: &StdHashMap<K, PodIntent>,
+) -> StdHashMap<K, PodIntent> {
     to.iter()
         .map(|(k, new)| {
             let before = from.get(k).map(|o| o.allowed).unwrap_or_default();
@@ -801,14 +811,25 @@ fn mode_value(mode: Mode) -> u32 {
     }
 }
 
-pub fn ipv4_key(ip: Ipv4Addr) -> AddrKey {
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&ip.octets());
-    AddrKey { family: FAMILY_IPV4, addr }
+/// The kernel's key for `ip` (IPv4 in the first 4 bytes).
+pub fn addr_key(ip: IpAddr) -> AddrKey {
+    match ip {
+        IpAddr::V4(ip) => {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&ip.octets());
+            AddrKey { family: FAMILY_IPV4, addr }
+        }
+        IpAddr::V6(ip) => AddrKey { family: FAMILY_IPV6, addr: ip.octets() },
+    }
 }
 
-pub fn ipv4_of(key: &AddrKey) -> Ipv4Addr {
-    Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3])
+/// The address a kernel key holds.
+pub fn addr_of(key: &AddrKey) -> IpAddr {
+    if key.family == FAMILY_IPV6 {
+        IpAddr::V6(Ipv6Addr::from(key.addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]))
+    }
 }
 
 fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, GuardError> {

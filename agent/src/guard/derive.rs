@@ -17,7 +17,7 @@
 //! - a pod annotated `eniguard.io/guard-mode: off` is left out; `monitor`/`enforce` override the
 //!   node's mode for that pod.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
@@ -30,7 +30,7 @@ use crate::net::names::host_veth_name;
 pub struct BranchPod {
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub eni: String,
     pub vlan: u16,
     /// What its SecurityGroupPolicies say (intent).
@@ -64,7 +64,7 @@ pub struct EniFact {
 pub struct PodAddress {
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The ENI whose address or /28 holds `ip` (None: on no ENI the node knows).
     pub eni: Option<String>,
     /// Newer allocations of the same pod win its veth (a sandbox re-created before its DEL).
@@ -116,7 +116,7 @@ pub struct Inputs {
 pub struct Finding {
     pub namespace: String,
     pub pod: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub eni: String,
     pub reason: String,
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use eniguard_common::guard::{ViolationEvent, REASON_NAMES};
 use serde::Serialize;
 
-use super::datapath::{ipv4_of, Names};
+use super::datapath::{addr_of, Names};
 
 /// A violation with names instead of ids.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -46,8 +46,8 @@ pub fn name(event: &ViolationEvent, names: &Names) -> Violation {
         pod,
         reason: REASON_NAMES.get(event.reason as usize).copied().unwrap_or("unknown"),
         verdict: if event.dropped != 0 { "dropped" } else { "passed" },
-        src: ipv4_of(&event.src).to_string(),
-        dst: ipv4_of(&event.dst).to_string(),
+        src: addr_of(&event.src).to_string(),
+        dst: addr_of(&event.dst).to_string(),
         ifindex: event.ifindex,
         observed_vlan: event.observed_vlan,
         expected_vlan: event.expected_vlan,

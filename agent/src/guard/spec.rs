@@ -4,7 +4,7 @@
 //! own control plane). Parsing is strict (unknown fields are errors) and validation names the
 //! entry and field at fault; nothing is touched in the kernel until a file is valid.
 
-use std::{collections::HashMap, net::Ipv4Addr, path::Path};
+use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use serde::Deserialize;
 
@@ -73,7 +73,7 @@ fn default_events_per_pod_per_second() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidPod {
     pub pod: Pod,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// A spec that passed validation.
@@ -130,7 +130,7 @@ impl Spec {
                 ));
             }
         }
-        let mut seen_ips: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut seen_ips: HashMap<IpAddr, usize> = HashMap::new();
         let mut seen_veths: HashMap<&str, usize> = HashMap::new();
         let mut pods = Vec::with_capacity(self.pods.len());
         for (i, pod) in self.pods.iter().enumerate() {
@@ -141,14 +141,10 @@ impl Spec {
             if pod.name.is_empty() {
                 return Err(invalid(&entry, "name", "must not be empty".into()));
             }
-            let ip: Ipv4Addr = pod.ip.parse().map_err(|_| {
-                let problem = if pod.ip.contains(':') {
-                    format!("`{}`: IPv6 pods are not supported yet; expected an IPv4 address", pod.ip)
-                } else {
-                    format!("`{}` is not an IPv4 address", pod.ip)
-                };
-                invalid(&entry, "ip", problem)
-            })?;
+            let ip: IpAddr = pod
+                .ip
+                .parse()
+                .map_err(|_| invalid(&entry, "ip", format!("`{}` is not an IPv4 or IPv6 address", pod.ip)))?;
             if let Some(j) = seen_ips.insert(ip, i) {
                 return Err(invalid(&entry, "ip", format!("{ip} is already the address of pods[{j}]")));
             }
@@ -252,7 +248,7 @@ pods:
     #[test]
     fn accepts_the_documented_shape_in_yaml_and_json() {
         let spec = Spec::parse(GOOD).unwrap().validate().unwrap();
-        assert_eq!(spec.pods[0].ip, Ipv4Addr::new(10, 0, 1, 10));
+        assert_eq!(spec.pods[0].ip, std::net::Ipv4Addr::new(10, 0, 1, 10));
         assert_eq!(spec.pods[0].pod.mode, Some(Mode::Enforce));
         let json = r#"{"mode":"enforce","interfaces":[{"name":"eth1","eni":"eni-1","securityGroups":["sg-1"]}],"pods":[]}"#;
         let spec = Spec::parse(json).unwrap().validate().unwrap();
@@ -272,9 +268,11 @@ pods:
     fn bad_values_name_the_entry_and_field() {
         assert_eq!(
             error_of(&GOOD.replace("ip: 10.0.1.10", "ip: 10.0.1.300")),
-            "pods[0] (default/web-1): ip: `10.0.1.300` is not an IPv4 address"
+            "pods[0] (default/web-1): ip: `10.0.1.300` is not an IPv4 or IPv6 address"
         );
-        assert!(error_of(&GOOD.replace("ip: 10.0.1.10", "ip: \"fd00::1\"")).contains("IPv6"));
+        assert!(error_of(&GOOD.replace("ip: 10.0.1.10", "ip: \"fd00::1::2\"")).contains("`fd00::1::2`"));
+        let six = GOOD.replace("ip: 10.0.1.10", "ip: \"2600:1f14::10\"");
+        assert_eq!(Spec::parse(&six).unwrap().validate().unwrap().pods[0].ip.to_string(), "2600:1f14::10");
         assert_eq!(
             error_of(&GOOD.replace("eni: eni-0a1\n", "eni: eni-XYZ\n")),
             "interfaces[0] (eth1): eni: `eni-XYZ`: expected eni- followed by lowercase hex digits"

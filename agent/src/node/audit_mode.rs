@@ -32,7 +32,10 @@ use crate::{
         live::LiveGuard,
         spec::Mode,
     },
-    ipam::{checkpoint::Checkpoint, model::Cidr},
+    ipam::{
+        checkpoint::Checkpoint,
+        model::{Allocation, Cidr, Cidr6},
+    },
     kube::{
         client::{Kube, PodInfo},
         eniconfig,
@@ -54,6 +57,9 @@ pub const IMDS_INTERVAL: Duration = Duration::from_secs(60);
 /// How often aws-node's checkpoint is looked at (its modification time): pods start in seconds.
 pub const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
 
+/// An ENI with its IPv4 addresses and prefixes and its IPv6 prefixes (an IPv6 node's /80).
+type Held = (KnownEni, Vec<Cidr>, Vec<Cidr6>);
+
 /// What audit mode knows of the node.
 pub struct Observed {
     pub cfg: Config,
@@ -69,7 +75,7 @@ pub struct Observed {
     /// The ENIConfig's name and groups (custom networking), None until read.
     eni_config_groups: Mutex<Option<(String, Vec<String>)>>,
     /// Every attached ENI as EC2 describes it, with its addresses and prefixes.
-    enis: Mutex<BTreeMap<String, (KnownEni, Vec<Cidr>)>>,
+    enis: Mutex<BTreeMap<String, Held>>,
     /// aws-node's checkpoint, as last read, and its modification time.
     checkpoint: Mutex<(Vec<PodAddress>, Option<SystemTime>)>,
     /// The node's pods (watched): branch-ENI pods are known by their annotation.
@@ -150,9 +156,10 @@ impl Observed {
         let enis = known
             .into_values()
             .map(|k| {
-                let cidrs =
-                    described.iter().find(|d| d.id == k.id).map(|d| d.cidrs.clone()).unwrap_or_default();
-                (k.id.clone(), (k, cidrs))
+                let d = described.iter().find(|d| d.id == k.id);
+                let cidrs = d.map(|d| d.cidrs.clone()).unwrap_or_default();
+                let prefixes6 = d.map(|d| d.ipv6_prefixes.clone()).unwrap_or_default();
+                (k.id.clone(), (k, cidrs, prefixes6))
             })
             .collect();
         *lock(&self.enis) = enis;
@@ -169,17 +176,14 @@ impl Observed {
         let read = Checkpoint::new(&path)
             .read()
             .map_err(|source| NodeError::Checkpoint { path: path.clone(), source })?;
-        if let Some(cp) = read.as_ref().filter(|cp| !cp.allocations6.is_empty()) {
-            // Audit judges IPv4 pods only for now: the IPv6 ones are named, not silently left out.
-            tracing::warn!(
-                count = cp.allocations6.len(),
-                "the checkpoint holds IPv6 pods (an IPv6 node): audit mode does not judge them yet"
-            );
-        }
+        // An IPv6 node's pods are judged by their /128 (the ENI whose /80 holds it).
         let pods = read
             .map(|cp| {
+                let v6 = cp.allocations6.into_iter().map(Allocation::widen);
                 cp.allocations
                     .into_iter()
+                    .map(Allocation::widen)
+                    .chain(v6)
                     .map(|a| PodAddress {
                         namespace: a.pod.namespace,
                         name: a.pod.name,
@@ -198,20 +202,24 @@ impl Observed {
     async fn inputs(&self) -> Result<Inputs, NetError> {
         let links = self.net.links_by_mac().await?;
         let enis = lock(&self.enis).clone();
-        let owner = |ip| {
-            enis.values().find(|(_, cidrs)| cidrs.iter().any(|c| c.contains(ip))).map(|(k, _)| k.id.clone())
+        let owner = |ip: std::net::IpAddr| {
+            let holds = |(_, cidrs, prefixes6): &&Held| match ip {
+                std::net::IpAddr::V4(ip) => cidrs.iter().any(|c| c.contains(ip)),
+                std::net::IpAddr::V6(ip) => prefixes6.iter().any(|c| c.contains(ip)),
+            };
+            enis.values().find(holds).map(|(k, ..)| k.id.clone())
         };
         let pods =
             lock(&self.checkpoint).0.iter().map(|p| PodAddress { eni: owner(p.ip), ..p.clone() }).collect();
         let facts = super::guard_feed::eni_facts(
-            enis.into_values().map(|(e, _)| e),
+            enis.into_values().map(|(e, ..)| e),
             &links,
             self.cfg.custom_networking,
         );
         let trunk_link = lock(&self.enis)
             .values()
-            .find(|(e, _)| e.trunk())
-            .and_then(|(t, _)| links.get(&t.mac.to_ascii_lowercase()).cloned());
+            .find(|(e, ..)| e.trunk())
+            .and_then(|(t, ..)| links.get(&t.mac.to_ascii_lowercase()).cloned());
         let branches = super::guard_feed::branch_pods(
             lock(&self.pods).values().cloned(),
             &lock(&self.branch_groups),
@@ -297,7 +305,7 @@ impl Observed {
         let enis = lock(&self.enis);
         Ok(seen.len() != enis.len()
             || seen.iter().any(|s| {
-                enis.get(&s.id).is_none_or(|(_, cidrs)| {
+                enis.get(&s.id).is_none_or(|(_, cidrs, _)| {
                     let mut a = s.cidrs();
                     let mut b = cidrs.clone();
                     a.sort();

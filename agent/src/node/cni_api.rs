@@ -194,6 +194,7 @@ async fn allocate(node: &Shared, r: AddRequest) -> Result<AddReply, ApiError> {
                 }
                 e => internal("add", &e),
             })?;
+        node.guard_sync().await.map_err(|e| internal("add: guard", &e))?;
         return Ok(add_reply(node, allocation.ip.into(), v6.primary_eni.clone(), 0));
     }
     let (allocation, home) = node

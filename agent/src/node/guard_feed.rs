@@ -63,19 +63,27 @@ impl LinkTable {
 /// What the derivation needs, read from the node (one short datastore section; the links from
 /// `table`).
 pub async fn inputs(node: &Shared, table: &mut LinkTable) -> Result<Inputs, NetError> {
+    // IPv6 mode's pods are all on the primary ENI, which holds the /80.
+    let primary6 = node.ipv6.as_ref().map(|v6| v6.primary_eni.clone());
     let pods: Vec<PodAddress> = node
         .owner
-        .with(|ipam| {
+        .with(move |ipam| {
             let ds = &ipam.datastore;
+            let address = |a: crate::ipam::model::Allocation<std::net::IpAddr>, eni| PodAddress {
+                namespace: a.pod.namespace,
+                name: a.pod.name,
+                ip: a.ip,
+                eni,
+                allocated_at: a.allocated_at,
+            };
+            let v6 = ipam.pool6.iter().flat_map(|p| p.allocations());
             ds.allocations()
                 .into_iter()
-                .map(|a| PodAddress {
-                    namespace: a.pod.namespace,
-                    name: a.pod.name,
-                    ip: a.ip,
-                    eni: ds.eni_of(a.ip).map(|(eni, _)| eni),
-                    allocated_at: a.allocated_at,
+                .map(|a| {
+                    let eni = ds.eni_of(a.ip).map(|(eni, _)| eni);
+                    address(a.widen(), eni)
                 })
+                .chain(v6.map(|a| address(a.widen(), primary6.clone())))
                 .collect()
         })
         .await;
@@ -142,7 +150,7 @@ pub fn branch_pods(
                 )
             };
             Some(BranchPod {
-                ip: eni.ip,
+                ip: eni.ip.into(),
                 vlan: eni.vlan_id,
                 actual_groups: groups.get(&eni.eni_id).cloned(),
                 eni: eni.eni_id,

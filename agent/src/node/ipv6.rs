@@ -7,6 +7,7 @@
 use std::{net::Ipv6Addr, sync::Arc};
 
 use super::{
+    enis,
     error::NodeError,
     journal::Journal,
     owner::now,
@@ -15,6 +16,7 @@ use super::{
 };
 use crate::{
     cloud::{
+        ec2::EniInfo,
         imds::{Identity, Ipv6View},
         Cloud,
     },
@@ -62,12 +64,16 @@ pub async fn start(
         v4_egress: egress,
     };
     i.net.apply_snat(&plan).await?;
-    board.step("the primary ENI's /80 (IMDS, else one describe, else one assignment)");
+    board.step("the primary ENI (IMDS, one DescribeNetworkInterfaces) and its /80");
     let seen = i.cloud.attached_enis().await?;
     let primary =
         seen.iter().find(|e| e.mac == id.mac).cloned().ok_or(NodeError::NoPrimary(id.mac.clone()))?;
     let view = i.cloud.ipv6(&id.mac).await?;
-    let prefix = ensure_prefix(i.cloud.as_ref(), &view, &primary.id, !i.cfg.disable_provisioning).await?;
+    let described = i.cloud.describe_enis(std::slice::from_ref(&primary.id)).await?;
+    let enis = enis::known_enis(&i.cfg, &id, std::slice::from_ref(&primary), &described);
+    let described = described.iter().find(|d| d.id == primary.id);
+    let provisioning = !i.cfg.disable_provisioning;
+    let prefix = ensure_prefix(i.cloud.as_ref(), &view, described, &primary.id, provisioning).await?;
     log::info!("IPv6 mode: pods get /128s from {prefix} on {}", primary.id);
     board.step("restore the checkpoint");
     let cooldown = u64::try_from(i.cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX);
@@ -82,7 +88,7 @@ pub async fn start(
     let found = Found {
         vpc_cidrs: view.vpc.iter().map(ToString::to_string).collect(),
         ipv6: Some(Ipv6Node { primary_eni: primary.id.clone(), prefix, node_ip: view.node_ip }),
-        enis: Default::default(),
+        enis,
         primary,
         id,
         limits,
@@ -93,24 +99,21 @@ pub async fn start(
     let shared = assemble(i, found);
     board.step("Node");
     shared.set_node(shared.clients.kube.node(node_name).await?);
+    super::startup::audit_and_guard(&shared).await;
     Ok(shared)
 }
 
 /// The primary ENI's /80: the first one IMDS shows (`view`); else the first one EC2 describes
-/// (IMDS may lag behind an assignment a previous run made moments ago, and a second /80 would be
-/// a leak); else, when `provisioning`, one assigned now. At most one DescribeNetworkInterfaces
-/// and one AssignIpv6Addresses.
+/// (`described`: IMDS may lag behind an assignment a previous run made moments ago, and a second
+/// /80 would be a leak); else, when `provisioning`, one assigned now (one AssignIpv6Addresses).
 pub async fn ensure_prefix(
     cloud: &dyn Cloud,
     view: &Ipv6View,
+    described: Option<&EniInfo>,
     primary_eni: &str,
     provisioning: bool,
 ) -> Result<Cidr6, NodeError> {
-    if let Some(p) = view.prefixes.first() {
-        return Ok(*p);
-    }
-    let described = cloud.describe_enis(&[primary_eni.to_owned()]).await?;
-    if let Some(p) = described.iter().find(|e| e.id == primary_eni).and_then(|e| e.ipv6_prefixes.first()) {
+    if let Some(p) = view.prefixes.first().or_else(|| described.and_then(|d| d.ipv6_prefixes.first())) {
         return Ok(*p);
     }
     if !provisioning {
@@ -130,10 +133,12 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().build().map(|rt| rt.block_on(f)).unwrap()
     }
 
+    /// As [`start`] asks: IMDS, one describe, then [`ensure_prefix`].
     fn ensure(cloud: &FakeCloud, provisioning: bool) -> Result<Cidr6, NodeError> {
         run(async {
             let view = cloud.ipv6(PRIMARY_MAC).await?;
-            ensure_prefix(cloud, &view, PRIMARY_ENI, provisioning).await
+            let described = cloud.describe_enis(&[PRIMARY_ENI.to_owned()]).await?;
+            ensure_prefix(cloud, &view, described.first(), PRIMARY_ENI, provisioning).await
         })
     }
 
@@ -212,14 +217,14 @@ mod tests {
                 format!("ec2 AssignIpv6Addresses {PRIMARY_ENI} /80")
             ]
         );
-        // A restart: IMDS shows it, no EC2 call.
+        // A restart: IMDS shows it, nothing assigned.
         assert_eq!(ensure(&cloud, true).unwrap(), first);
-        assert_eq!(world.calls_to("ec2").len(), 2);
+        assert_eq!(world.calls_to("ec2 AssignIpv6Addresses").len(), 1);
         // A restart while IMDS lags behind the assignment: EC2's answer, and no second /80.
         cloud.ipv6_imds_lags();
         assert_eq!(ensure(&cloud, true).unwrap(), first);
         assert_eq!(world.calls_to("ec2 AssignIpv6Addresses").len(), 1);
-        assert_eq!(world.calls_to("ec2 DescribeNetworkInterfaces").len(), 2);
+        assert_eq!(world.calls_to("ec2 DescribeNetworkInterfaces").len(), 3);
         // DISABLE_NETWORK_RESOURCE_PROVISIONING on a node without a /80: refused, nothing assigned.
         let bare_world = Arc::new(World::default());
         let bare = FakeCloud::new(bare_world.clone());

@@ -135,12 +135,18 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     signals::signal(&shared).await?;
     board.step("pre-scale");
     pool::prescale(&shared).await;
-    super::audit::security_groups(&shared).await;
-    if let Some(live) = &shared.guard {
-        board.step("guard: intent and truth into the kernel");
-        super::guard_feed::apply(&shared, live, live.request(), &mut Default::default()).await;
-    }
+    audit_and_guard(&shared).await;
     Ok(shared)
+}
+
+/// Both families' last steps: the ENIs' groups against their configuration, then the guard's
+/// first intent and truth, so that the first pod's first packet is judged.
+pub(super) async fn audit_and_guard(shared: &Shared) {
+    super::audit::security_groups(shared).await;
+    if let Some(live) = &shared.guard {
+        shared.board.step("guard: intent and truth into the kernel");
+        super::guard_feed::apply(shared, live, live.request(), &mut Default::default()).await;
+    }
 }
 
 /// What either family's sequence found, for [`assemble`].

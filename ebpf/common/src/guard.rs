@@ -9,7 +9,7 @@ pub const FAMILY_IPV4: u32 = 4;
 pub const FAMILY_IPV6: u32 = 6;
 
 /// A pod address, bytes in network order (bpftool prints IPv4 as `[10,0,1,10,0,…]`). IPv4 uses
-/// the first 4 bytes, the rest 0; IPv6 will use all 16.
+/// the first 4 bytes, the rest 0; IPv6 uses all 16.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey {
@@ -25,7 +25,7 @@ pub const MODE_ENFORCE: u32 = 2;
 /// Up to this many (interface, VLAN) exits are precomputed as correct for one pod.
 pub const ALLOWED_EXITS: usize = 4;
 
-/// Intent for one IPv4 pod address: where its packets must leave the node.
+/// Intent for one pod address (IPv4 or IPv6): where its packets must leave the node.
 ///
 /// `allowed` lists the truth keys whose truth already matches this intent, precomputed by the agent
 /// whenever either side changes: a packet leaving through one of them passes after one lookup. Any
@@ -106,12 +106,12 @@ pub const REASON_WRONG_ENI: u32 = 0;
 pub const REASON_WRONG_VLAN: u32 = 1;
 pub const REASON_SG_MISMATCH: u32 = 2;
 pub const REASON_UNKNOWN_INTERFACE: u32 = 3;
-/// An IPv4 packet or ARP frame from a pod veth with a sender address that is not the pod's.
+/// An IPv4 or IPv6 packet or an ARP frame from a pod veth with a sender address that is not the
+/// pod's (link-local IPv6, such as neighbour discovery, gets no verdict).
 pub const REASON_SPOOFED_SOURCE: u32 = 4;
-/// A frame from a pod veth the guard cannot judge: IPv6 that could leave the link (no IPv6 intent
-/// yet; link-local IPv6 such as neighbour discovery gets no verdict), an ethertype other than IPv4
-/// and ARP, or headers it cannot read. The rule: an enforced pod sends nothing the guard
-/// cannot judge, so in enforce mode these are dropped; in monitor mode they are counted.
+/// A frame from a pod veth the guard cannot judge: an ethertype other than IPv4, IPv6 and ARP,
+/// or headers it cannot read. The rule: an enforced pod sends nothing the guard cannot judge, so
+/// in enforce mode these are dropped; in monitor mode they are counted.
 pub const REASON_UNJUDGED: u32 = 5;
 pub const REASONS: usize = 6;
 /// Label of each reason, indexed by its value (metrics, logs, CLI).
@@ -184,8 +184,10 @@ pub struct ViolationEvent {
 
 /// Map names; the suffix is the layout version (bump it when a type above or a map's flags
 /// change).
-/// IPv4 intent, keyed by the address bytes (IPv6 will get its own map).
+/// IPv4 intent, keyed by the address bytes.
 pub const INTENT_MAP: &str = "GUARD_INTENT4_V2";
+/// IPv6 intent, keyed by the address bytes.
+pub const INTENT6_MAP: &str = "GUARD_INTENT6_V1";
 pub const TRUTH_MAP: &str = "GUARD_TRUTH_V1";
 pub const VETH_MAP: &str = "GUARD_VETH_V2";
 pub const CONFIG_MAP: &str = "GUARD_CONFIG_V2";
@@ -195,8 +197,9 @@ pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V2";
 pub const RATE_MAP: &str = "GUARD_RATE_V1";
 pub const EVENTS_MAP: &str = "GUARD_EVENTS_V1";
 /// Every guard map, in pin order.
-pub const GUARD_MAPS: [&str; 9] = [
+pub const GUARD_MAPS: [&str; 10] = [
     INTENT_MAP,
+    INTENT6_MAP,
     TRUTH_MAP,
     VETH_MAP,
     CONFIG_MAP,

@@ -2,13 +2,14 @@
 //! security-group set its intent says?
 //!
 //! - `guard_pod` runs on a pod's host-side veth (TC ingress: traffic coming from the pod) and checks
-//!   that the pod sends only from its own address (`spoofed_source`, IPv4 and ARP). Frames it cannot
-//!   judge (IPv6, other ethertypes, unreadable headers) are `unjudged`: an enforced pod sends none.
-//!   IPv6 that cannot leave the link (link-local or unspecified source, link-local or link-scoped
-//!   multicast destination: neighbour discovery, DAD, MLD) gets no verdict: no ENI ever sees it.
+//!   that the pod sends only from its own address (`spoofed_source`, IPv4, IPv6 and ARP). Frames it
+//!   cannot judge (other ethertypes, unreadable headers) are `unjudged`: an enforced pod sends
+//!   none. IPv6 that cannot leave the link (link-local or unspecified source, link-local or
+//!   link-scoped multicast destination: neighbour discovery, DAD, MLD) gets no verdict: no ENI
+//!   ever sees it.
 //! - `guard_egress` runs on ENI interfaces, the trunk and branch VLAN sub-interfaces (TC egress):
-//!   for a packet whose source is a pod address it compares intent (pod address → ENI, VLAN, SG
-//!   set) with truth ((ifindex, VLAN) → ENI, actual SG set).
+//!   for a packet whose source is a pod address (IPv4 or IPv6) it compares intent (pod address →
+//!   ENI, VLAN, SG set) with truth ((ifindex, VLAN) → ENI, actual SG set).
 //!
 //! Verdicts: a passing or foreign packet returns TC_ACT_UNSPEC ("no verdict": the next program on
 //! the hook — TCX_NEXT — or the next cls_bpf filter decides), so the guard never hides other
@@ -41,6 +42,8 @@ const NO_PREALLOC: usize = 1;
 
 #[btf_map]
 static GUARD_INTENT4_V2: HashMap<[u8; 4], PodIntent, { MAX_PODS as usize }, NO_PREALLOC> = HashMap::new();
+#[btf_map]
+static GUARD_INTENT6_V1: HashMap<[u8; 16], PodIntent, { MAX_PODS as usize }, NO_PREALLOC> = HashMap::new();
 #[btf_map]
 static GUARD_TRUTH_V1: HashMap<IfaceKey, IfaceTruth, { MAX_IFACES as usize }> = HashMap::new();
 #[btf_map]
@@ -90,11 +93,51 @@ struct Frame {
     vlan: u32,
     /// 1 for IPv6 that cannot leave the link (see [`ipv6_link_only`]).
     link_only: u32,
+    /// Offset of the IP header (IPv6 addresses are read from the frame when needed: 32 bytes
+    /// more in this struct overflow the 5.10 verifier's 512-byte stack).
+    l3: u32,
 }
 
 impl Frame {
     const fn of(kind: u32, vlan: u32) -> Self {
-        Self { kind, src: 0, dst: 0, vlan, link_only: 0 }
+        Self { kind, src: 0, dst: 0, vlan, link_only: 0, l3: 0 }
+    }
+
+    fn ipv4(src: u32, dst: u32, vlan: u32) -> Self {
+        Self { src, dst, ..Self::of(KIND_IPV4, vlan) }
+    }
+}
+
+/// Offsets of the source and destination in the IPv6 header.
+const IPV6_SRC: u32 = 8;
+const IPV6_DST: u32 = 24;
+
+/// An IPv6 address of `frame` (`at`: [`IPV6_SRC`] or [`IPV6_DST`]); zero if unreadable.
+#[inline(always)]
+fn ipv6_addr(ctx: &TcContext, frame: &Frame, at: u32) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    if !load(ctx, (frame.l3 + at) as usize, &mut a) {
+        a = [0u8; 16];
+    }
+    a
+}
+
+/// Writes the source and destination into the event (read from the frame in place: temporaries
+/// cost stack the 5.10 verifier has no room for).
+#[inline(always)]
+fn record_addresses(ctx: &TcContext, frame: &Frame, event: &mut ViolationEvent) {
+    if frame.kind == KIND_IPV6 {
+        event.src.family = FAMILY_IPV6;
+        event.dst.family = FAMILY_IPV6;
+        if !load(ctx, (frame.l3 + IPV6_SRC) as usize, &mut event.src.addr) {
+            event.src.addr = [0; 16];
+        }
+        if !load(ctx, (frame.l3 + IPV6_DST) as usize, &mut event.dst.addr) {
+            event.dst.addr = [0; 16];
+        }
+    } else {
+        event.src = ipv4_key(frame.src);
+        event.dst = ipv4_key(frame.dst);
     }
 }
 
@@ -142,9 +185,9 @@ fn load_be16(ctx: &TcContext, offset: usize, out: &mut u16) -> bool {
 /// Untagged Ethernet + the IPv4 addresses.
 const UNTAGGED_IPV4_LEN: usize = ETH_HLEN + 20;
 
-/// Parses Ethernet, up to two VLAN tags, and the IPv4 or ARP addresses. The common frame — an
-/// untagged IPv4 packet whose headers are linear — takes one bounds check; everything else the
-/// general path.
+/// Parses Ethernet, up to two VLAN tags, and the IPv4 or ARP addresses (IPv6: whether it can
+/// leave the link, and where its header is). The common frame — an untagged IPv4 packet whose
+/// headers are linear — takes one bounds check; everything else the general path.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Frame {
     // SAFETY: the context pointer is valid for the whole program run.
@@ -161,7 +204,7 @@ fn parse(ctx: &TcContext) -> Frame {
             )
         };
         if u16::from_be(proto) == ETH_P_IP {
-            return Frame { kind: KIND_IPV4, src, dst, vlan, link_only: 0 };
+            return Frame::ipv4(src, dst, vlan);
         }
     }
     parse_general(ctx, vlan)
@@ -195,7 +238,7 @@ fn parse_general(ctx: &TcContext, mut vlan: u32) -> Frame {
         ETH_P_IP => {
             let (mut src, mut dst) = (0u32, 0u32);
             if load(ctx, offset + 12, &mut src) && load(ctx, offset + 16, &mut dst) {
-                Frame { kind: KIND_IPV4, src, dst, vlan, link_only: 0 }
+                Frame::ipv4(src, dst, vlan)
             } else {
                 Frame::of(KIND_UNREADABLE, vlan)
             }
@@ -209,7 +252,7 @@ fn parse_general(ctx: &TcContext, mut vlan: u32) -> Frame {
             {
                 Frame::of(KIND_UNREADABLE, vlan)
             } else if ptype == ETH_P_IP && plen == 4 {
-                Frame { kind: KIND_ARP, src: sender, dst: 0, vlan, link_only: 0 }
+                Frame { src: sender, ..Frame::of(KIND_ARP, vlan) }
             } else {
                 Frame::of(KIND_OTHER, vlan)
             }
@@ -217,12 +260,14 @@ fn parse_general(ctx: &TcContext, mut vlan: u32) -> Frame {
         ETH_P_IPV6 => {
             // Source at +8, destination at +24 of the IPv6 header.
             let (mut src, mut src_low, mut dst) = ([0u8; 8], 0u64, [0u8; 8]);
-            if load(ctx, offset + 8, &mut src)
-                && load(ctx, offset + 16, &mut src_low)
-                && load(ctx, offset + 24, &mut dst)
+            let at = |field: u32| offset + field as usize;
+            if load(ctx, at(IPV6_SRC), &mut src)
+                && load(ctx, at(IPV6_SRC) + 8, &mut src_low)
+                && load(ctx, at(IPV6_DST), &mut dst)
             {
                 Frame {
                     link_only: u32::from(ipv6_link_only(src, src_low, dst)),
+                    l3: offset as u32,
                     ..Frame::of(KIND_IPV6, vlan)
                 }
             } else {
@@ -252,12 +297,27 @@ fn node_mode() -> u32 {
 
 #[classifier]
 pub fn guard_egress(ctx: TcContext) -> i32 {
-    let Frame { kind, src, dst, vlan, .. } = parse(&ctx);
-    if kind != KIND_IPV4 {
-        return PASS; // not IPv4: no pod intent to compare
-    }
+    let frame = parse(&ctx);
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if frame.kind == KIND_IPV6 && frame.link_only == 0 {
+        // SAFETY: as for the IPv4 intent below.
+        let Some(intent) = (unsafe { GUARD_INTENT6_V1.get(ipv6_addr(&ctx, &frame, IPV6_SRC)) }) else {
+            return PASS; // not a pod address: not ours to judge
+        };
+        if let Some(c) = counters() {
+            c.checked += 1;
+        }
+        let here = IfaceKey { ifindex, vlan: frame.vlan };
+        if intent.allowed.contains(&here) {
+            return PASS;
+        }
+        return judge(&ctx, intent, here, &frame, || {});
+    }
+    let Frame { kind, src, vlan, .. } = frame;
+    if kind != KIND_IPV4 {
+        return PASS; // neither IPv4 nor routable IPv6: no pod intent to compare
+    }
     // Fastest path: this CPU's last passing packet came from the same pod through the same exit,
     // and the maps have not changed since (the generation the agent bumps around every update).
     let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
@@ -295,7 +355,14 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
         remember(cache);
         return PASS;
     }
-    let intent = *intent;
+    judge(&ctx, intent, here, &frame, || remember(cache))
+}
+
+/// The full check of a pod packet leaving through `here` against the truth map; `passed` runs
+/// when it passes (the IPv4 pass cache).
+#[inline(always)]
+fn judge(ctx: &TcContext, intent: &PodIntent, here: IfaceKey, frame: &Frame, passed: impl FnOnce()) -> i32 {
+    let IfaceKey { ifindex, vlan } = here;
     // SAFETY: as above.
     let exact = unsafe { GUARD_TRUTH_V1.get(here) }.copied();
     let truth = match exact {
@@ -310,8 +377,6 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
         expected_vlan: intent.vlan,
         expected_eni_id: intent.eni_id,
         expected_sg_set_id: intent.sg_set_id,
-        src: ipv4_key(src),
-        dst: ipv4_key(dst),
         ..ViolationEvent::default()
     };
     let reason = match truth {
@@ -331,19 +396,21 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
             } else if truth.sg_set_id != intent.sg_set_id {
                 REASON_SG_MISMATCH
             } else {
-                remember(cache);
+                passed();
                 return PASS;
             }
         }
     };
-    violation(reason, intent.mode, event)
+    record_addresses(ctx, frame, &mut event);
+    violation(reason, intent.mode, &mut event)
 }
 
 #[classifier]
 pub fn guard_pod(ctx: TcContext) -> i32 {
     // SAFETY: as in guard_egress.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Frame { kind, src, dst, vlan, link_only } = parse(&ctx);
+    let frame = parse(&ctx);
+    let Frame { kind, src, vlan, link_only, .. } = frame;
     // Fastest path: this CPU's last IPv4 packet from this veth had the same (own) source, and
     // the maps have not changed since.
     let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
@@ -367,15 +434,19 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
         if let Some(slot) = c.pod_frames.get_mut(kind as usize) {
             *slot += 1;
         }
-        if kind == KIND_IPV4 {
+        if kind == KIND_IPV4 || (kind == KIND_IPV6 && link_only == 0) {
             c.checked_sources += 1;
         }
     }
     if kind == KIND_IPV6 && link_only != 0 {
         return PASS; // counted by kind; it stays on the pod's link, no ENI sees it
     }
-    let judged = kind == KIND_IPV4 || kind == KIND_ARP;
-    let own = veth.addr.family == FAMILY_IPV4 && veth.addr.addr[..4] == src.to_ne_bytes();
+    let judged = kind == KIND_IPV4 || kind == KIND_ARP || kind == KIND_IPV6;
+    let own = if kind == KIND_IPV6 {
+        veth.addr.family == FAMILY_IPV6 && veth.addr.addr == ipv6_addr(&ctx, &frame, IPV6_SRC)
+    } else {
+        veth.addr.family == FAMILY_IPV4 && veth.addr.addr[..4] == src.to_ne_bytes()
+    };
     let reason = if !judged {
         REASON_UNJUDGED
     } else if own || (kind == KIND_ARP && src == 0) {
@@ -387,21 +458,16 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
     } else {
         REASON_SPOOFED_SOURCE
     };
-    let event = ViolationEvent {
-        pod_id: veth.pod_id,
-        ifindex,
-        observed_vlan: vlan,
-        src: ipv4_key(src),
-        dst: ipv4_key(dst),
-        ..ViolationEvent::default()
-    };
+    let mut event =
+        ViolationEvent { pod_id: veth.pod_id, ifindex, observed_vlan: vlan, ..ViolationEvent::default() };
     let mode = veth.mode;
-    violation(reason, mode, event)
+    record_addresses(&ctx, &frame, &mut event);
+    violation(reason, mode, &mut event)
 }
 
 /// Counts, reports and (in enforce mode) drops one violating packet.
 #[inline(always)]
-fn violation(reason: u32, pod_mode: u32, mut event: ViolationEvent) -> i32 {
+fn violation(reason: u32, pod_mode: u32, event: &mut ViolationEvent) -> i32 {
     let mode = if pod_mode == MODE_INHERIT { node_mode() } else { pod_mode };
     let drop = mode == MODE_ENFORCE;
     let r = reason as usize;
@@ -446,9 +512,12 @@ fn count_pod(pod_id: u32, r: usize, drop: bool) {
     }
 }
 
-/// Sends the event unless this pod already sent its share this second.
+/// Sends the event unless this pod already sent its share this second. The event is borrowed,
+/// not moved: passing the `&mut` by value makes LLVM keep a second copy on the stack, which the
+/// 5.10 verifier (512 bytes for a program and its calls) has no room for.
 #[inline(always)]
-fn emit(mut event: ViolationEvent) {
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn emit(event: &mut ViolationEvent) {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     event.timestamp_ns = now;
@@ -479,7 +548,7 @@ fn emit(mut event: ViolationEvent) {
     let Some(c) = counters() else { return };
     if !allowed {
         c.events_rate_limited += 1;
-    } else if GUARD_EVENTS_V1.output(event, 0).is_err() {
+    } else if GUARD_EVENTS_V1.output(&*event, 0).is_err() {
         c.events_lost += 1;
     }
 }

@@ -27,7 +27,7 @@ use eniguard::guard::{
 };
 use eniguard_common::guard::{REASONS, REASON_WRONG_ENI};
 use eniguard_tests::{
-    frames::udp_frame,
+    frames::{ipv6_frame, udp_frame},
     netns::{sh, NetNs},
     process::Daemon,
     topology::{Topology, ETH1, VPC_DEST},
@@ -85,7 +85,7 @@ fn prog_test_run() -> Result<()> {
         std::io::Error::last_os_error()
     );
     sh(Command::new("ip").args(["link", "set", "lo", "up"]))?;
-    for (a, b) in [("eth1", "vpc1"), ("enipass", "p0"), ("enibad", "p1")] {
+    for (a, b) in [("eth1", "vpc1"), ("enipass", "p0"), ("enibad", "p1"), ("enisix", "p2")] {
         sh(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]))?;
         sh(Command::new("ip").args(["link", "set", a, "up"]))?;
     }
@@ -103,8 +103,9 @@ fn prog_test_run() -> Result<()> {
 }
 
 /// The benchmark's node: eth1 (eni-a1), pod `pass` (correct, veth `enipass`), pod `bad` (wrong
-/// ENI, veth `enibad`) and `pods - 2` more correct pods whose veths do not exist (intent only,
-/// as for a pod whose veth is still being made), plus `extra` if given.
+/// ENI, veth `enibad`), the IPv6 pod `six` (correct, veth `enisix`) and `pods - 3` more correct
+/// pods whose veths do not exist (intent only, as for a pod whose veth is still being made), plus
+/// `extra` if given.
 fn node_spec(pods: usize, extra: Option<usize>) -> Result<eniguard::guard::spec::ValidSpec> {
     let mut yaml = String::from(
         r#"
@@ -112,9 +113,10 @@ interfaces: [{ name: eth1, eni: eni-a1, securityGroups: [sg-1, sg-2] }]
 pods:
   - { namespace: b, name: pass, ip: 10.0.1.10, hostInterface: enipass, expect: { eni: eni-a1, securityGroups: [sg-2, sg-1] } }
   - { namespace: b, name: bad, ip: 10.0.1.11, hostInterface: enibad, expect: { eni: eni-b2, securityGroups: [sg-1] } }
+  - { namespace: b, name: six, ip: "2600:1f14:abc:de01:1::10", hostInterface: enisix, expect: { eni: eni-a1, securityGroups: [sg-1, sg-2] } }
 "#,
     );
-    for i in (0..pods.saturating_sub(2)).chain(extra) {
+    for i in (0..pods.saturating_sub(3)).chain(extra) {
         yaml.push_str(&format!(
             "  - {{ namespace: fill, name: p{i}, ip: 10.0.{}.{}, hostInterface: fill{i}, expect: {{ eni: eni-a1, securityGroups: [sg-1, sg-2] }} }}\n",
             2 + i / 200,
@@ -147,7 +149,13 @@ fn intent_updates(guard: &mut Guard) -> Result<()> {
 }
 
 fn measure(guard: &mut Guard) -> Result<()> {
-    let (eth1, enipass) = (ifindex("eth1")?, ifindex("enipass")?);
+    let (eth1, enipass, enisix) = (ifindex("eth1")?, ifindex("enipass")?, ifindex("enisix")?);
+    let frame6 = ipv6_frame(
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 2],
+        "2600:1f14:abc:de01:1::10".parse()?,
+        "2600:1f14:abc:de01::1".parse()?,
+    );
 
     let frame = |src: &str| -> Result<Vec<u8>> {
         Ok(udp_frame(
@@ -203,6 +211,22 @@ fn measure(guard: &mut Guard) -> Result<()> {
             false,
         ),
         ("guard_pod, not a pod veth", "guard_pod", eth1, frame("10.0.1.10")?, Effect::None, true),
+        (
+            "guard_egress, IPv6 pass (no pass cache)",
+            "guard_egress",
+            eth1,
+            frame6.clone(),
+            Effect::Checked,
+            true,
+        ),
+        (
+            "guard_pod, IPv6 own source (no pass cache)",
+            "guard_pod",
+            enisix,
+            frame6,
+            Effect::CheckedSource,
+            true,
+        ),
     ];
     // Rounds interleave the cases, so that drift of this (shared, virtual) machine hits all alike;
     // each case's ratio to the empty program is taken within a round, then the median.
@@ -242,8 +266,9 @@ fn measure(guard: &mut Guard) -> Result<()> {
         }
     }
     println!(
-        "\nBPF_PROG_TEST_RUN, {}-byte frame, {NODE_PODS} pods in the maps, {ROUNDS} interleaved rounds of {REPEAT} runs, medians",
-        cases[0].3.len()
+        "\nBPF_PROG_TEST_RUN, {}-byte IPv4 and {}-byte IPv6 frames, {NODE_PODS} pods in the maps, {ROUNDS} interleaved rounds of {REPEAT} runs, medians",
+        cases[0].3.len(),
+        cases[cases.len() - 1].3.len()
     );
     println!("| program and path | ns/packet | x empty (same round) |");
     println!("|---|---|---|");

@@ -32,6 +32,9 @@ struct Args {
     /// Pods on the node when the agent's RSS is read.
     #[arg(long, default_value_t = 250)]
     rss_pods: usize,
+    /// An IPv6 node (ENABLE_IPv6, with upstream's V4 egress); the peer gets IPv6 addresses too.
+    #[arg(long)]
+    ipv6: bool,
 }
 
 const PEER_DIR: &str = "/usr/lib/cni";
@@ -91,7 +94,8 @@ fn main() -> Result<()> {
     );
     let prefix = format!("egb{}", std::process::id());
     let want = args.pods.max(args.burst).max(args.rss_pods) as u32 + 10;
-    let pool = PoolNode::start(&prefix, want)?;
+    let pool = if args.ipv6 { PoolNode::start_ipv6(&prefix)? } else { PoolNode::start(&prefix, want)? };
+    let peer_subnet = if args.ipv6 { "fd00:30::/64" } else { "172.30.0.0/16" };
     let (node_agent, node, dir) = (&pool.agent, &pool.ns, &pool.dir);
     let conflist: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("net.d/10-eniguard.conflist"))?)?;
@@ -99,13 +103,14 @@ fn main() -> Result<()> {
         name: "eniguard-cni",
         binary: dir.join("bin/eniguard-cni"),
         conf: cni::conf(&conflist, Some("1.0.0"), None),
-        path: dir.join("bin").display().to_string(),
+        // The node's bin dir: host-local for V4 egress in IPv6 mode.
+        path: format!("{}:{PEER_DIR}", dir.join("bin").display()),
     };
     let peer = Plugin {
         name: "ptp + host-local",
         binary: Path::new(PEER_DIR).join("ptp"),
         conf: json!({"cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "mtu": 9001,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "172.30.0.0/16"}]],
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": peer_subnet}]],
                      "dataDir": dir.join("host-local").display().to_string()}}),
         path: PEER_DIR.to_owned(),
     };
@@ -113,7 +118,8 @@ fn main() -> Result<()> {
     let fresh = node_agent.memory()?;
 
     println!(
-        "CNI ADD/DEL, {} pods one after another, interleaved (ms, spawn to exit, inside the node's netns):",
+        "CNI ADD/DEL{}, {} pods one after another, interleaved (ms, spawn to exit, inside the node's netns):",
+        if args.ipv6 { " on an IPv6 node (V4 egress on; the peer with an IPv6 range)" } else { "" },
         args.pods
     );
     let mut times: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];

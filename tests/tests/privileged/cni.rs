@@ -863,7 +863,7 @@ fn guard_judges_branch_pod(
         branches: vec![BranchPod {
             namespace: "default".into(),
             name: format!("branch{vlan}"),
-            ip,
+            ip: ip.into(),
             eni: "eni-b0".into(),
             vlan,
             expected_groups: vec!["sg-b0".into()],

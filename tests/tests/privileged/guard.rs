@@ -17,7 +17,7 @@ use eniguard_tests::{
     },
     netns::{in_netns, sh, NetNs},
     process::Daemon,
-    topology::{Pod, Topology, ETH1, ETH2, VPC_DEST},
+    topology::{Eni, Pod, Topology, ETH1, ETH2, VPC_DEST},
 };
 
 use crate::harness::Ctx;
@@ -562,9 +562,10 @@ fn coexists(ctx: &mut Ctx, attach: &str) -> Result<()> {
 }
 
 /// Frames from a pod are judged whatever they carry and however the skb holds them: an IPv4
-/// header outside the linear area, ARP (its sender address), IPv6 and other ethertypes (counted
-/// by kind; in enforce mode dropped as `unjudged`). IPv6 that cannot leave the link (neighbour
-/// discovery, MLD: link-local) is counted by kind and gets no verdict in either mode.
+/// header outside the linear area, ARP (its sender address), IPv6 (an IPv4 pod's routable IPv6
+/// is from an address it was not given: `spoofed_source`, dropped in enforce mode), all counted
+/// by kind. IPv6 that cannot leave the link (neighbour discovery, MLD: link-local) is counted by
+/// kind and gets no verdict in either mode.
 pub fn judges_every_frame(ctx: &mut Ctx) -> Result<()> {
     let topo = Topology::build(ctx.prefix())?;
     let web = topo.add_pod("web", "10.0.1.10", &ETH1)?;
@@ -598,9 +599,13 @@ pub fn judges_every_frame(ctx: &mut Ctx) -> Result<()> {
         "frames by kind: {}",
         run.get("/metrics")?
     );
-    ensure!(run.violations("spoofed_source")? == 3 + 2, "non-linear or ARP spoofing missed");
-    ensure!(run.violations("unjudged")? == 4, "routable IPv6 counted as unjudged, link-local not");
-    ensure!(run.metric("eniguard_guard_dropped_packets_total{reason=\"unjudged\"}")? == 0, "monitor dropped");
+    // An IPv4 pod's routable IPv6 is from an address it was not given; link-local gets no verdict.
+    ensure!(run.violations("spoofed_source")? == 3 + 2 + 4, "non-linear, ARP or IPv6 spoofing missed");
+    ensure!(run.violations("unjudged")? == 0, "a frame the guard reads counted as unjudged");
+    ensure!(
+        run.metric("eniguard_guard_dropped_packets_total{reason=\"spoofed_source\"}")? == 0,
+        "monitor dropped"
+    );
     // Enforce: what the guard cannot judge does not leave the pod.
     let enforced =
         format!("{INTERFACES}pods:\n{}", pod_yaml("web", &web, "eni-a1", 0, "sg-c0f1", Some("enforce")));
@@ -615,11 +620,75 @@ pub fn judges_every_frame(ctx: &mut Ctx) -> Result<()> {
         inject("eth0", &solicitation, 3)
     })?;
     ensure!(
-        run.metric("eniguard_guard_dropped_packets_total{reason=\"unjudged\"}")? == 4,
-        "enforce let IPv6 through: {}",
+        run.metric("eniguard_guard_dropped_packets_total{reason=\"spoofed_source\"}")? == 4,
+        "enforce let IPv6 from another address through: {}",
         run.get("/metrics")?
     );
     ensure!(web.ping(N, None)?, "enforce dropped the pod's own IPv4");
+    run.stop()
+}
+
+/// IPv6 pods (IPv6 mode): a pod veth whose intent is a /128. On the veth its own IPv6 source is
+/// checked and passes, another is `spoofed_source`, link-local gets no verdict. On the ENI
+/// interfaces (TC egress) a packet from its /128 passes through its ENI and is `wrong_eni` through
+/// the trunk, with the addresses in the event; once its intent's groups differ from the ENI's it is
+/// `sg_mismatch`, dropped in enforce mode.
+pub fn ipv6_pods(ctx: &mut Ctx) -> Result<()> {
+    let topo = Topology::build(ctx.prefix())?;
+    let six = topo.add_pod("six", "10.0.1.20", &ETH1)?;
+    let own: std::net::Ipv6Addr = "2600:1f14:abc:de01:1::20".parse()?;
+    let other: std::net::Ipv6Addr = "2600:1f14:abc:de01:1::99".parse()?;
+    let dst: std::net::Ipv6Addr = "2600:1f14:abc:de01::1".parse()?;
+    let intent = |sgs: &str, mode: &str| {
+        format!(
+            "{mode}{INTERFACES}pods:\n  - {{ namespace: default, name: six, ip: \"{own}\", hostInterface: {}, expect: {{ eni: eni-a1, vlan: 0, securityGroups: [{sgs}] }} }}\n",
+            six.host_veth
+        )
+    };
+    let run = start(ctx, &topo, &intent("sg-c0f1", ""), &[])?;
+    let (pod_mac, host_mac) = (parse_mac(&six.ns.mac("eth0")?)?, parse_mac(&topo.node.mac(&six.host_veth)?)?);
+    let (own_f, spoofed_f) =
+        (ipv6_frame(host_mac, pod_mac, own, dst), ipv6_frame(host_mac, pod_mac, other, dst));
+    let link_f = ipv6_frame(host_mac, pod_mac, "fe80::1".parse()?, "ff02::2".parse()?);
+    in_netns(&six.ns, move || {
+        inject("eth0", &own_f, 3)?;
+        inject("eth0", &spoofed_f, 2)?;
+        inject("eth0", &link_f, 1)
+    })?;
+    ensure!(run.violations("spoofed_source")? == 2, "IPv6 spoofing: {}", run.get("/metrics")?);
+    ensure!(run.metric("eniguard_guard_checked_sources_total")? == 5, "routable IPv6 sources checked");
+    ensure!(run.violations("unjudged")? == 0, "IPv6 is judged");
+
+    let leave = |eni: &Eni, count: usize| -> Result<()> {
+        let frame =
+            ipv6_frame(parse_mac(&topo.vpc.mac(eni.peer)?)?, parse_mac(&topo.node.mac(eni.name)?)?, own, dst);
+        let name = eni.name;
+        in_netns(&topo.node, move || inject(name, &frame, count))
+    };
+    leave(&ETH1, 3)?;
+    leave(&ETH2, 2)?;
+    ensure!(run.metric("eniguard_guard_checked_packets_total")? == 5, "the /128's packets checked on egress");
+    ensure!(run.violations("wrong_eni")? == 2, "IPv6 through the trunk: {}", run.get("/metrics")?);
+    let events = run.get("/v1/events")?;
+    ensure!(
+        events.contains(&format!("\"src\":\"{own}\"")) && events.contains(&format!("\"dst\":\"{dst}\"")),
+        "events carry the IPv6 addresses: {events}"
+    );
+
+    // The ENI's groups are not the pod's any more: sg_mismatch, dropped in enforce mode.
+    std::fs::write(&run.intent, intent("sg-0be1", "mode: enforce\n"))?;
+    signal(&run.agent, libc::SIGHUP);
+    wait_until(|| Ok(run.get("/metrics").is_ok()), "the reload")?;
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..4 {
+        // A frame the program drops fails its sendto (ENOBUFS): that is the drop.
+        let _ = leave(&ETH1, 1);
+    }
+    ensure!(run.violations("sg_mismatch")? == 4, "IPv6 drifted groups: {}", run.get("/metrics")?);
+    ensure!(
+        run.metric("eniguard_guard_dropped_packets_total{reason=\"sg_mismatch\"}")? == 4,
+        "enforce drops"
+    );
     run.stop()
 }
 

@@ -2,7 +2,10 @@
 //! the real plugin called as containerd calls it, pods as network namespaces. What a pod got is
 //! read back from EC2 (aws-sdk-ec2), the kernel and the VPC's record of its packets.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{ensure, Context as _, Result};
 use eniguard_tests::{
@@ -17,8 +20,8 @@ use serde_json::Value;
 
 use crate::{cni::Node, harness::Ctx};
 
-/// Upstream's IPv6 settings (ENABLE_V4_EGRESS is true by default); the guard, which does not
-/// judge IPv6 yet, off, as the agent requires.
+/// Upstream's IPv6 settings (ENABLE_V4_EGRESS is true by default), the guard off (its own test
+/// below).
 const IPV6_ENV: &[(&str, &str)] = &[
     ("ENABLE_IPv6", "true"),
     ("ENABLE_IPv4", "false"),
@@ -93,7 +96,8 @@ pub fn ipv6_node(ctx: &mut Ctx) -> Result<()> {
     let mut pods = Vec::new();
     for tag in ["a", "b"] {
         let ns = NetNs::create(&format!("{}-pod6{tag}", node.prefix))?;
-        let sandbox = node.sandbox(&format!("sandbox6{tag}"), &format!("six{tag}"), &ns)?;
+        // Container ids unique to the run: host-local's store (/run/cni/v4pd) outlives a failed test.
+        let sandbox = node.sandbox(&format!("{}-s{tag}", node.prefix), &format!("six{tag}"), &ns)?;
         let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
         ensure!(add.success, "ADD: {} {}", add.stdout, add.stderr);
         let (ip, gateway) = pod_ip6(&add.json())?;
@@ -174,7 +178,7 @@ pub fn containerd_ipv6_pod(ctx: &mut Ctx) -> Result<()> {
     let ping = k.block_on(k.cri().exec(
         &container,
         &["ping", "-c", "2", "-W", "2", ROUTER],
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
     ))?;
     ensure!(ping.exit_code == 0, "ping from the container: {} {}", ping.stdout, ping.stderr);
     let fabric = k.node.fabric()?;
@@ -189,4 +193,138 @@ pub fn containerd_ipv6_pod(ctx: &mut Ctx) -> Result<()> {
     let routes = k.node.ns.ip(&["-6", "route", "show"])?;
     ensure!(!routes.contains(&ip.to_string()), "the host route is gone: {routes}");
     k.stop()
+}
+
+/// The live guard on an IPv6 node (the agent feeds it from its /80 pool): a pod with the
+/// `eniguard.io/guard-mode: enforce` annotation reaches the VPC's router and its packets are
+/// checked; from an address of the /80 it was not given it is `spoofed_source` and dropped; once
+/// the primary ENI's groups drift in EC2 (the security-group audit reads them), its packets are
+/// `sg_mismatch` and dropped.
+pub fn live_pods_judged(ctx: &mut Ctx) -> Result<()> {
+    let mut env: Vec<(&str, &str)> =
+        IPV6_ENV.iter().copied().filter(|(k, _)| *k != "ENIGUARD_GUARD_MODE").collect();
+    env.push(("ENIGUARD_SG_AUDIT_INTERVAL", "10"));
+    let node = Node::start_with(ctx, "lg6", &env, ipv6_vpc)?;
+    let ns = NetNs::create(&format!("{}-podg6", node.prefix))?;
+    node.create_pod_with(
+        "guarded",
+        serde_json::json!({"annotations": {"eniguard.io/guard-mode": "enforce"}}),
+    )?;
+    let mut sandbox =
+        eniguard_tests::cni::Sandbox::new(&format!("{}-s", node.prefix), "default", "guarded", &ns);
+    sandbox.cni_path = node.dir.join("bin").display().to_string();
+    let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
+    ensure!(add.success, "ADD: {} {}", add.stdout, add.stderr);
+    let (ip, _) = pod_ip6(&add.json())?;
+    let ping = |from: Option<&str>| {
+        let mut args = vec!["-6", "-c", "2", "-i", "0.2", "-W", "1"];
+        if let Some(f) = from {
+            args.extend(["-I", f]);
+        }
+        args.push(ROUTER);
+        ns.run("ping", &args).is_ok()
+    };
+    let series = |family: &str, reason: &str| {
+        format!("eniguard_guard_pod_{family}_packets_total{{namespace=\"default\",pod=\"guarded\",reason=\"{reason}\"}}")
+    };
+    let metric = |s: &str| node.agent().metric(s).unwrap_or(0.0);
+    crate::live_guard::eventually(
+        "the pod's own traffic passes under enforce",
+        Duration::from_secs(10),
+        || Ok(ping(None)),
+    )?;
+    ensure!(
+        metric("eniguard_guard_checked_packets_total") >= 2.0,
+        "the pod's packets are checked on the ENI"
+    );
+    // The veth appears after ADD's reply: the guard attaches to it on its link event.
+    crate::live_guard::eventually("the pod's source checked on its veth", Duration::from_secs(10), || {
+        Ok(ping(None) && metric("eniguard_guard_checked_sources_total") >= 2.0)
+    })?;
+
+    // An address of the /80 the pod was not given.
+    let other = Ipv6Addr::from(u128::from(ip) + 0x100);
+    ns.ip(&["-6", "addr", "add", &format!("{other}/128"), "dev", "eth0", "nodad"])?;
+    ensure!(!ping(Some(&other.to_string())), "a spoofed IPv6 source got through enforce");
+    ensure!(metric(&series("dropped", "spoofed_source")) >= 2.0, "spoofed IPv6 not dropped");
+    ns.ip(&["-6", "addr", "del", &format!("{other}/128"), "dev", "eth0"])?;
+
+    // The primary ENI's groups drift: the pod's packets no longer leave with its groups.
+    let eni = node.primary_eni()?.network_interface_id().context("the primary ENI")?.to_owned();
+    let drifted = node.sim.security_groups["eks-pods"].clone();
+    node.rt.block_on(
+        node.ec2.modify_network_interface_attribute().network_interface_id(&eni).groups(&drifted).send(),
+    )?;
+    // The security-group audit (every 10 s here) reads the ENI's groups: the guard's truth.
+    crate::live_guard::eventually("the drifted pod is dropped", Duration::from_secs(30), || {
+        Ok(!ping(None) && metric(&series("dropped", "sg_mismatch")) >= 1.0)
+    })?;
+    let del = node.call("DEL", &sandbox, &node.conf("1.1.0", Some(&add.json())))?;
+    ensure!(del.success, "DEL: {} {}", del.stdout, del.stderr);
+    Ok(())
+}
+
+/// Audit mode beside an IPv6 node that aws-node ran: a pod plumbed as upstream's IPv6 mode plumbs
+/// it (here by eniguard, stopped afterwards) and upstream's checkpoint with its `ipv6` entry,
+/// written by hand. `eniguard audit` judges the pod by its /128: its packets to the VPC's router
+/// are checked and pass; from an address of the /80 it was not given they are `spoofed_source`,
+/// counted and not dropped (audit mode only reports).
+pub fn audit_ipv6_node(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start_with(ctx, "au6", IPV6_ENV, ipv6_vpc)?;
+    let ns = NetNs::create(&format!("{}-podau6", node.prefix))?;
+    let sandbox = node.sandbox(&format!("{}-s", node.prefix), "judged", &ns)?;
+    let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
+    ensure!(add.success, "ADD: {} {}", add.stdout, add.stderr);
+    let (ip, _) = pod_ip6(&add.json())?;
+    {
+        let mut agent = node.agent();
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(agent.daemon.pid() as i32, libc::SIGTERM) };
+        agent.daemon.wait_exit(Duration::from_secs(10))?;
+    }
+    let upstream = serde_json::json!({
+        "version": "vpc-cni-ipam/1",
+        "allocations": [{
+            "networkName": "aws-cni",
+            "containerID": sandbox.container_id,
+            "ifName": "eth0",
+            "ipv6": ip.to_string(),
+            "allocationTimestamp": 1_796_600_000_000_000_000u64,
+            "metadata": {"k8sPodNamespace": "default", "k8sPodName": "judged"}
+        }]
+    });
+    std::fs::write(node.dir.join("ipam.json"), upstream.to_string())?;
+    let env: Vec<(&str, &str)> =
+        IPV6_ENV.iter().copied().filter(|(k, _)| *k != "ENIGUARD_GUARD_MODE").collect();
+    let mut cmd = agent::audit_command(&node.sim, &node.prefix, 0, &node.dir, &env)?;
+    let mut audit = eniguard_tests::process::Daemon::spawn(&mut cmd)?;
+    let line = audit.wait_for_line("ready:", Duration::from_secs(60)).context("audit ready")?;
+    ensure!(line.contains("1 pods judged") && line.contains("0 findings"), "{line}");
+    let metric = |series: &str| -> Result<f64> {
+        let text = eniguard_tests::http::get_in(&node.ns, "127.0.0.1:61680", "/metrics")?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    };
+    ns.run("ping", &["-6", "-c", "3", "-i", "0.2", "-W", "2", ROUTER]).context("the pod pings")?;
+    ensure!(metric("eniguard_guard_checked_packets_total")? >= 3.0, "audit checks the IPv6 pod's packets");
+    ensure!(metric("eniguard_guard_checked_sources_total")? >= 3.0, "and its source");
+    let other = Ipv6Addr::from(u128::from(ip) + 0x100);
+    ns.ip(&["-6", "addr", "add", &format!("{other}/128"), "dev", "eth0", "nodad"])?;
+    let _ = ns.run("ping", &["-6", "-c", "2", "-i", "0.2", "-W", "1", "-I", &other.to_string(), ROUTER]);
+    let spoofed = "eniguard_guard_pod_violation_packets_total{namespace=\"default\",pod=\"judged\",reason=\"spoofed_source\"}";
+    ensure!(metric(spoofed)? >= 2.0, "audit counts the spoofed IPv6 source");
+    ensure!(
+        metric("eniguard_guard_dropped_packets_total{reason=\"spoofed_source\"}")? == 0.0,
+        "audit mode never drops"
+    );
+    let status = audit.terminate()?;
+    ensure!(status.success(), "audit exited with {status}");
+    // The runtime's DEL with the agent stopped: torn down from prevResult, host-local's IPv4
+    // egress address given back, the release queued for the next agent.
+    let del = node.call("DEL", &sandbox, &node.conf("1.1.0", Some(&add.json())))?;
+    ensure!(del.success, "DEL without the agent: {} {}", del.stdout, del.stderr);
+    Ok(())
 }

@@ -52,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "guard_coexists_with_other_programs_tcx", run: guard::coexists_tcx },
         Test { name: "guard_coexists_with_other_programs_netlink", run: guard::coexists_netlink },
         Test { name: "guard_judges_every_frame", run: guard::judges_every_frame },
+        Test { name: "guard_ipv6_pods", run: guard::ipv6_pods },
         Test {
             name: "guard_failed_start_keeps_the_predecessor",
             run: guard::failed_start_keeps_the_predecessor,
@@ -123,6 +124,8 @@ fn main() -> std::process::ExitCode {
         },
         Test { name: "live_audit_beside_aws_node", run: live_guard::audit_beside_aws_node },
         Test { name: "live_drift_is_caught", run: live_guard::drift_is_caught },
+        Test { name: "live_ipv6_pods_judged", run: ipv6::live_pods_judged },
+        Test { name: "live_audit_ipv6_node", run: ipv6::audit_ipv6_node },
         // Last: compares deploy/'s RBAC and IAM with what every test before it recorded.
         Test { name: "deploy_rbac_and_iam_equal_calls", run: deploy::rbac_and_iam_equal_calls },
     ])
