@@ -70,7 +70,9 @@ impl PoolNode {
         let pins = PinsCleanup(agent::pin_dir(prefix, 0));
         let agent = agent::start(&sim, prefix, 0, &dir, &env)?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while agent.metric("eniguard_ipam_addresses{state=\"total\"}")? < f64::from(addresses) {
+        while addresses > 0
+            && agent.metric("eniguard_ipam_addresses{state=\"total\"}")? < f64::from(addresses)
+        {
             ensure!(Instant::now() < deadline, "the pool did not reach {addresses} addresses");
             std::thread::sleep(Duration::from_millis(200));
         }
