@@ -134,11 +134,20 @@ pub async fn add(
     Ok(ip)
 }
 
-/// DEL: host-local's release (idempotent) and the host end `host_veth` when given (the pod's
-/// namespace is gone; otherwise the veth goes with it). Nothing on a node that never gave IPv4
-/// egress (no host-local store for the network).
+/// Whether host-local's store holds an address for this container (one file per address, the
+/// container id on its first line): only then does DEL have anything of IPv4 egress to undo.
+fn holds(network: &str, container_id: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(Path::new(DATA_DIR).join(network)) else { return false };
+    entries.flatten().any(|e| {
+        std::fs::read_to_string(e.path()).is_ok_and(|c| c.lines().next().map(str::trim) == Some(container_id))
+    })
+}
+
+/// DEL: host-local's release and the host end `host_veth` when given (the pod's namespace is
+/// gone; otherwise the veth goes with it), for a container host-local holds an address for.
+/// Nothing for any other (an IPv4 pod, a DEL repeated): no host-local needed.
 pub async fn del(host: &Handle, env: &Env, network: &str, host_veth: Option<&str>) -> Result<(), CniError> {
-    if !Path::new(DATA_DIR).join(network).exists() {
+    if !holds(network, &env.container_id) {
         return Ok(());
     }
     let (env2, net2) = (env.clone(), network.to_owned());

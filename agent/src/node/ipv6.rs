@@ -4,15 +4,15 @@
 //! and so does [`start`]: no other ENI, no warm pool, no IPv4 SNAT but the pods' IPv4 egress
 //! (ENABLE_V4_EGRESS).
 
-use std::{net::Ipv6Addr, sync::Arc};
+use std::sync::Arc;
 
 use super::{
+    assemble::{assemble, audit_and_guard, new_datastore, Found, Inputs},
     enis,
     error::NodeError,
     journal::Journal,
     owner::now,
-    startup::{assemble, Found, Inputs},
-    state::Shared,
+    state::{Ipv6Node, Shared},
 };
 use crate::{
     cloud::{
@@ -24,16 +24,6 @@ use crate::{
     ipam::{checkpoint::Checkpoint, model::Cidr6, pool6::Pool6, Ipam},
     net::{netlink::NetError, snat},
 };
-
-/// What IPv6 mode's pods are given, found at start.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ipv6Node {
-    /// The primary ENI, which holds the /80.
-    pub primary_eni: String,
-    pub prefix: Cidr6,
-    /// The instance's own IPv6 address (IMDS), the network-policy agent's NodeIPv6.
-    pub node_ip: Option<Ipv6Addr>,
-}
 
 /// IPv6 mode's startup, after the identity, the limits and the MTU: the host's IPv6 settings,
 /// the /80, the checkpoint into a [`Pool6`], the Node.
@@ -77,7 +67,7 @@ pub async fn start(
     log::info!("IPv6 mode: pods get /128s from {prefix} on {}", primary.id);
     board.step("restore the checkpoint");
     let cooldown = u64::try_from(i.cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX);
-    let datastore = super::startup::new_datastore(&i.cfg);
+    let datastore = new_datastore(&i.cfg);
     let mut ipam = Ipam::new6(datastore, Pool6::new(prefix, cooldown), Checkpoint::new(&i.cfg.backing_store));
     for a in ipam.restore(now())?.dropped6 {
         log::info!("checkpoint: {} ({}/{}) is outside {prefix}, dropped", a.ip, a.pod.namespace, a.pod.name);
@@ -99,7 +89,7 @@ pub async fn start(
     let shared = assemble(i, found);
     board.step("Node");
     shared.set_node(shared.clients.kube.node(node_name).await?);
-    super::startup::audit_and_guard(&shared).await;
+    audit_and_guard(&shared).await;
     Ok(shared)
 }
 

@@ -1,11 +1,13 @@
-//! The node: the startup sequence ([`startup`], the one place where order lives), what it and the
+//! The node: the startup sequence ([`startup`], the one place where order lives; IPv6 mode's in
+//! [`ipv6`]; what both share in [`assemble`]), what it and the
 //! loops share about ENIs ([`enis`]), the signals to the Resource Controller ([`signals`]: the
 //! decision and carrying it out), the datastore's owner ([`owner`]), the shared state ([`state`]),
 //! the loops ([`pool`], [`reconcile`], [`audit`], [`pods`], [`gc`], [`guard_feed`]) started by
 //! [`run`], the CNI plugin's socket ([`cni_api`]), audit mode beside aws-node ([`audit_mode`]),
-//! the ENI-creation journal ([`journal`]), IPv6 mode's prefix ([`ipv6`], not yet started) and
-//! the one error type ([`error`]).
+//! the ENI-creation journal ([`journal`]) and the one error type ([`error`]).
 
+#[cfg(feature = "control-plane")]
+pub mod assemble;
 #[cfg(feature = "control-plane")]
 pub mod audit;
 #[cfg(feature = "control-plane")]

@@ -1,51 +1,31 @@
 //! The startup sequence, in the corrected order (upstream's `nodeInit` in pkg/ipamd/ipamd.go, with
 //! the #2792 fix): read it top to bottom in [`start`]. Everything it needs is passed in.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     cloud::{
-        calls::Calls,
         ec2::EniInfo,
         imds::{Identity, ImdsEni},
         limits, Cloud,
     },
     config::{Config, EnforcingMode},
-    ipam::{
-        checkpoint::Checkpoint,
-        datastore::{Datastore, DatastoreConfig, Restored},
-        policy::{Limits, PoolConfig},
-        Ipam,
-    },
-    kube::{client::KubeError, Cluster},
-    net::{host::Host, netlink::NetError, snat},
-    observe::agent::Metrics,
+    ipam::{checkpoint::Checkpoint, datastore::Restored, policy::Limits, Ipam},
+    kube::client::KubeError,
+    net::{netlink::NetError, snat},
     sync::backoff,
 };
 
+pub use super::assemble::Inputs;
 use super::{
+    assemble::{assemble, audit_and_guard, new_datastore, Found},
     enis::{self, description},
     error::NodeError,
     journal::Journal,
-    owner::{now, Owner},
+    owner::now,
     pool, signals,
-    state::{Board, Changing, Clients, KnownEni, Shared},
+    state::Shared,
 };
-
-/// What the sequence is given.
-pub struct Inputs {
-    pub cfg: Config,
-    /// --run-dir: the ENI-creation journal lives here.
-    pub run_dir: std::path::PathBuf,
-    pub cloud: Arc<dyn Cloud>,
-    pub kube: Arc<dyn Cluster>,
-    pub net: Arc<dyn Host>,
-    pub calls: Calls,
-    pub metrics: Metrics,
-    pub board: Arc<Board>,
-    /// The egress guard, loaded (None: ENIGUARD_GUARD_MODE=off).
-    pub guard: Option<Arc<crate::guard::live::LiveGuard>>,
-}
 
 /// The node's table and rules: SNAT to the primary ENI's address for all but the VPC and the
 /// exclusions (unless external SNAT), NodePort marks on the primary interface `primary_if`.
@@ -139,61 +119,6 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     Ok(shared)
 }
 
-/// Both families' last steps: the ENIs' groups against their configuration, then the guard's
-/// first intent and truth, so that the first pod's first packet is judged.
-pub(super) async fn audit_and_guard(shared: &Shared) {
-    super::audit::security_groups(shared).await;
-    if let Some(live) = &shared.guard {
-        shared.board.step("guard: intent and truth into the kernel");
-        super::guard_feed::apply(shared, live, live.request(), &mut Default::default()).await;
-    }
-}
-
-/// What either family's sequence found, for [`assemble`].
-pub(super) struct Found {
-    pub id: Identity,
-    pub limits: Limits,
-    pub ipam: Ipam,
-    pub enis: BTreeMap<String, KnownEni>,
-    pub primary: ImdsEni,
-    pub primary_security_groups: Vec<String>,
-    pub journal: Journal,
-    /// The VPC's CIDRs of the pods' family.
-    pub vpc_cidrs: Vec<String>,
-    pub ipv6: Option<super::ipv6::Ipv6Node>,
-}
-
-/// The state the loops share, from the inputs and what the sequence found.
-pub(super) fn assemble(i: Inputs, f: Found) -> Arc<Shared> {
-    let clients = Clients { cloud: i.cloud, kube: i.kube, net: i.net, calls: i.calls };
-    Arc::new(Shared {
-        changing: Changing::new(pool_config(&i.cfg), f.enis),
-        cfg: i.cfg,
-        limits: f.limits,
-        clients,
-        owner: Owner::new(f.ipam),
-        metrics: i.metrics,
-        primary_security_groups: f.primary_security_groups,
-        primary_subnet: f.primary.subnet_id.clone(),
-        vpc_id: f.primary.vpc_id.clone(),
-        vpc_cidrs: f.vpc_cidrs,
-        journal: f.journal,
-        run_dir: i.run_dir,
-        board: i.board,
-        guard: i.guard,
-        ipv6: f.ipv6,
-        id: f.id,
-    })
-}
-
-pub(super) fn new_datastore(cfg: &Config) -> Datastore {
-    Datastore::new(DatastoreConfig {
-        prefix_delegation: cfg.prefix_delegation,
-        custom_networking: cfg.custom_networking,
-        cooldown_nanos: u64::try_from(cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX),
-    })
-}
-
 fn new_ipam(cfg: &Config) -> Ipam {
     Ipam::new(new_datastore(cfg), Checkpoint::new(&cfg.backing_store))
 }
@@ -270,18 +195,6 @@ async fn instance_limits(
         t.ipv4_per_eni
     );
     Ok(limits::limits(t.max_enis, t.ipv4_per_eni, false, max_eni))
-}
-
-fn pool_config(cfg: &Config) -> PoolConfig {
-    PoolConfig {
-        warm_eni_target: cfg.warm_eni_target,
-        warm_ip_target: cfg.warm_ip_target,
-        minimum_ip_target: cfg.minimum_ip_target,
-        warm_prefix_target: cfg.warm_prefix_target,
-        max_eni: cfg.max_eni,
-        prefix_delegation: cfg.prefix_delegation,
-        pod_eni: cfg.pod_eni,
-    }
 }
 
 /// Under custom networking, the node's ENIConfig. Waits (with a Warning Event on the Node) while

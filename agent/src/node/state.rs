@@ -95,7 +95,17 @@ pub struct Shared {
     /// The egress guard, fed from this state (None: ENIGUARD_GUARD_MODE=off).
     pub guard: Option<Arc<crate::guard::live::LiveGuard>>,
     /// IPv6 mode's /80 and node address (ENABLE_IPv6); None in IPv4 mode.
-    pub ipv6: Option<super::ipv6::Ipv6Node>,
+    pub ipv6: Option<Ipv6Node>,
+}
+
+/// What IPv6 mode's pods are given, found at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Node {
+    /// The primary ENI, which holds the /80.
+    pub primary_eni: String,
+    pub prefix: crate::ipam::model::Cidr6,
+    /// The instance's own IPv6 address (IMDS), the network-policy agent's NodeIPv6.
+    pub node_ip: Option<std::net::Ipv6Addr>,
 }
 
 /// The parts of [`Shared`] that change while the node runs.

@@ -88,17 +88,20 @@ pub struct GuardConfig {
     pub flow_cache: u32,
 }
 
-/// The last pod packet that passed on this CPU (slot 0: `guard_egress`, slot 1: `guard_pod`), and
-/// under which generation of the maps: the next packet of the same source through the same exit
-/// (or from the same veth) passes without a hash lookup.
+/// The last pod packet that passed on this CPU (slots 0 and 2: `guard_egress` for IPv4 and IPv6,
+/// 1 and 3: `guard_pod`), and under which generation of the maps: the next packet of the same
+/// source through the same exit (or from the same veth) passes without a hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassCache {
+    /// IPv4 source (slots 0 and 1).
     pub src: u32,
     pub ifindex: u32,
     pub vlan: u32,
     /// 0 never matches: the agent's generations start at 1.
     pub generation: u32,
+    /// IPv6 source (slots 2 and 3).
+    pub src6: [u8; 16],
 }
 
 /// Why a packet violates its intent. Values index the counter arrays.
@@ -191,7 +194,7 @@ pub const INTENT6_MAP: &str = "GUARD_INTENT6_V1";
 pub const TRUTH_MAP: &str = "GUARD_TRUTH_V1";
 pub const VETH_MAP: &str = "GUARD_VETH_V2";
 pub const CONFIG_MAP: &str = "GUARD_CONFIG_V2";
-pub const PASS_CACHE_MAP: &str = "GUARD_PASS_CACHE_V1";
+pub const PASS_CACHE_MAP: &str = "GUARD_PASS_CACHE_V2";
 pub const COUNTERS_MAP: &str = "GUARD_COUNTERS_V2";
 pub const POD_COUNTERS_MAP: &str = "GUARD_POD_COUNTERS_V2";
 pub const RATE_MAP: &str = "GUARD_RATE_V1";

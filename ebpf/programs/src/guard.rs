@@ -51,10 +51,12 @@ static GUARD_VETH_V2: HashMap<u32, VethPod, { MAX_PODS as usize }, NO_PREALLOC> 
 #[btf_map]
 static GUARD_CONFIG_V2: Array<GuardConfig, 1> = Array::new();
 #[btf_map]
-static GUARD_PASS_CACHE_V1: PerCpuArray<PassCache, 2> = PerCpuArray::new();
-/// Pass-cache slots: one per program.
+static GUARD_PASS_CACHE_V2: PerCpuArray<PassCache, 4> = PerCpuArray::new();
+/// Pass-cache slots: one per program and address family.
 const CACHE_EGRESS: u32 = 0;
 const CACHE_POD: u32 = 1;
+const CACHE_EGRESS6: u32 = 2;
+const CACHE_POD6: u32 = 3;
 #[btf_map]
 static GUARD_COUNTERS_V2: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
 #[btf_map]
@@ -184,10 +186,12 @@ fn load_be16(ctx: &TcContext, offset: usize, out: &mut u16) -> bool {
 
 /// Untagged Ethernet + the IPv4 addresses.
 const UNTAGGED_IPV4_LEN: usize = ETH_HLEN + 20;
+/// Untagged Ethernet + the IPv6 header (its addresses end it).
+const UNTAGGED_IPV6_LEN: usize = ETH_HLEN + 40;
 
 /// Parses Ethernet, up to two VLAN tags, and the IPv4 or ARP addresses (IPv6: whether it can
-/// leave the link, and where its header is). The common frame — an untagged IPv4 packet whose
-/// headers are linear — takes one bounds check; everything else the general path.
+/// leave the link, and where its header is). The common frames — an untagged IPv4 or IPv6 packet
+/// whose headers are linear — take one bounds check each; everything else the general path.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Frame {
     // SAFETY: the context pointer is valid for the whole program run.
@@ -205,6 +209,22 @@ fn parse(ctx: &TcContext) -> Frame {
         };
         if u16::from_be(proto) == ETH_P_IP {
             return Frame::ipv4(src, dst, vlan);
+        }
+        if u16::from_be(proto) == ETH_P_IPV6 && start + UNTAGGED_IPV6_LEN <= ctx.data_end() {
+            let at = |field: u32| start + ETH_HLEN + field as usize;
+            // SAFETY: the whole header was bounds checked just above; data may be unaligned.
+            let (src6, src_low, dst6) = unsafe {
+                (
+                    core::ptr::read_unaligned(at(IPV6_SRC) as *const [u8; 8]),
+                    core::ptr::read_unaligned((at(IPV6_SRC) + 8) as *const u64),
+                    core::ptr::read_unaligned(at(IPV6_DST) as *const [u8; 8]),
+                )
+            };
+            return Frame {
+                link_only: u32::from(ipv6_link_only(src6, src_low, dst6)),
+                l3: ETH_HLEN as u32,
+                ..Frame::of(KIND_IPV6, vlan)
+            };
         }
     }
     parse_general(ctx, vlan)
@@ -300,19 +320,41 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     let frame = parse(&ctx);
     // SAFETY: as above.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // The pass cache (see below) is consulted under the maps' current generation.
+    let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
     if frame.kind == KIND_IPV6 && frame.link_only == 0 {
+        let src6 = ipv6_addr(&ctx, &frame, IPV6_SRC);
+        let vlan = frame.vlan;
+        // SAFETY: per-CPU slot; a TC program is not re-entered on the same CPU.
+        let cache = GUARD_PASS_CACHE_V2.get_ptr_mut(CACHE_EGRESS6).map(|p| unsafe { &mut *p });
+        let hit = flow_cache != 0
+            && cache.as_ref().is_some_and(|c| {
+                c.generation == generation && c.src6 == src6 && c.ifindex == ifindex && c.vlan == vlan
+            });
+        if hit {
+            if let Some(c) = counters() {
+                c.checked += 1;
+            }
+            return PASS;
+        }
         // SAFETY: as for the IPv4 intent below.
-        let Some(intent) = (unsafe { GUARD_INTENT6_V1.get(ipv6_addr(&ctx, &frame, IPV6_SRC)) }) else {
+        let Some(intent) = (unsafe { GUARD_INTENT6_V1.get(src6) }) else {
             return PASS; // not a pod address: not ours to judge
         };
         if let Some(c) = counters() {
             c.checked += 1;
         }
-        let here = IfaceKey { ifindex, vlan: frame.vlan };
+        let here = IfaceKey { ifindex, vlan };
+        let remember = |cache: Option<&mut PassCache>| {
+            if let Some(cache) = cache {
+                *cache = PassCache { src: 0, ifindex, vlan, generation, src6 };
+            }
+        };
         if intent.allowed.contains(&here) {
+            remember(cache);
             return PASS;
         }
-        return judge(&ctx, intent, here, &frame, || {});
+        return judge(&ctx, intent, here, &frame, || remember(cache));
     }
     let Frame { kind, src, vlan, .. } = frame;
     if kind != KIND_IPV4 {
@@ -320,9 +362,8 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     }
     // Fastest path: this CPU's last passing packet came from the same pod through the same exit,
     // and the maps have not changed since (the generation the agent bumps around every update).
-    let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
     // SAFETY: per-CPU slot; a TC program is not re-entered on the same CPU.
-    let cache = GUARD_PASS_CACHE_V1.get_ptr_mut(CACHE_EGRESS).map(|p| unsafe { &mut *p });
+    let cache = GUARD_PASS_CACHE_V2.get_ptr_mut(CACHE_EGRESS).map(|p| unsafe { &mut *p });
     if let Some(cache) = cache.as_ref() {
         let hit = cache.generation == generation
             && cache.src == src
@@ -348,7 +389,7 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
     let here = IfaceKey { ifindex, vlan };
     let remember = |cache: Option<&mut PassCache>| {
         if let Some(cache) = cache {
-            *cache = PassCache { src, ifindex, vlan, generation };
+            *cache = PassCache { src, ifindex, vlan, generation, src6: [0; 16] };
         }
     };
     if intent.allowed.contains(&here) {
@@ -411,17 +452,26 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let frame = parse(&ctx);
     let Frame { kind, src, vlan, link_only, .. } = frame;
-    // Fastest path: this CPU's last IPv4 packet from this veth had the same (own) source, and
-    // the maps have not changed since.
+    let routable6 = kind == KIND_IPV6 && link_only == 0;
+    let src6 = if routable6 { ipv6_addr(&ctx, &frame, IPV6_SRC) } else { [0u8; 16] };
+    // Fastest path: this CPU's last IPv4 (or IPv6) packet from this veth had the same (own)
+    // source, and the maps have not changed since.
     let (generation, flow_cache) = GUARD_CONFIG_V2.get(0).map_or((0, 0), |c| (c.generation, c.flow_cache));
+    let slot = if routable6 { CACHE_POD6 } else { CACHE_POD };
     // SAFETY: per-CPU slot; a TC program is not re-entered on the same CPU.
-    let cache = GUARD_PASS_CACHE_V1.get_ptr_mut(CACHE_POD).map(|p| unsafe { &mut *p });
-    let hit = kind == KIND_IPV4
+    let cache = GUARD_PASS_CACHE_V2.get_ptr_mut(slot).map(|p| unsafe { &mut *p });
+    let hit = (kind == KIND_IPV4 || routable6)
         && flow_cache != 0
-        && cache.as_ref().is_some_and(|c| c.generation == generation && c.src == src && c.ifindex == ifindex);
+        && cache.as_ref().is_some_and(|c| {
+            c.generation == generation
+                && c.ifindex == ifindex
+                && if routable6 { c.src6 == src6 } else { c.src == src }
+        });
     if hit {
         if let Some(c) = counters() {
-            c.pod_frames[KIND_IPV4 as usize] += 1;
+            if let Some(slot) = c.pod_frames.get_mut(kind as usize) {
+                *slot += 1;
+            }
             c.checked_sources += 1;
         }
         return PASS;
@@ -443,7 +493,7 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
     }
     let judged = kind == KIND_IPV4 || kind == KIND_ARP || kind == KIND_IPV6;
     let own = if kind == KIND_IPV6 {
-        veth.addr.family == FAMILY_IPV6 && veth.addr.addr == ipv6_addr(&ctx, &frame, IPV6_SRC)
+        veth.addr.family == FAMILY_IPV6 && veth.addr.addr == src6
     } else {
         veth.addr.family == FAMILY_IPV4 && veth.addr.addr[..4] == src.to_ne_bytes()
     };
@@ -451,8 +501,8 @@ pub fn guard_pod(ctx: TcContext) -> i32 {
         REASON_UNJUDGED
     } else if own || (kind == KIND_ARP && src == 0) {
         // Its own address; or an ARP probe (RFC 5227), which announces no address.
-        if let (Some(cache), KIND_IPV4) = (cache, kind) {
-            *cache = PassCache { src, ifindex, vlan: 0, generation };
+        if let (Some(cache), true) = (cache, kind == KIND_IPV4 || routable6) {
+            *cache = PassCache { src, ifindex, vlan: 0, generation, src6 };
         }
         return PASS;
     } else {

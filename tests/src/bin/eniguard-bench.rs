@@ -212,7 +212,7 @@ fn measure(guard: &mut Guard) -> Result<()> {
         ),
         ("guard_pod, not a pod veth", "guard_pod", eth1, frame("10.0.1.10")?, Effect::None, true),
         (
-            "guard_egress, IPv6 pass (no pass cache)",
+            "guard_egress, IPv6 pass (a flow's next packet)",
             "guard_egress",
             eth1,
             frame6.clone(),
@@ -220,12 +220,28 @@ fn measure(guard: &mut Guard) -> Result<()> {
             true,
         ),
         (
-            "guard_pod, IPv6 own source (no pass cache)",
+            "guard_egress, IPv6 pass (pass cache off)",
+            "guard_egress",
+            eth1,
+            frame6.clone(),
+            Effect::Checked,
+            false,
+        ),
+        (
+            "guard_pod, IPv6 own source (a flow's next packet)",
+            "guard_pod",
+            enisix,
+            frame6.clone(),
+            Effect::CheckedSource,
+            true,
+        ),
+        (
+            "guard_pod, IPv6 own source (pass cache off)",
             "guard_pod",
             enisix,
             frame6,
             Effect::CheckedSource,
-            true,
+            false,
         ),
     ];
     // Rounds interleave the cases, so that drift of this (shared, virtual) machine hits all alike;
