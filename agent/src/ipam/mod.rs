@@ -29,7 +29,7 @@ pub enum IpamError {
     #[error("checkpoint not written, change rolled back: {0}")]
     Checkpoint(#[from] CheckpointError),
     #[error(
-        "the checkpoint holds {0} IPv6 allocations (an IPv6 node's): this agent runs IPv4 pods only, nothing restored"
+        "the checkpoint holds {0} IPv6 allocations (an IPv6 node's): this agent runs IPv4 pods (ENABLE_IPv6 is false), nothing restored"
     )]
     Ipv6Checkpoint(usize),
     #[error(

@@ -9,7 +9,7 @@
 //! - on the host: the route to the pod in main, rule 512 `to <pod> lookup main` and, for an
 //!   address of a secondary ENI, rule 1536 `from <pod> lookup <ENI table>`.
 //!
-//! An IPv6 pod (IPv6 mode, not yet started by the agent) gets the same shape as upstream's: its
+//! An IPv6 pod (IPv6 mode, ENABLE_IPv6) gets the same shape as upstream's: its
 //! /128 (without duplicate address detection: the address is the pod's alone), `fe80::1` as
 //! gateway with a permanent neighbour entry, IPv6 on in the pod (`disable_ipv6=0` on its
 //! interface and loopback); on the host the route to the /128, and the host end hardened as

@@ -400,7 +400,7 @@ pub fn guard_egress(ctx: TcContext) -> i32 {
 }
 
 /// The full check of a pod packet leaving through `here` against the truth map; `passed` runs
-/// when it passes (the IPv4 pass cache).
+/// when it passes (the caller's pass cache).
 #[inline(always)]
 fn judge(ctx: &TcContext, intent: &PodIntent, here: IfaceKey, frame: &Frame, passed: impl FnOnce()) -> i32 {
     let IfaceKey { ifindex, vlan } = here;
