@@ -62,6 +62,9 @@ pub struct AddReply {
     /// [`crate::cni::egress`]).
     #[serde(default)]
     pub v4_egress: bool,
+    /// IPv4 mode with ENABLE_V6_EGRESS (and a node IPv6 address): the pod also gets IPv6 egress.
+    #[serde(default)]
+    pub v6_egress: bool,
     /// A branch-ENI pod (security groups for pods): its address is the branch ENI's, reached
     /// through a VLAN on the trunk, in table `vlan id + 100`; no pool address is used.
     #[serde(default)]

@@ -27,7 +27,8 @@ use super::{
         GcRequest, ADD_PATH, CHECK_PATH, DEL_PATH, GC_PATH, VERSION,
     },
     client::{CallError, Client},
-    egress, queue,
+    egress::{self, Egress},
+    queue,
     result::{add_result, previous, Added},
     spec::{code, CniError, Command, Env, NetConf},
 };
@@ -169,12 +170,17 @@ impl Plugin {
         };
         match plumbed {
             Ok(plumbed) => {
-                if reply.v4_egress {
-                    let egress_veth = egress::host_veth(&pod_ns, &pod_name);
+                let egress = match (reply.v4_egress, reply.v6_egress) {
+                    (true, _) => Some(Egress::V4),
+                    (_, true) => Some(Egress::V6),
+                    _ => None,
+                };
+                if let Some(egress) = egress {
+                    let veth = egress.host_veth(&pod_ns, &pod_name);
                     if let Err(e) =
-                        egress::add(&self.host, &self.env, &self.conf.name, egress_veth, net.mtu).await
+                        egress::add(&self.host, &self.env, &self.conf.name, egress, veth, net.mtu).await
                     {
-                        log::warn!("ADD {pod_ns}/{pod_name}: IPv4 egress failed, releasing {}: {e}", net.ip);
+                        log::warn!("ADD {pod_ns}/{pod_name}: egress failed, releasing {}: {e}", net.ip);
                         self.undo_add(&net, branch.as_ref(), &pod_ns, &pod_name).await;
                         return Err(e);
                     }
@@ -224,7 +230,7 @@ impl Plugin {
         }
     }
 
-    /// A failed ADD's cleanup: the branch's VLAN, the host side, the veth, the IPv4 egress and the
+    /// A failed ADD's cleanup: the branch's VLAN, the host side, the veth, the egress and the
     /// agent's allocation (each failure logged; the runtime's DEL comes after it).
     async fn undo_add(&self, net: &PodNetwork, branch: Option<&BranchLink>, pod_ns: &str, pod_name: &str) {
         if let Some(b) = branch {
@@ -239,9 +245,11 @@ impl Plugin {
         if let Err(t) = undone {
             log::warn!("ADD {pod_ns}/{pod_name}: teardown: {t}");
         }
-        let egress_veth = egress::host_veth(pod_ns, pod_name);
-        if let Err(t) = egress::del(&self.host, &self.env, &self.conf.name, Some(&egress_veth)).await {
-            log::warn!("ADD {pod_ns}/{pod_name}: IPv4 egress teardown: {t}");
+        for egress in Egress::BOTH {
+            let veth = egress.host_veth(pod_ns, pod_name);
+            if let Err(t) = egress::del(&self.host, &self.env, &self.conf.name, egress, Some(&veth)).await {
+                log::warn!("ADD {pod_ns}/{pod_name}: egress teardown: {t}");
+            }
         }
         if let Err(r) = self.release().await {
             log::warn!("ADD {pod_ns}/{pod_name}: release: {r}");
@@ -359,11 +367,12 @@ impl Plugin {
             Err(e) => log::warn!("DEL {}: {e}; tearing down from prevResult", self.env.container_id),
         }
         let torn = torn.map_err(|e| net_error("del: teardown", e))?;
-        // IPv6 mode's IPv4 egress: host-local's address back (its veth goes with the namespace).
+        // Egress of the other family: host-local's address back (its veth goes with the namespace).
         let (pod_ns, pod_name) = self.env.pod();
-        let egress_veth =
-            (!netns_alive && !pod_name.is_empty()).then(|| egress::host_veth(&pod_ns, &pod_name));
-        egress::del(&self.host, &self.env, &self.conf.name, egress_veth.as_deref()).await?;
+        for egress in Egress::BOTH {
+            let veth = (!netns_alive && !pod_name.is_empty()).then(|| egress.host_veth(&pod_ns, &pod_name));
+            egress::del(&self.host, &self.env, &self.conf.name, egress, veth.as_deref()).await?;
+        }
         // An address that prevResult did not name (no prevResult: the runtime's later DELs).
         if let Some(ip) = late {
             pod::teardown(&self.host, ip, host_veth.as_deref())

@@ -114,6 +114,9 @@ pub struct Config {
     pub ipv6: bool,
     /// ENABLE_V4_EGRESS (true): IPv4 egress for IPv6 pods (only read in IPv6 mode).
     pub v4_egress: bool,
+    /// ENABLE_V6_EGRESS (false): IPv6 egress for IPv4 pods (only read in IPv4 mode, and only
+    /// in effect when the instance has an IPv6 address, as upstream).
+    pub v6_egress: bool,
     /// WARM_ENI_TARGET (1; negative means 1, as upstream).
     pub warm_eni_target: u32,
     /// WARM_IP_TARGET (unset = 0).
@@ -464,6 +467,7 @@ impl Config {
             ipv4: r.bool("ENABLE_IPv4", true)?,
             ipv6: r.bool("ENABLE_IPv6", false)?,
             v4_egress: r.bool("ENABLE_V4_EGRESS", true)?,
+            v6_egress: r.bool("ENABLE_V6_EGRESS", false)?,
             warm_eni_target: r.count("WARM_ENI_TARGET", 1, 1)?,
             warm_ip_target: r.count("WARM_IP_TARGET", 0, 0)?,
             minimum_ip_target: r.count("MINIMUM_IP_TARGET", 0, 0)?,
@@ -622,6 +626,7 @@ impl Config {
             b(self.ipv4),
             b(self.ipv6),
             b(self.v4_egress),
+            b(self.v6_egress),
             self.warm_eni_target.to_string(),
             self.warm_ip_target.to_string(),
             self.minimum_ip_target.to_string(),
@@ -809,6 +814,9 @@ mod tests {
         let mut without_egress = v6.to_vec();
         without_egress.push(("ENABLE_V4_EGRESS", "false"));
         assert!(!parse(&without_egress).unwrap().v4_egress);
+        assert!(parse(&[("ENABLE_V6_EGRESS", "true")]).unwrap().v6_egress);
+        let e = err(&[("ENABLE_V6_EGRESS", "yes")]);
+        assert!(e.contains("ENABLE_V6_EGRESS=`yes`"), "{e}");
     }
 
     #[test]

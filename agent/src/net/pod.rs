@@ -157,9 +157,19 @@ pub async fn setup(host: &Handle, net: &PodNetwork) -> Result<Plumbed, PodNetErr
     Ok(plumbed)
 }
 
-/// An IPv6 pod's IPv4 egress interface (`crate::cni::egress`): the veth and the pod's side as
-/// for any IPv4 pod, and on the host only the route back (IPv6 mode has one table, no rules).
-pub async fn setup_egress(host: &Handle, net: &PodNetwork) -> Result<Plumbed, PodNetError> {
+/// A pod's egress interface of the other family (`crate::cni::egress`): the veth and the pod's
+/// side as for any pod of that family, and on the host only the route back (the range is not the
+/// VPC's: no ENI table, no rules). `main_if` (IPv6 egress): the pod's main interface, whose IPv6
+/// goes off first, as upstream's egress-cni does.
+pub async fn setup_egress(
+    host: &Handle,
+    net: &PodNetwork,
+    main_if: Option<&str>,
+) -> Result<Plumbed, PodNetError> {
+    if let Some(main_if) = main_if {
+        let path = format!("/proc/sys/net/ipv6/conf/{main_if}/disable_ipv6");
+        sysctls_in_netns(&net.netns, &[(path, "1")])?;
+    }
     let (index, plumbed) = veth(host, net).await?;
     host_route(host, net, index).await?;
     Ok(plumbed)

@@ -20,6 +20,9 @@
 //! - IPv6 mode with ENABLE_V4_EGRESS (upstream's egress-cni, [`crate::cni::egress`]): in
 //!   `postrouting`, SNAT of the pods' 169.254.172.0/22 to the node's IPv4 (not multicast), and a
 //!   `forward` chain that rejects new connections into that range, as upstream's FORWARD rule;
+//! - IPv4 mode with ENABLE_V6_EGRESS (the other direction of egress-cni): the same two rules in
+//!   an `ip6 eniguard` table, for the pods' fd00::ac:0/118 and the node's IPv6 address (not
+//!   ff00::/8); without it that table goes;
 //! - with NodePort, the primary interface's rp_filter is loose (2), as upstream's init sets it.
 //!
 //! With AWS_VPC_K8S_CNI_EXTERNALSNAT and without NodePort support, the table and rule 1024 are
@@ -29,7 +32,11 @@
 //! (its helper); the table is added, deleted and re-created in the same batch, so the kernel
 //! sees the old rules or the new ones, never none.
 
-use std::{borrow::Cow, collections::HashSet, net::Ipv4Addr};
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use nftables::{
     batch::Batch,
@@ -84,28 +91,38 @@ pub struct Plan {
     /// AWS_EXTERNAL_SERVICE_CIDRS.
     pub external_service_cidrs: Vec<Cidr>,
     /// IPv6 mode's IPv4 egress (None: IPv4 mode, or ENABLE_V4_EGRESS=false).
-    pub v4_egress: Option<V4Egress>,
+    pub v4_egress: Option<Egress<Ipv4Addr>>,
+    /// IPv4 mode's IPv6 egress (None: IPv6 mode, ENABLE_V6_EGRESS=false, or no node IPv6).
+    pub v6_egress: Option<Egress<Ipv6Addr>>,
 }
 
-/// IPv4 egress for IPv6 pods: their range SNATed to the node's IPv4.
+/// Egress of the other family for pods (upstream's egress-cni): their range SNATed to the
+/// node's address of that family.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct V4Egress {
-    pub node_ip: Ipv4Addr,
+pub struct Egress<A> {
+    pub node_ip: A,
     pub random: RandomizeSnat,
 }
 
 /// The range IPv6 pods' IPv4 egress addresses come from (upstream's).
 pub const V4_EGRESS_RANGE: Cidr = Cidr { addr: Ipv4Addr::new(169, 254, 172, 0), prefix_len: 22 };
+/// The range IPv4 pods' IPv6 egress addresses come from (upstream's `fd00::ac:00/118`).
+pub const V6_EGRESS_RANGE: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0xac, 0), 118);
 const MULTICAST: Cidr = Cidr { addr: Ipv4Addr::new(224, 0, 0, 0), prefix_len: 4 };
+const MULTICAST6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8);
 
 fn prefix(c: Cidr) -> Expression<'static> {
+    prefix_of(IpAddr::V4(c.addr), c.prefix_len)
+}
+
+fn prefix_of(addr: IpAddr, len: u8) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(c.addr.to_string().into())),
-        len: u32::from(c.prefix_len),
+        addr: Box::new(Expression::String(addr.to_string().into())),
+        len: u32::from(len),
     }))
 }
 
-fn snat_to(ip: Ipv4Addr, random: RandomizeSnat) -> Statement<'static> {
+fn snat_to(ip: IpAddr, random: RandomizeSnat) -> Statement<'static> {
     let flags = match random {
         RandomizeSnat::Prng => Some(HashSet::from([NATFlag::FullyRandom])),
         RandomizeSnat::HashRandom => Some(HashSet::from([NATFlag::Random])),
@@ -172,39 +189,47 @@ impl Plan {
         self.snat.is_some() || self.node_port.is_some()
     }
 
-    /// Whether the table exists at all.
+    /// Whether the `ip` table exists at all.
     pub fn table(&self) -> bool {
         self.marks() || self.v4_egress.is_some()
     }
 
-    /// The batch that replaces the table (pure).
+    /// The batch that replaces both tables, each only if it has rules (pure).
     pub fn ruleset(&self) -> Nftables<'static> {
-        let mark = self.mark;
         let mut batch = Batch::new();
+        if self.table() {
+            self.ip_table(&mut batch);
+        } else {
+            remove_table(&mut batch, NfFamily::IP);
+        }
+        remove_table(&mut batch, NfFamily::IP6);
+        if let Some(egress) = &self.v6_egress {
+            let family = NfFamily::IP6;
+            batch.add(NfListObject::Table(Table { family, name: TABLE.into(), handle: None }));
+            batch.add(postrouting(family));
+            let ((range, len), (multicast, multicast_len)) = (V6_EGRESS_RANGE, MULTICAST6);
+            egress_rules(
+                &mut batch,
+                family,
+                prefix_of(IpAddr::V6(range), len),
+                prefix_of(IpAddr::V6(multicast), multicast_len),
+                IpAddr::V6(egress.node_ip),
+                egress.random,
+            );
+        }
+        batch.to_nftables()
+    }
+
+    /// The `ip eniguard` table: replaced in one transaction.
+    fn ip_table(&self, batch: &mut Batch<'static>) {
+        let mark = self.mark;
         let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };
         batch.add(NfListObject::Table(table()));
         batch.delete(NfListObject::Table(table()));
         batch.add(NfListObject::Table(table()));
-        let chain = |name: &'static str, kind, hook, prio| Chain {
-            family: NfFamily::IP,
-            table: TABLE.into(),
-            name: name.into(),
-            _type: Some(kind),
-            hook: Some(hook),
-            prio: Some(prio),
-            policy: Some(NfChainPolicy::Accept),
-            ..Chain::default()
-        };
-        batch.add(NfListObject::Chain(chain("prerouting", NfChainType::Filter, NfHook::Prerouting, -150)));
-        let rule = |chain: &'static str, expr: Vec<Statement<'static>>| {
-            NfListObject::Rule(Rule {
-                family: NfFamily::IP,
-                table: TABLE.into(),
-                chain: chain.into(),
-                expr: Cow::Owned(expr),
-                ..Rule::default()
-            })
-        };
+        let family = NfFamily::IP;
+        batch.add(chain(family, "prerouting", NfChainType::Filter, NfHook::Prerouting, -150));
+        let rule = |chain: &'static str, expr: Vec<Statement<'static>>| rule(family, chain, expr);
         let from = |prefix: &str| {
             matches(meta(MetaKey::Iifname), Operator::EQ, Expression::String(format!("{prefix}*").into()))
         };
@@ -259,29 +284,13 @@ impl Plan {
             ));
         }
         if self.snat.is_some() || self.v4_egress.is_some() {
-            batch.add(NfListObject::Chain(chain("postrouting", NfChainType::NAT, NfHook::Postrouting, 100)));
+            batch.add(postrouting(family));
         }
         if let Some(egress) = &self.v4_egress {
-            let range = || prefix(V4_EGRESS_RANGE);
-            batch.add(rule(
-                "postrouting",
-                vec![
-                    matches(payload("ip", "saddr"), Operator::EQ, range()),
-                    matches(payload("ip", "daddr"), Operator::NEQ, prefix(MULTICAST)),
-                    snat_to(egress.node_ip, egress.random),
-                ],
-            ));
-            batch.add(NfListObject::Chain(chain("forward", NfChainType::Filter, NfHook::Forward, 0)));
-            batch.add(rule(
-                "forward",
-                vec![
-                    matches(payload("ip", "daddr"), Operator::EQ, range()),
-                    matches(ct("state"), Operator::IN, Expression::String("new".into())),
-                    Statement::Reject(None),
-                ],
-            ));
+            let (range, multicast) = (prefix(V4_EGRESS_RANGE), prefix(MULTICAST));
+            egress_rules(batch, family, range, multicast, IpAddr::V4(egress.node_ip), egress.random);
         }
-        let Some(snat) = &self.snat else { return batch.to_nftables() };
+        let Some(snat) = &self.snat else { return };
         batch.add(rule(
             "postrouting",
             vec![
@@ -303,9 +312,82 @@ impl Plan {
                 Statement::Return(None),
             ],
         ));
-        batch.add(rule("postrouting", vec![snat_to(snat.primary_ip, snat.random)]));
-        batch.to_nftables()
+        batch.add(rule("postrouting", vec![snat_to(IpAddr::V4(snat.primary_ip), snat.random)]));
     }
+}
+
+fn chain(
+    family: NfFamily,
+    name: &'static str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family,
+        table: TABLE.into(),
+        name: name.into(),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    })
+}
+
+fn postrouting(family: NfFamily) -> NfListObject<'static> {
+    chain(family, "postrouting", NfChainType::NAT, NfHook::Postrouting, 100)
+}
+
+fn rule(family: NfFamily, chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        ..Rule::default()
+    })
+}
+
+/// Removes a family's table if it is there (adding an existing table is no error; deleting a
+/// missing one is).
+fn remove_table(batch: &mut Batch<'static>, family: NfFamily) {
+    let table = || Table { family, name: TABLE.into(), handle: None };
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+}
+
+/// Egress of the other family (upstream's egress-cni): in `postrouting` (which must exist), the
+/// pods' `range` SNATed to `node_ip` unless to `multicast`; a `forward` chain rejecting new
+/// connections into the range (upstream's FORWARD rule).
+fn egress_rules(
+    batch: &mut Batch<'static>,
+    family: NfFamily,
+    range: Expression<'static>,
+    multicast: Expression<'static>,
+    node_ip: IpAddr,
+    random: RandomizeSnat,
+) {
+    let protocol = if node_ip.is_ipv4() { "ip" } else { "ip6" };
+    batch.add(rule(
+        family,
+        "postrouting",
+        vec![
+            matches(payload(protocol, "saddr"), Operator::EQ, range.clone()),
+            matches(payload(protocol, "daddr"), Operator::NEQ, multicast),
+            snat_to(node_ip, random),
+        ],
+    ));
+    batch.add(chain(family, "forward", NfChainType::Filter, NfHook::Forward, 0));
+    batch.add(rule(
+        family,
+        "forward",
+        vec![
+            matches(payload(protocol, "daddr"), Operator::EQ, range),
+            matches(ct("state"), Operator::IN, Expression::String("new".into())),
+            Statement::Reject(None),
+        ],
+    ));
 }
 
 /// Runs `nft -j -f` off the async workers; nft's own complaint is kept in the error.
@@ -320,14 +402,12 @@ async fn nft(ruleset: Nftables<'static>) -> Result<(), SnatError> {
     }
 }
 
-/// Installs the plan: the table, rule 1024, the external-service rules and the primary
-/// interface's rp_filter; without SNAT and NodePort support, the table and rule 1024 go.
+/// Installs the plan: the tables, rule 1024, the external-service rules and the primary
+/// interface's rp_filter; a table without rules goes, and rule 1024 without SNAT and NodePort.
 pub async fn apply(host: &Handle, plan: &Plan) -> Result<(), SnatError> {
     let mark = plan.mark;
     let mark_rule = |r: &IpRule| r.priority == Some(MARK_RULE_PRIORITY);
-    if plan.table() {
-        nft(plan.ruleset()).await?;
-    }
+    nft(plan.ruleset()).await?;
     if plan.marks() {
         let mut add = host
             .rule()
@@ -346,13 +426,6 @@ pub async fn apply(host: &Handle, plan: &Plan) -> Result<(), SnatError> {
         // A mark an earlier run used, now changed: its rule goes once the new one is in.
         delete_rules(host, |r| mark_rule(r) && r.fwmark != Some(mark)).await?;
     } else {
-        if !plan.table() {
-            let mut batch = Batch::new();
-            let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };
-            batch.add(NfListObject::Table(table()));
-            batch.delete(NfListObject::Table(table()));
-            nft(batch.to_nftables()).await?;
-        }
         delete_rules(host, mark_rule).await?;
     }
     external_service_rules(host, &plan.external_service_cidrs).await?;
@@ -400,6 +473,7 @@ mod tests {
             veth_prefix: "eni".into(),
             external_service_cidrs: Vec::new(),
             v4_egress: None,
+            v6_egress: None,
         }
     }
 
@@ -408,7 +482,7 @@ mod tests {
     #[test]
     fn v4_egress_snats_the_pods_range_and_rejects_connections_into_it() {
         let egress = Plan {
-            v4_egress: Some(V4Egress { node_ip: "10.0.0.4".parse().unwrap(), random: RandomizeSnat::Prng }),
+            v4_egress: Some(Egress { node_ip: "10.0.0.4".parse().unwrap(), random: RandomizeSnat::Prng }),
             ..plan(false, false)
         };
         assert!(egress.table() && !egress.marks());
@@ -418,6 +492,42 @@ mod tests {
         assert!(text.contains(r#""snat":{"addr":"10.0.0.4","flags":["fully-random"]}"#), "{text}");
         assert!(text.contains(r#""hook":"forward""#) && text.contains(r#""reject":null"#), "{text}");
         assert!(!plan(true, true).ruleset().objects.iter().any(|o| format!("{o:?}").contains("forward")));
+    }
+
+    /// IPv4 mode's IPv6 egress: an `ip6` table with the pods' fd00::ac:0/118 SNATed to the node's
+    /// IPv6 (not multicast) and new connections into it rejected, beside the `ip` table; without
+    /// it, the `ip6` table is removed.
+    #[test]
+    fn v6_egress_snats_the_pods_ula_range_in_an_ip6_table() {
+        let egress = Plan {
+            v6_egress: Some(Egress {
+                node_ip: "2600:1f14::10".parse().unwrap(),
+                random: RandomizeSnat::None,
+            }),
+            ..plan(true, false)
+        };
+        let json = serde_json::to_value(egress.ruleset()).unwrap();
+        let objects = json["nftables"].as_array().unwrap();
+        let ip6: Vec<String> = objects
+            .iter()
+            .filter(|o| o.to_string().contains(r#""family":"ip6""#))
+            .map(|o| o.to_string())
+            .collect();
+        let text = ip6.join(" ");
+        assert!(ip6[0].contains("add") && ip6[1].contains("delete") && ip6[2].contains("add"), "{text}");
+        assert!(text.contains(r#""prefix":{"addr":"fd00::ac:0","len":118}"#), "{text}");
+        assert!(text.contains(r#""op":"!=","right":{"prefix":{"addr":"ff00::","len":8}}"#), "{text}");
+        assert!(text.contains(r#""snat":{"addr":"2600:1f14::10"}"#), "{text}");
+        assert!(
+            text.contains(r#""field":"saddr","protocol":"ip6""#) && text.contains(r#""reject":null"#),
+            "{text}"
+        );
+        assert!(!text.contains("10.0.0.4"), "the IPv4 SNAT stays in the ip table: {text}");
+        let without = serde_json::to_value(plan(true, false).ruleset()).unwrap().to_string();
+        assert!(
+            without.contains(r#"{"delete":{"table":{"family":"ip6""#) && !without.contains("fd00"),
+            "{without}"
+        );
     }
 
     #[test]

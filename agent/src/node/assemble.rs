@@ -54,6 +54,8 @@ pub struct Found {
     /// The VPC's CIDRs of the pods' family.
     pub vpc_cidrs: Vec<String>,
     pub ipv6: Option<Ipv6Node>,
+    /// IPv4 mode with IPv6 egress in effect (ENABLE_V6_EGRESS and a node IPv6 address).
+    pub v6_egress: bool,
 }
 
 /// The state the loops share, from the inputs and what the sequence found.
@@ -75,6 +77,7 @@ pub fn assemble(i: Inputs, f: Found) -> Arc<Shared> {
         board: i.board,
         guard: i.guard,
         ipv6: f.ipv6,
+        v6_egress: f.v6_egress,
         id: f.id,
     })
 }

@@ -321,6 +321,7 @@ fn add_reply(node: &Shared, ip: IpAddr, eni: String, device_number: u32) -> AddR
         veth_prefix: cfg.veth_prefix.clone(),
         network_policy_mode: policy_mode(node),
         v4_egress: node.ipv6.is_some() && cfg.v4_egress,
+        v6_egress: node.v6_egress,
         branch: None,
     }
 }

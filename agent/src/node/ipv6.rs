@@ -41,7 +41,7 @@ pub async fn start(
     // IPv4 egress (ENABLE_V4_EGRESS): the pods' 169.254.172.0/22 forwarded and SNATed to the
     // node's IPv4 in eniguard's table; otherwise the table goes.
     let egress =
-        i.cfg.v4_egress.then_some(snat::V4Egress { node_ip: id.local_ipv4, random: i.cfg.randomize_snat });
+        i.cfg.v4_egress.then_some(snat::Egress { node_ip: id.local_ipv4, random: i.cfg.randomize_snat });
     if egress.is_some() && i.net.enable_ipv4_forwarding()? {
         log::info!("turned on net.ipv4.ip_forward for the pods' IPv4 egress");
     }
@@ -52,6 +52,7 @@ pub async fn start(
         veth_prefix: i.cfg.veth_prefix.clone(),
         external_service_cidrs: Vec::new(),
         v4_egress: egress,
+        v6_egress: None,
     };
     i.net.apply_snat(&plan).await?;
     board.step("the primary ENI (IMDS, one DescribeNetworkInterfaces) and its /80");
@@ -78,6 +79,7 @@ pub async fn start(
     let found = Found {
         vpc_cidrs: view.vpc.iter().map(ToString::to_string).collect(),
         ipv6: Some(Ipv6Node { primary_eni: primary.id.clone(), prefix, node_ip: view.node_ip }),
+        v6_egress: false,
         enis,
         primary,
         id,

@@ -1,7 +1,7 @@
 //! The startup sequence, in the corrected order (upstream's `nodeInit` in pkg/ipamd/ipamd.go, with
 //! the #2792 fix): read it top to bottom in [`start`]. Everything it needs is passed in.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use crate::{
     cloud::{
@@ -27,9 +27,10 @@ use super::{
     state::Shared,
 };
 
-/// The node's table and rules: SNAT to the primary ENI's address for all but the VPC and the
-/// exclusions (unless external SNAT), NodePort marks on the primary interface `primary_if`.
-fn snat_plan(cfg: &Config, primary: &ImdsEni, primary_if: &str) -> snat::Plan {
+/// The node's tables and rules: SNAT to the primary ENI's address for all but the VPC and the
+/// exclusions (unless external SNAT), NodePort marks on the primary interface `primary_if`, the
+/// pods' IPv6 egress SNATed to `node_ip6` (ENABLE_V6_EGRESS).
+fn snat_plan(cfg: &Config, primary: &ImdsEni, primary_if: &str, node_ip6: Option<Ipv6Addr>) -> snat::Plan {
     let not_nated = primary.vpc_cidrs.iter().chain(&cfg.exclude_snat_cidrs).copied().collect();
     snat::Plan {
         snat: (!cfg.external_snat).then_some(snat::Snat {
@@ -42,7 +43,24 @@ fn snat_plan(cfg: &Config, primary: &ImdsEni, primary_if: &str) -> snat::Plan {
         veth_prefix: cfg.veth_prefix.clone(),
         external_service_cidrs: cfg.external_service_cidrs.clone(),
         v4_egress: None,
+        v6_egress: node_ip6.map(|node_ip| snat::Egress { node_ip, random: cfg.randomize_snat }),
     }
+}
+
+/// ENABLE_V6_EGRESS: the instance's IPv6 address, with the host's IPv6 forwarding on (as
+/// upstream's init sets it); without an address, IPv6 egress stays off with a warning, as
+/// upstream's entrypoint does.
+async fn v6_egress(i: &Inputs, mac: &str, primary_if: &str) -> Result<Option<Ipv6Addr>, NodeError> {
+    if !i.cfg.v6_egress {
+        return Ok(None);
+    }
+    let Some(node_ip) = i.cloud.ipv6(mac).await?.node_ip else {
+        log::warn!("ENABLE_V6_EGRESS=true, but the instance has no IPv6 address: pods get no IPv6 egress");
+        return Ok(None);
+    };
+    i.net.enable_ipv6(primary_if)?;
+    log::info!("ENABLE_V6_EGRESS: pods' IPv6 egress leaves as {node_ip}");
+    Ok(Some(node_ip))
 }
 
 /// Where `lookup local` goes in strict mode (upstream's), behind the VLAN rules at 10.
@@ -90,7 +108,8 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     board.step("SNAT and NodePort rules");
     let (_, primary_if) =
         i.net.link_by_mac(&id.mac).await?.ok_or_else(|| NetError::NoLink(id.mac.clone()))?;
-    i.net.apply_snat(&snat_plan(&i.cfg, &primary, &primary_if)).await?;
+    let node_ip6 = v6_egress(&i, &id.mac, &primary_if).await?;
+    i.net.apply_snat(&snat_plan(&i.cfg, &primary, &primary_if, node_ip6)).await?;
     board.step("restore the checkpoint");
     log_restored(&ipam.restore(now())?);
     board.step("security groups");
@@ -98,6 +117,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     let found = Found {
         vpc_cidrs: primary.vpc_cidrs.iter().map(ToString::to_string).collect(),
         ipv6: None,
+        v6_egress: node_ip6.is_some(),
         id,
         limits,
         ipam,

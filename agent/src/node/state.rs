@@ -96,6 +96,8 @@ pub struct Shared {
     pub guard: Option<Arc<crate::guard::live::LiveGuard>>,
     /// IPv6 mode's /80 and node address (ENABLE_IPv6); None in IPv4 mode.
     pub ipv6: Option<Ipv6Node>,
+    /// IPv4 mode with IPv6 egress in effect (ENABLE_V6_EGRESS and a node IPv6 address).
+    pub v6_egress: bool,
 }
 
 /// What IPv6 mode's pods are given, found at start.

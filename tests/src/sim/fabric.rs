@@ -42,6 +42,9 @@ use crate::netns::{in_netns, sh, NetNs};
 /// An address outside every VPC CIDR that the VPC namespace answers for: "the internet", where
 /// traffic must arrive from an ENI's own address (SNAT) to be delivered.
 pub const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// IPv6's "internet" (a documentation address), answered by the VPC namespace when the VPC has
+/// IPv6.
+pub const INTERNET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 /// Why the VPC did not deliver a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +205,9 @@ impl Fabric {
         }
         family(&vpc)?;
         vpc.ip(&["addr", "add", &format!("{INTERNET}/32"), "dev", "lo"])?;
+        if ipv6 {
+            vpc.ip(&["addr", "add", &format!("{INTERNET6}/128"), "dev", "lo"])?;
+        }
         vpc.run("nft", &["add", "table", "netdev", "vpc"]).context("the VPC's nftables table")?;
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));

@@ -8,11 +8,12 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
+use eniguard::cni::egress::Egress;
 use eniguard_tests::{
     agent,
     netns::NetNs,
     sim::{
-        fabric::{Verdict, INTERNET},
+        fabric::{Verdict, INTERNET, INTERNET6},
         scenario::Scenario,
     },
 };
@@ -58,7 +59,7 @@ fn checkpoint_ipv6(node: &Node) -> Result<Vec<String>> {
 /// in the CNI result), pings an IPv4 address outside the VPC, and the VPC saw it come from the
 /// node's own IPv4 address through the primary ENI.
 fn v4_egress(node: &Node, pod: &NetNs, eni_id: &str) -> Result<()> {
-    let addresses = pod.ip(&["-4", "addr", "show", "dev", eniguard::cni::egress::IF_NAME])?;
+    let addresses = pod.ip(&["-4", "addr", "show", "dev", Egress::V4.if_name()])?;
     ensure!(addresses.contains("inet 169.254.17"), "v4if0: {addresses}");
     let fabric = node.fabric()?;
     fabric.clear();
@@ -72,6 +73,76 @@ fn v4_egress(node: &Node, pod: &NetNs, eni_id: &str) -> Result<()> {
     );
     let table = node.ns.run("nft", &["list", "table", "ip", "eniguard"])?;
     ensure!(table.contains("169.254.172.0/22") && table.contains("snat"), "the egress SNAT: {table}");
+    Ok(())
+}
+
+/// Whether host-local's store (upstream's data directory for `egress`, network `aws-cni`) holds
+/// an address for the container.
+fn egress_held(egress: Egress, container_id: &str) -> Result<bool> {
+    let store = std::path::Path::new(egress.data_dir()).join("aws-cni");
+    let Ok(files) = std::fs::read_dir(&store) else { return Ok(false) };
+    Ok(files.flatten().any(|f| std::fs::read_to_string(f.path()).is_ok_and(|c| c.starts_with(container_id))))
+}
+
+/// IPv6 egress on an IPv4 node (ENABLE_V6_EGRESS, upstream's egress-cni in the other direction),
+/// in a subnet with an IPv6 CIDR, so the instance has an IPv6 address: a pod's address stays its
+/// IPv4 one (the CNI result), it gets `v6if0` with an address of fd00::ac:0/118 and IPv6 off on
+/// eth0, pings an IPv6 address outside the VPC, and the VPC saw the node's IPv6 address through
+/// the primary ENI (EC2's source check drops the pod's own); the SNAT is in `ip6 eniguard`; DEL
+/// gives host-local's address back. The same agent on an instance without IPv6 starts and gives
+/// no IPv6 egress (as upstream).
+pub fn v6_egress(ctx: &mut Ctx) -> Result<()> {
+    let env = [("ENABLE_V6_EGRESS", "true"), ("ENIGUARD_GUARD_MODE", "off")];
+    let node = Node::start_with(ctx, "v6e", &env, ipv6_vpc)?;
+    let primary = node.primary_eni()?;
+    let eni_id = primary.network_interface_id().context("the primary ENI's id")?;
+    let node_ip6: Ipv6Addr = primary
+        .ipv6_addresses()
+        .first()
+        .and_then(|a| a.ipv6_address())
+        .context("the node's IPv6")?
+        .parse()?;
+    let ns = NetNs::create(&format!("{}-pod6e", node.prefix))?;
+    let sandbox = node.sandbox(&format!("{}-s6e", node.prefix), "sixegress", &ns)?;
+    let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
+    ensure!(add.success, "ADD: {} {}", add.stdout, add.stderr);
+    let result = add.json();
+    let pod_ip = result["ips"][0]["address"].as_str().unwrap_or_default();
+    ensure!(pod_ip.ends_with("/32") && !pod_ip.contains(':'), "the pod's IP stays IPv4: {result}");
+    let addresses = ns.ip(&["-6", "addr", "show", "dev", Egress::V6.if_name()])?;
+    ensure!(addresses.contains("inet6 fd00::ac:"), "v6if0: {addresses}");
+    let eth0 = ns.run("sysctl", &["-n", "net.ipv6.conf.eth0.disable_ipv6"])?;
+    ensure!(eth0.trim() == "1", "IPv6 off on the pod's eth0: {eth0}");
+    ensure!(egress_held(Egress::V6, &sandbox.container_id)?, "host-local's store holds the address");
+
+    let fabric = node.fabric()?;
+    fabric.clear();
+    ns.run("ping", &["-6", "-c", "1", "-W", "2", &INTERNET6.to_string()]).context("IPv6 egress")?;
+    let out: Vec<_> = fabric.frames6().into_iter().filter(|f| f.dst == INTERNET6).collect();
+    ensure!(
+        !out.is_empty()
+            && out.iter().all(|f| f.src == node_ip6 && f.eni_id == eni_id && f.verdict == Verdict::Delivered),
+        "IPv6 egress should leave as {node_ip6} through {eni_id}: {out:?}"
+    );
+    let table = node.ns.run("nft", &["list", "table", "ip6", "eniguard"])?;
+    ensure!(table.contains("fd00::ac:0/118") && table.contains("snat"), "the IPv6 egress SNAT: {table}");
+
+    let del = node.call("DEL", &sandbox, &node.conf("1.1.0", Some(&result)))?;
+    ensure!(del.success, "DEL: {} {}", del.stdout, del.stderr);
+    ensure!(!egress_held(Egress::V6, &sandbox.container_id)?, "host-local's address released on DEL");
+    drop(node);
+
+    // An instance without IPv6 (the default VPC): the agent starts (with a warning in its log),
+    // and gives no IPv6 egress and no ip6 table.
+    let node = Node::start_with(ctx, "v6n", &env, |_| {})?;
+    let ns = NetNs::create(&format!("{}-pod6n", node.prefix))?;
+    let sandbox = node.sandbox(&format!("{}-s6n", node.prefix), "noegress", &ns)?;
+    let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
+    ensure!(add.success, "ADD: {} {}", add.stdout, add.stderr);
+    let links = ns.ip(&["link", "show"])?;
+    ensure!(!links.contains(Egress::V6.if_name()), "no v6if0 without a node IPv6 address: {links}");
+    let tables = node.ns.run("nft", &["list", "tables"])?;
+    ensure!(!tables.contains("ip6 eniguard"), "no ip6 table: {tables}");
     Ok(())
 }
 
@@ -96,7 +167,7 @@ pub fn ipv6_node(ctx: &mut Ctx) -> Result<()> {
     let mut pods = Vec::new();
     for tag in ["a", "b"] {
         let ns = NetNs::create(&format!("{}-pod6{tag}", node.prefix))?;
-        // Container ids unique to the run: host-local's store (/run/cni/v4pd) outlives a failed test.
+        // Container ids unique to the run: host-local's store (/run/cni/v6pd) outlives a failed test.
         let sandbox = node.sandbox(&format!("{}-s{tag}", node.prefix), &format!("six{tag}"), &ns)?;
         let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
         ensure!(add.success, "ADD: {} {}", add.stdout, add.stderr);
@@ -142,15 +213,12 @@ pub fn ipv6_node(ctx: &mut Ctx) -> Result<()> {
     node.agent().daemon.wait_for_line("ready:", std::time::Duration::from_secs(60))?;
     let after = node.primary_eni()?;
     ensure!(after.ipv6_prefixes().len() == 1, "no second /80: {:?}", after.ipv6_prefixes());
-    let egress_store = std::path::Path::new(eniguard::cni::egress::DATA_DIR).join("aws-cni");
-    let held_by = |sandbox: &str| -> Result<bool> {
-        Ok(std::fs::read_dir(&egress_store)?
-            .flatten()
-            .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|c| c.starts_with(sandbox))))
-    };
-    ensure!(!held_by(&sandbox.container_id)?, "host-local's IPv4 egress address released on DEL");
+    ensure!(
+        !egress_held(Egress::V4, &sandbox.container_id)?,
+        "host-local's IPv4 egress address released on DEL"
+    );
     let (_, sandbox_b, result_b, ip_b) = &pods[1];
-    ensure!(held_by(&sandbox_b.container_id)?, "the other pod's IPv4 egress address is kept");
+    ensure!(egress_held(Egress::V4, &sandbox_b.container_id)?, "the other pod's IPv4 egress address is kept");
     let check = node.call("CHECK", sandbox_b, &node.conf("1.1.0", Some(result_b)))?;
     ensure!(check.success, "CHECK of {ip_b} after the restart: {} {}", check.stdout, check.stderr);
     let del = node.call("DEL", sandbox_b, &node.conf("1.1.0", Some(result_b)))?;

@@ -80,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "sim_vpcsim_recovers_from_sigkill", run: sim_fabric::vpcsim_recovers_from_sigkill },
         Test { name: "agent_warm_pool_rows", run: agent::warm_pool_rows },
         Test { name: "agent_ipv6_node", run: ipv6::ipv6_node },
+        Test { name: "agent_v6_egress", run: ipv6::v6_egress },
         Test { name: "agent_incident_order", run: agent::incident_order },
         Test { name: "agent_pre_fix_node", run: agent::pre_fix_node },
         Test { name: "agent_bad_input", run: agent::bad_input },
