@@ -605,11 +605,6 @@ impl Config {
                 "true",
                 &format!("false {with_v6} (custom networking has no IPv6 mode, as upstream)"),
             )),
-            (false, true) if self.pod_eni => Err(bad(
-                "ENABLE_POD_ENI",
-                "true",
-                &format!("false {with_v6}: eniguard does not give IPv6 pods branch ENIs yet"),
-            )),
             (false, true) => Ok(()),
         }
     }
@@ -800,9 +795,14 @@ mod tests {
         for (extra, expected) in [
             (&[("ENABLE_IPv4", "true")][..], "ENABLE_IPv4=`true`: expected false with ENABLE_IPv6=true"),
             (&[("ENABLE_IPv6", "false")][..], "ENABLE_IPv4=`false`: expected true, or ENABLE_IPv6=true"),
-            (&[("ENABLE_PREFIX_DELEGATION", "false")][..], "ENABLE_PREFIX_DELEGATION=`false`: expected true with ENABLE_IPv6=true"),
-            (&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")][..], "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=`true`: expected false"),
-            (&[("ENABLE_POD_ENI", "true")][..], "ENABLE_POD_ENI=`true`: expected false with ENABLE_IPv6=true: eniguard does not give IPv6 pods branch ENIs yet"),
+            (
+                &[("ENABLE_PREFIX_DELEGATION", "false")][..],
+                "ENABLE_PREFIX_DELEGATION=`false`: expected true with ENABLE_IPv6=true",
+            ),
+            (
+                &[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")][..],
+                "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=`true`: expected false",
+            ),
         ] {
             let e = with(extra);
             assert!(e.contains(expected), "{extra:?}: {e}");
@@ -814,6 +814,9 @@ mod tests {
         let mut without_egress = v6.to_vec();
         without_egress.push(("ENABLE_V4_EGRESS", "false"));
         assert!(!parse(&without_egress).unwrap().v4_egress);
+        let mut branch_pods = v6.to_vec();
+        branch_pods.push(("ENABLE_POD_ENI", "true"));
+        assert!(parse(&branch_pods).unwrap().pod_eni, "security groups for pods in IPv6 mode, as upstream");
         assert!(parse(&[("ENABLE_V6_EGRESS", "true")]).unwrap().v6_egress);
         let e = err(&[("ENABLE_V6_EGRESS", "yes")]);
         assert!(e.contains("ENABLE_V6_EGRESS=`yes`"), "{e}");

@@ -34,7 +34,7 @@ pub const VARIABLES: &[Var] = &[
     var("ENABLE_POD_ENI", "false", "security groups for pods: the CNINode feature (after custom networking), branch pods through the trunk", "agent_incident_order cni_branch_pods_strict_and_standard"),
     var("ENABLE_PREFIX_DELEGATION", "false", "/28 prefixes instead of secondary addresses", "agent_warm_pool_rows"),
     var("ENABLE_IPv4", "true", "IPv4 pods; false only with ENABLE_IPv6=true (one family per node, as upstream)", "ipv6_mode_is_checked_as_upstream_checks_it"),
-    var("ENABLE_IPv6", "false", "IPv6 pods: /128s from one /80 on the primary ENI, no warm pool; needs ENABLE_IPv4=false and ENABLE_PREFIX_DELEGATION=true, refused with custom networking (as upstream) and, not yet done, with ENABLE_POD_ENI", "agent_ipv6_node containerd_ipv6_pod"),
+    var("ENABLE_IPv6", "false", "IPv6 pods: /128s from one /80 on the primary ENI, no warm pool; needs ENABLE_IPv4=false and ENABLE_PREFIX_DELEGATION=true, refused with custom networking (as upstream); with ENABLE_POD_ENI, branch pods get their branch ENI's IPv6 address through the trunk", "agent_ipv6_node containerd_ipv6_pod agent_ipv6_branch_pod cni_branch_pods_strict_and_standard"),
     var("ENABLE_V4_EGRESS", "true", "IPv6 mode: each pod also gets `v4if0` with a host-local address of 169.254.172.0/22, SNATed to the node's IPv4 (read in IPv6 mode only)", "agent_ipv6_node"),
     var("ENABLE_V6_EGRESS", "false", "IPv4 mode: each pod also gets `v6if0` with a host-local address of fd00::ac:0/118, SNATed to the node's IPv6, and IPv6 off on its eth0 (read in IPv4 mode only; off, with a warning, when the instance has no IPv6 address, as upstream)", "agent_v6_egress"),
     var("WARM_ENI_TARGET", "1", "as upstream (negative means 1)", "agent_warm_pool_rows"),

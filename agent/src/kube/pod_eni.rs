@@ -3,7 +3,7 @@
 //! is used, as upstream does. The VLAN key is `vlanId` as the controller writes it (upstream's Go
 //! reader matches it case-insensitively, so `vlanID` is accepted too).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
@@ -18,12 +18,24 @@ pub struct PodEni {
     /// 1..=4094 (the controller hands out 1..120).
     pub vlan_id: u16,
     pub subnet: Cidr,
+    /// The branch ENI's IPv6 address (`ipv6Addr`), in a subnet with an IPv6 CIDR.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
+/// EC2's router as an IPv6 branch pod's VLAN reaches it (upstream's gateway for IPv6).
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0xec2, 0, 0, 0, 0, 0, 1);
+
 impl PodEni {
-    /// The subnet's gateway (its network address + 1).
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet.addr) + 1)
+    /// The pod's address and its VLAN's gateway for the node's family: the branch's IPv4 address
+    /// and its subnet's network address + 1, or (IPv6 mode) its `ipv6Addr` and `fe80:ec2::1`.
+    pub fn address(&self, ipv6: bool) -> Result<(IpAddr, IpAddr), String> {
+        if !ipv6 {
+            return Ok((self.ip.into(), Ipv4Addr::from(u32::from(self.subnet.addr) + 1).into()));
+        }
+        let ip = self.ipv6.ok_or_else(|| {
+            format!("vpc.amazonaws.com/pod-eni[0].ipv6Addr: missing (an IPv6 node's branch pod needs the branch ENI's IPv6 address; is {} in a subnet with an IPv6 CIDR?)", self.eni_id)
+        })?;
+        Ok((ip.into(), ROUTER6.into()))
     }
 }
 
@@ -36,6 +48,7 @@ struct Raw {
     #[serde(alias = "vlanID")]
     vlan_id: Option<serde_json::Value>,
     subnet_cidr: Option<String>,
+    ipv6_addr: Option<String>,
 }
 
 /// Parses the annotation; an error names the field and what was expected.
@@ -66,7 +79,13 @@ pub fn parse(annotation: &str) -> Result<PodEni, String> {
     let cidr = field("subnetCidr", raw.subnet_cidr)?;
     let subnet = crate::cloud::imds::parse_cidr(&cidr)
         .ok_or_else(|| format!("{what}[0].subnetCidr: `{cidr}` is not an IPv4 CIDR"))?;
-    Ok(PodEni { eni_id, mac, ip, vlan_id, subnet })
+    let ipv6 = match raw.ipv6_addr.filter(|s| !s.is_empty()) {
+        Some(text) => {
+            Some(text.parse().map_err(|_| format!("{what}[0].ipv6Addr: `{text}` is not an IPv6 address"))?)
+        }
+        None => None,
+    };
+    Ok(PodEni { eni_id, mac, ip, vlan_id, subnet, ipv6 })
 }
 
 #[cfg(test)]
@@ -78,9 +97,20 @@ mod tests {
         let a = r#"[{"eniId":"eni-1","ifAddress":"02:00:00:00:00:2a","privateIp":"100.64.0.9","vlanId":7,"subnetCidr":"100.64.0.0/19","associationID":"trunk-assoc-1"}]"#;
         let p = parse(a).unwrap();
         assert_eq!(
-            (p.vlan_id, p.ip, p.gateway()),
-            (7, "100.64.0.9".parse().unwrap(), "100.64.0.1".parse().unwrap())
+            (p.vlan_id, p.address(false).unwrap()),
+            (7, ("100.64.0.9".parse().unwrap(), "100.64.0.1".parse().unwrap()))
         );
+        assert!(p.address(true).unwrap_err().contains("ipv6Addr: missing"));
+        let v6 = a.replace(
+            r#""vlanId":7"#,
+            r#""vlanId":7,"ipv6Addr":"2600:1f14::9","subnetV6Cidr":"2600:1f14::/64""#,
+        );
+        let p = parse(&v6).unwrap();
+        assert_eq!(
+            p.address(true).unwrap(),
+            ("2600:1f14::9".parse().unwrap(), "fe80:ec2::1".parse().unwrap())
+        );
+        assert!(parse(&v6.replace("2600:1f14::9", "10.0.0.1")).unwrap_err().contains("ipv6Addr"));
         assert_eq!(parse(&a.replace("vlanId", "vlanID")).unwrap().vlan_id, 7);
         assert!(parse(&a.replace("\"vlanId\":7", "\"vlanId\":0")).unwrap_err().contains("vlanId"));
         assert!(parse(&a.replace("02:00:00:00:00:2a", "nope")).unwrap_err().contains("ifAddress"));

@@ -20,7 +20,8 @@ use rtnetlink::{
 };
 
 use super::netlink::{
-    call, delete_rules, gateway_routes, is_exists, is_missing, mac_bytes, rules, set_sysctl, NetError, Rule,
+    call, delete_rules, delete_rules6, gateway_routes, is_exists, is_missing, mac_bytes, rules, rules6,
+    set_sysctl, NetError, Rule,
 };
 use crate::ipam::model::Cidr;
 
@@ -136,28 +137,54 @@ impl HostNet {
 
     /// Moves `lookup local` from priority 0 to `to` (upstream does it for security groups for
     /// pods in strict mode, so that the VLAN rules at priority 10 come first and a branch pod's
-    /// traffic to the node's own addresses also leaves through its branch ENI). Idempotent.
-    pub async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
+    /// traffic to the node's own addresses also leaves through its branch ENI), for the pods'
+    /// family (`ipv6`: IPv6 mode). Idempotent.
+    pub async fn move_local_rule(&self, to: u32, ipv6: bool) -> Result<(), NetError> {
         const LOCAL_TABLE: u32 = 255;
-        let rules = rules(&self.handle).await?;
+        let rules = if ipv6 { rules6(&self.handle).await? } else { rules(&self.handle).await? };
         let is_local = |r: &Rule, prio: u32| {
             r.table == LOCAL_TABLE
                 && r.priority.unwrap_or(0) == prio
                 && r.src.is_none()
                 && r.dst.is_none()
+                && r.src6.is_none()
+                && r.dst6.is_none()
                 && r.iif.is_none()
         };
         if !rules.iter().any(|r| is_local(r, to)) {
-            let add =
-                self.handle.rule().add().v4().table_id(LOCAL_TABLE).priority(to).action(RuleAction::ToTable);
-            match add.execute().await {
+            let add = if ipv6 {
+                self.handle
+                    .rule()
+                    .add()
+                    .v6()
+                    .table_id(LOCAL_TABLE)
+                    .priority(to)
+                    .action(RuleAction::ToTable)
+                    .execute()
+                    .await
+            } else {
+                self.handle
+                    .rule()
+                    .add()
+                    .v4()
+                    .table_id(LOCAL_TABLE)
+                    .priority(to)
+                    .action(RuleAction::ToTable)
+                    .execute()
+                    .await
+            };
+            match add {
                 Ok(()) => {}
                 Err(e) if is_exists(&e) => {}
                 Err(e) => return Err(call(format!("rule {to}: lookup local"))(e)),
             }
         }
         if rules.iter().any(|r| is_local(r, 0)) {
-            delete_rules(&self.handle, |r| is_local(r, 0)).await?;
+            if ipv6 {
+                delete_rules6(&self.handle, |r| is_local(r, 0)).await?;
+            } else {
+                delete_rules(&self.handle, |r| is_local(r, 0)).await?;
+            }
         }
         Ok(())
     }
@@ -179,7 +206,7 @@ impl HostNet {
         self.set_address(index, &name, eni).await?;
         let table = eni.table();
         let gw = eni.gateway();
-        gateway_routes(&self.handle, table, index, gw).await?;
+        gateway_routes(&self.handle, table, index, gw.into()).await?;
         // The kernel's subnet route in main for this link: traffic to the subnet must not
         // prefer a secondary ENI.
         let subnet_route = RouteMessageBuilder::<Ipv4Addr>::new()

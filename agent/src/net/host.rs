@@ -21,7 +21,8 @@ pub trait Host: Send + Sync {
     fn enable_ipv6(&self, primary_if: &str) -> Result<(), NetError>;
     /// net.ipv4.tcp_early_demux=0; true if it was on.
     fn disable_tcp_early_demux(&self) -> Result<bool, NetError>;
-    async fn move_local_rule(&self, to: u32) -> Result<(), NetError>;
+    /// `lookup local` from priority 0 to `to`, for IPv4 or (`ipv6`) IPv6.
+    async fn move_local_rule(&self, to: u32, ipv6: bool) -> Result<(), NetError>;
     /// The index and name of the link with this MAC.
     async fn link_by_mac(&self, mac: &str) -> Result<Option<(u32, String)>, NetError>;
     /// Every link's name by MAC.
@@ -50,8 +51,8 @@ impl Host for HostNet {
     fn disable_tcp_early_demux(&self) -> Result<bool, NetError> {
         HostNet::disable_tcp_early_demux(self)
     }
-    async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
-        HostNet::move_local_rule(self, to).await
+    async fn move_local_rule(&self, to: u32, ipv6: bool) -> Result<(), NetError> {
+        HostNet::move_local_rule(self, to, ipv6).await
     }
     async fn link_by_mac(&self, mac: &str) -> Result<Option<(u32, String)>, NetError> {
         HostNet::link_by_mac(self, mac).await

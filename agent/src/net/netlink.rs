@@ -1,7 +1,7 @@
 //! The netlink helpers the host-network modules share: the error type, what an errno means,
 //! links by name, gateway routes and rules.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
@@ -84,11 +84,14 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetError> 
 
 /// Table `table`'s way out through link `index`: a link route to the gateway and the default
 /// route via it (an ENI's table, or a branch pod's VLAN table).
-pub async fn gateway_routes(handle: &Handle, table: u32, index: u32, gw: Ipv4Addr) -> Result<(), NetError> {
-    let link_route = RouteMessageBuilder::<Ipv4Addr>::new()
+pub async fn gateway_routes(handle: &Handle, table: u32, index: u32, gw: IpAddr) -> Result<(), NetError> {
+    let bad = |e: String| NetError::Invalid(format!("routes via {gw}: {e}"));
+    let host_len = if gw.is_ipv4() { 32 } else { 128 };
+    let link_route = RouteMessageBuilder::<IpAddr>::new()
         .table_id(table)
         .output_interface(index)
-        .destination_prefix(gw, 32)
+        .destination_prefix(gw, host_len)
+        .map_err(|e| bad(format!("{e:?}")))?
         .scope(RouteScope::Link)
         .build();
     handle
@@ -98,8 +101,15 @@ pub async fn gateway_routes(handle: &Handle, table: u32, index: u32, gw: Ipv4Add
         .execute()
         .await
         .map_err(call(format!("route to {gw} in table {table}")))?;
-    let default =
-        RouteMessageBuilder::<Ipv4Addr>::new().table_id(table).output_interface(index).gateway(gw).build();
+    let any =
+        if gw.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    let default = RouteMessageBuilder::<IpAddr>::new()
+        .table_id(table)
+        .output_interface(index)
+        .destination_prefix(any, 0)
+        .and_then(|r| r.gateway(gw))
+        .map_err(|e| bad(format!("{e:?}")))?
+        .build();
     handle
         .route()
         .add(default)
@@ -116,6 +126,9 @@ pub struct Rule {
     /// A /32 source or destination.
     pub src: Option<Ipv4Addr>,
     pub dst: Option<Ipv4Addr>,
+    /// A /128 source or destination (IPv6 rules).
+    pub src6: Option<Ipv6Addr>,
+    pub dst6: Option<Ipv6Addr>,
     pub iif: Option<String>,
     pub table: u32,
     /// The destination, whatever its length.
@@ -129,6 +142,8 @@ impl Rule {
             priority: None,
             src: None,
             dst: None,
+            src6: None,
+            dst6: None,
             iif: None,
             table: u32::from(m.header.table),
             dst_cidr: None,
@@ -144,6 +159,8 @@ impl Rule {
                         r.dst = Some(*ip);
                     }
                 }
+                RuleAttribute::Source(IpAddr::V6(ip)) if m.header.src_len == 128 => r.src6 = Some(*ip),
+                RuleAttribute::Destination(IpAddr::V6(ip)) if m.header.dst_len == 128 => r.dst6 = Some(*ip),
                 RuleAttribute::FwMark(mark) => r.fwmark = Some(*mark),
                 RuleAttribute::Iifname(n) => r.iif = Some(n.clone()),
                 RuleAttribute::Table(t) => r.table = *t,
@@ -156,8 +173,17 @@ impl Rule {
 
 /// Every IPv4 rule.
 pub async fn rules(handle: &Handle) -> Result<Vec<Rule>, NetError> {
+    rules_of(handle, rtnetlink::IpVersion::V4).await
+}
+
+/// Every IPv6 rule.
+pub async fn rules6(handle: &Handle) -> Result<Vec<Rule>, NetError> {
+    rules_of(handle, rtnetlink::IpVersion::V6).await
+}
+
+async fn rules_of(handle: &Handle, version: rtnetlink::IpVersion) -> Result<Vec<Rule>, NetError> {
     let mut out = Vec::new();
-    let mut dump = handle.rule().get(rtnetlink::IpVersion::V4).execute();
+    let mut dump = handle.rule().get(version).execute();
     while let Some(m) = dump.try_next().await.map_err(call("listing rules"))? {
         out.push(Rule::of(&m));
     }
@@ -166,8 +192,21 @@ pub async fn rules(handle: &Handle) -> Result<Vec<Rule>, NetError> {
 
 /// Deletes every IPv4 rule `doomed` selects; returns how many went.
 pub async fn delete_rules(handle: &Handle, doomed: impl Fn(&Rule) -> bool) -> Result<usize, NetError> {
+    delete_rules_of(handle, rtnetlink::IpVersion::V4, doomed).await
+}
+
+/// Deletes every IPv6 rule `doomed` selects; returns how many went.
+pub async fn delete_rules6(handle: &Handle, doomed: impl Fn(&Rule) -> bool) -> Result<usize, NetError> {
+    delete_rules_of(handle, rtnetlink::IpVersion::V6, doomed).await
+}
+
+async fn delete_rules_of(
+    handle: &Handle,
+    version: rtnetlink::IpVersion,
+    doomed: impl Fn(&Rule) -> bool,
+) -> Result<usize, NetError> {
     let mut matching = Vec::new();
-    let mut dump = handle.rule().get(rtnetlink::IpVersion::V4).execute();
+    let mut dump = handle.rule().get(version).execute();
     while let Some(m) = dump.try_next().await.map_err(call("listing rules"))? {
         if doomed(&Rule::of(&m)) {
             matching.push(m);

@@ -39,8 +39,8 @@ use rtnetlink::{
 };
 
 use super::netlink::{
-    call, delete_link, delete_rules, gateway_routes, is_exists, is_missing, link_by_name, rules, set_sysctl,
-    NetError, Rule,
+    call, delete_link, delete_rules, delete_rules6, gateway_routes, is_exists, is_missing, link_by_name,
+    rules, set_sysctl, NetError, Rule,
 };
 
 /// The pod's gateway: a link-local address that only ever resolves to the host end.
@@ -215,7 +215,8 @@ async fn veth(host: &Handle, net: &PodNetwork) -> Result<(u32, Plumbed), PodNetE
 pub struct BranchLink {
     pub vlan_id: u16,
     pub mac: String,
-    pub gateway: Ipv4Addr,
+    /// The branch subnet's gateway (IPv4), or EC2's link-local router `fe80:ec2::1` (IPv6).
+    pub gateway: IpAddr,
     /// The trunk's link.
     pub parent_if_index: u32,
     /// POD_SECURITY_GROUP_ENFORCING_MODE=strict: everything of the pod, even to the node, goes
@@ -240,9 +241,13 @@ pub const VLAN_RULE_PRIORITY: u32 = 10;
 /// with the gateway's link route and the default route, the veth as for any pod, then strict
 /// mode's `iif` rules and the pod's route in that table, or standard mode's address rules.
 pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Result<Plumbed, PodNetError> {
-    let IpAddr::V4(ip) = net.ip else {
-        return Err(NetError::Invalid(format!("{}: branch ENIs carry IPv4 pods only so far", net.ip)).into());
-    };
+    if net.ip.is_ipv4() != b.gateway.is_ipv4() {
+        return Err(NetError::Invalid(format!(
+            "branch pod {} with gateway {}: not one family",
+            net.ip, b.gateway
+        ))
+        .into());
+    }
     let name = b.link_name();
     let table = b.table();
     delete_link(host, &name).await?;
@@ -255,17 +260,19 @@ pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Re
         .map_err(call(format!("VLAN link {name} on ifindex {}", b.parent_if_index)))?;
     let vlan_index =
         link_by_name(host, &name).await?.ok_or_else(|| NetError::NoLink(name.clone()))?.header.index;
+    if net.ip.is_ipv6() {
+        harden_ipv6(&name)?;
+    }
     gateway_routes(host, table, vlan_index, b.gateway).await?;
-    delete_rules(host, |r| {
-        r.priority == Some(VLAN_RULE_PRIORITY) && r.iif.as_deref() == Some(net.host_veth.as_str())
-    })
-    .await?;
+    let stale =
+        |r: &Rule| r.priority == Some(VLAN_RULE_PRIORITY) && r.iif.as_deref() == Some(net.host_veth.as_str());
+    delete_rules(host, stale).await?;
+    delete_rules6(host, stale).await?;
     let (index, plumbed) = veth(host, net).await?;
     if b.strict {
-        let pod_route = RouteMessageBuilder::<Ipv4Addr>::new()
+        let pod_route = route(net.ip, host_len(net.ip), None)?
             .table_id(table)
             .output_interface(index)
-            .destination_prefix(ip, 32)
             .scope(RouteScope::Link)
             .build();
         host.route()
@@ -275,15 +282,14 @@ pub async fn setup_branch(host: &Handle, net: &PodNetwork, b: &BranchLink) -> Re
             .await
             .map_err(call(format!("route to {} in table {table}", net.ip)))?;
         for iif in [name.as_str(), net.host_veth.as_str()] {
-            let rule = host
-                .rule()
-                .add()
-                .v4()
-                .input_interface(iif)
-                .table_id(table)
-                .priority(VLAN_RULE_PRIORITY)
-                .action(RuleAction::ToTable);
-            match rule.execute().await {
+            let added = if net.ip.is_ipv4() {
+                let rule = host.rule().add().v4().input_interface(iif);
+                rule.table_id(table).priority(VLAN_RULE_PRIORITY).action(RuleAction::ToTable).execute().await
+            } else {
+                let rule = host.rule().add().v6().input_interface(iif);
+                rule.table_id(table).priority(VLAN_RULE_PRIORITY).action(RuleAction::ToTable).execute().await
+            };
+            match added {
                 Ok(()) => {}
                 Err(e) if is_exists(&e) => {}
                 Err(e) => return Err(call(format!("rule iif {iif} lookup {table}"))(e).into()),
@@ -369,17 +375,26 @@ async fn host_route(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), N
     host.route().add(to_pod).replace().execute().await.map_err(call(format!("host route to {}", net.ip)))
 }
 
+/// Upstream's hardening of a host-side IPv6 link (a pod's host end, a branch's VLAN link).
+fn harden_ipv6(link: &str) -> Result<(), NetError> {
+    let conf = |key: &str| format!("/proc/sys/net/ipv6/conf/{link}/{key}");
+    for (key, value) in [("accept_ra", "0"), ("accept_redirects", "1"), ("forwarding", "0")] {
+        set_sysctl(&conf(key), value)?;
+    }
+    Ok(())
+}
+
 async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), NetError> {
     host_route(host, net, index).await?;
     let ip = match net.ip {
         IpAddr::V4(ip) => ip,
-        IpAddr::V6(_) => {
-            // Upstream's hardening of the host end; one ENI in IPv6 mode, so no rules.
-            let conf = |key: &str| format!("/proc/sys/net/ipv6/conf/{}/{key}", net.host_veth);
-            for (key, value) in [("accept_ra", "0"), ("accept_redirects", "1"), ("forwarding", "0")] {
-                set_sysctl(&conf(key), value)?;
-            }
-            return Ok(());
+        IpAddr::V6(ip) => {
+            harden_ipv6(&net.host_veth)?;
+            // One ENI in IPv6 mode, so no rules but a branch pod's (standard mode).
+            return match net.table {
+                Some(table) => address_rules6(host, ip, table).await,
+                None => Ok(()),
+            };
         }
     };
     // A leaked pod's rules for this address may name another table: start clean.
@@ -412,6 +427,25 @@ async fn host_side(host: &Handle, net: &PodNetwork, index: u32) -> Result<(), Ne
     Ok(())
 }
 
+/// A branch pod's address rules in standard mode, IPv6: `to <pod> lookup main` (512) and
+/// `from <pod> lookup <table>` (1536).
+async fn address_rules6(host: &Handle, ip: Ipv6Addr, table: u32) -> Result<(), NetError> {
+    delete_rules6(host, |r| r.priority == Some(FROM_POD_PRIORITY) && r.src6 == Some(ip)).await?;
+    let to = host.rule().add().v6().destination_prefix(ip, 128);
+    match to.table_id(MAIN_TABLE).priority(TO_POD_PRIORITY).action(RuleAction::ToTable).execute().await {
+        Ok(()) => {}
+        Err(e) if is_exists(&e) => {}
+        Err(e) => return Err(call(format!("rule to {ip}"))(e)),
+    }
+    let from = host.rule().add().v6().source_prefix(ip, 128);
+    from.table_id(table)
+        .priority(FROM_POD_PRIORITY)
+        .action(RuleAction::ToTable)
+        .execute()
+        .await
+        .map_err(call(format!("rule from {ip} lookup {table}")))
+}
+
 /// DEL's host-side teardown for one address: rules 512 and 1536 (whatever table), the host
 /// route, and the host end of the veth unless it routes another address (a host end of the same
 /// name that serves a newer sandbox of the pod stays). Anything already gone is fine.
@@ -424,12 +458,21 @@ pub async fn teardown(host: &Handle, ip: IpAddr, host_veth: Option<&str>) -> Res
             }
         }
     }
-    if let IpAddr::V4(ip) = ip {
-        delete_rules(host, |r| {
-            (r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(ip))
-                || (r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip))
-        })
-        .await?;
+    match ip {
+        IpAddr::V4(ip) => {
+            delete_rules(host, |r| {
+                (r.priority == Some(TO_POD_PRIORITY) && r.dst == Some(ip))
+                    || (r.priority == Some(FROM_POD_PRIORITY) && r.src == Some(ip))
+            })
+            .await?;
+        }
+        IpAddr::V6(ip) => {
+            delete_rules6(host, |r| {
+                (r.priority == Some(TO_POD_PRIORITY) && r.dst6 == Some(ip))
+                    || (r.priority == Some(FROM_POD_PRIORITY) && r.src6 == Some(ip))
+            })
+            .await?;
+        }
     }
     let to_pod = route(ip, host_len(ip), None)?.scope(RouteScope::Link).build();
     match host.route().del(to_pod).execute().await {
@@ -444,16 +487,17 @@ pub async fn teardown(host: &Handle, ip: IpAddr, host_veth: Option<&str>) -> Res
 }
 
 /// DEL's teardown for a branch-ENI pod (upstream's layout): the VLAN link, its priority-10 rules
-/// and every rule into table `vlan + 100`.
+/// and every rule into table `vlan + 100`, of either family.
 pub async fn teardown_branch(host: &Handle, vlan: u16, host_veth: Option<&str>) -> Result<(), NetError> {
     let vlan_link = format!("vlan.eth.{vlan}");
     let table = u32::from(vlan) + 100;
-    delete_rules(host, |r| {
+    let doomed = |r: &Rule| {
         r.table == table
-            || (r.priority == Some(10)
+            || (r.priority == Some(VLAN_RULE_PRIORITY)
                 && (r.iif.as_deref() == Some(vlan_link.as_str()) || r.iif.as_deref() == host_veth))
-    })
-    .await?;
+    };
+    delete_rules(host, doomed).await?;
+    delete_rules6(host, doomed).await?;
     delete_link(host, &vlan_link).await?;
     if let Some(name) = host_veth {
         delete_link(host, name).await?;

@@ -224,6 +224,7 @@ impl Observed {
             lock(&self.pods).values().cloned(),
             &lock(&self.branch_groups),
             &lock(&self.policies),
+            self.cfg.ipv6,
         );
         let eni_config = lock(&self.eni_config_groups).clone();
         let (expected_groups, basis) = derive::expected_groups(

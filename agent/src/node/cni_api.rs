@@ -246,6 +246,9 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
     })?;
     let eni = crate::kube::pod_eni::parse(&annotation)
         .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{who}: {e}")))?;
+    let (ip, gateway) = eni
+        .address(node.ipv6.is_some())
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{who}: {e}")))?;
     let trunk = node
         .trunk()
         .ok_or_else(|| pending(format!("{who} asks for a branch ENI and this node has no trunk ENI yet")))?;
@@ -259,13 +262,12 @@ async fn branch_pod(node: &Shared, r: &AddRequest) -> Result<Option<AddReply>, A
             pending(format!("the trunk {} ({}) has no link on this node yet", trunk.id, trunk.mac))
         })?;
     guard_branch(node, pod, &eni.eni_id).await?;
-    let mut reply = add_reply(node, eni.ip.into(), eni.eni_id.clone(), 0);
+    let mut reply = add_reply(node, ip, eni.eni_id.clone(), 0);
     reply.route_table = Some(u32::from(eni.vlan_id) + 100);
-    let gateway = eni.gateway().to_string();
     reply.branch = Some(Branch {
         eni: eni.eni_id,
         vlan_id: eni.vlan_id,
-        gateway,
+        gateway: gateway.to_string(),
         mac: eni.mac,
         parent_if_index,
         enforcing_mode: node.cfg.pod_sg_enforcing_mode,

@@ -629,8 +629,8 @@ impl Host for FakeHost {
         self.world.note("host disable_tcp_early_demux".into());
         Ok(true)
     }
-    async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
-        self.world.note(format!("host move_local_rule {to}"));
+    async fn move_local_rule(&self, to: u32, ipv6: bool) -> Result<(), NetError> {
+        self.world.note(format!("host move_local_rule {to}{}", if ipv6 { " ipv6" } else { "" }));
         Ok(())
     }
     async fn link_by_mac(&self, mac: &str) -> Result<Option<(u32, String)>, NetError> {

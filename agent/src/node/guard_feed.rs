@@ -107,7 +107,7 @@ pub async fn inputs(node: &Shared, table: &mut LinkTable) -> Result<Inputs, NetE
     }
     let trunk_link = node.trunk().and_then(|t| links.get(&t.mac.to_ascii_lowercase()).cloned());
     let branches = if node.cfg.pod_eni {
-        branch_pods(node.pods().into_values(), &node.branch_groups(), &node.policies())
+        branch_pods(node.pods().into_values(), &node.branch_groups(), &node.policies(), node.ipv6.is_some())
     } else {
         Vec::new()
     };
@@ -126,15 +126,18 @@ pub async fn inputs(node: &Shared, table: &mut LinkTable) -> Result<Inputs, NetE
 }
 
 /// The node's branch-ENI pods, from their annotations (the Resource Controller's), their
-/// namespaces' SecurityGroupPolicies and their branch ENIs' groups as EC2 reported them.
+/// namespaces' SecurityGroupPolicies and their branch ENIs' groups as EC2 reported them; each
+/// pod's address of the node's family (`ipv6`: IPv6 mode).
 pub fn branch_pods(
     pods: impl Iterator<Item = PodInfo>,
     groups: &BTreeMap<String, Vec<String>>,
     policies: &BTreeMap<String, Vec<SecurityGroupPolicy>>,
+    ipv6: bool,
 ) -> Vec<BranchPod> {
     pods.filter(|p| p.wants_branch && !p.host_network)
         .filter_map(|p| {
-            let eni = crate::kube::pod_eni::parse(p.pod_eni.as_deref()?)
+            let (eni, (ip, _)) = crate::kube::pod_eni::parse(p.pod_eni.as_deref()?)
+                .and_then(|eni| eni.address(ipv6).map(|a| (eni, a)))
                 .inspect_err(|e| log::warn!("pod {}/{}: {e}", p.namespace, p.name))
                 .ok()?;
             let (expected, names) = policies
@@ -150,7 +153,7 @@ pub fn branch_pods(
                 )
             };
             Some(BranchPod {
-                ip: eni.ip.into(),
+                ip,
                 vlan: eni.vlan_id,
                 actual_groups: groups.get(&eni.eni_id).cloned(),
                 eni: eni.eni_id,

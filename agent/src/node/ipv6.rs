@@ -2,7 +2,10 @@
 //! primary ENI, looked up at start and assigned once if there is none (extra prefixes are
 //! ignored), from which every pod gets a /128. Upstream's `nodeInit` returns early in IPv6 mode,
 //! and so does [`start`]: no other ENI, no warm pool, no IPv4 SNAT but the pods' IPv4 egress
-//! (ENABLE_V4_EGRESS).
+//! (ENABLE_V4_EGRESS). With security groups for pods (ENABLE_POD_ENI), the CNINode feature is
+//! signalled as in IPv4 mode (there is no custom networking to come first) and the trunk the
+//! Resource Controller attaches is adopted when it appears ([`adopt_trunk`]); branch pods get
+//! their branch ENI's IPv6 address through it.
 
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use super::{
     error::NodeError,
     journal::Journal,
     owner::now,
+    signals,
     state::{Ipv6Node, Shared},
 };
 use crate::{
@@ -20,6 +24,7 @@ use crate::{
         imds::{Identity, Ipv6View},
         Cloud,
     },
+    config::EnforcingMode,
     ipam::policy::Limits,
     ipam::{checkpoint::Checkpoint, model::Cidr6, pool6::Pool6, Ipam},
     net::{netlink::NetError, snat},
@@ -38,6 +43,9 @@ pub async fn start(
     let (_, primary_if) =
         i.net.link_by_mac(&id.mac).await?.ok_or_else(|| NetError::NoLink(id.mac.clone()))?;
     i.net.enable_ipv6(&primary_if)?;
+    if i.cfg.pod_eni && i.cfg.pod_sg_enforcing_mode == EnforcingMode::Strict {
+        i.net.move_local_rule(super::startup::LOCAL_RULE_PRIORITY_STRICT, true).await?;
+    }
     // IPv4 egress (ENABLE_V4_EGRESS): the pods' 169.254.172.0/22 forwarded and SNATed to the
     // node's IPv4 in eniguard's table; otherwise the table goes.
     let egress =
@@ -91,8 +99,38 @@ pub async fn start(
     let shared = assemble(i, found);
     board.step("Node");
     shared.set_node(shared.clients.kube.node(node_name).await?);
+    board.step("SecurityGroupsForPods");
+    signals::signal(&shared).await?;
     audit_and_guard(&shared).await;
     Ok(shared)
+}
+
+/// Security groups for pods in IPv6 mode: adopts the trunk ENI once IMDS lists it (one
+/// DescribeNetworkInterfaces for what is new) and sets up its link; no other ENI is adopted (the
+/// pods' addresses all come from the /80). True once the trunk is known.
+pub async fn adopt_trunk(shared: &Shared) -> Result<bool, NodeError> {
+    if shared.trunk().is_some() {
+        return Ok(true);
+    }
+    let seen = shared.clients.cloud.attached_enis().await?;
+    let known = shared.enis();
+    let new: Vec<String> = seen.iter().filter(|s| !known.contains_key(&s.id)).map(|s| s.id.clone()).collect();
+    if new.is_empty() {
+        return Ok(false);
+    }
+    let described = shared.clients.cloud.describe_enis(&new).await?;
+    for s in seen.iter().filter(|s| new.contains(&s.id)) {
+        let Some(d) = described.iter().find(|d| d.id == s.id) else { continue };
+        let eni = enis::known_eni(&shared.cfg, &shared.id, s, d);
+        if eni.trunk() {
+            enis::setup_link(shared.clients.net.as_ref(), &eni, shared.cfg.eni_mtu).await?;
+            log::info!("adopted the trunk {} (device {})", eni.id, eni.device_number);
+            shared.put_eni(eni);
+            super::audit::security_groups(shared).await;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The primary ENI's /80: the first one IMDS shows (`view`); else the first one EC2 describes

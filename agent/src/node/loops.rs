@@ -19,6 +19,8 @@ pub fn run(shared: Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     let ipv6 = shared.ipv6.is_some();
     if !ipv6 {
         tasks.push(tokio::spawn(pool_and_reconcile(shared.clone())));
+    } else if shared.cfg.pod_eni {
+        tasks.push(tokio::spawn(await_trunk(shared.clone())));
     }
     if let Some(live) = shared.guard.clone() {
         tasks.push(tokio::spawn(super::guard_feed::run(shared.clone(), live)));
@@ -67,6 +69,19 @@ async fn pool_and_reconcile(shared: Arc<Shared>) {
                 log::warn!("reconcile: {e}");
             }
         }
+    }
+}
+
+/// IPv6 mode with security groups for pods: looks for the trunk at the pool's cadence until it
+/// is adopted (upstream's IPv6 mode waits for it and manages nothing else).
+async fn await_trunk(shared: Arc<Shared>) {
+    loop {
+        match super::ipv6::adopt_trunk(&shared).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => log::warn!("the trunk: {e}"),
+        }
+        tokio::time::sleep(pool::POOL_INTERVAL).await;
     }
 }
 

@@ -64,7 +64,7 @@ async fn v6_egress(i: &Inputs, mac: &str, primary_if: &str) -> Result<Option<Ipv
 }
 
 /// Where `lookup local` goes in strict mode (upstream's), behind the VLAN rules at 10.
-const LOCAL_RULE_PRIORITY_STRICT: u32 = 20;
+pub const LOCAL_RULE_PRIORITY_STRICT: u32 = 20;
 
 /// From nothing to a node whose pool is warm, in order. Returns the state the loops share.
 pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
@@ -87,7 +87,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
         log::info!("DISABLE_TCP_EARLY_DEMUX: set net.ipv4.tcp_early_demux=0");
     }
     if i.cfg.pod_eni && i.cfg.pod_sg_enforcing_mode == EnforcingMode::Strict {
-        i.net.move_local_rule(LOCAL_RULE_PRIORITY_STRICT).await?;
+        i.net.move_local_rule(LOCAL_RULE_PRIORITY_STRICT, false).await?;
     }
     board.step("ENIs (IMDS, then one DescribeNetworkInterfaces)");
     let seen = i.cloud.attached_enis().await?;

@@ -4,7 +4,10 @@
 //! which ENI it left through. What a pod got is read back from EC2 and the kernel, not from the
 //! plugin's words.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use anyhow::{ensure, Context as _, Result};
 use aws_sdk_ec2::{config::retry::RetryConfig, types::NetworkInterface};
@@ -14,7 +17,7 @@ use eniguard_tests::{
     cni::{self, Sandbox},
     netns::{sh, NetNs},
     sim::{
-        fabric::{Fabric, Verdict, INTERNET},
+        fabric::{Fabric, Verdict, INTERNET, ROUTER6},
         kube_api,
         scenario::{Scenario, Sim},
     },
@@ -719,9 +722,11 @@ pub fn churn_with_kill_9(ctx: &mut Ctx) -> Result<()> {
 
 /// Branch-ENI pods through the plugin's plumbing on a real 802.1Q kernel (the kernel matrix VMs;
 /// skipped on a kernel without VLAN devices): a VLAN link on the trunk with the branch ENI's MAC,
-/// table `vlan + 100`, strict mode's `iif` rules and standard mode's address rules; each pod
-/// reaches its branch subnet's gateway, which sits on a VLAN of that id on the VPC side (so the
-/// frames were tagged), from the branch ENI's MAC; DEL's teardown removes link and rules.
+/// table `vlan + 100`, strict mode's `iif` rules and standard mode's address rules, for IPv4 and
+/// for IPv6 pods (IPv6 mode: the branch's IPv6 address, `fe80:ec2::1` as the VLAN's gateway,
+/// the rules of IPv6); each pod reaches its branch subnet's router, which sits on a VLAN of that
+/// id on the VPC side (so the frames were tagged), from the branch ENI's MAC; the guard judges
+/// its packets; DEL's teardown removes link and rules.
 pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
     use eniguard::net::pod::{self, BranchLink, PodNetwork};
     use eniguard_tests::{
@@ -736,10 +741,25 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
     }
     topo.node.ip(&["link", "del", "probe"])?;
     let trunk = topo.node.ifindex(ETH2.name)?;
-    for (vlan, strict) in [(7u16, true), (8u16, false)] {
-        let subnet = format!("10.0.{}", 57 + vlan);
-        let gw: Ipv4Addr = format!("{subnet}.1").parse()?;
-        let ip: Ipv4Addr = format!("{subnet}.20").parse()?;
+    // IPv6 forwarding, as the agent sets it in IPv6 mode; no duplicate address detection on
+    // these private wires (new links inherit it).
+    topo.node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    for ns in [&topo.node, &topo.vpc] {
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    }
+    for (vlan, strict, ipv6) in
+        [(7u16, true, false), (8u16, false, false), (9, true, true), (10, false, true)]
+    {
+        // The pod's address, the VLAN's gateway (what the table routes to), the router the pod
+        // pings (its branch subnet's, on the VPC's end of the VLAN), its prefix length.
+        let (ip, gw, router, len): (IpAddr, IpAddr, IpAddr, u8) = if ipv6 {
+            let subnet = format!("2600:1f14:abc:de{vlan:02}");
+            (format!("{subnet}::20").parse()?, ROUTER6.into(), format!("{subnet}::1").parse()?, 64)
+        } else {
+            let subnet = format!("10.0.{}", 57 + vlan);
+            let gw: IpAddr = format!("{subnet}.1").parse()?;
+            (format!("{subnet}.20").parse()?, gw, gw, 24)
+        };
         let vpc_vlan = format!("{}.{vlan}", ETH2.peer);
         topo.vpc.ip(&[
             "link",
@@ -753,7 +773,10 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
             "id",
             &vlan.to_string(),
         ])?;
-        topo.vpc.ip(&["addr", "add", &format!("{gw}/24"), "dev", &vpc_vlan])?;
+        topo.vpc.ip(&["addr", "add", &format!("{router}/{len}"), "dev", &vpc_vlan])?;
+        if ipv6 {
+            topo.vpc.ip(&["addr", "add", &format!("{gw}/64"), "dev", &vpc_vlan])?;
+        }
         topo.vpc.ip(&["link", "set", &vpc_vlan, "up"])?;
         let pod_ns = NetNs::create(&format!("{}-b{vlan}", ctx.prefix()))?;
         let host_veth =
@@ -762,7 +785,7 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
             netns: pod_ns.path(),
             if_name: "eth0".into(),
             host_veth: host_veth.clone(),
-            ip: ip.into(),
+            ip,
             table: None,
             mtu: 1500,
         };
@@ -786,7 +809,8 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
         node_netlink(|h, net, b| {
             Box::pin(async move { pod::setup_branch(&h, &net, &b).await.map(|_| ()).map_err(Into::into) })
         })?;
-        let rules = topo.node.ip(&["rule", "show"])?;
+        let family = if ipv6 { "-6" } else { "-4" };
+        let rules = topo.node.ip(&[family, "rule", "show"])?;
         let table = 100 + u32::from(vlan);
         if strict {
             ensure!(
@@ -807,6 +831,7 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
         // The VPC knows which MAC holds the branch address (EC2 needs no ARP): answers go to the
         // branch ENI's MAC, which only the VLAN link carries.
         topo.vpc.ip(&[
+            family,
             "neigh",
             "replace",
             &ip.to_string(),
@@ -818,19 +843,19 @@ pub fn branch_pods_strict_and_standard(ctx: &mut Ctx) -> Result<()> {
             "permanent",
         ])?;
         pod_ns
-            .run("ping", &["-c", "2", "-W", "2", &gw.to_string()])
-            .with_context(|| format!("VLAN {vlan}: the pod pings its gateway"))?;
+            .run("ping", &["-c", "2", "-W", "2", &router.to_string()])
+            .with_context(|| format!("VLAN {vlan}: the pod pings its subnet's router"))?;
         let stats: Value =
             serde_json::from_str(&topo.vpc.ip(&["-j", "-s", "link", "show", "dev", &vpc_vlan])?)?;
         let rx = stats[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or_default();
         ensure!(rx >= 2, "VLAN {vlan}: {rx} frames arrived tagged {vlan} at the VPC");
-        guard_judges_branch_pod(ctx, &topo, &pod_ns, vlan, ip, gw, strict)?;
+        guard_judges_branch_pod(ctx, &topo, &pod_ns, vlan, ip, router, strict)?;
         node_netlink(|h, net, b| {
             Box::pin(async move {
                 pod::teardown_branch(&h, b.vlan_id, Some(&net.host_veth)).await.map_err(Into::into)
             })
         })?;
-        let rules = topo.node.ip(&["rule", "show"])?;
+        let rules = topo.node.ip(&[family, "rule", "show"])?;
         ensure!(!rules.contains(&format!("lookup {table}")), "VLAN {vlan}: rules left: {rules}");
         ensure!(topo.node.link(&format!("vlan.eth.{vlan}")).is_err(), "VLAN {vlan}: link left");
         ensure!(topo.node.link(&host_veth).is_err(), "VLAN {vlan}: {host_veth} left");
@@ -848,8 +873,8 @@ fn guard_judges_branch_pod(
     topo: &eniguard_tests::topology::Topology,
     pod_ns: &NetNs,
     vlan: u16,
-    ip: Ipv4Addr,
-    gw: Ipv4Addr,
+    ip: IpAddr,
+    router: IpAddr,
     strict: bool,
 ) -> Result<()> {
     use eniguard::guard::{
@@ -863,7 +888,7 @@ fn guard_judges_branch_pod(
         branches: vec![BranchPod {
             namespace: "default".into(),
             name: format!("branch{vlan}"),
-            ip: ip.into(),
+            ip,
             eni: "eni-b0".into(),
             vlan,
             expected_groups: vec!["sg-b0".into()],
@@ -882,7 +907,7 @@ fn guard_judges_branch_pod(
         g.apply(&resolve_present(spec))?;
         Ok(g)
     })?;
-    let ping = || pod_ns.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", &gw.to_string()]);
+    let ping = || pod_ns.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", &router.to_string()]);
     let violations = |g: &Guard| -> Result<[u64; REASONS]> { Ok(g.stats()?.node.violations) };
     let checked = guard.stats()?.node.checked;
     ping().with_context(|| format!("VLAN {vlan}: pings with the guard on"))?;
@@ -905,35 +930,30 @@ fn guard_judges_branch_pod(
     Ok(())
 }
 
-/// A branch-ENI pod on the host (no 802.1Q here: the plumbing itself runs in the VMs): the agent
-/// answers ADD with the branch ENI the Resource Controller annotated — VLAN, MAC, gateway, the
-/// trunk's ifindex — and no pool address; the plugin's failure to make the VLAN leaves nothing
-/// behind; DEL of an upstream-layout branch pod (dummy interface, VLAN as MAC) succeeds.
-pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
-    let node = Node::start_with(ctx, "cnibr", ENV, |s| {
-        s.security_group_policies
-            .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
-    })?;
+/// The trunk the Resource Controller attached to the node's instance, within 20 s.
+pub fn wait_for_trunk(node: &Node) -> Result<aws_sdk_ec2::types::NetworkInterface> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let trunk = loop {
+    loop {
         let enis = node.rt.block_on(attached(&node.ec2, &node.sim.nodes[0].instance_id))?;
         if let Some(t) = enis.into_values().find(|n| n.interface_type().map(|t| t.as_str()) == Some("trunk"))
         {
-            break t;
+            return Ok(t);
         }
         ensure!(std::time::Instant::now() < deadline, "no trunk in 20 s");
         std::thread::sleep(Duration::from_millis(200));
-    };
-    // Strict mode: `lookup local` moved behind the VLAN rules, as upstream does.
-    let rules = node.ns.ip(&["rule", "show"])?;
-    ensure!(
-        rules.contains("20:\tfrom all lookup local") && !rules.lines().any(|l| l.starts_with("0:")),
-        "the local rule in strict mode: {rules}"
-    );
-    let pod = serde_json::json!({"metadata": {"name": "pay", "labels": {"app": "payments"}},
+    }
+}
+
+/// A pod `default/<name>` labelled `app: payments` (a SecurityGroupPolicy of the scenario selects
+/// it): waits for the Resource Controller's annotation, then calls the agent's ADD as the plugin
+/// does, retried as the kubelet would while the agent has not adopted the trunk yet. Returns the
+/// annotation's first entry and the reply.
+pub fn branch_pod_add(node: &Node, name: &str, container_id: &str) -> Result<(Value, Value)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let pod = serde_json::json!({"metadata": {"name": name, "labels": {"app": "payments"}},
         "spec": {"nodeName": node.sim.nodes[0].name, "containers": [{"name": "c"}]}});
     node.sim.kube.create(kube_api::PODS, Some("default"), pod).map_err(|e| anyhow::anyhow!(e.message))?;
-    let key = kube_api::PODS.key(Some("default"), "pay");
+    let key = kube_api::PODS.key(Some("default"), name);
     let annotation = loop {
         let p = node.sim.kube.read(|s| s.get(&key)).map_err(|e| anyhow::anyhow!(e.message))?;
         if let Some(a) = p.pointer("/metadata/annotations/vpc.amazonaws.com~1pod-eni").and_then(Value::as_str)
@@ -945,9 +965,8 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
     };
     let socket = node.dir.join("run/eniguard.sock");
     let body = serde_json::json!({"clientVersion": env!("CARGO_PKG_VERSION"), "networkName": "aws-cni",
-        "containerId": "paysandbox", "ifName": "eth0", "netns": "/run/netns/x", "podNamespace": "default", "podName": "pay"});
-    // Retried as the kubelet would while the agent has not adopted the trunk yet.
-    let reply = loop {
+        "containerId": container_id, "ifName": "eth0", "netns": "/run/netns/x", "podNamespace": "default", "podName": name});
+    loop {
         let out = std::process::Command::new("curl")
             .args(["-s", "--unix-socket"])
             .arg(&socket)
@@ -956,12 +975,31 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
             .output()?;
         let reply: Value = serde_json::from_slice(&out.stdout).context("ADD reply")?;
         if reply["kind"] != "branch_pending" || std::time::Instant::now() > deadline {
-            break reply;
+            return Ok((annotation[0].clone(), reply));
         }
         std::thread::sleep(Duration::from_millis(250));
-    };
+    }
+}
+
+/// A branch-ENI pod on the host (no 802.1Q here: the plumbing itself runs in the VMs): the agent
+/// answers ADD with the branch ENI the Resource Controller annotated — VLAN, MAC, gateway, the
+/// trunk's ifindex — and no pool address; the plugin's failure to make the VLAN leaves nothing
+/// behind; DEL of an upstream-layout branch pod (dummy interface, VLAN as MAC) succeeds.
+pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
+    let node = Node::start_with(ctx, "cnibr", ENV, |s| {
+        s.security_group_policies
+            .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
+    })?;
+    let trunk = wait_for_trunk(&node)?;
+    // Strict mode: `lookup local` moved behind the VLAN rules, as upstream does.
+    let rules = node.ns.ip(&["rule", "show"])?;
+    ensure!(
+        rules.contains("20:\tfrom all lookup local") && !rules.lines().any(|l| l.starts_with("0:")),
+        "the local rule in strict mode: {rules}"
+    );
+    let (annotation, reply) = branch_pod_add(&node, "pay", "paysandbox")?;
     let branch = &reply["branch"];
-    let want = &annotation[0];
+    let want = &annotation;
     let trunk_mac = trunk.mac_address().context("trunk mac")?;
     let trunk_index = node
         .ns

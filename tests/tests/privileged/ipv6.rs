@@ -146,6 +146,75 @@ pub fn v6_egress(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Security groups for pods on an IPv6 node (ENABLE_POD_ENI): the agent signals the CNINode
+/// feature, the Resource Controller attaches a trunk and the agent adopts it; a pod a
+/// SecurityGroupPolicy selects gets, in ADD's reply, its branch ENI's IPv6 address (`ipv6Addr`),
+/// `fe80:ec2::1` as its VLAN's gateway, the VLAN, the MAC, table `vlan + 100` and the trunk's
+/// link, and no address of the /80; `lookup local` moved behind the VLAN rules for IPv6 (strict
+/// mode); the guard holds its intent by that /128 on its VLAN. The plugin on this kernel (no
+/// 802.1Q; the plumbing runs in the kernel matrix, `cni_branch_pods_strict_and_standard`) says so
+/// and leaves no link and no IPv6 rule behind.
+pub fn ipv6_branch_pod(ctx: &mut Ctx) -> Result<()> {
+    let mut env = IPV6_ENV.to_vec();
+    env.extend([("ENABLE_POD_ENI", "true"), ("ENIGUARD_GUARD_MODE", "monitor")]);
+    let node = Node::start_with(ctx, "v6br", &env, |s| {
+        ipv6_vpc(s);
+        s.security_group_policies
+            .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
+    })?;
+    let trunk = crate::cni::wait_for_trunk(&node)?;
+    let rules = node.ns.ip(&["-6", "rule", "show"])?;
+    ensure!(
+        rules.contains("20:\tfrom all lookup local") && !rules.lines().any(|l| l.starts_with("0:")),
+        "the IPv6 local rule in strict mode: {rules}"
+    );
+    let (want, reply) = crate::cni::branch_pod_add(&node, "pay6", "pay6sandbox")?;
+    let branch = &reply["branch"];
+    let ip: Ipv6Addr = want["ipv6Addr"].as_str().context("the annotation's ipv6Addr")?.parse()?;
+    let trunk_mac = trunk.mac_address().context("trunk mac")?;
+    let trunk_index = node
+        .ns
+        .ip(&["-o", "link"])?
+        .lines()
+        .find(|l| l.contains(trunk_mac))
+        .and_then(|l| l.split(':').next()?.trim().parse::<u64>().ok());
+    ensure!(
+        reply["ip"] == ip.to_string()
+            && branch["gateway"] == "fe80:ec2::1"
+            && branch["vlanId"] == want["vlanId"]
+            && branch["mac"] == want["ifAddress"]
+            && branch["parentIfIndex"].as_u64() == trunk_index
+            && reply["routeTable"] == want["vlanId"].as_u64().map(|v| v + 100).context("vlan")?,
+        "reply {reply} for annotation {want}"
+    );
+    let checkpointed = node.dir.join("ipam.json").exists() && !checkpoint_ipv6(&node)?.is_empty();
+    ensure!(!checkpointed, "a branch pod took an address of the /80");
+    let guard: Value = serde_json::from_str(eniguard_tests::http::body(
+        &node.agent().get(agent::INTROSPECTION_PORT, "/v1/eniguard/guard")?,
+    ))?;
+    let entry = guard["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "pay6")
+        .with_context(|| format!("no guard entry for default/pay6: {guard}"))?;
+    ensure!(
+        entry["ip"] == ip.to_string()
+            && entry["expectEni"] == want["eniId"]
+            && entry["expectVlan"] == want["vlanId"],
+        "guard entry {entry}"
+    );
+    let pod_ns = NetNs::create(&format!("{}-pay6", node.prefix))?;
+    let sandbox = eniguard_tests::cni::Sandbox::new("pay6sandbox", "default", "pay6", &pod_ns);
+    let add = node.call("ADD", &sandbox, &node.conf("1.1.0", None))?;
+    ensure!(!add.success && add.msg().contains("VLAN link vlan.eth."), "ADD without 802.1Q: {}", add.stdout);
+    let veth = eniguard::net::names::host_veth_name("vlan", "default", "pay6");
+    ensure!(node.ns.link(&veth).is_err() && pod_ns.link("eth0").is_err(), "a failed branch ADD left links");
+    let rules = node.ns.ip(&["-6", "rule", "show"])?;
+    ensure!(!rules.contains(&ip.to_string()) && !rules.contains(&veth), "rules left: {rules}");
+    Ok(())
+}
+
 /// An IPv6 node through the agent and the plugin: the agent starts with one /80 on the primary
 /// ENI (as EC2 shows it) and no other ENI; each pod gets a /128 from it, reaches the VPC's
 /// router through the primary ENI, passes CHECK (which then notices a removed route), and DEL

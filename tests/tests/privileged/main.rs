@@ -81,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "agent_warm_pool_rows", run: agent::warm_pool_rows },
         Test { name: "agent_ipv6_node", run: ipv6::ipv6_node },
         Test { name: "agent_v6_egress", run: ipv6::v6_egress },
+        Test { name: "agent_ipv6_branch_pod", run: ipv6::ipv6_branch_pod },
         Test { name: "agent_incident_order", run: agent::incident_order },
         Test { name: "agent_pre_fix_node", run: agent::pre_fix_node },
         Test { name: "agent_bad_input", run: agent::bad_input },
