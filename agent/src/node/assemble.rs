@@ -10,14 +10,14 @@ use crate::{
         imds::{Identity, ImdsEni},
         Cloud,
     },
-    config::Config,
+    config::{Config, EnforcingMode},
     ipam::{
         datastore::{Datastore, DatastoreConfig},
         policy::{Limits, PoolConfig},
         Ipam,
     },
     kube::Cluster,
-    net::host::Host,
+    net::{host::Host, netlink::NetError},
     observe::agent::Metrics,
 };
 
@@ -88,6 +88,18 @@ pub fn new_datastore(cfg: &Config) -> Datastore {
         custom_networking: cfg.custom_networking,
         cooldown_nanos: u64::try_from(cfg.ip_cooldown.as_nanos()).unwrap_or(u64::MAX),
     })
+}
+
+/// Where `lookup local` goes in strict mode (upstream's), behind the VLAN rules at 10.
+const LOCAL_RULE_PRIORITY_STRICT: u32 = 20;
+
+/// Security groups for pods in strict mode: `lookup local` of the pods' family (`ipv6`) moves
+/// from priority 0 to 20, as upstream's host setup does, so that the VLAN rules come first.
+pub async fn strict_local_rule(i: &Inputs, ipv6: bool) -> Result<(), NetError> {
+    if i.cfg.pod_eni && i.cfg.pod_sg_enforcing_mode == EnforcingMode::Strict {
+        i.net.move_local_rule(LOCAL_RULE_PRIORITY_STRICT, ipv6).await?;
+    }
+    Ok(())
 }
 
 /// Both families' last steps: the ENIs' groups against their configuration, then the guard's

@@ -7,10 +7,10 @@
 //! Resource Controller attaches is adopted when it appears ([`adopt_trunk`]); branch pods get
 //! their branch ENI's IPv6 address through it.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use super::{
-    assemble::{assemble, audit_and_guard, new_datastore, Found, Inputs},
+    assemble::{assemble, audit_and_guard, new_datastore, strict_local_rule, Found, Inputs},
     enis,
     error::NodeError,
     journal::Journal,
@@ -24,7 +24,6 @@ use crate::{
         imds::{Identity, Ipv6View},
         Cloud,
     },
-    config::EnforcingMode,
     ipam::policy::Limits,
     ipam::{checkpoint::Checkpoint, model::Cidr6, pool6::Pool6, Ipam},
     net::{netlink::NetError, snat},
@@ -43,9 +42,7 @@ pub async fn start(
     let (_, primary_if) =
         i.net.link_by_mac(&id.mac).await?.ok_or_else(|| NetError::NoLink(id.mac.clone()))?;
     i.net.enable_ipv6(&primary_if)?;
-    if i.cfg.pod_eni && i.cfg.pod_sg_enforcing_mode == EnforcingMode::Strict {
-        i.net.move_local_rule(super::startup::LOCAL_RULE_PRIORITY_STRICT, true).await?;
-    }
+    strict_local_rule(&i, true).await?;
     // IPv4 egress (ENABLE_V4_EGRESS): the pods' 169.254.172.0/22 forwarded and SNATed to the
     // node's IPv4 in eniguard's table; otherwise the table goes.
     let egress =
@@ -106,15 +103,20 @@ pub async fn start(
 }
 
 /// Security groups for pods in IPv6 mode: adopts the trunk ENI once IMDS lists it (one
-/// DescribeNetworkInterfaces for what is new) and sets up its link; no other ENI is adopted (the
-/// pods' addresses all come from the /80). True once the trunk is known.
-pub async fn adopt_trunk(shared: &Shared) -> Result<bool, NodeError> {
+/// DescribeNetworkInterfaces for ENIs not seen before; `passed` keeps those that were not the
+/// trunk, so each is described once) and sets up its link; no other ENI is adopted (the pods'
+/// addresses all come from the /80). True once the trunk is known.
+pub async fn adopt_trunk(shared: &Shared, passed: &mut BTreeSet<String>) -> Result<bool, NodeError> {
     if shared.trunk().is_some() {
         return Ok(true);
     }
     let seen = shared.clients.cloud.attached_enis().await?;
     let known = shared.enis();
-    let new: Vec<String> = seen.iter().filter(|s| !known.contains_key(&s.id)).map(|s| s.id.clone()).collect();
+    let new: Vec<String> = seen
+        .iter()
+        .filter(|s| !known.contains_key(&s.id) && !passed.contains(&s.id))
+        .map(|s| s.id.clone())
+        .collect();
     if new.is_empty() {
         return Ok(false);
     }
@@ -122,7 +124,9 @@ pub async fn adopt_trunk(shared: &Shared) -> Result<bool, NodeError> {
     for s in seen.iter().filter(|s| new.contains(&s.id)) {
         let Some(d) = described.iter().find(|d| d.id == s.id) else { continue };
         let eni = enis::known_eni(&shared.cfg, &shared.id, s, d);
-        if eni.trunk() {
+        if !eni.trunk() {
+            passed.insert(eni.id);
+        } else {
             enis::setup_link(shared.clients.net.as_ref(), &eni, shared.cfg.eni_mtu).await?;
             log::info!("adopted the trunk {} (device {})", eni.id, eni.device_number);
             shared.put_eni(eni);
@@ -154,7 +158,7 @@ pub async fn ensure_prefix(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::{collections::BTreeSet, sync::Arc};
 
     use super::*;
     use crate::node::fakes::{FakeCloud, World, PRIMARY_ENI, PRIMARY_MAC};
@@ -232,6 +236,36 @@ mod tests {
         let e = v4.start(IPV6_VARS).await.err().unwrap().to_string();
         assert!(e.contains("1 IPv4 allocations") && e.contains("ENABLE_IPv6=true"), "{e}");
         assert_eq!(std::fs::read_to_string(&shared4.cfg.backing_store).unwrap(), before);
+    }
+
+    /// Security groups for pods in IPv6 mode: the CNINode feature is signalled at start; the
+    /// trunk attached later is adopted (its link set up) and no other ENI; an ENI that is not
+    /// the trunk is described once, not at every look.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ipv6_node_signals_and_adopts_the_trunk_alone() {
+        use crate::{cloud::ec2::InterfaceType, node::fakes::FakeNode};
+        let node = FakeNode::default();
+        let mut vars = IPV6_VARS.to_vec();
+        vars.push(("ENABLE_POD_ENI", "true"));
+        let shared = node.start(&vars).await.unwrap();
+        let kube = node.world.calls_to("kube add_feature");
+        assert!(kube.iter().any(|c| c.contains("SecurityGroupsForPods")), "{kube:?}");
+        assert_eq!(node.world.calls_to("host move_local_rule 20 ipv6").len(), 1, "strict mode, IPv6 rules");
+        let mut passed = BTreeSet::new();
+        assert!(!adopt_trunk(&shared, &mut passed).await.unwrap());
+        let other = node.cloud.attach_foreign(InterfaceType::Interface, 1, 2, &[]);
+        assert!(!adopt_trunk(&shared, &mut passed).await.unwrap());
+        assert!(!adopt_trunk(&shared, &mut passed).await.unwrap());
+        let described = |id: &str| {
+            node.world.calls_to("ec2 DescribeNetworkInterfaces").iter().filter(|c| c.contains(id)).count()
+        };
+        assert_eq!(described(&other), 1, "a non-trunk ENI is described once");
+        let trunk = node.cloud.attach_foreign(InterfaceType::Trunk, 2, 3, &[]);
+        assert!(adopt_trunk(&shared, &mut passed).await.unwrap());
+        assert_eq!(shared.trunk().map(|t| t.id), Some(trunk.clone()));
+        let mac = node.cloud.eni(&trunk).unwrap().mac;
+        assert_eq!(node.host.enis.lock().unwrap().get(&mac), Some(&3), "the trunk's link");
+        assert!(!shared.enis().contains_key(&other), "only the trunk is adopted");
     }
 
     #[test]

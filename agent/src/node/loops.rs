@@ -75,8 +75,9 @@ async fn pool_and_reconcile(shared: Arc<Shared>) {
 /// IPv6 mode with security groups for pods: looks for the trunk at the pool's cadence until it
 /// is adopted (upstream's IPv6 mode waits for it and manages nothing else).
 async fn await_trunk(shared: Arc<Shared>) {
+    let mut passed = std::collections::BTreeSet::new();
     loop {
-        match super::ipv6::adopt_trunk(&shared).await {
+        match super::ipv6::adopt_trunk(&shared, &mut passed).await {
             Ok(true) => return,
             Ok(false) => {}
             Err(e) => log::warn!("the trunk: {e}"),

@@ -9,7 +9,7 @@ use crate::{
         imds::{Identity, ImdsEni},
         limits, Cloud,
     },
-    config::{Config, EnforcingMode},
+    config::Config,
     ipam::{checkpoint::Checkpoint, datastore::Restored, policy::Limits, Ipam},
     kube::client::KubeError,
     net::{netlink::NetError, snat},
@@ -18,7 +18,7 @@ use crate::{
 
 pub use super::assemble::Inputs;
 use super::{
-    assemble::{assemble, audit_and_guard, new_datastore, Found},
+    assemble::{assemble, audit_and_guard, new_datastore, strict_local_rule, Found},
     enis::{self, description},
     error::NodeError,
     journal::Journal,
@@ -63,9 +63,6 @@ async fn v6_egress(i: &Inputs, mac: &str, primary_if: &str) -> Result<Option<Ipv
     Ok(Some(node_ip))
 }
 
-/// Where `lookup local` goes in strict mode (upstream's), behind the VLAN rules at 10.
-pub const LOCAL_RULE_PRIORITY_STRICT: u32 = 20;
-
 /// From nothing to a node whose pool is warm, in order. Returns the state the loops share.
 pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     let board = i.board.clone();
@@ -86,9 +83,7 @@ pub async fn start(i: Inputs) -> Result<Arc<Shared>, NodeError> {
     if i.cfg.disable_tcp_early_demux && i.net.disable_tcp_early_demux()? {
         log::info!("DISABLE_TCP_EARLY_DEMUX: set net.ipv4.tcp_early_demux=0");
     }
-    if i.cfg.pod_eni && i.cfg.pod_sg_enforcing_mode == EnforcingMode::Strict {
-        i.net.move_local_rule(LOCAL_RULE_PRIORITY_STRICT, false).await?;
-    }
+    strict_local_rule(&i, false).await?;
     board.step("ENIs (IMDS, then one DescribeNetworkInterfaces)");
     let seen = i.cloud.attached_enis().await?;
     let primary =
