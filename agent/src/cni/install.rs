@@ -55,6 +55,8 @@ pub struct Installed {
     pub portmap: bool,
     /// Whether bandwidth was chained (ENABLE_BANDWIDTH_PLUGIN).
     pub bandwidth: bool,
+    /// Whether tuning was chained (DISABLE_POD_V6).
+    pub tuning: bool,
     /// aws-node's conflist, renamed aside.
     pub shelved: Option<PathBuf>,
 }
@@ -140,7 +142,13 @@ pub struct Chained {
     pub portmap: Vec<String>,
     /// With ENABLE_BANDWIDTH_PLUGIN only (it must be installed then).
     pub bandwidth: Option<Vec<String>>,
+    /// With DISABLE_POD_V6 only (it must be installed then).
+    pub tuning: Option<Vec<String>>,
 }
+
+/// What upstream's DISABLE_POD_V6 has `tuning` set in the pod's namespace.
+const POD_V6_OFF: [&str; 3] =
+    ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6", "net.ipv6.conf.lo.disable_ipv6"];
 
 /// The conflist (pure).
 pub fn conflist(cfg: &Config, sockets: &Sockets, chained: &Chained) -> Value {
@@ -148,7 +156,12 @@ pub fn conflist(cfg: &Config, sockets: &Sockets, chained: &Chained) -> Value {
     let versions: Vec<&str> = SUPPORTED_VERSIONS
         .iter()
         .copied()
-        .filter(|v| speaks(&chained.portmap, v) && chained.bandwidth.as_deref().is_none_or(|b| speaks(b, v)))
+        .filter(|v| {
+            speaks(&chained.portmap, v)
+                && [&chained.bandwidth, &chained.tuning]
+                    .iter()
+                    .all(|c| c.as_deref().is_none_or(|p| speaks(p, v)))
+        })
         .collect();
     // 0.4.0 unless a future portmap dropped it; then the oldest version both speak.
     let version = if versions.contains(&CONFLIST_VERSION) {
@@ -176,6 +189,11 @@ pub fn conflist(cfg: &Config, sockets: &Sockets, chained: &Chained) -> Value {
     }
     if chained.bandwidth.is_some() {
         plugins.push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+    }
+    if chained.tuning.is_some() {
+        let sysctl: serde_json::Map<String, Value> =
+            POD_V6_OFF.iter().map(|k| ((*k).to_owned(), json!("1"))).collect();
+        plugins.push(json!({"type": "tuning", "sysctl": sysctl}));
     }
     json!({
         "cniVersion": version,
@@ -216,20 +234,25 @@ pub fn install(
     if !same_content(&source, &plugin) {
         copy_atomic(&source, &plugin, 0o755)?;
     }
-    let bandwidth = match cfg.bandwidth_plugin {
-        false => None,
-        true => match plugin_versions(&bin_dir.join("bandwidth")) {
-            v if v.is_empty() => {
-                return Err(InstallError {
-                    what: "ENABLE_BANDWIDTH_PLUGIN=true: no working `bandwidth` plugin at",
-                    path: bin_dir.join("bandwidth"),
-                    source: std::io::ErrorKind::NotFound.into(),
-                })
-            }
-            v => Some(v),
+    let required = |wanted: bool, name: &str, what: &'static str| match wanted {
+        false => Ok(None),
+        true => match plugin_versions(&bin_dir.join(name)) {
+            v if v.is_empty() => Err(InstallError {
+                what,
+                path: bin_dir.join(name),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+            v => Ok(Some(v)),
         },
     };
-    let chained = Chained { portmap: plugin_versions(&bin_dir.join("portmap")), bandwidth };
+    let bandwidth = required(
+        cfg.bandwidth_plugin,
+        "bandwidth",
+        "ENABLE_BANDWIDTH_PLUGIN=true: no working `bandwidth` plugin at",
+    )?;
+    let tuning =
+        required(cfg.disable_pod_v6, "tuning", "DISABLE_POD_V6=true: no working `tuning` plugin at")?;
+    let chained = Chained { portmap: plugin_versions(&bin_dir.join("portmap")), bandwidth, tuning };
     let list = conflist(cfg, sockets, &chained);
     let conflist_path = conf_dir.join(CONFLIST_NAME);
     let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
@@ -254,6 +277,7 @@ pub fn install(
         cni_version: list["cniVersion"].as_str().unwrap_or_default().to_owned(),
         portmap: !chained.portmap.is_empty(),
         bandwidth: chained.bandwidth.is_some(),
+        tuning: chained.tuning.is_some(),
         shelved,
     })
 }
@@ -272,6 +296,7 @@ mod tests {
         let with = |portmap: &[&str]| Chained {
             portmap: portmap.iter().map(|v| (*v).to_owned()).collect(),
             bandwidth: None,
+            tuning: None,
         };
         let c = conflist(&cfg, &sockets, &with(&["0.3.1", "0.4.0", "1.0.0"]));
         assert_eq!((c["cniVersion"].as_str(), c["name"].as_str()), (Some("0.4.0"), Some("aws-cni")));
@@ -311,5 +336,15 @@ mod tests {
         let c = conflist(&cfg, &sockets, &chained);
         assert_eq!(c["plugins"][2], json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
         assert_eq!(c["cniVersions"], json!(["0.4.0", "1.0.0"]));
+        // DISABLE_POD_V6: tuning last with upstream's three sysctls, in the versions it speaks.
+        let chained = Chained { tuning: Some(vec!["0.4.0".into(), "1.1.0".into()]), ..chained };
+        let c = conflist(&cfg, &sockets, &chained);
+        let off = json!("1");
+        assert_eq!(
+            c["plugins"][3],
+            json!({"type": "tuning", "sysctl": {"net.ipv6.conf.all.disable_ipv6": off,
+                "net.ipv6.conf.default.disable_ipv6": off, "net.ipv6.conf.lo.disable_ipv6": off}})
+        );
+        assert_eq!(c["cniVersions"], json!(["0.4.0"]));
     }
 }

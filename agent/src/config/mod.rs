@@ -198,6 +198,8 @@ pub struct Config {
     pub annotate_pod_ip: bool,
     /// ENABLE_BANDWIDTH_PLUGIN (false): chain `bandwidth` in the conflist.
     pub bandwidth_plugin: bool,
+    /// DISABLE_POD_V6 (false): chain `tuning` in the conflist with IPv6 off in the pod.
+    pub disable_pod_v6: bool,
     /// DISABLE_TCP_EARLY_DEMUX (false): set net.ipv4.tcp_early_demux=0 at start.
     pub disable_tcp_early_demux: bool,
     /// DISABLE_NETWORK_RESOURCE_PROVISIONING (false; true with IMDS-only mode): nothing is
@@ -555,6 +557,7 @@ impl Config {
             cluster_endpoint: r.url("CLUSTER_ENDPOINT")?,
             annotate_pod_ip: r.bool("ANNOTATE_POD_IP", false)?,
             bandwidth_plugin: r.bool("ENABLE_BANDWIDTH_PLUGIN", false)?,
+            disable_pod_v6: r.bool("DISABLE_POD_V6", false)?,
             disable_tcp_early_demux: r.bool("DISABLE_TCP_EARLY_DEMUX", false)?,
             disable_provisioning: r.bool("DISABLE_NETWORK_RESOURCE_PROVISIONING", false)? || imds_only,
             imds_only,
@@ -583,12 +586,11 @@ impl Config {
     }
 
     /// Upstream's `isConfigValid` for the address family (exactly one of IPv4 and IPv6; IPv6 with
-    /// prefix delegation and without custom networking), and what eniguard's IPv6 mode does not
-    /// do yet, each refused by name.
+    /// prefix delegation and without custom networking), and IPv6 turned off in pods that need
+    /// it, each refused by name.
     fn check_family(&self) -> Result<(), ConfigError> {
         let with_v6 = "with ENABLE_IPv6=true";
         match (self.ipv4, self.ipv6) {
-            (true, false) => Ok(()),
             (true, true) => Err(bad(
                 "ENABLE_IPv4",
                 "true",
@@ -605,7 +607,15 @@ impl Config {
                 "true",
                 &format!("false {with_v6} (custom networking has no IPv6 mode, as upstream)"),
             )),
-            (false, true) => Ok(()),
+            (false, true) if self.disable_pod_v6 => {
+                Err(bad("DISABLE_POD_V6", "true", &format!("false {with_v6} (IPv6 pods need IPv6)")))
+            }
+            (true, false) if self.disable_pod_v6 && self.v6_egress => Err(bad(
+                "DISABLE_POD_V6",
+                "true",
+                "false with ENABLE_V6_EGRESS=true (the pods' IPv6 egress needs IPv6 in the pod)",
+            )),
+            (false, true) | (true, false) => Ok(()),
         }
     }
 
@@ -673,6 +683,7 @@ impl Config {
             self.cluster_endpoint.clone().unwrap_or_default(),
             b(self.annotate_pod_ip),
             b(self.bandwidth_plugin),
+            b(self.disable_pod_v6),
             b(self.disable_tcp_early_demux),
             b(self.disable_provisioning),
             b(self.imds_only),
@@ -750,8 +761,6 @@ mod tests {
     /// Upstream variables eniguard does not act on yet: refused by name unless harmless.
     #[test]
     fn what_is_not_done_yet_is_refused_by_name() {
-        let e = err(&[("DISABLE_POD_V6", "true")]);
-        assert!(e.contains("DISABLE_POD_V6=`true`") && e.contains("turn IPv6 off in IPv4 pods yet"), "{e}");
         let e = err(&[("ENABLE_MULTI_NIC", "TRUE")]);
         assert!(e.contains("ENABLE_MULTI_NIC") && e.contains("more than one network card"), "{e}");
         let e = err(&[("ENABLE_IMDS_ONLY_MODE", "1"), ("ENABLE_POD_ENI", "true")]);
@@ -817,6 +826,13 @@ mod tests {
         let mut branch_pods = v6.to_vec();
         branch_pods.push(("ENABLE_POD_ENI", "true"));
         assert!(parse(&branch_pods).unwrap().pod_eni, "security groups for pods in IPv6 mode, as upstream");
+        // DISABLE_POD_V6: IPv4 pods only, and not with their IPv6 egress.
+        assert!(parse(&[("DISABLE_POD_V6", "true")]).unwrap().disable_pod_v6);
+        let mut no_v6 = v6.to_vec();
+        no_v6.push(("DISABLE_POD_V6", "true"));
+        assert!(err(&no_v6).contains("DISABLE_POD_V6=`true`: expected false with ENABLE_IPv6=true"));
+        let e = err(&[("DISABLE_POD_V6", "true"), ("ENABLE_V6_EGRESS", "true")]);
+        assert!(e.contains("DISABLE_POD_V6=`true`: expected false with ENABLE_V6_EGRESS=true"), "{e}");
         assert!(parse(&[("ENABLE_V6_EGRESS", "true")]).unwrap().v6_egress);
         let e = err(&[("ENABLE_V6_EGRESS", "yes")]);
         assert!(e.contains("ENABLE_V6_EGRESS=`yes`"), "{e}");

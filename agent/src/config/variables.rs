@@ -75,6 +75,7 @@ pub const VARIABLES: &[Var] = &[
     var("CLUSTER_ENDPOINT", "-", "the API server's URL instead of the in-cluster or kubeconfig one", "agent_upstream_variables"),
     var("ANNOTATE_POD_IP", "false", "`vpc.amazonaws.com/pod-ips` set on ADD before the reply, blanked on DEL", "containerd_annotation_and_bandwidth"),
     var("ENABLE_BANDWIDTH_PLUGIN", "false", "`bandwidth` chained in the conflist (it must be in the CNI bin dir)", "containerd_annotation_and_bandwidth"),
+    var("DISABLE_POD_V6", "false", "`tuning` chained last in the conflist with net.ipv6.conf.{all,default,lo}.disable_ipv6=1 in the pod, as upstream (it must be in the CNI bin dir); refused in IPv6 mode and with ENABLE_V6_EGRESS", "containerd_disable_pod_v6"),
     var("DISABLE_TCP_EARLY_DEMUX", "false", "net.ipv4.tcp_early_demux=0 at start when true", "agent_upstream_variables"),
     var("DISABLE_NETWORK_RESOURCE_PROVISIONING", "false", "no ENI or address is created, assigned, released or tagged: the pool is what is attached (EC2 is still read)", "agent_without_provisioning"),
     var("ENABLE_IMDS_ONLY_MODE", "false", "no EC2 call at all: ENIs and addresses as IMDS shows them; implies the two above and DISABLE_LEAKED_ENI_CLEANUP; refused with ENABLE_POD_ENI (IMDS cannot tell a trunk)", "agent_without_provisioning"),
@@ -109,10 +110,7 @@ const fn not_yet(var: &'static str, harmless: bool, needs: &'static str) -> NotY
 }
 
 /// Upstream's variables that eniguard refuses unless harmless.
-pub const NOT_YET: &[NotYet] = &[
-    not_yet("DISABLE_POD_V6", false, "turn IPv6 off in IPv4 pods"),
-    not_yet("ENABLE_MULTI_NIC", false, "use more than one network card"),
-];
+pub const NOT_YET: &[NotYet] = &[not_yet("ENABLE_MULTI_NIC", false, "use more than one network card")];
 
 /// The tests that show [`NOT_YET`]'s refusals.
 pub const NOT_YET_SHOWN_BY: &str = "what_is_not_done_yet_is_refused_by_name agent_bad_input";

@@ -84,9 +84,9 @@ impl Node {
         let ec2 = ec2_client(&sim.ec2_url, RetryConfig::disabled());
         let dir = std::env::temp_dir().join(format!("{prefix}-agent"));
         let _ = std::fs::remove_dir_all(&dir);
-        // Debian's portmap, bandwidth and host-local (containernetworking-plugins), as a node's
-        // bin dir holds them.
-        for plugin in ["portmap", "bandwidth", "host-local"] {
+        // Debian's portmap, bandwidth, tuning and host-local (containernetworking-plugins), as a
+        // node's bin dir holds them.
+        for plugin in ["portmap", "bandwidth", "tuning", "host-local"] {
             let debian = std::path::Path::new("/usr/lib/cni").join(plugin);
             if debian.exists() {
                 std::fs::create_dir_all(dir.join("bin"))?;

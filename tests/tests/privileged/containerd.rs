@@ -613,6 +613,32 @@ pub fn audit_beside_aws_node(ctx: &mut Ctx) -> Result<()> {
     runtime.stop()
 }
 
+/// DISABLE_POD_V6 under containerd: the conflist chains Debian's `tuning` last with upstream's
+/// three sysctls, and in a pod containerd starts IPv6 is off (its container reads 1 from each),
+/// while its IPv4 address and the kubelet's teardown are as for any pod.
+pub fn disable_pod_v6(ctx: &mut Ctx) -> Result<()> {
+    if !std::path::Path::new("/usr/lib/cni/tuning").exists() {
+        return Err(crate::harness::skip("no /usr/lib/cni/tuning (containernetworking-plugins)"));
+    }
+    let k = Kubelet::start(ctx, "ctdv6off", &[("DISABLE_POD_V6", "true")])?;
+    let last = k.node.conflist["plugins"].as_array().and_then(|p| p.last()).cloned().unwrap_or_default();
+    ensure!(
+        last["type"] == "tuning" && last["sysctl"]["net.ipv6.conf.all.disable_ipv6"] == "1",
+        "tuning not chained: {}",
+        k.node.conflist
+    );
+    let (pod, sandbox) = k.run_pod("nov6")?;
+    let ip = k.pod_ip(&sandbox)?;
+    let container = k.start_busybox(&pod, &sandbox)?;
+    for key in ["all", "default", "lo"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6");
+        let read = k.block_on(k.cri().exec(&container, &["cat", &path], Duration::from_secs(10)))?;
+        ensure!(read.exit_code == 0 && read.stdout.trim() == "1", "{path} in the pod ({ip}): {read:?}");
+    }
+    k.block_on(k.cri().stop_and_remove(&sandbox))?;
+    k.stop()
+}
+
 /// ANNOTATE_POD_IP and ENABLE_BANDWIDTH_PLUGIN under containerd: the conflist chains Debian's
 /// `bandwidth`; a pod with `kubernetes.io/ingress-bandwidth` gets a tbf qdisc on its host veth
 /// (containerd passes the annotation as the `bandwidth` capability); its API object carries

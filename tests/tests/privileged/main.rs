@@ -111,6 +111,7 @@ fn main() -> std::process::ExitCode {
         Test { name: "containerd_pods_on_the_right_eni", run: containerd::pods_on_the_right_eni },
         Test { name: "containerd_del_sequence_is_idempotent", run: containerd::del_sequence_is_idempotent },
         Test { name: "containerd_annotation_and_bandwidth", run: containerd::annotation_and_bandwidth },
+        Test { name: "containerd_disable_pod_v6", run: containerd::disable_pod_v6 },
         Test { name: "containerd_restart_keeps_pods", run: containerd::restart_keeps_pods },
         Test { name: "containerd_burst_with_kill_9", run: containerd::burst_with_kill_9 },
         Test { name: "containerd_judged_by_the_live_guard", run: containerd::guard_judges_containers },

@@ -210,12 +210,13 @@ async fn install_plugin(node: &Arc<Shared>, paths: &HostPaths) {
     match done {
         Ok(Ok(i)) => {
             log::info!(
-                "CNI plugin installed: {} and {} (cniVersion {}{}{})",
+                "CNI plugin installed: {} and {} (cniVersion {}{}{}{})",
                 i.plugin.display(),
                 i.conflist.display(),
                 i.cni_version,
                 if i.portmap { ", chained with portmap" } else { "; no portmap in the bin dir, not chained" },
-                if i.bandwidth { ", chained with bandwidth" } else { "" }
+                if i.bandwidth { ", chained with bandwidth" } else { "" },
+                if i.tuning { ", chained with tuning (DISABLE_POD_V6)" } else { "" }
             );
             if let Some(aside) = i.shelved {
                 log::warn!("aws-node's conflist would shadow eniguard's: renamed to {}", aside.display());
