@@ -86,7 +86,7 @@ impl Egress {
     fn ipam_conf(self, network: &str) -> Value {
         let (range, all) = match self {
             Egress::V4 => (V4_EGRESS_RANGE.to_string(), "0.0.0.0/0"),
-            Egress::V6 => (format!("{}/{}", V6_EGRESS_RANGE.0, V6_EGRESS_RANGE.1), "::/0"),
+            Egress::V6 => (V6_EGRESS_RANGE.to_string(), "::/0"),
         };
         json!({
             "cniVersion": "1.0.0",

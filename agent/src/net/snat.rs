@@ -55,7 +55,10 @@ use rtnetlink::{
 };
 
 use super::netlink::{call, delete_rules, is_exists, rules, NetError, Rule as IpRule};
-use crate::{config::RandomizeSnat, ipam::model::Cidr};
+use crate::{
+    config::RandomizeSnat,
+    ipam::model::{Cidr, Cidr6},
+};
 
 pub const TABLE: &str = "eniguard";
 /// `fwmark <mark>/<mark> lookup main` (upstream's priority).
@@ -107,12 +110,17 @@ pub struct Egress<A> {
 /// The range IPv6 pods' IPv4 egress addresses come from (upstream's).
 pub const V4_EGRESS_RANGE: Cidr = Cidr { addr: Ipv4Addr::new(169, 254, 172, 0), prefix_len: 22 };
 /// The range IPv4 pods' IPv6 egress addresses come from (upstream's `fd00::ac:00/118`).
-pub const V6_EGRESS_RANGE: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0xac, 0), 118);
+pub const V6_EGRESS_RANGE: Cidr6 =
+    Cidr6 { addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0xac, 0), prefix_len: 118 };
 const MULTICAST: Cidr = Cidr { addr: Ipv4Addr::new(224, 0, 0, 0), prefix_len: 4 };
-const MULTICAST6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8);
+const MULTICAST6: Cidr6 = Cidr6 { addr: Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), prefix_len: 8 };
 
 fn prefix(c: Cidr) -> Expression<'static> {
     prefix_of(IpAddr::V4(c.addr), c.prefix_len)
+}
+
+fn prefix6(c: Cidr6) -> Expression<'static> {
+    prefix_of(IpAddr::V6(c.addr), c.prefix_len)
 }
 
 fn prefix_of(addr: IpAddr, len: u8) -> Expression<'static> {
@@ -197,37 +205,26 @@ impl Plan {
     /// The batch that replaces both tables, each only if it has rules (pure).
     pub fn ruleset(&self) -> Nftables<'static> {
         let mut batch = Batch::new();
+        remove_table(&mut batch, NfFamily::IP);
         if self.table() {
             self.ip_table(&mut batch);
-        } else {
-            remove_table(&mut batch, NfFamily::IP);
         }
         remove_table(&mut batch, NfFamily::IP6);
         if let Some(egress) = &self.v6_egress {
             let family = NfFamily::IP6;
-            batch.add(NfListObject::Table(Table { family, name: TABLE.into(), handle: None }));
+            add_table(&mut batch, family);
             batch.add(postrouting(family));
-            let ((range, len), (multicast, multicast_len)) = (V6_EGRESS_RANGE, MULTICAST6);
-            egress_rules(
-                &mut batch,
-                family,
-                prefix_of(IpAddr::V6(range), len),
-                prefix_of(IpAddr::V6(multicast), multicast_len),
-                IpAddr::V6(egress.node_ip),
-                egress.random,
-            );
+            let (range, multicast) = (prefix6(V6_EGRESS_RANGE), prefix6(MULTICAST6));
+            egress_rules(&mut batch, family, range, multicast, IpAddr::V6(egress.node_ip), egress.random);
         }
         batch.to_nftables()
     }
 
-    /// The `ip eniguard` table: replaced in one transaction.
+    /// The `ip eniguard` table's contents, after [`remove_table`] in the same batch.
     fn ip_table(&self, batch: &mut Batch<'static>) {
         let mark = self.mark;
-        let table = || Table { family: NfFamily::IP, name: TABLE.into(), handle: None };
-        batch.add(NfListObject::Table(table()));
-        batch.delete(NfListObject::Table(table()));
-        batch.add(NfListObject::Table(table()));
         let family = NfFamily::IP;
+        add_table(batch, family);
         batch.add(chain(family, "prerouting", NfChainType::Filter, NfHook::Prerouting, -150));
         let rule = |chain: &'static str, expr: Vec<Statement<'static>>| rule(family, chain, expr);
         let from = |prefix: &str| {
@@ -349,12 +346,15 @@ fn rule(family: NfFamily, chain: &'static str, expr: Vec<Statement<'static>>) ->
     })
 }
 
+fn add_table(batch: &mut Batch<'static>, family: NfFamily) {
+    batch.add(NfListObject::Table(Table { family, name: TABLE.into(), handle: None }));
+}
+
 /// Removes a family's table if it is there (adding an existing table is no error; deleting a
-/// missing one is).
+/// missing one is). A table added after it in the same batch replaces it atomically.
 fn remove_table(batch: &mut Batch<'static>, family: NfFamily) {
-    let table = || Table { family, name: TABLE.into(), handle: None };
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
+    add_table(batch, family);
+    batch.delete(NfListObject::Table(Table { family, name: TABLE.into(), handle: None }));
 }
 
 /// Egress of the other family (upstream's egress-cni): in `postrouting` (which must exist), the

@@ -47,9 +47,10 @@ fn snat_plan(cfg: &Config, primary: &ImdsEni, primary_if: &str, node_ip6: Option
     }
 }
 
-/// ENABLE_V6_EGRESS: the instance's IPv6 address, with the host's IPv6 forwarding on (as
-/// upstream's init sets it); without an address, IPv6 egress stays off with a warning, as
-/// upstream's entrypoint does.
+/// ENABLE_V6_EGRESS: the instance's IPv6 address, with the host set up as in IPv6 mode
+/// (`Host::enable_ipv6`: IPv6 on, forwarding on, `accept_ra=2` on the primary; upstream's init
+/// sets the last two for IPv6 egress); without an address, IPv6 egress stays off with a warning,
+/// as upstream's entrypoint does.
 async fn v6_egress(i: &Inputs, mac: &str, primary_if: &str) -> Result<Option<Ipv6Addr>, NodeError> {
     if !i.cfg.v6_egress {
         return Ok(None);

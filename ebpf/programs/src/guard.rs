@@ -116,7 +116,8 @@ const IPV6_DST: u32 = 24;
 
 /// An IPv6 address of `frame` (`at`: [`IPV6_SRC`] or [`IPV6_DST`]); zero if unreadable. Read as
 /// two 8-byte words: a 16-byte array read or zeroed in one piece becomes a call to a byte-wise
-/// memcpy or memset, which cost the IPv6 pass path more than everything else together.
+/// memcpy or memset (removing them took a flow's next IPv6 packet from 2.03x to 1.38x the empty
+/// program, README's performance section).
 #[inline(always)]
 fn ipv6_addr(ctx: &TcContext, frame: &Frame, at: u32) -> [u8; 16] {
     let offset = (frame.l3 + at) as usize;

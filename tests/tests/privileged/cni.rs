@@ -930,6 +930,41 @@ fn guard_judges_branch_pod(
     Ok(())
 }
 
+/// Strict mode: `lookup local` of the family (`-4` or `-6`) moved from 0 to 20, behind the VLAN
+/// rules, as upstream does.
+pub fn local_rule_moved(node: &Node, family: &str) -> Result<()> {
+    let rules = node.ns.ip(&[family, "rule", "show"])?;
+    ensure!(
+        rules.contains("20:\tfrom all lookup local") && !rules.lines().any(|l| l.starts_with("0:")),
+        "the local rule ({family}) in strict mode: {rules}"
+    );
+    Ok(())
+}
+
+/// The index of the node's link with this MAC, if there is one.
+pub fn link_index(node: &Node, mac: &str) -> Result<Option<u64>> {
+    Ok(node
+        .ns
+        .ip(&["-o", "link"])?
+        .lines()
+        .find(|l| l.contains(mac))
+        .and_then(|l| l.split(':').next()?.trim().parse::<u64>().ok()))
+}
+
+/// The agent's guard entry for pod `default/<name>` (its introspection, `/v1/eniguard/guard`).
+pub fn guard_entry(node: &Node, name: &str) -> Result<Value> {
+    let guard: Value = serde_json::from_str(eniguard_tests::http::body(
+        &node.agent().get(agent::INTROSPECTION_PORT, "/v1/eniguard/guard")?,
+    ))?;
+    guard["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .with_context(|| format!("no guard entry for default/{name}: {guard}"))
+}
+
 /// The trunk the Resource Controller attached to the node's instance, within 20 s.
 pub fn wait_for_trunk(node: &Node) -> Result<aws_sdk_ec2::types::NetworkInterface> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -991,22 +1026,11 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
             .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
     })?;
     let trunk = wait_for_trunk(&node)?;
-    // Strict mode: `lookup local` moved behind the VLAN rules, as upstream does.
-    let rules = node.ns.ip(&["rule", "show"])?;
-    ensure!(
-        rules.contains("20:\tfrom all lookup local") && !rules.lines().any(|l| l.starts_with("0:")),
-        "the local rule in strict mode: {rules}"
-    );
+    local_rule_moved(&node, "-4")?;
     let (annotation, reply) = branch_pod_add(&node, "pay", "paysandbox")?;
     let branch = &reply["branch"];
     let want = &annotation;
-    let trunk_mac = trunk.mac_address().context("trunk mac")?;
-    let trunk_index = node
-        .ns
-        .ip(&["-o", "link"])?
-        .lines()
-        .find(|l| l.contains(trunk_mac))
-        .and_then(|l| l.split(':').next()?.trim().parse::<u64>().ok());
+    let trunk_index = link_index(&node, trunk.mac_address().context("trunk mac")?)?;
     ensure!(
         branch["vlanId"] == want["vlanId"]
             && branch["mac"] == want["ifAddress"]
@@ -1028,16 +1052,8 @@ pub fn branch_pod_reply(ctx: &mut Ctx) -> Result<()> {
     );
     // The guard took its intent before the reply: its branch ENI, VLAN and the policy's groups,
     // and the truth for that VLAN on the trunk from EC2; `eniguard explain` says so.
-    let guard: Value = serde_json::from_str(eniguard_tests::http::body(
-        &node.agent().get(agent::INTROSPECTION_PORT, "/v1/eniguard/guard")?,
-    ))?;
     let pods_sg = node.sim.security_groups["eks-pods"].clone();
-    let entry = guard["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "pay")
-        .with_context(|| format!("no guard entry for default/pay: {guard}"))?;
+    let entry = guard_entry(&node, "pay")?;
     ensure!(
         entry["ip"] == want["privateIp"]
             && entry["expectEni"] == want["eniId"]

@@ -163,21 +163,11 @@ pub fn ipv6_branch_pod(ctx: &mut Ctx) -> Result<()> {
             .push(eniguard_tests::sim::scenario::PolicySpec::for_app("default", "payments", "eks-pods"));
     })?;
     let trunk = crate::cni::wait_for_trunk(&node)?;
-    let rules = node.ns.ip(&["-6", "rule", "show"])?;
-    ensure!(
-        rules.contains("20:\tfrom all lookup local") && !rules.lines().any(|l| l.starts_with("0:")),
-        "the IPv6 local rule in strict mode: {rules}"
-    );
+    crate::cni::local_rule_moved(&node, "-6")?;
     let (want, reply) = crate::cni::branch_pod_add(&node, "pay6", "pay6sandbox")?;
     let branch = &reply["branch"];
     let ip: Ipv6Addr = want["ipv6Addr"].as_str().context("the annotation's ipv6Addr")?.parse()?;
-    let trunk_mac = trunk.mac_address().context("trunk mac")?;
-    let trunk_index = node
-        .ns
-        .ip(&["-o", "link"])?
-        .lines()
-        .find(|l| l.contains(trunk_mac))
-        .and_then(|l| l.split(':').next()?.trim().parse::<u64>().ok());
+    let trunk_index = crate::cni::link_index(&node, trunk.mac_address().context("trunk mac")?)?;
     ensure!(
         reply["ip"] == ip.to_string()
             && branch["gateway"] == "fe80:ec2::1"
@@ -189,15 +179,7 @@ pub fn ipv6_branch_pod(ctx: &mut Ctx) -> Result<()> {
     );
     let checkpointed = node.dir.join("ipam.json").exists() && !checkpoint_ipv6(&node)?.is_empty();
     ensure!(!checkpointed, "a branch pod took an address of the /80");
-    let guard: Value = serde_json::from_str(eniguard_tests::http::body(
-        &node.agent().get(agent::INTROSPECTION_PORT, "/v1/eniguard/guard")?,
-    ))?;
-    let entry = guard["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "pay6")
-        .with_context(|| format!("no guard entry for default/pay6: {guard}"))?;
+    let entry = crate::cni::guard_entry(&node, "pay6")?;
     ensure!(
         entry["ip"] == ip.to_string()
             && entry["expectEni"] == want["eniId"]
